@@ -1,0 +1,5 @@
+import sys
+
+from instantid.cli import main
+
+sys.exit(main())
