@@ -1,0 +1,57 @@
+"""InstantID: zero-shot identity-preserving image generation for SDXL.
+
+Drop-in API (same names as the published code)::
+
+    from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
+
+High-level API: :class:`instantid.InstantID` (loads everything, generates from a face photo).
+Heavy modules are imported lazily so ``import instantid`` and ``instantid --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from instantid.errors import (
+    EmbeddingSpaceError,
+    ImageReadError,
+    IncompatibleWeightsError,
+    InstantIDError,
+    InvalidInputError,
+    MissingWeightsError,
+    NoFaceError,
+    WeightsError,
+)
+from instantid.keypoints import draw_kps
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "StableDiffusionXLInstantIDPipeline": "instantid.pipeline",
+    "StableDiffusionXLInstantIDImg2ImgPipeline": "instantid.pipeline",
+    "average_embeddings": "instantid.pipeline",
+    "InstantID": "instantid.generator",
+    "GenerationSettings": "instantid.generator",
+    "build_tiny_instantid": "instantid.tiny",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instantid' has no attribute {name!r}")
+
+
+__all__ = [
+    "EmbeddingSpaceError",
+    "ImageReadError",
+    "IncompatibleWeightsError",
+    "InstantIDError",
+    "InvalidInputError",
+    "MissingWeightsError",
+    "NoFaceError",
+    "WeightsError",
+    "draw_kps",
+    *_LAZY,
+]

@@ -1,0 +1,167 @@
+"""The face adapter checkpoint (``ip-adapter.bin``): reading, checking and installing it into a UNet.
+
+Layout (published): ``{"image_proj": Resampler state dict, "ip_adapter": {"<n>.to_k_ip.weight", ...}}`` where
+``n`` = 1, 3, 5, ... is the position of each cross-attention processor in ``unet.attn_processors``. A
+``.safetensors`` file holds the same tensors under ``image_proj.*`` / ``ip_adapter.*``. Checkpoints written
+by our trainer also record the face-embedding space they expect (``embedding_space`` in the safetensors
+metadata, or a ``"meta"`` dict of strings in the pickle), which the published loader simply ignores.
+
+All sizes are read from tensor shapes; nothing is assumed beyond the published head size of 64.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+from instantid.attention import FaceAttnProcessor
+from instantid.errors import IncompatibleWeightsError, MissingWeightsError
+
+HEAD_DIM = 64
+PUBLISHED_FILES = "the published face adapter is ip-adapter.bin in the InstantX/InstantID model repository"
+_RESAMPLER_KEYS = ("latents", "proj_in.weight", "proj_out.weight", "norm_out.weight", "norm_out.bias")
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.0\.to_q\.weight$")
+_IP_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Sizes of a face adapter, all derived from its tensors."""
+
+    width: int  # Resampler width (published 1280)
+    depth: int  # Resampler layers (published 4)
+    heads: int  # width // 64 (published 20)
+    num_queries: int  # face tokens per image (published 16)
+    embedding_dim: int  # face-embedding size it reads (antelopev2: 512)
+    output_dim: int  # token width = UNet cross-attention width (SDXL: 2048)
+    num_layers: int  # decoupled cross-attention layers (SDXL: 70)
+    embedding_space: str | None  # e.g. "antelopev2-512", when the checkpoint records it
+
+
+def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Read an adapter file into ``({"image_proj": ..., "ip_adapter": ...}, metadata)``.
+
+    Pickles are opened with ``weights_only=True``: an adapter is data, never code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"face adapter file not found: {path} ({PUBLISHED_FILES})")
+    metadata: dict[str, str] = {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                for key in f.keys():
+                    group, _, name = key.partition(".")
+                    if group in state:
+                        state[group][name] = f.get_tensor(key)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(raw, dict):
+                raise IncompatibleWeightsError(
+                    f"face adapter {path} holds a {type(raw).__name__}, expected a dict with "
+                    "'image_proj' and 'ip_adapter'"
+                )
+            meta = raw.get("meta", {})
+            metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+            state = {k: raw[k] for k in ("image_proj", "ip_adapter") if k in raw}
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IncompatibleWeightsError(f"cannot load face adapter {path}: {reason}") from exc
+    missing = [k for k in ("image_proj", "ip_adapter") if not state.get(k)]
+    if missing:
+        raise IncompatibleWeightsError(
+            f"face adapter {path} lacks {', '.join(repr(m) for m in missing)}: expected the published layout "
+            "with 'image_proj' (Resampler) and 'ip_adapter' (to_k_ip/to_v_ip weights)"
+        )
+    return state, metadata
+
+
+def inspect_adapter(state: dict[str, dict[str, torch.Tensor]], source: str, metadata: dict[str, str]) -> AdapterSpec:
+    """Derive an :class:`AdapterSpec` from tensor shapes, refusing incomplete checkpoints."""
+    proj = state["image_proj"]
+    absent = [k for k in _RESAMPLER_KEYS if k not in proj]
+    if absent:
+        raise IncompatibleWeightsError(
+            f"face adapter {source}: 'image_proj' lacks {', '.join(absent)} (not an InstantID Resampler)"
+        )
+    depth = sum(1 for k in proj if _LAYER_KEY.match(k))
+    width = proj["latents"].shape[2]
+    if depth == 0 or width % HEAD_DIM:
+        raise IncompatibleWeightsError(
+            f"face adapter {source}: Resampler has {depth} layers and width {width}; expected >= 1 layer "
+            f"and a width divisible by {HEAD_DIM}"
+        )
+    layer_ids = sorted({int(m.group(1)) for k in state["ip_adapter"] if (m := _IP_KEY.match(k))})
+    return AdapterSpec(
+        width=width,
+        depth=depth,
+        heads=width // HEAD_DIM,
+        num_queries=proj["latents"].shape[1],
+        embedding_dim=proj["proj_in.weight"].shape[1],
+        output_dim=proj["proj_out.weight"].shape[0],
+        num_layers=len(layer_ids),
+        embedding_space=metadata.get("embedding_space"),
+    )
+
+
+def _cross_attention_layers(unet: torch.nn.Module) -> list[tuple[int, str, int]]:
+    """``(n, processor name, hidden size)`` of each cross-attention layer, numbered as the checkpoint is."""
+    layers = []
+    for n, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            attn = unet.get_submodule(name[: -len(".processor")])
+            layers.append((n, name, attn.to_q.out_features))
+    return layers
+
+
+def check_fits_unet(state: dict, spec: AdapterSpec, unet: torch.nn.Module, source: str) -> None:
+    """Refuse an adapter whose shapes do not fit ``unet`` with a message that says why."""
+    cross_dim = unet.config.cross_attention_dim
+    if spec.output_dim != cross_dim:
+        raise IncompatibleWeightsError(
+            f"face adapter {source} makes {spec.output_dim}-d face tokens but this UNet's cross-attention is "
+            f"{cross_dim}-d (an adapter for another base model, e.g. SD1.5 on SDXL?)"
+        )
+    layers = _cross_attention_layers(unet)
+    weights = state["ip_adapter"]
+    for n, name, hidden in layers:
+        for kind in ("k", "v"):
+            key = f"{n}.to_{kind}_ip.weight"
+            if key not in weights:
+                raise IncompatibleWeightsError(
+                    f"face adapter {source} has no '{key}' for {name}: it was made for a UNet with "
+                    f"{spec.num_layers} cross-attention layers, this one has {len(layers)}"
+                )
+            if tuple(weights[key].shape) != (hidden, cross_dim):
+                raise IncompatibleWeightsError(
+                    f"face adapter {source}: '{key}' has shape {tuple(weights[key].shape)}, "
+                    f"this UNet needs ({hidden}, {cross_dim})"
+                )
+    if spec.num_layers != len(layers):
+        raise IncompatibleWeightsError(
+            f"face adapter {source} has {spec.num_layers} cross-attention layers, this UNet has {len(layers)}"
+        )
+
+
+def install_face_adapter(unet: torch.nn.Module, state: dict, scale: float) -> None:
+    """Load the adapter with diffusers' IP-Adapter machinery, then give each cross-attention layer the
+    face-region-aware processor. The Resampler becomes ``unet.encoder_hid_proj``, so ``.to()``, CPU offload
+    and ``save_pretrained`` all see it."""
+    # low_cpu_mem_usage=False keeps the dtype of the UNet (diffusers' meta path takes the checkpoint's dtype).
+    unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
+    processors = {}
+    for name, proc in unet.attn_processors.items():
+        if isinstance(proc, IPAdapterAttnProcessor2_0) and not isinstance(proc, FaceAttnProcessor):
+            proc = FaceAttnProcessor.adopt(proc)
+            proc.scale = [scale]
+        processors[name] = proc
+    unet.set_attn_processor(processors)
