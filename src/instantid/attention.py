@@ -97,9 +97,8 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
         )
         ip_scale = self.scale[0]
         if ip_scale != 0:
-            face = merge(
-                F.scaled_dot_product_attention(q, heads(self.to_k_ip[0](face_tokens)), heads(self.to_v_ip[0](face_tokens)))
-            )
+            face_k, face_v = heads(self.to_k_ip[0](face_tokens)), heads(self.to_v_ip[0](face_tokens))
+            face = merge(F.scaled_dot_product_attention(q, face_k, face_v))
             out = out + ip_scale * (face * self._region_weights(num_queries, face))
 
         out = attn.to_out[1](attn.to_out[0](out))
