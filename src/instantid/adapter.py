@@ -165,3 +165,44 @@ def install_face_adapter(unet: torch.nn.Module, state: dict, scale: float) -> No
             proc.scale = [scale]
         processors[name] = proc
     unet.set_attn_processor(processors)
+
+
+def random_adapter_state_dict(
+    unet: torch.nn.Module, width: int = 1280, depth: int = 4, num_queries: int = 16, embedding_dim: int = 512,
+    seed: int = 0, std: float = 0.02,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A freshly initialised face adapter for ``unet`` in the published layout (training start, tiny demos).
+
+    Linear weights ~ N(0, std), LayerNorms at identity, queries ~ N(0, 1/width) as in IP-Adapter-Plus.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cross_dim = unet.config.cross_attention_dim
+
+    def normal(*shape: int, scale: float = std) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
+
+    proj: dict[str, torch.Tensor] = {
+        "latents": normal(1, num_queries, width, scale=width**-0.5),
+        "proj_in.weight": normal(width, embedding_dim),
+        "proj_in.bias": torch.zeros(width),
+        "proj_out.weight": normal(cross_dim, width),
+        "proj_out.bias": torch.zeros(cross_dim),
+        "norm_out.weight": torch.ones(cross_dim),
+        "norm_out.bias": torch.zeros(cross_dim),
+    }
+    for i in range(depth):
+        for norm in ("norm1", "norm2"):
+            proj[f"layers.{i}.0.{norm}.weight"] = torch.ones(width)
+            proj[f"layers.{i}.0.{norm}.bias"] = torch.zeros(width)
+        proj[f"layers.{i}.0.to_q.weight"] = normal(width, width)
+        proj[f"layers.{i}.0.to_kv.weight"] = normal(2 * width, width)
+        proj[f"layers.{i}.0.to_out.weight"] = normal(width, width)
+        proj[f"layers.{i}.1.0.weight"] = torch.ones(width)
+        proj[f"layers.{i}.1.0.bias"] = torch.zeros(width)
+        proj[f"layers.{i}.1.1.weight"] = normal(4 * width, width)
+        proj[f"layers.{i}.1.3.weight"] = normal(width, 4 * width)
+    ip = {}
+    for n, _, hidden in _cross_attention_layers(unet):
+        ip[f"{n}.to_k_ip.weight"] = normal(hidden, cross_dim, scale=cross_dim**-0.5)
+        ip[f"{n}.to_v_ip.weight"] = normal(hidden, cross_dim, scale=cross_dim**-0.5)
+    return {"image_proj": proj, "ip_adapter": ip}

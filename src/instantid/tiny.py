@@ -1,0 +1,149 @@
+"""A tiny random-weight InstantID stack, written in the published on-disk layout.
+
+For tests, offline demos and benchmarks: the real loading code reads it exactly as it reads the published
+release (``base/`` diffusers SDXL folder, ``ControlNetModel/``, ``ip-adapter.bin``). It generates noise, and
+says so wherever it is used. Building it takes about a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from instantid.adapter import random_adapter_state_dict
+
+TINY_MARKER = "instantid-tiny.json"
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Sizes of the tiny stack (shaped like SDXL: 3 UNet levels, cross-attention in levels 2-3)."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    cross_attention_dim: int = 64  # width of text and face tokens
+    text_width: int = 32  # each CLIP encoder's width; the two are concatenated to cross_attention_dim
+    projection_dim: int = 32  # pooled text width (text_encoder_2)
+    resampler_width: int = 128  # 2 heads of 64
+    resampler_depth: int = 4
+    num_tokens: int = 16
+    embedding_dim: int = 512  # 512 = antelopev2 space; 128 = dlib space
+    embedding_space: str = "antelopev2-512"
+    sample_size: int = 16
+
+
+def _byte_vocab() -> tuple[dict[str, int], str]:
+    """A byte-level CLIP vocabulary with no merges (514 ids), built without any download."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, "#version: 0.2\n"
+
+
+def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> dict:
+    """Random tiny components in memory: unet, controlnet, vae, text encoders, tokenizers, scheduler."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=config.block_out_channels,
+        layers_per_block=2,
+        sample_size=config.sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=config.cross_attention_dim,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + config.projection_dim,
+    )
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=128,
+    )
+    text = dict(
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_size=config.text_width,
+        intermediate_size=config.text_width * 2,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        vocab_size=514,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=config.projection_dim,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2, "scheduler": scheduler,
+    }
+
+
+def _save_tokenizer(folder: Path) -> CLIPTokenizer:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _byte_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text(merges, encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_tiny_instantid(out_dir: str | Path, config: TinyConfig = TinyConfig(), seed: int = 0) -> Path:
+    """Write a tiny InstantID release to ``out_dir`` (``base/``, ``ControlNetModel/``, ``ip-adapter.bin``).
+
+    Returns ``out_dir``. An existing complete build with the same config and seed is reused.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    out = Path(out_dir)
+    marker = out / TINY_MARKER
+    wanted = {"config": config.__dict__ | {"block_out_channels": list(config.block_out_channels)}, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return out
+    parts = build_tiny_components(config, seed)
+    base = out / "base"
+    tokenizer = _save_tokenizer(base / "tokenizer")
+    tokenizer_2 = _save_tokenizer(base / "tokenizer_2")
+    StableDiffusionXLPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts["unet"], scheduler=parts["scheduler"],
+    ).save_pretrained(base)
+    parts["controlnet"].save_pretrained(out / "ControlNetModel")
+    state = random_adapter_state_dict(
+        parts["unet"], width=config.resampler_width, depth=config.resampler_depth,
+        num_queries=config.num_tokens, embedding_dim=config.embedding_dim, seed=seed,
+    )
+    state["meta"] = {"embedding_space": config.embedding_space}
+    torch.save(state, out / "ip-adapter.bin")
+    marker.write_text(json.dumps(wanted))
+    return out
