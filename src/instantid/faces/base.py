@@ -1,0 +1,115 @@
+"""What every face-analysis backend returns and promises: :class:`Face` and :class:`FaceAnalyzer`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from instantid.errors import EmbeddingSpaceError, InvalidInputError, NoFaceError
+from instantid.faces.images import ImageSource, describe_source, load_image
+
+# An embedding is only meaningful next to embeddings of the same model: the name travels with it.
+SPACE_ANTELOPEV2 = "antelopev2-512"
+SPACE_DLIB = "dlib-128"
+EMBEDDING_DIMS: dict[str, int] = {SPACE_ANTELOPEV2: 512, SPACE_DLIB: 128}
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """One detected face in image pixel coordinates.
+
+    ``kps`` holds five points in insightface's order: eye, eye (the one with the smaller x in an upright
+    face first), nose tip, mouth corner, mouth corner (again image-left first).
+    """
+
+    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float  # detector-specific confidence; compare only within one backend
+    kps: np.ndarray  # (5, 2) float32
+    embedding: np.ndarray  # (D,) float32, D = EMBEDDING_DIMS[space]
+    space: str
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = self.bbox
+        return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (lists and floats)."""
+        return {
+            "bbox": [float(v) for v in self.bbox],
+            "score": float(self.score),
+            "kps": [[float(x), float(y)] for x, y in self.kps],
+            "embedding": [float(v) for v in self.embedding],
+            "space": self.space,
+        }
+
+
+def pad_image(rgb: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:
+    """Border the image by ``fraction`` of each side (edge colours replicated) and return the offset.
+
+    Detectors need some context around a face; a tight crop whose face touches the frame is found once
+    the frame is widened. Replicating edges avoids a hard line a detector could take for a contour.
+    """
+    h, w = rgb.shape[:2]
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    padded = np.pad(rgb, ((dy, dy), (dx, dx), (0, 0)), mode="edge")
+    return padded, dx, dy
+
+
+class FaceAnalyzer(ABC):
+    """Detect faces, place five keypoints and compute an identity embedding for each.
+
+    Subclasses implement :meth:`_detect` on an RGB array and the identity metric.
+    """
+
+    space: str
+    embedding_dim: int
+    same_person_threshold: float  # distance at or below which two embeddings are the same person
+
+    @abstractmethod
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces in an (H, W, 3) uint8 RGB array, in any order."""
+
+    @abstractmethod
+    def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Identity distance between two checked embeddings of this space."""
+
+    def analyze(self, image: ImageSource, name: str | None = None) -> list[Face]:
+        """All faces, largest box first; ``[]`` when there is none."""
+        rgb = np.asarray(load_image(image, describe_source(image, name)))
+        return sorted(self._detect(rgb), key=lambda face: face.area, reverse=True)
+
+    def get_face(self, image: ImageSource, name: str | None = None, index: int | None = None) -> Face:
+        """The largest face (as the published pipeline uses), or the ``index``-th by size."""
+        label = describe_source(image, name)
+        faces = self.analyze(image, label)
+        if not faces:
+            raise NoFaceError(label)
+        if index is None:
+            return faces[0]
+        if not 0 <= index < len(faces):
+            raise InvalidInputError(
+                f"face index {index} is out of range: {len(faces)} face(s) found in {label} "
+                f"(valid indices 0..{len(faces) - 1}, largest first)"
+            )
+        return faces[index]
+
+    def _check(self, embedding: np.ndarray) -> np.ndarray:
+        vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
+        if vector.shape != (self.embedding_dim,):
+            raise EmbeddingSpaceError(
+                f"an embedding with {vector.size} values cannot be compared in the {self.space} space "
+                f"({self.embedding_dim} values); analyse both photos with the same backend"
+            )
+        return vector
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Identity distance: smaller is more alike."""
+        return self._metric(self._check(a), self._check(b))
+
+    def is_same(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether two embeddings belong to the same person at the calibrated threshold."""
+        return self.distance(a, b) <= self.same_person_threshold
