@@ -1,0 +1,147 @@
+"""``instantid faces`` (detect, describe, draw) and ``instantid compare`` (same person or not)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+
+import cv2
+import numpy as np
+import typer
+from PIL import Image
+
+from instantid.cli import app
+from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
+from instantid.faces import BACKENDS, Face, FaceAnalyzer, create_face_analyzer, load_image
+from instantid.keypoints import KPS_COLORS
+
+Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # typer lists the choices in --help
+
+_BACKEND_OPTION = typer.Option(
+    Backend.auto, "--backend",
+    help="Face model: antelopev2 (the published one), dlib (installs from PyPI), auto (antelopev2 if found).",
+)
+_ROOT_OPTION = typer.Option(
+    None, "--antelopev2-root", help="Folder holding scrfd_10g_bnkps.onnx and glintr100.onnx.",
+    file_okay=False,
+)
+
+
+def _analyzer(backend: Backend, root: Path | None) -> FaceAnalyzer:
+    return create_face_analyzer(backend.value, root=root)
+
+
+def draw_faces(image: Image.Image, faces: list[Face]) -> Image.Image:
+    """The photo with each face's box, its index and its five numbered keypoints."""
+    canvas = np.array(image)
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    for index, face in enumerate(faces):
+        x1, y1, x2, y2 = (int(round(v)) for v in face.bbox)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), thickness)
+        cv2.putText(canvas, str(index), (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5 * thickness, (0, 255, 0), thickness)
+        radius = max(2, round((x2 - x1) / 40))
+        for number, ((x, y), color) in enumerate(zip(face.kps, KPS_COLORS, strict=True)):
+            centre = (int(round(x)), int(round(y)))
+            cv2.circle(canvas, centre, radius, color, -1)
+            cv2.putText(canvas, str(number), (centre[0] + radius, centre[1] - radius),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, color, max(1, thickness // 2))
+    return Image.fromarray(canvas)
+
+
+def save_atomically(image: Image.Image, out: Path) -> None:
+    """Write through a temporary file in the same folder so a crash never leaves half a file."""
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"cannot tell the image format of {out}: use a .png or .jpg name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            image.save(stream, format=fmt)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
+    if len(images) == 1 and not draw.is_dir():
+        return [draw]
+    if draw.exists() and not draw.is_dir():
+        raise InvalidInputError(f"--draw {draw} must be a folder when several images are given")
+    return [draw / f"{path.stem}_faces.png" for path in images]
+
+
+def _table(path: Path, faces: list[Face]) -> str:
+    if not faces:
+        return f"{path}: no face"
+    lines = [f"{path}: {len(faces)} face(s), {faces[0].space}",
+             "  #  box x1,y1,x2,y2       score   keypoints (eye, eye, nose, mouth, mouth)"]
+    for index, face in enumerate(faces):
+        box = ",".join(f"{v:.0f}" for v in face.bbox)
+        points = " ".join(f"({x:.0f},{y:.0f})" for x, y in face.kps)
+        lines.append(f"  {index:<2} {box:<21} {face.score:6.2f}  {points}")
+    return "\n".join(lines)
+
+
+@app.command("faces")
+def faces_command(
+    images: list[Path] = typer.Argument(..., help="Photos to analyse.", dir_okay=False),
+    backend: Backend = _BACKEND_OPTION,
+    antelopev2_root: Path | None = _ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
+    draw: Path | None = typer.Option(
+        None, "--draw", help="Save the photo with boxes and numbered keypoints (a file, or a folder for "
+        "several images)."
+    ),
+) -> None:
+    """Find faces: box, score, five keypoints and identity embedding, largest face first.
+
+    Exit code 2 when an image is unreadable or shows no face (each named on stderr); the rest are reported.
+    """
+    analyzer = _analyzer(backend, antelopev2_root)
+    targets = _draw_targets(images, draw) if draw is not None else None
+    errors: list[InstantIDError] = []
+    records = []
+    for i, path in enumerate(images):
+        try:
+            photo = load_image(path)
+        except InstantIDError as exc:
+            errors.append(exc)
+            records.append({"image": str(path), "faces": [], "error": str(exc)})
+            continue
+        faces = analyzer.analyze(photo, name=str(path))
+        if not faces:
+            errors.append(NoFaceError(str(path)))
+        records.append({"image": str(path), "faces": [face.to_dict() for face in faces]})
+        if not as_json:
+            typer.echo(_table(path, faces))
+        if targets is not None:
+            save_atomically(draw_faces(photo, faces), targets[i])
+    if as_json:
+        typer.echo(json.dumps(records))
+    for exc in errors[:-1]:
+        typer.echo(f"error: {exc}", err=True)
+    if errors:
+        raise errors[-1]
+
+
+@app.command("compare")
+def compare_command(
+    image_a: Path = typer.Argument(..., help="First photo (its largest face is used).", dir_okay=False),
+    image_b: Path = typer.Argument(..., help="Second photo (its largest face is used).", dir_okay=False),
+    backend: Backend = _BACKEND_OPTION,
+    antelopev2_root: Path | None = _ROOT_OPTION,
+) -> None:
+    """Identity distance between the largest faces of two photos, and the same/different verdict."""
+    analyzer = _analyzer(backend, antelopev2_root)
+    a = analyzer.get_face(image_a, name=str(image_a))
+    b = analyzer.get_face(image_b, name=str(image_b))
+    distance = analyzer.distance(a.embedding, b.embedding)
+    verdict = "same" if distance <= analyzer.same_person_threshold else "different"
+    typer.echo(f"distance {distance:.4f} ({analyzer.space}, same person at <= "
+               f"{analyzer.same_person_threshold:.2f}): {verdict}")
