@@ -9,6 +9,7 @@ up front and a missing one is a :class:`MissingWeightsError` that says where to 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -139,7 +140,10 @@ class AntelopeV2Analyzer(FaceAnalyzer):
         from insightface.utils import face_align
 
         # The published pipeline's alignment: similarity transform of the 5 points onto ArcFace's template.
-        crop = face_align.norm_crop(bgr, landmark=kps, image_size=self.recognizer.input_size[0])
+        with warnings.catch_warnings():
+            # insightface calls a scikit-image API deprecated in 0.26; the result is unchanged.
+            warnings.simplefilter("ignore", FutureWarning)
+            crop = face_align.norm_crop(bgr, landmark=kps, image_size=self.recognizer.input_size[0])
         embedding = self.recognizer.get_feat(crop).reshape(-1).astype(np.float32)
         h, w = bgr.shape[:2]
         x1, y1, x2, y2 = (float(v) for v in box[:4])

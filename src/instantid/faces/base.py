@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ class Face:
     bbox: tuple[float, float, float, float]  # x1, y1, x2, y2
     score: float  # detector-specific confidence; compare only within one backend
     kps: np.ndarray  # (5, 2) float32
-    embedding: np.ndarray  # (D,) float32, D = EMBEDDING_DIMS[space]
+    embedding: np.ndarray = field(repr=False)  # (D,) float32, D = EMBEDDING_DIMS[space]
     space: str
 
     @property
