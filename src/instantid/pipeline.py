@@ -38,7 +38,7 @@ from instantid.adapter import (
     install_face_adapter,
     load_adapter_state_dict,
 )
-from instantid.attention import face_processors, face_region
+from instantid.attention import FaceAttnProcessor, face_processors, face_region
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 
 EmbeddingInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
@@ -105,16 +105,27 @@ class InstantIDMixin:
         cn = self.controlnet
         return cn.nets[0] if isinstance(cn, MultiControlNetModel) else cn
 
-    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
-        """Attention in the face layers already runs through ``scaled_dot_product_attention`` (flash /
-        memory-efficient kernels on GPU). diffusers' xformers switch would swap our processors for ones
-        without the face-region mask, so only the layers without the identity branch are switched."""
-        keep = {name: p for name, p in self.unet.attn_processors.items() if p in face_processors(self.unet)}
-        super().enable_xformers_memory_efficient_attention(attention_op)
+    def _keep_face_layers(self, change: Callable[[], None]) -> None:
+        """Run a diffusers attention switch without losing the identity branch.
+
+        diffusers' xformers and slicing switches replace every attention processor, which silently drops
+        the face adapter (a known defect of the published pipeline). The face layers already use
+        ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU), so they are put back.
+        """
+        keep = {name: p for name, p in self.unet.attn_processors.items() if isinstance(p, FaceAttnProcessor)}
+        change()
         if keep:
             processors = dict(self.unet.attn_processors)
             processors.update(keep)
             self.unet.set_attn_processor(processors)
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        parent = super()
+        self._keep_face_layers(lambda: parent.enable_xformers_memory_efficient_attention(attention_op))
+
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        parent = super()
+        self._keep_face_layers(lambda: parent.enable_attention_slicing(slice_size))
 
     # ---- conditioning --------------------------------------------------------------------------
     def _face_conditioning(
