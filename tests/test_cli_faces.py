@@ -1,0 +1,89 @@
+"""``instantid faces`` and ``instantid compare`` through the console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from instantid.cli import main
+from instantid.faces.tiny import write_tiny_antelopev2
+
+FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
+needs_photos = pytest.mark.skipif(not FACES_DIR.is_dir(), reason=f"shared photos not found at {FACES_DIR}")
+SMALL = str(FACES_DIR / "edge_obama_small.jpg")
+GROUP = str(FACES_DIR / "group_two_people.jpg")
+NOISE = str(FACES_DIR / "edge_no_face_noise.png")
+CORRUPT = str(FACES_DIR / "edge_corrupt.jpg")
+
+
+@needs_photos
+def test_faces_json_lists_every_face(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["faces", SMALL, GROUP, "--backend", "dlib", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in records] == [SMALL, GROUP]
+    assert [len(r["faces"]) for r in records] == [1, 2]
+    face = records[1]["faces"][0]
+    assert set(face) == {"bbox", "score", "kps", "embedding", "space"}
+    assert len(face["bbox"]) == 4 and np.asarray(face["kps"]).shape == (5, 2)
+    assert len(face["embedding"]) == 128 and face["space"] == "dlib-128"
+
+
+@needs_photos
+def test_faces_reports_bad_images_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["faces", NOISE, SMALL, CORRUPT, "--backend", "dlib", "--json"]) == 2
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [len(r["faces"]) for r in records] == [0, 1, 0]
+    errors = captured.err.strip().splitlines()
+    assert errors[0] == f"error: no face found in {NOISE}"
+    assert errors[1].startswith(f"error: cannot read image {CORRUPT}: ")
+    assert "Traceback" not in captured.err
+
+
+@needs_photos
+def test_faces_table_and_drawings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    single = tmp_path / "small.png"
+    assert main(["faces", SMALL, "--backend", "dlib", "--draw", str(single)]) == 0
+    assert "1 face(s), dlib-128" in capsys.readouterr().out
+    drawn, original = Image.open(single), Image.open(SMALL)
+    assert drawn.size == original.size
+    assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
+    folder = tmp_path / "drawn"
+    assert main(["faces", SMALL, GROUP, "--backend", "dlib", "--draw", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["edge_obama_small_faces.png", "group_two_people_faces.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn", "small.png"], "no temporary files left"
+
+
+@needs_photos
+def test_compare_gives_distance_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", SMALL, str(FACES_DIR / "obama_1.jpg"), "--backend", "dlib"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": same")
+    assert main(["compare", SMALL, str(FACES_DIR / "biden_1.jpg"), "--backend", "dlib"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": different")
+    assert main(["compare", SMALL, NOISE, "--backend", "dlib"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no face found in {NOISE}"
+
+
+def test_faces_with_antelopev2_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_tiny_antelopev2(tmp_path / "antelopev2")
+    pixels = np.zeros((640, 640, 3), np.uint8)
+    pixels[320:352, 320:352] = 255
+    photo = tmp_path / "cell.png"
+    Image.fromarray(pixels).save(photo)
+    assert main(["faces", str(photo), "--backend", "antelopev2", "--antelopev2-root", str(root), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    (face,) = record["faces"]
+    assert face["space"] == "antelopev2-512" and len(face["embedding"]) == 512
+    assert face["bbox"] == pytest.approx([256, 256, 384, 384])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["faces", str(photo), "--backend", "antelopev2", "--antelopev2-root", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: antelopev2 face model not found") and "\n" not in err
