@@ -35,3 +35,17 @@ def tiny_fixture_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def faces_dir(shared_dir: Path) -> Path:
     return shared_dir / "faces"
+
+
+@pytest.fixture(scope="session")
+def fixture_pipe(tiny_fixture_dir: Path):
+    """The published tiny checkpoints loaded through the drop-in API, as a user of the published code would."""
+    from diffusers import ControlNetModel
+
+    from instantid import StableDiffusionXLInstantIDPipeline
+
+    controlnet = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(tiny_fixture_dir / "base", controlnet=controlnet)
+    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -331,8 +331,10 @@ class InstantIDMixin:
         device: torch.device, guess_mode: bool,
     ) -> list[torch.Tensor]:
         images = image if isinstance(self.controlnet, MultiControlNetModel) else [image]
+        # diffusers names the same helper differently in its text-to-image and image-to-image pipelines.
+        prepare = self.prepare_control_image if hasattr(self, "prepare_control_image") else self.prepare_image
         return [
-            self.prepare_image(
+            prepare(
                 image=img, width=width, height=height, batch_size=batch, num_images_per_prompt=num_images_per_prompt,
                 device=device, dtype=self.identitynet.dtype,
                 do_classifier_free_guidance=self.do_classifier_free_guidance, guess_mode=guess_mode,

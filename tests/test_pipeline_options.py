@@ -1,0 +1,249 @@
+"""Published options the fixtures do not cover, checked through properties that fail if they are wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionXLPipeline
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from PIL import Image
+
+from instantid import StableDiffusionXLInstantIDImg2ImgPipeline, StableDiffusionXLInstantIDPipeline, draw_kps
+from instantid.attention import face_processors
+from instantid.errors import EmbeddingSpaceError, InvalidInputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+KPS = [[44, 40], [84, 42], [64, 62], [48, 84], [80, 84]]
+
+
+@pytest.fixture(scope="module")
+def embedding(tiny_fixture_dir):
+    return np.load(tiny_fixture_dir / "face_embedding.npy")
+
+
+def kps_image(width=128, height=128, kps=KPS):
+    return draw_kps(Image.new("RGB", (width, height)), kps)
+
+
+def run(pipe, emb, seed=0, **kwargs):
+    defaults = dict(
+        prompt="a portrait", num_inference_steps=3, guidance_scale=5.0, controlnet_conditioning_scale=0.8,
+        ip_adapter_scale=0.8, output_type="latent",
+    )
+    defaults.update(kwargs)
+    defaults.setdefault("image", kps_image())
+    if "generator" not in defaults:
+        defaults["generator"] = torch.Generator("cpu").manual_seed(seed)
+    return pipe(image_embeds=emb, **defaults).images
+
+
+def gens(*seeds):
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def test_non_square_output_takes_keypoint_image_size(fixture_pipe, embedding):
+    latents = run(fixture_pipe, embedding, image=kps_image(192, 128))
+    assert latents.shape == (1, 4, 16, 24)
+    images = run(fixture_pipe, embedding, image=kps_image(96, 160, [[30, 60], [66, 60], [48, 80], [34, 100], [62, 100]]),
+                 output_type="pil")
+    assert images[0].size == (96, 160)
+
+
+def test_num_images_per_prompt_matches_single_runs(fixture_pipe, embedding):
+    """Each image of a batch equals the run made alone with its own generator: the face tokens and the
+    guidance halves line up with the latents for every batch element."""
+    batch = run(fixture_pipe, embedding, num_images_per_prompt=2, generator=gens(1, 2))
+    assert batch.shape[0] == 2
+    for i, seed in enumerate((1, 2)):
+        alone = run(fixture_pipe, embedding, generator=gens(seed))
+        assert (batch[i] - alone[0]).abs().max() < 1e-4
+
+
+def test_several_prompts_in_one_call(fixture_pipe, embedding):
+    prompts = ["a portrait", "a person on the moon"]
+    both = run(fixture_pipe, embedding, prompt=prompts, negative_prompt="blurry", num_images_per_prompt=2,
+               generator=gens(1, 2, 3, 4))
+    assert both.shape[0] == 4
+    second_alone = run(fixture_pipe, embedding, prompt=prompts[1], negative_prompt="blurry", generator=gens(3))
+    assert (both[2] - second_alone[0]).abs().max() < 1e-4
+    assert (both[0] - both[2]).abs().max() > 1e-3  # the prompt still steers
+
+
+def test_guidance_window_switches_identitynet_per_step(fixture_pipe, embedding):
+    calls = []
+    hook = fixture_pipe.controlnet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        run(fixture_pipe, embedding, num_inference_steps=4, control_guidance_end=0.5)
+        assert len(calls) == 2  # steps 0 and 1 of 4
+        calls.clear()
+        run(fixture_pipe, embedding, num_inference_steps=4, control_guidance_start=0.5)
+        assert len(calls) == 2  # steps 2 and 3
+    finally:
+        hook.remove()
+    full = run(fixture_pipe, embedding, num_inference_steps=4)
+    windowed = run(fixture_pipe, embedding, num_inference_steps=4, control_guidance_end=0.5)
+    assert (full - windowed).abs().max() > 1e-3
+
+
+def test_zero_strengths_reduce_to_plain_sdxl(fixture_pipe, embedding, tiny_fixture_dir):
+    """IdentityNet at 0 and adapter at 0: exactly diffusers' SDXL text-to-image on the same base."""
+    ours = run(fixture_pipe, embedding, controlnet_conditioning_scale=0.0, ip_adapter_scale=0.0)
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_fixture_dir / "base")
+    plain.set_progress_bar_config(disable=True)
+    reference = plain(
+        prompt="a portrait", num_inference_steps=3, guidance_scale=5.0, height=128, width=128,
+        generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
+    ).images
+    assert (ours - reference).abs().max() < 1e-5
+
+
+def test_white_mask_is_no_mask_and_black_mask_removes_identity(fixture_pipe, embedding):
+    unmasked = run(fixture_pipe, embedding)
+    white = run(fixture_pipe, embedding, control_mask=Image.new("RGB", (128, 128), "white"))
+    assert (white - unmasked).abs().max() < 1e-5
+    black = run(fixture_pipe, embedding, control_mask=Image.new("RGB", (128, 128), "black"))
+    no_identity = run(fixture_pipe, embedding, controlnet_conditioning_scale=0.0, ip_adapter_scale=0.0)
+    assert (black - no_identity).abs().max() < 1e-5
+
+
+def test_face_mask_is_local_and_never_leaks_into_later_calls(fixture_pipe, embedding):
+    mask = np.zeros((128, 192, 3), np.uint8)
+    mask[30:100, 50:140] = 255
+    image = kps_image(192, 128)
+    unmasked = run(fixture_pipe, embedding, image=image)
+    masked = run(fixture_pipe, embedding, image=image, control_mask=Image.fromarray(mask))
+    assert (masked - unmasked).abs().max() > 1e-3
+    assert all(p.face_mask is None for p in face_processors(fixture_pipe.unet))
+    again = run(fixture_pipe, embedding, image=image)
+    assert (again - unmasked).abs().max() == 0
+    # A later call of another size after a masked call still works (the published global mask crashed).
+    assert run(fixture_pipe, embedding, image=kps_image(128, 64, [[44, 20], [84, 20], [64, 32], [48, 48], [80, 48]])
+               ).shape == (1, 4, 8, 16)
+
+
+def test_several_references_are_averaged_not_stacked(fixture_pipe, embedding):
+    single = run(fixture_pipe, embedding)
+    twice = run(fixture_pipe, np.stack([embedding, embedding]))
+    assert (single - twice).abs().max() < 1e-5
+    other = -embedding
+    weighted = run(fixture_pipe, np.stack([embedding, other]), image_embeds_weights=[1.0, 0.0])
+    assert (single - weighted).abs().max() < 1e-5
+    mean = run(fixture_pipe, np.stack([embedding, embedding * 0.5]))
+    assert (run(fixture_pipe, embedding * 0.75) - mean).abs().max() < 1e-5
+
+
+def test_per_call_adapter_scale_is_honoured(fixture_pipe, embedding):
+    low = run(fixture_pipe, embedding, ip_adapter_scale=0.2)
+    high = run(fixture_pipe, embedding, ip_adapter_scale=1.0)
+    assert (low - high).abs().max() > 1e-3
+    assert (run(fixture_pipe, embedding, ip_adapter_scale=0.2) - low).abs().max() == 0
+
+
+def test_guess_mode_with_guidance_runs(fixture_pipe, embedding):
+    latents = run(fixture_pipe, embedding, guess_mode=True, num_images_per_prompt=2, generator=gens(1, 2))
+    assert latents.shape == (2, 4, 16, 16) and torch.isfinite(latents).all()
+
+
+def test_bad_arguments_raise_precise_errors(fixture_pipe, embedding):
+    with pytest.raises(EmbeddingSpaceError, match="128 values but the face adapter expects 512"):
+        run(fixture_pipe, np.zeros(128, np.float32))
+    with pytest.raises(InvalidInputError, match="image_embeds must have shape"):
+        run(fixture_pipe, np.zeros((2, 2, 512), np.float32))
+    with pytest.raises(InvalidInputError, match="control_guidance_start/end"):
+        run(fixture_pipe, embedding, control_guidance_start=0.8, control_guidance_end=0.2)
+    with pytest.raises(InvalidInputError, match="multiple of 8"):
+        run(fixture_pipe, embedding, height=100)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        run(fixture_pipe, np.full(512, np.nan, np.float32))
+    with pytest.raises(InvalidInputError, match="keypoint picture"):
+        fixture_pipe(prompt="x", image_embeds=embedding, image=None)
+
+
+@pytest.fixture(scope="module")
+def multi_pipe(tiny_fixture_dir):
+    identitynet = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    torch.manual_seed(1)
+    pose = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    with torch.no_grad():
+        for p in pose.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(
+        tiny_fixture_dir / "base", controlnet=MultiControlNetModel([identitynet, pose])
+    )
+    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_extra_controlnets_get_text_and_identitynet_gets_face_tokens(multi_pipe, fixture_pipe, embedding):
+    seen: dict[int, int] = {}
+
+    def record(index):
+        def hook(module, args, kwargs, output):
+            seen.setdefault(index, kwargs["encoder_hidden_states"].shape[1])
+
+        return hook
+
+    hooks = [
+        net.register_forward_hook(record(i), with_kwargs=True) for i, net in enumerate(multi_pipe.controlnet.nets)
+    ]
+    try:
+        pose_image = kps_image()
+        both = run(multi_pipe, embedding, image=[kps_image(), pose_image], controlnet_conditioning_scale=[0.8, 0.5])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen[0] == 16  # face tokens
+    assert seen[1] == 77  # text tokens
+    only_identitynet = run(multi_pipe, embedding, image=[kps_image(), pose_image],
+                           controlnet_conditioning_scale=[0.8, 0.0])
+    single = run(fixture_pipe, embedding)
+    assert (only_identitynet - single).abs().max() < 1e-5
+    assert (both - single).abs().max() > 1e-3
+    with pytest.raises(InvalidInputError, match="one control image per ControlNet"):
+        run(multi_pipe, embedding, image=kps_image())
+
+
+def test_img2img_honours_strength_and_adapter_scale(tiny_fixture_dir, embedding):
+    pipe = StableDiffusionXLInstantIDImg2ImgPipeline.from_pretrained(
+        tiny_fixture_dir / "base", controlnet=ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    )
+    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    pipe.set_progress_bar_config(disable=True)
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+
+    def img2img(**kw):
+        args = dict(prompt="a portrait", image=init, control_image=kps_image(), image_embeds=embedding, strength=0.5,
+                    num_inference_steps=4, output_type="latent", ip_adapter_scale=0.8)
+        args.update(kw)
+        return pipe(generator=torch.Generator("cpu").manual_seed(0), **args).images
+
+    base = img2img()
+    assert base.shape == (1, 4, 16, 16)
+    assert (img2img(ip_adapter_scale=0.1) - base).abs().max() > 1e-3  # the published img2img ignored it
+    assert (img2img(strength=0.9) - base).abs().max() > 1e-3
+    with pytest.raises(InvalidInputError, match="strength"):
+        img2img(strength=0.0)
+
+
+def test_attention_switches_keep_the_identity_branch(tiny_fixture_dir, embedding):
+    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(
+        tiny_fixture_dir / "base", controlnet=ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    )
+    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    pipe.set_progress_bar_config(disable=True)
+    before = run(pipe, embedding)
+    count = len(face_processors(pipe.unet))
+    pipe.enable_attention_slicing(1)
+    assert len(face_processors(pipe.unet)) == count
+    assert (run(pipe, embedding) - before).abs().max() < 1e-4
+    pipe.disable_attention_slicing()
+    assert len(face_processors(pipe.unet)) == count
+
+
+def test_resampler_is_part_of_the_unet_for_offload_and_to(fixture_pipe):
+    """CPU offload and .to() move the UNet's submodules; the published code kept the Resampler outside."""
+    resampler = fixture_pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    assert any(m is resampler for m in fixture_pipe.unet.modules())
+    assert "unet" in fixture_pipe.model_cpu_offload_seq
