@@ -45,8 +45,8 @@ def gens(*seeds):
 def test_non_square_output_takes_keypoint_image_size(fixture_pipe, embedding):
     latents = run(fixture_pipe, embedding, image=kps_image(192, 128))
     assert latents.shape == (1, 4, 16, 24)
-    images = run(fixture_pipe, embedding, image=kps_image(96, 160, [[30, 60], [66, 60], [48, 80], [34, 100], [62, 100]]),
-                 output_type="pil")
+    tall = kps_image(96, 160, [[30, 60], [66, 60], [48, 80], [34, 100], [62, 100]])
+    images = run(fixture_pipe, embedding, image=tall, output_type="pil")
     assert images[0].size == (96, 160)
 
 
