@@ -257,3 +257,24 @@ def test_auto_backend_prefers_antelopev2_when_found(
     assert create_face_analyzer("auto").space == SPACE_DLIB
     monkeypatch.setenv(ENV_VAR, str(tiny_root))
     assert create_face_analyzer("auto").space == SPACE_ANTELOPEV2
+
+
+@needs_photos
+def test_large_photo_is_detected_downscaled_and_mapped_back(dlib_analyzer: FaceAnalyzer) -> None:
+    small = load_image(FACES_DIR / "edge_obama_small.jpg")
+    large = small.resize((small.width * 8, small.height * 8), Image.BICUBIC)  # 2560x1920
+    expected = dlib_analyzer.get_face(small)
+    got = dlib_analyzer.get_face(large)
+    side = expected.bbox[2] - expected.bbox[0]
+    np.testing.assert_allclose(np.asarray(got.bbox) / 8, expected.bbox, atol=0.15 * side)
+    np.testing.assert_allclose(got.kps / 8, expected.kps, atol=0.05 * side)
+    assert dlib_analyzer.is_same(got.embedding, expected.embedding)
+
+
+@needs_photos
+def test_cnn_detector_on_request() -> None:
+    cnn = create_face_analyzer("dlib", detector="cnn")
+    face = cnn.get_face(FACES_DIR / "edge_obama_small.jpg")
+    assert face.score > 0.5 and face.space == SPACE_DLIB
+    with pytest.raises(InvalidInputError, match="'hog' or 'cnn'"):
+        create_face_analyzer("dlib", detector="yolo")
