@@ -49,8 +49,14 @@ def test_sizes_come_from_the_checkpoint(fixture_pipe):
     assert spec.num_layers == len(face_processors(fixture_pipe.unet))
 
 
-def test_safetensors_adapter_gives_the_same_images(fixture_pipe, fresh_pipe, published_state, tmp_path, tiny_fixture_dir):
-    flat = {f"{group}.{k}": v.contiguous() for group in ("image_proj", "ip_adapter") for k, v in published_state[group].items()}
+def test_safetensors_adapter_gives_the_same_images(
+    fixture_pipe, fresh_pipe, published_state, tmp_path, tiny_fixture_dir
+):
+    flat = {
+        f"{group}.{key}": value.contiguous()
+        for group in ("image_proj", "ip_adapter")
+        for key, value in published_state[group].items()
+    }
     path = tmp_path / "ip-adapter.safetensors"
     save_file(flat, path, metadata={"embedding_space": "antelopev2-512"})
     fresh_pipe.load_ip_adapter_instantid(path)
