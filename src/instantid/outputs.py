@@ -1,0 +1,161 @@
+"""Writing generated images: PNG with its settings inside, a JSON sidecar beside it, nothing half-written.
+
+Every surface (CLI, batch, web UI, HTTP server) writes through here, so every image anyone gets from this
+project carries what made it: the ``instantid`` PNG text chunk (JSON) and a ``parameters`` chunk in the
+human-readable form other Stable Diffusion tools show.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+METADATA_KEY = "instantid"
+PARAMETERS_KEY = "parameters"
+MAX_NAME_TRIES = 10_000
+
+
+def parameters_text(metadata: dict[str, Any]) -> str:
+    """One human-readable block: prompt, negative prompt, then 'Key: value' pairs."""
+    settings = metadata.get("settings", {})
+    pairs = {
+        "Steps": settings.get("steps"),
+        "Seed": metadata.get("seed", settings.get("seed")),
+        "Size": f"{metadata.get('width')}x{metadata.get('height')}",
+        "CFG scale": settings.get("guidance_scale"),
+        "Sampler": metadata.get("scheduler"),
+        "IdentityNet strength": settings.get("identitynet_strength"),
+        "Adapter strength": settings.get("adapter_strength"),
+        "Style": settings.get("style") or "(No style)",
+        "Reference faces": metadata.get("reference_faces"),
+        "Demo weights": "yes (images are noise)" if metadata.get("demo_weights") else None,
+    }
+    tail = ", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None)
+    return f"{metadata.get('prompt', '')}\nNegative prompt: {metadata.get('negative_prompt', '')}\n{tail}"
+
+
+def png_bytes(image: Image.Image, metadata: dict[str, Any]) -> bytes:
+    """The image as PNG bytes with both metadata text chunks."""
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+    info.add_itxt(PARAMETERS_KEY, parameters_text(metadata))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``instantid`` JSON stored in a PNG written by :func:`write_image`."""
+    with Image.open(path) as image:
+        return json.loads(image.text[METADATA_KEY])
+
+
+def _temp_copy(folder: Path, final: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def sidecar_path(png: Path) -> Path:
+    return png.with_suffix(".json")
+
+
+def is_complete(png: Path) -> bool:
+    """True when both halves of a pair exist; the sidecar is written last, so it marks completion."""
+    return png.is_file() and sidecar_path(png).is_file()
+
+
+def write_image(
+    image: Image.Image, metadata: dict[str, Any], folder: str | Path, stem: str, *, overwrite: bool = False
+) -> Path:
+    """Write ``<stem>.png`` + ``<stem>.json`` into ``folder`` and return the PNG's path.
+
+    Without ``overwrite`` an existing name is never replaced: the next free ``<stem>-0001.png``... is taken,
+    claimed with a hard link, which fails atomically if another writer got there first. Both files go
+    through temporary files in the same folder; the sidecar lands last, so a PNG without one is known to
+    be unfinished.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png_tmp = _temp_copy(folder, folder / f"{stem}.png", png_bytes(image, metadata))
+    sidecar = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    json_tmp = _temp_copy(folder, folder / f"{stem}.json", sidecar.encode())
+    try:
+        target = _place(png_tmp, folder, stem, overwrite)
+        os.replace(json_tmp, sidecar_path(target))
+        return target
+    finally:
+        png_tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, folder: Path, stem: str, overwrite: bool) -> Path:
+    if overwrite:
+        target = folder / f"{stem}.png"
+        os.replace(tmp, target)
+        return target
+    for n in range(MAX_NAME_TRIES):
+        target = folder / (f"{stem}.png" if n == 0 else f"{stem}-{n:04d}.png")
+        if sidecar_path(target).exists():
+            continue
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            continue
+        return target
+    raise FileExistsError(f"no free file name for {stem}.png in {folder} after {MAX_NAME_TRIES} tries")
+
+
+def contact_sheet(items: Sequence[tuple[Path, str]], *, thumb: int = 256, columns: int | None = None) -> Image.Image:
+    """A grid of thumbnails, each with its label (identity / prompt / seed) underneath."""
+    if not items:
+        raise ValueError("a contact sheet needs at least one image")
+    columns = columns or min(len(items), 6)
+    rows = (len(items) + columns - 1) // columns
+    font = ImageFont.load_default()
+    label_height = 3 * 14
+    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (path, label) in enumerate(items):
+        x, y = (i % columns) * thumb, (i // columns) * (thumb + label_height)
+        with Image.open(path) as picture:
+            picture = picture.convert("RGB")
+            picture.thumbnail((thumb, thumb))
+        sheet.paste(picture, (x + (thumb - picture.width) // 2, y + (thumb - picture.height) // 2))
+        for line_no, line in enumerate(_wrap(label, max(8, thumb // 7))[:3]):
+            draw.text((x + 4, y + thumb + 2 + 14 * line_no), line, fill="black", font=font)
+    return sheet
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for part in text.splitlines():
+        while len(part) > width:
+            lines.append(part[:width])
+            part = part[width:]
+        lines.append(part)
+    return lines
+
+
+def save_png_atomically(image: Image.Image, path: str | Path) -> Path:
+    """Replace ``path`` with a PNG through a temporary file (for derived files such as a contact sheet)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    os.replace(_temp_copy(path.parent, path, buffer.getvalue()), path)
+    return path
