@@ -1,0 +1,120 @@
+"""Training configuration: one dataclass, one comment per field; command-line flags are derived from it.
+
+Defaults follow the paper's recipe (SDXL frozen; Resampler + decoupled cross-attention + IdentityNet trained,
+batch 2 per GPU, epsilon MSE) and diffusers' ``train_controlnet_sdxl.py`` where the paper is silent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from instantid.errors import InvalidInputError
+
+
+@dataclass
+class TrainConfig:
+    # ---- data ----
+    data_dir: str = ""  # a folder written by `instantid prepare` (manifest.jsonl, images/, embeddings/)
+    output_dir: str = "instantid-training"  # checkpoints, logs, samples and the exported release go here
+    resolution: int = 1024  # images are resized (short side) and centre-cropped to this square
+    dataloader_num_workers: int = 2  # DataLoader worker processes (image decoding + keypoint pictures)
+    # ---- models ----
+    pretrained_model: str = "stabilityai/stable-diffusion-xl-base-1.0"  # frozen SDXL, diffusers layout
+    pretrained_vae: str | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix; SDXL's own VAE overflows in fp16
+    identitynet: str | None = None  # a ControlNetModel folder to fine-tune; None: a copy of the UNet (from_unet)
+    adapter: str | None = None  # an ip-adapter.bin/.safetensors to fine-tune; None: a fresh adapter
+    resampler_width: int = 1280  # fresh adapter only: Resampler width (published 1280)
+    resampler_depth: int = 4  # fresh adapter only: Resampler layers (published 4; diffusers' loader needs 4)
+    num_tokens: int = 16  # fresh adapter only: face tokens per image (published 16)
+    embedding_space: str = "antelopev2-512"  # face model of the data; recorded in the exported adapter
+    embedding_dim: int = 512  # face-embedding size (antelopev2 512, dlib 128)
+    # ---- objective ----
+    text_dropout: float = 0.05  # fraction of captions replaced by "" (classifier-free guidance on text)
+    face_dropout: float = 0.05  # fraction of face embeddings zeroed (the pipeline's negative branch)
+    # ---- optimisation ----
+    train_batch_size: int = 2  # per device (paper: 2 on each of 48 GPUs)
+    max_train_steps: int = 100_000  # optimizer steps
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-5  # AdamW learning rate (IP-Adapter / ControlNet recipes use 1e-5..1e-4)
+    scale_lr: bool = False  # multiply the learning rate by batch * accumulation * processes
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 500  # warm-up optimizer steps
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_epsilon: float = 1e-8  # AdamW epsilon
+    use_8bit_adam: bool = False  # bitsandbytes' 8-bit AdamW (GPU only; about 1/4 of the optimizer memory)
+    max_grad_norm: float = 1.0  # gradient clipping
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16"; frozen modules are cast, trained ones stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    use_ema: bool = False  # keep an exponential moving average of the trained weights; exported if set
+    ema_decay: float = 0.9999  # EMA decay per optimizer step
+    seed: int = 0  # seeds initialisation, data order, noise, timesteps and dropout
+    # ---- checkpoints, logs, samples ----
+    checkpointing_steps: int = 1000  # save a resumable checkpoint every N optimizer steps
+    checkpoints_total_limit: int | None = None  # keep at most this many checkpoints (oldest deleted)
+    resume_from_checkpoint: str | None = None  # a checkpoint folder, or "latest" in output_dir
+    report_to: str = "jsonl"  # "jsonl" (always written) or also an accelerate tracker: "tensorboard", "wandb"
+    validation_steps: int = 1000  # write sample images every N optimizer steps (0: never)
+    num_validation_images: int = 2  # samples per validation, from the first dataset records
+    validation_inference_steps: int = 30  # sampler steps per validation image
+    export_format: str = "bin"  # adapter file written at the end: "bin" (published) or "safetensors"
+
+    def validate(self) -> None:
+        """Refuse settings that would fail late (after loading models) with a clear one-line error."""
+        if not self.data_dir:
+            raise InvalidInputError("data_dir is required: a folder written by `instantid prepare`")
+        if self.resolution <= 0 or self.resolution % 8:
+            raise InvalidInputError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InvalidInputError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.export_format not in ("bin", "safetensors"):
+            raise InvalidInputError(f"export_format must be bin or safetensors, got {self.export_format!r}")
+        for name in ("text_dropout", "face_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.resampler_depth != 4:
+            raise InvalidInputError("resampler_depth must be 4: diffusers' IP-Adapter-Plus loader builds 4 layers")
+        if min(self.train_batch_size, self.max_train_steps, self.gradient_accumulation_steps) < 1:
+            raise InvalidInputError("train_batch_size, max_train_steps and gradient_accumulation_steps must be >= 1")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _flag_type(annotation: object) -> type:
+    """The scalar type of a field annotation such as ``int``, ``str | None``."""
+    hint = annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint  # type: ignore[return-value]
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """``--field value`` flags for every config field (``--use_ema`` / ``--no-use_ema`` for booleans);
+    ``--config run.json`` reads a saved config first, flags then override it."""
+    parser = argparse.ArgumentParser(prog="instantid train", description="Train InstantID (adapter + IdentityNet).")
+    parser.add_argument("--config", help="a JSON config (e.g. output_dir/train_config.json); flags override it")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = _flag_type(hints[f.name])
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=None)
+    args = parser.parse_args(argv)
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    config = dataclasses.replace(config, **overrides)
+    config.validate()
+    return config
