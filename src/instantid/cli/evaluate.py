@@ -1,0 +1,128 @@
+"""``instantid evaluate`` (score generated images) and ``instantid benchmark run`` (generate + score a protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from instantid.cli import app
+from instantid.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from instantid.evaluation import Sample
+
+benchmark_app = typer.Typer(help="Run an evaluation protocol: generate its images, then score them.",
+                            no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+_ID_MODEL = typer.Option(
+    None, "--id-model", dir_okay=False,
+    help="ArcFace-style ONNX recogniser (112x112 aligned crops, cosine) [default: dlib's offline descriptor].",
+)
+_ID_THRESHOLD = typer.Option(
+    None, "--id-threshold", help="Similarity at or above which a face counts as the same person (--id-model only; "
+    "dlib uses its calibrated 0.4).",
+)
+_CLIP_WEIGHTS = typer.Option(
+    None, "--clip-weights", dir_okay=False, envvar="INSTANTID_CLIP_WEIGHTS",
+    help="Local open_clip checkpoint for the CLIP score; without it the score is reported as skipped.",
+)
+_CLIP_MODEL = typer.Option("ViT-B-32", "--clip-model", help="open_clip architecture of --clip-weights.")
+
+
+def _score_and_report(samples: list[Sample], out: Path, id_model: Path | None, id_threshold: float | None,
+                      clip_weights: Path | None, clip_model: str, title: str) -> None:
+    from instantid.evaluation import create_recogniser, evaluate, load_clip_scorer, write_report
+
+    if id_threshold is not None and id_model is None:
+        raise InvalidInputError("--id-threshold applies to --id-model only")
+    recogniser = create_recogniser(id_model, id_threshold)
+    clip, clip_status = load_clip_scorer(clip_weights, clip_model)
+    if clip is None:
+        typer.echo(f"CLIP score {clip_status}", err=True)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            typer.echo(f"scored {done}/{total}", err=True)
+
+    evaluation = evaluate(samples, recogniser, clip, clip_status, progress=progress)
+    paths = write_report(evaluation, out, title)
+    summary = evaluation.summary
+    for key in ("images", "face_detection_rate", "identity_similarity", "face_prompt_identity_similarity",
+                "same_person_rate", "clip_score", "identity_diversity", "pixel_diversity"):
+        value = summary.get(key)
+        typer.echo(f"{key:34} {value:.4f}" if isinstance(value, float) else f"{key:34} {value}")
+    typer.echo(f"wrote {paths['json']}, {paths['html']}, {paths['grid']}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    images: list[Path] = typer.Argument(..., help="Generated images, or folders of them (searched recursively)."),
+    refs: list[Path] = typer.Option(
+        [], "--refs", dir_okay=False, help="Reference photo of the person (repeat for several). Without it each "
+        "image's JSON sidecar must list its references.",
+    ),
+    identity: str | None = typer.Option(None, "--identity", help="Name of the person [default: reference stem]."),
+    out: Path = typer.Option(Path("evaluation"), "-o", "--out", file_okay=False,
+                             help="Folder for evaluation.json, report.html and grid.png."),
+    id_model: Path | None = _ID_MODEL,
+    id_threshold: float | None = _ID_THRESHOLD,
+    clip_weights: Path | None = _CLIP_WEIGHTS,
+    clip_model: str = _CLIP_MODEL,
+) -> None:
+    """Score generated images: face detection rate, identity similarity, CLIP score and diversity."""
+    from instantid.evaluation import collect_samples
+
+    samples = collect_samples(images, refs, identity)
+    _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model, "InstantID evaluation")
+
+
+@benchmark_app.command("run")
+def benchmark_run_command(
+    refs: list[Path] = typer.Option(
+        ..., "--refs", help="Reference photos or folders: a photo is one identity; a folder's photos are one "
+        "identity each, its sub-folders one identity with several photos.",
+    ),
+    out: Path = typer.Option(..., "-o", "--out", file_okay=False, help="Output folder (resumable)."),
+    protocol: str = typer.Option("pulid", "--protocol", help="Bundled protocol name or a YAML file."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts (face prompt first)."),
+    steps: int = typer.Option(30, "--steps", help="Denoising steps."),
+    guidance_scale: float = typer.Option(5.0, "--guidance-scale"),
+    identitynet_strength: float = typer.Option(0.8, "--identitynet-strength"),
+    adapter_strength: float = typer.Option(0.8, "--adapter-strength"),
+    base: str | None = typer.Option(None, "--base", help="SDXL base: folder, .safetensors file or Hub id."),
+    identitynet: str | None = typer.Option(None, "--identitynet", help="IdentityNet folder or Hub id."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Face adapter ip-adapter.bin or Hub id."),
+    face_backend: str = typer.Option("auto", "--face-backend", help="auto, antelopev2 or dlib."),
+    antelopev2_root: Path | None = typer.Option(None, "--antelopev2-root", file_okay=False),
+    device: str | None = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
+    demo: bool = typer.Option(False, "--demo", help="Tiny random weights, offline: checks the run, images are noise."),
+    id_model: Path | None = _ID_MODEL,
+    id_threshold: float | None = _ID_THRESHOLD,
+    clip_weights: Path | None = _CLIP_WEIGHTS,
+    clip_model: str = _CLIP_MODEL,
+) -> None:
+    """Generate a protocol's images for every reference identity (skipping existing ones), then score them."""
+    from instantid.evaluation import identities_from_refs, load_protocol, run_protocol
+    from instantid.generator import GenerationSettings, InstantID
+
+    chosen = load_protocol(protocol)
+    identities = identities_from_refs(refs)
+    settings = GenerationSettings(
+        steps=steps, guidance_scale=guidance_scale, identitynet_strength=identitynet_strength,
+        adapter_strength=adapter_strength,
+    ).validate()
+    options = {"face_backend": face_backend, "antelopev2_root": antelopev2_root, "device": device, "dtype": dtype}
+    if demo:
+        typer.echo("DEMO MODE: tiny random weights; the images are noise and the scores say nothing about "
+                   "InstantID.", err=True)
+        app_ = InstantID.demo(**{k: v for k, v in options.items() if v is not None and k != "face_backend"})
+    else:
+        app_ = InstantID.from_pretrained(base, identitynet, adapter, **options)
+    samples = run_protocol(app_, chosen, identities, out, settings, limit,
+                           progress=lambda line: typer.echo(line, err=True))
+    _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model,
+                      f"InstantID benchmark: {chosen.name} protocol")
