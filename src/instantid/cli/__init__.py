@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's exit code (e.g. typer.Exit(1)) instead of exiting.
+        code = app(args=argv, standalone_mode=False)
     except InstantIDError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 show()
             return int(code)
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
