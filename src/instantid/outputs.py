@@ -121,7 +121,7 @@ def _place(tmp: Path, folder: Path, stem: str, overwrite: bool) -> Path:
 
 
 def contact_sheet(items: Sequence[tuple[Path, str]], *, thumb: int = 256, columns: int | None = None) -> Image.Image:
-    """A grid of thumbnails, each with its label (identity / prompt / seed) underneath."""
+    """A grid of thumbnails, each with up to three label lines (identity / prompt / seed) underneath."""
     if not items:
         raise ValueError("a contact sheet needs at least one image")
     columns = columns or min(len(items), 6)
@@ -136,19 +136,14 @@ def contact_sheet(items: Sequence[tuple[Path, str]], *, thumb: int = 256, column
             picture = picture.convert("RGB")
             picture.thumbnail((thumb, thumb))
         sheet.paste(picture, (x + (thumb - picture.width) // 2, y + (thumb - picture.height) // 2))
-        for line_no, line in enumerate(_wrap(label, max(8, thumb // 7))[:3]):
+        for line_no, line in enumerate(_fit(label, max(8, thumb // 7))[:3]):
             draw.text((x + 4, y + thumb + 2 + 14 * line_no), line, fill="black", font=font)
     return sheet
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    lines: list[str] = []
-    for part in text.splitlines():
-        while len(part) > width:
-            lines.append(part[:width])
-            part = part[width:]
-        lines.append(part)
-    return lines
+def _fit(text: str, width: int) -> list[str]:
+    """One label line per text line, shortened with '...' so the seed line below stays visible."""
+    return [line if len(line) <= width else line[: width - 3] + "..." for line in text.splitlines()]
 
 
 def save_png_atomically(image: Image.Image, path: str | Path) -> Path:
