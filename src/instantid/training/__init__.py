@@ -7,4 +7,6 @@ adapter and IdentityNet on a frozen SDXL with HF accelerate, ``export`` writes t
 from instantid.training.config import TrainConfig, parse_args
 from instantid.training.export import adapter_state_dict, export_release, resampler_to_published, save_adapter
 
-__all__ = ["TrainConfig", "adapter_state_dict", "export_release", "parse_args", "resampler_to_published", "save_adapter"]
+__all__ = [
+    "TrainConfig", "adapter_state_dict", "export_release", "parse_args", "resampler_to_published", "save_adapter",
+]

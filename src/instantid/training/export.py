@@ -16,7 +16,7 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-from instantid.errors import IncompatibleWeightsError
+from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
 
 ADAPTER_FILES = ("ip-adapter.bin", "ip-adapter.safetensors")
 IDENTITYNET_FOLDER = "ControlNetModel"
@@ -117,9 +117,27 @@ def export_release(
 ) -> Path:
     """Write ``out_dir/ip-adapter.{bin,safetensors}`` and ``out_dir/ControlNetModel/`` (published layout)."""
     if adapter_format not in ("bin", "safetensors"):
-        raise ValueError(f"adapter_format must be 'bin' or 'safetensors', got {adapter_format!r}")
+        raise InvalidInputError(f"adapter format must be 'bin' or 'safetensors', got {adapter_format!r}")
     out = Path(out_dir)
     save_adapter(unet, out / f"ip-adapter.{adapter_format}", embedding_space, dtype)
     # A cast copy: the caller's (training) module keeps its dtype; the published IdentityNet is fp16.
     copy.deepcopy(identitynet).to(dtype).save_pretrained(out / IDENTITYNET_FOLDER, safe_serialization=True)
     return out
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, adapter_format: str = "bin") -> Path:
+    """Export a training checkpoint folder (``run/checkpoint-N``) to the published layout.
+
+    The run's ``train_config.json`` (next to the checkpoint) says which base model and sizes to rebuild.
+    """
+    from instantid.training.config import TrainConfig
+    from instantid.training.model import build_modules
+
+    checkpoint = Path(checkpoint)
+    config_path = checkpoint.parent / "train_config.json"
+    if not config_path.is_file():
+        raise MissingWeightsError(f"{config_path} not found: export needs the run's config next to its checkpoints")
+    config = TrainConfig.load(config_path)
+    modules = build_modules(config)
+    modules.net.load_trainable(checkpoint)
+    return export_release(modules.net.unet, modules.net.identitynet, out_dir, config.embedding_space, adapter_format)

@@ -24,9 +24,10 @@ from instantid.adapter import (
     load_adapter_state_dict,
     random_adapter_state_dict,
 )
-from instantid.errors import EmbeddingSpaceError, MissingWeightsError
+from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, MissingWeightsError
 from instantid.training.config import TrainConfig
 
+TRAINABLE_FILE = "trainable.safetensors"  # the trained tensors of a checkpoint folder
 # Parameter names (inside the UNet) that belong to the face adapter and are trained.
 _ADAPTER_PARAMS = ("encoder_hid_proj.", ".to_k_ip.", ".to_v_ip.")
 
@@ -65,6 +66,22 @@ class InstantIDNet(torch.nn.Module):
         """Only the trained tensors: checkpoints stay small (the frozen UNet is never copied)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable(self, folder: str | Path) -> None:
+        """Load ``folder/trainable.safetensors``, refusing a checkpoint of a differently shaped model."""
+        from safetensors.torch import load_file
+
+        path = Path(folder) / TRAINABLE_FILE
+        if not path.is_file():
+            raise MissingWeightsError(f"{path} not found: not a training checkpoint folder")
+        state = load_file(str(path))
+        own = self.trainable_state_dict()
+        bad = sorted(set(state) ^ set(own)) + [k for k in state if k in own and state[k].shape != own[k].shape]
+        if bad:
+            raise IncompatibleWeightsError(
+                f"checkpoint {folder} does not fit this model ({len(bad)} tensors differ, e.g. {bad[0]!r})"
+            )
+        self.load_state_dict(state, strict=False)
 
 
 @dataclass
@@ -106,7 +123,9 @@ def _load_adapter_state(config: TrainConfig, unet: UNet2DConditionModel) -> dict
 def build_modules(config: TrainConfig) -> TrainingModules:
     """Load the frozen base, create or load IdentityNet and the face adapter, and mark what trains."""
     root = config.pretrained_model
-    tokenizers = (_from_pretrained(CLIPTokenizer, root, "tokenizer"), _from_pretrained(CLIPTokenizer, root, "tokenizer_2"))
+    tokenizers = (
+        _from_pretrained(CLIPTokenizer, root, "tokenizer"), _from_pretrained(CLIPTokenizer, root, "tokenizer_2")
+    )
     encoders = (
         _from_pretrained(CLIPTextModel, root, "text_encoder"),
         _from_pretrained(CLIPTextModelWithProjection, root, "text_encoder_2"),

@@ -51,7 +51,9 @@ def make_identities(count: int, dim: int, seed: int = 0) -> list[SyntheticIdenti
     ]
 
 
-def draw_face(identity: SyntheticIdentity, size: int, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray, tuple]:
+def draw_face(
+    identity: SyntheticIdentity, size: int, rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray, tuple[float, float, float, float]]:
     """One picture of ``identity`` at a random pose; returns (RGB image, keypoints (5, 2), face box)."""
     canvas = np.full((size, size, 3), 128, dtype=np.uint8)
     half_w = size * rng.uniform(0.2, 0.32)

@@ -34,9 +34,15 @@ from instantid.errors import InvalidInputError
 from instantid.training.config import TrainConfig, parse_args
 from instantid.training.data import FaceDataset, collate
 from instantid.training.export import export_release
-from instantid.training.model import TrainingModules, build_modules, cast_frozen, diffusion_loss, step_generator
+from instantid.training.model import (
+    TRAINABLE_FILE,
+    TrainingModules,
+    build_modules,
+    cast_frozen,
+    diffusion_loss,
+    step_generator,
+)
 
-TRAINABLE_FILE = "trainable.safetensors"
 LOG_FILE = "train_log.jsonl"
 RELEASE_FOLDER = "release"
 
@@ -60,24 +66,18 @@ def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: f
 
 def _register_checkpoint_hooks(accelerator: Accelerator, modules: TrainingModules) -> None:
     """``save_state`` writes only the trained tensors (a few GB for SDXL instead of the whole frozen UNet)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         if accelerator.is_main_process:
             state = accelerator.unwrap_model(models[0]).trainable_state_dict()
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(Path(output_dir) / TRAINABLE_FILE))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+            save_file(tensors, str(Path(output_dir) / TRAINABLE_FILE))
         if weights:
             weights.pop()
 
     def load_hook(models: list, input_dir: str) -> None:
-        net = accelerator.unwrap_model(models.pop())
-        state = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-        expected = set(net.trainable_state_dict())
-        if set(state) != expected:
-            raise InvalidInputError(
-                f"checkpoint {input_dir} does not match this model: {len(set(state) ^ expected)} trained tensors differ"
-            )
-        net.load_state_dict(state, strict=False)
+        accelerator.unwrap_model(models.pop()).load_trainable(input_dir)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -156,7 +156,9 @@ def main(config: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "train_config.json")
 
-    # 1. Models: frozen base, trainable adapter + IdentityNet.
+    # 1. Data first (a wrong embedding space fails before minutes of model loading), then the models:
+    # frozen base, trainable adapter + IdentityNet.
+    dataset = FaceDataset(config.data_dir, config.resolution, config.embedding_space, config.embedding_dim)
     modules = build_modules(config)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     cast_frozen(modules, weight_dtype, accelerator.device,
@@ -169,8 +171,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
         ema = EMAModel(params, decay=config.ema_decay)
         accelerator.register_for_checkpointing(ema)
 
-    # 2. Data, optimizer, schedule.
-    dataset = FaceDataset(config.data_dir, config.resolution, config.embedding_space, config.embedding_dim)
+    # 2. Optimizer, schedule, data loader.
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, shuffle=True, collate_fn=collate,
         num_workers=config.dataloader_num_workers, drop_last=len(dataset) >= config.train_batch_size,

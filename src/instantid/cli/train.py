@@ -1,0 +1,67 @@
+"""``instantid prepare`` (captioned photos -> training set), ``instantid train`` and ``instantid export``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from instantid.cli import app
+from instantid.faces import BACKENDS
+
+Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)
+
+
+@app.command()
+def prepare(
+    inputs: list[Path] = typer.Argument(..., help="Folders of images (+ .txt captions) or webdataset .tar shards."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for manifest.jsonl, images/, embeddings/."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help="Face model; its embedding space is recorded."),
+    antelopev2_root: Path | None = typer.Option(None, "--antelopev2-root", file_okay=False,
+                                                help="Folder holding scrfd_10g_bnkps.onnx and glintr100.onnx."),
+    captions: Path | None = typer.Option(None, "--captions", help='JSONL of {"file", "caption"} for folder inputs.'),
+    max_faces: int = typer.Option(1, help="Drop images with more faces (paper: single-person images)."),
+    min_face_px: float = typer.Option(64.0, help="Drop faces whose box is shorter than this (pixels)."),
+    min_face_fraction: float = typer.Option(0.0, help="Drop faces shorter than this fraction of the image."),
+    min_score: float = typer.Option(0.0, help="Drop detections below this score (backend-specific scale)."),
+    workers: int = typer.Option(1, help="Analysis threads, each with its own face analyzer."),
+    allow_empty_caption: bool = typer.Option(False, help="Keep images without a caption (as an empty one)."),
+) -> None:
+    """Analyse captioned photos into a training set (resumable: reruns skip what is already decided)."""
+    from instantid.faces import create_face_analyzer
+    from instantid.training.prepare import PrepareConfig
+    from instantid.training.prepare import prepare as run_prepare
+
+    config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,
+                           min_score=min_score, workers=workers, allow_empty_caption=allow_empty_caption)
+    summary = run_prepare(
+        inputs, out, lambda: create_face_analyzer(backend.value, root=antelopev2_root), config, captions_jsonl=captions,
+    )
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def train(ctx: typer.Context) -> None:
+    """Train the face adapter and IdentityNet. Flags: `instantid train --help` lists every config field.
+
+    Multi-GPU / multi-node: `accelerate launch ... -m instantid.training.trainer <same flags>`.
+    """
+    from instantid.training.config import parse_args
+    from instantid.training.trainer import main
+
+    result = main(parse_args(ctx.args))
+    typer.echo(f"trained {result['global_step']} steps; published-layout weights in {result['release']}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="A run's checkpoint-N folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for ip-adapter.* and ControlNetModel/."),
+    adapter_format: str = typer.Option("bin", "--format", help="bin (published) or safetensors."),
+) -> None:
+    """Write a training checkpoint in the published layout (ip-adapter.bin + ControlNetModel/)."""
+    from instantid.training.export import export_checkpoint
+
+    typer.echo(f"exported to {export_checkpoint(checkpoint, out, adapter_format)}")

@@ -1,0 +1,225 @@
+"""Training: data preparation, the trainer (learning, exact resume), and export to the published layout."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instantid.faces.base import Face
+from instantid.tiny import TinyConfig, build_tiny_components, build_tiny_instantid
+from instantid.training.config import TrainConfig, parse_args
+from instantid.training.data import FaceDataset, collate, read_manifest
+from instantid.training.export import adapter_state_dict, export_release
+from instantid.training.model import build_modules, diffusion_loss
+from instantid.training.prepare import PrepareConfig, prepare
+from instantid.training.synthetic import SPACE, make_identities, write_synthetic_dataset
+from instantid.training.trainer import LOG_FILE, main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "instantid-tiny"
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+RES = 64
+DIM = 128
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("training")
+    release = build_tiny_instantid(root / "tiny", TinyConfig(embedding_dim=DIM, embedding_space=SPACE))
+    write_synthetic_dataset(root / "data", make_identities(4, DIM), per_identity=2, size=RES)
+    return {"root": root, "base": release / "base", "data": root / "data"}
+
+
+def _config(setup: dict, out: str, **kw) -> TrainConfig:
+    defaults = dict(
+        data_dir=str(setup["data"]), output_dir=str(setup["root"] / out), resolution=RES,
+        pretrained_model=str(setup["base"]), resampler_width=128, embedding_space=SPACE, embedding_dim=DIM,
+        train_batch_size=4, learning_rate=1e-3, lr_scheduler="constant", lr_warmup_steps=0,
+        checkpointing_steps=4, validation_steps=0, dataloader_num_workers=0,
+    )
+    return TrainConfig(**(defaults | kw))
+
+
+def test_export_inverts_diffusers_conversion_on_the_published_fixture() -> None:
+    """Published file -> diffusers modules -> our export gives back every key and tensor of the fixture."""
+    from diffusers import UNet2DConditionModel
+
+    from instantid.adapter import install_face_adapter, load_adapter_state_dict
+
+    published, _ = load_adapter_state_dict(FIXTURE / "ip-adapter.bin")
+    unet = UNet2DConditionModel.from_pretrained(FIXTURE / "base", subfolder="unet")
+    install_face_adapter(unet, published, scale=1.0)
+    exported = adapter_state_dict(unet)
+    for group in ("image_proj", "ip_adapter"):
+        assert set(exported[group]) == set(published[group])
+        for key, tensor in published[group].items():
+            assert torch.equal(exported[group][key], tensor.to(exported[group][key].dtype)), key
+
+
+def test_trainer_learns_resumes_exactly_and_exports(setup: dict) -> None:
+    config = _config(setup, "run_a", max_train_steps=12, checkpointing_steps=6)
+    modules = build_modules(config)
+    dataset = FaceDataset(config.data_dir, RES, SPACE, DIM)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+
+    def held_loss(m) -> float:
+        with torch.no_grad():
+            return float(diffusion_loss(m, batch, torch.Generator().manual_seed(123), RES).mean())
+
+    before = held_loss(modules)
+    result = main(config)
+    assert result["global_step"] == 12
+    modules.net.load_trainable(Path(config.output_dir) / "checkpoint-12")
+    after = held_loss(modules)
+    assert after < 0.9 * before, (before, after)
+
+    # Resume from step 6 in another folder: steps 7..12 must repeat the uninterrupted run's losses.
+    resumed = main(_config(setup, "run_b", max_train_steps=12, checkpointing_steps=6,
+                           resume_from_checkpoint=str(Path(config.output_dir) / "checkpoint-6")))
+    assert sorted(resumed["losses"]) == list(range(7, 13))
+    for step, loss in resumed["losses"].items():
+        assert loss == pytest.approx(result["losses"][step], rel=1e-5, abs=1e-7), step
+    log = [json.loads(line) for line in (Path(config.output_dir) / LOG_FILE).read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 13))
+
+    # The release the trainer wrote has exactly the published key patterns and loads as plain data.
+    raw = torch.load(result["release"] / "ip-adapter.bin", weights_only=True)
+    fixture = torch.load(FIXTURE / "ip-adapter.bin", weights_only=True)
+    pattern = {g: {re.sub(r"\d+", "N", k) for k in fixture[g]} for g in ("image_proj", "ip_adapter")}
+    assert {g: {re.sub(r"\d+", "N", k) for k in raw[g]} for g in pattern} == pattern
+    assert raw["meta"] == {"embedding_space": SPACE, "embedding_dim": str(DIM)}
+    assert (result["release"] / "ControlNetModel" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("adapter_format", ["bin", "safetensors"])
+def test_exported_release_reproduces_the_in_memory_model(setup: dict, tmp_path: Path, adapter_format: str) -> None:
+    """export -> load_ip_adapter_instantid: the pipeline's output equals the in-memory (trained) model's."""
+    from diffusers import ControlNetModel
+
+    from instantid.adapter import inspect_adapter
+    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+
+    modules = build_modules(_config(setup, "unused"))
+    for p in modules.net.trainable_parameters():  # move away from the initialisation, as training does
+        p.data.add_(0.01 * torch.randn_like(p))
+    parts = build_tiny_components()
+    export_release(modules.net.unet, modules.net.identitynet, tmp_path, SPACE, adapter_format, dtype=torch.float32)
+
+    def pipe(unet, controlnet) -> StableDiffusionXLInstantIDPipeline:
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(setup["base"], subfolder="tokenizer")
+        return StableDiffusionXLInstantIDPipeline(
+            vae=modules.vae, text_encoder=modules.text_encoders[0], text_encoder_2=modules.text_encoders[1],
+            tokenizer=tok, tokenizer_2=tok, unet=unet, controlnet=controlnet, scheduler=parts["scheduler"],
+            add_watermarker=False,
+        )
+
+    memory = pipe(modules.net.unet, modules.net.identitynet)
+    memory.adapter_spec = inspect_adapter(adapter_state_dict(modules.net.unet), "memory", {})
+    fresh_unet = type(modules.net.unet).from_pretrained(setup["base"], subfolder="unet")
+    loaded = pipe(fresh_unet, ControlNetModel.from_pretrained(tmp_path / "ControlNetModel"))
+    spec = loaded.load_ip_adapter_instantid(tmp_path / f"ip-adapter.{adapter_format}", scale=1.0)
+    assert spec.embedding_space == SPACE
+    kps = Image.new("RGB", (RES, RES))
+    args = dict(prompt="a person", image=kps, image_embeds=np.ones(DIM), num_inference_steps=2, output_type="latent")
+    a = memory(**args, generator=torch.Generator().manual_seed(0)).images
+    b = loaded(**args, generator=torch.Generator().manual_seed(0)).images
+    # Same tensors, but BLAS may sum in another order for differently aligned buffers: ~1e-6 apart, not 0.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+class _FakeAnalyzer:
+    """Faces decided by image width: 64 -> one face, 65 -> two, 66 -> none, 67 -> a tiny face."""
+
+    space = "fake-8"
+    embedding_dim = 8
+    calls = 0
+
+    def analyze(self, image: Image.Image, name: str | None = None) -> list[Face]:
+        _FakeAnalyzer.calls += 1
+        count, side = {64: (1, 40), 65: (2, 40), 66: (0, 40), 67: (1, 5)}[image.width]
+        kps = np.array([[20, 20], [40, 20], [30, 30], [22, 40], [38, 40]], np.float32)
+        return [Face((10, 10, 10 + side, 10 + side), 0.9, kps, np.full(8, i, np.float32), self.space)
+                for i in range(count)]
+
+
+def _png(width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, 64), (200, 100, 50)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prepare_filters_resumes_and_reads_tar_shards(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, width in (("one", 64), ("two", 65), ("none", 66), ("tiny", 67), ("uncaptioned", 64)):
+        (photos / f"{name}.png").write_bytes(_png(width))
+        if name != "uncaptioned":
+            (photos / f"{name}.txt").write_text(f"a photo of {name}")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    (photos / "broken.txt").write_text("broken")
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for member, data in (("s1.png", _png(64)), ("s1.txt", b"from a shard")):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "prepared"
+    config = PrepareConfig(min_face_px=16, workers=2)
+    summary = prepare([photos, shard], out, _FakeAnalyzer, config, progress=False)
+    assert summary["kept"] == 2
+    assert summary["dropped_by_reason"] == {
+        "no_caption": 1, "no_face": 1, "small_face": 1, "too_many_faces": 1, "unreadable": 1,
+    }
+    records = {r["key"]: r for r in read_manifest(out)}
+    assert set(records) == {"photos/one.png", "shard-000.tar/s1"}
+    assert records["shard-000.tar/s1"]["caption"] == "from a shard"
+    assert np.load(out / records["photos/one.png"]["embedding"]).shape == (8,)
+    assert json.loads((out / "summary.json").read_text())["kept"] == 2
+
+    _FakeAnalyzer.calls = 0
+    again = prepare([photos, shard], out, _FakeAnalyzer, config, progress=False)
+    assert _FakeAnalyzer.calls == 0 and again["skipped_already_done"] == 7 and again["kept"] == 2
+
+
+def test_prepare_on_real_photos_with_dlib(tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    from instantid.faces import create_face_analyzer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("obama_1.jpg", "group_two_people.jpg"):
+        (photos / name).write_bytes((FACES / name).read_bytes())
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("\n".join(json.dumps({"file": n, "caption": "a person"})
+                                  for n in ("obama_1.jpg", "group_two_people.jpg")))
+    summary = prepare([photos], tmp_path / "out", lambda: create_face_analyzer("dlib"), captions_jsonl=captions,
+                      progress=False)
+    assert summary["kept"] == 1 and summary["dropped_by_reason"] == {"too_many_faces": 1}
+    (record,) = read_manifest(tmp_path / "out")
+    assert record["space"] == "dlib-128" and record["embedding_dim"] == 128 and len(record["kps"]) == 5
+
+
+def test_train_refuses_data_of_another_embedding_space(setup: dict) -> None:
+    from instantid.cli import main as cli
+
+    code = cli(["train", "--data_dir", str(setup["data"]), "--pretrained_model", str(setup["base"]),
+                "--embedding_space", "antelopev2-512", "--embedding_dim", "512", "--output_dir",
+                str(setup["root"] / "refused")])
+    assert code == 2
+
+
+def test_parse_args_reads_every_field() -> None:
+    config = parse_args(["--data_dir", "d", "--use_ema", "--resolution", "512", "--checkpoints_total_limit", "3"])
+    assert (config.use_ema, config.resolution, config.checkpoints_total_limit) == (True, 512, 3)
