@@ -51,8 +51,8 @@ def create_ui(app_or_loader: InstantID | Callable[[], InstantID], out_dir: str |
         try:
             check_photos(model, faces, pose)
             result = model.generate(
-                faces, pose_image=pose, prompt=prompt, style=style, identitynet_strength=identitynet,
-                adapter_strength=adapter, negative_prompt=negative, steps=int(steps), guidance_scale=guidance,
+                faces, pose_image=pose, prompt=prompt or "", style=style, identitynet_strength=identitynet,
+                adapter_strength=adapter, negative_prompt=negative or "", steps=int(steps), guidance_scale=guidance,
                 width=width, height=height, num_images=int(num_images), enhance_face_region=enhance,
                 seed=None if randomize or seed is None else int(seed),
                 progress=lambda step, total: progress((step, total), desc="denoising"),
