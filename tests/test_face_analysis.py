@@ -21,7 +21,7 @@ from instantid.errors import (
     MissingWeightsError,
     NoFaceError,
 )
-from instantid.face_analysis import (
+from instantid.faces import (
     EMBEDDING_DIMS,
     SPACE_ANTELOPEV2,
     SPACE_DLIB,
