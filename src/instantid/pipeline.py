@@ -15,6 +15,7 @@ every variant; guess mode works with guidance; the face mask never outlives the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,22 @@ def average_embeddings(image_embeds: EmbeddingInput, weights: Sequence[float] | 
             f"need one non-negative weight per reference embedding ({emb.shape[0]}), with a positive sum"
         )
     return (w[:, None] * emb).sum(dim=0, keepdim=True) / w.sum()
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """What one call has encoded: sizes, text embeddings (negative half first under guidance), face inputs."""
+
+    batch: int  # prompts
+    total: int  # prompts x images per prompt
+    device: torch.device
+    dtype: torch.dtype
+    guess_mode: bool
+    prompt_embeds: torch.Tensor  # (B', 77, D)
+    pooled: torch.Tensor  # (B', P)
+    face_embeds: list[torch.Tensor]  # [(B', 1, 1, E)] for the UNet's image projection
+    face_tokens: torch.Tensor  # (B', Q, D) for IdentityNet
+    projection_dim: int
 
 
 class InstantIDMixin:
@@ -223,6 +240,64 @@ class InstantIDMixin:
             [1.0 - float(i / steps < s or (i + 1) / steps > e) for s, e in zip(starts, ends, strict=True)]
             for i in range(steps)
         ]
+
+    def _encode(
+        self, prompt: str | list[str] | None, prompt_2: str | list[str] | None, negative_prompt: Any,
+        negative_prompt_2: Any, num_images_per_prompt: int, image_embeds: EmbeddingInput | None,
+        weights: Sequence[float] | None, guidance_scale: float, ip_adapter_scale: float | None, guess_mode: bool,
+        clip_skip: int | None, cross_attention_kwargs: dict[str, Any] | None,
+    ) -> _Encoded:
+        """Per-call state, the text embeddings and the face conditioning: what both pipelines share."""
+        if image_embeds is None:
+            raise InvalidInputError("image_embeds (the face embedding) is required")
+        if ip_adapter_scale is not None:
+            self.set_ip_adapter_scale(ip_adapter_scale)
+        self._guidance_scale = guidance_scale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        batch = 1 if prompt is None or isinstance(prompt, str) else len(prompt)
+        device = self._execution_device
+        cfg = self.do_classifier_free_guidance
+        text, negative, pooled, negative_pooled = self.encode_prompt(
+            prompt, prompt_2, device, num_images_per_prompt, cfg, negative_prompt, negative_prompt_2,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip,
+        )
+        total = batch * num_images_per_prompt
+        face_embeds, face_tokens = self._face_conditioning(image_embeds, weights, total, cfg, device, text.dtype)
+        if cfg:
+            text, pooled = torch.cat([negative, text]), torch.cat([negative_pooled, pooled])
+        return _Encoded(
+            batch=batch, total=total, device=device, dtype=text.dtype,
+            guess_mode=guess_mode or self.identitynet.config.global_pool_conditions,
+            prompt_embeds=text.to(device), pooled=pooled.to(device), face_embeds=face_embeds,
+            face_tokens=face_tokens,
+            projection_dim=self.text_encoder_2.config.projection_dim
+            if self.text_encoder_2 is not None else int(pooled.shape[-1]),
+        )
+
+    def _denoise_and_decode(
+        self, enc: _Encoded, latents: torch.Tensor, timesteps: torch.Tensor, images: list[torch.Tensor],
+        face_mask: torch.Tensor | None, add_time_ids: torch.Tensor, negative_time_ids: torch.Tensor,
+        controlnet_conditioning_scale: float | list[float], control_guidance_start: float | list[float],
+        control_guidance_end: float | list[float], generator: Any, eta: float, timestep_cond: torch.Tensor | None,
+        callback_on_step_end: Callable | None, output_type: str, return_dict: bool,
+    ) -> StableDiffusionXLPipelineOutput | tuple:
+        if self.do_classifier_free_guidance:
+            add_time_ids = torch.cat([negative_time_ids, add_time_ids])
+        added_cond = {"text_embeds": enc.pooled, "time_ids": add_time_ids.to(enc.device).repeat(enc.total, 1)}
+        latents = self._denoise(
+            latents, timesteps, prompt_embeds=enc.prompt_embeds, added_cond=added_cond,
+            face_embeds=enc.face_embeds, face_tokens=enc.face_tokens, images=images,
+            conditioning_scales=self._conditioning_scales(controlnet_conditioning_scale),
+            windows=self._guidance_windows(control_guidance_start, control_guidance_end, len(timesteps)),
+            guidance_scale=self.guidance_scale, guess_mode=enc.guess_mode, face_mask=face_mask,
+            extra_step_kwargs=self.prepare_extra_step_kwargs(generator, eta), timestep_cond=timestep_cond,
+            callback_on_step_end=callback_on_step_end,
+        )
+        output = self._decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        return StableDiffusionXLPipelineOutput(images=output) if return_dict else (output,)
 
     # ---- denoising -----------------------------------------------------------------------------
     def _control_residuals(
@@ -391,40 +466,26 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
             controlnet_conditioning_scale, ip_adapter_scale, control_guidance_start, control_guidance_end,
             output_type,
         )
-        if image_embeds is None:
-            raise InvalidInputError("image_embeds (the face embedding) is required")
-        if ip_adapter_scale is not None:
-            self.set_ip_adapter_scale(ip_adapter_scale)
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
-        batch = 1 if prompt is None or isinstance(prompt, str) else len(prompt)
-        device = self._execution_device
-        guess_mode = guess_mode or self.identitynet.config.global_pool_conditions
-        cfg = self.do_classifier_free_guidance
 
         # 2. Encode the prompt (text) and the face (embedding -> tokens).
-        lora_scale = (cross_attention_kwargs or {}).get("scale")
-        prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
-            prompt, prompt_2, device, num_images_per_prompt, cfg, negative_prompt, negative_prompt_2,
-            lora_scale=lora_scale, clip_skip=clip_skip,
+        enc = self._encode(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, num_images_per_prompt, image_embeds,
+            image_embeds_weights, guidance_scale, ip_adapter_scale, guess_mode, clip_skip, cross_attention_kwargs,
         )
-        total = batch * num_images_per_prompt
-        face_embeds, face_tokens = self._face_conditioning(
-            image_embeds, image_embeds_weights, total, cfg, device, prompt_embeds.dtype
-        )
+        device, total = enc.device, enc.total
 
         # 3. Prepare the control images (keypoint picture first); output size defaults to theirs.
-        images = self._prepare_control_images(image, width, height, total, num_images_per_prompt, device, guess_mode)
+        images = self._prepare_control_images(
+            image, width, height, total, num_images_per_prompt, device, enc.guess_mode
+        )
         height, width = images[0].shape[-2:]
-        face_mask = self._face_mask_tensor(control_mask, height, width, device, prompt_embeds.dtype)
+        face_mask = self._face_mask_tensor(control_mask, height, width, device, enc.dtype)
 
         # 4. Timesteps and initial noise.
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(
-            total, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+            total, self.unet.config.in_channels, height, width, enc.dtype, device, generator, latents
         )
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
@@ -433,33 +494,18 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
                 scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 5. SDXL micro-conditioning (sizes) and the pooled text embedding.
+        # 5. SDXL micro-conditioning (sizes).
         add_time_ids = self._get_add_time_ids(
-            (height, width), (0, 0), (height, width), dtype=prompt_embeds.dtype,
-            text_encoder_projection_dim=self.text_encoder_2.config.projection_dim
-            if self.text_encoder_2 is not None else int(pooled.shape[-1]),
-        )
-        if cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-            pooled = torch.cat([negative_pooled, pooled])
-            add_time_ids = torch.cat([add_time_ids, add_time_ids])
-        added_cond = {"text_embeds": pooled.to(device), "time_ids": add_time_ids.to(device).repeat(total, 1)}
-
-        # 6. Denoise.
-        latents = self._denoise(
-            latents, timesteps, prompt_embeds=prompt_embeds.to(device), added_cond=added_cond,
-            face_embeds=face_embeds, face_tokens=face_tokens, images=images,
-            conditioning_scales=self._conditioning_scales(controlnet_conditioning_scale),
-            windows=self._guidance_windows(control_guidance_start, control_guidance_end, len(timesteps)),
-            guidance_scale=guidance_scale, guess_mode=guess_mode, face_mask=face_mask,
-            extra_step_kwargs=self.prepare_extra_step_kwargs(generator, eta), timestep_cond=timestep_cond,
-            callback_on_step_end=callback_on_step_end,
+            (height, width), (0, 0), (height, width), dtype=enc.dtype,
+            text_encoder_projection_dim=enc.projection_dim,
         )
 
-        # 7. Decode.
-        output = self._decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        return StableDiffusionXLPipelineOutput(images=output) if return_dict else (output,)
+        # 6. Denoise, 7. decode.
+        return self._denoise_and_decode(
+            enc, latents, timesteps, images, face_mask, add_time_ids, add_time_ids, controlnet_conditioning_scale,
+            control_guidance_start, control_guidance_end, generator, eta, timestep_cond, callback_on_step_end,
+            output_type, return_dict,
+        )
 
 
 class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionXLControlNetImg2ImgPipeline):
@@ -505,38 +551,24 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
             controlnet_conditioning_scale, ip_adapter_scale, control_guidance_start, control_guidance_end,
             output_type,
         )
-        if image is None or image_embeds is None:
-            raise InvalidInputError("image (the init image) and image_embeds (the face embedding) are required")
+        if image is None:
+            raise InvalidInputError("image (the init image) is required")
         if not 0 < strength <= 1:
             raise InvalidInputError(f"strength must be in (0, 1], got {strength}")
-        if ip_adapter_scale is not None:
-            self.set_ip_adapter_scale(ip_adapter_scale)
-        self._guidance_scale = guidance_scale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
-        batch = 1 if prompt is None or isinstance(prompt, str) else len(prompt)
-        device = self._execution_device
-        guess_mode = guess_mode or self.identitynet.config.global_pool_conditions
-        cfg = self.do_classifier_free_guidance
 
         # 2. Encode the prompt and the face.
-        lora_scale = (cross_attention_kwargs or {}).get("scale")
-        prompt_embeds, negative_embeds, pooled, negative_pooled = self.encode_prompt(
-            prompt, prompt_2, device, num_images_per_prompt, cfg, negative_prompt, negative_prompt_2,
-            lora_scale=lora_scale, clip_skip=clip_skip,
+        enc = self._encode(
+            prompt, prompt_2, negative_prompt, negative_prompt_2, num_images_per_prompt, image_embeds,
+            image_embeds_weights, guidance_scale, ip_adapter_scale, guess_mode, clip_skip, cross_attention_kwargs,
         )
-        total = batch * num_images_per_prompt
-        face_embeds, face_tokens = self._face_conditioning(
-            image_embeds, image_embeds_weights, total, cfg, device, prompt_embeds.dtype
-        )
+        device, total = enc.device, enc.total
 
         # 3. Control images decide the size; the init image is resized to it.
         images = self._prepare_control_images(
-            control_image, width, height, total, num_images_per_prompt, device, guess_mode
+            control_image, width, height, total, num_images_per_prompt, device, enc.guess_mode
         )
         height, width = images[0].shape[-2:]
-        face_mask = self._face_mask_tensor(control_mask, height, width, device, prompt_embeds.dtype)
+        face_mask = self._face_mask_tensor(control_mask, height, width, device, enc.dtype)
         init = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
 
         # 4. Timesteps cut by strength, and the noised init latents.
@@ -546,35 +578,18 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
             raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(
-            init, timesteps[:1].repeat(total), batch, num_images_per_prompt, prompt_embeds.dtype, device,
-            generator, True,
+            init, timesteps[:1].repeat(total), enc.batch, num_images_per_prompt, enc.dtype, device, generator, True,
         )
 
-        # 5. SDXL micro-conditioning.
+        # 5. SDXL micro-conditioning (sizes and aesthetic scores).
         add_time_ids, negative_time_ids = self._get_add_time_ids(
             (height, width), (0, 0), (height, width), aesthetic_score, negative_aesthetic_score,
-            (height, width), (0, 0), (height, width), dtype=prompt_embeds.dtype,
-            text_encoder_projection_dim=self.text_encoder_2.config.projection_dim
-            if self.text_encoder_2 is not None else int(pooled.shape[-1]),
-        )
-        if cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-            pooled = torch.cat([negative_pooled, pooled])
-            add_time_ids = torch.cat([negative_time_ids, add_time_ids])
-        added_cond = {"text_embeds": pooled.to(device), "time_ids": add_time_ids.to(device).repeat(total, 1)}
-
-        # 6. Denoise.
-        latents = self._denoise(
-            latents, timesteps, prompt_embeds=prompt_embeds.to(device), added_cond=added_cond,
-            face_embeds=face_embeds, face_tokens=face_tokens, images=images,
-            conditioning_scales=self._conditioning_scales(controlnet_conditioning_scale),
-            windows=self._guidance_windows(control_guidance_start, control_guidance_end, len(timesteps)),
-            guidance_scale=guidance_scale, guess_mode=guess_mode, face_mask=face_mask,
-            extra_step_kwargs=self.prepare_extra_step_kwargs(generator, eta), timestep_cond=None,
-            callback_on_step_end=callback_on_step_end,
+            (height, width), (0, 0), (height, width), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
         )
 
-        # 7. Decode.
-        output = self._decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        return StableDiffusionXLPipelineOutput(images=output) if return_dict else (output,)
+        # 6. Denoise, 7. decode.
+        return self._denoise_and_decode(
+            enc, latents, timesteps, images, face_mask, add_time_ids, negative_time_ids,
+            controlnet_conditioning_scale, control_guidance_start, control_guidance_end, generator, eta, None,
+            callback_on_step_end, output_type, return_dict,
+        )
