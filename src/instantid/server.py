@@ -322,7 +322,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         except ValidationError as exc:
             raise _validation_error(exc) from None
         model = request.app.state.model
-        await run_in_threadpool(check_faces, model, faces + ([pose] if pose else []), generation.face_index)
+        await run_in_threadpool(check_faces, model, faces, generation.face_index)
+        if pose:  # the generator takes the pose photo's largest face, whatever face_index says
+            await run_in_threadpool(check_faces, model, [pose], None)
         job = Job(uuid.uuid4().hex, [data for _, data in faces], pose[1] if pose else None, generation)
         request.app.state.jobs.submit(job)
         return JobCreated(job_id=job.id, status_url=f"/v1/jobs/{job.id}")
