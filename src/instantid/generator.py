@@ -161,6 +161,7 @@ class InstantID:
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
         self._lock = threading.Lock()  # one generation at a time per model
+        self._face_lock = threading.Lock()  # the face models are not known to be thread-safe (dlib)
         spec = pipe.adapter_spec
         self.embedding_space = spec.embedding_space or (SPACE_ANTELOPEV2 if spec.embedding_dim == 512 else None)
         self._check_space()
@@ -241,15 +242,24 @@ class InstantID:
 
     # ---- generation ----------------------------------------------------------------------------
     def analyze(self, image: ImageInput, name: str | None = None) -> list[Face]:
-        return self.analyzer.analyze(load_image(image, name), name)
+        """Every face in a photo, largest first."""
+        picture = load_image(image, name)
+        with self._face_lock:
+            return self.analyzer.analyze(picture, name)
+
+    def find_face(
+        self, image: ImageInput, name: str | None = None, index: int | None = None
+    ) -> tuple[Image.Image, Face]:
+        """The photo (upright RGB) and its largest (or ``index``-th) face; NoFaceError if there is none."""
+        picture = load_image(image, name)
+        with self._face_lock:
+            return picture, self.analyzer.get_face(picture, name, index)
 
     def _faces(self, images: Sequence[ImageInput], index: int | None) -> list[tuple[Image.Image, Face]]:
-        out = []
-        for i, source in enumerate(images):
-            name = str(source) if isinstance(source, (str, Path)) else f"face image {i + 1}"
-            picture = load_image(source, name)
-            out.append((picture, self.analyzer.get_face(picture, name, index)))
-        return out
+        return [
+            self.find_face(source, str(source) if isinstance(source, (str, Path)) else f"face image {i + 1}", index)
+            for i, source in enumerate(images)
+        ]
 
     def generate(
         self, face_images: ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,

@@ -185,10 +185,9 @@ def run_job(model: InstantID, job: Job) -> None:
 
 def check_faces(model: InstantID, photos: list[tuple[str, bytes]], face_index: int | None) -> None:
     """Raise ImageReadError / NoFaceError / InvalidInputError naming the upload, before the job is queued."""
-    from instantid.faces import load_image
 
     for name, data in photos:
-        model.analyzer.get_face(load_image(data, name), name, face_index)
+        model.find_face(data, name, face_index)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -19,10 +19,10 @@ class Style:
     prompt: str  # contains "{prompt}"
     negative_prompt: str
 
-    def apply(self, prompt: str, negative_prompt: str = "") -> tuple[str, str]:
+    def apply(self, prompt: str | None, negative_prompt: str | None = "") -> tuple[str, str]:
         """The styled prompt and negative prompt for a user's prompt."""
-        styled = self.prompt.replace("{prompt}", prompt.strip() or "a person").strip(" ,.")
-        negative = ", ".join(p for p in (self.negative_prompt, negative_prompt.strip()) if p)
+        styled = self.prompt.replace("{prompt}", (prompt or "").strip() or "a person").strip(" ,.")
+        negative = ", ".join(p for p in (self.negative_prompt, (negative_prompt or "").strip()) if p)
         return styled, negative
 
 

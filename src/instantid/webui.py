@@ -107,8 +107,7 @@ def create_ui(app_or_loader: InstantID | Callable[[], InstantID], out_dir: str |
 
 def check_photos(model: Any, faces: list[str], pose: str | None) -> None:
     """Name the upload by its file name in errors, not gradio's temporary path."""
-    from instantid.faces import load_image
 
     for path in [*faces, *([pose] if pose else [])]:
         name = Path(path).name
-        model.analyzer.get_face(load_image(path, name), name)
+        model.find_face(path, name)
