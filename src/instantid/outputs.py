@@ -57,17 +57,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return json.loads(image.text[METADATA_KEY])
 
 
-def _default_mode() -> int:
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not safe while threads create files.
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 def _temp_copy(folder: Path, final: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
     try:
         # mkstemp creates 0600 files; outputs get the permissions any other new file would.
-        os.fchmod(fd, _default_mode())
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
