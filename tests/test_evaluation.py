@@ -1,0 +1,216 @@
+"""Evaluation: metrics on real photos, reports, ONNX recogniser, protocol, benchmark run, speed script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instantid.cli import main
+from instantid.errors import InvalidInputError
+from instantid.evaluation import (
+    OnnxRecogniser,
+    Sample,
+    align_face,
+    collect_samples,
+    create_recogniser,
+    evaluate,
+    load_protocol,
+    run_protocol,
+    write_report,
+)
+from instantid.evaluation.identity import ARCFACE_TEMPLATE
+from instantid.generator import GenerationSettings
+from instantid.models import ModelRefs
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"shared photos not found at {FACES}")
+
+
+@pytest.fixture(scope="module")
+def recogniser():
+    return create_recogniser()
+
+
+@pytest.fixture(scope="module")
+def evaluation(recogniser):
+    samples = collect_samples(
+        [FACES / "obama_2.jpg", FACES / "biden_1.jpg", FACES / "edge_no_face_noise.png"], [FACES / "obama_1.jpg"]
+    )
+    return evaluate(samples, recogniser)
+
+
+def test_identity_similarity_separates_people_and_counts_undetected_faces(evaluation):
+    same, other, noise = evaluation.images
+    assert same.identity_similarity > other.identity_similarity + 0.2
+    assert same.same_person is True and other.same_person is False
+    assert noise.face_detected is False and noise.identity_similarity is None
+    assert evaluation.summary["face_detection_rate"] == pytest.approx(2 / 3)
+    assert evaluation.summary["same_person_rate"] == pytest.approx(1 / 3)
+    assert evaluation.identities["obama_1"]["identity_diversity"] is not None
+
+
+def test_clip_is_reported_as_skipped_without_weights(evaluation, monkeypatch):
+    monkeypatch.delenv("INSTANTID_CLIP_WEIGHTS", raising=False)
+    assert evaluation.summary["clip_score"].startswith("skipped: no CLIP weights")
+    assert evaluation.settings["clip"].startswith("skipped: no CLIP weights")
+    assert all(score.clip_score is None for score in evaluation.images)
+
+
+def test_report_files_hold_the_scores(evaluation, tmp_path):
+    paths = write_report(evaluation, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert [i["face_detected"] for i in data["images"]] == [True, True, False]
+    assert data["summary"]["clip_score"].startswith("skipped: no CLIP weights")
+    page = paths["html"].read_text()
+    assert page.count("data:image/jpeg;base64,") == 4  # the reference and three generations, inlined
+    assert f"{evaluation.images[0].identity_similarity:.3f}" in page and "skipped: no CLIP weights" in page
+    grid = Image.open(paths["grid"])
+    assert grid.size == (4 * 160, 190)  # reference + 3 cells, one row with its label strip
+    assert len(list(tmp_path.glob(".*"))) == 0  # no temporary files left behind
+
+
+def test_align_face_puts_keypoints_on_the_arcface_template():
+    kps = ARCFACE_TEMPLATE * 2.5 + np.array([40.0, 25.0])
+    image = np.zeros((400, 400, 3), np.uint8)
+    for x, y in kps:
+        cv2.circle(image, (int(round(x)), int(round(y))), 6, (255, 255, 255), -1)
+    crop = align_face(image, kps)
+    assert crop.shape == (112, 112, 3)
+    for x, y in ARCFACE_TEMPLATE:
+        assert crop[int(round(y)), int(round(x))].min() > 200
+    assert crop[5, 5].max() == 0
+
+
+def _tiny_arcface(path: Path) -> Path:
+    """A random ONNX recogniser with ArcFace's interface: (N, 3, 112, 112) -> (N, 512)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv = numpy_helper.from_array(rng.standard_normal((8, 3, 8, 8)).astype(np.float32), "conv_w")
+    fc = numpy_helper.from_array(rng.standard_normal((8 * 14 * 14, 512)).astype(np.float32) * 0.01, "fc_w")
+    nodes = [
+        helper.make_node("Conv", ["input.1", "conv_w"], ["c"], strides=[8, 8]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc_w"], ["683"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_arcface", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [None, 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, [None, 512])], [conv, fc],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_recogniser_embeds_aligned_crops(tmp_path, recogniser):
+    model = _tiny_arcface(tmp_path / "tiny_arcface.onnx")
+    onnx_recogniser = OnnxRecogniser(model, same_person_similarity=0.5, detector=recogniser.detector)
+    photo = Image.open(FACES / "edge_obama_small.jpg").convert("RGB")
+    embedding = onnx_recogniser.embed(photo)
+    assert embedding.shape == (512,)
+    assert onnx_recogniser.similarity(embedding, embedding) == pytest.approx(1.0)
+    assert onnx_recogniser.embed(Image.open(FACES / "edge_no_face_noise.png")) is None
+
+
+def test_cli_evaluate_with_onnx_id_model(tmp_path, capsys):
+    model = _tiny_arcface(tmp_path / "tiny_arcface.onnx")
+    out = tmp_path / "report"
+    code = main(["evaluate", str(FACES / "edge_obama_small.jpg"), "--refs", str(FACES / "obama_2.jpg"),
+                 "--id-model", str(model), "-o", str(out)])
+    assert code == 0
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["settings"]["recogniser"] == "onnx:tiny_arcface.onnx"
+    assert data["settings"]["similarity"] == "cosine similarity"
+    assert -1.0 <= data["images"][0]["identity_similarity"] <= 1.0
+
+
+def test_cli_evaluate_without_references_is_one_line_error(tmp_path, capsys):
+    code = main(["evaluate", str(FACES / "obama_2.jpg"), "-o", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no reference photo for") and "\n" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_pulid_protocol_ships_20_prompts_in_8_categories_with_4_seeds():
+    protocol = load_protocol("pulid")
+    assert len(protocol.prompts) == 20 and len(protocol.seeds) == 4
+    assert sorted(protocol.categories) == sorted(
+        ["clothing", "accessory", "action", "attribute", "view", "background", "style", "complex"]
+    )
+    assert protocol.face_prompt.category == "face"
+    assert [p.id for p in protocol.all_prompts(limit=2)] == ["face", protocol.prompts[0].id]
+
+
+def test_run_protocol_resumes_without_regenerating(tmp_path):
+    calls = []
+
+    def generate(photos, settings):
+        calls.append((settings.prompt, settings.seed))
+        result = SimpleNamespace(images=[Image.new("RGB", (8, 8))])
+        result.image_metadata = lambda index: {"prompt": settings.prompt, "seed": settings.seed}
+        return result
+
+    app = SimpleNamespace(refs=ModelRefs(), demo=True, generate=generate)
+    protocol = load_protocol("pulid")
+    photos = {"obama": [FACES / "obama_1.jpg"]}
+    first = run_protocol(app, protocol, photos, tmp_path, GenerationSettings(), limit=1)
+    assert len(calls) == 4 and len(first) == 4
+    (tmp_path / "images" / "obama" / "face-s42.json").unlink()  # an unfinished image is redone
+    second = run_protocol(app, protocol, photos, tmp_path, GenerationSettings(), limit=1)
+    assert len(calls) == 5 and calls[-1][1] == 42 and [s.image for s in second] == [s.image for s in first]
+    sidecar = json.loads((tmp_path / "images" / "obama" / "face-s42.json").read_text())
+    assert sidecar["references"] == [str((FACES / "obama_1.jpg").resolve())]
+    assert sidecar["category"] == "face" and sidecar["prompt_id"] == "face"
+    with pytest.raises(InvalidInputError, match="different settings"):
+        run_protocol(app, protocol, photos, tmp_path, GenerationSettings(steps=4), limit=1)
+    assert collect_samples([tmp_path / "images"])[0] == Sample(
+        image=tmp_path / "images" / "obama" / "face-s1234.png", identity="obama",
+        references=((FACES / "obama_1.jpg").resolve(),), prompt=protocol.face_prompt.text, prompt_id="face",
+        category="face", seed=1234,
+    )
+
+
+def test_benchmark_run_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("INSTANTID_DEMO_DIR", str(tmp_path / "demo"))
+    out = tmp_path / "bench"
+    code = main(["benchmark", "run", "--demo", "--limit", "2", "--steps", "1", "--refs",
+                 str(FACES / "edge_obama_small.jpg"), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    pngs = sorted((out / "images" / "edge_obama_small").glob("*.png"))
+    assert len(pngs) == 8 and all(p.with_suffix(".json").is_file() for p in pngs)
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["summary"]["images"] == 8
+    assert set(data["summary"]["per_category"]) == {"face", "clothing"}
+    assert {i["seed"] for i in data["images"]} == set(load_protocol("pulid").seeds)
+    assert (out / "report.html").is_file() and (out / "grid.png").is_file()
+
+
+def test_speed_benchmark_writes_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed_benchmark", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    result = speed.main(["--device", "cpu", "--steps", "2", "--warmup-steps", "1", "--repeats", "1",
+                         "--height", "64", "--width", "64", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "speed-cpu.json").read_text())
+    assert data == json.loads(json.dumps(result))
+    assert set(data["stages"]) == {"face_analysis", "prompt_encoding_s", "vae_decode_s"}
+    for name in ("instantid", "stock_controlnet"):
+        keys = {"end_to_end_s", "step_mean_s", "step_p50_s", "outside_denoising_s", "peak_memory_mb", "steps_s"}
+        assert keys <= set(data["pipelines"][name])
+        assert len(data["pipelines"][name]["steps_s"]) == 1
+    assert set(data["ratio_ours_over_stock"]) == {"step_mean_s", "step_p50_s", "end_to_end_s"}
+    assert (tmp_path / "speed-cpu.png").is_file()
