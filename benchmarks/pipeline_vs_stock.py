@@ -6,7 +6,12 @@ step (via ``callback_on_step_end``) and end to end. The stock pipeline has no fa
 the price of InstantID's identity branch (Resampler + decoupled attention + face tokens to IdentityNet).
 
     python benchmarks/pipeline_vs_stock.py                      # tiny, CPU
-    python benchmarks/pipeline_vs_stock.py --device cuda --dtype fp16 --models DIR --size 1024 --steps 30
+    python benchmarks/pipeline_vs_stock.py --device cuda --full-size --size 1024 --steps 20 --profile
+
+``--full-size`` uses random weights at the official SDXL sizes (built on the device, no download; see
+``speed.py``), shared by both pipelines: the face layers are switched in and out between runs. Runs are
+interleaved (stock, ours, ours with the face-region mask, repeated) so clock and thermal drift hit all alike.
+``--profile`` adds the top CUDA/CPU operators of a short run of each, to see where a difference comes from.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/results/pipeline_vs_stock.json``).
 """
@@ -17,6 +22,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -69,27 +75,69 @@ class PeakMemory:
             self.peak = max(0, self.peak - self._start)
 
 
-def load(models: Path, device: str, dtype: torch.dtype):
-    controlnet = ControlNetModel.from_pretrained(models / "ControlNetModel", torch_dtype=dtype)
-    ours = StableDiffusionXLInstantIDPipeline.from_pretrained(models / "base", controlnet=controlnet, torch_dtype=dtype)
-    ours.load_ip_adapter_instantid(models / "ip-adapter.bin")
-    controlnet = ControlNetModel.from_pretrained(models / "ControlNetModel", torch_dtype=dtype)
-    stock = StableDiffusionXLControlNetPipeline.from_pretrained(
-        models / "base", controlnet=controlnet, torch_dtype=dtype
-    )
+class FaceLayers:
+    """Switch one UNet between the stock layers and InstantID's face layers, so both pipelines share every
+    weight (two full-size SDXL UNets would not fit beside each other on many GPUs)."""
+
+    def __init__(self, unet) -> None:
+        self.unet = unet
+        self.face = (dict(unet.attn_processors), unet.encoder_hid_proj, unet.config.encoder_hid_dim_type)
+
+    def stock(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.unet.encoder_hid_proj = None  # first: the Resampler has attention layers of its own
+        self.unet.config.encoder_hid_dim_type = None
+        self.unet.set_attn_processor(AttnProcessor2_0())
+
+    def instantid(self) -> None:
+        processors, proj, kind = self.face
+        self.unet.encoder_hid_proj = proj
+        self.unet.config.encoder_hid_dim_type = kind
+        self.unet.set_attn_processor(dict(processors))  # diffusers empties the dict it is given
+
+
+def load(args: argparse.Namespace, dtype: torch.dtype, tmp: Path):
+    """Both pipelines on one set of components; returns (ours, stock, face-layer switch)."""
+    if args.full_size:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from speed import build_components  # the full-size random SDXL builder
+
+        from instantid.adapter import random_adapter_state_dict
+
+        parts = build_components(argparse.Namespace(full_size=True), torch.device(args.device), dtype, tmp)
+        state = random_adapter_state_dict(parts["unet"], width=1280, depth=4, num_queries=16, embedding_dim=512)
+        torch.save(state, tmp / "ip-adapter.bin")
+        adapter = tmp / "ip-adapter.bin"
+    else:
+        models = args.models or build_tiny_instantid(tmp / "tiny")
+        base = StableDiffusionXLControlNetPipeline.from_pretrained(
+            models / "base", controlnet=ControlNetModel.from_pretrained(models / "ControlNetModel"), torch_dtype=dtype
+        )
+        parts = dict(base.components)
+        parts.pop("feature_extractor", None), parts.pop("image_encoder", None)
+        adapter = models / "ip-adapter.bin"
+    stock = StableDiffusionXLControlNetPipeline(**{k: v for k, v in parts.items() if k != "add_watermarker"},
+                                                add_watermarker=False)
+    ours = StableDiffusionXLInstantIDPipeline(**{k: v for k, v in parts.items() if k != "add_watermarker"},
+                                              add_watermarker=False)
+    ours.load_ip_adapter_instantid(adapter)
     for pipe in (ours, stock):
-        pipe.to(device)
+        pipe.to(args.device, dtype)
         pipe.set_progress_bar_config(disable=True)
-    return ours, stock
+    return ours, stock, FaceLayers(ours.unet)
 
 
 def timed_run(pipe, kwargs: dict, device: str) -> dict:
-    stamps: list[float] = []
+    """Per-step times from CUDA events (or wall clock on CPU) at each step end, end-to-end wall time, peak memory."""
+    marks: list = []
 
     def on_step(p, i, t, tensors):
         if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+            marks.append(torch.cuda.Event(enable_timing=True))
+            marks[-1].record()
+        else:
+            marks.append(time.perf_counter())
         return tensors
 
     with PeakMemory(device) as mem:
@@ -98,44 +146,72 @@ def timed_run(pipe, kwargs: dict, device: str) -> dict:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         total = time.perf_counter() - start
-    steps = np.diff([start, *stamps])[1:]  # drop step 0: it also pays for prompt encoding
-    return {"total_s": total, "step_s": float(np.median(steps)) if len(steps) else float("nan"), "peak_bytes": mem.peak}
+    if device.startswith("cuda"):
+        steps = [a.elapsed_time(b) / 1e3 for a, b in zip(marks[:-1], marks[1:], strict=True)]
+    else:
+        steps = list(np.diff(marks))  # step 0 also pays for prompt encoding: left out
+    return {"total_s": total, "step_s": float(np.median(steps)) if steps else float("nan"), "peak_bytes": mem.peak}
+
+
+def profile_run(pipe, kwargs: dict, device: str, rows: int = 12) -> list[dict]:
+    """Top operators of a 3-step run by device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        pipe(**{**kwargs, "num_inference_steps": 3})
+    key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:rows]
+    return [
+        {"op": e.key, "calls": e.count, "device_ms": getattr(e, "device_time_total", 0) / 1e3,
+         "cpu_ms": e.cpu_time_total / 1e3}
+        for e in events
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="base/, ControlNetModel/, ip-adapter.bin folder (default: tiny)")
+    parser.add_argument("--full-size", action="store_true", help="random weights at the official SDXL sizes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default=None)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=None, help="default 1024 full-size, 128 tiny")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also list the top operators of each pipeline")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_vs_stock.json")
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    size = args.size or (1024 if args.full_size else 128)
     if args.device == "cpu":
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     with tempfile.TemporaryDirectory() as tmp:
-        models = args.models or build_tiny_instantid(Path(tmp) / "tiny")
-        ours, stock = load(models, args.device, dtype)
-        embed_dim = ours.adapter_spec.embedding_dim
-    s = args.size
-    face = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]])
-    kps = draw_kps(Image.new("RGB", (s, s)), face * s)
+        ours, stock, layers = load(args, dtype, Path(tmp))
+    face = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]) * size
+    kps = draw_kps(Image.new("RGB", (size, size)), face)
+    mask = np.zeros((size, size, 3), np.uint8)
+    mask[size // 5 : size * 4 // 5, size // 4 : size * 3 // 4] = 255
     common = dict(prompt="a portrait of a person", negative_prompt="blurry", image=kps, num_inference_steps=args.steps,
                   guidance_scale=5.0, controlnet_conditioning_scale=0.8, output_type="latent")
-    emb = np.random.default_rng(0).normal(size=embed_dim).astype(np.float32)
-    runs = {
-        "instantid": (ours, {**common, "image_embeds": emb, "ip_adapter_scale": 0.8}),
-        "diffusers_controlnet": (stock, common),
+    emb = np.random.default_rng(0).normal(size=ours.adapter_spec.embedding_dim).astype(np.float32)
+    face_call = {**common, "image_embeds": emb, "ip_adapter_scale": 0.8}
+    runs = {  # name: (pipeline, face layers on?, call arguments)
+        "diffusers_controlnet": (stock, False, common),
+        "instantid": (ours, True, face_call),
+        "instantid_face_mask": (ours, True, {**face_call, "control_mask": Image.fromarray(mask)}),
     }
+
+    def call(name: str, fn, **extra):
+        pipe, face_on, kwargs = runs[name]
+        layers.instantid() if face_on else layers.stock()
+        return fn(pipe, {**kwargs, **extra, "generator": torch.Generator("cpu").manual_seed(0)}, args.device)
+
+    for name in runs:  # warm-up
+        call(name, timed_run, num_inference_steps=2)
     results: dict[str, list[dict]] = {name: [] for name in runs}
-    for pipe, kwargs in runs.values():  # warm-up
-        timed_run(pipe, {**kwargs, "num_inference_steps": 2}, args.device)
-    for _ in range(args.repeats):  # alternate so drift hits both alike
-        for name, (pipe, kwargs) in runs.items():
-            kwargs = {**kwargs, "generator": torch.Generator("cpu").manual_seed(0)}
-            results[name].append(timed_run(pipe, kwargs, args.device))
+    for _ in range(args.repeats):  # interleaved so drift hits every pipeline alike
+        for name in runs:
+            results[name].append(call(name, timed_run))
     summary = {
         name: {
             "step_s": statistics.median(r["step_s"] for r in rows),
@@ -144,17 +220,30 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for name, rows in results.items()
     }
-    ratio = {k: summary["instantid"][k] / summary["diffusers_controlnet"][k] for k in ("step_s", "total_s", "peak_mib")}
+    stock_row = summary["diffusers_controlnet"]
+    ratios = {
+        name: {k: row[k] / stock_row[k] if stock_row[k] else float("nan") for k in row}
+        for name, row in summary.items() if name != "diffusers_controlnet"
+    }
     report = {
-        "config": {**vars(args), "models": str(args.models or "tiny"), "out": str(args.out), "dtype": str(dtype)},
+        "config": {**vars(args), "models": str(args.models or ("full-size random" if args.full_size else "tiny")),
+                   "out": str(args.out), "dtype": str(dtype), "size": size},
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
-        "runs": results, "summary": summary, "ratio_instantid_over_stock": ratio,
+        "runs": results, "summary": summary, "ratio_over_stock": ratios,
     }
-    print(f"{'pipeline':<22}{'step (ms)':>12}{'total (s)':>12}{'peak (MiB)':>12}")
+    print(f"{'pipeline':<22}{'step (ms)':>12}{'total (s)':>12}{'peak (MiB)':>12}{'step ratio':>12}{'total ratio':>12}")
     for name, row in summary.items():
-        print(f"{name:<22}{row['step_s'] * 1e3:>12.1f}{row['total_s']:>12.3f}{row['peak_mib']:>12.0f}")
-    print(f"{'ratio ours/stock':<22}{ratio['step_s']:>12.3f}{ratio['total_s']:>12.3f}{ratio['peak_mib']:>12.3f}")
+        r = ratios.get(name, {"step_s": 1.0, "total_s": 1.0})
+        print(f"{name:<22}{row['step_s'] * 1e3:>12.1f}{row['total_s']:>12.3f}{row['peak_mib']:>12.0f}"
+              f"{r['step_s']:>12.3f}{r['total_s']:>12.3f}")
+    if args.profile:
+        report["profile"] = {name: call(name, lambda p, kw, d: profile_run(p, kw, d)) for name in runs}
+        for name, ops in report["profile"].items():
+            print(f"\ntop operators: {name}")
+            for op in ops:
+                print(f"  {op['op'][:60]:<60}{op['calls']:>7}{op['device_ms']:>10.1f} ms dev"
+                      f"{op['cpu_ms']:>10.1f} ms cpu")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
