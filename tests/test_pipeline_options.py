@@ -115,6 +115,8 @@ def test_face_mask_is_local_and_never_leaks_into_later_calls(fixture_pipe, embed
     masked = run(fixture_pipe, embedding, image=image, control_mask=Image.fromarray(mask))
     assert (masked - unmasked).abs().max() > 1e-3
     assert all(p.face_mask is None and p.call_cache is None for p in face_processors(fixture_pipe.unet))
+    # The per-call stand-in for the Resampler is gone again: the real one is back in the UNet.
+    assert type(fixture_pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection"
     again = run(fixture_pipe, embedding, image=image)
     assert (again - unmasked).abs().max() == 0
     # A later call of another size after a masked call still works (the published global mask crashed).

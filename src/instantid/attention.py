@@ -7,9 +7,9 @@ is the published one; :class:`FaceAttnProcessor` keeps that layout and math and 
 * the optional face-region mask that confines the image branch to the face box ("enhance non-face region" in
   the demo). The published code keeps that mask in a module-level global, so one masked call leaks into every
   later call; here it lives on the processors of one UNet and is set and cleared around a single call;
-* a per-call cache: the face tokens do not change between denoising steps, so each layer projects them to
-  keys and values once per call instead of once per step (the same for the resized mask). On a fast GPU SDXL
-  is launch-bound, and these per-step projections were most of the identity branch's cost.
+* a per-call cache: the face tokens do not change between denoising steps, so the Resampler runs once per
+  call (not inside every UNet step) and each layer projects the tokens to keys and values once per call (the
+  same for the resized mask). On a fast GPU SDXL is launch-bound: fewer small operators per step is speed.
 
 Both live only inside :func:`face_region`, which the pipelines wrap around their denoising loop.
 """
@@ -119,7 +119,7 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
             face = merge(F.scaled_dot_product_attention(q, face_k, face_v))
             if self.face_mask is not None:
                 face = face * self._cached(("mask", num_queries), lambda: self._region_weights(num_queries, face))
-            out = out + ip_scale * face
+            out = torch.add(out, face, alpha=ip_scale)
 
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
@@ -129,22 +129,40 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
         return out / attn.rescale_output_factor
 
 
+class FixedFaceTokens(torch.nn.Module):
+    """Stands in for ``unet.encoder_hid_proj`` during one call: returns the face tokens computed once, in the
+    layout diffusers' image projection returns them (one (B, 1, Q, D) tensor per adapter)."""
+
+    def __init__(self, tokens: torch.Tensor) -> None:
+        super().__init__()
+        self.tokens = [tokens[:, None]]
+
+    def forward(self, image_embeds: object) -> list[torch.Tensor]:
+        return self.tokens
+
+
 def face_processors(unet: torch.nn.Module) -> list[FaceAttnProcessor]:
     """The InstantID processors installed in ``unet`` (empty when no face adapter is loaded)."""
     return [p for p in unet.attn_processors.values() if isinstance(p, FaceAttnProcessor)]
 
 
 @contextmanager
-def face_region(unet: torch.nn.Module, mask: torch.Tensor | None) -> Iterator[None]:
+def face_region(unet: torch.nn.Module, mask: torch.Tensor | None, tokens: torch.Tensor | None = None) -> Iterator[None]:
     """One generation call: the face mask (or none) and a fresh per-call cache on every face processor of
-    ``unet``; both are cleared afterwards, whatever happens. The face tokens must stay fixed inside."""
+    ``unet`` and, given the call's face tokens (B, Q, D), the UNet reuses them instead of re-running the
+    Resampler each step. Everything is restored afterwards, whatever happens."""
     processors = face_processors(unet)
+    projection = unet.encoder_hid_proj
     for p in processors:
         p.face_mask = mask
         p.call_cache = {}
+    if tokens is not None and processors:
+        # Swapped for the call only; it holds no parameters, so .to() and offload hooks have nothing to move.
+        unet._modules["encoder_hid_proj"] = FixedFaceTokens(tokens)
     try:
         yield
     finally:
+        unet._modules["encoder_hid_proj"] = projection
         for p in processors:
             p.face_mask = None
             p.call_cache = None

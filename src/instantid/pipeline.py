@@ -346,7 +346,8 @@ class InstantIDMixin:
             control_tokens, control_text = face_tokens.chunk(2)[1], prompt_embeds.chunk(2)[1]
         else:
             control_cond, control_tokens, control_text = added_cond, face_tokens, prompt_embeds
-        with face_region(self.unet, face_mask), self.progress_bar(total=len(timesteps)) as progress:
+        # The UNet's half of the batch always gets the full face tokens (guess mode only trims IdentityNet's).
+        with face_region(self.unet, face_mask, face_tokens), self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
