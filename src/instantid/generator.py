@@ -313,6 +313,8 @@ class InstantID:
             "settings": asdict(replace(settings, seed=seed)), "width": width, "height": height,
             "models": asdict(self.refs), "lora": self.lora, "scheduler": type(self.pipe.scheduler).__name__,
             "embedding_space": self.analyzer.space, "reference_faces": len(faces),
+            # Where the identity came from, so `instantid evaluate` can score the outputs without --refs.
+            "references": [str(Path(p).resolve()) for p in photos if isinstance(p, (str, Path))],
             "pose_from": "pose image" if pose_image is not None else "face image",
             "demo_weights": self.demo,
         }
