@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +27,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_cost.json"
-# SDXL-base-1.0 unet/config.json (the fields that set shapes).
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+# SDXL-base-1.0's UNet sizes, shared with the speed benchmark.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import SDXL_UNET  # noqa: E402
+
 PAPER_GPUS, PAPER_BATCH = 48, 2
 TEXT_ENCODERS_PARAMS = 123_060_480 + 694_659_840  # CLIP ViT-L text + OpenCLIP bigG text (with projection)
 VAE_PARAMS = 83_653_863
