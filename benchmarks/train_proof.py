@@ -137,12 +137,17 @@ class HeldOut:
         timesteps = sorted(set(MID_TIMESTEPS + FULL_TIMESTEPS))
         self.noise = {t: torch.randn(self.latents.shape, generator=gen) for t in timesteps}
 
-    @torch.no_grad()
     def loss(self, modules, embedding: torch.Tensor, timesteps: list[int], batch: int = 64) -> float:
         """Mean eps-MSE over held-out images x ``timesteps`` (the same noise for every condition)."""
+        return float(np.mean(list(self.per_timestep(modules, embedding, timesteps, batch).values())))
+
+    @torch.no_grad()
+    def per_timestep(self, modules, embedding: torch.Tensor, timesteps: list[int], batch: int = 64) -> dict:
+        """``{t: mean eps-MSE over held-out images}``."""
         n = self.latents.shape[0]
-        total = []
+        out = {}
         for t in timesteps:
+            total = []
             steps = torch.full((n,), t)
             noisy = modules.noise_scheduler.add_noise(self.latents, self.noise[t], steps)
             for s in range(0, n, batch):
@@ -153,7 +158,8 @@ class HeldOut:
                     self.tids[sl], embedding[sl], self.kps[sl],
                 )
                 total.append(F.mse_loss(pred, self.noise[t][sl], reduction="none").mean(dim=(1, 2, 3)))
-        return float(torch.cat(total).mean())
+            out[t] = float(torch.cat(total).mean())
+        return out
 
     def all_losses(self, modules, names: list[str] | None = None) -> dict:
         out = {}
@@ -192,8 +198,9 @@ def run(args: argparse.Namespace) -> dict:
     dim, res = 128, args.resolution
     release = build_tiny_instantid(work / "tiny", TinyConfig(embedding_dim=dim, embedding_space=SPACE))
     identities = make_identities(args.identities, dim, seed=0)
-    write_synthetic_dataset(work / "train", identities, args.train_per_id, res, seed=1)
-    write_synthetic_dataset(work / "held_out", identities, args.test_per_id, res, seed=2)
+    scale = tuple(args.face_scale)
+    write_synthetic_dataset(work / "train", identities, args.train_per_id, res, seed=1, face_scale=scale)
+    write_synthetic_dataset(work / "held_out", identities, args.test_per_id, res, seed=2, face_scale=scale)
     train_set = FaceDataset(work / "train", res, SPACE, dim)
     held_set = FaceDataset(work / "held_out", res, SPACE, dim)
     vae_report = make_vae_like_trained(release / "base", train_set)
@@ -231,6 +238,9 @@ def run(args: argparse.Namespace) -> dict:
     loss_after = held.all_losses(after)
     sens_after = embedding_sensitivity(after, held)
     timings["evaluation after"] = time.perf_counter() - start
+    all_t = sorted(set(MID_TIMESTEPS + FULL_TIMESTEPS))
+    by_t = {name: held.per_timestep(after, held.embeddings[name], all_t)
+            for name in ("right identity", "wrong identity +1", "zero embedding")}
     curve = [result["losses"][s] for s in sorted(result["losses"])]
     window = max(1, len(curve) // 10)
     timings["total"] = time.perf_counter() - start_all
@@ -248,7 +258,7 @@ def run(args: argparse.Namespace) -> dict:
                   "phase 2: fresh face adapter + IdentityNet trained on top with instantid.training.trainer.main",
         "setup": {
             "identities": args.identities, "train_images": len(train_set), "held_out_images": len(held_set),
-            "resolution": res, "latent": list(held.latents.shape[1:]), "embedding_dim": dim,
+            "resolution": res, "face_scale": list(scale), "latent": list(held.latents.shape[1:]), "embedding_dim": dim,
             "base_steps": args.base_steps, "base_batch": args.base_batch, "base_lr": args.base_lr,
             "steps": args.steps, "batch": config.train_batch_size, "learning_rate": config.learning_rate,
             "mid_timesteps": MID_TIMESTEPS, "full_timesteps": FULL_TIMESTEPS,
@@ -261,6 +271,7 @@ def run(args: argparse.Namespace) -> dict:
         "ratios_mid": {"b/a": b["mid"] / a["mid"], "b/c": b["mid"] / c["mid"]},
         "ratios_full": {"b/a": b["full"] / a["full"], "b/c": b["full"] / c["full"]},
         "wrong_identity_by_shift": {k: v for k, v in loss_after.items() if k.startswith("wrong identity +")},
+        "after_training_by_timestep": by_t,
         "random_base_loss_mid": raw_loss,
         "base_pretraining": base_report,
         "embedding_sensitivity_t500": {"before": sens_before, "after": sens_after},
@@ -273,10 +284,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400, help="phase 2 (InstantID) optimizer steps")
+    parser.add_argument("--steps", type=int, default=800, help="phase 2 (InstantID) optimizer steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--base-steps", type=int, default=400, help="phase 1 (base UNet) optimizer steps")
+    parser.add_argument("--base-steps", type=int, default=300, help="phase 1 (base UNet) optimizer steps")
     parser.add_argument("--base-batch", type=int, default=16)
     parser.add_argument("--base-lr", type=float, default=2e-3)
     parser.add_argument("--identities", type=int, default=8)
@@ -284,6 +295,8 @@ def main_cli() -> None:
     parser.add_argument("--test-per-id", type=int, default=4)
     parser.add_argument("--wrong-shifts", type=int, default=3, help="wrong identities averaged per held-out image")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--face-scale", type=float, nargs=2, default=(0.28, 0.38),
+                        help="face half-width range, as fractions of the image size")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", "2"))))

@@ -52,11 +52,14 @@ def make_identities(count: int, dim: int, seed: int = 0) -> list[SyntheticIdenti
 
 
 def draw_face(
-    identity: SyntheticIdentity, size: int, rng: np.random.Generator
+    identity: SyntheticIdentity, size: int, rng: np.random.Generator, face_scale: tuple[float, float] = (0.2, 0.32)
 ) -> tuple[Image.Image, np.ndarray, tuple[float, float, float, float]]:
-    """One picture of ``identity`` at a random pose; returns (RGB image, keypoints (5, 2), face box)."""
+    """One picture of ``identity`` at a random pose; returns (RGB image, keypoints (5, 2), face box).
+
+    The face's half-width is drawn from ``face_scale`` (fractions of the image size); larger faces make the
+    identity's colours a larger share of the picture."""
     canvas = np.full((size, size, 3), 128, dtype=np.uint8)
-    half_w = size * rng.uniform(0.2, 0.32)
+    half_w = size * rng.uniform(*face_scale)
     half_h = half_w * 1.3
     cx, cy = rng.uniform(0.35, 0.65, size=2) * size
     roll = rng.uniform(-25, 25)
@@ -89,7 +92,7 @@ def draw_face(
 
 def write_synthetic_dataset(
     root: str | Path, identities: list[SyntheticIdentity], per_identity: int, size: int, seed: int = 0,
-    embedding_noise: float = 0.05,
+    embedding_noise: float = 0.05, face_scale: tuple[float, float] = (0.2, 0.32),
 ) -> list[dict]:
     """Write ``per_identity`` pictures of each identity as a prepared data folder; returns the records."""
 
@@ -99,7 +102,7 @@ def write_synthetic_dataset(
     records = []
     for ident_index, identity in enumerate(identities):
         for i in range(per_identity):
-            image, kps, bbox = draw_face(identity, size, rng)
+            image, kps, bbox = draw_face(identity, size, rng, face_scale)
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             emb = identity.embedding + embedding_noise * rng.standard_normal(identity.embedding.shape)
