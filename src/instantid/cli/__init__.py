@@ -6,7 +6,13 @@ Errors derived from :class:`instantid.errors.InstantIDError` become one line on 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# The libraries' info/deprecation chatter (torchvision fallbacks, dtype hints) would bury our one-line errors
+# and progress bars; set these variables yourself to see it again.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import typer
 
