@@ -149,6 +149,11 @@ class HeldOut:
     @torch.no_grad()
     def per_timestep(self, modules, embedding: torch.Tensor, timesteps: list[int], batch: int = 64) -> dict:
         """``{t: mean eps-MSE over held-out images}``."""
+        return {t: float(v.mean()) for t, v in self.per_image(modules, embedding, timesteps, batch).items()}
+
+    @torch.no_grad()
+    def per_image(self, modules, embedding: torch.Tensor, timesteps: list[int], batch: int = 64) -> dict:
+        """``{t: (N,) eps-MSE of each held-out image}``."""
         n = self.latents.shape[0]
         out = {}
         for t in timesteps:
@@ -163,7 +168,7 @@ class HeldOut:
                     self.tids[sl], embedding[sl], self.kps[sl],
                 )
                 total.append(F.mse_loss(pred, self.noise[t][sl], reduction="none").mean(dim=(1, 2, 3)))
-            out[t] = float(torch.cat(total).mean())
+            out[t] = torch.cat(total)
         return out
 
     def all_losses(self, modules, names: list[str] | None = None) -> dict:
@@ -246,6 +251,12 @@ def run(args: argparse.Namespace) -> dict:
     all_t = sorted(set(MID_TIMESTEPS + FULL_TIMESTEPS))
     by_t = {name: held.per_timestep(after, held.embeddings[name], all_t)
             for name in ("right identity", "wrong identity +1", "zero embedding")}
+    # Paired per image (same noise, same timesteps): how often does the right embedding beat a wrong one?
+    per_image = {name: torch.stack(list(held.per_image(after, held.embeddings[name], MID_TIMESTEPS).values())).mean(0)
+                 for name in held.embeddings}
+    wrong_names = [k for k in per_image if k.startswith("wrong identity +")]
+    wins = torch.stack([per_image["right identity"] < per_image[k] for k in wrong_names]).float().mean()
+    beats_zero = float((per_image["right identity"] < per_image["zero embedding"]).float().mean())
     curve = [result["losses"][s] for s in sorted(result["losses"])]
     window = max(1, len(curve) // 10)
     timings["total"] = time.perf_counter() - start_all
@@ -277,6 +288,8 @@ def run(args: argparse.Namespace) -> dict:
         "ratios_full": {"b/a": b["full"] / a["full"], "b/c": b["full"] / c["full"]},
         "wrong_identity_by_shift": {k: v for k, v in loss_after.items() if k.startswith("wrong identity +")},
         "after_training_by_timestep": by_t,
+        "right_beats_wrong_fraction_mid": float(wins),
+        "right_beats_zero_fraction_mid": beats_zero,
         "random_base_loss_mid": raw_loss,
         "base_pretraining": base_report,
         "embedding_sensitivity_t500": {"before": sens_before, "after": sens_after},
@@ -313,6 +326,14 @@ def main_cli() -> None:
         print(f"{name:<48} {value['mid']:>10.4f} {value['full']:>10.4f}")
     for key, label in (("b/a", "(b)/(a) after right / before"), ("b/c", "(b)/(c) after right / after wrong")):
         print(f"{label:<48} {report['ratios_mid'][key]:>10.3f} {report['ratios_full'][key]:>10.3f}")
+    by_t = report["after_training_by_timestep"]
+    shown = (50, 150, 300, 500, 700, 850, 950)
+    print("(b)/(c) per timestep (wrong = next identity): " + ", ".join(
+        f"t={t} {by_t['right identity'][t] / by_t['wrong identity +1'][t]:.3f}" for t in shown
+    ))
+    print(f"held-out images (x wrong identities) where the right embedding has the lower loss, t 300-700: "
+          f"{100 * report['right_beats_wrong_fraction_mid']:.0f}% (vs zero embedding: "
+          f"{100 * report['right_beats_zero_fraction_mid']:.0f}%)")
     sens = report["embedding_sensitivity_t500"]
     print(f"\nprediction change right->wrong embedding (RMS, t=500): before "
           f"{sens['before']['rms_change_right_vs_wrong']:.4f}, after {sens['after']['rms_change_right_vs_wrong']:.4f}")
