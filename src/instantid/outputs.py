@@ -158,11 +158,21 @@ def _fit(text: str, width: int) -> list[str]:
     return [line if len(line) <= width else line[: width - 3] + "..." for line in text.splitlines()]
 
 
-def save_png_atomically(image: Image.Image, path: str | Path) -> Path:
-    """Replace ``path`` with a PNG through a temporary file (for derived files such as a contact sheet)."""
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
+    """Replace ``path`` with ``data`` through a temporary file in the same folder: a crash never leaves half a
+    file, and readers see the old or the new content, nothing between."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_copy(path.parent, path, data)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_png_atomically(image: Image.Image, path: str | Path) -> Path:
+    """Replace ``path`` with a PNG through a temporary file (for derived files such as a contact sheet)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    os.replace(_temp_copy(path.parent, path, buffer.getvalue()), path)
-    return path
+    return write_bytes_atomically(path, buffer.getvalue())

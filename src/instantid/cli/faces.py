@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from enum import Enum
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from instantid.cli import app
 from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
 from instantid.faces import BACKENDS, Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.keypoints import KPS_COLORS
+from instantid.outputs import write_bytes_atomically
 
 Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # typer lists the choices in --help
 
@@ -57,15 +57,9 @@ def save_atomically(image: Image.Image, out: Path) -> None:
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None:
         raise InvalidInputError(f"cannot tell the image format of {out}: use a .png or .jpg name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            image.save(stream, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    write_bytes_atomically(out, buffer.getvalue())
 
 
 def _draw_targets(images: list[Path], draw: Path) -> list[Path]:

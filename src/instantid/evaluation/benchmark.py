@@ -8,7 +8,6 @@ two methods in one report.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -19,7 +18,7 @@ from instantid.errors import InvalidInputError
 from instantid.evaluation.inputs import IMAGE_SUFFIXES
 from instantid.evaluation.metrics import Sample
 from instantid.evaluation.protocol import Protocol
-from instantid.evaluation.report import write_atomically
+from instantid.outputs import png_bytes, write_bytes_atomically
 
 Progress = Callable[[str], None]
 
@@ -64,7 +63,7 @@ def _check_run(out_dir: Path, record: dict[str, Any]) -> None:
             )
         return
     data = json.dumps(record, indent=2).encode("utf-8")
-    write_atomically(path, lambda stream: stream.write(data))
+    write_bytes_atomically(path, data)
 
 
 def run_protocol(
@@ -93,15 +92,13 @@ def run_protocol(
                 done += 1
                 if not (image_path.is_file() and sidecar.is_file()):
                     result = app.generate(photos, replace(settings, prompt=prompt.text, seed=seed, num_images=1))
-                    buffer = io.BytesIO()
-                    result.images[0].save(buffer, format="PNG")
-                    write_atomically(image_path, lambda stream, data=buffer.getvalue(): stream.write(data))
                     meta = result.image_metadata(0) | {
                         "identity": name, "references": [str(p.resolve()) for p in photos],
                         "protocol": protocol.name, "prompt_id": prompt.id, "category": prompt.category,
                     }
-                    text = json.dumps(meta, indent=2).encode("utf-8")
-                    write_atomically(sidecar, lambda stream, data=text: stream.write(data))
+                    # The image first, the sidecar last: a sidecar marks a finished image when resuming.
+                    write_bytes_atomically(image_path, png_bytes(result.images[0], meta))
+                    write_bytes_atomically(sidecar, json.dumps(meta, indent=2).encode("utf-8"))
                     status = "generated"
                 else:
                     status = "exists"

@@ -10,9 +10,6 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +17,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from instantid.evaluation.metrics import Evaluation, ImageScore
 from instantid.faces import load_image
+from instantid.outputs import save_png_atomically, write_bytes_atomically
 
 THUMB = 160  # grid cell side and HTML thumbnail side, in pixels
 LABEL_HEIGHT = 30
-
-
-def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            write(stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -72,7 +58,7 @@ def score_label(score: ImageScore) -> str:
 
 def write_json(evaluation: Evaluation, path: Path) -> None:
     data = json.dumps(evaluation.to_dict(), indent=2).encode("utf-8")
-    write_atomically(path, lambda stream: stream.write(data))
+    write_bytes_atomically(path, data)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -121,7 +107,7 @@ def render_html(evaluation: Evaluation, title: str) -> str:
 
 def write_html(evaluation: Evaluation, path: Path, title: str = "InstantID evaluation") -> None:
     data = render_html(evaluation, title).encode("utf-8")
-    write_atomically(path, lambda stream: stream.write(data))
+    write_bytes_atomically(path, data)
 
 
 def render_grid(evaluation: Evaluation, columns: int = 8) -> Image.Image:
@@ -150,7 +136,7 @@ def render_grid(evaluation: Evaluation, columns: int = 8) -> Image.Image:
 
 def write_grid(evaluation: Evaluation, path: Path, columns: int = 8) -> None:
     grid = render_grid(evaluation, columns)
-    write_atomically(path, lambda stream: grid.save(stream, format="PNG"))
+    save_png_atomically(grid, path)
 
 
 def write_report(evaluation: Evaluation, out_dir: Path, title: str = "InstantID evaluation") -> dict[str, Path]:
