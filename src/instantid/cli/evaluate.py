@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from instantid.cli import app
+from instantid.cli.generate import load_model, with_model_options
 from instantid.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def evaluate_command(
 
 
 @benchmark_app.command("run")
+@with_model_options
 def benchmark_run_command(
     refs: list[Path] = typer.Option(
         ..., "--refs", help="Reference photos or folders: a photo is one identity; a folder's photos are one "
@@ -92,22 +94,16 @@ def benchmark_run_command(
     guidance_scale: float = typer.Option(5.0, "--guidance-scale"),
     identitynet_strength: float = typer.Option(0.8, "--identitynet-strength"),
     adapter_strength: float = typer.Option(0.8, "--adapter-strength"),
-    base: str | None = typer.Option(None, "--base", help="SDXL base: folder, .safetensors file or Hub id."),
-    identitynet: str | None = typer.Option(None, "--identitynet", help="IdentityNet folder or Hub id."),
-    adapter: str | None = typer.Option(None, "--adapter", help="Face adapter ip-adapter.bin or Hub id."),
-    face_backend: str = typer.Option("auto", "--face-backend", help="auto, antelopev2 or dlib."),
-    antelopev2_root: Path | None = typer.Option(None, "--antelopev2-root", file_okay=False),
-    device: str | None = typer.Option(None, "--device", help="cuda, mps or cpu [default: best available]."),
-    dtype: str | None = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
-    demo: bool = typer.Option(False, "--demo", help="Tiny random weights, offline: checks the run, images are noise."),
     id_model: Path | None = _ID_MODEL,
     id_threshold: float | None = _ID_THRESHOLD,
     clip_weights: Path | None = _CLIP_WEIGHTS,
     clip_model: str = _CLIP_MODEL,
+    *,
+    model: Any,
 ) -> None:
     """Generate a protocol's images for every reference identity (skipping existing ones), then score them."""
     from instantid.evaluation import identities_from_refs, load_protocol, run_protocol
-    from instantid.generator import GenerationSettings, InstantID
+    from instantid.generator import GenerationSettings
 
     chosen = load_protocol(protocol)
     identities = identities_from_refs(refs)
@@ -115,13 +111,7 @@ def benchmark_run_command(
         steps=steps, guidance_scale=guidance_scale, identitynet_strength=identitynet_strength,
         adapter_strength=adapter_strength,
     ).validate()
-    options = {"face_backend": face_backend, "antelopev2_root": antelopev2_root, "device": device, "dtype": dtype}
-    if demo:
-        typer.echo("DEMO MODE: tiny random weights; the images are noise and the scores say nothing about "
-                   "InstantID.", err=True)
-        app_ = InstantID.demo(**{k: v for k, v in options.items() if v is not None and k != "face_backend"})
-    else:
-        app_ = InstantID.from_pretrained(base, identitynet, adapter, **options)
+    app_ = load_model(model)  # announces demo mode: its images are noise and its scores say nothing
     samples = run_protocol(app_, chosen, identities, out, settings, limit,
                            progress=lambda line: typer.echo(line, err=True))
     _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model,
