@@ -35,9 +35,8 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
+from instantid.generator import DTYPES
 from instantid.tiny import build_tiny_instantid
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class PeakMemory:
