@@ -87,3 +87,14 @@ def test_faces_with_antelopev2_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["faces", str(photo), "--backend", "antelopev2", "--antelopev2-root", str(empty)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: antelopev2 face model not found") and "\n" not in err
+
+
+@needs_photos
+def test_faces_on_a_tiny_image_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (2, 2), "white").save(tiny)
+    assert main(["faces", str(tiny), SMALL, "--backend", "dlib", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert [len(r["faces"]) for r in json.loads(captured.out)] == [0, 1], "the other photo is still analysed"
+    assert captured.err.strip() == (f"error: cannot read image {tiny}: the image is too small (2x2); "
+                                    "a face needs at least 20 pixels on each side")

@@ -23,6 +23,7 @@ from instantid.errors import (
 )
 from instantid.faces import (
     EMBEDDING_DIMS,
+    MIN_IMAGE_SIDE,
     SPACE_ANTELOPEV2,
     SPACE_DLIB,
     Face,
@@ -278,3 +279,22 @@ def test_cnn_detector_on_request() -> None:
     assert face.score > 0.5 and face.space == SPACE_DLIB
     with pytest.raises(InvalidInputError, match="'hog' or 'cnn'"):
         create_face_analyzer("dlib", detector="yolo")
+
+
+@pytest.mark.parametrize("side", [1, 2, 8])
+def test_tiny_images_are_refused_with_a_clear_error(dlib_analyzer: FaceAnalyzer, side: int) -> None:
+    # Before the size check these reached dlib's CNN retry, which aborts ("Filter windows must be small
+    # enough to fit into the padded image") or corrupts memory.
+    tiny = Image.new("RGB", (side, side), (120, 100, 90))
+    with pytest.raises(ImageReadError, match=rf"too small \({side}x{side}\).*at least {MIN_IMAGE_SIDE} pixels"):
+        dlib_analyzer.analyze(tiny, "tiny.png")
+    with pytest.raises(ImageReadError, match="tiny.png"):
+        dlib_analyzer.get_face(tiny, "tiny.png")
+
+
+@pytest.mark.parametrize("detector", ["hog", "cnn"])
+def test_thin_strips_skip_the_cnn_instead_of_crashing(detector: str) -> None:
+    # 20x3000 passes the size check, but the CNN would see it downscaled to 7 px across.
+    analyzer = create_face_analyzer("dlib", detector=detector)
+    assert analyzer.analyze(Image.new("RGB", (20, 3000), (120, 100, 90))) == []
+    assert analyzer.analyze(Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), (120, 100, 90))) == []

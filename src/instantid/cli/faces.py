@@ -104,11 +104,11 @@ def faces_command(
     for i, path in enumerate(images):
         try:
             photo = load_image(path)
-        except InstantIDError as exc:
+            faces = analyzer.analyze(photo, name=str(path))
+        except InstantIDError as exc:  # unreadable, or too small to hold a face: report it, go on
             errors.append(exc)
             records.append({"image": str(path), "faces": [], "error": str(exc)})
             continue
-        faces = analyzer.analyze(photo, name=str(path))
         if not faces:
             errors.append(NoFaceError(str(path)))
         records.append({"image": str(path), "faces": [face.to_dict() for face in faces]})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from instantid.errors import InvalidInputError
-from instantid.faces.base import EMBEDDING_DIMS, SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer
+from instantid.faces.base import EMBEDDING_DIMS, MIN_IMAGE_SIDE, SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer
 from instantid.faces.images import MAX_PIXELS, load_image
 
 BACKENDS = ("auto", "dlib", "antelopev2")
@@ -21,6 +21,7 @@ __all__ = [
     "BACKENDS",
     "EMBEDDING_DIMS",
     "MAX_PIXELS",
+    "MIN_IMAGE_SIDE",
     "SPACE_ANTELOPEV2",
     "SPACE_DLIB",
     "Face",

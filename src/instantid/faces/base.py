@@ -8,13 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from instantid.errors import EmbeddingSpaceError, InvalidInputError, NoFaceError
+from instantid.errors import EmbeddingSpaceError, ImageReadError, InvalidInputError, NoFaceError
 from instantid.faces.images import ImageSource, describe_source, load_image
 
 # An embedding is only meaningful next to embeddings of the same model: the name travels with it.
 SPACE_ANTELOPEV2 = "antelopev2-512"
 SPACE_DLIB = "dlib-128"
 EMBEDDING_DIMS: dict[str, int] = {SPACE_ANTELOPEV2: 512, SPACE_DLIB: 128}
+# No backend finds a face shorter than about 20 px (dlib's CNN with one upsampling step, the smallest of
+# them), so a thinner image cannot show one; refusing it up front also keeps such images away from dlib's
+# CNN, which aborts (or corrupts memory) when its filters do not fit the image.
+MIN_IMAGE_SIDE = 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,8 +82,18 @@ class FaceAnalyzer(ABC):
         """Identity distance between two checked embeddings of this space."""
 
     def analyze(self, image: ImageSource, name: str | None = None) -> list[Face]:
-        """All faces, largest box first; ``[]`` when there is none."""
-        rgb = np.asarray(load_image(image, describe_source(image, name)))
+        """All faces, largest box first; ``[]`` when there is none.
+
+        Raises :class:`ImageReadError` for an unreadable image or one under :data:`MIN_IMAGE_SIDE` pixels.
+        """
+        label = describe_source(image, name)
+        rgb = np.asarray(load_image(image, label))
+        height, width = rgb.shape[:2]
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise ImageReadError(
+                label, f"the image is too small ({width}x{height}); a face needs at least {MIN_IMAGE_SIDE} "
+                f"pixels on each side"
+            )
         return sorted(self._detect(rgb), key=lambda face: face.area, reverse=True)
 
     def get_face(self, image: ImageSource, name: str | None = None, index: int | None = None) -> Face:

@@ -22,6 +22,9 @@ from instantid.faces.base import SPACE_DLIB, Face, FaceAnalyzer, pad_image
 DETECT_MAX_SIDE = 1280
 # The CNN detector costs about 4 s per megapixel on 2 cores; 1024 keeps a retry near 3 s.
 CNN_MAX_SIDE = 1024
+# The CNN's smallest face is about 40 px (20 px after its one upsampling step); on a thinner input it finds
+# nothing, and below about 8 px dlib aborts with "Filter windows must be small enough..." or worse.
+CNN_MIN_SIDE = 20
 # HOG's window is 80 px: one upsampling step finds faces down to about 40 px.
 HOG_UPSAMPLE = 1
 PAD_FRACTION = 0.25
@@ -108,9 +111,11 @@ class DlibAnalyzer(FaceAnalyzer):
         return [_scaled(rect, score, scale) for rect, score in zip(rects, scores, strict=True)]
 
     def _run_cnn(self, rgb: np.ndarray) -> list[Box]:
+        small, scale = _downscale(rgb, CNN_MAX_SIDE)
+        if min(small.shape[:2]) < CNN_MIN_SIDE:  # e.g. a 20x3000 strip, downscaled to 7 px across
+            return []
         if self._cnn is None:
             self._cnn = dlib.cnn_face_detection_model_v1(self._cnn_path)
-        small, scale = _downscale(rgb, CNN_MAX_SIDE)
         # Small photos are upsampled once so faces reach the CNN's ~40 px minimum.
         upsample = 1 if max(small.shape[:2]) < CNN_MAX_SIDE // 2 else 0
         return [_scaled(d.rect, d.confidence, scale) for d in self._cnn(small, upsample)]
