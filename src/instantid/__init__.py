@@ -11,6 +11,7 @@ Heavy modules are imported lazily so ``import instantid`` and ``instantid --help
 from __future__ import annotations
 
 import importlib
+from importlib import metadata as _metadata
 from typing import Any
 
 from instantid.errors import (
@@ -25,14 +26,19 @@ from instantid.errors import (
 )
 from instantid.keypoints import draw_kps
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("instantid")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "StableDiffusionXLInstantIDPipeline": "instantid.pipeline",
     "StableDiffusionXLInstantIDImg2ImgPipeline": "instantid.pipeline",
     "average_embeddings": "instantid.pipeline",
     "InstantID": "instantid.generator",
-    "GenerationSettings": "instantid.generator",
+    "GenerationSettings": "instantid.settings",
+    "Identity": "instantid.identity",
+    "ModelSettings": "instantid.model_settings",
     "build_tiny_instantid": "instantid.tiny",
 }
 

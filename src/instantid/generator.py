@@ -1,12 +1,14 @@
-"""The high-level API: one object that loads everything and makes images from face photos.
+"""The high-level API: one object that loads everything and makes images of a person.
 
     from instantid import InstantID
     app = InstantID.from_pretrained()            # published weights (GPU); or InstantID.demo() offline
-    result = app.generate("me.jpg", prompt="an astronaut", style="Watercolor", seed=7)
+    person = app.prepare_identity(["me1.jpg", "me2.jpg"])        # photos -> Identity, analysed once
+    result = app.generate(person, prompt="an astronaut", style="Watercolor", seed=7)
     result.images[0].save("astronaut.png")
 
-The CLI, the web UI and the HTTP server all call :meth:`InstantID.generate` with a
-:class:`GenerationSettings`; none of them re-implements generation.
+Data flows one way: photos -> :meth:`InstantID.prepare_identity` -> :class:`~instantid.identity.Identity` ->
+:meth:`InstantID.generate` with :class:`~instantid.settings.GenerationSettings` -> images. The CLI, the web UI,
+the server and the batch runner all build an Identity once and hand it on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,73 +27,16 @@ from PIL import Image
 
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces import SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer, create_face_analyzer, load_image
+from instantid.identity import Identity, fuse
 from instantid.keypoints import demo_resize_size, draw_kps
+from instantid.loading import load_lora, load_pipeline, make_scheduler, pick_device, pick_dtype, sampler_label
+from instantid.loading import scheduler_name as _scheduler_name
 from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.settings import MAX_SEED, GenerationSettings, make_settings
 from instantid.styles import get_style
 
 ImageInput = str | Path | bytes | Image.Image
 Progress = Callable[[int, int], None]
-MAX_SEED = 2**32 - 1
-
-SCHEDULERS = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++": ("DPMSolverMultistepScheduler", {}),
-    "dpm++_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "ddim": ("DDIMScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-@dataclass
-class GenerationSettings:
-    """Everything one generation needs besides the photos. Defaults are the published demo's."""
-
-    prompt: str = ""  # empty prompt = image-only generation, as in the paper
-    negative_prompt: str = ""
-    style: str | None = None  # one of instantid.styles.STYLES; None = no style
-    num_images: int = 1
-    seed: int | None = None  # None = a random seed, recorded in the result
-    steps: int = 30
-    guidance_scale: float = 5.0
-    identitynet_strength: float = 0.8  # controlnet_conditioning_scale
-    adapter_strength: float = 0.8  # ip_adapter_scale
-    width: int | None = None  # None = the published demo's resize of the face (or pose) photo
-    height: int | None = None
-    enhance_face_region: bool = True  # the face-region mask of the demo
-    face_index: int | None = None  # which face in the photo(s); None = the largest
-    control_guidance_start: float = 0.0
-    control_guidance_end: float = 1.0
-
-    def validate(self) -> GenerationSettings:
-        """Raise :class:`InvalidInputError` naming the first out-of-range field."""
-        checks = (
-            ("num_images", 1 <= self.num_images <= 16, "between 1 and 16"),
-            ("steps", 1 <= self.steps <= 200, "between 1 and 200"),
-            ("guidance_scale", 0 <= self.guidance_scale <= 30, "between 0 and 30"),
-            ("identitynet_strength", 0 <= self.identitynet_strength <= 2, "between 0 and 2"),
-            ("adapter_strength", 0 <= self.adapter_strength <= 2, "between 0 and 2"),
-            ("seed", self.seed is None or 0 <= self.seed <= MAX_SEED, f"between 0 and {MAX_SEED}"),
-            ("face_index", self.face_index is None or self.face_index >= 0, ">= 0"),
-            (
-                "control_guidance_start/end",
-                0 <= self.control_guidance_start < self.control_guidance_end <= 1,
-                "0 <= start < end <= 1",
-            ),
-        )
-        for name, ok, rule in checks:
-            if not ok:
-                raise InvalidInputError(f"{name} must be {rule}, got {getattr(self, name, None)}")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None and not (64 <= value <= 2048 and value % 8 == 0):
-                raise InvalidInputError(f"{name} must be a multiple of 8 between 64 and 2048, got {value}")
-        if (self.width is None) != (self.height is None):
-            raise InvalidInputError("give both width and height, or neither")
-        get_style(self.style)
-        return self
 
 
 @dataclass
@@ -108,34 +53,6 @@ class GenerationResult:
         return {**self.metadata, "seed": self.seeds[index], "index": index}
 
 
-def pick_device(device: str | None) -> str:
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def pick_dtype(dtype: str | None, device: str) -> torch.dtype:
-    if dtype is None:
-        return torch.float16 if device in ("cuda", "mps") else torch.float32
-    if dtype not in DTYPES:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap the pipeline's scheduler, keeping the base model's noise schedule."""
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise InvalidInputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls_name, extra = SCHEDULERS[name]
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
-
-
 def face_region_mask(face: Face, size: tuple[int, int], scale: tuple[float, float]) -> Image.Image:
     """White rectangle over the (rescaled) face box on black: the demo's 'enhance non-face region' mask."""
     w, h = size
@@ -143,6 +60,13 @@ def face_region_mask(face: Face, size: tuple[int, int], scale: tuple[float, floa
     x1, y1, x2, y2 = (int(v * s) for v, s in zip(face.bbox, scale * 2, strict=True))
     mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 255
     return Image.fromarray(mask)
+
+
+def _label(source: Any, index: int, full_paths: bool) -> str:
+    """How a photo is named in messages and metadata: its file name (full path only on request)."""
+    if isinstance(source, (str, Path)):
+        return str(Path(source).resolve()) if full_paths else Path(source).name
+    return f"face image {index + 1}"
 
 
 class InstantID:
@@ -160,6 +84,7 @@ class InstantID:
         self.min_side = min_side
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
+        self.default_scheduler = pipe.scheduler
         self._lock = threading.Lock()  # one generation at a time per model
         self._face_lock = threading.Lock()  # the face models are not known to be thread-safe (dlib)
         spec = pipe.adapter_spec
@@ -173,13 +98,9 @@ class InstantID:
         face_backend: str = "auto", antelopev2_root: str | Path | None = None, device: str | None = None,
         dtype: str | None = None, cpu_offload: bool = False, scheduler: str | None = None,
         lora: str | None = None, lora_scale: float = 1.0, allow_embedding_mismatch: bool = False,
-        demo: bool = False, max_side: int = 1280, min_side: int = 1024,
+        demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
     ) -> InstantID:
         """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer."""
-        from diffusers import ControlNetModel
-
-        from instantid.pipeline import StableDiffusionXLInstantIDPipeline
-
         refs = ModelRefs(**{k: v for k, v in (("base", base), ("identitynet", identitynet), ("adapter", adapter)) if v})
         device = pick_device(device)
         torch_dtype = pick_dtype(dtype, device)
@@ -187,18 +108,9 @@ class InstantID:
         identitynet_path = resolve_identitynet(refs.identitynet)
         adapter_path = resolve_adapter(refs.adapter)
         analyzer = create_face_analyzer(face_backend, root=antelopev2_root)
-        controlnet = ControlNetModel.from_pretrained(identitynet_path, torch_dtype=torch_dtype)
-        if base_path.is_file():
-            pipe = StableDiffusionXLInstantIDPipeline.from_single_file(
-                base_path, controlnet=controlnet, torch_dtype=torch_dtype
-            )
-        else:
-            pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(
-                base_path, controlnet=controlnet, torch_dtype=torch_dtype
-            )
-        pipe.load_ip_adapter_instantid(adapter_path)
+        pipe = load_pipeline(base_path, identitynet_path, adapter_path, dtype=torch_dtype)
         if scheduler:
-            set_scheduler(pipe, scheduler)
+            pipe.scheduler = make_scheduler(pipe.scheduler.config, scheduler)
         app = cls(
             pipe, analyzer, refs, demo=demo, max_side=max_side, min_side=min_side,
             allow_embedding_mismatch=allow_embedding_mismatch,
@@ -209,6 +121,10 @@ class InstantID:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
+        if compile:
+            from instantid.fast import enable_fast_inference
+
+            enable_fast_inference(pipe, compile=True)
         return app
 
     @classmethod
@@ -224,13 +140,10 @@ class InstantID:
         )
 
     def load_lora(self, ref: str, scale: float = 1.0) -> None:
-        """Load a LoRA (file, folder or Hub id), e.g. LCM-LoRA; a name containing 'lcm' also selects the
-        LCM scheduler, which few-step LCM generation needs."""
-        self.pipe.load_lora_weights(ref, adapter_name="user")
-        self.pipe.set_adapters(["user"], adapter_weights=[scale])
+        """Load a LoRA (file, folder or Hub id); a name containing 'lcm' also selects the LCM sampler."""
+        load_lora(self.pipe, ref, scale)
+        self.default_scheduler = self.pipe.scheduler
         self.lora = ref
-        if "lcm" in str(ref).lower():
-            set_scheduler(self.pipe, "lcm")
 
     def _check_space(self) -> None:
         space = self.analyzer.space
@@ -240,7 +153,7 @@ class InstantID:
                 f"{self.embedding_space}: use the matching face backend"
             )
 
-    # ---- generation ----------------------------------------------------------------------------
+    # ---- faces -> identity ---------------------------------------------------------------------
     def analyze(self, image: ImageInput, name: str | None = None) -> list[Face]:
         """Every face in a photo, largest first."""
         picture = load_image(image, name)
@@ -255,37 +168,65 @@ class InstantID:
         with self._face_lock:
             return picture, self.analyzer.get_face(picture, name, index)
 
-    def _faces(self, images: Sequence[ImageInput], index: int | None) -> list[tuple[Image.Image, Face]]:
-        return [
-            self.find_face(source, str(source) if isinstance(source, (str, Path)) else f"face image {i + 1}", index)
-            for i, source in enumerate(images)
-        ]
+    def prepare_identity(
+        self, photos: ImageInput | Sequence[ImageInput], *, pose: ImageInput | None = None,
+        face_index: int | None = None, fusion: str = "auto", weights: Sequence[float] | None = None,
+        names: Sequence[str] | None = None, pose_name: str | None = None, full_paths: bool = False,
+    ) -> Identity:
+        """Analyse the photos once: fused embedding (see :mod:`instantid.identity`), pose face and size.
+
+        ``pose`` takes keypoints and size from another photo (its largest face); otherwise the first photo's
+        chosen face. ``names`` label in-memory photos (uploads) in messages and metadata; file photos are named
+        by their file name, or their full path with ``full_paths``.
+        """
+        sources = [photos] if isinstance(photos, (str, Path, bytes, Image.Image)) else list(photos)
+        if not sources:
+            raise InvalidInputError("give at least one face photo")
+        if names is not None and len(names) != len(sources):
+            raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
+        labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
+        found = []
+        for source, label in zip(sources, labels, strict=True):
+            picture, face = self.find_face(source, label, face_index)
+            found.append((label, picture, face))
+        embedding, references, used, warnings = fuse(self.analyzer, found, fusion, weights)
+        if pose is not None:
+            label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
+            pose_picture, pose_face = self.find_face(pose, label, None)
+        else:
+            label, pose_picture, pose_face = found[0]
+        return Identity(
+            embedding=embedding, space=self.analyzer.space, pose_face=pose_face,
+            pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
+            pose_name=label, warnings=warnings,
+        )
+
+    # ---- generation ----------------------------------------------------------------------------
+    def output_size(self, identity: Identity, settings: GenerationSettings) -> tuple[int, int]:
+        if settings.width is not None and settings.height is not None:
+            return settings.width, settings.height
+        return demo_resize_size(*identity.pose_size, self.max_side, self.min_side)
 
     def generate(
-        self, face_images: ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
+        self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
         pose_image: ImageInput | None = None, progress: Progress | None = None, **overrides: Any,
     ) -> GenerationResult:
-        """Images of the person in ``face_images`` (several photos of one person are averaged)."""
-        settings = replace(settings or GenerationSettings(), **overrides).validate()
-        photos = [face_images] if isinstance(face_images, (str, Path, bytes, Image.Image)) else list(face_images)
-        if not photos:
-            raise InvalidInputError("give at least one face photo")
+        """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first)."""
+        settings = (settings or GenerationSettings()).updated(**overrides) if overrides else (
+            settings or GenerationSettings())
+        if not isinstance(identity, Identity):
+            identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
+                                             fusion=settings.fusion)
+        elif pose_image is not None:
+            raise InvalidInputError("give the pose photo to prepare_identity(), not to generate()")
 
-        # 1. Faces: identity from every photo, pose (keypoints, box, size) from the pose photo or the first.
-        faces = self._faces(photos, settings.face_index)
-        embeds = np.stack([face.embedding for _, face in faces])
-        pose_picture, pose_face = self._faces([pose_image], None)[0] if pose_image is not None else faces[0]
+        # 1. Output size; the keypoint picture and face mask at that size.
+        width, height = self.output_size(identity, settings)
+        scale = (width / identity.pose_size[0], height / identity.pose_size[1])
+        kps_image = draw_kps(Image.new("RGB", (width, height)), identity.pose_face.kps * np.array(scale))
+        mask = face_region_mask(identity.pose_face, (width, height), scale) if settings.enhance_face_region else None
 
-        # 2. Output size and the keypoint picture at that size.
-        if settings.width is not None:
-            width, height = settings.width, settings.height
-        else:
-            width, height = demo_resize_size(pose_picture.width, pose_picture.height, self.max_side, self.min_side)
-        scale = (width / pose_picture.width, height / pose_picture.height)
-        kps_image = draw_kps(Image.new("RGB", (width, height)), pose_face.kps * np.array(scale))
-        mask = face_region_mask(pose_face, (width, height), scale) if settings.enhance_face_region else None
-
-        # 3. Prompt, seeds, progress.
+        # 2. Prompt, seeds, progress.
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
         seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
@@ -297,25 +238,50 @@ class InstantID:
                 progress(step + 1, pipe.num_timesteps)
             return tensors
 
-        # 4. Generate, one call at a time per model.
+        # 3. Generate, one call at a time per model (the sampler is per call: restored afterwards).
         with self._lock:
-            images = self.pipe(
-                prompt=prompt, negative_prompt=negative or None, image_embeds=embeds, image=kps_image,
-                control_mask=mask, controlnet_conditioning_scale=settings.identitynet_strength,
-                ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
-                control_guidance_start=settings.control_guidance_start,
-                control_guidance_end=settings.control_guidance_end,
-                generator=generators, callback_on_step_end=on_step,
-            ).images
+            sampler = settings.scheduler
+            self.pipe.scheduler = (make_scheduler(self.default_scheduler.config, sampler) if sampler
+                                   else self.default_scheduler)
+            try:
+                images = self.pipe(
+                    **self._prompt_arguments(prompt, negative),
+                    image_embeds=identity.embedding, image=kps_image, control_mask=mask,
+                    controlnet_conditioning_scale=settings.identitynet_strength,
+                    ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
+                    control_guidance_start=settings.control_guidance_start,
+                    control_guidance_end=settings.control_guidance_end,
+                    generator=generators, callback_on_step_end=on_step,
+                ).images
+                used_scheduler = self.pipe.scheduler
+            finally:
+                self.pipe.scheduler = self.default_scheduler
+        settings = settings.updated(seed=seed)
         metadata = {
             "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
-            "settings": asdict(replace(settings, seed=seed)), "width": width, "height": height,
-            "models": asdict(self.refs), "lora": self.lora, "scheduler": type(self.pipe.scheduler).__name__,
-            "embedding_space": self.analyzer.space, "reference_faces": len(faces),
-            # Where the identity came from, so `instantid evaluate` can score the outputs without --refs.
-            "references": [str(Path(p).resolve()) for p in photos if isinstance(p, (str, Path))],
-            "pose_from": "pose image" if pose_image is not None else "face image",
+            "settings": settings.model_dump(), "width": width, "height": height,
+            "models": asdict(self.refs), "lora": self.lora,
+            "scheduler": _scheduler_name(used_scheduler), "sampler": sampler_label(used_scheduler),
+            "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept),
+            **identity.metadata(),
+            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),
+            "versions": _versions(),
             "demo_weights": self.demo,
         }
-        return GenerationResult(images=images, seeds=seeds, settings=replace(settings, seed=seed), metadata=metadata)
+        return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
+
+    def _prompt_arguments(self, prompt: str, negative: str) -> dict[str, Any]:
+        """The pipeline's prompt arguments: text, or embeddings for weighted / longer-than-77-token prompts."""
+        return {"prompt": prompt, "negative_prompt": negative or None}
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from instantid import __version__
+
+    return {"instantid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+__all__ = ["GenerationResult", "GenerationSettings", "Identity", "InstantID", "make_settings"]

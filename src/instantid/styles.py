@@ -21,7 +21,11 @@ class Style:
 
     def apply(self, prompt: str | None, negative_prompt: str | None = "") -> tuple[str, str]:
         """The styled prompt and negative prompt for a user's prompt."""
-        styled = self.prompt.replace("{prompt}", (prompt or "").strip() or "a person").strip(" ,.")
+        prompt = (prompt or "").strip()
+        if not prompt and self.prompt == "{prompt}":
+            return "", (negative_prompt or "").strip()  # image-only generation: an empty prompt stays empty
+        # A style template needs a subject; with an empty prompt it describes the person in the photo.
+        styled = self.prompt.replace("{prompt}", prompt or "a person").strip(" ,.")
         negative = ", ".join(p for p in (self.negative_prompt, (negative_prompt or "").strip()) if p)
         return styled, negative
 

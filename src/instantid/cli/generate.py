@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from instantid.cli import app
+from instantid.cli.options import model_option, with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
 
 console = Console(stderr=True)
@@ -19,50 +18,6 @@ DEMO_WARNING = (
     "DEMO MODE: tiny random weights, no download. The whole pipeline runs, but the images are noise, "
     "not portraits. Drop --demo (and see `instantid doctor`) for real results."
 )
-
-# The model options every generating command takes; env vars let a deployment set them once.
-MODEL_OPTIONS: dict[str, tuple[type, Any]] = {
-    "base": (str | None, typer.Option(None, envvar="INSTANTID_BASE", help="SDXL base: folder, .safetensors file or "
-                                      "Hub id (default: stabilityai/stable-diffusion-xl-base-1.0).")),
-    "identitynet": (str | None, typer.Option(None, envvar="INSTANTID_IDENTITYNET", help="IdentityNet (ControlNet) "
-                                             "folder or Hub id (default: InstantX/InstantID).")),
-    "adapter": (str | None, typer.Option(None, envvar="INSTANTID_ADAPTER", help="Face adapter ip-adapter.bin or "
-                                         "Hub id (default: InstantX/InstantID).")),
-    "face_backend": (str, typer.Option("auto", help="Face model: auto, antelopev2 (published) or dlib.")),
-    "antelopev2_root": (Path | None, typer.Option(None, envvar="INSTANTID_ANTELOPEV2", file_okay=False,
-                                                  help="Folder with scrfd_10g_bnkps.onnx and glintr100.onnx.")),
-    "device": (str | None, typer.Option(None, help="cuda, mps or cpu (default: the best available).")),
-    "dtype": (str | None, typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU).")),
-    "cpu_offload": (bool, typer.Option(False, "--cpu-offload", help="Keep idle sub-models in RAM (low VRAM).")),
-    "scheduler": (str | None, typer.Option(None, help="euler, euler_a, dpm++, dpm++_karras, ddim, unipc, lcm.")),
-    "lora": (str | None, typer.Option(None, help="LoRA file, folder or Hub id (a name with 'lcm' selects LCM).")),
-    "lora_scale": (float, typer.Option(1.0, help="LoRA weight.")),
-    "demo": (bool, typer.Option(False, "--demo", help="Tiny random weights, offline, seconds: images are noise.")),
-}
-
-
-def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the model options above; it receives them as one ``ModelSettings`` named ``model``."""
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "model"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, (kind, option) in MODEL_OPTIONS.items()]
-
-    def wrapper(**kwargs: Any) -> Any:
-        from pydantic import ValidationError
-
-        from instantid.server import ModelSettings
-
-        try:
-            model = ModelSettings(**{name: kwargs.pop(name) for name in MODEL_OPTIONS})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidInputError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-        return command(model=model, **kwargs)
-
-    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
-    wrapper.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
-    return wrapper
-
 
 def load_model(model: Any) -> Any:
     """Load with a spinner; announce demo mode loudly, before and after."""
@@ -91,52 +46,42 @@ def parse_seeds(seeds: list[int], seed_list: str | None) -> list[int | None]:
 
 @app.command("generate")
 @with_model_options
+@with_generation_options(exclude=("num_images", "seed"))
 def generate_command(
-    faces: list[Path] = typer.Argument(..., help="Photo(s) of one person; several are averaged.", dir_okay=False),
-    prompt: str = typer.Option("", "--prompt", "-p", help="What to make (empty = from the face alone)."),
-    negative_prompt: str = typer.Option("", help="What to avoid."),
-    style: str | None = typer.Option(None, help="Style preset, e.g. Watercolor, 'Film Noir' (see /v1/models)."),
-    identitynet_strength: float = typer.Option(0.8, help="IdentityNet (ControlNet) scale, 0..2."),
-    adapter_strength: float = typer.Option(0.8, help="Image adapter scale, 0..2."),
-    steps: int = typer.Option(30, help="Denoising steps."),
-    guidance: float = typer.Option(5.0, help="Classifier-free guidance scale."),
+    faces: list[Path] = typer.Argument(..., help="Photo(s) of one person; several are fused.", dir_okay=False),
     seed: list[int] = typer.Option([], help="Seed; repeat for several runs."),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 1,2,3."),
     num_images: int = typer.Option(1, help="Images per seed (consecutive seeds)."),
-    width: int | None = typer.Option(None, help="Output width (multiple of 8) (default: from the photo)."),
-    height: int | None = typer.Option(None, help="Output height (multiple of 8)."),
     pose: Path | None = typer.Option(None, help="Take pose (keypoints) and size from this photo.", dir_okay=False),
-    no_enhance_face_region: bool = typer.Option(False, "--no-enhance-face-region",
-                                                help="Let IdentityNet act on the whole image, not just the face."),
-    face_index: int | None = typer.Option(None, help="Which face in the photos, 0 = largest."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder.", file_okay=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
+    settings: Any = None,
     model: Any = None,
 ) -> None:
     """Generate images of the person in FACE: PNGs with settings inside, plus a JSON sidecar each."""
     from instantid.batch import slug
-    from instantid.generator import GenerationSettings
     from instantid.outputs import write_image
+    from instantid.settings import field_label, make_settings
 
-    settings = GenerationSettings(
-        prompt=prompt, negative_prompt=negative_prompt, style=style, num_images=num_images, steps=steps,
-        guidance_scale=guidance, identitynet_strength=identitynet_strength, adapter_strength=adapter_strength,
-        width=width, height=height, enhance_face_region=not no_enhance_face_region, face_index=face_index,
-    ).validate()  # before the (slow) model load
     run_seeds = parse_seeds(seed, seeds)
+    settings = make_settings({**settings.model_dump(), "num_images": num_images}, field_label)
     for value in run_seeds:
-        GenerationSettings(seed=value).validate()
+        make_settings({"seed": value}, field_label)
     instant = load_model(model)
+    identity = instant.prepare_identity([str(f) for f in faces], pose=pose, face_index=settings.face_index,
+                                        fusion=settings.fusion)
+    for warning in identity.warnings:
+        console.print(f"[yellow]warning: {warning}[/]")
     written: list[Path] = []
     with progress_bar() as bar:
         for value in run_seeds:
-            task = bar.add_task(f"seed {value if value is not None else 'random'}", total=steps)
-            result = instant.generate([str(f) for f in faces], settings, pose_image=pose, seed=value,
+            task = bar.add_task(f"seed {value if value is not None else 'random'}", total=settings.steps)
+            result = instant.generate(identity, settings.updated(seed=value),
                                       progress=lambda step, total, task=task: bar.update(task, completed=step,
                                                                                           total=total))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
-                stem = f"{slug(prompt or 'portrait', 30)}_s{metadata['seed']}"
+                stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
                 written.append(write_image(image, metadata, out, stem, overwrite=overwrite))
     for path in written:
         typer.echo(str(path))
@@ -157,7 +102,7 @@ def batch_command(
     Finished outputs (PNG + sidecar under deterministic names) are skipped.
     """
     from instantid.batch import load_job, pending, run_batch
-    from instantid.generator import GenerationSettings
+    from instantid.settings import GenerationSettings
 
     job = load_job(jobfile)
     todo = list(pending(job, out))
@@ -181,10 +126,10 @@ def batch_command(
 
 @app.command("doctor")
 def doctor_command(
-    base: str | None = MODEL_OPTIONS["base"][1],
-    identitynet: str | None = MODEL_OPTIONS["identitynet"][1],
-    adapter: str | None = MODEL_OPTIONS["adapter"][1],
-    antelopev2_root: Path | None = MODEL_OPTIONS["antelopev2_root"][1],
+    base: str | None = model_option("base"),
+    identitynet: str | None = model_option("identitynet"),
+    adapter: str | None = model_option("adapter"),
+    antelopev2_root: Path | None = model_option("antelopev2_root"),
 ) -> None:
     """Report what is installed, what is missing and where to get it; downloads nothing.
 

@@ -1,0 +1,135 @@
+"""Command-line options derived from the settings declarations (:mod:`instantid.settings`,
+:mod:`instantid.model_settings`), so a knob added there appears here with the same default, range and help.
+
+``with_generation_options`` / ``with_model_options`` give a typer command the options of every field; the command
+receives them as one validated settings object (``settings`` / ``model``). Errors name the flag the user typed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from instantid.errors import InvalidInputError
+from instantid.model_settings import ModelSettings
+from instantid.settings import GenerationSettings, field_label, make_settings
+
+
+def _flag(name: str, extra: dict[str, Any]) -> str:
+    flag = extra.get("flag")
+    return flag if flag and flag != "hidden" else "--" + name.replace("_", "-")
+
+
+def _cli_type(annotation: Any) -> Any:
+    """typer understands str/int/float/bool/Path (optional); Literal choices are checked by the settings model."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = _cli_type(args[0])
+        return inner | None
+    if origin is typing.Literal:
+        return str
+    return annotation
+
+
+def _help(info: Any, annotation: Any) -> str:
+    text = info.description or ""
+    choices = [a for a in typing.get_args(annotation) if a is not type(None)]
+    for choice in choices:
+        if typing.get_origin(choice) is typing.Literal:
+            text += f" One of: {', '.join(map(str, typing.get_args(choice)))}."
+    if typing.get_origin(annotation) is typing.Literal:
+        text += f" One of: {', '.join(map(str, typing.get_args(annotation)))}."
+    return text
+
+
+def option_parameters(model: type[BaseModel], names: Iterable[str], defaults: dict[str, Any] | None = None
+                      ) -> list[inspect.Parameter]:
+    """typer parameters for the named fields of a settings model (``defaults`` override the model's)."""
+    params = []
+    for name in names:
+        info = model.model_fields[name]
+        extra = info.json_schema_extra or {}
+        annotation = _cli_type(info.annotation)
+        default = (defaults or {}).get(name, info.default)
+        spellings = [_flag(name, extra)]
+        if annotation is bool:
+            spellings = [f"{spellings[0]}/--no-{spellings[0][2:]}"]
+        if extra.get("short"):
+            spellings.append(extra["short"])
+        option = typer.Option(
+            default, *spellings, help=_help(info, info.annotation), envvar=extra.get("env"),
+            hidden=extra.get("flag") == "hidden", show_default=default is not None,
+        )
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    return params
+
+
+def model_option(name: str) -> Any:
+    """The typer option of one :class:`ModelSettings` field, for commands that take only a few of them."""
+    return option_parameters(ModelSettings, [name])[0].default
+
+
+def _attach(command: Callable[..., Any], extra: list[inspect.Parameter],
+            build: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    injected = {"model", "settings", "settings_given", *(q.name for q in extra)}
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name not in injected]
+
+    def wrapper(**kwargs: Any) -> Any:
+        return command(**build(kwargs))
+
+    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
+    wrapper.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
+    return wrapper
+
+
+def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command every :class:`ModelSettings` option; it receives them as ``model``."""
+    names = list(ModelSettings.model_fields)
+
+    def build(kwargs: dict[str, Any]) -> dict[str, Any]:
+        values = {name: kwargs.pop(name) for name in names}
+        try:
+            model = ModelSettings(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0])
+            flag = _flag(field, ModelSettings.model_fields[field].json_schema_extra or {})
+            raise InvalidInputError(f"{flag}: {first['msg']}, got {first.get('input')!r}") from None
+        return {**kwargs, "model": model}
+
+    return _attach(command, option_parameters(ModelSettings, names), build)
+
+
+def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any] | None = None
+                            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command every :class:`GenerationSettings` option but ``exclude``; it receives ``settings``
+    (validated before anything slow runs) and, in ``settings_given``, the fields the user set explicitly."""
+    skip = set(exclude)
+    names = [n for n in GenerationSettings.model_fields if n not in skip]
+    base = {n: GenerationSettings.model_fields[n].default for n in names}
+    base.update(defaults or {})
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        wants_given = "settings_given" in inspect.signature(command).parameters
+
+        def build(kwargs: dict[str, Any]) -> dict[str, Any]:
+            values = {name: kwargs.pop(name) for name in names}
+            given = {name for name, value in values.items() if value != base[name]}
+            kwargs["settings"] = make_settings(values, field_label)
+            if wants_given:
+                kwargs["settings_given"] = given
+            return kwargs
+
+        return _attach(command, option_parameters(GenerationSettings, names, defaults), build)
+
+    return decorate
+
+
+__all__ = ["model_option", "option_parameters", "with_generation_options", "with_model_options"]

@@ -1,0 +1,86 @@
+"""Which models to load and how: one declaration shared by every command, the web UI and the server.
+
+Each field carries its help, its command-line flag and (for the model references) the environment variable a
+deployment can set once; the CLI derives its model options from these fields. Importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from instantid.errors import InvalidInputError
+from instantid.faces import BACKENDS
+
+if TYPE_CHECKING:
+    import torch
+
+    from instantid.generator import InstantID
+
+# Our dtype names and the torch dtypes they stand for (resolved lazily: torch is slow to import).
+DTYPE_NAMES = ("fp16", "bf16", "fp32")
+DEVICES = ("cuda", "mps", "cpu")
+FaceBackend = Literal[BACKENDS]  # type: ignore[valid-type]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if name not in table:
+        raise InvalidInputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
+    return table[name]
+
+
+def option(default: Any, help: str, *, env: str | None = None, flag: str | None = None, **kwargs: Any) -> Any:
+    extra: dict[str, Any] = {}
+    if env:
+        extra["env"] = env
+    if flag:
+        extra["flag"] = flag
+    return Field(default, description=help, json_schema_extra=extra, **kwargs)
+
+
+class ModelSettings(BaseModel):
+    """Which model to load and how; shared by the CLI commands, the web UI and the server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = option(None, "SDXL base: folder, .safetensors file or Hub id "
+                              "(default: stabilityai/stable-diffusion-xl-base-1.0).", env="INSTANTID_BASE")
+    identitynet: str | None = option(None, "IdentityNet (ControlNet) folder or Hub id (default: InstantX/InstantID).",
+                                     env="INSTANTID_IDENTITYNET")
+    adapter: str | None = option(None, "Face adapter ip-adapter.bin / .safetensors or Hub id "
+                                 "(default: InstantX/InstantID).", env="INSTANTID_ADAPTER")
+    face_backend: FaceBackend = option("auto", "Face model: auto, antelopev2 (published) or dlib.")
+    antelopev2_root: Path | None = option(None, "Folder with scrfd_10g_bnkps.onnx and glintr100.onnx.",
+                                          env="INSTANTID_ANTELOPEV2")
+    device: str | None = option(None, "cuda, cuda:N, mps or cpu (default: the best available).")
+    dtype: Literal[DTYPE_NAMES] | None = option(  # type: ignore[valid-type]
+        None, "fp16, bf16 or fp32 (default: fp16 on GPU, fp32 on CPU).")
+    cpu_offload: bool = option(False, "Keep idle sub-models in RAM (low VRAM).")
+    lora: str | None = option(None, "LoRA file, folder or Hub id (a name with 'lcm' selects the LCM sampler).")
+    lora_scale: float = option(1.0, "LoRA weight.", ge=0, le=4)
+    compile: bool = option(False, "Fast path: compile UNet and IdentityNet (first call slow, cached on disk).")
+    demo: bool = option(False, "Tiny random weights, offline, seconds: images are noise.")
+    demo_cache_dir: Path | None = option(None, "Where the demo weights are built (default ~/.cache/instantid).",
+                                         flag="hidden")
+    verbose: bool = option(False, "Show the libraries' own warnings and loading bars.")
+
+    def load(self) -> InstantID:
+        from instantid.generator import InstantID
+
+        options = {"device": self.device, "lora": self.lora}
+        options = {k: v for k, v in options.items() if v is not None}
+        common = {"lora_scale": self.lora_scale, "compile": self.compile, **options}
+        if self.demo:
+            given = [name for name in ("base", "identitynet", "adapter") if getattr(self, name)]
+            if given:
+                raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
+            return InstantID.demo(self.demo_cache_dir, **common)
+        return InstantID.from_pretrained(
+            self.base, self.identitynet, self.adapter, face_backend=self.face_backend,
+            antelopev2_root=self.antelopev2_root, dtype=self.dtype, cpu_offload=self.cpu_offload, **common,
+        )

@@ -1,0 +1,170 @@
+"""Every generation knob, declared once: name, type, default, range, help, command-line flag and UI control.
+
+The Python defaults (:class:`GenerationSettings`), the CLI options (``instantid generate`` / ``batch``), the
+HTTP schema (``POST /v1/generate``, OpenAPI) and the web UI controls are all derived from the fields below, so
+adding a knob here makes it appear on every surface and ranges cannot drift apart.
+
+Field metadata (``json_schema_extra``) read by the surfaces:
+
+* ``flag``: the command-line spelling (default ``--field-name``); errors on the CLI name the flag;
+* ``short``: an optional one-letter CLI alias;
+* ``ui``: ``slider`` / ``number`` / ``text`` / ``checkbox`` / ``dropdown`` / ``hidden`` and ``step`` for sliders;
+* ``advanced``: shown in the UI's "Advanced" section.
+
+Importing this module is cheap (no torch), so ``instantid --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from instantid.errors import InvalidInputError
+from instantid.styles import STYLES, get_style
+
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 16
+
+# Schedulers by our short name: diffusers class, extra config, and the name A1111-style metadata readers know.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "dpm++": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
+    "dpm++_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
+    "lcm": ("LCMScheduler", {}, "LCM"),
+}
+SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+StyleName = Literal[tuple(STYLES)]  # type: ignore[valid-type]
+FUSIONS = ("auto", "mean", "weighted", "robust")
+Fusion = Literal[FUSIONS]  # type: ignore[valid-type]
+
+
+def knob(default: Any, help: str, *, flag: str | None = None, short: str | None = None, ui: str = "number",
+         step: float | None = None, advanced: bool = False, **limits: Any) -> Any:
+    """A settings field with the metadata every surface reads (see the module docstring)."""
+    extra: dict[str, Any] = {"ui": ui, "advanced": advanced}
+    if flag:
+        extra["flag"] = flag
+    if short:
+        extra["short"] = short
+    if step is not None:
+        extra["step"] = step
+    return Field(default, description=help, json_schema_extra=extra, **limits)
+
+
+class GenerationSettings(BaseModel):
+    """Everything one generation needs besides the identity. Defaults are the published demo's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    prompt: str = knob("", "What to make; empty = from the face alone (image-only generation).", short="-p",
+                       ui="text", max_length=4000)
+    negative_prompt: str = knob("", "What to avoid.", ui="text", advanced=True, max_length=4000)
+    style: StyleName | None = knob(None, "Style preset (a template around the prompt).", ui="dropdown")
+    num_images: int = knob(1, "Images per call (consecutive seeds).", ui="slider", step=1, advanced=True,
+                           ge=1, le=MAX_IMAGES)
+    seed: int | None = knob(None, "Seed; empty = random (recorded in the output).", ge=0, le=MAX_SEED)
+    steps: int = knob(30, "Denoising steps.", ui="slider", step=1, advanced=True, ge=1, le=200)
+    guidance_scale: float = knob(5.0, "Classifier-free guidance scale (text adherence).", flag="--guidance",
+                                 ui="slider", step=0.1, advanced=True, ge=0, le=30)
+    identitynet_strength: float = knob(0.8, "IdentityNet (ControlNet) strength: likeness and pose.", ui="slider",
+                                       step=0.05, ge=0, le=2)
+    adapter_strength: float = knob(0.8, "Image adapter strength: identity detail.", ui="slider", step=0.05,
+                                   ge=0, le=2)
+    width: int | None = knob(None, "Output width, multiple of 8 (default: from the face or pose photo).",
+                             advanced=True, ge=64, le=2048, multiple_of=8)
+    height: int | None = knob(None, "Output height, multiple of 8.", advanced=True, ge=64, le=2048, multiple_of=8)
+    enhance_face_region: bool = knob(True, "IdentityNet and the adapter act on the face region only.",
+                                     ui="checkbox", advanced=True)
+    control_guidance_start: float = knob(0.0, "Fraction of the steps after which IdentityNet starts.",
+                                         ui="slider", step=0.05, advanced=True, ge=0, le=1)
+    control_guidance_end: float = knob(1.0, "Fraction of the steps after which IdentityNet stops.",
+                                       ui="slider", step=0.05, advanced=True, ge=0, le=1)
+    scheduler: SchedulerName | None = knob(None, "Sampler for this generation (default: the model's).",
+                                           ui="dropdown", advanced=True)
+    face_index: int | None = knob(None, "Which face in the photos, 0 = largest (default: the largest).",
+                                  advanced=True, ge=0, le=63)
+    fusion: Fusion = knob("auto", "How several reference photos become one identity: mean, weighted (by "
+                          "photo quality), robust (drops outliers); auto = robust for 3+ photos, else mean.",
+                          ui="dropdown", advanced=True)
+
+    def updated(self, **changes: Any) -> GenerationSettings:
+        """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed)."""
+        return make_settings({**self.model_dump(), **changes})
+
+    @property
+    def style_name(self) -> str | None:
+        return self.style
+
+
+def field_label(name: str) -> str:
+    """The CLI flag of a field (``--guidance`` for ``guidance_scale``)."""
+    info = GenerationSettings.model_fields.get(name)
+    extra = (info.json_schema_extra if info is not None else None) or {}
+    return str(extra.get("flag") or "--" + name.replace("_", "-"))
+
+
+def _rule(name: str) -> str:
+    info = GenerationSettings.model_fields[name]
+    low = high = None
+    multiple = None
+    for item in info.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+        multiple = getattr(item, "multiple_of", multiple)
+    parts = []
+    if multiple:
+        parts.append(f"a multiple of {multiple}")
+    if low is not None and high is not None:
+        parts.append(f"between {low} and {high}")
+    elif low is not None:
+        parts.append(f">= {low}")
+    return " ".join(parts)
+
+
+def make_settings(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> GenerationSettings:
+    """Validate ``values`` into settings; errors are one :class:`InvalidInputError` line that names the field as
+    the user typed it (``name`` maps a field to its spelling on the calling surface, e.g. :func:`field_label`)."""
+    try:
+        settings = GenerationSettings.model_validate(normalize(values))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(GenerationSettings.model_fields)
+            raise InvalidInputError(f"unknown setting {name(field)!r}; known: {known}") from None
+        if field == "style":
+            get_style(str(first.get("input")))  # raises the friendly "unknown style ...; choose one of" line
+        rule = _rule(field) if field in GenerationSettings.model_fields else ""
+        if rule and first["type"] in ("greater_than_equal", "less_than_equal", "multiple_of"):
+            message = f"must be {rule}"
+        elif field == "scheduler":
+            message = f"must be one of {', '.join(SCHEDULERS)}"
+        else:
+            message = first["msg"][0].lower() + first["msg"][1:]
+        raise InvalidInputError(f"{name(field)} {message}, got {first.get('input')!r}") from None
+    if (settings.width is None) != (settings.height is None):
+        raise InvalidInputError(f"give both {name('width')} and {name('height')}, or neither")
+    if not settings.control_guidance_start < settings.control_guidance_end:
+        raise InvalidInputError(
+            f"{name('control_guidance_start')} must be below {name('control_guidance_end')}, got "
+            f"{settings.control_guidance_start} and {settings.control_guidance_end}"
+        )
+    return settings
+
+
+def resolve_style(name: str | None) -> str | None:
+    """A style's canonical name from any spelling the user typed ("watercolor" -> "Watercolor")."""
+    style = get_style(name)
+    return None if style.name == "(No style)" else style.name
+
+
+def normalize(values: dict[str, Any]) -> dict[str, Any]:
+    """Friendly spellings before validation: style names case-insensitively, ``none`` style = no style."""
+    if values.get("style") is not None:
+        values = {**values, "style": resolve_style(values["style"])}
+    return values
