@@ -1,0 +1,178 @@
+"""Long and weighted prompts: parser, parity with diffusers on plain prompts, weights, chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instantid.errors import InvalidInputError
+from instantid.prompts import PromptFragment, apply_token_weights, encode_prompt_weighted, parse_prompt_weights
+
+PLAIN = "a portrait photo of a woman, soft light"
+# The fixture tokenizers are byte-level (about one token per character), so this is well over 77 tokens.
+LONG_HEAD = "a watercolor painting of a person, soft washes of colour, visible paper texture, loose brushwork,"
+
+
+def weights(prompt: str) -> list[tuple[str, float]]:
+    return [(f.text, round(f.weight, 6)) for f in parse_prompt_weights(prompt)]
+
+
+# (d) the parser -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("normal text", [("normal text", 1.0)]),
+        ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+        ("a [small] cat", [("a ", 1.0), ("small", round(1 / 1.1, 6)), (" cat", 1.0)]),
+        ("a (cat:1.5) here", [("a ", 1.0), ("cat", 1.5), (" here", 1.0)]),
+        ("((deep))", [("deep", 1.21)]),
+        ("((cat:1.5) tail)", [("cat", 1.65), (" tail", 1.1)]),
+        ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+        (r"\(literal\) \[x\] a\\b", [("(literal) [x] a\\b", 1.0)]),
+        (r"(a \) b)", [("a ) b", 1.1)]),
+        ("(unbalanced", [("(unbalanced", 1.0)]),
+        ("a ((cat) mat", [("a (", 1.0), ("cat", 1.1), (" mat", 1.0)]),
+        ("x) y] :1.2)", [("x) y] :1.2)", 1.0)]),
+        ("(cat:abc)", [("cat:abc", 1.1)]),
+        ("(a:1.2.3)", [("a:1.2.3", 1.1)]),
+        ("time: 10:30", [("time: 10:30", 1.0)]),
+        ("", [("", 1.0)]),
+    ],
+)
+def test_parser_reads_a1111_syntax_and_keeps_unbalanced_brackets_literal(prompt, expected):
+    assert weights(prompt) == expected
+
+
+def test_parser_break_and_never_crashes_on_bracket_soup():
+    assert parse_prompt_weights("cat BREAK dog")[1] == PromptFragment("", 1.0, is_break=True)
+    assert weights("aBREAKb") == [("aBREAKb", 1.0)]
+    for soup in ["(((", ")))", "[(])", "(:)", "(:1.2", "\\", "([a:2)]", "((a:2)b:3)", ")(", "[[[x]]"]:
+        fragments = parse_prompt_weights(soup)
+        assert all(isinstance(f.weight, float) for f in fragments)
+        # No character is lost: every bracket is either consumed as a matched pair or kept as text.
+        kept = "".join(f.text for f in fragments)
+        assert set(kept) <= set(soup)
+
+
+# (a) parity ------------------------------------------------------------------------------------------------
+
+
+def test_plain_prompt_equals_diffusers_encode_prompt(fixture_pipe):
+    prompts = [PLAIN, "a knight in armor"]
+    ours = encode_prompt_weighted(fixture_pipe, prompts, "blurry, lowres", num_images_per_prompt=2)
+    theirs = fixture_pipe.encode_prompt(
+        prompts, device=torch.device("cpu"), num_images_per_prompt=2, negative_prompt=["blurry, lowres"] * 2
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_plain_prompt_parity_zero_negative_and_clip_skip(fixture_pipe):
+    ours = encode_prompt_weighted(fixture_pipe, PLAIN, None, clip_skip=1)
+    theirs = fixture_pipe.encode_prompt(PLAIN, device=torch.device("cpu"), clip_skip=1)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert not ours[1].any() and not ours[3].any()  # force_zeros_for_empty_prompt, as diffusers
+    no_cfg = encode_prompt_weighted(fixture_pipe, PLAIN, "x", clip_skip=1, do_classifier_free_guidance=False)
+    assert no_cfg[1] is None and torch.equal(no_cfg[0], ours[0])
+
+
+# (b) weights -----------------------------------------------------------------------------------------------
+
+
+def _word_positions(pipe, before: str, word: str) -> range:
+    start = 1 + len(pipe.tokenizer(before, add_special_tokens=False).input_ids)  # after BOS
+    return range(start, start + len(pipe.tokenizer(word, add_special_tokens=False).input_ids))
+
+
+@pytest.mark.parametrize(("syntax", "factor"), [("(cat:1.5)", 1.5), ("[cat]", 1 / 1.1), ("((cat))", 1.21)])
+def test_weight_scales_only_its_tokens_away_from_eos(fixture_pipe, syntax, factor):
+    before, after = "a photo of a ", " on a mat"
+    plain = encode_prompt_weighted(fixture_pipe, f"{before}cat{after}", "blurry")
+    weighted = encode_prompt_weighted(fixture_pipe, f"{before}{syntax}{after}", "blurry")
+    cat = _word_positions(fixture_pipe, before, "cat")
+    assert len(cat) > 0
+    eos = 1 + len(fixture_pipe.tokenizer(f"{before}cat{after}", add_special_tokens=False).input_ids)
+    changed = (plain[0] != weighted[0]).any(dim=-1)[0]
+    assert changed.nonzero().flatten().tolist() == list(cat)
+    reference = plain[0][0, eos]
+    for i in cat:  # both encoders' halves, distance from the EOS embedding scaled by the weight
+        ratio = (weighted[0][0, i] - reference).norm() / (plain[0][0, i] - reference).norm()
+        assert ratio.item() == pytest.approx(factor, rel=1e-4)
+    assert torch.equal(plain[1], weighted[1]) and torch.equal(plain[2], weighted[2])  # negative, pooled
+
+
+def test_explicit_weight_one_is_the_plain_prompt(fixture_pipe):
+    plain = encode_prompt_weighted(fixture_pipe, "a cat on a mat")
+    one = encode_prompt_weighted(fixture_pipe, "a (cat:1.0) on a mat")
+    assert torch.equal(plain[0], one[0])
+
+
+def test_apply_token_weights_uses_each_chunks_own_eos():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    w = torch.tensor([[1.0, 2.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0]])
+    out = apply_token_weights(hidden, w, torch.tensor([2, 3]))
+    assert torch.equal(out[0, 1], hidden[0, 2] + 2 * (hidden[0, 1] - hidden[0, 2]))
+    assert torch.equal(out[1, 2], hidden[1, 3] + 0.5 * (hidden[1, 2] - hidden[1, 3]))
+    assert torch.equal(out[w == 1], hidden[w == 1])
+
+
+# (c) long prompts ------------------------------------------------------------------------------------------
+
+
+def test_long_prompt_is_chunked_without_truncation_warning(fixture_pipe, capfd):
+    tail_a, tail_b = " a red scarf and golden earrings", " a blue hat and silver glasses"
+    capfd.readouterr()
+    a = encode_prompt_weighted(fixture_pipe, LONG_HEAD + tail_a, "blurry")
+    b = encode_prompt_weighted(fixture_pipe, LONG_HEAD + tail_b, "blurry")
+    out, err = capfd.readouterr()
+    assert "truncated" not in err + out and "longer than" not in err + out
+    assert a[0].shape == (1, 2 * 77, 64) and a[1].shape == a[0].shape  # negative padded to two chunks
+    assert torch.equal(a[0][:, :77], b[0][:, :77]) and not torch.equal(a[0][:, 77:], b[0][:, 77:])
+    assert torch.equal(a[2], b[2])  # pooled from the first chunk only
+
+    # diffusers truncates the same prompt (and says so): both tails give the same embedding there.
+    theirs_a = fixture_pipe.encode_prompt(LONG_HEAD + tail_a, device=torch.device("cpu"), negative_prompt="blurry")
+    theirs_b = fixture_pipe.encode_prompt(LONG_HEAD + tail_b, device=torch.device("cpu"), negative_prompt="blurry")
+    assert torch.equal(theirs_a[0], theirs_b[0])
+    torch.testing.assert_close(a[0][:, :77], theirs_a[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a[2], theirs_a[2], rtol=0, atol=1e-5)
+    # The negative's second chunk is the empty prompt's encoding, as A1111 pads its conditioning.
+    empty = encode_prompt_weighted(fixture_pipe, "", "")
+    torch.testing.assert_close(a[1][:, 77:], empty[0], rtol=0, atol=1e-5)
+
+
+def test_break_starts_a_new_chunk(fixture_pipe):
+    broken = encode_prompt_weighted(fixture_pipe, "a cat BREAK a dog")
+    alone = encode_prompt_weighted(fixture_pipe, "a dog")
+    assert broken[0].shape[1] == 2 * 77
+    torch.testing.assert_close(broken[0][:, 77:], alone[0], rtol=0, atol=1e-5)
+
+
+def test_long_embeddings_drive_a_diffusers_sdxl_pipeline(tiny_fixture_dir):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_fixture_dir / "base")
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompt: str) -> torch.Tensor:
+        embeds = encode_prompt_weighted(pipe, prompt, "blurry")
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        return pipe(
+            **dict(zip(names, embeds, strict=True)), num_inference_steps=2, height=64, width=64,
+            generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
+        ).images
+
+    first, second = generate(LONG_HEAD + " a red scarf"), generate(LONG_HEAD + " a blue hat")
+    assert first.shape == (1, 4, 8, 8) and not torch.equal(first, second)
+
+
+def test_bad_arguments_are_typed_errors(fixture_pipe):
+    with pytest.raises(InvalidInputError, match="negative_prompt"):
+        encode_prompt_weighted(fixture_pipe, ["a", "b"], ["x", "y", "z"])
+    with pytest.raises(InvalidInputError, match="num_images_per_prompt"):
+        encode_prompt_weighted(fixture_pipe, "a", num_images_per_prompt=0)
+    with pytest.raises(InvalidInputError, match="prompt"):
+        encode_prompt_weighted(fixture_pipe, [])
