@@ -16,9 +16,7 @@ from PIL import Image
 from instantid.cli import main
 from instantid.errors import InvalidInputError
 from instantid.evaluation import (
-    OnnxRecogniser,
     Sample,
-    align_face,
     collect_samples,
     create_recogniser,
     evaluate,
@@ -26,9 +24,10 @@ from instantid.evaluation import (
     run_protocol,
     write_report,
 )
-from instantid.evaluation.identity import ARCFACE_TEMPLATE
-from instantid.generator import GenerationSettings
+from instantid.faces import load_image
+from instantid.faces.arcface import ArcFaceAnalyzer
 from instantid.models import ModelRefs
+from instantid.settings import GenerationSettings
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +50,8 @@ def evaluation(recogniser):
 
 def test_identity_similarity_separates_people_and_counts_undetected_faces(evaluation):
     same, other, noise = evaluation.images
-    assert same.identity_similarity > other.identity_similarity + 0.2
+    assert same.identity_distance < 0.6 < other.identity_distance  # dlib's calibrated threshold
+    assert same.identity_similarity == pytest.approx(1 - same.identity_distance)
     assert same.same_person is True and other.same_person is False
     assert noise.face_detected is False and noise.identity_similarity is None
     assert evaluation.summary["face_detection_rate"] == pytest.approx(2 / 3)
@@ -79,14 +79,17 @@ def test_report_files_hold_the_scores(evaluation, tmp_path):
     assert len(list(tmp_path.glob(".*"))) == 0  # no temporary files left behind
 
 
-def test_align_face_puts_keypoints_on_the_arcface_template():
-    kps = ARCFACE_TEMPLATE * 2.5 + np.array([40.0, 25.0])
+def test_arcface_crop_puts_keypoints_on_the_arcface_template(tmp_path, recogniser):
+    from insightface.utils.face_align import arcface_dst
+
+    analyzer = ArcFaceAnalyzer(_tiny_arcface(tmp_path / "tiny_arcface.onnx"), detector=recogniser)
+    kps = arcface_dst * 2.5 + np.array([40.0, 25.0])
     image = np.zeros((400, 400, 3), np.uint8)
     for x, y in kps:
         cv2.circle(image, (int(round(x)), int(round(y))), 6, (255, 255, 255), -1)
-    crop = align_face(image, kps)
+    crop = analyzer.recognizer.crop(image, kps)
     assert crop.shape == (112, 112, 3)
-    for x, y in ARCFACE_TEMPLATE:
+    for x, y in arcface_dst:
         assert crop[int(round(y)), int(round(x))].min() > 200
     assert crop[5, 5].max() == 0
 
@@ -115,26 +118,45 @@ def _tiny_arcface(path: Path) -> Path:
     return path
 
 
-def test_onnx_recogniser_embeds_aligned_crops(tmp_path, recogniser):
+@pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # insightface's scikit-image call
+def test_arcface_recogniser_is_insightface_get_feat_on_the_norm_crop(tmp_path, recogniser):
+    from insightface.model_zoo import get_model
+    from insightface.utils.face_align import norm_crop
+
     model = _tiny_arcface(tmp_path / "tiny_arcface.onnx")
-    onnx_recogniser = OnnxRecogniser(model, same_person_similarity=0.5, detector=recogniser.detector)
-    photo = Image.open(FACES / "edge_obama_small.jpg").convert("RGB")
-    embedding = onnx_recogniser.embed(photo)
-    assert embedding.shape == (512,)
-    assert onnx_recogniser.similarity(embedding, embedding) == pytest.approx(1.0)
-    assert onnx_recogniser.embed(Image.open(FACES / "edge_no_face_noise.png")) is None
+    analyzer = ArcFaceAnalyzer(model, same_person_threshold=0.5, detector=recogniser)
+    photo = load_image(FACES / "edge_obama_small.jpg")
+    face = analyzer.get_face(photo)
+    # Independently: dlib's keypoints, insightface's own alignment and feature on the BGR photo.
+    kps = recogniser.get_face(photo).kps
+    bgr = np.asarray(photo)[:, :, ::-1]
+    expected = get_model(str(model), providers=["CPUExecutionProvider"]).get_feat(norm_crop(bgr, kps)).reshape(-1)
+    np.testing.assert_allclose(face.embedding, expected, rtol=1e-6, atol=1e-6)
+    assert face.space == "arcface:tiny_arcface.onnx" and face.embedding.shape == (512,)
+    assert analyzer.analyze(load_image(FACES / "edge_no_face_noise.png")) == []
+    other = analyzer.get_face(load_image(FACES / "biden_1.jpg")).embedding
+    cosine = float(face.embedding @ other / np.linalg.norm(face.embedding) / np.linalg.norm(other))
+    assert analyzer.distance(face.embedding, other) == pytest.approx(1 - cosine)
+    assert analyzer.similarity(face.embedding, other) == pytest.approx(cosine)
 
 
-def test_cli_evaluate_with_onnx_id_model(tmp_path, capsys):
+def test_cli_evaluate_with_onnx_id_model(tmp_path, capsys, recogniser):
     model = _tiny_arcface(tmp_path / "tiny_arcface.onnx")
     out = tmp_path / "report"
     code = main(["evaluate", str(FACES / "edge_obama_small.jpg"), "--refs", str(FACES / "obama_2.jpg"),
-                 "--id-model", str(model), "-o", str(out)])
+                 "--id-model", str(model), "--id-threshold", "0.3", "-o", str(out)])
     assert code == 0
     data = json.loads((out / "evaluation.json").read_text())
-    assert data["settings"]["recogniser"] == "onnx:tiny_arcface.onnx"
-    assert data["settings"]["similarity"] == "cosine similarity"
-    assert -1.0 <= data["images"][0]["identity_similarity"] <= 1.0
+    assert data["settings"]["recogniser"] == "arcface:tiny_arcface.onnx"
+    assert data["settings"]["distance"] == "cosine distance (1 - cosine similarity)"
+    assert data["settings"]["same_person_distance"] == 0.3
+    analyzer = ArcFaceAnalyzer(model, detector=recogniser)
+    expected = analyzer.distance(analyzer.get_face(FACES / "edge_obama_small.jpg").embedding,
+                                 analyzer.get_face(FACES / "obama_2.jpg").embedding)
+    (image,) = data["images"]
+    assert image["identity_distance"] == pytest.approx(expected)
+    assert image["identity_similarity"] == pytest.approx(1 - expected)
+    assert image["same_person"] is (expected <= 0.3)
 
 
 def test_cli_evaluate_without_references_is_one_line_error(tmp_path, capsys):
@@ -158,17 +180,25 @@ def test_pulid_protocol_ships_20_prompts_in_8_categories_with_4_seeds():
 def test_run_protocol_resumes_without_regenerating(tmp_path):
     calls = []
 
-    def generate(photos, settings):
+    analysed = []
+
+    def generate(identity, settings):
+        assert identity == ("identity", [FACES / "obama_1.jpg"])
         calls.append((settings.prompt, settings.seed))
         result = SimpleNamespace(images=[Image.new("RGB", (8, 8))])
         result.image_metadata = lambda index: {"prompt": settings.prompt, "seed": settings.seed}
         return result
 
-    app = SimpleNamespace(refs=ModelRefs(), demo=True, generate=generate)
+    def prepare_identity(photos):
+        analysed.append(photos)
+        return ("identity", photos)
+
+    app = SimpleNamespace(refs=ModelRefs(), demo=True, generate=generate, prepare_identity=prepare_identity)
     protocol = load_protocol("pulid")
     photos = {"obama": [FACES / "obama_1.jpg"]}
     first = run_protocol(app, protocol, photos, tmp_path, GenerationSettings(), limit=1)
     assert len(calls) == 4 and len(first) == 4
+    assert len(analysed) == 1, "the reference photos are analysed once, not per image"
     (tmp_path / "images" / "obama" / "face-s42.json").unlink()  # an unfinished image is redone
     second = run_protocol(app, protocol, photos, tmp_path, GenerationSettings(), limit=1)
     assert len(calls) == 5 and calls[-1][1] == 42 and [s.image for s in second] == [s.image for s in first]

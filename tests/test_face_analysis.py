@@ -229,6 +229,23 @@ def test_antelopev2_detects_aligns_and_embeds(tiny_analyzer: FaceAnalyzer) -> No
     assert tiny_analyzer.distance(tiny_analyzer.get_face(shifted_content).embedding, face.embedding) > 0
 
 
+@pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # insightface's scikit-image call
+def test_antelopev2_embedding_is_insightface_get_feat_on_the_norm_crop(
+    tiny_analyzer: FaceAnalyzer, tiny_root: Path
+) -> None:
+    from insightface.model_zoo import get_model
+    from insightface.utils.face_align import norm_crop
+
+    photo = _white_cell_image((640, 640), (320, 320), 32)
+    photo.paste((200, 40, 90), (300, 330, 340, 350))  # colour inside the crop: a channel swap would show
+    face = tiny_analyzer.get_face(photo)
+    recogniser = get_model(str(tiny_root / "antelopev2" / "antelopev2" / RECOGNIZER_FILE),
+                           providers=["CPUExecutionProvider"])
+    bgr = np.asarray(photo)[:, :, ::-1]
+    expected = recogniser.get_feat(norm_crop(bgr, face.kps)).reshape(-1)
+    np.testing.assert_allclose(face.embedding, expected, rtol=1e-6, atol=1e-5)
+
+
 def test_antelopev2_maps_boxes_back_to_large_photos(tiny_analyzer: FaceAnalyzer) -> None:
     # 1280x960 is letterboxed to 640x480 inside the detector: the 64 px block becomes one 32 px cell.
     face = tiny_analyzer.get_face(_white_cell_image((1280, 960), (640, 640), 64))

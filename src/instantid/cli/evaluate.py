@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from instantid.cli import app
-from instantid.cli.generate import load_model, with_model_options
+from instantid.cli.generate import load_model
+from instantid.cli.options import with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -20,11 +21,12 @@ app.add_typer(benchmark_app, name="benchmark")
 
 _ID_MODEL = typer.Option(
     None, "--id-model", dir_okay=False,
-    help="ArcFace-style ONNX recogniser (112x112 aligned crops, cosine) [default: dlib's offline descriptor].",
+    help="ArcFace-style ONNX recogniser, run by insightface (norm_crop + get_feat; cosine distance) "
+    "[default: dlib's offline descriptor].",
 )
 _ID_THRESHOLD = typer.Option(
-    None, "--id-threshold", help="Similarity at or above which a face counts as the same person (--id-model only; "
-    "dlib uses its calibrated 0.4).",
+    None, "--id-threshold", help="Cosine distance (1 - similarity) at or below which a face counts as the same "
+    "person (--id-model only; dlib uses its calibrated Euclidean 0.6).",
 )
 _CLIP_WEIGHTS = typer.Option(
     None, "--clip-weights", dir_okay=False, envvar="INSTANTID_CLIP_WEIGHTS",
@@ -82,6 +84,7 @@ def evaluate_command(
 
 @benchmark_app.command("run")
 @with_model_options
+@with_generation_options(exclude=("prompt", "seed", "num_images"))
 def benchmark_run_command(
     refs: list[Path] = typer.Option(
         ..., "--refs", help="Reference photos or folders: a photo is one identity; a folder's photos are one "
@@ -90,27 +93,22 @@ def benchmark_run_command(
     out: Path = typer.Option(..., "-o", "--out", file_okay=False, help="Output folder (resumable)."),
     protocol: str = typer.Option("pulid", "--protocol", help="Bundled protocol name or a YAML file."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts (face prompt first)."),
-    steps: int = typer.Option(30, "--steps", help="Denoising steps."),
-    guidance_scale: float = typer.Option(5.0, "--guidance-scale"),
-    identitynet_strength: float = typer.Option(0.8, "--identitynet-strength"),
-    adapter_strength: float = typer.Option(0.8, "--adapter-strength"),
     id_model: Path | None = _ID_MODEL,
     id_threshold: float | None = _ID_THRESHOLD,
     clip_weights: Path | None = _CLIP_WEIGHTS,
     clip_model: str = _CLIP_MODEL,
     *,
-    model: Any,
+    settings: Any = None,
+    model: Any = None,
 ) -> None:
-    """Generate a protocol's images for every reference identity (skipping existing ones), then score them."""
+    """Generate a protocol's images for every reference identity (skipping existing ones), then score them.
+
+    The generation options are `generate`'s; the protocol sets each image's prompt and seed.
+    """
     from instantid.evaluation import identities_from_refs, load_protocol, run_protocol
-    from instantid.generator import GenerationSettings
 
     chosen = load_protocol(protocol)
     identities = identities_from_refs(refs)
-    settings = GenerationSettings(
-        steps=steps, guidance_scale=guidance_scale, identitynet_strength=identitynet_strength,
-        adapter_strength=adapter_strength,
-    ).validate()
     app_ = load_model(model)  # announces demo mode: its images are noise and its scores say nothing
     samples = run_protocol(app_, chosen, identities, out, settings, limit,
                            progress=lambda line: typer.echo(line, err=True))

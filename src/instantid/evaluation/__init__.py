@@ -13,13 +13,7 @@ from __future__ import annotations
 
 from instantid.evaluation.benchmark import identities_from_refs, run_protocol
 from instantid.evaluation.clip_score import ClipScorer, load_clip_scorer
-from instantid.evaluation.identity import (
-    DlibRecogniser,
-    IdentityRecogniser,
-    OnnxRecogniser,
-    align_face,
-    create_recogniser,
-)
+from instantid.evaluation.identity import create_recogniser, largest_face_embedding
 from instantid.evaluation.inputs import collect_samples
 from instantid.evaluation.metrics import Evaluation, ImageScore, Sample, evaluate
 from instantid.evaluation.protocol import Protocol, ProtocolPrompt, load_protocol
@@ -27,19 +21,16 @@ from instantid.evaluation.report import write_report
 
 __all__ = [
     "ClipScorer",
-    "DlibRecogniser",
     "Evaluation",
-    "IdentityRecogniser",
     "ImageScore",
-    "OnnxRecogniser",
     "Protocol",
     "ProtocolPrompt",
     "Sample",
-    "align_face",
     "collect_samples",
     "create_recogniser",
     "evaluate",
     "identities_from_refs",
+    "largest_face_embedding",
     "load_clip_scorer",
     "load_protocol",
     "run_protocol",

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from instantid.errors import InvalidInputError
-from instantid.evaluation.inputs import IMAGE_SUFFIXES
 from instantid.evaluation.metrics import Sample
 from instantid.evaluation.protocol import Protocol
+from instantid.faces.images import IMAGE_SUFFIXES
 from instantid.outputs import png_bytes, write_bytes_atomically
 
 Progress = Callable[[str], None]
@@ -73,25 +73,28 @@ def run_protocol(
     """Generate what is missing and return every sample of the run (existing ones included).
 
     ``app`` is an :class:`instantid.InstantID`; ``settings`` a ``GenerationSettings`` whose prompt and seed
-    are replaced per image.
+    are replaced per image. Each identity's photos are analysed once, when its first missing image is made.
     """
     prompts = protocol.all_prompts(limit)
     _check_run(out_dir, {
         "protocol": protocol.name, "models": asdict(app.refs), "demo_weights": app.demo,
-        "settings": asdict(replace(settings, prompt="", seed=None)),
+        "settings": settings.updated(prompt="", seed=None).model_dump(mode="json"),
     })
     samples = []
     total = len(identities) * len(prompts) * len(protocol.seeds)
     done = 0
     for name, photos in identities.items():
         folder = out_dir / "images" / name
+        identity = None
         for prompt in prompts:
             for seed in protocol.seeds:
                 image_path = folder / f"{prompt.id}-s{seed}.png"
                 sidecar = image_path.with_suffix(".json")
                 done += 1
                 if not (image_path.is_file() and sidecar.is_file()):
-                    result = app.generate(photos, replace(settings, prompt=prompt.text, seed=seed, num_images=1))
+                    if identity is None:
+                        identity = app.prepare_identity(photos)
+                    result = app.generate(identity, settings.updated(prompt=prompt.text, seed=seed, num_images=1))
                     meta = result.image_metadata(0) | {
                         "identity": name, "references": [str(p.resolve()) for p in photos],
                         "protocol": protocol.name, "prompt_id": prompt.id, "category": prompt.category,

@@ -14,9 +14,9 @@ from typing import Any
 
 from instantid.errors import InvalidInputError
 from instantid.evaluation.metrics import Sample
+from instantid.faces.images import IMAGE_SUFFIXES
 
 REPORT_FILES = {"grid.png"}  # our own outputs, skipped when a report folder is evaluated again
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def read_sidecar(image: Path) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from PIL import Image
 
 from instantid.errors import NoFaceError
 from instantid.evaluation.clip_score import NO_WEIGHTS, ClipScorer
-from instantid.evaluation.identity import IdentityRecogniser
-from instantid.faces import load_image
+from instantid.evaluation.identity import largest_face_embedding
+from instantid.faces import FaceAnalyzer, load_image
 
 PIXEL_SIZE = 64  # side of the thumbnails compared by the pixel diversity measure
 
@@ -47,8 +47,9 @@ class ImageScore:
     category: str | None
     seed: int | None
     face_detected: bool
-    identity_similarity: float | None  # mean over the reference photos; None when no face
-    same_person: bool | None  # at the recogniser's threshold, when it has one
+    identity_distance: float | None  # mean over the reference photos; None when no face
+    identity_similarity: float | None  # derived: 1 - identity_distance (what papers report)
+    same_person: bool | None  # at the recogniser's distance threshold, when it has one
     clip_score: float | None
 
 
@@ -87,11 +88,11 @@ def thumbnail_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize((PIXEL_SIZE, PIXEL_SIZE), Image.BILINEAR), np.float32) / 255.0
 
 
-def reference_embeddings(recogniser: IdentityRecogniser, references: Sequence[Path]) -> list[np.ndarray]:
+def reference_embeddings(recogniser: FaceAnalyzer, references: Sequence[Path]) -> list[np.ndarray]:
     """Embeddings of every reference photo; a reference without a face is an error (nothing to compare to)."""
     out = []
     for path in references:
-        embedding = recogniser.embed(load_image(path), str(path))
+        embedding = largest_face_embedding(recogniser, load_image(path), str(path))
         if embedding is None:
             raise NoFaceError(f"{path} (reference photo)")
         out.append(embedding)
@@ -99,7 +100,7 @@ def reference_embeddings(recogniser: IdentityRecogniser, references: Sequence[Pa
 
 
 def _diversity(groups: dict[Any, list[tuple[np.ndarray | None, np.ndarray]]],
-               recogniser: IdentityRecogniser) -> tuple[float | None, float | None]:
+               recogniser: FaceAnalyzer) -> tuple[float | None, float | None]:
     """Mean over prompts of the mean pairwise distance between that prompt's generations (the seeds).
 
     Different prompts differ by design, so pairs are only formed within one prompt; with no prompt
@@ -114,7 +115,7 @@ def _diversity(groups: dict[Any, list[tuple[np.ndarray | None, np.ndarray]]],
 
 
 def evaluate(
-    samples: Sequence[Sample], recogniser: IdentityRecogniser, clip: ClipScorer | None = None,
+    samples: Sequence[Sample], recogniser: FaceAnalyzer, clip: ClipScorer | None = None,
     clip_status: str = NO_WEIGHTS, progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Score every sample and summarise per identity and overall.
@@ -129,17 +130,18 @@ def evaluate(
         if sample.references not in ref_cache:
             ref_cache[sample.references] = reference_embeddings(recogniser, sample.references)
         image = load_image(sample.image)
-        embedding = recogniser.embed(image, str(sample.image))
-        similarity = same = None
+        embedding = largest_face_embedding(recogniser, image, str(sample.image))
+        distance = same = None
         if embedding is not None:
-            similarity = float(mean(recogniser.similarity(embedding, r) for r in ref_cache[sample.references]))
-            if recogniser.same_person_similarity is not None:
-                same = similarity >= recogniser.same_person_similarity
+            distance = float(mean(recogniser.distance(embedding, r) for r in ref_cache[sample.references]))
+            if recogniser.same_person_threshold is not None:
+                same = distance <= recogniser.same_person_threshold
         clip_value = clip.score(image, sample.prompt) if clip is not None and sample.prompt else None
         scores.append(ImageScore(
             image=str(sample.image), identity=sample.identity, prompt=sample.prompt, prompt_id=sample.prompt_id,
             category=sample.category, seed=sample.seed, face_detected=embedding is not None,
-            identity_similarity=similarity, same_person=same, clip_score=clip_value,
+            identity_distance=distance, identity_similarity=None if distance is None else 1.0 - distance,
+            same_person=same, clip_score=clip_value,
         ))
         group = per_identity.setdefault(sample.identity, {}).setdefault(sample.prompt_id or sample.prompt, [])
         group.append((embedding, thumbnail_array(image)))
@@ -160,8 +162,8 @@ def evaluate(
         "per_category": _per_category(scores),
     }
     settings = {
-        "recogniser": recogniser.name, "similarity": recogniser.metric,
-        "same_person_similarity": recogniser.same_person_similarity,
+        "recogniser": recogniser.space, "distance": recogniser.metric, "similarity": "1 - distance",
+        "same_person_distance": recogniser.same_person_threshold,
         "clip": clip.name if clip is not None else clip_status,
         "pixel_diversity": f"mean absolute difference of {PIXEL_SIZE}x{PIXEL_SIZE} RGB thumbnails, 0..1",
     }

@@ -13,13 +13,14 @@ from typing import Any
 
 from instantid.errors import InvalidInputError
 from instantid.faces.base import EMBEDDING_DIMS, MIN_IMAGE_SIDE, SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer
-from instantid.faces.images import MAX_PIXELS, load_image
+from instantid.faces.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
 BACKENDS = ("auto", "dlib", "antelopev2")
 
 __all__ = [
     "BACKENDS",
     "EMBEDDING_DIMS",
+    "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "MIN_IMAGE_SIDE",
     "SPACE_ANTELOPEV2",

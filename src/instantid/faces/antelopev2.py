@@ -9,13 +9,13 @@ up front and a missing one is a :class:`MissingWeightsError` that says where to 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
+from instantid.faces.arcface import ArcFaceRecognizer, cosine_distance, load_insightface_model
 from instantid.faces.base import SPACE_ANTELOPEV2, Face, FaceAnalyzer, pad_image
 
 DETECTOR_FILE = "scrfd_10g_bnkps.onnx"
@@ -64,35 +64,14 @@ def require_antelopev2(root: str | Path | None = None) -> Path:
     return folder
 
 
-def default_providers() -> list[str]:
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _load(path: Path, providers: Sequence[str], expected: type) -> object:
-    from insightface.model_zoo import get_model
-
-    try:
-        model = get_model(str(path), providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
-        raise IncompatibleWeightsError(f"cannot load {path}: {exc}") from None
-    if not isinstance(model, expected):
-        raise IncompatibleWeightsError(
-            f"{path} is not a {expected.__name__} model (insightface routed it to {type(model).__name__})"
-        )
-    return model
-
-
 class AntelopeV2Analyzer(FaceAnalyzer):
     """SCRFD-10G detection at 640x640 and glintr100 ArcFace embeddings (raw, not normalised)."""
 
     space = SPACE_ANTELOPEV2
     embedding_dim = 512
-    # Cosine distance on raw embeddings. ArcFace models separate people at a cosine similarity of about
-    # 0.28-0.4; 0.35 similarity (distance 0.65) favours rejecting look-alikes.
+    metric = "cosine distance (1 - cosine similarity)"
+    # ArcFace models separate people at a cosine similarity of about 0.28-0.4; 0.35 similarity (distance
+    # 0.65) favours rejecting look-alikes.
     same_person_threshold = 0.65
 
     def __init__(
@@ -102,26 +81,23 @@ class AntelopeV2Analyzer(FaceAnalyzer):
         det_thresh: float = 0.5,
         providers: Sequence[str] | None = None,
     ):
-        from insightface.model_zoo.arcface_onnx import ArcFaceONNX
         from insightface.model_zoo.scrfd import SCRFD
 
         self.folder = require_antelopev2(root)
-        chosen = list(providers) if providers is not None else default_providers()
-        self.detector = _load(self.folder / DETECTOR_FILE, chosen, SCRFD)
-        self.recognizer = _load(self.folder / RECOGNIZER_FILE, chosen, ArcFaceONNX)
+        self.detector = load_insightface_model(self.folder / DETECTOR_FILE, providers, SCRFD)
+        self.recognizer = ArcFaceRecognizer(self.folder / RECOGNIZER_FILE, providers)
         if not self.detector.use_kps:
             raise IncompatibleWeightsError(f"{self.folder / DETECTOR_FILE} predicts no keypoints")
-        dim = self.recognizer.output_shape[-1]
-        if dim != self.embedding_dim:
+        if self.recognizer.embedding_dim != self.embedding_dim:
             raise IncompatibleWeightsError(
-                f"{self.folder / RECOGNIZER_FILE} gives {dim}-d embeddings, antelopev2's glintr100 gives 512"
+                f"{self.folder / RECOGNIZER_FILE} gives {self.recognizer.embedding_dim}-d embeddings, "
+                "antelopev2's glintr100 gives 512"
             )
         # A single detector size: without it insightface 2.x also runs a 128x128 pass and merges boxes.
         self.detector.prepare(0, input_size=det_size, det_thresh=det_thresh)
 
     def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
-        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-        return 1.0 - float(a @ b) / norms if norms > 0 else 1.0
+        return cosine_distance(a, b)
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface models take OpenCV's BGR order
@@ -137,14 +113,8 @@ class AntelopeV2Analyzer(FaceAnalyzer):
         return [self._describe(bgr, box, kps) for box, kps in zip(boxes, kpss, strict=True)]
 
     def _describe(self, bgr: np.ndarray, box: np.ndarray, kps: np.ndarray) -> Face:
-        from insightface.utils import face_align
-
-        # The published pipeline's alignment: similarity transform of the 5 points onto ArcFace's template.
-        with warnings.catch_warnings():
-            # insightface calls a scikit-image API deprecated in 0.26; the result is unchanged.
-            warnings.simplefilter("ignore", FutureWarning)
-            crop = face_align.norm_crop(bgr, landmark=kps, image_size=self.recognizer.input_size[0])
-        embedding = self.recognizer.get_feat(crop).reshape(-1).astype(np.float32)
+        # The published pipeline's alignment and embedding: norm_crop onto ArcFace's template, get_feat.
+        embedding = self.recognizer.embed(bgr, kps)
         h, w = bgr.shape[:2]
         x1, y1, x2, y2 = (float(v) for v in box[:4])
         bbox = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))

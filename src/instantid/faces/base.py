@@ -66,12 +66,16 @@ def pad_image(rgb: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:
 class FaceAnalyzer(ABC):
     """Detect faces, place five keypoints and compute an identity embedding for each.
 
-    Subclasses implement :meth:`_detect` on an RGB array and the identity metric.
+    Subclasses implement :meth:`_detect` on an RGB array and the identity metric. The convention is a
+    distance (smaller is more alike) everywhere: thresholds, diversity and ``compare`` use it; the
+    similarity that evaluation reports is derived from it (:meth:`similarity`).
     """
 
     space: str
     embedding_dim: int
-    same_person_threshold: float  # distance at or below which two embeddings are the same person
+    metric: str  # what :meth:`distance` computes, in words (shown in reports)
+    # Distance at or below which two embeddings are the same person; None where it is not calibrated.
+    same_person_threshold: float | None
 
     @abstractmethod
     def _detect(self, rgb: np.ndarray) -> list[Face]:
@@ -124,6 +128,12 @@ class FaceAnalyzer(ABC):
         """Identity distance: smaller is more alike."""
         return self._metric(self._check(a), self._check(b))
 
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Derived: ``1 - distance`` (cosine similarity for ArcFace-style models); larger is more alike."""
+        return 1.0 - self.distance(a, b)
+
     def is_same(self, a: np.ndarray, b: np.ndarray) -> bool:
         """Whether two embeddings belong to the same person at the calibrated threshold."""
+        if self.same_person_threshold is None:
+            raise InvalidInputError(f"{self.space} has no calibrated same-person threshold: give one")
         return self.distance(a, b) <= self.same_person_threshold

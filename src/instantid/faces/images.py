@@ -23,6 +23,8 @@ MAX_PIXELS = 100_000_000
 BACKGROUND_RGB = (255, 255, 255)
 
 ImageSource = str | Path | bytes | Image.Image
+# File suffixes taken as photos wherever a folder is searched (prepare, evaluate, benchmark references).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def describe_source(source: ImageSource, name: str | None) -> str:

@@ -23,10 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from instantid.errors import ImageReadError, InvalidInputError
-from instantid.faces.images import load_image
+from instantid.faces.images import IMAGE_SUFFIXES, load_image
 from instantid.training.data import MANIFEST, REJECTS, SUMMARY, make_record, read_jsonl
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
