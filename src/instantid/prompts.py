@@ -123,14 +123,19 @@ def _window(tokenizer: Any, text_encoder: Any) -> int:
 
 def _tokenize(pipe: Any, tokenizer: Any, length: int, prompt: str) -> list[tuple[list[int], list[float]]]:
     """Token ids (without BOS/EOS) and per-token weights of each chunk of ``prompt``."""
-    convert = getattr(pipe, "maybe_convert_prompt", None)  # textual-inversion tokens, as encode_prompt does
+    # Textual-inversion tokens expand as in encode_prompt; diffusers' converter tokenizes the whole text and
+    # so logs transformers' "sequence length is longer" warning, hence only when such a token is present.
+    inversions = [t for t in tokenizer.added_tokens_encoder if t not in tokenizer.all_special_tokens]
+    convert = getattr(pipe, "maybe_convert_prompt", None) if inversions else None
     per_chunk = length - 2
     chunks: list[tuple[list[int], list[float]]] = [([], [])]
     for fragment in parse_prompt_weights(prompt):
         if fragment.is_break:
             chunks.append(([], []))
             continue
-        text = convert(fragment.text, tokenizer) if convert is not None else fragment.text
+        text = fragment.text
+        if convert is not None and any(t in text for t in inversions):
+            text = convert(text, tokenizer)
         # verbose=False: a long fragment is chunked below, so the tokenizer's length warning would be wrong.
         ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         for token in ids:
