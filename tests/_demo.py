@@ -31,7 +31,9 @@ def demo_model(cache_dir: Path) -> object:
         import torch
 
         from instantid import InstantID
+        from instantid.loading import library_chatter
 
         torch.set_num_threads(1)
-        _models[cache_dir] = InstantID.demo(cache_dir)
+        with library_chatter():
+            _models[cache_dir] = InstantID.demo(cache_dir)
     return _models[cache_dir]

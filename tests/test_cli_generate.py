@@ -21,11 +21,20 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def shared_model(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every CLI load returns the session's demo model (the real --demo load is tested once, below)."""
-    from instantid.server import ModelSettings
+def shared_model(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every CLI load returns the session's demo model (the real --demo load is tested once, below); the list
+    records each model load, so a test can tell whether a check came before it."""
+    from instantid.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self: demo_model(demo_dir))
+    loads: list[str] = []
+
+    def load(self: ModelSettings, analyzer: object = None) -> object:
+        loads.append("model")
+        return demo_model(demo_dir)
+
+    monkeypatch.setattr(ModelSettings, "load", load)
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: demo_model(demo_dir).analyzer)
+    return loads
 
 
 def test_generate_demo_writes_png_with_metadata_and_sidecar(
@@ -41,7 +50,7 @@ def test_generate_demo_writes_png_with_metadata_and_sidecar(
     assert [p.name for p in pngs] == ["an-astronaut_s3.png", "an-astronaut_s4.png"]
     with Image.open(pngs[0]) as image:
         stored = json.loads(image.text[METADATA_KEY])
-        assert "Steps: 2, Seed: 3" in image.text[PARAMETERS_KEY]
+        assert "Steps: 2, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: " in image.text[PARAMETERS_KEY]
     assert stored["seed"] == 3 and stored["settings"]["style"] == "Mars" and stored["demo_weights"] is True
     assert "Mars colony" in stored["prompt"]
     assert json.loads(pngs[0].with_suffix(".json").read_text()) == stored
@@ -60,25 +69,87 @@ def test_generate_never_overwrites_without_flag(tmp_path: Path) -> None:
     assert not (tmp_path / "x_s5-0002.png").exists()
 
 
-@pytest.mark.usefixtures("shared_model")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([str(NO_FACE), "--steps", "1"], "no face found in"),
         ([str(CORRUPT), "--steps", "1"], "cannot read image"),
-        ([str(FACE), "--steps", "0"], "steps must be between 1 and 200"),
+        (["missing.jpg", "--steps", "1"], "missing.jpg"),
+        ([str(FACE), "--pose", str(NO_FACE)], "no face found in edge_no_face_noise.png"),
+        ([str(FACE), "--steps", "0"], "--steps must be between 1 and 200"),
+        ([str(FACE), "--guidance", "99"], "--guidance must be between 0 and 30"),
+        ([str(FACE), "--num-images", "0"], "--num-images must be between 1 and 16"),
         ([str(FACE), "--style", "Cubism"], "unknown style 'Cubism'"),
         ([str(FACE), "--seeds", "1,x"], "--seeds must be comma-separated"),
+        ([str(FACE), "--device", "gpu"], "--device 'gpu' is not a device; choose cuda, cuda:N, mps or cpu"),
+        ([str(FACE), "--demo", "--base", "x"], "--demo uses its own tiny weights; drop --base"),
     ],
 )
-def test_generate_bad_input_is_one_line_and_exit_2(
-    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_generate_bad_input_is_one_line_exit_2_before_the_model_loads(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture, shared_model: list[str]
 ) -> None:
     assert main(["generate", *args, "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert "Traceback" not in "".join(err)
+    assert not any("seed" in line for line in err[:-1])  # no progress bar was drawn
+    assert shared_model == []  # found before the (slow) model load
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("blocked", ["file", "under-file"])
+def test_generate_output_path_blocked_by_a_file_is_one_line_before_loading(
+    blocked: str, tmp_path: Path, capsys: pytest.CaptureFixture, shared_model: list[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    out = tmp_path / "taken" if blocked == "file" else tmp_path / "taken" / "sub"
+    assert main(["generate", str(FACE), "--steps", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {out}: {tmp_path / 'taken'} is a file, not a folder; give another folder"]
+    assert shared_model == []
+
+
+def test_generate_without_cuda_names_the_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, shared_model: list[str]
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", str(FACE), "--device", "cuda", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: CUDA is not available here" in err[0]
+    assert shared_model == []
+
+
+@pytest.mark.usefixtures("shared_model")
+def test_seeds_and_num_images_never_make_a_seed_twice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(FACE), "-p", "x", "--steps", "1", "--seeds", "1,2", "--num-images", "2",
+                 "-o", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["x_s1.png", "x_s2.png", "x_s3.png"]
+    assert "seed(s) 2 asked for twice: made once" in capsys.readouterr().err
+    assert [read_metadata(tmp_path / f"x_s{s}.png")["seed"] for s in (1, 2, 3)] == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("shared_model")
+def test_empty_prompt_stays_empty_and_paths_stay_private(tmp_path: Path) -> None:
+    assert main(["generate", str(FACE), "--steps", "1", "--seed", "2", "-o", str(tmp_path)]) == 0
+    png = tmp_path / "portrait_s2.png"
+    stored = read_metadata(png)
+    assert stored["prompt"] == "" and stored["user_prompt"] == ""
+    with Image.open(png) as image:
+        parameters = image.text[PARAMETERS_KEY]
+    assert parameters.splitlines()[0] == "" and "Negative prompt" not in parameters
+    assert stored["references"] == ["face.jpg"]  # a file name, not the folder it sits in
+    assert str(FACE.parent) not in png.with_suffix(".json").read_text()
+
+
+def test_plan_seeds_rule() -> None:
+    from instantid.cli.generate import plan_seeds
+
+    assert plan_seeds([1, 2], 2) == ([(1, 2), (3, 1)], [2])
+    assert plan_seeds([5, 1], 3) == ([(5, 3), (1, 3)], [])
+    assert plan_seeds([1, 3, 2], 2) == ([(1, 2), (3, 2)], [2, 3])
+    assert plan_seeds([None], 3) == ([(None, 3)], [])
 
 
 @pytest.mark.usefixtures("shared_model")
@@ -123,3 +194,26 @@ def test_doctor_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "[MISSING] identitynet" in out and "InstantX/InstantID" in out
     assert "[MISSING] antelopev2" in out and "glintr100.onnx" in out
     assert "torch " in out
+
+
+def test_demo_run_prints_no_library_chatter(tmp_path: Path) -> None:
+    """The README's first command on a fresh machine: our lines only, no loading bars, warnings or escapes.
+    (With --verbose the same run prints the libraries' "Writing model shards" / "Loading weights" bars.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    env.pop("DIFFUSERS_VERBOSITY", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "instantid.cli", "generate", "--demo", "--demo-cache-dir", str(tmp_path / "demo"),
+         str(FACE), "-p", "a watercolor portrait", "--style", "Watercolor", "--steps", "2", "--seed", "1",
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    for chatter in ("Loading pipeline components", "Loading weights", "Writing model shards", "\x1b[A",
+                    "FutureWarning", "torch_dtype", "kept in float32", "Warning", "it/s"):
+        assert chatter not in run.stderr, run.stderr
+    assert run.stdout.strip() == str(tmp_path / "out" / "a-watercolor-portrait_s1.png")

@@ -29,7 +29,15 @@ from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces import SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.identity import Identity, fuse
 from instantid.keypoints import demo_resize_size, draw_kps
-from instantid.loading import load_lora, load_pipeline, make_scheduler, pick_device, pick_dtype, sampler_label
+from instantid.loading import (
+    describe_checkpoint,
+    load_lora,
+    load_pipeline,
+    make_scheduler,
+    pick_device,
+    pick_dtype,
+    sampler_label,
+)
 from instantid.loading import scheduler_name as _scheduler_name
 from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
 from instantid.settings import MAX_SEED, GenerationSettings, make_settings
@@ -69,6 +77,38 @@ def _label(source: Any, index: int, full_paths: bool) -> str:
     return f"face image {index + 1}"
 
 
+def prepare_identity(
+    analyzer: FaceAnalyzer, photos: ImageInput | Sequence[ImageInput], *, pose: ImageInput | None = None,
+    face_index: int | None = None, fusion: str = "auto", weights: Sequence[float] | None = None,
+    names: Sequence[str] | None = None, pose_name: str | None = None, full_paths: bool = False,
+) -> Identity:
+    """:meth:`InstantID.prepare_identity` with only a face analyzer: the face side needs no diffusion model, so a
+    surface can check photos (unreadable, faceless) before the slow model load and hand the Identity on."""
+    sources = [photos] if isinstance(photos, (str, Path, bytes, Image.Image)) else list(photos)
+    if not sources:
+        raise InvalidInputError("give at least one face photo")
+    if names is not None and len(names) != len(sources):
+        raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
+    labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
+    found = []
+    for source, label in zip(sources, labels, strict=True):
+        picture = load_image(source, label)
+        face = analyzer.get_face(picture, label, face_index)
+        found.append((label, picture, face))
+    embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
+    if pose is not None:
+        label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
+        pose_picture = load_image(pose, label)
+        pose_face = analyzer.get_face(pose_picture, label, None)
+    else:
+        label, pose_picture, pose_face = found[0]
+    return Identity(
+        embedding=embedding, space=analyzer.space, pose_face=pose_face,
+        pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
+        pose_name=label, warnings=warnings,
+    )
+
+
 class InstantID:
     """InstantID ready to generate: pipeline, face analyzer and model references together."""
 
@@ -84,6 +124,8 @@ class InstantID:
         self.min_side = min_side
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
+        self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
+        self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
         self._lock = threading.Lock()  # one generation at a time per model
         self._face_lock = threading.Lock()  # the face models are not known to be thread-safe (dlib)
@@ -99,22 +141,26 @@ class InstantID:
         dtype: str | None = None, cpu_offload: bool = False, scheduler: str | None = None,
         lora: str | None = None, lora_scale: float = 1.0, allow_embedding_mismatch: bool = False,
         demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
+        analyzer: FaceAnalyzer | None = None,
     ) -> InstantID:
-        """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer."""
+        """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer (``analyzer``: one already made,
+        e.g. by a CLI that checked the photos with it before this slow load)."""
         refs = ModelRefs(**{k: v for k, v in (("base", base), ("identitynet", identitynet), ("adapter", adapter)) if v})
         device = pick_device(device)
         torch_dtype = pick_dtype(dtype, device)
         base_path = resolve_base(refs.base)
         identitynet_path = resolve_identitynet(refs.identitynet)
         adapter_path = resolve_adapter(refs.adapter)
-        analyzer = create_face_analyzer(face_backend, root=antelopev2_root)
+        analyzer = analyzer or create_face_analyzer(face_backend, root=antelopev2_root)
         pipe = load_pipeline(base_path, identitynet_path, adapter_path, dtype=torch_dtype)
+        model_name, model_hash = describe_checkpoint(refs.base, base_path)
         if scheduler:
             pipe.scheduler = make_scheduler(pipe.scheduler.config, scheduler)
         app = cls(
             pipe, analyzer, refs, demo=demo, max_side=max_side, min_side=min_side,
             allow_embedding_mismatch=allow_embedding_mismatch,
         )
+        app.model_name, app.model_hash = model_name, model_hash
         if lora:
             app.load_lora(lora, lora_scale)
         if cpu_offload:
@@ -179,27 +225,9 @@ class InstantID:
         chosen face. ``names`` label in-memory photos (uploads) in messages and metadata; file photos are named
         by their file name, or their full path with ``full_paths``.
         """
-        sources = [photos] if isinstance(photos, (str, Path, bytes, Image.Image)) else list(photos)
-        if not sources:
-            raise InvalidInputError("give at least one face photo")
-        if names is not None and len(names) != len(sources):
-            raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
-        labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
-        found = []
-        for source, label in zip(sources, labels, strict=True):
-            picture, face = self.find_face(source, label, face_index)
-            found.append((label, picture, face))
-        embedding, references, used, warnings = fuse(self.analyzer, found, fusion, weights)
-        if pose is not None:
-            label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
-            pose_picture, pose_face = self.find_face(pose, label, None)
-        else:
-            label, pose_picture, pose_face = found[0]
-        return Identity(
-            embedding=embedding, space=self.analyzer.space, pose_face=pose_face,
-            pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-            pose_name=label, warnings=warnings,
-        )
+        with self._face_lock:
+            return prepare_identity(self.analyzer, photos, pose=pose, face_index=face_index, fusion=fusion,
+                                    weights=weights, names=names, pose_name=pose_name, full_paths=full_paths)
 
     # ---- generation ----------------------------------------------------------------------------
     def output_size(self, identity: Identity, settings: GenerationSettings) -> tuple[int, int]:
@@ -262,6 +290,7 @@ class InstantID:
             "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
             "settings": settings.model_dump(), "width": width, "height": height,
             "models": asdict(self.refs), "lora": self.lora,
+            "model_name": self.model_name, "model_hash": self.model_hash,
             "scheduler": _scheduler_name(used_scheduler), "sampler": sampler_label(used_scheduler),
             "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept),
             **identity.metadata(),
@@ -284,4 +313,4 @@ def _versions() -> dict[str, str]:
     return {"instantid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-__all__ = ["GenerationResult", "GenerationSettings", "Identity", "InstantID", "make_settings"]
+__all__ = ["GenerationResult", "GenerationSettings", "Identity", "InstantID", "make_settings", "prepare_identity"]

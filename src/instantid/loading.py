@@ -6,25 +6,54 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from instantid.errors import InvalidInputError
-from instantid.model_settings import torch_dtype
+from instantid.errors import InstantIDError, InvalidInputError, MissingWeightsError, WeightsError
+from instantid.model_settings import DEVICES, torch_dtype
 from instantid.settings import SCHEDULERS
 
+DEVICE_CHOICES = "cuda, cuda:N, mps or cpu"
 
-def pick_device(device: str | None) -> str:
-    """The device to run on: the one asked for (checked), else cuda, else mps, else cpu."""
+
+def pick_device(device: str | None, label: str = "device") -> str:
+    """The device to run on: the one asked for (checked: known and present), else cuda, else mps, else cpu.
+
+    ``label`` is how the caller's user spells the option (``--device`` on the command line).
+    """
     if device:
-        return device
+        return _check_device(device.strip().lower(), label)
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _check_device(device: str, label: str) -> str:
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise InvalidInputError(f"{label} {device!r} is not a device; choose {DEVICE_CHOICES}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"{label} {device}: CUDA is not available here (this torch is "
+                                    f"{torch.__version__}); use {label} cpu, or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise InvalidInputError(f"{label} {device}: there are {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InvalidInputError(f"{label} mps: Apple's MPS is not available here; use {label} cpu")
+    return device
 
 
 def pick_dtype(dtype: str | None, device: str) -> torch.dtype:
@@ -67,24 +96,163 @@ def sampler_label(scheduler: Any) -> str:
 def load_pipeline(
     base_path: Path, identitynet_path: Path, adapter_path: Path, *, dtype: torch.dtype,
 ) -> Any:
-    """Base + IdentityNet + face adapter as one pipeline, on the CPU in ``dtype``."""
+    """Base + IdentityNet + face adapter as one pipeline, on the CPU in ``dtype``.
+
+    A file that is corrupt, truncated or not a plain weights file is a :class:`WeightsError` naming it.
+    """
     from diffusers import ControlNetModel
 
     from instantid.pipeline import StableDiffusionXLInstantIDPipeline
 
-    controlnet = ControlNetModel.from_pretrained(identitynet_path, torch_dtype=dtype)
-    if base_path.is_file():
-        pipe = StableDiffusionXLInstantIDPipeline.from_single_file(base_path, controlnet=controlnet, torch_dtype=dtype)
-    else:
-        pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(base_path, controlnet=controlnet, torch_dtype=dtype)
-    pipe.load_ip_adapter_instantid(adapter_path)
+    with _reading("IdentityNet", identitynet_path):
+        controlnet = ControlNetModel.from_pretrained(identitynet_path, dtype=dtype)
+    with _reading("base model", base_path):
+        if base_path.is_file():
+            pipe = StableDiffusionXLInstantIDPipeline.from_single_file(base_path, controlnet=controlnet, dtype=dtype)
+        else:
+            pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(base_path, controlnet=controlnet, dtype=dtype)
+    with _reading("face adapter", adapter_path):
+        pipe.load_ip_adapter_instantid(adapter_path)
     return pipe
 
 
 def load_lora(pipe: Any, ref: str, scale: float = 1.0) -> None:
     """Load a LoRA (file, folder or Hub id), e.g. LCM-LoRA; a name containing 'lcm' also selects the LCM
     scheduler, which few-step LCM generation needs."""
-    pipe.load_lora_weights(ref, adapter_name="user")
+    path = Path(ref).expanduser()
+    if not path.exists() and (ref.count("/") != 1 or ref.startswith((".", "/", "~")) or path.suffix):
+        raise MissingWeightsError(f"LoRA '{ref}' not found: no such file or folder, and not a Hub id (owner/name)")
+    with _reading("LoRA", ref):
+        pipe.load_lora_weights(str(path) if path.exists() else ref, adapter_name="user")
     pipe.set_adapters(["user"], adapter_weights=[scale])
     if "lcm" in str(ref).lower():
         set_scheduler(pipe, "lcm")
+
+
+# Errors the libraries raise for unreadable, truncated or foreign weight files and configs.
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError, TypeError,
+                                                  EOFError, pickle.UnpicklingError, json.JSONDecodeError)
+
+
+@contextmanager
+def _reading(kind: str, ref: str | Path) -> Iterator[None]:
+    """Turn a library's loading failure into one line naming ``kind`` and ``ref``; our own errors pass through."""
+    try:
+        yield
+    except InstantIDError as exc:
+        if _UNSAFE_ADVICE.search(str(exc)):
+            raise type(exc)(f"{kind} {ref}: {NOT_PLAIN_WEIGHTS}") from None
+        raise
+    except _LOAD_ERRORS as exc:
+        raise WeightsError(f"cannot load {kind} {ref}: {load_failure_reason(exc)}") from None
+    except Exception as exc:  # e.g. safetensors' SafetensorError, huggingface_hub's errors: not builtins
+        if type(exc).__module__.split(".")[0] not in ("safetensors", "huggingface_hub", "peft", "diffusers",
+                                                       "transformers", "requests", "httpx"):
+            raise
+        raise WeightsError(f"cannot load {kind} {ref}: {load_failure_reason(exc)}") from None
+
+
+NOT_PLAIN_WEIGHTS = ("not a plain weights file (it asks to run pickled code, which is never done); "
+                     "use the published .safetensors / .bin files")
+# PyTorch's weights_only refusal goes on to advise unsafe loading: that advice is never passed on.
+_UNSAFE_ADVICE = re.compile(r"weights_only|Weights only load failed|Unsupported global", re.IGNORECASE)
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """One short line saying why a file did not load, without the libraries' tracebacks or unsafe advice."""
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) or _UNSAFE_ADVICE.search(text):
+        return NOT_PLAIN_WEIGHTS
+    if "offline" in text.lower() or "LocalEntryNotFound" in type(exc).__name__ or "connect" in text.lower():
+        return "not in the Hugging Face cache and not downloadable now"
+    if isinstance(exc, json.JSONDecodeError) or ("config" in text.lower() and "json" in text.lower()):
+        return "its config.json is not valid JSON"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "header" in first.lower() or "deserializ" in first.lower() or "invalid load key" in first.lower():
+        return f"the weights file is corrupt or not a weights file ({first[:120]})"
+    return first[:200]
+
+
+# ---- A1111-style model name and hash, for the images' metadata --------------------------------------------
+HASH_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "instantid" / "model-hashes.json"
+_UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+
+
+def describe_checkpoint(ref: str, path: Path) -> tuple[str, str | None]:
+    """The base model's name and short hash as A1111 writes them (``Model``, ``Model hash``).
+
+    A single-file checkpoint: its file name and the first 10 hex digits of its SHA-256 (what A1111 and image
+    sites compute). A diffusers folder has no one file, so the hash is that of its UNet weights file: stable
+    for a given release, but not the hash of the single-file checkpoint sites may know. The name is the Hub id
+    or the folder's name, never a full path. Hashes are cached by path, size and modification time.
+    """
+    if path.is_file():
+        name, target = path.stem, path
+    else:
+        name = ref if not Path(ref).expanduser().exists() else path.name
+        target = next((path / "unet" / f for f in _UNET_WEIGHTS if (path / "unet" / f).is_file()), None)
+    return name, (file_hash(target)[:10] if target is not None else None)
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file (hex), read from :data:`HASH_CACHE` when the file has not changed since."""
+    path = path.resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = _read_hash_cache()
+    if key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(block)
+    cache[key] = digest.hexdigest()
+    try:
+        from instantid.outputs import write_bytes_atomically
+
+        write_bytes_atomically(HASH_CACHE, json.dumps(cache, indent=1).encode())
+    except OSError:
+        pass  # a read-only cache folder only costs the hash next time
+    return cache[key]
+
+
+def _read_hash_cache() -> dict[str, str]:
+    try:
+        data = json.loads(HASH_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---- library chatter --------------------------------------------------------------------------------------
+@contextmanager
+def library_chatter(verbose: bool = False) -> Iterator[None]:
+    """Silence diffusers/transformers/huggingface_hub loading bars, info logs and deprecation warnings while
+    loading (``verbose`` keeps them): a user sees our one-line progress and errors, not the libraries'."""
+    if verbose:
+        yield
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    before = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    for lib in libraries:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.simplefilter("ignore", category)
+            yield
+    finally:
+        for lib, (level, bars) in zip(libraries, before, strict=True):
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()

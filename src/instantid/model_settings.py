@@ -17,6 +17,7 @@ from instantid.faces import BACKENDS
 if TYPE_CHECKING:
     import torch
 
+    from instantid.faces import FaceAnalyzer
     from instantid.generator import InstantID
 
 # Our dtype names and the torch dtypes they stand for (resolved lazily: torch is slow to import).
@@ -69,10 +70,19 @@ class ModelSettings(BaseModel):
                                          flag="hidden")
     verbose: bool = option(False, "Show the libraries' own warnings and loading bars.")
 
-    def load(self) -> InstantID:
+    def face_analyzer(self) -> FaceAnalyzer:
+        """The face model alone, seconds to load next to minutes for the diffusion model: surfaces check photos
+        with it first and pass it on to :meth:`load`."""
+        from instantid.faces import create_face_analyzer
+
+        if self.demo:
+            return create_face_analyzer("dlib")  # what InstantID.demo uses
+        return create_face_analyzer(self.face_backend, root=self.antelopev2_root)
+
+    def load(self, analyzer: FaceAnalyzer | None = None) -> InstantID:
         from instantid.generator import InstantID
 
-        options = {"device": self.device, "lora": self.lora}
+        options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}
         options = {k: v for k, v in options.items() if v is not None}
         common = {"lora_scale": self.lora_scale, "compile": self.compile, **options}
         if self.demo:

@@ -17,28 +17,83 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from instantid.errors import InstantIDError, InvalidInputError
+
 METADATA_KEY = "instantid"
 PARAMETERS_KEY = "parameters"
 MAX_NAME_TRIES = 10_000
 
 
 def parameters_text(metadata: dict[str, Any]) -> str:
-    """One human-readable block: prompt, negative prompt, then 'Key: value' pairs."""
+    """The A1111 ``parameters`` block (prompt, ``Negative prompt:`` line, then ``Key: value`` pairs), so image
+    sites and tools that read A1111 metadata show the sampler, model and hash. An empty prompt stays empty."""
     settings = metadata.get("settings", {})
+    versions = metadata.get("versions") or {}
     pairs = {
         "Steps": settings.get("steps"),
+        "Sampler": metadata.get("sampler") or metadata.get("scheduler"),
+        "CFG scale": settings.get("guidance_scale"),
         "Seed": metadata.get("seed", settings.get("seed")),
         "Size": f"{metadata.get('width')}x{metadata.get('height')}",
-        "CFG scale": settings.get("guidance_scale"),
-        "Sampler": metadata.get("scheduler"),
+        "Model hash": metadata.get("model_hash"),
+        "Model": metadata.get("model_name"),
+        "Lora": _public_ref(metadata.get("lora")),
         "IdentityNet strength": settings.get("identitynet_strength"),
         "Adapter strength": settings.get("adapter_strength"),
         "Style": settings.get("style") or "(No style)",
         "Reference faces": metadata.get("reference_faces"),
+        "Dtype": metadata.get("dtype"),
+        "Device": metadata.get("device"),
         "Demo weights": "yes (images are noise)" if metadata.get("demo_weights") else None,
+        "Version": f"instantid {versions['instantid']}" if versions.get("instantid") else None,
     }
-    tail = ", ".join(f"{key}: {value}" for key, value in pairs.items() if value is not None)
-    return f"{metadata.get('prompt', '')}\nNegative prompt: {metadata.get('negative_prompt', '')}\n{tail}"
+    tail = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
+    negative = metadata.get("negative_prompt") or ""
+    lines = [metadata.get("prompt") or "", *([f"Negative prompt: {negative}"] if negative else []), tail]
+    return "\n".join(lines)
+
+
+def _quote(value: Any) -> str:
+    """A1111 quotes a value that holds its separators (',', ':' or a line break) as a JSON string."""
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ",:\n") else text
+
+
+def _public_ref(ref: Any) -> Any:
+    """A model reference fit to share: a local path becomes its last part; Hub ids and names stay."""
+    if not isinstance(ref, str) or not ref:
+        return ref
+    path = Path(ref).expanduser()
+    if path.is_absolute() or ref.startswith((".", "~")) or (os.sep in ref and path.exists()):
+        return path.name
+    return ref
+
+
+def shareable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without the local folders of the model files (names and Hub ids only): images get shared, and
+    a path tells strangers about the user's disk. Photo names are file names already (``prepare_identity``)."""
+    public = dict(metadata)
+    if isinstance(public.get("models"), dict):
+        public["models"] = {kind: _public_ref(ref) for kind, ref in public["models"].items()}
+    if "lora" in public:
+        public["lora"] = _public_ref(public["lora"])
+    return public
+
+
+def prepare_folder(folder: str | Path, label: str = "output folder") -> Path:
+    """Create ``folder`` (and its parents) now and check it is writable: a bad output path is found before any
+    slow work, as one :class:`InvalidInputError` line (``label`` names the option, e.g. ``--out``)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise InvalidInputError(f"{label} {folder}: {blocker} is a file, not a folder; give another folder") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{label} {folder}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{label} {folder}: the folder is not writable")
+    return folder
 
 
 def png_bytes(image: Image.Image, metadata: dict[str, Any]) -> bytes:
@@ -92,17 +147,26 @@ def is_complete(png: Path) -> bool:
 
 
 def write_image(
-    image: Image.Image, metadata: dict[str, Any], folder: str | Path, stem: str, *, overwrite: bool = False
+    image: Image.Image, metadata: dict[str, Any], folder: str | Path, stem: str, *, overwrite: bool = False,
+    full_paths: bool = False,
 ) -> Path:
     """Write ``<stem>.png`` + ``<stem>.json`` into ``folder`` and return the PNG's path.
 
     Without ``overwrite`` an existing name is never replaced: the next free ``<stem>-0001.png``... is taken,
     claimed with a hard link, which fails atomically if another writer got there first. Both files go
     through temporary files in the same folder; the sidecar lands last, so a PNG without one is known to
-    be unfinished.
+    be unfinished. Model folders are recorded by name only unless ``full_paths`` (see :func:`shareable`).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = prepare_folder(folder)
+    if not full_paths:
+        metadata = shareable(metadata)
+    try:
+        return _write_pair(image, metadata, folder, stem, overwrite)
+    except OSError as exc:  # disk full, folder removed meanwhile: nothing half-written stays behind
+        raise InstantIDError(f"cannot write {folder / stem}.png: {exc.strerror or exc}") from None
+
+
+def _write_pair(image: Image.Image, metadata: dict[str, Any], folder: Path, stem: str, overwrite: bool) -> Path:
     png_tmp = _temp_copy(folder, folder / f"{stem}.png", png_bytes(image, metadata))
     sidecar = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
     json_tmp = _temp_copy(folder, folder / f"{stem}.json", sidecar.encode())

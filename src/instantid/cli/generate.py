@@ -9,9 +9,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from instantid.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import model_option, with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
+from instantid.settings import MAX_SEED
 
 console = Console(stderr=True)
 DEMO_WARNING = (
@@ -19,14 +21,35 @@ DEMO_WARNING = (
     "not portraits. Drop --demo (and see `instantid doctor`) for real results."
 )
 
-def load_model(model: Any) -> Any:
-    """Load with a spinner; announce demo mode loudly, before and after."""
+def load_model(model: Any, analyzer: Any = None) -> Any:
+    """Load with a spinner, quietly unless ``--verbose``; announce demo mode loudly, before and after."""
+    from instantid.loading import library_chatter
+
+    check_model_options(model)
     if model.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
-    with console.status("loading models..."):
-        instant = model.load()
+    with console.status("loading models..."), library_chatter(model.verbose):
+        instant = model.load(analyzer) if analyzer is not None else model.load()
     instant.pipe.set_progress_bar_config(disable=True)  # our own bar shows the steps
     return instant
+
+
+def check_model_options(model: Any) -> None:
+    """What can be checked about the model options without loading anything (device, --demo clashes)."""
+    from instantid.loading import pick_device
+
+    pick_device(model.device, "--device")
+    given = [name for name in ("base", "identitynet", "adapter") if getattr(model, name)]
+    if model.demo and given:
+        raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
+
+
+def face_analyzer(model: Any) -> Any:
+    """The face model alone (seconds), to check photos before the diffusion model loads (minutes)."""
+    from instantid.loading import library_chatter
+
+    with library_chatter(model.verbose):
+        return model.face_analyzer()
 
 
 def progress_bar() -> Progress:
@@ -44,84 +67,187 @@ def parse_seeds(seeds: list[int], seed_list: str | None) -> list[int | None]:
     return values or [None]  # None = random, recorded in the output
 
 
-@app.command("generate")
+def plan_seeds(starts: list[int | None], num_images: int) -> tuple[list[tuple[int | None, int]], list[int]]:
+    """Runs of consecutive seeds to generate, as ``(first seed, count)``, and the seeds asked for twice.
+
+    The rule: every image has its own seed and no seed is made twice. Each given seed S starts a run of
+    ``num_images`` seeds S, S+1, ..., S+N-1; a seed an earlier run already made is left out (so ``--seeds 1,2
+    --num-images 2`` makes seeds 1, 2, 3). A random start (no seed given) is one run of N.
+    """
+    runs: list[tuple[int | None, int]] = []
+    done: set[int] = set()
+    repeated: list[int] = []
+    for start in starts:
+        if start is None:
+            runs.append((None, num_images))
+            continue
+        run: list[int] = []
+        for value in ((start + i) % (MAX_SEED + 1) for i in range(num_images)):
+            if value in done:
+                repeated.append(value)
+                if run:
+                    runs.append((run[0], len(run)))
+                run = []
+                continue
+            done.add(value)
+            run.append(value)
+        if run:
+            runs.append((run[0], len(run)))
+    return runs, repeated
+
+
+SEED_RULE = ("Each seed S gives --num-images images with seeds S, S+1, ...; a seed already made by an earlier one "
+             "is not made twice.")
+
+
+@app.command("generate", help=f"""Generate images of the person in FACES: PNGs with settings inside, plus a JSON
+sidecar each.
+
+The photos, the output folder and the faces are checked before the (slow) model load. {SEED_RULE}""")
 @with_model_options
 @with_generation_options(exclude=("num_images", "seed"))
 def generate_command(
     faces: list[Path] = typer.Argument(..., help="Photo(s) of one person; several are fused.", dir_okay=False),
     seed: list[int] = typer.Option([], help="Seed; repeat for several runs."),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 1,2,3."),
-    num_images: int = typer.Option(1, help="Images per seed (consecutive seeds)."),
+    num_images: int = typer.Option(1, help=f"Images per seed. {SEED_RULE}"),
     pose: Path | None = typer.Option(None, help="Take pose (keypoints) and size from this photo.", dir_okay=False),
-    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder.", file_okay=False),
+    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
+    full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
+                                    "in the images (default: file names and Hub ids only, safe to share)."),
     settings: Any = None,
     model: Any = None,
 ) -> None:
-    """Generate images of the person in FACE: PNGs with settings inside, plus a JSON sidecar each."""
     from instantid.batch import slug
-    from instantid.outputs import write_image
+    from instantid.generator import prepare_identity
+    from instantid.loading import library_chatter
+    from instantid.outputs import prepare_folder, write_image
     from instantid.settings import field_label, make_settings
 
+    # 1. Cheap checks first: seeds, settings, device, output folder.
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(), "num_images": num_images}, field_label)
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
-    instant = load_model(model)
-    identity = instant.prepare_identity([str(f) for f in faces], pose=pose, face_index=settings.face_index,
-                                        fusion=settings.fusion)
+    runs, repeated = plan_seeds(run_seeds, num_images)
+    check_model_options(model)
+    prepare_folder(out, "--out")
+    # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
+    with console.status("checking the photos..."):
+        analyzer = face_analyzer(model)
+        identity = prepare_identity(analyzer, list(faces), pose=pose, face_index=settings.face_index,
+                                    fusion=settings.fusion, full_paths=full_paths)
     for warning in identity.warnings:
         console.print(f"[yellow]warning: {warning}[/]")
+    if repeated:
+        console.print(f"seed(s) {', '.join(map(str, sorted(set(repeated))))} asked for twice: made once")
+    # 3. The model, then the images.
+    instant = load_model(model, analyzer)
     written: list[Path] = []
-    with progress_bar() as bar:
-        for value in run_seeds:
-            task = bar.add_task(f"seed {value if value is not None else 'random'}", total=settings.steps)
-            result = instant.generate(identity, settings.updated(seed=value),
+    with progress_bar() as bar, library_chatter(model.verbose):
+        for start, count in runs:
+            task = bar.add_task(f"seed {start if start is not None else 'random'}", total=settings.steps)
+            result = instant.generate(identity, settings.updated(seed=start, num_images=count),
                                       progress=lambda step, total, task=task: bar.update(task, completed=step,
                                                                                           total=total))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
-                written.append(write_image(image, metadata, out, stem, overwrite=overwrite))
+                written.append(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths))
     for path in written:
         typer.echo(str(path))
     if instant.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
 
 
-@app.command("batch")
+BATCH_HELP = f"""Run a job file (YAML, JSON or CSV: identities x prompts x seeds) with one model load; rerun to
+resume. Ends with a labelled contact sheet.
+
+Settings precedence: {PRECEDENCE}. Every row is checked first (photos, faces, settings) and all bad rows
+are reported at once; the good rows are then made, the bad ones listed in {FAILURES} and the exit code is 1.
+With --fail-fast any bad row stops the batch before anything is generated (exit 2). An output counts as done
+only when its sidecar records the same settings, photos and models, so a rerun redoes exactly what changed."""
+
+
+@app.command("batch", help=BATCH_HELP)
 @with_model_options
+@with_generation_options(exclude=("prompt", "seed", "num_images"))
 def batch_command(
     jobfile: Path = typer.Argument(..., help="YAML, JSON or CSV: identities x prompts x seeds.", dir_okay=False),
-    out: Path = typer.Option(Path("outputs/batch"), "--out", "-o", help="Output folder.", file_okay=False),
-    steps: int = typer.Option(30, help="Denoising steps (a job file's settings win)."),
+    out: Path = typer.Option(Path("outputs/batch"), "--out", "-o", help="Output folder (created if missing)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad row or failed image."),
+    full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
+                                    "in the images (default: file names and Hub ids only)."),
+    settings: Any = None,
+    settings_given: set[str] | None = None,
     model: Any = None,
 ) -> None:
-    """Run a job file with one model load; rerun to resume. Ends with a labelled contact sheet.
+    from instantid import batch
+    from instantid.outputs import prepare_folder
+    from instantid.settings import field_label
 
-    Finished outputs (PNG + sidecar under deterministic names) are skipped.
-    """
-    from instantid.batch import load_job, pending, run_batch
-    from instantid.settings import GenerationSettings
+    # 1. Cheap checks: the job file, every row's settings, the device and the output folder.
+    job = batch.load_job(jobfile)
+    given = sorted(settings_given or ())
+    from_cli = ", ".join(f"{field_label(n)} {getattr(settings, n)}" for n in given)
+    typer.echo(f"settings: {batch.PRECEDENCE}" + (f" (from the command line: {from_cli})" if from_cli else ""))
+    check_model_options(model)
+    prepare_folder(out, "--out")
+    model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo"})
+    planned, problems = batch.plan(job, settings, given, model_key, out)
+    todo = [p for p in planned if not batch.is_done(p, out)]
+    typer.echo(f"{len(job.tasks) + len(job.problems)} outputs, {len(planned) - len(todo)} already done, "
+               f"{len(todo)} to generate")
+    # 2. Faces, each identity analysed once with the face model only, before the model load.
+    identities: dict[Any, Any] = {}
+    if todo:
+        with console.status("checking the photos..."):
+            analyzer = face_analyzer(model)
+            identities, bad_faces = batch.prepare_identities(
+                lambda spec, s: _prepare(analyzer, spec, s, full_paths), todo, out)
+        problems += bad_faces
+        failed = {f.output for f in bad_faces}
+        todo = [p for p in todo if str(p.task.output(out)) not in failed]
+    if problems:
+        report = "\n".join(f"  {job.path} {p}" for p in problems)
+        if fail_fast:
+            raise InvalidInputError(f"{len(problems)} bad row(s), nothing generated (--fail-fast):\n{report}")
+        console.print(f"[red]{len(problems)} bad row(s), skipped:[/]\n{report}", highlight=False)
+    # 3. One model load, every good row.
+    failures = list(problems)
+    if todo:
+        instant = load_model(model, analyzer)
+        with progress_bar() as bar, _chatter(model):
+            overall = bar.add_task("images", total=len(todo))
+            steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
+            failures += batch.run_batch(
+                instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
+                on_image=lambda planned, path: (bar.advance(overall), bar.console.print(str(path))),
+                progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
+            )
+        if instant.demo:
+            console.print(f"[bold yellow]{DEMO_WARNING}[/]")
+    sheet = batch.write_contact_sheet(planned, out)
+    if sheet is not None:
+        typer.echo(f"contact sheet: {sheet}")
+    listed = batch.write_failures(out, failures)
+    if listed is not None:
+        console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
+        raise SystemExit(1)
 
-    job = load_job(jobfile)
-    todo = list(pending(job, out))
-    typer.echo(f"{len(job.tasks)} outputs, {len(job.tasks) - len(todo)} already done, {len(todo)} to generate")
-    instant = load_model(model) if todo or not (out / "contact_sheet.png").exists() else None
-    if instant is None:
-        typer.echo(f"nothing to do: {out / 'contact_sheet.png'}")
-        return
-    with progress_bar() as bar:
-        overall = bar.add_task("images", total=len(todo))
-        steps_task = bar.add_task("steps", total=steps)
-        sheet = run_batch(
-            instant, job, out, GenerationSettings(steps=steps),
-            on_image=lambda task, path: (bar.advance(overall), bar.console.print(str(path))),
-            progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
-        )
-    typer.echo(f"contact sheet: {sheet}")
-    if instant.demo:
-        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
+
+def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:
+    from instantid.generator import prepare_identity
+
+    return prepare_identity(analyzer, list(spec.photos), face_index=settings.face_index, fusion=settings.fusion,
+                            full_paths=full_paths)
+
+
+def _chatter(model: Any) -> Any:
+    from instantid.loading import library_chatter
+
+    return library_chatter(model.verbose)
 
 
 @app.command("doctor")
