@@ -1,0 +1,169 @@
+"""Web UI (gradio): face photo(s) in, images out. Built by :func:`create_ui`; loads nothing at import.
+
+Layout: one tab per task (today "Portrait"; face swap, face detail, several people are further tabs built the
+same way: a class with handlers and a ``build()`` that takes the shared :class:`UIContext`). Generation settings
+are derived from :class:`~instantid.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
+analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written
+by :mod:`instantid.outputs` into an announced folder, so a downloaded PNG carries its settings like a CLI output.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from instantid.errors import InstantIDError, InvalidInputError
+from instantid.settings import GenerationSettings
+from instantid.webui.references import IdentityCache
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from instantid.generator import GenerationResult, InstantID
+    from instantid.identity import Identity
+
+log = logging.getLogger("instantid.webui")
+
+Progress = Callable[[int, int], None] | None
+# Runs one generation: the default calls the model directly; the server passes one that goes through its queue.
+Submit = Callable[["Identity", GenerationSettings, Progress], "GenerationResult"]
+
+DEMO_NOTICE = (
+    "**Demo mode:** tiny random weights, no download. The pipeline runs for real, but the images are noise. "
+    "Start with real weights (`instantid ui` without `--demo`) for actual portraits."
+)
+# Bundled with the source tree (examples/face.jpg); an installed wheel has none and shows no examples.
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[3] / "examples" / "face.jpg"
+# The few-step toggle: the LCM sampler at the step count and guidance LCM-LoRA is trained for (the published
+# demo's "Enable LCM" uses 5 steps and guidance 1.5). It only sets the visible controls, which can be edited.
+FEW_STEP = {"scheduler": "lcm", "steps": 6, "guidance_scale": 1.5}
+
+
+def prepare_out_dir(out_dir: str | Path | None, label: str = "outputs folder") -> Path:
+    """The folder results are saved in (created now), or a fresh temporary folder; one error line naming it as
+    ``label`` (e.g. the CLI flag) if it cannot be used."""
+    if out_dir is None:
+        return Path(tempfile.mkdtemp(prefix="instantid-ui-"))
+    folder = Path(out_dir).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"{label} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a parent folder should be, no permission, read-only disk
+        raise InvalidInputError(f"{label} {folder} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"{label} {folder} is not writable")
+    return folder
+
+
+@dataclass
+class UIContext:
+    """What every tab shares: the model, the identity cache, the outputs folder and the generation hook."""
+
+    get_model: Callable[[], InstantID]
+    out_dir: Path
+    submit: Submit
+    generation_concurrency: int | None = 1  # gradio's limit; None when ``submit`` queues on its own
+    example_photo: Path | None = EXAMPLE_PHOTO
+    demo_notice: str = DEMO_NOTICE
+    identities: IdentityCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identities = IdentityCache(self.get_model)
+
+    def demo(self) -> bool:
+        return bool(getattr(self.get_model(), "demo", False))
+
+    def lcm_lora(self) -> bool:
+        lora = getattr(self.get_model(), "lora", None)
+        return bool(lora) and "lcm" in str(lora).lower()
+
+    @staticmethod
+    def few_step_fields() -> list[str]:
+        return list(FEW_STEP)
+
+    @staticmethod
+    def few_step_values(on: bool) -> list[Any]:
+        """The controls' values with the toggle on (FEW_STEP) or off (the settings' defaults)."""
+        defaults = GenerationSettings.model_fields
+        return [FEW_STEP[name] if on else defaults[name].default for name in FEW_STEP]
+
+    @staticmethod
+    def few_step_info() -> str:
+        return (f"Sets the LCM sampler, {FEW_STEP['steps']} steps and guidance {FEW_STEP['guidance_scale']} "
+                "(off: back to the defaults). Needs an LCM LoRA, e.g. `instantid ui --lora "
+                "latent-consistency/lcm-lora-sdxl`; on when one is loaded.")
+
+    def notice(self) -> str:
+        lines = [self.demo_notice] if self.demo() else []
+        lora = getattr(self.get_model(), "lora", None)
+        if lora:
+            lines.append(f"LoRA loaded: `{lora}`.")
+        return "\n\n".join(lines)
+
+    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """User errors become one ``gr.Error`` line and one log line; anything else is logged in one line too
+        (traceback at debug level) and shown as an internal error, and the UI stays up."""
+        import gradio as gr
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except InstantIDError as exc:
+                log.warning("web UI: %s", exc)
+                raise gr.Error(str(exc), print_exception=False) from None
+            except Exception as exc:
+                log.error("web UI: unexpected %s: %s", type(exc).__name__, exc)
+                log.debug("web UI: traceback", exc_info=True)
+                raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); the server log has a line on it",
+                               print_exception=False) from None
+
+        return wrapper
+
+
+def create_ui(
+    app_or_loader: InstantID | Callable[[], InstantID], out_dir: str | Path | None = None, *,
+    submit: Submit | None = None,
+) -> gr.Blocks:
+    """The gradio app for a loaded :class:`InstantID`, or a callable that returns one (called at the first page
+    load or upload, e.g. the server's model once its startup has loaded it).
+
+    ``out_dir``: where images are saved (created now; default a fresh temporary folder), shown in the UI.
+    ``submit(identity, settings, progress) -> GenerationResult`` runs one generation (default: the model's
+    ``generate`` under its lock, one at a time); a server passes one that goes through its own job queue, and
+    the UI then leaves concurrency to it.
+    """
+    import gradio as gr
+
+    from instantid.webui.portrait import PortraitTab
+
+    get_model = app_or_loader if callable(app_or_loader) else lambda: app_or_loader
+
+    def direct(identity: Identity, settings: GenerationSettings, progress: Progress) -> GenerationResult:
+        return get_model().generate(identity, settings, progress=progress)
+
+    ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit or direct,
+                    generation_concurrency=1 if submit is None else None)
+    with gr.Blocks(title="InstantID") as ui:
+        gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519).")
+        banner = gr.Markdown(elem_id="notice")
+        with gr.Tabs():
+            with gr.Tab("Portrait", id="portrait"):
+                portrait = PortraitTab(ctx)
+                portrait.build()
+        ui.load(lambda: (ctx.notice(), ctx.lcm_lora()), outputs=[banner, portrait.fast])
+    ui.queue(default_concurrency_limit=1)
+    ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache and the folder
+    return ui
+
+
+__all__ = ["DEMO_NOTICE", "Submit", "UIContext", "create_ui", "prepare_out_dir"]

@@ -1,0 +1,148 @@
+"""The web UI's reference photos: uploads by content, one analysis per photo set, previews of what was found.
+
+Uploads are remembered as :class:`Photo` values (file name, content hash, gradio's temporary path). The
+:class:`IdentityCache` turns a set of photos into an :class:`~instantid.identity.Identity` once, when they are
+uploaded, and generation reuses that Identity; the key is the content, so re-uploading the same file, or a
+second browser tab with the same photo, does not analyse it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from instantid.cli.faces import draw_faces
+from instantid.errors import ImageReadError, InvalidInputError
+from instantid.faces import load_image
+
+if TYPE_CHECKING:
+    from instantid.generator import InstantID
+    from instantid.identity import Identity
+
+PREVIEW_SIDE = 384  # thumbnails: enough to see the box and the five points, small to send
+CACHE_SIZE = 32  # identities kept; each holds a few faces and one embedding, so this is small
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One uploaded photo, known by its content."""
+
+    name: str  # the file name the user uploaded (gradio keeps it as the temporary file's name)
+    digest: str  # sha256 of the bytes
+    path: str  # gradio's temporary copy, read again only to analyse (once) and to draw the preview
+
+    @classmethod
+    def from_upload(cls, path: str | Path) -> Photo:
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(source.name, f"the upload could not be read ({exc.strerror or exc})") from None
+        return cls(name=source.name, digest=hashlib.sha256(data).hexdigest(), path=str(source))
+
+    def read(self) -> bytes:
+        try:
+            return Path(self.path).read_bytes()
+        except OSError:
+            raise ImageReadError(self.name, "the upload has expired; upload the photo again") from None
+
+
+def photos_from_uploads(paths: Sequence[str | Path] | str | Path | None) -> tuple[Photo, ...]:
+    """Photos from a gradio upload value (one path, several, or none), skipping exact duplicates."""
+    if paths is None:
+        return ()
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    photos: dict[str, Photo] = {}
+    for item in items:
+        photo = Photo.from_upload(getattr(item, "name", item))
+        photos.setdefault(photo.digest, photo)
+    return tuple(photos.values())
+
+
+def merge(current: Sequence[Photo], new: Sequence[Photo], add: bool) -> tuple[Photo, ...]:
+    """The reference set after an upload: ``new`` replaces ``current`` unless the user chose to add."""
+    if not add:
+        return tuple(new)
+    known = {p.digest for p in current}
+    return (*current, *(p for p in new if p.digest not in known))
+
+
+class IdentityCache:
+    """Identities by (photo contents and names, pose, face index, fusion), least recently used dropped."""
+
+    def __init__(self, get_model: Callable[[], InstantID], size: int = CACHE_SIZE) -> None:
+        self._get_model = get_model
+        self._size = size
+        self._items: OrderedDict[tuple[Any, ...], Identity] = OrderedDict()
+        self._lock = threading.Lock()
+        self.analysed = 0  # photo sets analysed so far (a cache miss each)
+
+    def get(self, photos: Sequence[Photo], pose: Photo | None = None, face_index: int | None = None,
+            fusion: str = "auto") -> Identity:
+        if not photos:
+            raise InvalidInputError("upload at least one face photo")
+        key = (tuple((p.digest, p.name) for p in photos), pose and (pose.digest, pose.name), face_index, fusion)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        identity = self._get_model().prepare_identity(
+            [p.read() for p in photos], names=[p.name for p in photos], pose=pose.read() if pose else None,
+            pose_name=pose.name if pose else None, face_index=face_index, fusion=fusion,
+        )
+        with self._lock:
+            self.analysed += 1
+            self._items[key] = identity
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return identity
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return image
+
+
+def preview(identity: Identity, photos: Sequence[Photo], pose: Photo | None) -> list[tuple[Image.Image, str]]:
+    """Each reference with the face that was used (box + five keypoints), and the pose photo's face."""
+    items = []
+    for number, (photo, reference) in enumerate(zip(photos, identity.references, strict=True), start=1):
+        drawn = draw_faces(load_image(photo.read(), photo.name), [reference.face])
+        caption = f"{number}. {photo.name}"
+        if reference.rejected:
+            caption += " (left out: looks like another person)"
+        items.append((_thumbnail(drawn), caption))
+    if pose is not None:
+        items.append((_thumbnail(draw_faces(load_image(pose.read(), pose.name), [identity.pose_face])),
+                      f"pose: {pose.name}"))
+    return items
+
+
+def summary(identity: Identity | None) -> str:
+    """The count line under the thumbnails."""
+    if identity is None:
+        return "No face photo yet: upload one (several photos of the same person work better)."
+    count = len(identity.references)
+    text = f"**{count} reference photo{'s' if count != 1 else ''}** of one person"
+    if count > 1:
+        text += f", fused by {identity.fusion}"
+    if identity.rejected:
+        text += f"; {len(identity.rejected)} left out: " + ", ".join(r.name for r in identity.rejected)
+    if identity.pose_name and identity.pose_name != identity.references[0].name:
+        text += f". Pose from {identity.pose_name}"
+    return text + "."
+
+
+def warnings_text(identity: Identity | None) -> str:
+    """Warnings the fusion raised (different people, left-out photos), one per line."""
+    if identity is None or not identity.warnings:
+        return ""
+    return "\n".join(f"⚠️ **Check your photos:** {line}" for line in identity.warnings)
