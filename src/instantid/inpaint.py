@@ -1,0 +1,318 @@
+"""InstantID inpainting for SDXL, and running the image-to-image / inpainting variants of a loaded model.
+
+:class:`StableDiffusionXLInstantIDInpaintPipeline` is diffusers' SDXL ControlNet inpainting pipeline plus what
+InstantID adds (:class:`~instantid.pipeline.InstantIDMixin`), drop-in style: ``image``, ``mask_image`` (white =
+repaint), ``strength``, ``control_image`` (the keypoint picture) and ``image_embeds``. It works with
+
+* an SDXL inpainting base (9-channel UNet): the UNet also reads the mask and the masked image's latents, as in
+  diffusers; IdentityNet reads the 4 latent channels only, as it was trained;
+* a plain SDXL base (4-channel UNet): after every step the latents outside the mask are replaced by the
+  original image's latents noised to the same level (diffusers' rule), so only the mask is repainted.
+
+Each step is the shared :func:`instantid.denoise.denoise_step`; the inpainting parts travel with the call
+(a forward pre-hook on the UNet for the extra channels, the step-end blend), nothing is stored on the pipeline.
+
+:func:`inpaint_pipeline` / :func:`img2img_pipeline` make these variants from a loaded text-to-image pipeline
+without loading anything again (``from_pipe`` shares every module, the face adapter included), and
+:func:`run_pipeline` runs one with an :class:`~instantid.InstantID`'s settings, lock and sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionXLControlNetInpaintPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
+from PIL import Image
+
+from instantid.errors import InvalidInputError
+from instantid.pipeline import (
+    CallRequest,
+    CallState,
+    EmbeddingInput,
+    InstantIDMixin,
+    MaskInput,
+    Person,
+    StableDiffusionXLInstantIDImg2ImgPipeline,
+    _size,
+)
+from instantid.settings import MAX_SEED, GenerationSettings
+
+LATENT_CHANNELS = 4
+INPAINT_UNET_CHANNELS = 9  # latents + mask + masked-image latents
+
+
+@contextmanager
+def _extra_unet_channels(unet: torch.nn.Module, extra: torch.Tensor) -> Iterator[None]:
+    """While open, every UNet forward gets ``extra`` (B', 5, h, w) appended to its input channels.
+
+    The ControlNets are separate modules and keep reading the plain latents, which is what an inpainting
+    UNet paired with IdentityNet needs and what :func:`~instantid.denoise.denoise_step` cannot tell apart.
+    """
+
+    def append(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        sample = args[0] if args else kwargs.pop("sample")
+        if sample.shape[0] != extra.shape[0]:
+            raise InvalidInputError(f"inpainting batch mismatch: {sample.shape[0]} latents, {extra.shape[0]} masks")
+        sample = torch.cat([sample, extra.to(sample)], dim=1)
+        return (sample, *args[1:]), kwargs
+
+    handle = unet.register_forward_pre_hook(append, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionXLControlNetInpaintPipeline):
+    """InstantID inpainting: repaint the white part of ``mask_image`` in ``image`` as the person of
+    ``image_embeds``, posed by ``control_image`` (keypoints)."""
+
+    # The step-end tensors every InstantID pipeline hands out (diffusers' mask tensors are not among them).
+    _callback_tensor_inputs = [
+        "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
+        "negative_pooled_prompt_embeds", "add_neg_time_ids", "control_image",
+    ]
+
+    def prepare_control_image(
+        self, image: Any, width: int, height: int, batch_size: int, num_images_per_prompt: int,
+        device: torch.device, dtype: torch.dtype, crops_coords: Any = None, resize_mode: str = "default",
+        do_classifier_free_guidance: bool = False, guess_mode: bool = False,
+    ) -> torch.Tensor:
+        """diffusers' helper with its crop arguments optional, so the mixin calls it like the other pipelines'."""
+        return super().prepare_control_image(
+            image, width, height, batch_size, num_images_per_prompt, device, dtype, crops_coords, resize_mode,
+            do_classifier_free_guidance, guess_mode,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        image: Any = None,
+        mask_image: Any = None,
+        control_image: Any = None,
+        height: int | None = None,
+        width: int | None = None,
+        strength: float = 0.9999,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        image_embeds: EmbeddingInput | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        controlnet_conditioning_scale: float | list[float] = 0.8,
+        guess_mode: bool = False,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        image_embeds_weights: Sequence[float] | None = None,
+        ip_adapter_scale: float | None = None,
+        control_mask: MaskInput | None = None,
+        identities: Sequence[Person] | None = None,
+        **kwargs: Any,
+    ) -> StableDiffusionXLPipelineOutput | tuple:
+        """Repaint the masked part of ``image``; the rest keeps the image's content. Sizes default to the
+        keypoint picture's; ``image`` and ``mask_image`` are resized to them."""
+        # 1. Check inputs (cheap, before anything runs).
+        req = CallRequest.of(locals(), keypoints=control_image)
+        self._check(req, kwargs)
+        if image is None or mask_image is None:
+            raise InvalidInputError("image (the picture to repaint) and mask_image (white = repaint) are required")
+        if not 0 < strength <= 1:
+            raise InvalidInputError(f"strength must be in (0, 1], got {strength}")
+        channels = self.unet.config.in_channels
+        if channels not in (LATENT_CHANNELS, INPAINT_UNET_CHANNELS):
+            raise InvalidInputError(f"the UNet has {channels} input channels; inpainting needs 4 or 9")
+
+        # 2. Encode the prompt (or take the given embeddings) and the faces.
+        enc = self._encode(req)
+
+        # 3. Control images decide the size; the image and the mask are resized to it.
+        images = self._prepare_control_images(req, enc)
+        height, width = images[0][0].shape[-2:]
+        init = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
+        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+        masked_image = init * (mask < 0.5)
+
+        # 4. Timesteps cut by strength; latents from the image noised to the first one (pure noise at 1).
+        self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
+        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
+        if len(timesteps) == 0:
+            raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
+        self._num_timesteps = len(timesteps)
+        latents, noise, *image_latents = self.prepare_latents(
+            enc.total, LATENT_CHANNELS, height, width, enc.dtype, enc.device, generator, latents, image=init,
+            timestep=timesteps[:1].repeat(enc.total), is_strength_max=strength == 1.0, return_noise=True,
+            return_image_latents=channels == LATENT_CHANNELS,
+        )
+
+        # 5. The mask at latent size (and the masked image's latents), doubled under guidance.
+        mask, masked_latents = self.prepare_mask_latents(
+            mask, masked_image, enc.total, height, width, enc.dtype, enc.device, generator,
+            self.do_classifier_free_guidance,
+        )
+
+        # 6. SDXL micro-conditioning (sizes, or aesthetic scores for refiner-style bases).
+        original = _size(original_size, (height, width))
+        target = _size(target_size, (height, width))
+        add_time_ids, negative_time_ids = self._get_add_time_ids(
+            original, tuple(crops_coords_top_left), target, aesthetic_score, negative_aesthetic_score,
+            dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
+        )
+        if negative_original_size is not None and negative_target_size is not None:
+            _, negative_time_ids = self._get_add_time_ids(
+                tuple(negative_original_size), tuple(negative_crops_coords_top_left), tuple(negative_target_size),
+                aesthetic_score, negative_aesthetic_score, dtype=enc.dtype,
+                text_encoder_projection_dim=enc.projection_dim,
+            )
+
+        # 7. Freeze the call, add the inpainting to it, denoise and decode.
+        state = self._call_state(req, enc, images, add_time_ids, negative_time_ids, len(timesteps), None, kwargs)
+        if channels == INPAINT_UNET_CHANNELS:
+            with _extra_unet_channels(self.unet, torch.cat([mask, masked_latents], dim=1)):
+                return self._finish(state, latents, timesteps, output_type, return_dict)
+        keep = mask.chunk(2)[0] if self.do_classifier_free_guidance else mask
+        state = self._with_blend(state, image_latents[0], noise, keep, timesteps)
+        return self._finish(state, latents, timesteps, output_type, return_dict)
+
+    def _with_blend(
+        self, state: CallState, image_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> CallState:
+        """``state`` whose step-end callback first puts the original back outside ``mask`` (4-channel UNet):
+        the image's latents noised to the next timestep, or clean after the last one; then the user's."""
+        user, wanted = state.callback_on_step_end, state.callback_inputs
+
+        def blend(pipe: Any, i: int, t: torch.Tensor, tensors: dict[str, Any]) -> dict[str, Any]:
+            original = image_latents
+            if i < len(timesteps) - 1:
+                original = self.scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+            latents = (1 - mask) * original + mask * tensors["latents"]
+            if user is None:
+                return {"latents": latents}
+            out = user(pipe, i, t, {k: latents if k == "latents" else tensors[k] for k in wanted}) or {}
+            return {"latents": latents, **out}
+
+        return dataclasses.replace(state, callback_on_step_end=blend,
+                                   callback_inputs=tuple(dict.fromkeys(("latents", *wanted))))
+
+
+# ---- the variants of a loaded model --------------------------------------------------------------
+_VARIANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _variant(pipe: Any, cls: type) -> Any:
+    """``cls`` sharing every module of ``pipe`` (no copy, no load); one per pipeline and class."""
+    if isinstance(pipe, cls):
+        return pipe
+    variants = _VARIANTS.setdefault(pipe, {})
+    if cls not in variants:
+        variant = cls.from_pipe(pipe)
+        variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        variants[cls] = variant
+    return variants[cls]
+
+
+def inpaint_pipeline(pipe: Any) -> StableDiffusionXLInstantIDInpaintPipeline:
+    """The inpainting variant of a loaded InstantID pipeline (same modules, same face adapter)."""
+    return _variant(pipe, StableDiffusionXLInstantIDInpaintPipeline)
+
+
+def img2img_pipeline(pipe: Any) -> StableDiffusionXLInstantIDImg2ImgPipeline:
+    """The image-to-image variant of a loaded InstantID pipeline (same modules, same face adapter)."""
+    return _variant(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
+
+
+def run_pipeline(
+    app: Any, pipe: Any, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None,
+    **arguments: Any,
+) -> tuple[list[Image.Image], list[int], Any]:
+    """Run ``pipe`` (a variant of ``app.pipe``) with the generation ``settings``: styled prompt, strengths,
+    steps, guidance, guidance window, seeds and sampler, under ``app``'s lock as :meth:`InstantID.generate`
+    does. ``arguments`` are the variant's own (image, mask_image, control_image, strength, sizes, embeds).
+    Returns ``(images, seeds, the scheduler used)``."""
+    from instantid.loading import make_scheduler
+    from instantid.styles import get_style
+
+    prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
+    seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
+    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
+    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
+
+    def on_step(step_pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if progress is not None:
+            progress(step + 1, step_pipe.num_timesteps)
+        return tensors
+
+    with app._lock:  # one call at a time per model; the sampler is per call and put back afterwards
+        pipe.scheduler = (make_scheduler(app.default_scheduler.config, settings.scheduler) if settings.scheduler
+                          else app.default_scheduler)
+        try:
+            images = pipe(
+                **app._prompt_arguments(prompt, negative),
+                controlnet_conditioning_scale=settings.identitynet_strength,
+                ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
+                control_guidance_start=settings.control_guidance_start,
+                control_guidance_end=settings.control_guidance_end, generator=generators,
+                callback_on_step_end=on_step, **arguments,
+            ).images
+            used = pipe.scheduler
+        finally:
+            pipe.scheduler = app.default_scheduler
+    return images, seeds, used
+
+
+def task_metadata(app: Any, identity: Any, settings: GenerationSettings, scheduler: Any, task: str) -> dict[str, Any]:
+    """What :meth:`InstantID.generate` records, for the other tasks (swap, ...): prompt, settings, models,
+    sampler, identity, versions; ``task`` names the task."""
+    from instantid.generator import _versions
+    from instantid.loading import sampler_label, scheduler_name
+    from instantid.styles import get_style
+
+    prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
+    return {
+        "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
+        "settings": settings.model_dump(), "models": asdict(app.refs), "lora": app.lora,
+        "model_name": app.model_name, "model_hash": app.model_hash,
+        "scheduler": scheduler_name(scheduler), "sampler": sampler_label(scheduler),
+        "embedding_space": app.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
+        "dtype": str(app.pipe.unet.dtype).removeprefix("torch."), "device": str(app.pipe.device),
+        "versions": _versions(), "demo_weights": app.demo,
+    }
+
+
+__all__ = [
+    "StableDiffusionXLInstantIDInpaintPipeline", "img2img_pipeline", "inpaint_pipeline", "run_pipeline",
+    "task_metadata",
+]
