@@ -1,7 +1,8 @@
-"""``instantid ui`` (gradio web UI) and ``instantid serve`` (HTTP API, with the UI at /ui)."""
+"""``instantid ui`` (gradio web UI); ``serve`` and ``worker`` are in :mod:`instantid.cli.service`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -15,30 +16,28 @@ from instantid.cli.generate import load_model, with_model_options
 def ui_command(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(7860, help="Port."),
+    out: Path = typer.Option(Path("outputs/ui"), "--out", "-o", file_okay=False,
+                             help="Folder the images are saved to (PNG with its settings + JSON sidecar)."),
     model: Any = None,
 ) -> None:
     """Start the web UI: upload a face, pick a style, generate."""
-    from instantid.webui import create_ui
+    import logging
 
-    create_ui(load_model(model)).launch(server_name=host, server_port=port, share=False)
+    from instantid.webui import create_ui, prepare_out_dir
+
+    # One line per UI error (the UI logs user errors at WARNING); library INFO chatter stays off.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    folder = prepare_out_dir(out, label="--out")  # a bad folder is one line now, not after the models load
+    typer.echo(f"Images are saved to {folder}")
+    ui = create_ui(load_model(model), out_dir=folder)
+    # quiet: gradio's banner advertises share=True, which this command does not offer; print our own line.
+    ui.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=True)
+    typer.echo(f"Web UI on {ui.local_url} (Ctrl+C to stop)")
+    try:
+        ui.block_thread()
+    finally:
+        ui.close()
 
 
-@app.command("serve")
-@with_model_options
-def serve_command(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
-    port: int = typer.Option(8000, help="Port."),
-    max_upload_mb: float = typer.Option(20.0, help="Largest request body accepted (413 above)."),
-    max_queued_jobs: int = typer.Option(16, help="Waiting jobs beyond this are refused with 429."),
-    no_ui: bool = typer.Option(False, "--no-ui", help="Do not mount the web UI at /ui."),
-    model: Any = None,
-) -> None:
-    """Start the HTTP API (docs at /docs) with the web UI at /ui."""
-    import uvicorn
-
-    from instantid.server import ServerSettings, create_app
-
-    settings = ServerSettings(**model.model_dump(), max_upload_bytes=int(max_upload_mb * 2**20),
-                              max_queued_jobs=max_queued_jobs, mount_ui=not no_ui)
-    # Load before uvicorn starts so a missing weight file is one clean line, not a startup traceback.
-    uvicorn.run(create_app(settings, load_model(settings)), host=host, port=port)
+# `serve` and `worker` live in instantid.cli.service; importing it here registers them with this module.
+from instantid.cli import service as _service  # noqa: E402, F401

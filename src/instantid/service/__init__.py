@@ -1,0 +1,10 @@
+"""The generation service behind ``instantid serve`` and ``instantid worker``: durable jobs, workers, limits.
+
+* :mod:`~instantid.service.jobs`: job records, the job's own folder, the SQLite store (default);
+* :mod:`~instantid.service.redis_store`: the same store in Redis (``--queue redis://...``);
+* :mod:`~instantid.service.runner`: running one job; the in-process worker;
+* :mod:`~instantid.service.rq_worker`: many workers through RQ, recovery of a killed worker's job;
+* :mod:`~instantid.service.core`: :class:`JobService`, what the HTTP API and the web UI call;
+* :mod:`~instantid.service.schema`: HTTP request and response shapes, derived from GenerationSettings;
+* :mod:`~instantid.service.auth`, :mod:`~instantid.service.metrics`: API keys and limits; Prometheus.
+"""

@@ -1,0 +1,229 @@
+"""The job service behind the HTTP API (and the web UI mounted on it): check, store, queue, cancel, clean up.
+
+Two setups, one interface. Without ``queue``: records in SQLite under ``out_dir``, one worker thread in this
+process on the model this process loaded; the photos are analysed once, at submit, and the Identity is handed
+to the worker in memory. With ``queue="redis://..."``: records in Redis, jobs through RQ to any number of
+``instantid worker`` processes; this process loads only a face analyzer to refuse bad photos at submit, and
+the worker builds the Identity from the photos saved in the job folder (``out_dir`` must be a path every
+worker sees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
+from instantid.faces import load_image
+from instantid.model_settings import ModelSettings
+from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
+from instantid.service.metrics import ServiceMetrics
+from instantid.settings import MAX_SEED, GenerationSettings
+
+if TYPE_CHECKING:
+    from instantid.faces import FaceAnalyzer
+    from instantid.generator import GenerationResult, InstantID
+    from instantid.identity import Identity
+
+log = logging.getLogger(__name__)
+Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
+
+
+class ServerSettings(ModelSettings):
+    """The server's options on top of the model's (``instantid serve --help`` shows them with these words)."""
+
+    out_dir: Path = Field(Path("instantid-jobs"), description="Job store and job folders (images, photos).")
+    queue: str | None = Field(None, description="redis://host:port/db: jobs go to `instantid worker` processes.")
+    max_upload_bytes: int = Field(20 * 2**20, gt=0, description="Largest request body (413 above).")
+    max_queued_jobs: int = Field(16, gt=0, description="Waiting jobs beyond this are refused with 429.")
+    keep_hours: float = Field(24.0, gt=0, description="Finished jobs and their images are deleted after this.")
+    max_attempts: int = Field(2, ge=1, le=10, description="Runs of a job whose worker died before it gives up.")
+    wait_timeout_s: float = Field(600.0, gt=0, description="Longest ?wait=true call; then 202 and polling.")
+    job_timeout_s: int = Field(3600, gt=0, description="A worker stops a job running longer than this.")
+    api_key_file: Path | None = Field(None, description="Hashed API keys (see instantid.service.auth).")
+    rate_limit: float | None = Field(None, gt=0, description="Submissions per minute per key (or client address).")
+    max_jobs_per_key: int | None = Field(None, gt=0, description="Queued + running jobs per key.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none: CORS off).")
+    mount_ui: bool = Field(True, description="The web UI at /ui (one-machine setup without API keys).")
+
+
+class QueueFullError(InstantIDError):
+    """The queue (or this key's share of it) is full: HTTP 429."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobService:
+    """Everything the surfaces do with jobs; build with :meth:`start`, end with :meth:`stop`."""
+
+    def __init__(self, settings: ServerSettings, store: JobStore, *, model: InstantID | None = None,
+                 analyzer: FaceAnalyzer | None = None, dispatch: Any = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = JobFiles(settings.out_dir)
+        self.metrics = ServiceMetrics(store)
+        self.model = model
+        self.analyzer = analyzer or (model.analyzer if model is not None else None)
+        self.dispatch = dispatch  # RQDispatch with a queue, else None (the local worker)
+        self.runner: Any = None
+        self.worker: Any = None
+
+    @classmethod
+    def start(cls, settings: ServerSettings, model: InstantID | None = None) -> JobService:
+        """Open the store, recover jobs a previous process left running, start the in-process worker."""
+        if settings.queue:
+            from instantid.service.redis_store import RedisJobStore, connect
+            from instantid.service.rq_worker import RQDispatch
+
+            connection = connect(settings.queue)
+            dispatch = RQDispatch(connection, max_attempts=settings.max_attempts,
+                                  job_timeout_s=settings.job_timeout_s)
+            analyzer = None if model is not None else _face_analyzer(settings)
+            return cls(settings, RedisJobStore(connection), model=model, analyzer=analyzer, dispatch=dispatch)
+        from instantid.service.runner import JobRunner, LocalWorker
+
+        store = SQLiteJobStore(Path(settings.out_dir) / "jobs.sqlite3")
+        service = cls(settings, store, model=model or settings.load())
+        for job_id in store.running():
+            state = store.lost(job_id, "interrupted by a server restart", settings.max_attempts)
+            log.warning("job %s was running when the server stopped: now %s", job_id, state)
+        service.runner = JobRunner(service.model, store, service.files, service.metrics)
+        service.worker = LocalWorker(service.runner)
+        service.worker.start()
+        return service
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    # ---- submit --------------------------------------------------------------------------------
+    def check_capacity(self, owner: str, max_jobs: int | None) -> None:
+        """Cheap checks first: a full queue is refused before the upload is read or a face analysed."""
+        queued = self.store.counts()["queued"]
+        if queued >= self.settings.max_queued_jobs:
+            raise QueueFullError(f"the queue is full ({queued} jobs waiting); retry later")
+        if max_jobs is not None and self.store.active(owner) >= max_jobs:
+            raise QueueFullError(f"this API key already has {max_jobs} jobs queued or running; wait for one "
+                                 "to finish", retry_after=10.0)
+
+    def submit(self, faces: list[Photo], pose: Photo | None, settings: GenerationSettings, *, owner: str = "",
+               key: str | None = None) -> tuple[JobRecord, bool]:
+        """Analyse the photos once, store them and the request, queue the job; ``(record, created)``.
+
+        Blocking (face analysis): call it from a worker thread in async code.
+        """
+        if key is not None:
+            earlier = self.store.by_key(owner, key)
+            if earlier is not None:
+                return earlier, False
+        if settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
+            settings = settings.updated(seed=random.randint(0, MAX_SEED))
+        job_id = new_job_id()
+        identity = self._check_faces(faces, pose, settings)
+        self.files.save_inputs(job_id, [data for _, data in faces], pose[1] if pose else None)
+        request = {"settings": settings.model_dump(), "faces": [name for name, _ in faces],
+                   "pose": pose[0] if pose else None}
+        record, created = self.store.add(JobRecord(id=job_id, request=request, owner=owner, idempotency_key=key))
+        if not created:  # the same key raced in from another request: keep that job, drop these files
+            self.files.delete(job_id)
+            return record, False
+        if self.dispatch is not None:
+            self.dispatch.submit(job_id)
+        else:
+            self.runner.identities[job_id] = identity
+            self.worker.wake()
+        return record, True
+
+    def submit_identity(self, identity: Identity, settings: GenerationSettings, progress: Any = None, *,
+                        owner: str = "ui") -> GenerationResult:
+        """One generation of an already built Identity through the same queue and limits as the HTTP API,
+        waiting for it (the web UI's ``submit`` hook). Blocking; errors are :class:`InstantIDError` lines."""
+        from PIL import Image
+
+        from instantid.generator import GenerationResult
+
+        if self.dispatch is not None:
+            raise InvalidInputError("the web UI generates only on a server without --queue")
+        self.check_capacity(owner, None)
+        if settings.seed is None:
+            settings = settings.updated(seed=random.randint(0, MAX_SEED))
+        request = {"settings": settings.model_dump(), "faces": [r.name for r in identity.references],
+                   "pose": None, "photos_saved": False}
+        record, _ = self.store.add(JobRecord(id=new_job_id(), request=request, owner=owner))
+        self.runner.identities[record.id] = identity
+        self.worker.wake()
+        shown = (-1, -1)
+        while (current := self.store.get(record.id)) is not None and current.state not in FINISHED:
+            if progress is not None and (current.step, current.total) != shown and current.total:
+                shown = (current.step, current.total)
+                progress(*shown)
+            time.sleep(0.1)
+        if current is None or current.state != "done":
+            raise InvalidInputError(f"generation {current.state if current else 'lost'}: "
+                                    f"{current.error if current else 'the job expired'}")
+        images = []
+        for n in range(len(current.outputs)):
+            with Image.open(self.files.image_path(record.id, n)) as png:
+                images.append(png.convert("RGB"))
+        metadata = current.metadata or {}
+        used = GenerationSettings.model_validate(metadata.get("settings", request["settings"]))
+        return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
+
+    def _check_faces(self, faces: list[Photo], pose: Photo | None, settings: GenerationSettings) -> Any:
+        try:
+            if self.dispatch is None:  # this process generates: the Identity it builds is the one used
+                return self.model.prepare_identity(  # type: ignore[union-attr]
+                    [data for _, data in faces], pose=pose[1] if pose else None, face_index=settings.face_index,
+                    fusion=settings.fusion, names=[name for name, _ in faces], pose_name=pose[0] if pose else None)
+            for name, data in faces:  # a worker elsewhere builds the Identity; refuse bad photos here
+                self.analyzer.get_face(load_image(data, name), name, settings.face_index)  # type: ignore[union-attr]
+            if pose is not None:
+                self.analyzer.get_face(load_image(pose[1], pose[0]), pose[0], None)  # type: ignore[union-attr]
+            return None
+        except (NoFaceError, ImageReadError):
+            self.metrics.face_failures.labels(stage="submit").inc()
+            raise
+
+    # ---- after submit --------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> JobRecord | None:
+        record = self.store.cancel(job_id)
+        if record is not None and self.dispatch is not None and record.state == "canceled":
+            self.dispatch.cancel(job_id)
+        return record
+
+    def delete(self, job_id: str) -> None:
+        self.files.delete(job_id)
+        self.store.delete(job_id)
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete finished jobs older than ``keep_hours`` with their folders; how many."""
+        expired = self.store.finished_before((now or time.time()) - self.settings.keep_hours * 3600)
+        for job_id in expired:
+            self.delete(job_id)
+        return len(expired)
+
+    async def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Poll until the job is finished or ``timeout`` passes; the last record seen."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            record = self.store.get(job_id)
+            if record is None or record.state in FINISHED or time.monotonic() >= deadline:
+                return record
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+
+def _face_analyzer(settings: ServerSettings) -> FaceAnalyzer:
+    from instantid.faces import create_face_analyzer
+
+    backend = "dlib" if settings.demo else settings.face_backend  # the demo weights pair with dlib
+    return create_face_analyzer(backend, root=settings.antelopev2_root)

@@ -1,0 +1,125 @@
+"""Many workers on one Redis: jobs travel through RQ, records live in :class:`RedisJobStore`.
+
+Why RQ: a job here is one function call on a model that is already loaded; RQ is a small library on Redis
+alone (no broker to run besides the Redis the store uses), its ``SimpleWorker`` runs jobs in the worker's own
+process (a GPU model cannot be shared with forked children), and it ships what a lost worker needs: a
+started-job registry with per-execution heartbeats, retries, and a failure callback for abandoned jobs.
+Celery and Dramatiq bring their own broker abstractions and result backends we would not use.
+
+A worker killed mid-job (kill -9) stops its heartbeat; ``lease_s`` later its entry in RQ's started registry
+expires, and the next maintenance pass of any worker calls :func:`on_failure` (the record goes back to queued,
+or fails after ``max_attempts``) and RQ re-queues the job. The next worker re-runs it from the photos in the job
+folder and writes the images under the same names, atomically: each image exists once, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rq import Callback, Queue, Retry, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from instantid.service.jobs import JobFiles
+from instantid.service.redis_store import RedisJobStore
+from instantid.service.runner import JobRunner, worker_name
+
+if TYPE_CHECKING:
+    from instantid.generator import InstantID
+    from instantid.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+QUEUE_NAME = "instantid"
+_runner: JobRunner | None = None  # the worker process's runner (its model loaded once), see run_worker
+
+
+class RQDispatch:
+    """The server side: hand a stored job to the workers."""
+
+    def __init__(self, connection: Any, *, max_attempts: int, job_timeout_s: int) -> None:
+        self.queue = Queue(QUEUE_NAME, connection=connection)
+        self.max_attempts = max_attempts
+        self.job_timeout_s = job_timeout_s
+
+    def submit(self, job_id: str) -> None:
+        self.queue.enqueue(
+            perform, job_id, self.max_attempts, job_id=job_id, job_timeout=self.job_timeout_s,
+            retry=Retry(max=self.max_attempts - 1) if self.max_attempts > 1 else None,
+            on_failure=Callback(on_failure), result_ttl=3600, failure_ttl=7 * 24 * 3600,
+        )
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            Job.fetch(job_id, connection=self.queue.connection).cancel()
+        except (NoSuchJobError, Exception) as exc:  # already picked up or gone: the record's state decides
+            log.debug("RQ cancel of %s: %s", job_id, exc)
+
+
+def perform(job_id: str, max_attempts: int) -> str:
+    """The RQ job: run one stored job on this worker's model (skipped if it was canceled meanwhile)."""
+    if _runner is None:
+        raise RuntimeError("perform() runs inside `instantid worker` only")
+    record = _runner.store.start(job_id, _runner.name)
+    if record is None:
+        current = _runner.store.get(job_id)
+        return f"skipped: job is {current.state if current else 'gone'}"
+    return _runner.run(record)
+
+
+def on_failure(job: Job, connection: Any, exc_type: Any, exc: Any, tb: Any) -> None:
+    """RQ calls this when a job raised or its worker was lost; keep the record's state in step with RQ's."""
+    store = RedisJobStore(connection)
+    max_attempts = int(job.args[1]) if len(job.args) > 1 else 1
+    reason = f"the worker was lost ({exc_type.__name__ if exc_type else 'abandoned'})"
+    state = store.lost(job.id, reason, max_attempts)
+    log.warning("job %s: %s; now %s", job.id, reason, state)
+
+
+class HeartbeatWorker(SimpleWorker):
+    """A SimpleWorker (jobs in this process, next to the loaded model) that keeps beating while a job runs,
+    so a lease of seconds works for jobs of any length and a dead worker is noticed after ``lease_s``."""
+
+    lease_s = 30
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return int(self.lease_s)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        from rq.worker import WorkerStatus
+
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except Exception as exc:  # a missed beat is retried; the lease covers two more
+                    log.warning("heartbeat for job %s failed: %s", job.id, exc)
+
+        thread = threading.Thread(target=beat, name="instantid-heartbeat", daemon=True)
+        thread.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            thread.join()
+        self.set_state(WorkerStatus.IDLE)
+
+
+def run_worker(model: InstantID, connection: Any, root: str | Path, *, lease_s: int = 30, burst: bool = False,
+               metrics: ServiceMetrics | None = None, name: str | None = None) -> None:
+    """Pull jobs until stopped (SIGTERM/SIGINT finish the current job first); ``burst`` stops when idle."""
+    global _runner
+    store = RedisJobStore(connection)
+    _runner = JobRunner(model, store, JobFiles(root), metrics, name=name or worker_name())
+    queue = Queue(QUEUE_NAME, connection=connection)
+    # Maintenance (which finds abandoned jobs) runs between dequeue waits: wait at most half a lease.
+    maintenance_s = max(1, lease_s // 2)
+    worker = HeartbeatWorker([queue], connection=connection, name=_runner.name.replace(":", "-"),
+                             worker_ttl=maintenance_s + 15, maintenance_interval=maintenance_s)
+    worker.lease_s = lease_s
+    worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")

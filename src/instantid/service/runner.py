@@ -1,0 +1,145 @@
+"""Running one job, and the in-process worker that runs the SQLite queue one job at a time.
+
+The runner takes a job the store has just moved to ``running``: the Identity built when the job was submitted
+(same process) or, for a remote worker or after a restart, one built from the photos saved in the job folder;
+generates; writes ``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds);
+then marks the job done. Every outcome, including a crash of the model, ends in a finished record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
+from instantid.outputs import write_image
+from instantid.service.jobs import JobFiles, JobRecord, JobStore
+from instantid.settings import GenerationSettings
+
+if TYPE_CHECKING:
+    from instantid.generator import InstantID
+    from instantid.identity import Identity
+    from instantid.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class JobCanceled(Exception):  # noqa: N818 - a signal through the pipeline's step callback, not an error
+    """Raised from the step callback when the job was canceled while it ran."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobRunner:
+    """Runs jobs on one loaded model; ``identities`` holds Identities built at submit in this process."""
+
+    def __init__(self, model: InstantID, store: JobStore, files: JobFiles,
+                 metrics: ServiceMetrics | None = None, name: str | None = None) -> None:
+        self.model = model
+        self.store = store
+        self.files = files
+        self.metrics = metrics
+        self.name = name or worker_name()
+        self.identities: dict[str, Identity] = {}
+
+    def identity(self, record: JobRecord, settings: GenerationSettings) -> Identity:
+        cached = self.identities.pop(record.id, None)
+        if cached is not None:
+            return cached
+        if not record.request.get("photos_saved", True):
+            raise InvalidInputError("this web UI job cannot be re-run after a restart: its photos were not kept")
+        # Another process analysed these photos at submit (or this one before a restart): do it here, once.
+        request = record.request
+        faces, pose = self.files.load_inputs(record.id, len(request["faces"]), request["pose"] is not None)
+        try:
+            return self.model.prepare_identity(
+                faces, pose=pose, face_index=settings.face_index, fusion=settings.fusion,
+                names=record.request["faces"], pose_name=record.request["pose"],
+            )
+        except (NoFaceError, ImageReadError):
+            if self.metrics:
+                self.metrics.face_failures.labels(stage="worker").inc()
+            raise
+
+    def run(self, record: JobRecord) -> str:
+        """Run a job that is already ``running`` in the store; returns its final state."""
+        job_id = record.id
+        self.files.clear_partial(job_id)
+        settings = GenerationSettings.model_validate(record.request["settings"])
+        last_check = [0.0]
+
+        def progress(step: int, total: int) -> None:
+            self.store.update(job_id, step=step, total=total)
+            now = time.monotonic()
+            if now - last_check[0] > 0.2:  # a cancel is noticed within a step, without a read per step
+                last_check[0] = now
+                current = self.store.get(job_id)
+                if current is None or current.cancel_requested:
+                    raise JobCanceled
+
+        started = time.monotonic()
+        try:
+            identity = self.identity(record, settings)
+            result = self.model.generate(identity, settings, progress=progress)
+            folder = self.files.folder(job_id)
+            outputs = []
+            for i, image in enumerate(result.images):
+                path = write_image(image, result.image_metadata(i), folder, self.files.image_name(i), overwrite=True)
+                outputs.append(path.name)
+        except JobCanceled:
+            return self._finish(job_id, "canceled", error="canceled while running")
+        except InstantIDError as exc:
+            return self._finish(job_id, "failed", error=str(exc))
+        except Exception as exc:  # the worker must survive any one job
+            log.exception("job %s failed", job_id)
+            return self._finish(job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        if self.metrics:
+            self.metrics.generation_seconds.observe(time.monotonic() - started)
+        return self._finish(job_id, "done", outputs=outputs, seeds=result.seeds, metadata=result.metadata)
+
+    def _finish(self, job_id: str, state: str, **changes: Any) -> str:
+        self.store.update(job_id, state=state, finished=time.time(), worker=None, **changes)
+        if self.metrics:
+            self.metrics.jobs_finished.labels(state=state).inc()
+        log.info("job %s %s", job_id, state)
+        return state
+
+
+class LocalWorker:
+    """One thread that runs the SQLite queue's jobs in order (the no ``--queue`` setup)."""
+
+    def __init__(self, runner: JobRunner, poll_s: float = 0.5) -> None:
+        self.runner = runner
+        self.poll_s = poll_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="instantid-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        # A job in progress keeps its thread until it ends; its record stays "running" and is recovered
+        # (re-queued or failed with the reason) at the next start if the process exits first.
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        store = self.runner.store
+        while not self._stop.is_set():
+            record = store.claim(self.runner.name)  # type: ignore[attr-defined]
+            if record is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                continue
+            self.runner.run(record)

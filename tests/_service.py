@@ -1,0 +1,60 @@
+"""Helpers for the server and job-service tests: uvicorn on 127.0.0.1 in a thread, bounded polling."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(app: Any, timeout: float = 30) -> Iterator[httpx.Client]:
+    """Serve ``app`` over real HTTP until the block ends; yields a client bound to it."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive(), "server failed to start"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def wait_for(client: httpx.Client, job_id: str, timeout: float = 60, headers: dict | None = None) -> dict:
+    """Poll a job until it is finished (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if status.get("status") in ("done", "failed", "canceled"):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def until(condition: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """Wait (bounded) until ``condition()`` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
