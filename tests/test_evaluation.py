@@ -27,6 +27,7 @@ from instantid.evaluation import (
 from instantid.faces import load_image
 from instantid.faces.arcface import ArcFaceAnalyzer
 from instantid.models import ModelRefs
+from instantid.outputs import png_bytes
 from instantid.settings import GenerationSettings
 
 torch.set_num_threads(1)
@@ -163,8 +164,35 @@ def test_cli_evaluate_without_references_is_one_line_error(tmp_path, capsys):
     code = main(["evaluate", str(FACES / "obama_2.jpg"), "-o", str(tmp_path / "r")])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no reference photo for") and "\n" not in err
+    assert err.startswith("error: nothing to evaluate: every image was skipped") and "\n" not in err
+    assert "obama_2.jpg: no InstantID metadata (give --refs PHOTO" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_evaluate_skips_what_is_not_a_generation_and_shows_progress(tmp_path, capsys):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    meta = {"prompt": "a portrait", "seed": 7, "references": [str(FACES / "obama_1.jpg")]}
+    # One generation with the metadata inside the PNG, one with a JSON sidecar only.
+    (outputs / "gen_s7.png").write_bytes(png_bytes(load_image(FACES / "obama_2.jpg"), meta))
+    (outputs / "gen_s8.jpg").write_bytes((FACES / "biden_1.jpg").read_bytes())
+    (outputs / "gen_s8.json").write_text(json.dumps({**meta, "seed": 8}))
+    Image.new("RGB", (64, 64), "white").save(outputs / "contact_sheet.png")
+    (outputs / "holiday.jpg").write_bytes((FACES / "obama_1.jpg").read_bytes())
+    report = tmp_path / "report"
+    assert main(["evaluate", str(outputs), "-o", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 image(s) that are not generations" in err
+    assert f"{outputs / 'contact_sheet.png'}: a batch contact sheet, not a generation" in err
+    assert f"{outputs / 'holiday.jpg'}: no InstantID metadata" in err
+    assert "scoring" in err and "2/2" in err, "a progress bar"
+    data = json.loads((report / "evaluation.json").read_text())
+    assert [(Path(i["image"]).name, i["seed"], i["same_person"]) for i in data["images"]] == [
+        ("gen_s7.png", 7, True), ("gen_s8.jpg", 8, False)]
+    # With --refs any picture is scored, but a contact sheet still is not a generation.
+    assert main(["evaluate", str(outputs), "--refs", str(FACES / "obama_1.jpg"), "-o", str(report)]) == 0
+    assert "skipped 1 image(s)" in capsys.readouterr().err
+    assert json.loads((report / "evaluation.json").read_text())["summary"]["images"] == 3
 
 
 def test_pulid_protocol_ships_20_prompts_in_8_categories_with_4_seeds():

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from instantid.cli import app
-from instantid.cli.generate import load_model
+from instantid.cli.generate import load_model, progress_bar
 from instantid.cli.options import with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
 
@@ -46,11 +46,10 @@ def _score_and_report(samples: list[Sample], out: Path, id_model: Path | None, i
     if clip is None:
         typer.echo(f"CLIP score {clip_status}", err=True)
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done % 10 == 0:
-            typer.echo(f"scored {done}/{total}", err=True)
-
-    evaluation = evaluate(samples, recogniser, clip, clip_status, progress=progress)
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=len(samples))
+        evaluation = evaluate(samples, recogniser, clip, clip_status,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     paths = write_report(evaluation, out, title)
     summary = evaluation.summary
     for key in ("images", "face_detection_rate", "identity_similarity", "face_prompt_identity_similarity",
@@ -76,9 +75,15 @@ def evaluate_command(
     clip_model: str = _CLIP_MODEL,
 ) -> None:
     """Score generated images: face detection rate, identity similarity, CLIP score and diversity."""
-    from instantid.evaluation import collect_samples
+    from instantid.evaluation import find_samples
 
-    samples = collect_samples(images, refs, identity)
+    samples, skipped = find_samples(images, refs, identity)
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} image(s) that are not generations:", err=True)
+        for item in skipped[:10]:
+            typer.echo(f"  {item.path}: {item.reason}", err=True)
+        if len(skipped) > 10:
+            typer.echo(f"  ... and {len(skipped) - 10} more", err=True)
     _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model, "InstantID evaluation")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from instantid.evaluation.benchmark import identities_from_refs, run_protocol
 from instantid.evaluation.clip_score import ClipScorer, load_clip_scorer
 from instantid.evaluation.identity import create_recogniser, largest_face_embedding
-from instantid.evaluation.inputs import collect_samples
+from instantid.evaluation.inputs import Skipped, collect_samples, find_samples
 from instantid.evaluation.metrics import Evaluation, ImageScore, Sample, evaluate
 from instantid.evaluation.protocol import Protocol, ProtocolPrompt, load_protocol
 from instantid.evaluation.report import write_report
@@ -26,9 +26,11 @@ __all__ = [
     "Protocol",
     "ProtocolPrompt",
     "Sample",
+    "Skipped",
     "collect_samples",
     "create_recogniser",
     "evaluate",
+    "find_samples",
     "identities_from_refs",
     "largest_face_embedding",
     "load_clip_scorer",

@@ -1,22 +1,39 @@
 """Turning command-line inputs (image files, folders, PNG sidecars) into :class:`Sample` lists.
 
 ``instantid generate`` and ``instantid benchmark run`` write a JSON sidecar next to every PNG (same name,
-``.json``). From it come the prompt, seed, protocol prompt id and category and, when recorded, the
-reference photo(s) under ``references`` (or ``face_images``), relative to the sidecar's folder.
+``.json``) and the same JSON inside the PNG. From it come the prompt, seed, protocol prompt id and category
+and, when recorded, the reference photo(s) under ``references`` (or ``face_images``), relative to the image's
+folder. Images without it (contact sheets, report grids, unrelated pictures) are not generations.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from instantid.errors import InvalidInputError
 from instantid.evaluation.metrics import Sample
 from instantid.faces.images import IMAGE_SUFFIXES
+from instantid.outputs import METADATA_KEY
 
-REPORT_FILES = {"grid.png"}  # our own outputs, skipped when a report folder is evaluated again
+# Pictures our own commands write next to generations that are not generations themselves.
+NOT_GENERATIONS = {
+    "grid.png": "an evaluation grid",
+    "contact_sheet.png": "a batch contact sheet",
+}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image that was found but not scored, and why."""
+
+    path: Path
+    reason: str
 
 
 def read_sidecar(image: Path) -> dict[str, Any]:
@@ -33,6 +50,23 @@ def read_sidecar(image: Path) -> dict[str, Any]:
     return data
 
 
+def read_generation_metadata(image: Path) -> dict[str, Any]:
+    """What made ``image``: its JSON sidecar, else the ``instantid`` PNG text chunk; ``{}`` for neither."""
+    meta = read_sidecar(image)
+    if meta or image.suffix.lower() != ".png":
+        return meta
+    try:
+        with Image.open(image) as png:
+            raw = getattr(png, "text", {}).get(METADATA_KEY)
+    except (OSError, ValueError):
+        return {}  # unreadable: scoring reports it with the image's own error
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _sidecar_refs(meta: dict[str, Any], folder: Path) -> tuple[Path, ...]:
     raw = meta.get("references", meta.get("face_images"))
     if raw is None:
@@ -46,8 +80,8 @@ def expand_images(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                          and p.name not in REPORT_FILES and not p.name.startswith("."))
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                          and not p.name.startswith("."))
         elif path.is_file():
             out.append(path)
         else:
@@ -57,21 +91,37 @@ def expand_images(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def collect_samples(
+def find_samples(
     paths: Sequence[Path], refs: Sequence[Path] = (), identity: str | None = None
-) -> list[Sample]:
-    """One :class:`Sample` per image; ``refs`` (when given) override the sidecars' references."""
+) -> tuple[list[Sample], list[Skipped]]:
+    """One :class:`Sample` per generation, and the images skipped as not being generations.
+
+    Skipped: our own grids and contact sheets and, when no ``refs`` are given, any image without InstantID
+    metadata (no sidecar, no PNG chunk). ``refs`` (when given) override the metadata's references, and then
+    any other image is scored. Nothing left to score is an error that says what was skipped.
+    """
     for ref in refs:
         if not ref.is_file():
             raise InvalidInputError(f"reference photo not found: {ref}")
-    samples = []
+    samples, skipped = [], []
     for image in expand_images(paths):
-        meta = read_sidecar(image)
+        if image.name in NOT_GENERATIONS:
+            skipped.append(Skipped(image, f"{NOT_GENERATIONS[image.name]}, not a generation"))
+            continue
+        meta = read_generation_metadata(image)
+        if not meta and not refs:
+            skipped.append(Skipped(image, "no InstantID metadata (give --refs PHOTO to score any image)"))
+            continue
         references = tuple(refs) or _sidecar_refs(meta, image.parent)
         if not references:
             raise InvalidInputError(
-                f"no reference photo for {image}: give --refs PHOTO, or evaluate images whose sidecar JSON "
-                "lists 'references'"
+                f"no reference photo for {image}: its metadata lists no 'references'; give --refs PHOTO"
+            )
+        missing = [ref for ref in references if not ref.is_file()]
+        if missing:
+            raise InvalidInputError(
+                f"reference photo {missing[0]} named by {image}'s metadata not found (outputs record file names "
+                "only, unless made with full paths): give --refs PHOTO"
             )
         seed = meta.get("seed")
         samples.append(Sample(
@@ -83,4 +133,15 @@ def collect_samples(
             category=meta.get("category"),
             seed=int(seed) if isinstance(seed, int) else None,
         ))
-    return samples
+    if not samples:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise InvalidInputError(f"nothing to evaluate: every image was skipped ({reasons}{more})")
+    return samples, skipped
+
+
+def collect_samples(
+    paths: Sequence[Path], refs: Sequence[Path] = (), identity: str | None = None
+) -> list[Sample]:
+    """The samples of :func:`find_samples`, without the list of skipped images."""
+    return find_samples(paths, refs, identity)[0]
