@@ -144,11 +144,15 @@ def fuse(
     names = [name for name, _, _ in photos]
     if fusion != "robust" and len(photos) >= 2:
         # Not deciding, only telling: two photos that look like different people usually are a mistake.
-        for i in range(len(photos)):
-            for j in range(i + 1, len(photos)):
-                if not analyzer.is_same(embeddings[i], embeddings[j]):
-                    warnings.append(f"{names[i]} and {names[j]} look like different people "
-                                    f"(distance {analyzer.distance(embeddings[i], embeddings[j]):.2f})")
+        pairs = [
+            f"{names[i]} / {names[j]} ({analyzer.distance(embeddings[i], embeddings[j]):.2f})"
+            for i in range(len(photos)) for j in range(i + 1, len(photos))
+            if not analyzer.is_same(embeddings[i], embeddings[j])
+        ]
+        if pairs:
+            more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+            warnings.append(f"the reference photos look like different people: {', '.join(pairs[:3])}{more}; "
+                            "use photos of one person, or fusion 'robust' to drop outliers")
     for i in np.flatnonzero(~keep):
         warnings.append(f"{names[i]} was left out: it looks like another person than the rest "
                         f"(distance {distances[i]:.2f} to their consensus)")
