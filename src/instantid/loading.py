@@ -119,19 +119,12 @@ def load_pipeline(
 def load_lora(pipe: Any, ref: str, scale: float = 1.0) -> None:
     """Load a LoRA (file, folder or Hub id), e.g. LCM-LoRA; a name containing 'lcm' also selects the LCM
     scheduler, which few-step LCM generation needs."""
-    path = Path(ref).expanduser()
-    if not path.exists() and (ref.count("/") != 1 or ref.startswith((".", "/", "~")) or path.suffix):
-        raise MissingWeightsError(f"LoRA '{ref}' not found: no such file or folder, and not a Hub id (owner/name)")
+    path = check_lora(ref)
     with _reading("LoRA", ref):
         pipe.load_lora_weights(str(path) if path.exists() else ref, adapter_name="user")
     pipe.set_adapters(["user"], adapter_weights=[scale])
     if "lcm" in str(ref).lower():
         set_scheduler(pipe, "lcm")
-
-
-# Errors the libraries raise for unreadable, truncated or foreign weight files and configs.
-_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError, TypeError,
-                                                  EOFError, pickle.UnpicklingError, json.JSONDecodeError)
 
 
 @contextmanager
@@ -143,32 +136,47 @@ def _reading(kind: str, ref: str | Path) -> Iterator[None]:
         if _UNSAFE_ADVICE.search(str(exc)):
             raise type(exc)(f"{kind} {ref}: {NOT_PLAIN_WEIGHTS}") from None
         raise
-    except _LOAD_ERRORS as exc:
-        raise WeightsError(f"cannot load {kind} {ref}: {load_failure_reason(exc)}") from None
-    except Exception as exc:  # e.g. safetensors' SafetensorError, huggingface_hub's errors: not builtins
-        if type(exc).__module__.split(".")[0] not in ("safetensors", "huggingface_hub", "peft", "diffusers",
-                                                       "transformers", "requests", "httpx"):
-            raise
-        raise WeightsError(f"cannot load {kind} {ref}: {load_failure_reason(exc)}") from None
+    except Exception as exc:  # the libraries raise builtins and their own types (SafetensorError, HTTP errors...)
+        raise WeightsError(f"cannot load {kind} {ref}: {load_failure_reason(exc)}") from exc
 
 
 NOT_PLAIN_WEIGHTS = ("not a plain weights file (it asks to run pickled code, which is never done); "
                      "use the published .safetensors / .bin files")
+def check_lora(ref: str, label: str = "LoRA") -> Path:
+    """A LoRA reference that is neither an existing file/folder nor a Hub id (``owner/name``) is refused now,
+    before any loading; ``label`` names the option as the user typed it."""
+    path = Path(ref).expanduser()
+    if not path.exists() and (ref.count("/") != 1 or ref.startswith((".", "/", "~")) or path.suffix):
+        raise MissingWeightsError(f"{label} '{ref}' not found: no such file or folder, and not a Hub id (owner/name)")
+    return path
+
+
 # PyTorch's weights_only refusal goes on to advise unsafe loading: that advice is never passed on.
 _UNSAFE_ADVICE = re.compile(r"weights_only|Weights only load failed|Unsupported global", re.IGNORECASE)
 
 
 def load_failure_reason(exc: BaseException) -> str:
     """One short line saying why a file did not load, without the libraries' tracebacks or unsafe advice."""
-    text = str(exc).strip()
-    if isinstance(exc, pickle.UnpicklingError) or _UNSAFE_ADVICE.search(text):
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+        if len(chain) > 8:
+            break
+    texts = [str(e).strip() for e in chain]
+    if any(isinstance(e, pickle.UnpicklingError) for e in chain) or any(_UNSAFE_ADVICE.search(t) for t in texts):
         return NOT_PLAIN_WEIGHTS
-    if "offline" in text.lower() or "LocalEntryNotFound" in type(exc).__name__ or "connect" in text.lower():
+    text = texts[0]
+    network = ("LocalEntryNotFound", "Connect", "Timeout", "Offline")
+    if any("offline" in t.lower() or "connect" in t.lower() for t in texts) or any(
+            word in type(e).__name__ for e in chain for word in network):
         return "not in the Hugging Face cache and not downloadable now"
-    if isinstance(exc, json.JSONDecodeError) or ("config" in text.lower() and "json" in text.lower()):
+    if any(isinstance(e, json.JSONDecodeError) for e in chain) or ("config" in text.lower() and "json" in text.lower()):
         return "its config.json is not valid JSON"
+    unreadable = re.search(r"Unable to load weights from checkpoint file for '([^']+)'", text)
+    if unreadable:
+        return f"{Path(unreadable.group(1)).name} is corrupt or not a weights file"
     first = text.splitlines()[0] if text else type(exc).__name__
-    if "header" in first.lower() or "deserializ" in first.lower() or "invalid load key" in first.lower():
+    if any(word in first.lower() for word in ("header", "deserializ", "invalid load key", "truncat")):
         return f"the weights file is corrupt or not a weights file ({first[:120]})"
     return first[:200]
 

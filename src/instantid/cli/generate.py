@@ -35,10 +35,12 @@ def load_model(model: Any, analyzer: Any = None) -> Any:
 
 
 def check_model_options(model: Any) -> None:
-    """What can be checked about the model options without loading anything (device, --demo clashes)."""
-    from instantid.loading import pick_device
+    """What can be checked about the model options without loading anything (device, LoRA path, --demo)."""
+    from instantid.loading import check_lora, pick_device
 
     pick_device(model.device, "--device")
+    if model.lora:
+        check_lora(model.lora, "--lora")
     given = [name for name in ("base", "identitynet", "adapter") if getattr(model, name)]
     if model.demo and given:
         raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
