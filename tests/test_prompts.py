@@ -214,3 +214,22 @@ def test_bad_arguments_are_typed_errors(sdxl):
         encode_prompt_weighted(sdxl, "a", num_images_per_prompt=0)
     with pytest.raises(InvalidInputError, match="prompt"):
         encode_prompt_weighted(sdxl, [])
+
+
+def test_textual_inversion_tokens_expand_as_in_diffusers(tiny_fixture_dir):
+    """A two-vector textual inversion: same embeddings as encode_prompt, and a weight covers both vectors."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_fixture_dir / "base")  # its own: loading mutates it
+    gen = torch.Generator().manual_seed(0)
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        pipe.load_textual_inversion(
+            {"emb": torch.randn(2, 32, generator=gen)}, token="<me>", text_encoder=encoder, tokenizer=tokenizer
+        )
+    ours = encode_prompt_weighted(pipe, "a photo of <me> smiling", "blurry")
+    theirs = pipe.encode_prompt("a photo of <me> smiling", device=torch.device("cpu"), negative_prompt="blurry")
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    weighted = encode_prompt_weighted(pipe, "a photo of (<me>:1.3) smiling", "blurry")
+    assert list(_word_positions(pipe, "a photo of ", "<me> <me>_1")) == [9, 10]
+    assert (weighted[0] != ours[0]).any(dim=-1)[0].nonzero().flatten().tolist() == [9, 10]
