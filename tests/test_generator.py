@@ -88,3 +88,15 @@ def test_settings_errors_name_what_the_user_typed(values, message):
 def test_style_names_are_normalised():
     assert make_settings({"style": "film noir"}).style == "Film Noir"
     assert make_settings({"style": "(No style)"}).style is None
+
+
+def test_long_and_weighted_prompts_are_not_truncated(app):
+    """A style template plus a long prompt passes CLIP's 77 tokens: the tail must still steer the picture."""
+    identity = app.prepare_identity(FACE)
+    head = "a portrait, " + ", ".join(f"detail number {i}" for i in range(40))
+    images = [
+        np.asarray(app.generate(identity, steps=2, seed=1, prompt=p, style="Watercolor").images[0], dtype=float)
+        for p in (head, head + ", wearing a red hat", head + ", (wearing a red hat:1.5)")
+    ]
+    assert np.abs(images[0] - images[1]).mean() > 0  # text past token 77 changes the result
+    assert np.abs(images[1] - images[2]).mean() > 0  # and so does its weight

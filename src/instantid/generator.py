@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ from instantid.settings import MAX_SEED, GenerationSettings, make_settings
 from instantid.styles import get_style
 
 ImageInput = str | Path | bytes | Image.Image
+_WEIGHT_SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")  # A1111 attention syntax: see instantid.prompts
 Progress = Callable[[int, int], None]
 
 
@@ -273,7 +275,7 @@ class InstantID:
                                    else self.default_scheduler)
             try:
                 images = self.pipe(
-                    **self._prompt_arguments(prompt, negative),
+                    **self._prompt_arguments(prompt, negative, settings.guidance_scale),
                     image_embeds=identity.embedding, image=kps_image, control_mask=mask,
                     controlnet_conditioning_scale=settings.identitynet_strength,
                     ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
@@ -300,9 +302,24 @@ class InstantID:
         }
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
 
-    def _prompt_arguments(self, prompt: str, negative: str) -> dict[str, Any]:
-        """The pipeline's prompt arguments: text, or embeddings for weighted / longer-than-77-token prompts."""
-        return {"prompt": prompt, "negative_prompt": negative or None}
+    def _prompt_arguments(self, prompt: str, negative: str, guidance_scale: float) -> dict[str, Any]:
+        """The pipeline's prompt arguments: the text itself, or, for prompts with A1111-style weights or longer
+        than CLIP's window, embeddings from :func:`instantid.prompts.encode_prompt_weighted` (which would
+        otherwise be truncated at 77 tokens with a warning). Plain short prompts keep diffusers' exact path."""
+        tokenizer = self.pipe.tokenizer_2 or self.pipe.tokenizer
+
+        def plain(text: str) -> bool:
+            return not _WEIGHT_SYNTAX.search(text) and len(tokenizer(text).input_ids) <= tokenizer.model_max_length
+
+        if plain(prompt) and plain(negative):
+            return {"prompt": prompt, "negative_prompt": negative or None}
+        from instantid.prompts import encode_prompt_weighted
+
+        embeds, negative_embeds, pooled, negative_pooled = encode_prompt_weighted(
+            self.pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1
+        )
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
 
 
 def _versions() -> dict[str, str]:
