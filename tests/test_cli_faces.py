@@ -98,3 +98,31 @@ def test_faces_on_a_tiny_image_is_one_error_line(tmp_path: Path, capsys: pytest.
     assert [len(r["faces"]) for r in json.loads(captured.out)] == [0, 1], "the other photo is still analysed"
     assert captured.err.strip() == (f"error: cannot read image {tiny}: the image is too small (2x2); "
                                     "a face needs at least 20 pixels on each side")
+
+
+@needs_photos
+def test_faces_draw_creates_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "out"
+    assert main(["faces", SMALL, "--backend", "dlib", "--draw", f"{folder}/"]) == 0
+    assert [p.name for p in folder.iterdir()] == ["edge_obama_small_faces.png"]
+    assert Image.open(folder / "edge_obama_small_faces.png").size == Image.open(SMALL).size
+
+
+@needs_photos
+@pytest.mark.parametrize("target", ["blocker", "blocker/sub", "blocker/drawn.png"])
+def test_faces_draw_into_a_file_is_one_error_before_analysis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+
+    def no_analysis(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the output path is checked before the face model loads")
+
+    monkeypatch.setattr("instantid.cli.faces.create_face_analyzer", no_analysis)
+    assert main(["faces", SMALL, "--backend", "dlib", "--draw", str(tmp_path / target)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: --draw ")
+    assert f"{tmp_path / 'blocker'} is a file, not a folder" in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert (tmp_path / "blocker").read_text() == "a file where a folder should be"

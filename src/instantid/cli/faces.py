@@ -16,7 +16,7 @@ from instantid.cli import app
 from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
 from instantid.faces import BACKENDS, Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.keypoints import KPS_COLORS
-from instantid.outputs import write_bytes_atomically
+from instantid.outputs import prepare_folder, write_bytes_atomically
 
 Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # typer lists the choices in --help
 
@@ -63,11 +63,20 @@ def save_atomically(image: Image.Image, out: Path) -> None:
 
 
 def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
-    if len(images) == 1 and not draw.is_dir():
+    """Where each drawing goes, checked (and folders created) before any analysis runs.
+
+    A name with an image suffix is a file (one image only); anything else is a folder, created if missing.
+    """
+    if draw.suffix and not draw.is_dir():
+        if len(images) > 1:
+            raise InvalidInputError(f"--draw {draw} must be a folder when several images are given")
+        if Image.registered_extensions().get(draw.suffix.lower()) is None:
+            raise InvalidInputError(f"--draw {draw}: cannot tell the image format from {draw.suffix!r}; "
+                                    "use a .png or .jpg name, or a folder")
+        prepare_folder(draw.parent, "--draw")
         return [draw]
-    if draw.exists() and not draw.is_dir():
-        raise InvalidInputError(f"--draw {draw} must be a folder when several images are given")
-    return [draw / f"{path.stem}_faces.png" for path in images]
+    folder = prepare_folder(draw, "--draw")
+    return [folder / f"{path.stem}_faces.png" for path in images]
 
 
 def _table(path: Path, faces: list[Face]) -> str:
@@ -89,16 +98,16 @@ def faces_command(
     antelopev2_root: Path | None = _ROOT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     draw: Path | None = typer.Option(
-        None, "--draw", help="Save the photo with boxes and numbered keypoints (a file, or a folder for "
-        "several images)."
+        None, "--draw", help="Save the photo with boxes and numbered keypoints: a .png/.jpg file (one image), "
+        "or a folder (created if missing) for <stem>_faces.png files."
     ),
 ) -> None:
     """Find faces: box, score, five keypoints and identity embedding, largest face first.
 
     Exit code 2 when an image is unreadable or shows no face (each named on stderr); the rest are reported.
     """
+    targets = _draw_targets(images, draw) if draw is not None else None  # a bad path fails before the models load
     analyzer = _analyzer(backend, antelopev2_root)
-    targets = _draw_targets(images, draw) if draw is not None else None
     errors: list[InstantIDError] = []
     records = []
     for i, path in enumerate(images):
