@@ -197,9 +197,8 @@ def test_long_embeddings_drive_a_diffusers_sdxl_pipeline(sdxl):
 
     def generate(prompt: str) -> torch.Tensor:
         embeds = encode_prompt_weighted(pipe, prompt, "blurry")
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         return pipe(
-            **dict(zip(names, embeds, strict=True)), num_inference_steps=2, height=64, width=64,
+            **embeds._asdict(), num_inference_steps=2, height=64, width=64,
             generator=torch.Generator("cpu").manual_seed(0), output_type="latent",
         ).images
 

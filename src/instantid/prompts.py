@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +40,15 @@ _LEXER = re.compile(
     """,
     re.X | re.S,
 )
+
+
+class PromptEmbeddings(NamedTuple):
+    """What an SDXL pipeline's ``__call__`` takes instead of prompt texts: ``pipe(**embeds._asdict(), ...)``."""
+
+    prompt_embeds: torch.Tensor  # (B, chunks * 77, 2048) for SDXL
+    negative_prompt_embeds: torch.Tensor | None  # same shape; None without classifier-free guidance
+    pooled_prompt_embeds: torch.Tensor  # (B, 1280)
+    negative_pooled_prompt_embeds: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -263,14 +272,16 @@ def encode_prompt_weighted(
     negative_prompt_2: str | Sequence[str] | None = None,
     do_classifier_free_guidance: bool = True,
     lora_scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+) -> PromptEmbeddings:
     """Text embeddings for an SDXL pipeline from prompts of any length with A1111-style weights.
 
-    Returns ``(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)``,
-    shapes (B*n, chunks*77, 2048), (B*n, chunks*77, 2048), (B*n, 1280), (B*n, 1280) for SDXL, where n is
-    ``num_images_per_prompt``. As in diffusers, ``negative_prompt=None`` with the pipeline's
-    ``force_zeros_for_empty_prompt`` gives zero negatives, and without classifier-free guidance the negatives
-    are None. Unlike diffusers, ``clip_skip`` applies to the negative prompt too (A1111 does the same).
+    Returns ``(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)``
+    as a :class:`PromptEmbeddings`, shapes (B*n, chunks*77, 2048) twice, then (B*n, 1280) twice for SDXL,
+    where n is ``num_images_per_prompt``. To hand them to a pipeline, keep n = 1 here and pass
+    ``num_images_per_prompt`` to the pipeline: diffusers repeats given embeddings itself. As in diffusers,
+    ``negative_prompt=None`` with the pipeline's ``force_zeros_for_empty_prompt`` gives zero negatives, and
+    without classifier-free guidance the negatives are None. Unlike diffusers, ``clip_skip`` applies to the
+    negative prompt too (A1111 does the same).
     """
     if pipe.tokenizer_2 is None or pipe.text_encoder_2 is None:
         raise InvalidInputError("weighted prompts need an SDXL pipeline with its second text encoder")
@@ -306,7 +317,9 @@ def encode_prompt_weighted(
 
     prompt_embeds, pooled_embeds = repeat(hidden[0]), repeat(pooled[0])
     if not do_classifier_free_guidance:
-        return prompt_embeds, None, pooled_embeds, None
+        return PromptEmbeddings(prompt_embeds, None, pooled_embeds, None)
     if zero_negative:
-        return prompt_embeds, torch.zeros_like(prompt_embeds), pooled_embeds, torch.zeros_like(pooled_embeds)
-    return prompt_embeds, repeat(hidden[1]), pooled_embeds, repeat(pooled[1])
+        return PromptEmbeddings(
+            prompt_embeds, torch.zeros_like(prompt_embeds), pooled_embeds, torch.zeros_like(pooled_embeds)
+        )
+    return PromptEmbeddings(prompt_embeds, repeat(hidden[1]), pooled_embeds, repeat(pooled[1]))
