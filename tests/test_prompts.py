@@ -232,3 +232,28 @@ def test_textual_inversion_tokens_expand_as_in_diffusers(tiny_fixture_dir):
     weighted = encode_prompt_weighted(pipe, "a photo of (<me>:1.3) smiling", "blurry")
     assert list(_word_positions(pipe, "a photo of ", "<me> <me>_1")) == [9, 10]
     assert (weighted[0] != ours[0]).any(dim=-1)[0].nonzero().flatten().tolist() == [9, 10]
+
+
+def test_long_and_weighted_prompts_drive_our_instantid_pipeline(fixture_pipe, tiny_fixture_dir):
+    """Through our pipeline's prompt_embeds: the tail past 77 tokens matters, a plain prompt gives exactly the
+    text path, and the pipeline repeats the embeddings for num_images_per_prompt itself."""
+    import numpy as np
+    from PIL import Image
+
+    from instantid import draw_kps
+
+    face = np.load(tiny_fixture_dir / "face_embedding.npy")
+    kps = draw_kps(Image.new("RGB", (64, 64)), [[22, 20], [42, 21], [32, 31], [24, 42], [40, 42]])
+    common = dict(image=kps, image_embeds=face, num_inference_steps=2, output_type="latent")
+
+    def generate(n: int = 1, **kwargs) -> torch.Tensor:
+        gen = torch.Generator("cpu").manual_seed(0)
+        return fixture_pipe(**kwargs, **common, num_images_per_prompt=n, generator=gen).images
+
+    def embeds(prompt: str) -> dict:
+        return encode_prompt_weighted(fixture_pipe, prompt, "blurry")._asdict()
+
+    red, blue = generate(**embeds(LONG_HEAD + " a red scarf")), generate(**embeds(LONG_HEAD + " a blue hat"))
+    assert not torch.equal(red, blue)
+    assert torch.equal(generate(**embeds("a portrait")), generate(prompt="a portrait", negative_prompt="blurry"))
+    assert generate(2, **embeds(LONG_HEAD + " a red scarf")).shape[0] == 2
