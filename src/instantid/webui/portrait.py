@@ -45,13 +45,14 @@ class PortraitTab:
         self.ctx = ctx
         self.controls = controls()
         self.by_name = {c.name: c for c in self.controls}
-        self.labels = labels(self.controls)
+        names = labels(self.controls)
+        self.label = lambda field: names.get(field, field)  # errors name the control the user sees
 
     # ---- handlers -------------------------------------------------------------------------------
     def identity_options(self, face_index: Any, fusion: Any) -> tuple[int | None, str]:
         values = {"face_index": self.by_name["face_index"].value(face_index),
                   "fusion": self.by_name["fusion"].value(fusion)}
-        settings = make_settings(values, name=self.labels.get)
+        settings = make_settings(values, name=self.label)
         return settings.face_index, settings.fusion
 
     def analyse(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any
@@ -86,7 +87,7 @@ class PortraitTab:
                  progress: Any = None) -> tuple[list[tuple[str, str]], str]:
         """Images into the outputs folder; returns gallery items and the info text."""
         settings = make_settings({name: self.by_name[name].value(raw) for name, raw in values.items()},
-                                 name=self.labels.get)
+                                 name=self.label)
         identity = self.ctx.identities.get(photos, pose, settings.face_index, settings.fusion)
         result = self.ctx.submit(identity, settings, progress)
         gallery = []
