@@ -72,8 +72,7 @@ def _run_case(pipe, root, case, output_type, image_embeds=None):
     keypoints = Image.open(root / case["kps_image"])
     kind = case.get("pipeline", "txt2img")
     if kind == "img2img":
-        source, pipe = pipe, StableDiffusionXLInstantIDImg2ImgPipeline.from_pipe(pipe)
-        pipe.adapter_spec = source.adapter_spec
+        pipe = StableDiffusionXLInstantIDImg2ImgPipeline.from_pipe(pipe)  # shares the UNet and its adapter
         pipe.set_progress_bar_config(disable=True)
         kwargs.update(image=Image.open(root / case["init_image"]), control_image=keypoints)
     elif kind == "txt2img":

@@ -111,17 +111,43 @@ def test_face_mask_is_local_and_never_leaks_into_later_calls(fixture_pipe, embed
     mask = np.zeros((128, 192, 3), np.uint8)
     mask[30:100, 50:140] = 255
     image = kps_image(192, 128)
+    projection = fixture_pipe.unet.encoder_hid_proj
+    state = [dict(vars(p)) for p in face_processors(fixture_pipe.unet)]
     unmasked = run(fixture_pipe, embedding, image=image)
     masked = run(fixture_pipe, embedding, image=image, control_mask=Image.fromarray(mask))
     assert (masked - unmasked).abs().max() > 1e-3
-    assert all(p.face_mask is None and p.call_cache is None for p in face_processors(fixture_pipe.unet))
-    # The per-call stand-in for the Resampler is gone again: the real one is back in the UNet.
-    assert type(fixture_pipe.unet.encoder_hid_proj).__name__ == "MultiIPAdapterImageProjection"
+    # The call's mask and tokens travelled with the call: no processor attribute and no UNet module changed.
+    assert fixture_pipe.unet.encoder_hid_proj is projection
+    for before, processor in zip(state, face_processors(fixture_pipe.unet), strict=True):
+        assert before.keys() == vars(processor).keys()
+        assert all(vars(processor)[k] is v for k, v in before.items())
     again = run(fixture_pipe, embedding, image=image)
     assert (again - unmasked).abs().max() == 0
     # A later call of another size after a masked call still works (the published global mask crashed).
     assert run(fixture_pipe, embedding, image=kps_image(128, 64, [[44, 20], [84, 20], [64, 32], [48, 48], [80, 48]])
                ).shape == (1, 4, 8, 16)
+
+
+def test_resampler_and_face_projections_run_once_per_call(fixture_pipe, embedding):
+    """Face tokens and each layer's face keys/values are computed once per call, not once per step."""
+    resampler = fixture_pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    processors = face_processors(fixture_pipe.unet)
+    counts = {"resampler": 0, "k": 0}
+
+    def count(name):
+        def hook(*_):
+            counts[name] += 1
+
+        return hook
+
+    hooks = [resampler.register_forward_hook(count("resampler"))]
+    hooks += [p.to_k_ip[0].register_forward_hook(count("k")) for p in processors]
+    try:
+        run(fixture_pipe, embedding, num_inference_steps=3)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert counts == {"resampler": 1, "k": len(processors)}
 
 
 def test_several_references_are_averaged_not_stacked(fixture_pipe, embedding):
@@ -135,16 +161,103 @@ def test_several_references_are_averaged_not_stacked(fixture_pipe, embedding):
     assert (run(fixture_pipe, embedding * 0.75) - mean).abs().max() < 1e-5
 
 
-def test_per_call_adapter_scale_is_honoured(fixture_pipe, embedding):
+def test_per_call_adapter_scale_is_honoured_for_that_call_only(fixture_pipe, embedding):
     low = run(fixture_pipe, embedding, ip_adapter_scale=0.2)
     high = run(fixture_pipe, embedding, ip_adapter_scale=1.0)
     assert (low - high).abs().max() > 1e-3
     assert (run(fixture_pipe, embedding, ip_adapter_scale=0.2) - low).abs().max() == 0
+    # Without a per-call value the pipe's own scale applies (set_ip_adapter_scale), untouched by earlier calls.
+    fixture_pipe.set_ip_adapter_scale(1.0)
+    try:
+        assert (run(fixture_pipe, embedding, ip_adapter_scale=None) - high).abs().max() == 0
+    finally:
+        fixture_pipe.set_ip_adapter_scale(0.5)
 
 
-def test_guess_mode_with_guidance_runs(fixture_pipe, embedding):
-    latents = run(fixture_pipe, embedding, guess_mode=True, num_images_per_prompt=2, generator=gens(1, 2))
-    assert latents.shape == (2, 4, 16, 16) and torch.isfinite(latents).all()
+def test_guess_mode_is_honoured(fixture_pipe, embedding):
+    """Guess mode under guidance: IdentityNet sees only the conditional half, and the result changes."""
+    batches = []
+    hook = fixture_pipe.controlnet.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    try:
+        guessed = run(fixture_pipe, embedding, guess_mode=True, num_images_per_prompt=2, generator=gens(1, 2))
+        assert batches and set(batches) == {2}  # two images, conditional half only
+        batches.clear()
+        plain = run(fixture_pipe, embedding, num_images_per_prompt=2, generator=gens(1, 2))
+        assert set(batches) == {4}
+    finally:
+        hook.remove()
+    assert guessed.shape == (2, 4, 16, 16) and torch.isfinite(guessed).all()
+    assert (guessed - plain).abs().max() > 1e-3
+    # Without guidance guess mode still reaches IdentityNet (its residuals are scaled per block).
+    assert (run(fixture_pipe, embedding, guidance_scale=1.0, guess_mode=True)
+            - run(fixture_pipe, embedding, guidance_scale=1.0)).abs().max() > 1e-3
+
+
+def test_precomputed_prompt_embeddings_equal_the_prompt_text(fixture_pipe, embedding):
+    """compel / long-prompt users pass embeddings from encode_prompt: the same latents as the text."""
+    text = run(fixture_pipe, embedding, prompt="a portrait", negative_prompt="blurry")
+    pe, npe, ppe, nppe = fixture_pipe.encode_prompt(
+        "a portrait", device=torch.device("cpu"), num_images_per_prompt=1, do_classifier_free_guidance=True,
+        negative_prompt="blurry",
+    )
+    given = run(fixture_pipe, embedding, prompt=None, prompt_embeds=pe, negative_prompt_embeds=npe,
+                pooled_prompt_embeds=ppe, negative_pooled_prompt_embeds=nppe)
+    assert (given - text).abs().max() == 0
+    other = fixture_pipe.encode_prompt("a dog", device=torch.device("cpu"), do_classifier_free_guidance=True,
+                                       negative_prompt="blurry")
+    assert (run(fixture_pipe, embedding, prompt=None, prompt_embeds=other[0], negative_prompt_embeds=other[1],
+                pooled_prompt_embeds=other[2], negative_pooled_prompt_embeds=other[3]) - text).abs().max() > 1e-3
+    with pytest.raises(InvalidInputError, match="pooled_prompt_embeds"):
+        run(fixture_pipe, embedding, prompt=None, prompt_embeds=pe)
+    with pytest.raises(InvalidInputError, match="not both"):
+        run(fixture_pipe, embedding, prompt="a portrait", prompt_embeds=pe, pooled_prompt_embeds=ppe)
+
+
+SIZES = dict(original_size=(64, 96), crops_coords_top_left=(8, 16), target_size=(128, 128),
+             negative_original_size=(32, 32), negative_crops_coords_top_left=(0, 8), negative_target_size=(96, 96))
+
+
+def test_size_micro_conditioning_follows_diffusers(fixture_pipe, embedding, tiny_fixture_dir):
+    """original/crop/target sizes (and their negatives) mean what they mean in diffusers' SDXL pipeline."""
+    default = run(fixture_pipe, embedding)
+    sized = run(fixture_pipe, embedding, **SIZES)
+    assert (sized - default).abs().max() > 1e-3
+    explicit = run(fixture_pipe, embedding, original_size=(128, 128), crops_coords_top_left=(0, 0),
+                   target_size=(128, 128))
+    assert (explicit - default).abs().max() == 0
+    # With IdentityNet and the adapter at zero this is diffusers' SDXL, which must agree argument by argument.
+    ours = run(fixture_pipe, embedding, controlnet_conditioning_scale=0.0, ip_adapter_scale=0.0, **SIZES)
+    plain = StableDiffusionXLPipeline.from_pretrained(tiny_fixture_dir / "base")
+    plain.set_progress_bar_config(disable=True)
+    reference = plain(prompt="a portrait", num_inference_steps=3, guidance_scale=5.0, height=128, width=128,
+                      generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **SIZES).images
+    assert (ours - reference).abs().max() < 1e-5
+
+
+def test_callbacks_get_the_named_tensors_and_can_replace_them(fixture_pipe, embedding):
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append({k: None if v is None else tuple(v.shape) for k, v in tensors.items()})
+        return {"latents": tensors["latents"] * 0} if i == 2 else {}
+
+    names = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "negative_prompt_embeds", "image"]
+    latents = run(fixture_pipe, embedding, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=names)
+    assert len(seen) == 3 and list(seen[0]) == names
+    assert seen[0]["prompt_embeds"][0] == 2 and seen[0]["negative_prompt_embeds"][0] == 1  # guidance halves
+    assert seen[0]["add_time_ids"] == (2, 6) and seen[0]["image"] == (2, 3, 128, 128)
+    assert (latents == 0).all()  # what the callback returned is what the pipeline kept
+    with pytest.raises(InvalidInputError, match="not available"):
+        run(fixture_pipe, embedding, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["nope"])
+
+
+def test_legacy_callback_and_unknown_keyword_arguments(fixture_pipe, embedding):
+    steps = []
+    with pytest.warns(FutureWarning, match="callback_on_step_end"):
+        run(fixture_pipe, embedding, callback=lambda i, t, latents: steps.append(i), callback_steps=2)
+    assert steps == [0, 2]
+    with pytest.warns(UserWarning, match=r"ignores the arguments \['denoising_end'\]"):
+        run(fixture_pipe, embedding, denoising_end=0.5)
 
 
 def test_bad_arguments_raise_precise_errors(fixture_pipe, embedding):
@@ -207,6 +320,25 @@ def test_extra_controlnets_get_text_and_identitynet_gets_face_tokens(multi_pipe,
         run(multi_pipe, embedding, image=kps_image())
 
 
+def test_scalar_guidance_start_broadcasts_to_every_controlnet(multi_pipe, embedding):
+    """start=0.0 with end=[1.0, 0.75] means [0.0, 0.0], as in diffusers (issue 10 item 23)."""
+    images = [kps_image(), kps_image()]
+    kwargs = dict(image=images, controlnet_conditioning_scale=[0.8, 0.5], num_inference_steps=4)
+    calls = []
+    hook = multi_pipe.controlnet.nets[1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        broadcast = run(multi_pipe, embedding, control_guidance_start=0.0, control_guidance_end=[1.0, 0.75], **kwargs)
+    finally:
+        hook.remove()
+    assert len(calls) == 3  # the second net stops after 3 of 4 steps
+    listed = run(multi_pipe, embedding, control_guidance_start=[0.0, 0.0], control_guidance_end=[1.0, 0.75], **kwargs)
+    assert (broadcast - listed).abs().max() == 0
+    assert (run(multi_pipe, embedding, control_guidance_end=[0.5, 1.0], control_guidance_start=0.0, **kwargs)
+            - broadcast).abs().max() > 1e-3
+    with pytest.raises(InvalidInputError, match="one control_guidance_start/end per ControlNet"):
+        run(multi_pipe, embedding, control_guidance_start=0.0, control_guidance_end=[1.0, 0.5, 0.5], **kwargs)
+
+
 def test_img2img_honours_strength_and_adapter_scale(tiny_fixture_dir, embedding):
     pipe = StableDiffusionXLInstantIDImg2ImgPipeline.from_pretrained(
         tiny_fixture_dir / "base", controlnet=ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
@@ -225,6 +357,11 @@ def test_img2img_honours_strength_and_adapter_scale(tiny_fixture_dir, embedding)
     assert base.shape == (1, 4, 16, 16)
     assert (img2img(ip_adapter_scale=0.1) - base).abs().max() > 1e-3  # the published img2img ignored it
     assert (img2img(strength=0.9) - base).abs().max() > 1e-3
+    pe, npe, ppe, nppe = pipe.encode_prompt("a portrait", device=torch.device("cpu"), do_classifier_free_guidance=True)
+    embedded = img2img(prompt=None, prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
+                       negative_pooled_prompt_embeds=nppe)
+    assert (embedded - base).abs().max() == 0
+    assert (img2img(original_size=(64, 64), negative_original_size=(32, 32)) - base).abs().max() > 1e-3
     with pytest.raises(InvalidInputError, match="strength"):
         img2img(strength=0.0)
 
@@ -248,4 +385,3 @@ def test_resampler_is_part_of_the_unet_for_offload_and_to(fixture_pipe):
     """CPU offload and .to() move the UNet's submodules; the published code kept the Resampler outside."""
     resampler = fixture_pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert any(m is resampler for m in fixture_pipe.unet.modules())
-    assert "unet" in fixture_pipe.model_cpu_offload_seq

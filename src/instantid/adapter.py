@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-from instantid.attention import FaceAttnProcessor
+from instantid.attention import adopt_face_layers
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
 
 HEAD_DIM = 64
@@ -152,19 +151,29 @@ def check_fits_unet(state: dict, spec: AdapterSpec, unet: torch.nn.Module, sourc
         )
 
 
+# diffusers keeps its UNet-level IP-Adapter loader private (the public ``load_ip_adapter`` is a pipeline
+# method). Training has a bare UNet and no pipeline, so it calls the private loader; this guard turns a
+# future rename into one clear line instead of an AttributeError deep in training.
+_PRIVATE_UNET_LOADER = "_load_ip_adapter_weights"
+
+
 def install_face_adapter(unet: torch.nn.Module, state: dict, scale: float) -> None:
-    """Load the adapter with diffusers' IP-Adapter machinery, then give each cross-attention layer the
-    face-region-aware processor. The Resampler becomes ``unet.encoder_hid_proj``, so ``.to()``, CPU offload
-    and ``save_pretrained`` all see it."""
+    """Load the adapter into a bare UNet (training, export checks) with diffusers' IP-Adapter machinery,
+    then adopt its layers for InstantID. Pipelines use the public ``load_ip_adapter`` instead (see
+    ``InstantIDMixin.load_ip_adapter_instantid``); both end in the same modules. The Resampler becomes
+    ``unet.encoder_hid_proj``, so ``.to()``, CPU offload and ``save_pretrained`` all see it."""
+    loader = getattr(unet, _PRIVATE_UNET_LOADER, None)
+    if loader is None:
+        import diffusers
+
+        raise IncompatibleWeightsError(
+            f"diffusers {diffusers.__version__} has no UNet2DConditionModel.{_PRIVATE_UNET_LOADER}, which "
+            "InstantID training uses to install the face adapter: install a diffusers release from 0.32 to 0.42"
+        )
     # low_cpu_mem_usage=False keeps the dtype of the UNet (diffusers' meta path takes the checkpoint's dtype).
-    unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
-    processors = {}
-    for name, proc in unet.attn_processors.items():
-        if isinstance(proc, IPAdapterAttnProcessor2_0) and not isinstance(proc, FaceAttnProcessor):
-            proc = FaceAttnProcessor.adopt(proc)
-            proc.scale = [scale]
-        processors[name] = proc
-    unet.set_attn_processor(processors)
+    loader([state], low_cpu_mem_usage=False)
+    adopt_face_layers(unet, scale)
+    unet.encoder_hid_proj.adapter_spec = inspect_adapter(state, "in-memory adapter", {})
 
 
 def random_adapter_state_dict(
