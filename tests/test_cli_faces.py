@@ -25,7 +25,7 @@ CORRUPT = str(FACES_DIR / "edge_corrupt.jpg")
 
 @needs_photos
 def test_faces_json_lists_every_face(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["faces", SMALL, GROUP, "--backend", "dlib", "--json"]) == 0
+    assert main(["faces", SMALL, GROUP, "--face-backend", "dlib", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in records] == [SMALL, GROUP]
     assert [len(r["faces"]) for r in records] == [1, 2]
@@ -37,7 +37,7 @@ def test_faces_json_lists_every_face(capsys: pytest.CaptureFixture[str]) -> None
 
 @needs_photos
 def test_faces_reports_bad_images_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["faces", NOISE, SMALL, CORRUPT, "--backend", "dlib", "--json"]) == 2
+    assert main(["faces", NOISE, SMALL, CORRUPT, "--face-backend", "dlib", "--json"]) == 2
     captured = capsys.readouterr()
     records = json.loads(captured.out)
     assert [len(r["faces"]) for r in records] == [0, 1, 0]
@@ -50,24 +50,24 @@ def test_faces_reports_bad_images_with_exit_code_2(capsys: pytest.CaptureFixture
 @needs_photos
 def test_faces_table_and_drawings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     single = tmp_path / "small.png"
-    assert main(["faces", SMALL, "--backend", "dlib", "--draw", str(single)]) == 0
+    assert main(["faces", SMALL, "--face-backend", "dlib", "--draw", str(single)]) == 0
     assert "1 face(s), dlib-128" in capsys.readouterr().out
     drawn, original = Image.open(single), Image.open(SMALL)
     assert drawn.size == original.size
     assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
     folder = tmp_path / "drawn"
-    assert main(["faces", SMALL, GROUP, "--backend", "dlib", "--draw", str(folder)]) == 0
+    assert main(["faces", SMALL, GROUP, "--face-backend", "dlib", "--draw", str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["edge_obama_small_faces.png", "group_two_people_faces.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drawn", "small.png"], "no temporary files left"
 
 
 @needs_photos
 def test_compare_gives_distance_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", SMALL, str(FACES_DIR / "obama_1.jpg"), "--backend", "dlib"]) == 0
+    assert main(["compare", SMALL, str(FACES_DIR / "obama_1.jpg"), "--face-backend", "dlib"]) == 0
     assert capsys.readouterr().out.strip().endswith(": same")
-    assert main(["compare", SMALL, str(FACES_DIR / "biden_1.jpg"), "--backend", "dlib"]) == 0
+    assert main(["compare", SMALL, str(FACES_DIR / "biden_1.jpg"), "--face-backend", "dlib"]) == 0
     assert capsys.readouterr().out.strip().endswith(": different")
-    assert main(["compare", SMALL, NOISE, "--backend", "dlib"]) == 2
+    assert main(["compare", SMALL, NOISE, "--face-backend", "dlib"]) == 2
     assert capsys.readouterr().err.strip() == f"error: no face found in {NOISE}"
 
 
@@ -77,14 +77,14 @@ def test_faces_with_antelopev2_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     pixels[320:352, 320:352] = 255
     photo = tmp_path / "cell.png"
     Image.fromarray(pixels).save(photo)
-    assert main(["faces", str(photo), "--backend", "antelopev2", "--antelopev2-root", str(root), "--json"]) == 0
+    assert main(["faces", str(photo), "--face-backend", "antelopev2", "--antelopev2-root", str(root), "--json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     (face,) = record["faces"]
     assert face["space"] == "antelopev2-512" and len(face["embedding"]) == 512
     assert face["bbox"] == pytest.approx([256, 256, 384, 384])
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["faces", str(photo), "--backend", "antelopev2", "--antelopev2-root", str(empty)]) == 2
+    assert main(["faces", str(photo), "--face-backend", "antelopev2", "--antelopev2-root", str(empty)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: antelopev2 face model not found") and "\n" not in err
 
@@ -93,7 +93,7 @@ def test_faces_with_antelopev2_files(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_faces_on_a_tiny_image_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (2, 2), "white").save(tiny)
-    assert main(["faces", str(tiny), SMALL, "--backend", "dlib", "--json"]) == 2
+    assert main(["faces", str(tiny), SMALL, "--face-backend", "dlib", "--json"]) == 2
     captured = capsys.readouterr()
     assert [len(r["faces"]) for r in json.loads(captured.out)] == [0, 1], "the other photo is still analysed"
     assert captured.err.strip() == (f"error: cannot read image {tiny}: the image is too small (2x2); "
@@ -103,7 +103,7 @@ def test_faces_on_a_tiny_image_is_one_error_line(tmp_path: Path, capsys: pytest.
 @needs_photos
 def test_faces_draw_creates_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "out"
-    assert main(["faces", SMALL, "--backend", "dlib", "--draw", f"{folder}/"]) == 0
+    assert main(["faces", SMALL, "--face-backend", "dlib", "--draw", f"{folder}/"]) == 0
     assert [p.name for p in folder.iterdir()] == ["edge_obama_small_faces.png"]
     assert Image.open(folder / "edge_obama_small_faces.png").size == Image.open(SMALL).size
 
@@ -119,7 +119,7 @@ def test_faces_draw_into_a_file_is_one_error_before_analysis(
         raise AssertionError("the output path is checked before the face model loads")
 
     monkeypatch.setattr("instantid.cli.faces.create_face_analyzer", no_analysis)
-    assert main(["faces", SMALL, "--backend", "dlib", "--draw", str(tmp_path / target)]) == 2
+    assert main(["faces", SMALL, "--face-backend", "dlib", "--draw", str(tmp_path / target)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: --draw ")

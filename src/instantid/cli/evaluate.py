@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from instantid.cli import app
+from instantid.cli.faces import ANTELOPEV2_ROOT_OPTION, BACKEND_ALIAS_OPTION, face_analyzer
 from instantid.cli.generate import load_model, progress_bar
 from instantid.cli.options import with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
@@ -32,16 +33,22 @@ _CLIP_WEIGHTS = typer.Option(
     None, "--clip-weights", dir_okay=False, envvar="INSTANTID_CLIP_WEIGHTS",
     help="Local open_clip checkpoint for the CLIP score; without it the score is reported as skipped.",
 )
+# Scoring defaults to dlib: a generator scored by the face model that conditioned it is rewarded for copying
+# that model's quirks.
+_SCORING_BACKEND = typer.Option(
+    "dlib", "--face-backend", help="Face model that finds faces (and embeds them unless --id-model is given): "
+    "dlib, antelopev2 or auto.",
+)
 _CLIP_MODEL = typer.Option("ViT-B-32", "--clip-model", help="open_clip architecture of --clip-weights.")
 
 
 def _score_and_report(samples: list[Sample], out: Path, id_model: Path | None, id_threshold: float | None,
-                      clip_weights: Path | None, clip_model: str, title: str) -> None:
+                      clip_weights: Path | None, clip_model: str, title: str, detector: Any = None) -> None:
     from instantid.evaluation import create_recogniser, evaluate, load_clip_scorer, write_report
 
     if id_threshold is not None and id_model is None:
         raise InvalidInputError("--id-threshold applies to --id-model only")
-    recogniser = create_recogniser(id_model, id_threshold)
+    recogniser = create_recogniser(id_model, id_threshold, detector=detector)
     clip, clip_status = load_clip_scorer(clip_weights, clip_model)
     if clip is None:
         typer.echo(f"CLIP score {clip_status}", err=True)
@@ -69,6 +76,9 @@ def evaluate_command(
     identity: str | None = typer.Option(None, "--identity", help="Name of the person [default: reference stem]."),
     out: Path = typer.Option(Path("evaluation"), "-o", "--out", file_okay=False,
                              help="Folder for evaluation.json, report.html and grid.png."),
+    face_backend: str = _SCORING_BACKEND,
+    backend: str | None = BACKEND_ALIAS_OPTION,
+    antelopev2_root: Path | None = ANTELOPEV2_ROOT_OPTION,
     id_model: Path | None = _ID_MODEL,
     id_threshold: float | None = _ID_THRESHOLD,
     clip_weights: Path | None = _CLIP_WEIGHTS,
@@ -84,7 +94,9 @@ def evaluate_command(
             typer.echo(f"  {item.path}: {item.reason}", err=True)
         if len(skipped) > 10:
             typer.echo(f"  ... and {len(skipped) - 10} more", err=True)
-    _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model, "InstantID evaluation")
+    detector = face_analyzer(face_backend, backend, antelopev2_root)
+    _score_and_report(samples, out, id_model, id_threshold, clip_weights, clip_model, "InstantID evaluation",
+                      detector)
 
 
 @benchmark_app.command("run")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from enum import Enum
 from pathlib import Path
 
 import cv2
@@ -13,25 +12,22 @@ import typer
 from PIL import Image
 
 from instantid.cli import app
+from instantid.cli.options import model_option
 from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
-from instantid.faces import BACKENDS, Face, FaceAnalyzer, create_face_analyzer, load_image
+from instantid.faces import Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.keypoints import KPS_COLORS
 from instantid.outputs import prepare_folder, write_bytes_atomically
 
-Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # typer lists the choices in --help
-
-_BACKEND_OPTION = typer.Option(
-    Backend.auto, "--backend",
-    help="Face model: antelopev2 (the published one), dlib (installs from PyPI), auto (antelopev2 if found).",
-)
-_ROOT_OPTION = typer.Option(
-    None, "--antelopev2-root", help="Folder holding scrfd_10g_bnkps.onnx and glintr100.onnx.",
-    file_okay=False,
-)
+# One declaration (ModelSettings) gives every command the same --face-backend and --antelopev2-root options;
+# --backend is the spelling faces/compare/prepare used before, kept working but hidden.
+FACE_BACKEND_OPTION = model_option("face_backend")
+BACKEND_ALIAS_OPTION = typer.Option(None, "--backend", hidden=True, help="Old spelling of --face-backend.")
+ANTELOPEV2_ROOT_OPTION = model_option("antelopev2_root")
 
 
-def _analyzer(backend: Backend, root: Path | None) -> FaceAnalyzer:
-    return create_face_analyzer(backend.value, root=root)
+def face_analyzer(face_backend: str, backend_alias: str | None, root: Path | None) -> FaceAnalyzer:
+    """The analyzer the user asked for (the hidden ``--backend`` spelling wins when given)."""
+    return create_face_analyzer(backend_alias if backend_alias is not None else face_backend, root=root)
 
 
 def draw_faces(image: Image.Image, faces: list[Face]) -> Image.Image:
@@ -94,8 +90,9 @@ def _table(path: Path, faces: list[Face]) -> str:
 @app.command("faces")
 def faces_command(
     images: list[Path] = typer.Argument(..., help="Photos to analyse.", dir_okay=False),
-    backend: Backend = _BACKEND_OPTION,
-    antelopev2_root: Path | None = _ROOT_OPTION,
+    face_backend: str = FACE_BACKEND_OPTION,
+    backend: str | None = BACKEND_ALIAS_OPTION,
+    antelopev2_root: Path | None = ANTELOPEV2_ROOT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     draw: Path | None = typer.Option(
         None, "--draw", help="Save the photo with boxes and numbered keypoints: a .png/.jpg file (one image), "
@@ -107,7 +104,7 @@ def faces_command(
     Exit code 2 when an image is unreadable or shows no face (each named on stderr); the rest are reported.
     """
     targets = _draw_targets(images, draw) if draw is not None else None  # a bad path fails before the models load
-    analyzer = _analyzer(backend, antelopev2_root)
+    analyzer = face_analyzer(face_backend, backend, antelopev2_root)
     errors: list[InstantIDError] = []
     records = []
     for i, path in enumerate(images):
@@ -137,11 +134,12 @@ def faces_command(
 def compare_command(
     image_a: Path = typer.Argument(..., help="First photo (its largest face is used).", dir_okay=False),
     image_b: Path = typer.Argument(..., help="Second photo (its largest face is used).", dir_okay=False),
-    backend: Backend = _BACKEND_OPTION,
-    antelopev2_root: Path | None = _ROOT_OPTION,
+    face_backend: str = FACE_BACKEND_OPTION,
+    backend: str | None = BACKEND_ALIAS_OPTION,
+    antelopev2_root: Path | None = ANTELOPEV2_ROOT_OPTION,
 ) -> None:
     """Identity distance between the largest faces of two photos, and the same/different verdict."""
-    analyzer = _analyzer(backend, antelopev2_root)
+    analyzer = face_analyzer(face_backend, backend, antelopev2_root)
     a = analyzer.get_face(image_a, name=str(image_a))
     b = analyzer.get_face(image_b, name=str(image_b))
     distance = analyzer.distance(a.embedding, b.embedding)

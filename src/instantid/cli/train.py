@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from instantid.cli import app
-from instantid.faces import BACKENDS
-
-Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)
+from instantid.cli.faces import ANTELOPEV2_ROOT_OPTION, BACKEND_ALIAS_OPTION, FACE_BACKEND_OPTION, face_analyzer
 
 
 @app.command()
 def prepare(
     inputs: list[Path] = typer.Argument(..., help="Folders of images (+ .txt captions) or webdataset .tar shards."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for manifest.jsonl, images/, embeddings/."),
-    backend: Backend = typer.Option(Backend.auto, "--backend", help="Face model; its embedding space is recorded."),
-    antelopev2_root: Path | None = typer.Option(None, "--antelopev2-root", file_okay=False,
-                                                help="Folder holding scrfd_10g_bnkps.onnx and glintr100.onnx."),
+    face_backend: str = FACE_BACKEND_OPTION,
+    backend: str | None = BACKEND_ALIAS_OPTION,
+    antelopev2_root: Path | None = ANTELOPEV2_ROOT_OPTION,
     captions: Path | None = typer.Option(None, "--captions", help='JSONL of {"file", "caption"} for folder inputs.'),
     max_faces: int = typer.Option(1, help="Drop images with more faces (paper: single-person images)."),
     min_face_px: float = typer.Option(64.0, help="Drop faces whose box is shorter than this (pixels)."),
@@ -30,14 +27,13 @@ def prepare(
     allow_empty_caption: bool = typer.Option(False, help="Keep images without a caption (as an empty one)."),
 ) -> None:
     """Analyse captioned photos into a training set (resumable: reruns skip what is already decided)."""
-    from instantid.faces import create_face_analyzer
     from instantid.training.prepare import PrepareConfig
     from instantid.training.prepare import prepare as run_prepare
 
     config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,
                            min_score=min_score, workers=workers, allow_empty_caption=allow_empty_caption)
     summary = run_prepare(
-        inputs, out, lambda: create_face_analyzer(backend.value, root=antelopev2_root), config, captions_jsonl=captions,
+        inputs, out, lambda: face_analyzer(face_backend, backend, antelopev2_root), config, captions_jsonl=captions,
     )
     typer.echo(json.dumps(summary, indent=2))
 

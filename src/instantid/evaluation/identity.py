@@ -18,17 +18,20 @@ from instantid.faces import FaceAnalyzer, create_face_analyzer
 
 
 def create_recogniser(
-    id_model: str | Path | None = None, same_person_threshold: float | None = None
+    id_model: str | Path | None = None, same_person_threshold: float | None = None,
+    detector: FaceAnalyzer | None = None,
 ) -> FaceAnalyzer:
-    """dlib by default; an ArcFace-style ONNX model when ``id_model`` is given.
+    """``detector`` (dlib by default) as is, or re-embedded by an ArcFace-style ONNX model ``id_model``.
 
-    ``same_person_threshold`` is a distance (cosine distance for ONNX models); dlib keeps its calibrated 0.6.
+    ``same_person_threshold`` is a distance (cosine distance for ONNX models); without ``id_model`` the
+    detector's calibrated threshold is used.
     """
+    detector = detector or create_face_analyzer("dlib")
     if id_model is None:
-        return create_face_analyzer("dlib")
+        return detector
     from instantid.faces.arcface import ArcFaceAnalyzer
 
-    return ArcFaceAnalyzer(id_model, same_person_threshold=same_person_threshold)
+    return ArcFaceAnalyzer(id_model, detector=detector, same_person_threshold=same_person_threshold)
 
 
 def largest_face_embedding(recogniser: FaceAnalyzer, image: Image.Image, name: str | None = None) -> np.ndarray | None:

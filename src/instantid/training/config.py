@@ -1,4 +1,5 @@
-"""Training configuration: one dataclass, one comment per field; command-line flags are derived from it.
+"""Training configuration: one dataclass, one comment per field; command-line flags and their help are derived
+from it.
 
 Defaults follow the paper's recipe (SDXL frozen; Resampler + decoupled cross-attention + IdentityNet trained,
 batch 2 per GPU, epsilon MSE) and diffusers' ``train_controlnet_sdxl.py`` where the paper is silent.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from instantid.errors import InvalidInputError
 
@@ -69,20 +73,22 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse settings that would fail late (after loading models) with a clear one-line error."""
         if not self.data_dir:
-            raise InvalidInputError("data_dir is required: a folder written by `instantid prepare`")
+            raise InvalidInputError("--data-dir is required: a folder written by `instantid prepare`")
         if self.resolution <= 0 or self.resolution % 8:
-            raise InvalidInputError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+            raise InvalidInputError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise InvalidInputError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise InvalidInputError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.export_format not in ("bin", "safetensors"):
-            raise InvalidInputError(f"export_format must be bin or safetensors, got {self.export_format!r}")
+            raise InvalidInputError(f"--export-format must be bin or safetensors, got {self.export_format!r}")
         for name in ("text_dropout", "face_dropout"):
             if not 0 <= getattr(self, name) < 1:
-                raise InvalidInputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise InvalidInputError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.resampler_depth != 4:
-            raise InvalidInputError("resampler_depth must be 4: diffusers' IP-Adapter-Plus loader builds 4 layers")
+            raise InvalidInputError("--resampler-depth must be 4: diffusers' IP-Adapter-Plus loader builds 4 layers")
         if min(self.train_batch_size, self.max_train_steps, self.gradient_accumulation_steps) < 1:
-            raise InvalidInputError("train_batch_size, max_train_steps and gradient_accumulation_steps must be >= 1")
+            raise InvalidInputError(
+                "--train-batch-size, --max-train-steps and --gradient-accumulation-steps must be >= 1"
+            )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2), encoding="utf-8")
@@ -90,6 +96,11 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a config field (errors name what the user typed)."""
+    return "--" + name.replace("_", "-")
 
 
 def _flag_type(annotation: object) -> type:
@@ -100,18 +111,34 @@ def _flag_type(annotation: object) -> type:
     return hint  # type: ignore[return-value]
 
 
+def field_help() -> dict[str, str]:
+    """Each field's trailing comment in the class body above: the one description of a field, shown by --help."""
+    found = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        match = re.match(r"\s{4}(\w+): [^=]+=.*?  # (.+)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).replace("%", "%%")  # argparse formats help with %
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """``--field value`` flags for every config field (``--use_ema`` / ``--no-use_ema`` for booleans);
+    """``--field-name value`` flags for every config field (``--use-ema`` / ``--no-use-ema`` for booleans);
+    the underscore spellings (``--data_dir``) of earlier releases and diffusers' scripts still work, unlisted.
     ``--config run.json`` reads a saved config first, flags then override it."""
-    parser = argparse.ArgumentParser(prog="instantid train", description="Train InstantID (adapter + IdentityNet).")
+    parser = argparse.ArgumentParser(prog="instantid train", description="Train InstantID (adapter + IdentityNet).",
+                                     allow_abbrev=False)
     parser.add_argument("--config", help="a JSON config (e.g. output_dir/train_config.json); flags override it")
     hints = typing.get_type_hints(TrainConfig)
+    helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         kind = _flag_type(hints[f.name])
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, default=None)
+        hyphen, underscore = flag(f.name), "--" + f.name
+        spec: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {
+            "type": kind, "metavar": {"str": "TEXT"}.get(kind.__name__, kind.__name__.upper())}
+        shown = "" if f.default == "" else f" [default: {'none' if f.default is None else f.default}]"
+        parser.add_argument(hyphen, dest=f.name, default=None, help=helps.get(f.name, "") + shown, **spec)
+        if underscore != hyphen:
+            parser.add_argument(underscore, dest=f.name, default=None, help=argparse.SUPPRESS, **spec)
     args = parser.parse_args(argv)
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
