@@ -279,7 +279,7 @@ def run_pipeline(
                           else app.default_scheduler)
         try:
             images = pipe(
-                **app._prompt_arguments(prompt, negative),
+                **app._prompt_arguments(prompt, negative, settings.guidance_scale),
                 controlnet_conditioning_scale=settings.identitynet_strength,
                 ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
                 guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
