@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, demo_model
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
 
 pytestmark = [
     pytest.mark.browser,
@@ -14,13 +15,19 @@ pytestmark = [
                        "(apt-get install -y chromium; scripts/setup.sh does it)"),
 ]
 SCREENSHOT = "/tmp/instantid_webui.png"
+WAIT = 60_000  # ms; analysis and a 2-step demo generation take seconds, more on a loaded machine
 
 
 @pytest.fixture(scope="module")
-def ui_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ui")
+
+
+@pytest.fixture(scope="module")
+def ui_url(tmp_path_factory: pytest.TempPathFactory, out_dir: Path) -> Iterator[str]:
     from instantid.webui import create_ui
 
-    ui = create_ui(demo_model(tmp_path_factory.getbasetemp() / "demo"), out_dir=tmp_path_factory.mktemp("ui"))
+    ui = create_ui(demo_model(tmp_path_factory.getbasetemp() / "demo"), out_dir=out_dir)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -40,30 +47,88 @@ def browser() -> Iterator[object]:
 
 
 def open_page(browser: object, url: str) -> object:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.wait_for_selector("#generate")
     return page
 
 
-def test_upload_and_generate_shows_image(browser: object, ui_url: str) -> None:
+def upload(page: object, photo: Path) -> None:
+    page.locator("#faces input[type=file]").set_input_files(str(photo))
+
+
+def add_photo(page: object, photo: Path) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.locator("#add-photo").click()
+    chooser.value.set_files(str(photo))
+
+
+def wait_for_count(page: object, text: str) -> None:
+    page.locator("#reference-count").get_by_text(text).wait_for(timeout=WAIT)
+
+
+def test_upload_previews_the_face_then_generates_into_the_folder(browser: object, ui_url: str,
+                                                                 out_dir: Path) -> None:
     page = open_page(browser, ui_url)
-    page.locator("#notice").get_by_text("images are noise").wait_for(timeout=20_000)  # demo banner
-    page.locator("#faces input[type=file]").set_input_files(str(FACES / "obama_1.jpg"))
+    page.locator("#notice").get_by_text("images are noise").wait_for(timeout=WAIT)  # demo banner
+    assert str(out_dir) in page.locator("#out-dir").inner_text()
+    upload(page, FACES / "obama_1.jpg")
+    page.locator("#references img").first.wait_for(timeout=WAIT)  # the detected face, before generating
+    wait_for_count(page, "1 reference photo")
+    assert page.locator("#references img").first.evaluate("img => img.naturalWidth") > 0
     page.get_by_label("Prompt").fill("a portrait in the snow")
+    page.get_by_text("Advanced").click()
+    page.locator("#steps input[type=number]").fill("2")
     page.locator("#generate").click()
     image = page.locator("#gallery img").first
-    image.wait_for(timeout=60_000)
+    image.wait_for(timeout=WAIT)
     assert page.locator("#info").get_by_text("Seed ").count() == 1
     page.screenshot(path=SCREENSHOT, full_page=True)
     assert image.evaluate("img => img.naturalWidth") > 0
+    saved = sorted(out_dir.glob("instantid-*.png"))
+    assert saved and saved[0].with_suffix(".json").is_file()
     page.close()
 
 
-def test_no_face_shows_readable_error(browser: object, ui_url: str) -> None:
+def test_second_upload_replaces_and_add_keeps_both(browser: object, ui_url: str) -> None:
     page = open_page(browser, ui_url)
-    page.locator("#faces input[type=file]").set_input_files(str(FACES / "edge_no_face_noise.png"))
-    page.locator("#generate").click()
-    page.get_by_text("no face found in edge_no_face_noise.png").first.wait_for(timeout=30_000)
+    upload(page, FACES / "obama_1.jpg")
+    wait_for_count(page, "1 reference photo")
+    upload(page, FACES / "lecun_1.jpg")
+    page.locator("#references").get_by_text("lecun_1.jpg").wait_for(timeout=WAIT)
+    assert page.locator("#references img").count() == 1
+    assert "1 reference photo" in page.locator("#reference-count").inner_text()
+    add_photo(page, FACES / "obama_2.jpg")
+    wait_for_count(page, "2 reference photos")
+    assert page.locator("#references img").count() == 2
+    # Two different people: said in the page, not only in a log.
+    page.locator("#reference-warnings").get_by_text("different people").wait_for(timeout=WAIT)
+    page.close()
+
+
+def test_no_face_shows_readable_error_and_keeps_the_set(browser: object, ui_url: str) -> None:
+    page = open_page(browser, ui_url)
+    upload(page, FACES / "obama_1.jpg")
+    wait_for_count(page, "1 reference photo")
+    upload(page, NO_FACE)
+    page.get_by_text(f"no face found in {NO_FACE.name}").first.wait_for(timeout=WAIT)
+    assert "1 reference photo" in page.locator("#reference-count").inner_text()
+    assert page.locator("#references").get_by_text("obama_1.jpg").count() == 1
     assert page.locator("#gallery img").count() == 0
+    page.close()
+
+
+def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser: object, ui_url: str) -> None:
+    page = open_page(browser, ui_url)
+    page.locator("#examples").get_by_text("a portrait in the snow, soft light").click()
+    page.locator("#references").get_by_text("face.jpg").wait_for(timeout=WAIT)
+    wait_for_count(page, "1 reference photo")
+    assert page.get_by_label("Prompt").input_value() == "a portrait in the snow, soft light"
+    page.get_by_text("Advanced").click()
+    page.locator("#few-step input[type=checkbox]").check()
+    page.wait_for_function("document.querySelector('#steps input[type=number]').value === '6'", timeout=WAIT)
+    assert page.locator("#guidance_scale input[type=number]").input_value() == "1.5"
+    assert page.locator("#scheduler input").input_value() == "lcm"
+    page.locator("#few-step input[type=checkbox]").uncheck()
+    page.wait_for_function("document.querySelector('#steps input[type=number]').value === '30'", timeout=WAIT)
     page.close()

@@ -95,9 +95,10 @@ class PortraitTab:
             metadata = result.image_metadata(i)
             path = write_image(image, metadata, self.ctx.out_dir, f"instantid-{metadata['seed']}")
             gallery.append((str(path), f"seed {metadata['seed']}"))
+        names = ", ".join(Path(path).name for path, _ in gallery)
         info = (f"Seed {result.settings.seed}, {result.metadata['width']}x{result.metadata['height']}, "
-                f"{result.settings.steps} steps, {result.metadata.get('sampler', '')}. "
-                f"Saved to `{Path(gallery[0][0]).parent}`.\n\nPrompt used: {result.metadata['prompt']}")
+                f"{result.settings.steps} steps, {result.metadata.get('sampler', '')}. Saved as {names}.\n\n"
+                f"Prompt used: {result.metadata['prompt'] or '(none: from the face alone)'}")
         if self.ctx.demo():
             info += "\n\n" + self.ctx.demo_notice
         return gallery, info
