@@ -57,6 +57,8 @@ def resolve_base(ref: str, local_only: bool = False) -> Path:
     if path.exists():
         if path.is_file() and path.suffix in (".safetensors", ".ckpt"):
             return path
+        if path.is_file():
+            raise _missing("base", ref, "a file that is not a .safetensors or .ckpt checkpoint")
         if (path / "model_index.json").is_file():
             return path
         raise _missing("base", ref, "no model_index.json in that folder")

@@ -236,7 +236,7 @@ def batch_command(
     listed = batch.write_failures(out, failures)
     if listed is not None:
         console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
-        raise SystemExit(1)
+        raise typer.Exit(1)
 
 
 def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:
@@ -289,5 +289,5 @@ def doctor_command(
         typer.echo(f"[info] dlib face models: {exc}")
     typer.echo("everything needed for real generation is present" if ok else
                "some files are missing (see above); `instantid generate --demo` works without them")
-    # SystemExit, not typer.Exit: main() runs click with standalone_mode=False, which drops Exit codes.
-    raise SystemExit(0 if ok else 1)
+    # main() runs click with standalone_mode=False, which returns an Exit's code rather than exiting.
+    raise typer.Exit(0 if ok else 1)
