@@ -183,3 +183,11 @@ def test_output_folder_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "out").write_text("x")
     assert main(["batch", str(_job(tmp_path)), "-o", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().endswith("is a file, not a folder; give another folder")
+
+
+def test_example_job_file_is_valid_and_a_typed_flag_wins() -> None:
+    example = load_job(Path(__file__).resolve().parents[1] / "examples" / "jobs.yaml")
+    planned, problems = plan(example, GenerationSettings(steps=4), {"steps"}, {}, Path("unused"))
+    assert problems == [] and len(planned) == 6
+    assert {p.settings.steps for p in planned} == {4}  # the README's quick demo: --steps 4 beats the file's 30
+    assert [p.settings.guidance_scale for p in planned] == [5.0, 5.0, 5.0, 5.0, 4.0, 4.0]
