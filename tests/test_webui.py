@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
 
+from instantid.presets import get_preset
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
                        "(apt-get install -y chromium; scripts/setup.sh does it)"),
 ]
 SCREENSHOT = "/tmp/instantid_webui.png"
+LCM = get_preset("lcm-lora")
 WAIT = 60_000  # ms; analysis and a 2-step demo generation take seconds, more on a loaded machine
 
 
@@ -126,8 +129,9 @@ def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser:
     assert page.get_by_label("Prompt").input_value() == "a portrait in the snow, soft light"
     page.get_by_text("Advanced").click()
     page.locator("#few-step input[type=checkbox]").check()
-    page.wait_for_function("document.querySelector('#steps input[type=number]').value === '6'", timeout=WAIT)
-    assert page.locator("#guidance_scale input[type=number]").input_value() == "1.5"
+    page.wait_for_function(f"document.querySelector('#steps input[type=number]').value === '{LCM.steps}'",
+                           timeout=WAIT)
+    assert float(page.locator("#guidance_scale input[type=number]").input_value()) == LCM.guidance_scale
     assert page.locator("#scheduler input").input_value() == "lcm"
     page.locator("#few-step input[type=checkbox]").uncheck()
     page.wait_for_function("document.querySelector('#steps input[type=number]').value === '30'", timeout=WAIT)

@@ -13,7 +13,7 @@ from _demo import FACES, NO_FACE, demo_model
 
 from instantid.errors import InvalidInputError
 from instantid.outputs import read_metadata
-from instantid.settings import make_settings
+from instantid.settings import SCHEDULERS, make_settings
 from instantid.webui import UIContext, prepare_out_dir
 from instantid.webui.portrait import PortraitTab
 
@@ -145,11 +145,15 @@ def test_bad_setting_names_the_control(model: Any, tmp_path: Path) -> None:
         tab.generate(photos, None, {"width": "64"})
 
 
-def test_few_step_values_are_valid_settings() -> None:
+def test_few_step_toggle_uses_the_lcm_lora_preset() -> None:
+    from instantid.presets import get_preset
+
+    preset = get_preset("lcm-lora")
     ctx = UIContext(get_model=lambda: None, out_dir=Path("."), submit=lambda *a: None)
     on = make_settings(dict(zip(ctx.few_step_fields(), ctx.few_step_values(True), strict=True)))
     off = make_settings(dict(zip(ctx.few_step_fields(), ctx.few_step_values(False), strict=True)))
-    assert (on.scheduler, on.steps, on.guidance_scale) == ("lcm", 6, 1.5)
+    assert (on.scheduler, on.steps, on.guidance_scale) == ("lcm", preset.steps, preset.guidance_scale)
+    assert SCHEDULERS[on.scheduler][0] == preset.scheduler
     assert (off.scheduler, off.steps, off.guidance_scale) == (None, 30, 5.0)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.settings import GenerationSettings
+from instantid.settings import SCHEDULERS, GenerationSettings
 from instantid.webui.references import IdentityCache
 
 if TYPE_CHECKING:
@@ -40,9 +40,8 @@ DEMO_NOTICE = (
 )
 # Bundled with the source tree (examples/face.jpg); an installed wheel has none and shows no examples.
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[3] / "examples" / "face.jpg"
-# The few-step toggle: the LCM sampler at the step count and guidance LCM-LoRA is trained for (the published
-# demo's "Enable LCM" uses 5 steps and guidance 1.5). It only sets the visible controls, which can be edited.
-FEW_STEP = {"scheduler": "lcm", "steps": 6, "guidance_scale": 1.5}
+# The few-step toggle uses this preset's published sampler, steps and guidance (instantid.presets).
+FEW_STEP_PRESET = "lcm-lora"
 
 
 def prepare_out_dir(out_dir: str | Path | None, label: str = "outputs folder") -> Path:
@@ -84,21 +83,29 @@ class UIContext:
         lora = getattr(self.get_model(), "lora", None)
         return bool(lora) and "lcm" in str(lora).lower()
 
-    @staticmethod
-    def few_step_fields() -> list[str]:
-        return list(FEW_STEP)
+    def few_step(self) -> dict[str, Any]:
+        """The controls the few-step toggle sets: the preset's sampler (as a settings scheduler name), steps and
+        guidance. They stay visible and editable; the toggle holds no hidden state."""
+        from instantid.presets import get_preset
 
-    @staticmethod
-    def few_step_values(on: bool) -> list[Any]:
-        """The controls' values with the toggle on (FEW_STEP) or off (the settings' defaults)."""
+        preset = get_preset(FEW_STEP_PRESET)
+        scheduler = next(name for name, (cls, extra, _) in SCHEDULERS.items()
+                         if cls == preset.scheduler and not extra)
+        return {"scheduler": scheduler, "steps": preset.steps, "guidance_scale": preset.guidance_scale}
+
+    def few_step_fields(self) -> list[str]:
+        return list(self.few_step())
+
+    def few_step_values(self, on: bool) -> list[Any]:
+        """The controls' values with the toggle on (the preset's) or off (the settings' defaults)."""
         defaults = GenerationSettings.model_fields
-        return [FEW_STEP[name] if on else defaults[name].default for name in FEW_STEP]
+        return [value if on else defaults[name].default for name, value in self.few_step().items()]
 
-    @staticmethod
-    def few_step_info() -> str:
-        return (f"Sets the LCM sampler, {FEW_STEP['steps']} steps and guidance {FEW_STEP['guidance_scale']} "
-                "(off: back to the defaults). Needs an LCM LoRA, e.g. `instantid ui --lora "
-                "latent-consistency/lcm-lora-sdxl`; on when one is loaded.")
+    def few_step_info(self) -> str:
+        values = self.few_step()
+        return (f"Sets the {values['scheduler'].upper()} sampler, {values['steps']} steps and guidance "
+                f"{values['guidance_scale']} ({FEW_STEP_PRESET} preset; off: back to the defaults). Needs that LoRA: "
+                "`instantid ui --lora latent-consistency/lcm-lora-sdxl`; on when an LCM LoRA is loaded.")
 
     def notice(self) -> str:
         lines = [self.demo_notice] if self.demo() else []
