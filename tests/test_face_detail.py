@@ -1,0 +1,97 @@
+"""Face detail second pass on the tiny stack: faces found in a picture are redrawn at the model's working size
+and blended back; everything outside each feathered region, and pictures without a face, stay exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _demo import FACE, FACES, demo_model
+from PIL import Image
+
+from instantid.errors import InvalidInputError
+from instantid.face_detail import FaceDetailOptions, refine_faces
+from instantid.settings import GenerationSettings
+
+SETTINGS = GenerationSettings(prompt="a portrait", steps=4)
+OPTIONS = FaceDetailOptions(strength=0.5, resolution=128)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):
+    model = demo_model(tmp_path_factory.getbasetemp() / "demo-detail")
+    model.pipe.set_progress_bar_config(disable=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def person(app):
+    return app.prepare_identity(FACES / "obama_1.jpg")
+
+
+def _picture_with_a_small_face() -> Image.Image:
+    """A 'full-body' picture: a real face photo, shrunk, in a larger canvas (so detection works)."""
+    rng = np.random.RandomState(3)
+    canvas = Image.fromarray(rng.randint(90, 160, (400, 360, 3), dtype=np.uint8))
+    canvas.paste(Image.open(FACE).convert("RGB"), (30, 60))
+    return canvas
+
+
+def _far_from(size: tuple[int, int], ellipse: list[float], feather: float) -> np.ndarray:
+    """Pixels more than ``feather`` (+1) from the ellipse, outside it: at normalised radius r a pixel is at least
+    (r - 1) x the minor radius away."""
+    cx, cy, rx, ry = ellipse
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]] + 0.5
+    r = np.sqrt(((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2)
+    return (r - 1) * min(rx, ry) > feather + 1
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    from instantid.pipeline import StableDiffusionXLInstantIDImg2ImgPipeline as Pipe
+
+    seen: list[tuple[int, int]] = []
+    original = Pipe.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["image"].size)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipe, "__call__", spy)
+    return seen
+
+
+def test_faces_are_redrawn_at_working_size_and_the_rest_is_untouched(app, person, calls) -> None:
+    picture = _picture_with_a_small_face()
+    noise = Image.open(FACES / "edge_no_face_noise.png").convert("RGB")
+    images, info = refine_faces(app, person, [picture, noise], SETTINGS, seeds=[1, 2], options=OPTIONS)
+    assert calls == [(128, 128)]  # one face, worked on at the model's size; nothing for the faceless picture
+    assert info["ran"] is True and info["strength"] == 0.5 and info["resolution"] == 128
+    assert info["denoising_steps"] == 2
+    first, second = info["images"]
+    assert second == {"faces": [], "skipped": "no face found"}
+    assert np.array_equal(np.asarray(images[1]), np.asarray(noise))
+    assert len(first["faces"]) == 1 and first["skipped"] is None
+    face = first["faces"][0]
+    out, original = np.asarray(images[0]), np.asarray(picture)
+    assert images[0].size == picture.size
+    far = _far_from(picture.size, face["ellipse"], face["feather_px"])
+    assert np.array_equal(out[far], original[far])
+    x1, y1, x2, y2 = (int(v) for v in face["face_box"])
+    assert np.abs(out[y1:y2, x1:x2].astype(int) - original[y1:y2, x1:x2]).mean() > 5  # the face was redrawn
+    # The same seeds give the same pass.
+    again, _ = refine_faces(app, person, [picture], SETTINGS, seeds=[1], options=OPTIONS)
+    assert np.array_equal(np.asarray(again[0]), out)
+
+
+def test_nothing_found_is_recorded_not_an_error(app, person) -> None:
+    noise = Image.open(FACES / "edge_no_face_noise.png").convert("RGB")
+    images, info = refine_faces(app, person, [noise], SETTINGS, seeds=[0], options=OPTIONS)
+    assert info["ran"] is False and info["images"][0]["skipped"] == "no face found"
+    assert images[0] is noise or np.array_equal(np.asarray(images[0]), np.asarray(noise))
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(InvalidInputError, match="strength must be in"):
+        FaceDetailOptions(strength=0)
+    with pytest.raises(InvalidInputError, match="multiple of 8"):
+        FaceDetailOptions(resolution=100)
