@@ -223,3 +223,42 @@ def test_train_refuses_data_of_another_embedding_space(setup: dict) -> None:
 def test_parse_args_reads_every_field() -> None:
     config = parse_args(["--data_dir", "d", "--use_ema", "--resolution", "512", "--checkpoints_total_limit", "3"])
     assert (config.use_ema, config.resolution, config.checkpoints_total_limit) == (True, 512, 3)
+
+
+def test_training_forward_is_the_pipelines_denoising_step(fixture_pipe) -> None:
+    """InstantIDNet.forward on the inputs of a pipeline step gives that step's noise prediction, and runs the
+    Resampler once (its tokens feed IdentityNet and the UNet)."""
+    from instantid import draw_kps
+    from instantid.training.model import InstantIDNet
+
+    pipe = fixture_pipe
+    emb = np.load(FIXTURE / "face_embedding.npy")
+    kps = draw_kps(Image.new("RGB", (64, 64)), [[22, 24], [42, 24], [32, 34], [24, 44], [40, 44]])
+    seen: dict = {}
+
+    def capture(module, args, kwargs, output):
+        seen.setdefault("sample", args[0].clone())
+        seen.setdefault("t", args[1])
+        seen.setdefault("pred", output[0].clone())
+
+    hook = pipe.unet.register_forward_hook(capture, with_kwargs=True)
+    try:
+        pipe(prompt="a person", image=kps, image_embeds=emb, num_inference_steps=1, guidance_scale=1.0,
+             controlnet_conditioning_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="latent")
+    finally:
+        hook.remove()
+    text, _, pooled, _ = pipe.encode_prompt("a person", device=torch.device("cpu"), do_classifier_free_guidance=False)
+    time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])  # original size, crop, target: as in training
+    kps_tensor = torch.from_numpy(np.asarray(kps, np.float32) / 255.0).permute(2, 0, 1)[None]
+    calls = []
+    resampler = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    counter = resampler.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            pred = InstantIDNet(pipe.unet, pipe.controlnet)(
+                seen["sample"], seen["t"].reshape(1), text, pooled, time_ids, torch.from_numpy(emb)[None], kps_tensor
+            )
+    finally:
+        counter.remove()
+    assert len(calls) == 1
+    torch.testing.assert_close(pred, seen["pred"], rtol=0, atol=1e-5)

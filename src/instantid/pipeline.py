@@ -89,6 +89,20 @@ class Person:
     weights: Sequence[float] | None = None  # one per reference embedding (weighted mean)
 
 
+def nearest_face_regions(face_centres: Sequence[Sequence[float]], size: tuple[int, int]) -> list[PIL.Image.Image]:
+    """One region mask per face for ``Person.mask``: every pixel of the (width, height) picture goes to the
+    nearest face centre (x, y), so the regions are disjoint and cover the picture. White = inside."""
+    centres = np.asarray(face_centres, dtype=np.float64).reshape(-1, 2)
+    if len(centres) == 0:
+        raise InvalidInputError("nearest_face_regions needs at least one face centre")
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    distance = (xs[None] - centres[:, 0, None, None]) ** 2 + (ys[None] - centres[:, 1, None, None]) ** 2
+    owner = distance.argmin(axis=0)
+    return [PIL.Image.fromarray(np.where(owner == i, 255, 0).astype(np.uint8)).convert("RGB")
+            for i in range(len(centres))]
+
+
 @dataclass(frozen=True)
 class CallRequest:
     """One ``__call__`` as the user made it (diffusers' argument names), before anything is computed."""
@@ -291,7 +305,9 @@ class InstantIDMixin:
         nets = len(self._nets())
         if req.identities is None:
             if req.keypoints is None:
-                raise InvalidInputError("image (the keypoint picture) is required")
+                raise InvalidInputError(
+                    "the keypoint picture is required (image=, or control_image= for image-to-image)"
+                )
             if nets > 1 and (not isinstance(req.keypoints, list) or len(req.keypoints) != nets):
                 raise InvalidInputError(f"give one control image per ControlNet ({nets}), IdentityNet's first")
             if req.image_embeds is None:
@@ -378,7 +394,9 @@ class InstantIDMixin:
             raise InvalidInputError("with several people give each Person a region mask")
         extra = [] if req.keypoints is None else req.keypoints
         if nets == 1 and req.keypoints is not None:
-            raise InvalidInputError("with identities=[...] the keypoint pictures go in each Person, not image")
+            raise InvalidInputError(
+                "with identities=[...] the keypoint pictures go in each Person, not in image / control_image"
+            )
         if nets > 1 and (not isinstance(extra, list) or len(extra) != nets - 1):
             raise InvalidInputError(
                 f"with identities=[...] give one control image per extra ControlNet ({nets - 1}) as image"

@@ -3,7 +3,7 @@
 ``InstantIDNet`` is the one ``nn.Module`` handed to ``accelerator.prepare`` (so DDP sees every trained
 parameter): the SDXL UNet with the face adapter installed exactly as inference installs it (diffusers'
 IP-Adapter machinery + our processors) and IdentityNet. Its forward is the pipeline's denoising step
-without guidance, so what is trained is what the pipeline runs.
+(:func:`instantid.denoise.denoise_step`) without guidance, so what is trained is what the pipeline runs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from instantid.adapter import (
     load_adapter_state_dict,
     random_adapter_state_dict,
 )
+from instantid.attention import FaceCall, FaceRegion
+from instantid.denoise import StepInputs, denoise_step, face_tokens
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, MissingWeightsError
 from instantid.training.config import TrainConfig
 
@@ -44,20 +46,16 @@ class InstantIDNet(torch.nn.Module):
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor,
         pooled: torch.Tensor, time_ids: torch.Tensor, face_embedding: torch.Tensor, kps_image: torch.Tensor,
     ) -> torch.Tensor:
-        """(B, 4, h, w) noisy latents -> (B, 4, h, w) prediction. ``face_embedding`` is (B, E), text (B, 77, D)."""
-        added = {"text_embeds": pooled, "time_ids": time_ids}
-        emb = face_embedding[:, None, None, :]  # (B, 1 image, 1 embedding, E), as the pipeline passes it
-        resampler = self.unet.encoder_hid_proj.image_projection_layers[0]
-        face_tokens = resampler(emb[:, 0].to(resampler.proj_in.weight.dtype))  # (B, Q, D)
-        down, mid = self.identitynet(
-            noisy_latents, timesteps, encoder_hidden_states=face_tokens, controlnet_cond=kps_image,
-            added_cond_kwargs=added, return_dict=False,
+        """(B, 4, h, w) noisy latents -> (B, 4, h, w) prediction. ``face_embedding`` is (B, E), text (B, 77, D).
+
+        The pipeline's own :func:`denoise_step` without guidance; the Resampler runs once per step and its
+        tokens feed both IdentityNet and the UNet's decoupled attention."""
+        faces = FaceCall((FaceRegion(face_tokens(self.unet, face_embedding)),), scale=None, cache=None)
+        inputs = StepInputs(
+            prompt_embeds=prompt_embeds, added_cond={"text_embeds": pooled, "time_ids": time_ids}, faces=faces,
+            identity_images=(kps_image,),
         )
-        return self.unet(
-            noisy_latents, timesteps, encoder_hidden_states=prompt_embeds,
-            added_cond_kwargs={**added, "image_embeds": [emb]},
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-        )[0]
+        return denoise_step(self.unet, [self.identitynet], noisy_latents, timesteps, inputs, scales=[1.0])
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
