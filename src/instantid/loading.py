@@ -238,15 +238,21 @@ def _read_hash_cache() -> dict[str, str]:
 def library_chatter(verbose: bool = False) -> Iterator[None]:
     """Silence diffusers/transformers/huggingface_hub loading bars, info logs and deprecation warnings while
     loading (``verbose`` keeps them): a user sees our one-line progress and errors, not the libraries'."""
-    if verbose:
-        yield
-        return
     import diffusers.utils.logging as diffusers_logging
     import huggingface_hub.utils as hub_utils
     import transformers.utils.logging as transformers_logging
 
     libraries = (diffusers_logging, transformers_logging)
     before = [(lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    if verbose:  # the CLI keeps the libraries at "error" by default; show their warnings as asked
+        for lib in libraries:
+            lib.set_verbosity_warning()
+        try:
+            yield
+        finally:
+            for lib, (level, _) in zip(libraries, before, strict=True):
+                lib.set_verbosity(level)
+        return
     hub_bars = not hub_utils.are_progress_bars_disabled()
     for lib in libraries:
         lib.set_verbosity_error()

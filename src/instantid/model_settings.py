@@ -80,6 +80,13 @@ class ModelSettings(BaseModel):
         return create_face_analyzer(self.face_backend, root=self.antelopev2_root)
 
     def load(self, analyzer: FaceAnalyzer | None = None) -> InstantID:
+        """Load everything, without the libraries' loading bars and warnings unless ``verbose``."""
+        from instantid.loading import library_chatter
+
+        with library_chatter(self.verbose):
+            return self._load(analyzer)
+
+    def _load(self, analyzer: FaceAnalyzer | None) -> InstantID:
         from instantid.generator import InstantID
 
         options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}

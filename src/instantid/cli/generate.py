@@ -22,13 +22,12 @@ DEMO_WARNING = (
 )
 
 def load_model(model: Any, analyzer: Any = None) -> Any:
-    """Load with a spinner, quietly unless ``--verbose``; announce demo mode loudly, before and after."""
-    from instantid.loading import library_chatter
-
+    """Load with a spinner (quietly unless ``--verbose``: ModelSettings.load); announce demo mode loudly, before
+    and after."""
     check_model_options(model)
     if model.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
-    with console.status("loading models..."), library_chatter(model.verbose):
+    with console.status("loading models..."):
         instant = model.load(analyzer) if analyzer is not None else model.load()
     instant.pipe.set_progress_bar_config(disable=True)  # our own bar shows the steps
     return instant
