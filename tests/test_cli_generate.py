@@ -217,3 +217,16 @@ def test_demo_run_prints_no_library_chatter(tmp_path: Path) -> None:
                     "FutureWarning", "torch_dtype", "kept in float32", "Warning", "it/s"):
         assert chatter not in run.stderr, run.stderr
     assert run.stdout.strip() == str(tmp_path / "out" / "a-watercolor-portrait_s1.png")
+
+
+def test_help_states_the_seed_rule_and_the_batch_precedence(capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from instantid.batch import PRECEDENCE
+
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["generate", "--help"]) == 0
+    generate_help = " ".join(capsys.readouterr().out.split())
+    assert "Each seed S gives --num-images images with seeds S, S+1, ...; a seed already made" in generate_help
+    assert main(["batch", "--help"]) == 0
+    batch_help = " ".join(capsys.readouterr().out.split())
+    assert f"Settings precedence: {PRECEDENCE}" in batch_help and "--fail-fast" in batch_help

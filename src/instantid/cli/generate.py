@@ -101,10 +101,9 @@ SEED_RULE = ("Each seed S gives --num-images images with seeds S, S+1, ...; a se
              "is not made twice.")
 
 
-@app.command("generate", help=f"""Generate images of the person in FACES: PNGs with settings inside, plus a JSON
-sidecar each.
-
-The photos, the output folder and the faces are checked before the (slow) model load. {SEED_RULE}""")
+@app.command("generate", help=(
+    "Generate images of the person in FACES: PNGs with settings inside, plus a JSON sidecar each.\n\n"
+    f"The photos, the output folder and the faces are checked before the (slow) model load. {SEED_RULE}"))
 @with_model_options
 @with_generation_options(exclude=("num_images", "seed"))
 def generate_command(
@@ -162,13 +161,16 @@ def generate_command(
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
 
 
-BATCH_HELP = f"""Run a job file (YAML, JSON or CSV: identities x prompts x seeds) with one model load; rerun to
-resume. Ends with a labelled contact sheet.
-
-Settings precedence: {PRECEDENCE}. Every row is checked first (photos, faces, settings) and all bad rows
-are reported at once; the good rows are then made, the bad ones listed in {FAILURES} and the exit code is 1.
-With --fail-fast any bad row stops the batch before anything is generated (exit 2). An output counts as done
-only when its sidecar records the same settings, photos and models, so a rerun redoes exactly what changed."""
+BATCH_HELP = (
+    "Run a job file (YAML, JSON or CSV: identities x prompts x seeds) with one model load; rerun to resume. Ends "
+    "with a labelled contact sheet.\n\n"
+    f"Settings precedence: {PRECEDENCE}.\n\n"
+    "Every row is checked first (settings, photos, faces) and all bad rows are reported at once; the good rows are "
+    f"then made, the bad ones listed in {FAILURES} in the output folder, and the exit code is 1. With --fail-fast a "
+    "bad row stops the batch before anything is generated (exit 2).\n\n"
+    "An output counts as done only when its sidecar records the same settings, photos and models, so a rerun redoes "
+    "exactly what changed."
+)
 
 
 @app.command("batch", help=BATCH_HELP)
