@@ -35,7 +35,7 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
-from instantid.generator import DTYPES
+from instantid.model_settings import DTYPE_NAMES, torch_dtype
 from instantid.tiny import build_tiny_instantid
 
 
@@ -173,14 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", type=Path, help="base/, ControlNetModel/, ip-adapter.bin folder (default: tiny)")
     parser.add_argument("--full-size", action="store_true", help="random weights at the official SDXL sizes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default=None)
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None)
     parser.add_argument("--size", type=int, default=None, help="default 1024 full-size, 128 tiny")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also list the top operators of each pipeline")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_vs_stock.json")
     args = parser.parse_args(argv)
-    dtype = DTYPES[args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")]
+    dtype = torch_dtype(args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32"))
     size = args.size or (1024 if args.full_size else 128)
     if args.device == "cpu":
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))

@@ -23,3 +23,27 @@ def test_pipeline_vs_stock_writes_a_comparable_report(tmp_path, capsys):
         assert row["step_s"] > 0 and row["total_s"] > 0
     assert set(report["ratio_over_stock"]) == {"instantid", "instantid_face_mask"}
     assert "ratio" in capsys.readouterr().out
+
+
+def test_gpu_speed_tiny_runs_every_section(tmp_path, capsys):
+    """The GPU script end to end at tiny scale on CPU (dynamo with the eager backend): every section reports,
+    the exact levers stay at rounding distance from eager while the lossy window and another face move the
+    latents, and the first-call children report both cache states."""
+    spec = importlib.util.spec_from_file_location("gpu_speed", REPO / "benchmarks" / "gpu_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu_speed.json"
+    module.main(["--tiny", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    variants = report["variants"]
+    assert set(variants) == {"stock", "eager", "fuse_qkv", "channels_last", "vae_fp16", "compiled", "stock_compiled",
+                             "lossy_identitynet_end_0.6"}
+    identity = report["identity_effect"]["latent_mean_diff"]
+    for name in ("fuse_qkv", "channels_last", "vae_fp16", "compiled"):
+        assert variants[name]["latent_max_diff"] < 1e-3 < identity, name
+    assert variants["lossy_identitynet_end_0.6"]["latent_mean_diff"] > 1e-3
+    for state in ("cold", "warm"):
+        assert report["first_call"][state]["first_call_s"] > 0, report["first_call"][state]
+    assert set(report["batches"]) == {"1", "2"} and all(r["images_per_s"] > 0 for r in report["batches"].values())
+    assert set(report["presets"]) == {"lcm-lora", "lightning-4step", "hyper-sd-8step", "tcd"}
+    assert "step/stock" in capsys.readouterr().out

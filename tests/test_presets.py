@@ -107,10 +107,14 @@ def test_preset_errors(pipe, tmp_path):
         apply_preset(pipe, "lightning-4step-unet", weights=tmp_path)
 
 
-def test_fused_qkv_refuses_an_unfused_lora(pipe):
+def test_fused_qkv_never_drops_an_unfused_lora(pipe):
     pipe.load_lora_weights(random_lora_state_dict(pipe.unet), adapter_name="style")
     with pytest.raises(InvalidInputError, match="unfused LoRA"):
         enable_fast_inference(pipe, fuse_qkv=True, channels_last=False)
+    before, _ = _run(pipe, num_inference_steps=2)
+    report = enable_fast_inference(pipe, channels_last=False)  # default: fuse what carries no LoRA
+    after, _ = _run(pipe, num_inference_steps=2)
+    assert report.fused_qkv_layers == 0 and (after - before).abs().max() < 1e-5
 
 
 def test_preset_then_fast_path_runs(pipe, tmp_path):

@@ -127,13 +127,14 @@ def use_compile_cache(cache_dir: str | Path) -> str:
     return str(folder)
 
 
-def fuse_self_attention(model: torch.nn.Module) -> int:
+def fuse_self_attention(model: torch.nn.Module, *, skip_lora: bool = False) -> int:
     """Fuse q/k/v of every transformer block's self-attention (``attn1``) into one projection; returns how
     many were fused.
 
     Only ``attn1`` layers running diffusers' stock ``AttnProcessor2_0`` are touched: cross-attention (the face
     layers included), the Resampler's attention (which reads a concatenation, not its input) and any custom
-    processor keep what they have.
+    processor keep what they have. A layer carrying an unfused LoRA is refused (fusing would copy the base
+    weight and silently drop the LoRA), or left as it is with ``skip_lora``.
     """
     fused = 0
     for name, module in model.named_modules():
@@ -143,8 +144,9 @@ def fuse_self_attention(model: torch.nn.Module) -> int:
             continue  # already fused
         if type(module.processor) is not AttnProcessor2_0:
             continue
-        if any(hasattr(getattr(module, p), "base_layer") for p in ("to_q", "to_k", "to_v")):
-            # peft wraps a LoRA'd Linear; fusing would copy the base weight and silently drop the LoRA.
+        if any(hasattr(getattr(module, p), "base_layer") for p in ("to_q", "to_k", "to_v")):  # peft's LoRA wrapper
+            if skip_lora:
+                continue
             raise InvalidInputError(
                 f"{name} carries an unfused LoRA: fuse it first (pipe.fuse_lora(); pipe.unload_lora_weights()) "
                 "or pass fuse_qkv=False"
@@ -206,7 +208,7 @@ def enable_fast_inference(
     compile_face_layers: bool = False,
     cache_dir: str | Path | None = None,
     channels_last: bool = True,
-    fuse_qkv: bool = True,
+    fuse_qkv: bool | None = None,
     vae_fp16: bool | str | Path = False,
     vae_tiling: bool = False,
     recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
@@ -224,7 +226,9 @@ def enable_fast_inference(
         compile_face_layers: also trace the face cross-attention (see the module docstring: each new
             ``ip_adapter_scale`` then recompiles).
         cache_dir: folder for torch's on-disk compile caches, reused by later processes.
-        channels_last, fuse_qkv: exact levers (same pictures up to float rounding).
+        channels_last, fuse_qkv: exact levers (same pictures up to float rounding). ``fuse_qkv=None`` fuses
+            every self-attention layer that carries no unfused LoRA; ``True`` refuses such a LoRA
+            (fuse it first: ``pipe.fuse_lora(); pipe.unload_lora_weights()``).
         vae_fp16: a path or Hub id of an fp16-safe VAE to swap in, or ``True`` when the pipeline's VAE already
             declares ``force_upcast=False``; the VAE is then kept in fp16.
         vae_tiling: decode pictures larger than the VAE's native size in tiles (changes their pixels slightly).
@@ -251,8 +255,8 @@ def enable_fast_inference(
         report["vae_tiling"] = True
 
     # 2. Exact kernel levers.
-    if fuse_qkv:
-        report["fused_qkv_layers"] = sum(fuse_self_attention(m) for m in models.values())
+    if fuse_qkv is not False:
+        report["fused_qkv_layers"] = sum(fuse_self_attention(m, skip_lora=fuse_qkv is None) for m in models.values())
     if channels_last:
         for module in (*models.values(), pipe.vae):
             module.to(memory_format=torch.channels_last)
