@@ -95,3 +95,25 @@ def test_options_are_checked() -> None:
         FaceDetailOptions(strength=0)
     with pytest.raises(InvalidInputError, match="multiple of 8"):
         FaceDetailOptions(resolution=100)
+
+
+def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, tmp_path, monkeypatch, capsys):
+    from instantid.cli import main
+    from instantid.model_settings import ModelSettings
+    from instantid.outputs import read_metadata
+
+    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: app)
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
+    picture = tmp_path / "full_body.png"
+    _picture_with_a_small_face().save(picture)
+    code = main(["detail", str(picture), str(FACES / "edge_no_face_noise.png"), "--face", str(FACES / "obama_1.jpg"),
+                 "--steps", "2", "--strength", "0.5", "--seed", "4", "-o", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "edge_no_face_noise.png: no face found, not written" in captured.err
+    written = sorted((tmp_path / "out").glob("*.png"))
+    assert [p.name for p in written] == ["full_body_detail.png"]
+    metadata = read_metadata(written[0])
+    assert metadata["task"] == "face_detail" and metadata["source"] == "full_body.png" and metadata["seed"] == 4
+    assert metadata["face_detail"]["ran"] is True and metadata["face_detail"]["strength"] == 0.5
+    assert len(metadata["face_detail"]["faces"]) == 1

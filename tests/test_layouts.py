@@ -80,3 +80,29 @@ def test_with_layout_replaces_only_the_pose_of_an_identity() -> None:
     assert np.array_equal(posed.pose_face.kps, pose.kps) and posed.pose_face.bbox == pose.bbox
     assert np.array_equal(posed.embedding, person.embedding) and posed.fusion == "mean"
     assert posed.metadata()["pose_from"] == "layout:profile-right"
+
+
+def test_layouts_command_lists_and_draws_them(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from instantid.cli import main
+
+    assert main(["layouts", "--draw", str(tmp_path), "--size", "128"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(EXPECTED)
+    picture = np.asarray(Image.open(tmp_path / "three-quarter-left.png"))
+    x, y = layout_pose("three-quarter-left", 128, 128).kps[2]
+    assert tuple(picture[int(y), int(x)]) == (0, 0, 255)  # the nose point (blue) where the layout puts it
+
+
+def test_mix_specs_parse_and_bad_ones_are_one_line_errors() -> None:
+    from pathlib import Path
+
+    from instantid.cli.apps import parse_mix
+
+    assert parse_mix("b.jpg:0.3") == (Path("b.jpg"), 0.3)
+    assert parse_mix("C:/photos/b.jpg:1") == (Path("C:/photos/b.jpg"), 1.0)
+    for spec, message in (("b.jpg", "takes PHOTO:WEIGHT"), ("b.jpg:x", "takes PHOTO:WEIGHT"),
+                          (":0.3", "takes PHOTO:WEIGHT"), ("b.jpg:-0.1", "between 0 and 1")):
+        with pytest.raises(InvalidInputError, match=message):
+            parse_mix(spec)

@@ -159,3 +159,57 @@ def test_target_index_picks_the_face_and_errors_are_one_line(app, person) -> Non
         swap_face(app, person, group, FAST, SwapOptions(target_index=5, resolution=64))
     with pytest.raises(NoFaceError, match="no face found in edge_no_face_noise.png"):
         swap_face(app, person, NO_FACE, FAST, SwapOptions(resolution=64))
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+@pytest.fixture
+def loads(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """CLI model loads return the session's demo model; the list records each load."""
+    from instantid.model_settings import ModelSettings
+
+    seen: list[str] = []
+    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: seen.append("model") or app)
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
+    return seen
+
+
+def test_swap_command_writes_the_swapped_photo_with_its_settings(tmp_path, loads, capsys) -> None:
+    from instantid.cli import main
+    from instantid.outputs import read_metadata
+
+    scene = tmp_path / "scene.png"
+    _scene().save(scene)
+    code = main(["swap", "--face", str(FACES / "obama_1.jpg"), "--into", str(scene), "--mix",
+                 f"{FACES / 'lecun_1.jpg'}:0.3", "--steps", "2", "--seed", "5", "--resolution", "64",
+                 "--head-margin", "0.5", "-o", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    written = sorted((tmp_path / "out").glob("*.png"))
+    assert [p.name for p in written] == ["swap_scene_s5.png"] and captured.out.strip() == str(written[0])
+    metadata = read_metadata(written[0])
+    assert metadata["task"] == "swap" and metadata["swap"]["head_margin"] == 0.5
+    assert metadata["mixed_with"] == [{"name": "lecun_1.jpg", "weight": 0.3}]
+    out, original = np.asarray(Image.open(written[0]).convert("RGB")), np.asarray(_scene())
+    band = _outside_band(out.shape[1::-1], metadata["swap"]["ellipse"], metadata["swap"]["feather_px"])
+    assert np.array_equal(out[band], original[band])
+
+
+def test_swap_command_checks_everything_before_loading_the_model(tmp_path, loads, capsys) -> None:
+    from instantid.cli import main
+
+    scene = tmp_path / "scene.png"
+    _scene().save(scene)
+    base = ["swap", "--face", str(FACES / "obama_1.jpg"), "-o", str(tmp_path / "out")]
+    cases = [
+        ([*base, "--into", str(NO_FACE)], "no face found in edge_no_face_noise.png"),
+        ([*base, "--into", str(scene), "--target-index", "3"], "face index 3 is out of range"),
+        ([*base, "--into", str(scene), "--mix", "lecun.jpg"], "--mix takes PHOTO:WEIGHT"),
+        ([*base, "--into", str(scene), "--mix", "lecun.jpg:1.5"], "--mix weight must be between 0 and 1"),
+        ([*base, "--into", str(scene), "--head-margin", "5"], "--head-margin: input should be less than"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert loads == []
+    assert not list((tmp_path / "out").glob("*.png"))

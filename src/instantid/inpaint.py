@@ -252,6 +252,15 @@ def img2img_pipeline(pipe: Any) -> StableDiffusionXLInstantIDImg2ImgPipeline:
     return _variant(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
 
 
+def call_scheduler(app: Any, settings: GenerationSettings) -> Any:
+    """The sampler a call with ``settings`` runs: the one named in the settings on the model's noise schedule,
+    else the model's own (as :meth:`InstantID.generate` chooses)."""
+    from instantid.loading import make_scheduler
+
+    return make_scheduler(app.default_scheduler.config, settings.scheduler) if settings.scheduler else (
+        app.default_scheduler)
+
+
 def run_pipeline(
     app: Any, pipe: Any, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None,
     **arguments: Any,
@@ -260,7 +269,6 @@ def run_pipeline(
     steps, guidance, guidance window, seeds and sampler, under ``app``'s lock as :meth:`InstantID.generate`
     does. ``arguments`` are the variant's own (image, mask_image, control_image, strength, sizes, embeds).
     Returns ``(images, seeds, the scheduler used)``."""
-    from instantid.loading import make_scheduler
     from instantid.styles import get_style
 
     prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
@@ -275,8 +283,7 @@ def run_pipeline(
         return tensors
 
     with app._lock:  # one call at a time per model; the sampler is per call and put back afterwards
-        pipe.scheduler = (make_scheduler(app.default_scheduler.config, settings.scheduler) if settings.scheduler
-                          else app.default_scheduler)
+        pipe.scheduler = call_scheduler(app, settings)
         try:
             images = pipe(
                 **app._prompt_arguments(prompt, negative, settings.guidance_scale),
@@ -313,6 +320,6 @@ def task_metadata(app: Any, identity: Any, settings: GenerationSettings, schedul
 
 
 __all__ = [
-    "StableDiffusionXLInstantIDInpaintPipeline", "img2img_pipeline", "inpaint_pipeline", "run_pipeline",
-    "task_metadata",
+    "StableDiffusionXLInstantIDInpaintPipeline", "call_scheduler", "img2img_pipeline", "inpaint_pipeline",
+    "run_pipeline", "task_metadata",
 ]

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from instantid.errors import InvalidInputError
-from instantid.faces import Face
+from instantid.faces import Face, load_image
 from instantid.settings import GenerationSettings, knob
 
 # The head outline relative to a detector's face box (brows to chin): the crown sits about 0.45 box heights
@@ -52,6 +52,21 @@ class SwapOptions(BaseModel):
                           advanced=True, ge=0, le=1)
     resolution: int | None = knob(None, "Working resolution of the crop (default: the model's, 1024 for SDXL).",
                                   advanced=True, ge=64, le=2048, multiple_of=8)
+
+
+def make_swap_options(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> SwapOptions:
+    """Validate ``values`` into :class:`SwapOptions`; errors are one :class:`InvalidInputError` line naming the
+    field as the calling surface spells it (``name``: e.g. the CLI flag)."""
+    try:
+        return SwapOptions.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "swap options"
+        if first["type"] == "extra_forbidden":
+            raise InvalidInputError(f"unknown swap option {name(field)!r}; known: {', '.join(SwapOptions.model_fields)}"
+                                    ) from None
+        message = first["msg"][0].lower() + first["msg"][1:]
+        raise InvalidInputError(f"{name(field)}: {message}, got {first.get('input')!r}") from None
 
 
 @dataclass(frozen=True)
@@ -178,12 +193,13 @@ def control_pictures(face: Face, region: Region, enhance_face_region: bool) -> t
 def swap_face(
     app: Any, identity: Any, scene: Any, settings: GenerationSettings | None = None,
     options: SwapOptions | None = None, *, scene_name: str | None = None,
-    progress: Callable[[int, int], None] | None = None, pipe: Any = None,
+    progress: Callable[[int, int], None] | None = None, pipe: Any = None, target: Face | None = None,
 ) -> Any:
     """``scene`` with its ``options.target_index``-th face repainted as ``identity``; a GenerationResult.
 
     ``settings`` gives the prompt, steps, strengths, seed and sampler (``width``/``height`` are ignored: the
-    output is the scene's size). ``pipe`` replaces the inpainting pipeline (tests); by default it shares the
+    output is the scene's size). ``target`` is the scene's face when the caller has already found it (so the
+    scene is not analysed twice). ``pipe`` replaces the inpainting pipeline (tests); by default it shares the
     app's loaded components.
     """
     from instantid.inpaint import inpaint_pipeline, run_pipeline, task_metadata
@@ -191,7 +207,10 @@ def swap_face(
     settings = settings or GenerationSettings()
     options = options or SwapOptions()
     name = scene_name or (Path(scene).name if isinstance(scene, (str, Path)) else "scene image")
-    photo, target = app.find_face(scene, name, options.target_index)
+    if target is None:
+        photo, target = app.find_face(scene, name, options.target_index)
+    else:
+        photo = load_image(scene, name)
     region = head_region(target, photo.size, margin=options.head_margin, feather=options.feather,
                          resolution=options.resolution or app.min_side)
     mask = region_mask(region)
@@ -217,4 +236,7 @@ def swap_face(
     return GenerationResult(images=outputs, seeds=seeds, settings=settings.updated(seed=seeds[0]), metadata=metadata)
 
 
-__all__ = ["Region", "SwapOptions", "crop_for_model", "head_region", "paste_back", "region_mask", "swap_face"]
+__all__ = [
+    "Region", "SwapOptions", "crop_for_model", "head_region", "make_swap_options", "paste_back", "region_mask",
+    "swap_face",
+]
