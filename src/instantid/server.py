@@ -138,7 +138,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         store = service_of(request).store
         return JobStatus(
             job_id=record.id, status=record.state, position=store.position(record.id) if record.state == "queued"
-            else None, step=record.step, total=record.total, attempts=record.attempts, error=record.error,
+            else None, step=record.step, total=record.total, attempts=record.attempts, worker=record.worker,
+            error=record.error,
             created=record.created, started=record.started, finished=record.finished,
             images=[str(request.url_for("job_image", job_id=record.id, n=n)) for n in range(len(record.outputs))],
             seeds=record.seeds, settings=record.request["settings"], metadata=record.metadata,
@@ -159,8 +160,10 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
             counts = await run_in_threadpool(service.store.counts)
         except Exception as exc:  # the store is down: not ready, say why
             return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
-        mode = "redis" if settings.queue else "local"
-        return JSONResponse({"status": "ready", "queue": mode, "jobs": counts})
+        body: dict[str, Any] = {"status": "ready", "queue": "redis" if settings.queue else "local", "jobs": counts}
+        if service.dispatch is not None:  # ready to take jobs even with no worker yet; say how many there are
+            body["workers"] = await run_in_threadpool(service.dispatch.workers)
+        return JSONResponse(body)
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def metrics(request: Request) -> Response:

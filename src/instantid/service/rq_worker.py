@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from rq import Callback, Queue, Retry, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from instantid.service.jobs import JobFiles
 from instantid.service.redis_store import RedisJobStore
@@ -47,9 +49,13 @@ class RQDispatch:
     def submit(self, job_id: str) -> None:
         self.queue.enqueue(
             perform, job_id, self.max_attempts, job_id=job_id, job_timeout=self.job_timeout_s,
-            retry=Retry(max=self.max_attempts - 1) if self.max_attempts > 1 else None,
+            # A job that lost its worker goes to the front: it has waited longest.
+            retry=Retry(max=self.max_attempts - 1, enqueue_at_front=True) if self.max_attempts > 1 else None,
             on_failure=Callback(on_failure), result_ttl=3600, failure_ttl=7 * 24 * 3600,
         )
+
+    def workers(self) -> int:
+        return SimpleWorker.count(queue=self.queue)
 
     def cancel(self, job_id: str) -> None:
         try:
@@ -62,9 +68,15 @@ def perform(job_id: str, max_attempts: int) -> str:
     """The RQ job: run one stored job on this worker's model (skipped if it was canceled meanwhile)."""
     if _runner is None:
         raise RuntimeError("perform() runs inside `instantid worker` only")
-    record = _runner.store.start(job_id, _runner.name)
+    store = _runner.store
+    current = store.get(job_id)
+    if current is not None and current.state == "running":
+        # RQ runs a started job again only after its execution expired: the worker that had it is gone
+        # (normally on_failure has already said so; this covers a callback that could not run).
+        store.lost(job_id, "the worker was lost", max_attempts)
+    record = store.start(job_id, _runner.name)
     if record is None:
-        current = _runner.store.get(job_id)
+        current = store.get(job_id)
         return f"skipped: job is {current.state if current else 'gone'}"
     return _runner.run(record)
 
@@ -80,7 +92,9 @@ def on_failure(job: Job, connection: Any, exc_type: Any, exc: Any, tb: Any) -> N
 
 class HeartbeatWorker(SimpleWorker):
     """A SimpleWorker (jobs in this process, next to the loaded model) that keeps beating while a job runs,
-    so a lease of seconds works for jobs of any length and a dead worker is noticed after ``lease_s``."""
+    so a lease of seconds works for jobs of any length and a dead worker is noticed after ``lease_s``. A busy
+    worker also looks for abandoned jobs while it works (RQ does that only between jobs), so a dead peer's
+    job is re-queued within a lease even when every other worker is busy."""
 
     lease_s = 30
 
@@ -94,9 +108,13 @@ class HeartbeatWorker(SimpleWorker):
         stop = threading.Event()
 
         def beat() -> None:
+            beats = 0
             while not stop.wait(self.lease_s / 3):
+                beats += 1
                 try:
                     self.maintain_heartbeats(job, execution)
+                    if beats % 2 == 0:
+                        recover_abandoned(queue)
                 except Exception as exc:  # a missed beat is retried; the lease covers two more
                     log.warning("heartbeat for job %s failed: %s", job.id, exc)
 
@@ -108,6 +126,18 @@ class HeartbeatWorker(SimpleWorker):
             stop.set()
             thread.join()
         self.set_state(WorkerStatus.IDLE)
+
+
+def recover_abandoned(queue: Queue) -> None:
+    """Re-queue (or fail) jobs whose worker stopped beating; one process at a time, under RQ's maintenance lock.
+
+    Runs off the main thread, so the failure callback's time limit is a timer, not SIGALRM."""
+    if not queue.acquire_maintenance_lock():
+        return
+    try:
+        StartedJobRegistry(queue=queue, death_penalty_class=TimerDeathPenalty).cleanup()
+    finally:
+        queue.release_maintenance_lock()
 
 
 def run_worker(model: InstantID, connection: Any, root: str | Path, *, lease_s: int = 30, burst: bool = False,

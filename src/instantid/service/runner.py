@@ -104,7 +104,8 @@ class JobRunner:
         return self._finish(job_id, "done", outputs=outputs, seeds=result.seeds, metadata=result.metadata)
 
     def _finish(self, job_id: str, state: str, **changes: Any) -> str:
-        self.store.update(job_id, state=state, finished=time.time(), worker=None, **changes)
+        # The worker's name stays on the record: which machine made these images.
+        self.store.update(job_id, state=state, finished=time.time(), **changes)
         if self.metrics:
             self.metrics.jobs_finished.labels(state=state).inc()
         log.info("job %s %s", job_id, state)

@@ -46,6 +46,7 @@ class JobStatus(BaseModel):
     step: int
     total: int
     attempts: int
+    worker: str | None = Field(None, description="host:pid of the worker that runs (ran) the job.")
     error: str | None
     created: float
     started: float | None
