@@ -136,3 +136,22 @@ def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser:
     page.locator("#few-step input[type=checkbox]").uncheck()
     page.wait_for_function("document.querySelector('#steps input[type=number]').value === '30'", timeout=WAIT)
     page.close()
+
+
+def test_pose_photo_is_previewed_and_a_faceless_one_is_refused(browser: object, ui_url: str) -> None:
+    page = open_page(browser, ui_url)
+    upload(page, FACES / "obama_1.jpg")
+    wait_for_count(page, "1 reference photo")
+    page.get_by_text("Pose photo and face choice").click()
+    page.locator("#pose input[type=file]").set_input_files(str(FACES / "pose_1.jpg"))
+    page.locator("#references").get_by_text("pose: pose_1.jpg").wait_for(timeout=WAIT)
+    assert "Pose from pose_1.jpg" in page.locator("#reference-count").inner_text()
+    assert page.locator("#references img").count() == 2
+    page.locator("#pose button[aria-label='Remove Image']").click()
+    page.wait_for_function("!document.querySelector('#reference-count').innerText.includes('Pose from')",
+                           timeout=WAIT)
+    page.locator("#pose input[type=file]").set_input_files(str(NO_FACE))
+    page.get_by_text(f"no face found in {NO_FACE.name}").first.wait_for(timeout=WAIT)
+    page.wait_for_function("!document.querySelector('#pose img')", timeout=WAIT)  # taken off the screen
+    assert page.locator("#references img").count() == 1
+    page.close()

@@ -173,9 +173,12 @@ class PortraitTab:
                                [self.photos_state, *shown], **events)
         self.clear_button.click(lambda: ((), [], summary(None), ""), None, [self.photos_state, *shown],
                                 queue=False)
-        for event in (self.pose.upload, self.pose.clear):
-            event(guard(self.set_pose), [self.pose, self.photos_state, *identity_inputs],
-                  [self.pose_state, *shown], **events)
+        pose_inputs = [self.pose, self.photos_state, *identity_inputs]
+        # A pose photo without a face is refused (the error says so) and taken off the screen, so what is shown
+        # is what generation uses.
+        self.pose.upload(guard(self.set_pose), pose_inputs, [self.pose_state, *shown], **events
+                         ).failure(lambda: None, None, self.pose, queue=False)
+        self.pose.clear(guard(self.set_pose), pose_inputs, [self.pose_state, *shown], **events)
         for widget in identity_inputs:
             widget.change(guard(lambda *a: self.analyse(*a)[1:]), state, shown, **events)
         if self.example is not None:
