@@ -191,3 +191,14 @@ def test_example_job_file_is_valid_and_a_typed_flag_wins() -> None:
     assert problems == [] and len(planned) == 6
     assert {p.settings.steps for p in planned} == {4}  # the README's quick demo: --steps 4 beats the file's 30
     assert [p.settings.guidance_scale for p in planned] == [5.0, 5.0, 5.0, 5.0, 4.0, 4.0]
+
+
+def test_a_typed_flag_wins_even_at_its_default_value(tmp_path: Path, loads: dict[str, int],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"identities: [{{name: ex, photos: [{FACE}]}}]\nprompts: [a]\nseeds: [1]\n"
+                   "settings: {steps: 1, guidance_scale: 3}\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(job), "-o", str(out), "--guidance", "5.0"]) == 0  # 5.0 is also the default
+    assert "(from the command line: --guidance 5.0)" in capsys.readouterr().out
+    assert read_metadata(out / "ex" / "001-a_s1.png")["settings"]["guidance_scale"] == 5.0

@@ -230,3 +230,12 @@ def test_help_states_the_seed_rule_and_the_batch_precedence(capsys: pytest.Captu
     assert main(["batch", "--help"]) == 0
     batch_help = " ".join(capsys.readouterr().out.split())
     assert f"Settings precedence: {PRECEDENCE}" in batch_help and "--fail-fast" in batch_help
+
+
+def test_every_command_module_is_registered() -> None:
+    """A command module missing from the list silently drops its commands (`instantid serve` did)."""
+    from instantid import cli
+
+    folder = Path(cli.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__", "options"}
+    assert modules <= set(cli._COMMAND_MODULES)

@@ -107,6 +107,14 @@ def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _attach(command, option_parameters(ModelSettings, names), build)
 
 
+_CONTEXT = "_generation_options_context"  # typer passes its Context to a parameter annotated typer.Context
+
+
+def _typed(context: Any, name: str) -> bool:
+    source = context.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any] | None = None
                             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command every :class:`GenerationSettings` option but ``exclude``; it receives ``settings``
@@ -120,14 +128,19 @@ def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any
         wants_given = "settings_given" in inspect.signature(command).parameters
 
         def build(kwargs: dict[str, Any]) -> dict[str, Any]:
+            context = kwargs.pop(_CONTEXT, None)
             values = {name: kwargs.pop(name) for name in names}
-            given = {name for name, value in values.items() if value != base[name]}
+            # Typed, even when equal to the default (`--steps 30` must still beat a job file's steps).
+            given = ({name for name in names if _typed(context, name)} if context is not None
+                     else {name for name, value in values.items() if value != base[name]})
             kwargs["settings"] = make_settings(values, field_label)
             if wants_given:
                 kwargs["settings_given"] = given
             return kwargs
 
-        return _attach(command, option_parameters(GenerationSettings, names, defaults), build)
+        params = option_parameters(GenerationSettings, names, defaults)
+        params.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+        return _attach(command, params, build)
 
     return decorate
 
