@@ -18,7 +18,7 @@ OPTIONS = FaceDetailOptions(strength=0.5, resolution=128)
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
-    model = demo_model(tmp_path_factory.getbasetemp() / "demo-detail")
+    model = demo_model(tmp_path_factory.getbasetemp() / "demo-apps")
     model.pipe.set_progress_bar_config(disable=True)
     return model
 

@@ -19,7 +19,7 @@ KPS = np.array([[22, 24], [42, 24], [32, 34], [24, 46], [40, 46]], dtype=np.floa
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.getbasetemp() / "demo-inpaint"
+    path = tmp_path_factory.getbasetemp() / "demo-apps"
     demo_model(path)
     return path
 

@@ -96,7 +96,7 @@ def test_paste_back_is_exact_outside_the_mask() -> None:
 # ---- end to end on the tiny demo stack ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
-    model = demo_model(tmp_path_factory.getbasetemp() / "demo-swap")
+    model = demo_model(tmp_path_factory.getbasetemp() / "demo-apps")
     model.pipe.set_progress_bar_config(disable=True)
     return model
 
