@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,16 @@ import pytest
 from PIL import Image
 
 from instantid.errors import InvalidInputError
-from instantid.outputs import PARAMETERS_KEY, parameters_text, prepare_folder, read_metadata, shareable, write_image
+from instantid.outputs import (
+    METADATA_KEY,
+    PARAMETERS_KEY,
+    parameters_text,
+    png_bytes,
+    prepare_folder,
+    read_metadata,
+    shareable,
+    write_image,
+)
 
 
 def _metadata(**changes: object) -> dict:
@@ -56,6 +66,8 @@ def test_shared_images_hold_model_names_not_local_paths(tmp_path: Path) -> None:
     assert read_metadata(kept)["models"]["base"] == "/home/me/models/sd_xl_base_1.0.safetensors"
     with Image.open(png) as written:
         assert "Model: sd_xl_base_1.0" in written.text[PARAMETERS_KEY]
+    with Image.open(io.BytesIO(png_bytes(image, _metadata()))) as served:  # what the server sends
+        assert "/home/me" not in served.text[METADATA_KEY]
 
 
 def test_output_folder_problems_are_one_line(tmp_path: Path) -> None:

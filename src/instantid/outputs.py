@@ -96,8 +96,10 @@ def prepare_folder(folder: str | Path, label: str = "output folder") -> Path:
     return folder
 
 
-def png_bytes(image: Image.Image, metadata: dict[str, Any]) -> bytes:
-    """The image as PNG bytes with both metadata text chunks."""
+def png_bytes(image: Image.Image, metadata: dict[str, Any], *, full_paths: bool = False) -> bytes:
+    """The image as PNG bytes with both metadata text chunks (model folders by name unless ``full_paths``)."""
+    if not full_paths:
+        metadata = shareable(metadata)
     info = PngImagePlugin.PngInfo()
     info.add_itxt(METADATA_KEY, json.dumps(metadata, sort_keys=True))
     info.add_itxt(PARAMETERS_KEY, parameters_text(metadata))
@@ -167,7 +169,7 @@ def write_image(
 
 
 def _write_pair(image: Image.Image, metadata: dict[str, Any], folder: Path, stem: str, overwrite: bool) -> Path:
-    png_tmp = _temp_copy(folder, folder / f"{stem}.png", png_bytes(image, metadata))
+    png_tmp = _temp_copy(folder, folder / f"{stem}.png", png_bytes(image, metadata, full_paths=True))  # already public
     sidecar = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
     json_tmp = _temp_copy(folder, folder / f"{stem}.json", sidecar.encode())
     try:
