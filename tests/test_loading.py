@@ -188,3 +188,30 @@ def test_lora_loads_and_keeps_the_identity_branch(tiny_fixture_dir, tmp_path):
     assert (after - before).abs().max() > 1e-3
     assert len(face_processors(pipe.unet)) == pipe.adapter_spec.num_layers
     assert (_latents(pipe, -emb) - after).abs().max() > 1e-3  # identity still steers with the LoRA on
+
+
+def test_adapter_goes_through_diffusers_public_loader(tiny_fixture_dir, monkeypatch):
+    """load_ip_adapter_instantid uses the pipeline's public ``load_ip_adapter`` and leaves no CLIP feature
+    extractor behind (InstantID has no image encoder)."""
+    controlnet = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
+    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(tiny_fixture_dir / "base", controlnet=controlnet)
+    calls = []
+    public = StableDiffusionXLInstantIDPipeline.load_ip_adapter
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("image_encoder_folder", "given"))
+        return public(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionXLInstantIDPipeline, "load_ip_adapter", spy)
+    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    assert calls == [None]
+    assert pipe.feature_extractor is None and pipe.config.feature_extractor == (None, None)
+    assert len(face_processors(pipe.unet)) == pipe.adapter_spec.num_layers
+
+
+def test_bare_unet_loader_names_the_diffusers_it_needs():
+    """Training installs into a bare UNet through diffusers' private loader; without it, one clear line."""
+    from instantid.adapter import install_face_adapter
+
+    with pytest.raises(IncompatibleWeightsError, match="install a diffusers release from 0.32 to 0.42"):
+        install_face_adapter(torch.nn.Module(), {}, scale=1.0)
