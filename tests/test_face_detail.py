@@ -117,3 +117,15 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert metadata["task"] == "face_detail" and metadata["source"] == "full_body.png" and metadata["seed"] == 4
     assert metadata["face_detail"]["ran"] is True and metadata["face_detail"]["strength"] == 0.5
     assert len(metadata["face_detail"]["faces"]) == 1
+
+
+def test_generate_records_the_face_detail_pass(app, person):
+    """The knob declared in settings.py reaches generate(); on the noise of the tiny stack no face is found,
+    which is recorded rather than hidden."""
+    from instantid.settings import GenerationSettings
+
+    result = app.generate(person, GenerationSettings(steps=2, seed=1, face_detail=True, face_detail_strength=0.5))
+    info = result.metadata["face_detail"]
+    assert info["strength"] == 0.5 and info["images"][0]["skipped"] == "no face found"
+    plain = app.generate(person, GenerationSettings(steps=2, seed=1))
+    assert "face_detail" not in plain.metadata

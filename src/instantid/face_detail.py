@@ -60,7 +60,7 @@ def refine_faces(
     recorded as skipped. Call it outside the model's lock (it takes the lock for each pass); ``pipe`` replaces
     the image-to-image pipeline (tests).
     """
-    from instantid.inpaint import img2img_pipeline, run_pipeline
+    from instantid.inpaint import img2img_pipeline
 
     options = options or FaceDetailOptions()
     if seeds is not None and len(seeds) != len(images):
@@ -82,8 +82,8 @@ def refine_faces(
             # At least one denoising step however low the strength (img2img runs int(steps * strength)).
             one = settings.updated(num_images=1, seed=seed if seed is not None else settings.seed,
                                    steps=max(settings.steps, math.ceil(1 / options.strength)))
-            painted, _, _ = run_pipeline(
-                app, pipe, one, progress, image=crop, control_image=kps_image, control_mask=face_mask,
+            painted, _, _ = app.run_pipeline(
+                pipe, one, progress, image=crop, control_image=kps_image, control_mask=face_mask,
                 strength=options.strength, width=region.work_size[0], height=region.work_size[1],
                 image_embeds=identity.embedding,
             )

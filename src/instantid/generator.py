@@ -256,51 +256,78 @@ class InstantID:
         kps_image = draw_kps(Image.new("RGB", (width, height)), identity.pose_face.kps * np.array(scale))
         mask = face_region_mask(identity.pose_face, (width, height), scale) if settings.enhance_face_region else None
 
-        # 2. Prompt, seeds, progress.
+        # 2. Generate (styled prompt, seeds, per-call sampler), then the optional face-detail pass.
+        images, seeds, used_scheduler = self.run_pipeline(
+            self.pipe, settings, progress, image_embeds=identity.embedding, image=kps_image, control_mask=mask,
+        )
+        settings = settings.updated(seed=seeds[0])
+        detail = None
+        if settings.face_detail:
+            from instantid.face_detail import FaceDetailOptions, refine_faces
+
+            images, detail = refine_faces(self, identity, images, settings, seeds,
+                                          FaceDetailOptions(strength=settings.face_detail_strength),
+                                          progress=progress)
+        metadata = {**self.call_metadata(identity, settings, used_scheduler), "width": width, "height": height}
+        if settings.face_detail:
+            metadata["face_detail"] = detail
+        return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
+
+    def call_scheduler(self, settings: GenerationSettings) -> Any:
+        """The sampler a call with ``settings`` runs: the one named in the settings on the model's noise
+        schedule, else the model's own."""
+        if settings.scheduler:
+            return make_scheduler(self.default_scheduler.config, settings.scheduler)
+        return self.default_scheduler
+
+    def run_pipeline(
+        self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None, **arguments: Any,
+    ) -> tuple[list[Image.Image], list[int], Any]:
+        """One call of ``pipe`` (``self.pipe`` or a variant sharing its weights: img2img, inpainting) with the
+        settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
+        model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...).
+        Returns ``(images, seeds, the scheduler used)``."""
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
         seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
-        gen_device = "cpu" if self.pipe.device.type == "mps" else self.pipe.device
+        gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
         generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
 
-        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        def on_step(step_pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
             if progress is not None:
-                progress(step + 1, pipe.num_timesteps)
+                progress(step + 1, step_pipe.num_timesteps)
             return tensors
 
-        # 3. Generate, one call at a time per model (the sampler is per call: restored afterwards).
         with self._lock:
-            sampler = settings.scheduler
-            self.pipe.scheduler = (make_scheduler(self.default_scheduler.config, sampler) if sampler
-                                   else self.default_scheduler)
+            pipe.scheduler = self.call_scheduler(settings)
             try:
-                images = self.pipe(
+                images = pipe(
                     **self._prompt_arguments(prompt, negative, settings.guidance_scale),
-                    image_embeds=identity.embedding, image=kps_image, control_mask=mask,
                     controlnet_conditioning_scale=settings.identitynet_strength,
                     ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
                     control_guidance_start=settings.control_guidance_start,
                     control_guidance_end=settings.control_guidance_end,
-                    generator=generators, callback_on_step_end=on_step,
+                    generator=generators, callback_on_step_end=on_step, **arguments,
                 ).images
-                used_scheduler = self.pipe.scheduler
+                used = pipe.scheduler
             finally:
-                self.pipe.scheduler = self.default_scheduler
-        settings = settings.updated(seed=seed)
-        metadata = {
-            "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
-            "settings": settings.model_dump(), "width": width, "height": height,
-            "models": asdict(self.refs), "lora": self.lora,
+                pipe.scheduler = self.default_scheduler
+        return images, seeds, used
+
+    def call_metadata(self, identity: Identity, settings: GenerationSettings, scheduler: Any,
+                      task: str = "generate") -> dict[str, Any]:
+        """What every output records: task, prompt as used, settings, models, sampler, identity, versions."""
+        prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
+        return {
+            "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
+            "settings": settings.model_dump(), "models": asdict(self.refs), "lora": self.lora,
             "model_name": self.model_name, "model_hash": self.model_hash,
-            "scheduler": _scheduler_name(used_scheduler), "sampler": sampler_label(used_scheduler),
-            "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept),
-            **identity.metadata(),
+            "scheduler": _scheduler_name(scheduler), "sampler": sampler_label(scheduler),
+            "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),
-            "versions": _versions(),
-            "demo_weights": self.demo,
+            "versions": _versions(), "demo_weights": self.demo,
         }
-        return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
 
     def _prompt_arguments(self, prompt: str, negative: str, guidance_scale: float) -> dict[str, Any]:
         """The pipeline's prompt arguments: the text itself, or, for prompts with A1111-style weights or longer

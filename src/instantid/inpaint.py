@@ -20,17 +20,14 @@ without loading anything again (``from_pipe`` shares every module, the face adap
 from __future__ import annotations
 
 import dataclasses
-import random
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
-from PIL import Image
 
 from instantid.errors import InvalidInputError
 from instantid.pipeline import (
@@ -43,7 +40,6 @@ from instantid.pipeline import (
     StableDiffusionXLInstantIDImg2ImgPipeline,
     _size,
 )
-from instantid.settings import MAX_SEED, GenerationSettings
 
 LATENT_CHANNELS = 4
 INPAINT_UNET_CHANNELS = 9  # latents + mask + masked-image latents
@@ -252,74 +248,4 @@ def img2img_pipeline(pipe: Any) -> StableDiffusionXLInstantIDImg2ImgPipeline:
     return _variant(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
 
 
-def call_scheduler(app: Any, settings: GenerationSettings) -> Any:
-    """The sampler a call with ``settings`` runs: the one named in the settings on the model's noise schedule,
-    else the model's own (as :meth:`InstantID.generate` chooses)."""
-    from instantid.loading import make_scheduler
-
-    return make_scheduler(app.default_scheduler.config, settings.scheduler) if settings.scheduler else (
-        app.default_scheduler)
-
-
-def run_pipeline(
-    app: Any, pipe: Any, settings: GenerationSettings, progress: Callable[[int, int], None] | None = None,
-    **arguments: Any,
-) -> tuple[list[Image.Image], list[int], Any]:
-    """Run ``pipe`` (a variant of ``app.pipe``) with the generation ``settings``: styled prompt, strengths,
-    steps, guidance, guidance window, seeds and sampler, under ``app``'s lock as :meth:`InstantID.generate`
-    does. ``arguments`` are the variant's own (image, mask_image, control_image, strength, sizes, embeds).
-    Returns ``(images, seeds, the scheduler used)``."""
-    from instantid.styles import get_style
-
-    prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
-    seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
-    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
-    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
-    generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
-
-    def on_step(step_pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        if progress is not None:
-            progress(step + 1, step_pipe.num_timesteps)
-        return tensors
-
-    with app._lock:  # one call at a time per model; the sampler is per call and put back afterwards
-        pipe.scheduler = call_scheduler(app, settings)
-        try:
-            images = pipe(
-                **app._prompt_arguments(prompt, negative, settings.guidance_scale),
-                controlnet_conditioning_scale=settings.identitynet_strength,
-                ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
-                control_guidance_start=settings.control_guidance_start,
-                control_guidance_end=settings.control_guidance_end, generator=generators,
-                callback_on_step_end=on_step, **arguments,
-            ).images
-            used = pipe.scheduler
-        finally:
-            pipe.scheduler = app.default_scheduler
-    return images, seeds, used
-
-
-def task_metadata(app: Any, identity: Any, settings: GenerationSettings, scheduler: Any, task: str) -> dict[str, Any]:
-    """What :meth:`InstantID.generate` records, for the other tasks (swap, ...): prompt, settings, models,
-    sampler, identity, versions; ``task`` names the task."""
-    from instantid.generator import _versions
-    from instantid.loading import sampler_label, scheduler_name
-    from instantid.styles import get_style
-
-    prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
-    return {
-        "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
-        "settings": settings.model_dump(), "models": asdict(app.refs), "lora": app.lora,
-        "model_name": app.model_name, "model_hash": app.model_hash,
-        "scheduler": scheduler_name(scheduler), "sampler": sampler_label(scheduler),
-        "embedding_space": app.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
-        "dtype": str(app.pipe.unet.dtype).removeprefix("torch."), "device": str(app.pipe.device),
-        "versions": _versions(), "demo_weights": app.demo,
-    }
-
-
-__all__ = [
-    "StableDiffusionXLInstantIDInpaintPipeline", "call_scheduler", "img2img_pipeline", "inpaint_pipeline",
-    "run_pipeline", "task_metadata",
-]
+__all__ = ["StableDiffusionXLInstantIDInpaintPipeline", "img2img_pipeline", "inpaint_pipeline"]

@@ -92,6 +92,11 @@ class GenerationSettings(BaseModel):
                           "photo quality), robust (drops outliers); auto = robust for 3+ photos, else mean.",
                           ui="dropdown", advanced=True)
 
+    face_detail: bool = knob(False, "Second pass: find each face in the result and redraw it at the model's full "
+                             "resolution (small faces, full-body pictures).", ui="checkbox", advanced=True)
+    face_detail_strength: float = knob(0.4, "Denoising strength of the face-detail pass.", ui="slider", step=0.05,
+                                       advanced=True, ge=0.05, le=1)
+
     def updated(self, **changes: Any) -> GenerationSettings:
         """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed)."""
         return make_settings({**self.model_dump(), **changes})

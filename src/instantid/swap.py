@@ -202,7 +202,7 @@ def swap_face(
     scene is not analysed twice). ``pipe`` replaces the inpainting pipeline (tests); by default it shares the
     app's loaded components.
     """
-    from instantid.inpaint import inpaint_pipeline, run_pipeline, task_metadata
+    from instantid.inpaint import inpaint_pipeline
 
     settings = settings or GenerationSettings()
     options = options or SwapOptions()
@@ -217,14 +217,14 @@ def swap_face(
     crop, work_mask = crop_for_model(photo, region, mask)
     kps_image, face_mask = control_pictures(target, region, settings.enhance_face_region)
     ww, wh = region.work_size
-    images, seeds, used = run_pipeline(
-        app, pipe or inpaint_pipeline(app.pipe), settings, progress,
+    images, seeds, used = app.run_pipeline(
+        pipe or inpaint_pipeline(app.pipe), settings, progress,
         image=crop, mask_image=work_mask, control_image=kps_image, control_mask=face_mask,
         strength=options.strength, width=ww, height=wh,
         image_embeds=identity.embedding,
     )
     outputs = [paste_back(photo, image, region, mask) for image in images]
-    metadata = task_metadata(app, identity, settings.updated(seed=seeds[0]), used, "swap")
+    metadata = app.call_metadata(identity, settings.updated(seed=seeds[0]), used, "swap")
     metadata.update(
         width=photo.width, height=photo.height, pose_from=f"{name} (face {options.target_index})",
         swap={**options.model_dump(), "scene": name, "target_face": {"bbox": [float(v) for v in target.bbox],

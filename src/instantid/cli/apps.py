@@ -161,7 +161,6 @@ def detail_command(
     from instantid.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
     from instantid.generator import prepare_identity
-    from instantid.inpaint import call_scheduler, task_metadata
     from instantid.outputs import prepare_folder, write_image
     from instantid.settings import MAX_SEED
 
@@ -180,7 +179,7 @@ def detail_command(
         task = bar.add_task("face detail", total=settings.steps)
         refined, info = refine_faces(instant, identity, images, settings, seeds, options,
                                      progress=lambda step, total: bar.update(task, completed=step, total=total))
-    metadata = task_metadata(instant, identity, settings, call_scheduler(instant, settings), "face_detail")
+    metadata = instant.call_metadata(identity, settings, instant.call_scheduler(settings), "face_detail")
     for i, (path, image) in enumerate(zip(pictures, refined, strict=True)):
         report = info["images"][i]
         if report["skipped"]:
