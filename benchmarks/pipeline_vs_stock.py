@@ -11,7 +11,9 @@ the price of InstantID's identity branch (Resampler + decoupled attention + face
 ``--full-size`` uses random weights at the official SDXL sizes (built on the device, no download; see
 ``speed.py``), shared by both pipelines: the face layers are switched in and out between runs. Runs are
 interleaved (stock, ours, ours with the face-region mask, repeated) so clock and thermal drift hit all alike.
-``--profile`` adds the top CUDA/CPU operators of a short run of each, to see where a difference comes from.
+On CPU the table also gives each step's CPU time (one torch thread does all the work, and CPU time leaves out
+what other processes take on a shared machine): read that ratio there. ``--profile`` adds the top CUDA/CPU
+operators of a short run of each, to see where a difference comes from.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/results/pipeline_vs_stock.json``).
 """
@@ -128,8 +130,14 @@ def load(args: argparse.Namespace, dtype: torch.dtype, tmp: Path):
 
 
 def timed_run(pipe, kwargs: dict, device: str) -> dict:
-    """Per-step times from CUDA events (or wall clock on CPU) at each step end, end-to-end wall time, peak memory."""
+    """Per-step times from CUDA events (or wall clock on CPU) at each step end, end-to-end wall time, peak memory.
+
+    On CPU also the thread's CPU time per step: with one torch thread all the work runs on this thread, and CPU
+    time does not count the time the OS gives to other processes, so it holds on a shared machine where wall
+    clock does not.
+    """
     marks: list = []
+    cpu_marks: list[float] = []
 
     def on_step(p, i, t, tensors):
         if device.startswith("cuda"):
@@ -137,19 +145,23 @@ def timed_run(pipe, kwargs: dict, device: str) -> dict:
             marks[-1].record()
         else:
             marks.append(time.perf_counter())
+            cpu_marks.append(time.thread_time())
         return tensors
 
     with PeakMemory(device) as mem:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         pipe(**kwargs, callback_on_step_end=on_step)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        total = time.perf_counter() - start
+        total, cpu_total = time.perf_counter() - start, time.thread_time() - cpu_start
+    row = {"total_s": total, "peak_bytes": mem.peak}
     if device.startswith("cuda"):
         steps = [a.elapsed_time(b) / 1e3 for a, b in zip(marks[:-1], marks[1:], strict=True)]
     else:
         steps = list(np.diff(marks))  # step 0 also pays for prompt encoding: left out
-    return {"total_s": total, "step_s": float(np.median(steps)) if steps else float("nan"), "peak_bytes": mem.peak}
+        cpu_steps = list(np.diff(cpu_marks))
+        row |= {"step_cpu_s": float(np.median(cpu_steps)) if cpu_steps else float("nan"), "total_cpu_s": cpu_total}
+    return row | {"step_s": float(np.median(steps)) if steps else float("nan")}
 
 
 def profile_run(pipe, kwargs: dict, device: str, rows: int = 12) -> list[dict]:
@@ -213,8 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
             results[name].append(call(name, timed_run))
     summary = {
         name: {
-            "step_s": statistics.median(r["step_s"] for r in rows),
-            "total_s": statistics.median(r["total_s"] for r in rows),
+            **{key: statistics.median(r[key] for r in rows)
+               for key in ("step_s", "total_s", "step_cpu_s", "total_cpu_s") if key in rows[0]},
             "peak_mib": max(r["peak_bytes"] for r in rows) / 2**20,
         }
         for name, rows in results.items()
@@ -231,11 +243,14 @@ def main(argv: list[str] | None = None) -> dict:
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "runs": results, "summary": summary, "ratio_over_stock": ratios,
     }
-    print(f"{'pipeline':<22}{'step (ms)':>12}{'total (s)':>12}{'peak (MiB)':>12}{'step ratio':>12}{'total ratio':>12}")
+    cpu = "step_cpu_s" in stock_row
+    print(f"{'pipeline':<22}{'step (ms)':>12}{'total (s)':>12}{'peak (MiB)':>12}{'step ratio':>12}{'total ratio':>12}"
+          + (f"{'CPU step (ms)':>15}{'CPU ratio':>11}" if cpu else ""))
     for name, row in summary.items():
-        r = ratios.get(name, {"step_s": 1.0, "total_s": 1.0})
+        r = ratios.get(name, dict.fromkeys(row, 1.0))
         print(f"{name:<22}{row['step_s'] * 1e3:>12.1f}{row['total_s']:>12.3f}{row['peak_mib']:>12.0f}"
-              f"{r['step_s']:>12.3f}{r['total_s']:>12.3f}")
+              f"{r['step_s']:>12.3f}{r['total_s']:>12.3f}"
+              + (f"{row['step_cpu_s'] * 1e3:>15.1f}{r['step_cpu_s']:>11.3f}" if cpu else ""))
     if args.profile:
         report["profile"] = {name: call(name, lambda p, kw, d: profile_run(p, kw, d)) for name in runs}
         for name, ops in report["profile"].items():
