@@ -82,8 +82,9 @@ def _scene_name(path: Path, full_paths: bool) -> str:
 
 
 # ---- commands ------------------------------------------------------------------------------------------
-@app.command("swap", help="""Put the person of --face into the picture --into: the target face's head is repainted
-with that identity, in the target's pose; every pixel outside the feathered head mask is kept exactly.
+@app.command("swap", short_help="Put the person of --face into the picture --into (face swap).", help="""\
+Put the person of --face into the picture --into: the target face's head is repainted with that identity, \
+in the target's pose; every pixel outside the feathered head mask is kept exactly.
 
 The model works on a crop around the head at its own resolution, so a big photo costs what a small one does.
 The photos and the target face are checked before the (slow) model load.""")
@@ -138,9 +139,10 @@ def swap_command(
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
 
 
-@app.command("detail", help="""Redraw the faces in existing pictures as the person of --face (the face-detail
-pass): each face is cropped with a margin, re-denoised at the model's resolution and blended back. Pictures
-without a face are reported and not written.""")
+@app.command("detail", short_help="Redraw the faces in existing pictures as the person of --face.",
+             help="Redraw the faces in existing pictures as the person of --face (the face-detail pass): each face "
+                  "is cropped with a margin, re-denoised at the model's resolution and blended back. Pictures "
+                  "without a face are reported and not written.")
 @with_model_options
 @with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
 def detail_command(
