@@ -142,7 +142,7 @@ def test_pose_photo_is_previewed_and_a_faceless_one_is_refused(browser: object, 
     page = open_page(browser, ui_url)
     upload(page, FACES / "obama_1.jpg")
     wait_for_count(page, "1 reference photo")
-    page.get_by_text("Pose photo and face choice").click()
+    page.get_by_text("Pose and face choice").click()
     page.locator("#pose input[type=file]").set_input_files(str(FACES / "pose_1.jpg"))
     page.locator("#references").get_by_text("pose: pose_1.jpg").wait_for(timeout=WAIT)
     assert "Pose from pose_1.jpg" in page.locator("#reference-count").inner_text()
@@ -154,4 +154,25 @@ def test_pose_photo_is_previewed_and_a_faceless_one_is_refused(browser: object, 
     page.get_by_text(f"no face found in {NO_FACE.name}").first.wait_for(timeout=WAIT)
     page.wait_for_function("!document.querySelector('#pose img')", timeout=WAIT)  # taken off the screen
     assert page.locator("#references img").count() == 1
+    page.locator("#layout input").click()
+    page.get_by_role("option", name="three-quarter-left").click()
+    page.locator("#references").get_by_text("pose: layout three-quarter-left").wait_for(timeout=WAIT)
+    page.close()
+
+
+def test_face_swap_tab_numbers_the_faces_and_swaps(browser: object, ui_url: str, out_dir: Path) -> None:
+    page = open_page(browser, ui_url)
+    upload(page, FACES / "obama_1.jpg")
+    wait_for_count(page, "1 reference photo")
+    page.get_by_role("tab", name="Face swap").click()
+    page.locator("#swap-scene input[type=file]").set_input_files(str(FACES / "group_two_people.jpg"))
+    page.locator("#swap-count").get_by_text("2 faces").wait_for(timeout=WAIT)
+    assert page.locator("#swap-faces img").count() == 1
+    page.get_by_text("Advanced").last.click()
+    page.locator("#swap-steps input[type=number]").fill("2")
+    page.locator("#swap-run").click()
+    page.locator("#swap-gallery img").first.wait_for(timeout=WAIT)
+    assert page.locator("#swap-info").get_by_text("Saved as swap-").count() == 1
+    page.screenshot(path=SCREENSHOT.replace(".png", "_swap.png"), full_page=True)
+    assert list(out_dir.glob("swap-*.png"))
     page.close()

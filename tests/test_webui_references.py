@@ -16,6 +16,7 @@ from instantid.outputs import read_metadata
 from instantid.settings import SCHEDULERS, make_settings
 from instantid.webui import UIContext, prepare_out_dir
 from instantid.webui.portrait import PortraitTab
+from instantid.webui.who import WhoPanel
 
 FAST = {"steps": 2, "width": "64", "height": "64"}
 
@@ -29,7 +30,8 @@ def make_tab(model: Any, out: Path, submit: Any = None) -> PortraitTab:
     def direct(identity: Any, settings: Any, progress: Any) -> Any:
         return model.generate(identity, settings, progress=progress)
 
-    return PortraitTab(UIContext(get_model=lambda: model, out_dir=out, submit=submit or direct))
+    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=submit or direct)
+    return PortraitTab(ctx, WhoPanel(ctx))
 
 
 def count_analyses(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -50,7 +52,7 @@ def test_photo_is_analysed_once_and_generation_reuses_the_identity(
 ) -> None:
     seen = count_analyses(model, monkeypatch)
     tab = make_tab(model, tmp_path)
-    photos, items, count, warnings = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    photos, items, count, warnings = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
     assert seen == ["obama_1.jpg"]
     assert [caption for _, caption in items] == ["1. obama_1.jpg"] and "1 reference photo" in count
     assert warnings == ""
@@ -63,13 +65,13 @@ def test_photo_is_analysed_once_and_generation_reuses_the_identity(
     assert metadata["seed"] == 7 and metadata["references"] == ["obama_1.jpg"]
     assert Path(gallery[0][0]).name in info and "Seed" in info
     # A change of face choice is a different identity: analysed (once) again.
-    tab.analyse(photos, None, "0", "auto")
+    tab.who.analyse(photos, None, "0", "auto")
     assert seen == ["obama_1.jpg", "obama_1.jpg"]
 
 
 def test_preview_draws_the_detected_face(model: Any, tmp_path: Path) -> None:
     tab = make_tab(model, tmp_path)
-    photos, items, _, _ = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    photos, items, _, _ = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
     drawn = items[0][0].convert("RGB")
     identity = tab.ctx.identities.get(photos)
     scale = drawn.width / (identity.pose_size[0])
@@ -81,22 +83,22 @@ def test_preview_draws_the_detected_face(model: Any, tmp_path: Path) -> None:
 
 def test_new_upload_replaces_and_add_keeps_with_a_warning(model: Any, tmp_path: Path) -> None:
     tab = make_tab(model, tmp_path)
-    photos, *_ = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
-    photos, items, count, _ = tab.upload([str(FACES / "lecun_1.jpg")], photos, None, "", "auto")
+    photos, *_ = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    photos, items, count, _ = tab.who.upload([str(FACES / "lecun_1.jpg")], photos, None, "", "auto")
     assert [p.name for p in photos] == ["lecun_1.jpg"] and len(items) == 1 and "1 reference photo" in count
-    photos, items, count, warnings = tab.upload([str(FACES / "obama_1.jpg")], photos, None, "", "auto", add=True)
+    photos, items, count, warnings = tab.who.upload([str(FACES / "obama_1.jpg")], photos, None, "", "auto", add=True)
     assert [p.name for p in photos] == ["lecun_1.jpg", "obama_1.jpg"] and len(items) == 2
     assert "2 reference photos" in count
     assert "different people" in warnings and "lecun_1.jpg" in warnings and "obama_1.jpg" in warnings
     # The same bytes again add nothing.
-    again, *_ = tab.upload([str(FACES / "obama_1.jpg")], photos, None, "", "auto", add=True)
+    again, *_ = tab.who.upload([str(FACES / "obama_1.jpg")], photos, None, "", "auto", add=True)
     assert again == photos
 
 
 def test_robust_fusion_names_the_photo_it_left_out(model: Any, tmp_path: Path) -> None:
     tab = make_tab(model, tmp_path)
     files = [str(FACES / name) for name in ("obama_1.jpg", "obama_2.jpg", "edge_obama_small.jpg", "biden_1.jpg")]
-    _, items, count, warnings = tab.upload(files, (), None, "", "robust")
+    _, items, count, warnings = tab.who.upload(files, (), None, "", "robust")
     captions = dict((caption.split(". ", 1)[1].split(" ")[0], caption) for _, caption in items)
     assert "left out" in captions["biden_1.jpg"]
     assert all("left out" not in captions[n] for n in ("obama_1.jpg", "obama_2.jpg", "edge_obama_small.jpg"))
@@ -106,8 +108,8 @@ def test_robust_fusion_names_the_photo_it_left_out(model: Any, tmp_path: Path) -
 def test_user_error_is_one_line_and_leaves_the_set(model: Any, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     tab = make_tab(model, tmp_path)
-    photos, *_ = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
-    upload = tab.ctx.guard(tab.upload)
+    photos, *_ = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    upload = tab.ctx.guard(tab.who.upload)
     with caplog.at_level(logging.INFO, logger="instantid.webui"), pytest.raises(gr.Error) as raised:
         upload([str(NO_FACE)], photos, None, "", "auto")
     assert raised.value.message == f"no face found in {NO_FACE.name}"
@@ -127,7 +129,7 @@ def test_unexpected_error_is_logged_in_one_line_and_the_ui_goes_on(
         raise RuntimeError("CUDA out of memory")
 
     tab = make_tab(model, tmp_path, submit=broken)
-    photos, *_ = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    photos, *_ = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
     generate = tab.ctx.guard(tab.generate)
     with caplog.at_level(logging.WARNING, logger="instantid.webui"), pytest.raises(gr.Error, match="internal"):
         generate(photos, None, FAST)
@@ -140,7 +142,7 @@ def test_unexpected_error_is_logged_in_one_line_and_the_ui_goes_on(
 
 def test_bad_setting_names_the_control(model: Any, tmp_path: Path) -> None:
     tab = make_tab(model, tmp_path)
-    photos, *_ = tab.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    photos, *_ = tab.who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
     with pytest.raises(InvalidInputError, match="^give both Width and Height, or neither$"):
         tab.generate(photos, None, {"width": "64"})
 

@@ -1,7 +1,8 @@
 """Web UI (gradio): face photo(s) in, images out. Built by :func:`create_ui`; loads nothing at import.
 
-Layout: one tab per task (today "Portrait"; face swap, face detail, several people are further tabs built the
-same way: a class with handlers and a ``build()`` that takes the shared :class:`UIContext`). Generation settings
+Layout: the "Who" panel (:mod:`instantid.webui.who`: reference photos, pose, face choice) beside one tab per
+task (Portrait, Face swap; face detail, several people and mixing are further tabs built the same way: a class
+taking the shared :class:`UIContext` and the Who panel, with a ``build()``). Generation settings
 are derived from :class:`~instantid.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
 analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written
 by :mod:`instantid.outputs` into an announced folder, so a downloaded PNG carries its settings like a CLI output.
@@ -152,6 +153,8 @@ def create_ui(
     import gradio as gr
 
     from instantid.webui.portrait import PortraitTab
+    from instantid.webui.swap_tab import SwapTab
+    from instantid.webui.who import WhoPanel
 
     get_model = app_or_loader if callable(app_or_loader) else lambda: app_or_loader
 
@@ -160,14 +163,24 @@ def create_ui(
 
     ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit or direct,
                     generation_concurrency=1 if submit is None else None)
+    # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; face detail, several people and mixing are
+    # added here the same way.
+    tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab))
     with gr.Blocks(title="InstantID") as ui:
-        gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519).")
+        gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519). "
+                    f"Images and their settings (PNG + JSON) are saved to `{ctx.out_dir}`.", elem_id="out-dir")
         banner = gr.Markdown(elem_id="notice")
-        with gr.Tabs():
-            with gr.Tab("Portrait", id="portrait"):
-                portrait = PortraitTab(ctx)
-                portrait.build()
-        ui.load(lambda: (ctx.notice(), ctx.lcm_lora()), outputs=[banner, portrait.fast])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                who = WhoPanel(ctx)
+                who.build()
+            with gr.Column(scale=9), gr.Tabs():
+                built = {}
+                for title, key, tab_class in tabs:
+                    with gr.Tab(title, id=key, elem_id=f"tab-{key}"):
+                        built[key] = tab_class(ctx, who)
+                        built[key].build()
+        ui.load(lambda: (ctx.notice(), ctx.lcm_lora()), outputs=[banner, built["portrait"].fast])
     ui.queue(default_concurrency_limit=1)
     ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache and the folder
     return ui

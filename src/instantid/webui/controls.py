@@ -67,7 +67,11 @@ class Control:
 
     def value(self, raw: Any) -> Any:
         """A component's value as the settings field expects it (validation itself is the settings')."""
-        if self.kind == "dropdown" and raw in (self.none_choice, "", None):
+        if raw is None:  # not given (a handler called without this control): the declared default
+            return None if self.optional else self.default
+        if self.kind == "dropdown" and raw == "":
+            return None if self.optional else self.default
+        if self.kind == "dropdown" and raw == self.none_choice:
             return None
         if self.kind not in ("number", "slider"):
             return raw

@@ -1,0 +1,143 @@
+"""The "Who" panel every tab shares: reference photos of one person, an optional pose (photo or bundled layout),
+face choice and fusion. Photos are analysed when they arrive; the preview shows the face found in each (box and
+five keypoints) and the Identity is cached for the tabs to reuse (:mod:`instantid.webui.references`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from PIL import Image
+
+from instantid.cli.faces import draw_faces
+from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
+from instantid.settings import make_settings
+from instantid.webui.controls import controls, labels
+from instantid.webui.references import Photo, merge, photos_from_uploads, preview, summary, warnings_text
+
+if TYPE_CHECKING:
+    from instantid.identity import Identity
+    from instantid.webui import UIContext
+
+# Settings that decide which face is used and how photos are fused: they sit beside the photos and a change
+# re-analyses (through the cache); the tabs leave them out of their own controls.
+IDENTITY_FIELDS = ("face_index", "fusion")
+FROM_PHOTOS = "(from the photos)"
+ANALYSIS_CONCURRENCY = 4  # face analysis must not queue behind a long generation
+LAYOUT_PREVIEW = 256
+
+
+def posed(identity: Identity, layout: str | None, width: int | None = None, height: int | None = None) -> Identity:
+    """``identity`` posed by a bundled layout at the output size (the layouts' default size if not given)."""
+    if not layout or layout == FROM_PHOTOS:
+        return identity
+    return with_layout(identity, layout, width or DEFAULT_LAYOUT_SIZE, height or DEFAULT_LAYOUT_SIZE)
+
+
+class WhoPanel:
+    """Handlers (state travels in gr.State, so tests call them directly) and the column's layout."""
+
+    def __init__(self, ctx: UIContext) -> None:
+        self.ctx = ctx
+        self.by_name = {c.name: c for c in controls() if c.name in IDENTITY_FIELDS}
+        names = labels(list(self.by_name.values()))
+        self.label = lambda field: names.get(field, field)
+
+    # ---- handlers -------------------------------------------------------------------------------
+    def identity(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any) -> Identity:
+        """The cached Identity for these photos and options (analysed on a miss)."""
+        values = {name: self.by_name[name].value(raw) for name, raw in (("face_index", face_index),
+                                                                         ("fusion", fusion))}
+        settings = make_settings(values, name=self.label)
+        return self.ctx.identities.get(photos, pose, settings.face_index, settings.fusion)
+
+    def analyse(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
+                layout: str | None = None) -> tuple[list[tuple[Any, str]], str, str]:
+        """Preview items, count line and warnings for the current set."""
+        if not photos:
+            return [], summary(None), ""
+        identity = self.identity(photos, pose, face_index, fusion)
+        items = preview(identity, photos, pose)
+        count = summary(identity)
+        if layout and layout != FROM_PHOTOS:
+            face = posed(identity, layout, LAYOUT_PREVIEW, LAYOUT_PREVIEW).pose_face
+            items.append((draw_faces(Image.new("RGB", (LAYOUT_PREVIEW,) * 2), [face]), f"pose: layout {layout}"))
+            count = count.rstrip(".") + f". Pose from the {layout} layout."
+        return items, count, warnings_text(identity)
+
+    def upload(self, files: Any, current: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
+               layout: str | None = None, add: bool = False) -> tuple[tuple[Photo, ...], Any, str, str]:
+        """New photos replace the set, or join it with ``add``; the set only changes if analysis succeeds."""
+        photos = merge(current, photos_from_uploads(files), add)
+        return (photos, *self.analyse(photos, pose, face_index, fusion, layout))
+
+    def load_example(self, file: str | None, current: Sequence[Photo], pose: Photo | None, face_index: Any,
+                     fusion: Any, layout: str | None = None) -> tuple[Any, ...]:
+        """An example click: the photo replaces the set (the reset to empty afterwards changes nothing)."""
+        if not file:
+            return current, gr.skip(), gr.skip(), gr.skip()
+        return self.upload(file, current, pose, face_index, fusion, layout)
+
+    def set_pose(self, file: str | None, photos: Sequence[Photo], face_index: Any, fusion: Any,
+                 layout: str | None = None) -> tuple[Photo | None, Any, str, str]:
+        pose = Photo.from_upload(file) if file else None
+        return (pose, *self.analyse(photos, pose, face_index, fusion, layout))
+
+    # ---- layout ----------------------------------------------------------------------------------
+    def build(self) -> None:
+        gr.Markdown("### 1. Who")
+        self.upload_box = gr.File(label="Face photo(s) of one person: a new upload replaces the set",
+                                  file_count="multiple", file_types=["image"], type="filepath", elem_id="faces",
+                                  height=120)
+        with gr.Row():
+            self.add_button = gr.UploadButton("+ Add another photo of the same person", file_count="multiple",
+                                              file_types=["image"], elem_id="add-photo", size="sm")
+            self.clear_button = gr.Button("Clear photos", size="sm", elem_id="clear-photos")
+        self.references = gr.Gallery(label="References: the face used, with its box and five keypoints",
+                                     columns=3, height=260, object_fit="contain", elem_id="references",
+                                     interactive=False, buttons=["fullscreen"])
+        self.count = gr.Markdown(summary(None), elem_id="reference-count")
+        self.warnings = gr.Markdown(elem_id="reference-warnings")
+        self.photos_state = gr.State(())
+        self.pose_state = gr.State(None)
+        with gr.Accordion("Pose and face choice", open=False):
+            self.pose = gr.Image(label="Pose photo (optional): keypoints and size from here", type="filepath",
+                                 sources=["upload"], height=180, elem_id="pose")
+            self.layout = gr.Dropdown(
+                [FROM_PHOTOS, *layout_names()], value=FROM_PHOTOS, elem_id="layout",
+                label="Or a bundled pose layout", info="; ".join(f"{n}: {get_layout(n).description}"
+                                                                  for n in layout_names()))
+            self.options = [self.by_name[name].build() for name in IDENTITY_FIELDS]
+        self.inputs = [self.photos_state, self.pose_state, *self.options]  # what a tab needs for the Identity
+        self._wire()
+
+    def _wire(self) -> None:
+        guard = self.ctx.guard
+        state = [*self.inputs, self.layout]
+        self.shown = [self.references, self.count, self.warnings]
+        out = [self.photos_state, *self.shown]
+        events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis"}
+        # The box is emptied after each upload, so the next one is a fresh set (gradio's File would append).
+        self.upload_box.upload(guard(self.upload), [self.upload_box, *state], out, **events
+                               ).then(lambda: None, None, self.upload_box, queue=False)
+        self.add_button.upload(guard(functools.partial(self.upload, add=True)), [self.add_button, *state], out,
+                               **events)
+        self.clear_button.click(lambda: ((), [], summary(None), ""), None, out, queue=False)
+        pose_inputs = [self.pose, self.photos_state, *self.options, self.layout]
+        # A pose photo without a face is refused (the error says so) and taken off the screen, so what is shown
+        # is what generation uses.
+        self.pose.upload(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events
+                         ).failure(lambda: None, None, self.pose, queue=False)
+        self.pose.clear(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events)
+        for widget in [*self.options, self.layout]:
+            widget.change(guard(self.analyse), state, self.shown, **events)
+
+    def wire_example(self, example: Any) -> None:
+        """A hidden image an example click fills: its photo becomes the reference set."""
+        self.example = example
+        example.change(self.ctx.guard(self.load_example), [example, *self.inputs, self.layout],
+                       [self.photos_state, *self.shown], concurrency_limit=ANALYSIS_CONCURRENCY,
+                       concurrency_id="analysis").then(lambda: None, None, example, queue=False)

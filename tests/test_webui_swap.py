@@ -1,0 +1,84 @@
+"""The web UI's face-swap tab and pose layouts on the demo model (handlers, no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _demo import FACES, NO_FACE, demo_model
+from PIL import Image
+
+from instantid.errors import InvalidInputError, NoFaceError
+from instantid.outputs import read_metadata
+from instantid.webui import UIContext
+from instantid.webui.portrait import PortraitTab
+from instantid.webui.swap_tab import SwapTab
+from instantid.webui.who import WhoPanel
+
+GROUP = FACES / "group_two_people.jpg"
+FAST = {"steps": 2}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return demo_model(tmp_path_factory.getbasetemp() / "demo")
+
+
+def panels(model: Any, out: Path) -> tuple[WhoPanel, PortraitTab, SwapTab]:
+    def direct(identity: Any, settings: Any, progress: Any) -> Any:
+        return model.generate(identity, settings, progress=progress)
+
+    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=direct)
+    who = WhoPanel(ctx)
+    return who, PortraitTab(ctx, who), SwapTab(ctx, who)
+
+
+def test_scene_faces_are_numbered_once_and_the_chosen_one_is_swapped(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    who, _, swap = panels(model, tmp_path)
+    photos, *_ = who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    calls: list[str] = []
+    original = model.analyzer.analyze
+    monkeypatch.setattr(model.analyzer, "analyze", lambda image, name=None: calls.append(name) or original(image, name))
+    scene, drawn, text = swap.set_scene(str(GROUP))
+    assert text.startswith("**2 faces** in group_two_people.jpg") and drawn is not None
+    gallery, info = swap.swap(photos, None, scene, {**FAST, "target_index": 1, "seed": "3"})
+    assert calls == ["group_two_people.jpg"], "the picture was analysed again for the swap"
+    saved = Path(gallery[0][0])
+    assert saved.parent == tmp_path and saved.name.startswith("swap-3")
+    with Image.open(saved) as out, Image.open(GROUP) as original_scene:
+        assert out.size == original_scene.size  # the picture's own size, not a model size
+    metadata = read_metadata(saved)
+    target = swap.faces(scene)[1]
+    assert metadata["task"] == "swap" and metadata["references"] == ["obama_1.jpg"]
+    assert metadata["swap"]["target_index"] == 1
+    assert metadata["swap"]["target_face"]["bbox"] == [float(v) for v in target.bbox]
+    assert "Seed 3" in info
+
+
+def test_swap_refuses_a_missing_target_and_a_faceless_picture(model: Any, tmp_path: Path) -> None:
+    who, _, swap = panels(model, tmp_path)
+    photos, *_ = who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    scene, _, _ = swap.set_scene(str(GROUP))
+    with pytest.raises(InvalidInputError, match=r"^group_two_people.jpg has 2 face\(s\): choose a Target index "
+                                                r"from 0 to 1$"):
+        swap.swap(photos, None, scene, {**FAST, "target_index": 2})
+    with pytest.raises(InvalidInputError, match="^upload the picture"):
+        swap.swap(photos, None, None, FAST)
+    with pytest.raises(NoFaceError, match=NO_FACE.name):
+        swap.set_scene(str(NO_FACE))
+    with pytest.raises(InvalidInputError, match="^Strength"):
+        swap.swap(photos, None, scene, {**FAST, "strength": 0.0})
+
+
+def test_bundled_layout_poses_the_portrait(model: Any, tmp_path: Path) -> None:
+    who, portrait, _ = panels(model, tmp_path)
+    photos, items, _, _ = who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto", "frontal")
+    assert [caption for _, caption in items] == ["1. obama_1.jpg", "pose: layout frontal"]
+    gallery, _ = portrait.generate(photos, None, {**FAST, "width": "64", "height": "64"}, layout="three-quarter-left")
+    metadata = read_metadata(Path(gallery[0][0]))
+    assert metadata["pose_from"] == "layout:three-quarter-left" and (metadata["width"], metadata["height"]) == (64, 64)
+    gallery, _ = portrait.generate(photos, None, {**FAST, "width": "64", "height": "64"})
+    assert read_metadata(Path(gallery[0][0]))["pose_from"] == "obama_1.jpg"
