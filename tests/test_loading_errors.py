@@ -144,3 +144,5 @@ def test_model_hash_is_the_a1111_sha256_prefix_and_is_cached(tiny: Path, tmp_pat
     # ...and recomputed when the file changes.
     checkpoint.write_bytes(b"another checkpoint")
     assert describe_checkpoint(str(checkpoint), checkpoint)[1] == hashlib.sha256(b"another checkpoint").hexdigest()[:10]
+    entries = [k for k in json.loads((tmp_path / "hashes.json").read_text()) if k.startswith(str(checkpoint.resolve()))]
+    assert len(entries) == 1  # the old version's entry is gone: the cache does not grow with every edit

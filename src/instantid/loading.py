@@ -200,7 +200,10 @@ def describe_checkpoint(ref: str, path: Path) -> tuple[str, str | None]:
     else:
         name = ref if not Path(ref).expanduser().exists() else path.name
         target = next((path / "unet" / f for f in _UNET_WEIGHTS if (path / "unet" / f).is_file()), None)
-    return name, (file_hash(target)[:10] if target is not None else None)
+    try:
+        return name, (file_hash(target)[:10] if target is not None else None)
+    except OSError:  # the weights loaded, so this is a race with the file changing: leave the hash out
+        return name, None
 
 
 def file_hash(path: Path) -> str:
@@ -215,6 +218,8 @@ def file_hash(path: Path) -> str:
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 24), b""):
             digest.update(block)
+    # One entry per file: an older version's hash is dropped.
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
     cache[key] = digest.hexdigest()
     try:
         from instantid.outputs import write_bytes_atomically
