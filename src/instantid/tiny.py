@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UN
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from instantid.adapter import random_adapter_state_dict
+from instantid.loading import library_chatter
 
 TINY_MARKER = "instantid-tiny.json"
 
@@ -132,13 +133,15 @@ def build_tiny_instantid(out_dir: str | Path, config: TinyConfig = TinyConfig(),
         return out
     parts = build_tiny_components(config, seed)
     base = out / "base"
-    tokenizer = _save_tokenizer(base / "tokenizer")
-    tokenizer_2 = _save_tokenizer(base / "tokenizer_2")
-    StableDiffusionXLPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
-        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts["unet"], scheduler=parts["scheduler"],
-    ).save_pretrained(base)
-    parts["controlnet"].save_pretrained(out / "ControlNetModel")
+    # Our own throwaway files: the libraries' "Writing model shards" bars would only be noise.
+    with library_chatter():
+        tokenizer = _save_tokenizer(base / "tokenizer")
+        tokenizer_2 = _save_tokenizer(base / "tokenizer_2")
+        StableDiffusionXLPipeline(
+            vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts["unet"], scheduler=parts["scheduler"],
+        ).save_pretrained(base)
+        parts["controlnet"].save_pretrained(out / "ControlNetModel")
     state = random_adapter_state_dict(
         parts["unet"], width=config.resampler_width, depth=config.resampler_depth,
         num_queries=config.num_tokens, embedding_dim=config.embedding_dim, seed=seed,
