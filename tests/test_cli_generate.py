@@ -239,3 +239,17 @@ def test_every_command_module_is_registered() -> None:
     folder = Path(cli.__file__).parent
     modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__", "options"}
     assert modules <= set(cli._COMMAND_MODULES)
+
+
+def test_face_model_the_published_adapter_cannot_use_is_refused_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from instantid.model_settings import ModelSettings
+
+    loads: list[str] = []
+    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append("model"))
+    assert main(["generate", str(FACE), "--face-backend", "dlib", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the published face adapter needs antelopev2-512 face embeddings but the face model is "
+                   "dlib-128: unpack antelopev2 (`instantid doctor` says where) or pass --antelopev2-root"]
+    assert loads == []

@@ -73,11 +73,21 @@ class ModelSettings(BaseModel):
     def face_analyzer(self) -> FaceAnalyzer:
         """The face model alone, seconds to load next to minutes for the diffusion model: surfaces check photos
         with it first and pass it on to :meth:`load`."""
-        from instantid.faces import create_face_analyzer
+        from instantid.errors import EmbeddingSpaceError
+        from instantid.faces import SPACE_ANTELOPEV2, create_face_analyzer
+        from instantid.models import DEFAULT_ADAPTER
 
         if self.demo:
             return create_face_analyzer("dlib")  # what InstantID.demo uses
-        return create_face_analyzer(self.face_backend, root=self.antelopev2_root)
+        analyzer = create_face_analyzer(self.face_backend, root=self.antelopev2_root)
+        # The published adapter is known to take antelopev2 embeddings: say so now, not after minutes of loading
+        # (another adapter's space is only known once it is read; InstantID checks it then).
+        if (self.adapter or DEFAULT_ADAPTER) == DEFAULT_ADAPTER and analyzer.space != SPACE_ANTELOPEV2:
+            raise EmbeddingSpaceError(
+                f"the published face adapter needs {SPACE_ANTELOPEV2} face embeddings but the face model is "
+                f"{analyzer.space}: unpack antelopev2 (`instantid doctor` says where) or pass --antelopev2-root"
+            )
+        return analyzer
 
     def load(self, analyzer: FaceAnalyzer | None = None) -> InstantID:
         """Load everything, without the libraries' loading bars and warnings unless ``verbose``."""
