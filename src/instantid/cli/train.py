@@ -25,17 +25,40 @@ def prepare(
     min_score: float = typer.Option(0.0, help="Drop detections below this score (backend-specific scale)."),
     workers: int = typer.Option(1, help="Analysis threads, each with its own face analyzer."),
     allow_empty_caption: bool = typer.Option(False, help="Keep images without a caption (as an empty one)."),
+    shard: str | None = typer.Option(
+        None, "--shard", help="i/N: analyse only this process's share of the inputs (a stable hash split) and "
+        "write webdataset tar parts; under `accelerate launch` the process index and count are used. "
+        "0/1 writes tar parts from one process.",
+    ),
+    samples_per_tar: int = typer.Option(1000, "--samples-per-tar", min=1, help="Samples per tar part."),
 ) -> None:
-    """Analyse captioned photos into a training set (resumable: reruns skip what is already decided)."""
-    from instantid.training.prepare import PrepareConfig
-    from instantid.training.prepare import prepare as run_prepare
+    """Analyse captioned photos into a training set (resumable: reruns skip what is already decided).
 
+    Exit code 2 when nothing is kept, with the main reasons images were dropped (a shard only warns: its
+    share of the inputs may hold nothing usable while the other shards keep plenty).
+    """
+    from instantid.errors import InvalidInputError
+    from instantid.training.prepare import PrepareConfig, explain_nothing_kept
+    from instantid.training.prepare import prepare as run_prepare
+    from instantid.training.shards import resolve_shard
+
+    chosen = resolve_shard(shard)
     config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,
                            min_score=min_score, workers=workers, allow_empty_caption=allow_empty_caption)
     summary = run_prepare(
         inputs, out, lambda: face_analyzer(face_backend, backend, antelopev2_root), config, captions_jsonl=captions,
+        shard=chosen, samples_per_tar=samples_per_tar,
     )
     typer.echo(json.dumps(summary, indent=2))
+    if summary["kept"] > 0:
+        return
+    if chosen is not None:  # one shard's share may hold nothing usable while the others keep plenty
+        reason = explain_nothing_kept(summary) if summary["dropped"] else "no input image falls into it"
+        typer.echo(f"warning: shard {summary['shard']}: {reason}", err=True)
+    elif summary["dropped"] == 0:
+        raise InvalidInputError(f"no images found in {', '.join(map(str, inputs))}")
+    else:
+        raise InvalidInputError(explain_nothing_kept(summary))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

@@ -1,6 +1,8 @@
 """The prepared training set on disk, and the Dataset that turns it into training examples.
 
-Layout written by ``instantid prepare`` (and by anything else that follows it, e.g. the synthetic proof)::
+``instantid prepare`` writes one of two layouts: webdataset tar shards (``--shard``, many processes; see
+:mod:`instantid.training.shards`), read in place, or this folder (one process; the synthetic proof writes it
+too)::
 
     data_dir/manifest.jsonl     one kept record per line (see :func:`make_record`)
     data_dir/rejects.jsonl      one dropped source per line: {"key", "reason", "detail"}
@@ -40,6 +42,24 @@ def record_stem(key: str) -> str:
     return f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
+def face_record(
+    key: str, caption: str, embedding: np.ndarray, space: str, kps: np.ndarray, bbox: tuple[float, ...],
+    score: float, size: tuple[int, int],
+) -> dict[str, Any]:
+    """What training needs to know about one kept example besides its pixels (JSON-able)."""
+    return {
+        "key": key,
+        "space": space,
+        "embedding_dim": int(np.asarray(embedding).size),
+        "caption": caption,
+        "kps": [[float(x), float(y)] for x, y in np.asarray(kps).reshape(5, 2)],
+        "bbox": [float(v) for v in bbox],
+        "score": float(score),
+        "width": int(size[0]),
+        "height": int(size[1]),
+    }
+
+
 def make_record(
     root: Path, key: str, image_bytes: bytes, suffix: str, caption: str, embedding: np.ndarray, space: str,
     kps: np.ndarray, bbox: tuple[float, ...], score: float, size: tuple[int, int],
@@ -55,19 +75,8 @@ def make_record(
     (root / "embeddings").mkdir(parents=True, exist_ok=True)
     (root / image_rel).write_bytes(image_bytes)
     np.save(root / emb_rel, np.asarray(embedding, dtype=np.float32).reshape(-1))
-    return {
-        "key": key,
-        "image": image_rel,
-        "embedding": emb_rel,
-        "space": space,
-        "embedding_dim": int(np.asarray(embedding).size),
-        "caption": caption,
-        "kps": [[float(x), float(y)] for x, y in np.asarray(kps).reshape(5, 2)],
-        "bbox": [float(v) for v in bbox],
-        "score": float(score),
-        "width": int(size[0]),
-        "height": int(size[1]),
-    }
+    return {"image": image_rel, "embedding": emb_rel,
+            **face_record(key, caption, embedding, space, kps, bbox, score, size)}
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -83,11 +92,19 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_manifest(root: str | Path) -> list[dict[str, Any]]:
-    """All kept records of a prepared data folder."""
+    """All kept records of a prepared data folder: its manifest, or else the records of its tar shards
+    (``instantid prepare --shard``; any webdataset tar whose samples carry our JSON record)."""
+    from instantid.training.shards import read_tar_index
+
     root = Path(root)
-    if not (root / MANIFEST).is_file():
-        raise InvalidInputError(f"{root} has no {MANIFEST}: prepare the data first with `instantid prepare`")
-    return list(read_jsonl(root / MANIFEST))
+    if (root / MANIFEST).is_file():
+        return list(read_jsonl(root / MANIFEST))
+    tars = sorted(root.glob("*.tar")) if root.is_dir() else []
+    if not tars:
+        raise InvalidInputError(
+            f"{root} has no {MANIFEST} and no .tar shards: prepare the data first with `instantid prepare`"
+        )
+    return [record for tar in tars for record in read_tar_index(tar)]
 
 
 def resize_and_crop(
@@ -130,7 +147,14 @@ class FaceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         # Decoded as face analysis decoded it (EXIF-upright RGB), so the keypoints sit on the same pixels.
-        image = load_image(self.root / record["image"])
+        if "tar" in record:  # straight from the tar shard: one seek, nothing extracted
+            from instantid.training.shards import read_member
+
+            image = load_image(read_member(record), f"{record['tar']}:{record['key']}")
+            embedding = np.asarray(record["embedding"], dtype=np.float32)
+        else:
+            image = load_image(self.root / record["image"])
+            embedding = np.load(self.root / record["embedding"]).astype(np.float32)
         original_size = (image.height, image.width)
         image, kps, crop = resize_and_crop(image, np.asarray(record["kps"]), self.resolution)
         kps_image = draw_kps(image, kps)
@@ -139,7 +163,7 @@ class FaceDataset(torch.utils.data.Dataset):
         return {
             "pixel_values": pixels,
             "kps_image": control,
-            "embedding": torch.from_numpy(np.load(self.root / record["embedding"]).astype(np.float32)),
+            "embedding": torch.from_numpy(embedding),
             "caption": record["caption"],
             "original_size": torch.tensor(original_size),
             "crop_top_left": torch.tensor(crop),

@@ -2,8 +2,9 @@
 
 Inputs: folders of images with captions (``name.txt`` sidecars, or a JSONL of ``{"file", "caption"}``), or
 webdataset-style tar shards (``key.jpg``/``key.png`` + ``key.txt`` members). Each kept image gets one
-manifest line (see :mod:`instantid.training.data`); each dropped one a line in ``rejects.jsonl`` with its
-reason. Reruns skip every source already decided, so an interrupted run resumes where it stopped.
+manifest line (see :mod:`instantid.training.data`), or with ``shard=(i, N)`` one sample in this process's tar
+parts (see :mod:`instantid.training.shards`); each dropped one a line in the rejects JSONL with its reason.
+Reruns skip every source already decided, so an interrupted run resumes where it stopped.
 
 Paper recipe: single-person images (``max_faces=1``), full images (not crops), antelopev2 embeddings.
 """
@@ -20,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from instantid.errors import ImageReadError, InvalidInputError
 from instantid.faces.images import IMAGE_SUFFIXES, load_image
-from instantid.training.data import MANIFEST, REJECTS, SUMMARY, make_record, read_jsonl
+from instantid.outputs import write_bytes_atomically
+from instantid.training.data import MANIFEST, REJECTS, SUMMARY, face_record, make_record, read_jsonl
+from instantid.training.shards import SAMPLES_PER_TAR, TarShardWriter, shard_name, shard_of, tar_parts
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,9 @@ def iter_sources(inputs: list[Path], captions_jsonl: Path | None = None) -> Iter
             raise InvalidInputError(f"{item} is neither a folder of images nor a .tar shard")
 
 
-def _decide(source: Source, analyzer: Any, config: PrepareConfig, root: Path) -> dict[str, Any]:
-    """Analyse one source: a manifest record (``{"record": ...}``) or a reject (``{"reason", "detail"}``)."""
+def _decide(source: Source, analyzer: Callable[[], Any], config: PrepareConfig) -> dict[str, Any]:
+    """Analyse one source (``analyzer()`` is this thread's analyzer): a kept example (``{"record", "embedding",
+    "image", "suffix"}``) or a drop (``{"reason", "detail"}``)."""
     caption = source.caption
     if caption is None:
         if not config.allow_empty_caption:
@@ -109,9 +114,9 @@ def _decide(source: Source, analyzer: Any, config: PrepareConfig, root: Path) ->
     try:
         data = source.read()
         image = load_image(data, source.key)
+        faces = analyzer().analyze(image, source.key)  # may refuse an image too small to hold a face
     except (ImageReadError, OSError) as exc:
         return {"reason": "unreadable", "detail": str(exc)}
-    faces = analyzer.analyze(image, source.key)
     if not faces:
         return {"reason": "no_face", "detail": ""}
     if len(faces) > config.max_faces:
@@ -123,59 +128,159 @@ def _decide(source: Source, analyzer: Any, config: PrepareConfig, root: Path) ->
     short = min(x2 - x1, y2 - y1)
     if short < config.min_face_px or short < config.min_face_fraction * min(image.size):
         return {"reason": "small_face", "detail": f"face box short side {short:.0f}px in a {image.size} image"}
-    record = make_record(
-        root, source.key, data, source.suffix, caption, face.embedding, face.space, face.kps, face.bbox,
-        face.score, image.size,
-    )
-    return {"record": record}
+    record = face_record(source.key, caption, face.embedding, face.space, face.kps, face.bbox, face.score,
+                         image.size)
+    return {"record": record, "embedding": face.embedding, "image": data, "suffix": source.suffix}
 
 
-def summarize(root: Path) -> dict[str, Any]:
+class FolderWriter:
+    """The folder layout of :mod:`instantid.training.data` (one process: manifest.jsonl, images/, embeddings/)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        if tar_parts(root):
+            raise InvalidInputError(f"{root} holds tar shards from a sharded run: use another output folder")
+        root.mkdir(parents=True, exist_ok=True)
+        self._manifest = (root / MANIFEST).open("a", encoding="utf-8")
+        self._rejects = (root / REJECTS).open("a", encoding="utf-8")
+
+    def kept_records(self) -> Iterator[dict[str, Any]]:
+        yield from read_jsonl(self.root / MANIFEST)
+
+    def rejected(self) -> Iterator[dict[str, Any]]:
+        yield from read_jsonl(self.root / REJECTS)
+
+    def done_keys(self) -> set[str]:
+        return {r["key"] for r in self.kept_records()} | {r["key"] for r in self.rejected()}
+
+    def keep(self, result: dict[str, Any]) -> None:
+        record = result["record"]
+        # make_record writes the files first, so a manifest line always has its files (resume).
+        line = make_record(self.root, record["key"], result["image"], result["suffix"], record["caption"],
+                           result["embedding"], record["space"], np.asarray(record["kps"]), record["bbox"],
+                           record["score"], (record["width"], record["height"]))
+        self._manifest.write(json.dumps(line) + "\n")
+        self._manifest.flush()
+
+    def reject(self, key: str, reason: str, detail: str) -> None:
+        self._rejects.write(json.dumps({"key": key, "reason": reason, "detail": detail}) + "\n")
+        self._rejects.flush()
+
+    def close(self) -> None:
+        self._manifest.close()
+        self._rejects.close()
+
+    abort = close  # every manifest line is already whole
+
+
+class ShardWriter(TarShardWriter):
+    """:class:`TarShardWriter` with the prepare result as input (embedding inside the JSON record)."""
+
+    def keep(self, result: dict[str, Any]) -> None:  # type: ignore[override]
+        record = {**result["record"], "embedding": [float(v) for v in np.asarray(result["embedding"]).reshape(-1)]}
+        super().keep(record, result["image"], result["suffix"])
+
+
+def summarize(writer: FolderWriter | TarShardWriter) -> dict[str, Any]:
     """Kept and dropped counts over every run so far (from the files, so resumed runs add up)."""
-    kept = list(read_jsonl(root / MANIFEST))
-    reasons = Counter(r["reason"] for r in read_jsonl(root / REJECTS))
+    kept = list(writer.kept_records())
+    reasons = Counter(r["reason"] for r in writer.rejected())
     return {
         "kept": len(kept),
         "dropped": sum(reasons.values()),
-        "dropped_by_reason": dict(sorted(reasons.items())),
+        "dropped_by_reason": dict(reasons.most_common()),
         "embedding_spaces": sorted({r["space"] for r in kept}),
     }
+
+
+# What to change when a drop reason dominates (shown when nothing was kept).
+_ADVICE = {
+    "no_caption": "give each image a caption (name.txt beside it, a .txt tar member, or --captions JSONL), "
+                  "or pass --allow-empty-caption",
+    "no_face": "check the photos show a face; try --face-backend antelopev2 or dlib",
+    "too_many_faces": "raise --max-faces",
+    "small_face": "lower --min-face-px / --min-face-fraction",
+    "low_score": "lower --min-score",
+    "unreadable": "check the files are images",
+}
+
+
+def explain_nothing_kept(summary: dict[str, Any]) -> str:
+    """One line saying why no image was kept: the top drop reasons with counts and what to change."""
+    reasons = summary["dropped_by_reason"]
+    top = list(reasons.items())[:3]
+    listed = ", ".join(f"{reason} {count}" for reason, count in top)
+    advice = _ADVICE.get(top[0][0], "") if top else ""
+    return (f"nothing kept: 0 of {summary['dropped']} image(s) passed ({listed})"
+            + (f"; {advice}" if advice else ""))
 
 
 def prepare(
     inputs: list[str | Path], out_dir: str | Path, analyzer_factory: Callable[[], Any],
     config: PrepareConfig = PrepareConfig(), captions_jsonl: str | Path | None = None, progress: bool = True,
+    shard: tuple[int, int] | None = None, samples_per_tar: int = SAMPLES_PER_TAR,
 ) -> dict[str, Any]:
     """Analyse every new source of ``inputs`` into ``out_dir``; returns (and writes) the summary.
 
     ``analyzer_factory`` builds one face analyzer per worker thread (e.g. ``lambda: create_face_analyzer("dlib")``).
+    Without ``shard`` the folder layout is written; with ``shard=(i, N)`` only the sources that hash to shard
+    ``i`` are analysed and written as webdataset tar parts (see :mod:`instantid.training.shards`), so N
+    processes (or machines) can share one input list and one output folder.
     """
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    done = {r["key"] for r in read_jsonl(root / MANIFEST)} | {r["key"] for r in read_jsonl(root / REJECTS)}
+    if shard is None:
+        writer: FolderWriter | TarShardWriter = FolderWriter(root)
+        summary_path = root / SUMMARY
+    else:
+        index, count = shard
+        writer = ShardWriter(root, index, count, samples_per_tar)
+        summary_path = root / f"summary-{shard_name(index, count)}.json"
+    try:
+        session, skipped = _run(inputs, writer, analyzer_factory, config, captions_jsonl, progress, shard)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    summary = {**summarize(writer), "this_run": dict(session), "skipped_already_done": skipped}
+    if shard is not None:
+        summary["shard"] = f"{shard[0]}/{shard[1]}"
+    write_bytes_atomically(summary_path, json.dumps(summary, indent=2).encode("utf-8"))
+    return summary
+
+
+def _run(
+    inputs: list[str | Path], writer: FolderWriter | TarShardWriter, analyzer_factory: Callable[[], Any],
+    config: PrepareConfig, captions_jsonl: str | Path | None, progress: bool, shard: tuple[int, int] | None,
+) -> tuple[Counter, int]:
+    done = writer.done_keys()
     local = threading.local()
 
-    def work(source: Source) -> dict[str, Any]:
+    def analyzer() -> Any:  # built on first use: a run that only drops uncaptioned images loads no model
         if not hasattr(local, "analyzer"):
             local.analyzer = analyzer_factory()
-        return _decide(source, local.analyzer, config, root)
+        return local.analyzer
 
-    sources = (s for s in iter_sources([Path(p) for p in inputs], Path(captions_jsonl) if captions_jsonl else None)
-               if s.key not in done)
-    bar = tqdm(desc="prepare", unit="img", disable=not progress)
-    session = Counter()
+    def work(source: Source) -> dict[str, Any]:
+        return _decide(source, analyzer, config)
+
+    mine = (s for s in iter_sources([Path(p) for p in inputs], Path(captions_jsonl) if captions_jsonl else None)
+            if shard is None or shard_of(s.key, shard[1]) == shard[0])
+    skipped = 0
+    bar = tqdm(desc="prepare" if shard is None else f"prepare {shard[0]}/{shard[1]}", unit="img",
+               disable=not progress)
+    session: Counter = Counter()
     in_flight: dict[Future, Source] = {}
     # Bounded look-ahead: tar shards hand over bytes, so never queue more than a few images per worker.
     limit = 4 * max(1, config.workers)
-    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool, \
-            (root / MANIFEST).open("a", encoding="utf-8") as manifest, \
-            (root / REJECTS).open("a", encoding="utf-8") as rejects:
+    with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
         exhausted = False
         while in_flight or not exhausted:
             while not exhausted and len(in_flight) < limit:
-                source = next(sources, None)
+                source = next(mine, None)
                 if source is None:
                     exhausted = True
+                elif source.key in done:
+                    skipped += 1
                 else:
                     in_flight[pool.submit(work, source)] = source
             if not in_flight:
@@ -185,16 +290,12 @@ def prepare(
                 source = in_flight.pop(future)
                 result = future.result()
                 if "record" in result:
-                    manifest.write(json.dumps(result["record"]) + "\n")
-                    manifest.flush()
+                    writer.keep(result)
                     session["kept"] += 1
                 else:
-                    rejects.write(json.dumps({"key": source.key, **result}) + "\n")
-                    rejects.flush()
+                    writer.reject(source.key, result["reason"], result["detail"])
                     session[result["reason"]] += 1
                 bar.update(1)
                 bar.set_postfix(kept=session["kept"], dropped=sum(session.values()) - session["kept"])
     bar.close()
-    summary = {**summarize(root), "this_run": dict(session), "skipped_already_done": len(done)}
-    (root / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
+    return session, skipped
