@@ -53,6 +53,10 @@ def serve_command(
     import uvicorn
 
     from instantid.server import ServerSettings, create_app
+    from instantid.service.auth import load_api_keys
+
+    if api_key_file is not None:
+        load_api_keys(api_key_file)  # a bad key line is one error line before minutes of model loading
 
     settings = ServerSettings(
         **model.model_dump(), out_dir=out, queue=queue, max_upload_bytes=int(max_upload_mb * 2**20),
