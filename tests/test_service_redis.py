@@ -50,6 +50,39 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         process.wait(10)
 
 
+def test_redis_store_has_the_sqlite_semantics(redis_url: str) -> None:
+    import redis
+
+    from instantid.service.jobs import JobRecord, new_job_id
+    from instantid.service.redis_store import RedisJobStore
+
+    store = RedisJobStore(redis.Redis.from_url(redis_url))
+
+    def record(**changes: object) -> JobRecord:
+        return JobRecord(id=new_job_id(), request={"settings": {}, "faces": ["a.jpg"], "pose": None}, **changes)
+
+    first, created = store.add(record(owner="alice", idempotency_key="k", created=1.0))
+    again, created_again = store.add(record(owner="alice", idempotency_key="k"))
+    assert created and not created_again and again.id == first.id and store.by_key("alice", "k").id == first.id
+    second, _ = store.add(record(owner="bob", created=2.0))
+    third, _ = store.add(record(owner="alice", created=3.0))
+    assert [store.position(j.id) for j in (first, second, third)] == [0, 1, 2]
+    assert store.start(first.id, "w1").attempts == 1 and store.start(first.id, "w2") is None
+    assert store.cancel(second.id).state == "canceled" and store.position(third.id) == 0
+    assert store.cancel(first.id).state == "running" and store.get(first.id).cancel_requested
+    store.update(first.id, step=3, total=9)  # a progress write keeps the cancel request (one field per value)
+    assert store.get(first.id).cancel_requested and store.get(first.id).step == 3
+    assert store.lost(first.id, "worker died", max_attempts=1) == "failed"
+    assert store.counts() == {"queued": 1, "running": 0, "done": 0, "failed": 1, "canceled": 1}
+    page, total = store.list(offset=0, limit=1, owner="alice")
+    assert total == 2 and page[0].id == third.id
+    assert store.list(owner="alice", state="failed")[0][0].id == first.id and store.active("alice") == 1
+    assert set(store.finished_before(time.time() + 1)) == {first.id, second.id}
+    store.delete(first.id)
+    assert store.get(first.id) is None and store.by_key("alice", "k") is None
+    assert store.counts()["failed"] == 0 and store.list()[1] == 2
+
+
 def start_worker(url: str, out: Path, cache: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "INSTANTID_DEMO_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "instantid.cli", "worker", "--queue", url, "--out", str(out), "--demo",
