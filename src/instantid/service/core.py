@@ -195,8 +195,11 @@ class JobService:
     # ---- after submit --------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobRecord | None:
         record = self.store.cancel(job_id)
-        if record is not None and self.dispatch is not None and record.state == "canceled":
-            self.dispatch.cancel(job_id)
+        if record is not None and record.state == "canceled":  # it never started: drop what waited for it
+            if self.dispatch is not None:
+                self.dispatch.cancel(job_id)
+            else:
+                self.runner.identities.pop(job_id, None)
         return record
 
     def delete(self, job_id: str) -> None:
