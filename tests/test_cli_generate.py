@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _demo import CORRUPT, FACE, NO_FACE, demo_model
 from PIL import Image
@@ -141,6 +142,41 @@ def test_empty_prompt_stays_empty_and_paths_stay_private(tmp_path: Path) -> None
     assert parameters.splitlines()[0] == "" and "Negative prompt" not in parameters
     assert stored["references"] == ["face.jpg"]  # a file name, not the folder it sits in
     assert str(FACE.parent) not in png.with_suffix(".json").read_text()
+
+
+@pytest.mark.usefixtures("shared_model")
+def test_generate_mix_and_layout(tmp_path: Path, faces_dir: Path) -> None:
+    """--mix moves the identity, --layout replaces the pose: both recorded, both change the picture."""
+    runs = {
+        "plain": [],
+        "mixed": ["--mix", f"{faces_dir / 'lecun_1.jpg'}:0.5"],
+        "layout": ["--layout", "profile-left"],
+    }
+    pictures = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["generate", str(FACE), "--steps", "1", "--seed", "3", "-o", str(out), *extra]) == 0
+        png = out / "portrait_s3.png"
+        pictures[name] = np.asarray(Image.open(png), dtype=float)
+        stored = read_metadata(png)
+    mixed = read_metadata(tmp_path / "mixed" / "portrait_s3.png")
+    assert mixed["mixed_with"] == [{"name": "lecun_1.jpg", "weight": 0.5}]
+    assert stored["pose_from"] == "layout:profile-left"
+    assert np.abs(pictures["plain"] - pictures["mixed"]).mean() > 0
+    assert pictures["layout"].shape[:2] == (256, 256)  # a layout is square: the demo's size, not the photo's
+    assert pictures["plain"].shape[:2] != (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--layout", "nope"], "unknown layout 'nope'"), (["--mix", "x.jpg"], "--mix takes PHOTO:WEIGHT"),
+     (["--layout", "frontal", "--pose", str(FACE)], "give --pose or --layout, not both")],
+)
+def test_generate_mix_and_layout_errors_before_loading(
+    args: list[str], message: str, tmp_path: Path, shared_model: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["generate", str(FACE), "-o", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err and shared_model == []
 
 
 def test_plan_seeds_rule() -> None:

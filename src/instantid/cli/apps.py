@@ -1,14 +1,12 @@
 """Applications beyond plain generation: ``instantid swap`` (face swap into a photo), ``instantid detail`` (face
 detail pass on existing pictures) and ``instantid layouts`` (the bundled keypoint layouts).
 
-Also the parsing every command shares for identity mixing (``--mix photo.jpg:0.3``): :func:`parse_mix`,
-:func:`apply_mixes`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +21,12 @@ from instantid.cli.generate import (
     load_model,
     progress_bar,
 )
-from instantid.cli.options import option_parameters, with_generation_options, with_model_options
-from instantid.errors import InvalidInputError
+from instantid.cli.options import apply_mixes, option_parameters, parse_mix, with_generation_options, with_model_options
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
 
 # ---- identity mixing -------------------------------------------------------------------------------------
-def parse_mix(spec: str, flag: str = "--mix") -> tuple[Path, float]:
-    """``"b.jpg:0.3"`` -> ``(Path("b.jpg"), 0.3)``; the weight is after the last colon, so paths may hold colons."""
-    path, sep, weight = spec.rpartition(":")
-    try:
-        value = float(weight) if sep and path else None
-    except ValueError:
-        value = None
-    if value is None:
-        raise InvalidInputError(f"{flag} takes PHOTO:WEIGHT with a weight between 0 and 1, e.g. b.jpg:0.3; "
-                                f"got {spec!r}")
-    if not 0 <= value <= 1:
-        raise InvalidInputError(f"{flag} weight must be between 0 and 1, got {value} in {spec!r}")
-    return Path(path), value
-
-
-def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_index: int | None = None,
-                full_paths: bool = False, flag: str = "--mix") -> Any:
-    """``identity`` mixed with each ``PHOTO:WEIGHT`` in turn (:meth:`Identity.mix`; the pose stays the identity's).
-
-    Every spec is parsed before any photo is analysed, so a typo is reported at once."""
-    from instantid.generator import prepare_identity
-
-    parsed = [parse_mix(spec, flag) for spec in specs]
-    for path, weight in parsed:
-        other = prepare_identity(analyzer, str(path), face_index=face_index, full_paths=full_paths)
-        identity = identity.mix(other, weight, name=str(path.resolve()) if full_paths else path.name)
-    return identity
-
-
 # ---- swap options on the command line -----------------------------------------------------------------
 def with_swap_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command one option per :class:`~instantid.swap.SwapOptions` field; it receives them validated as
@@ -221,4 +189,4 @@ def layouts_command(
         typer.echo(line)
 
 
-__all__ = ["apply_mixes", "parse_mix", "with_swap_options"]
+__all__ = ["with_swap_options"]

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from instantid.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
-from instantid.cli.options import model_option, with_generation_options, with_model_options
+from instantid.cli.options import apply_mixes, model_option, parse_mix, with_generation_options, with_model_options
 from instantid.errors import InvalidInputError
 from instantid.settings import MAX_SEED
 
@@ -112,6 +112,10 @@ def generate_command(
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 1,2,3."),
     num_images: int = typer.Option(1, help=f"Images per seed. {SEED_RULE}"),
     pose: Path | None = typer.Option(None, help="Take pose (keypoints) and size from this photo.", dir_okay=False),
+    layout: str | None = typer.Option(None, help="Pose from a bundled keypoint layout instead of a photo "
+                                      "(see `instantid layouts`), e.g. three-quarter-left."),
+    mix: list[str] = typer.Option([], help="Mix in another person: PHOTO:WEIGHT (0 = this person, 1 = the "
+                                  "other); repeatable."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
@@ -121,6 +125,7 @@ def generate_command(
 ) -> None:
     from instantid.batch import slug
     from instantid.generator import prepare_identity
+    from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
     from instantid.outputs import prepare_folder, write_image
     from instantid.settings import field_label, make_settings
@@ -131,6 +136,12 @@ def generate_command(
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
+    if pose is not None and layout is not None:
+        raise InvalidInputError("give --pose or --layout, not both")
+    if layout is not None:
+        get_layout(layout)
+    for spec in mix:
+        parse_mix(spec)
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
@@ -138,6 +149,10 @@ def generate_command(
         analyzer = face_analyzer(model)
         identity = prepare_identity(analyzer, list(faces), pose=pose, face_index=settings.face_index,
                                     fusion=settings.fusion, full_paths=full_paths)
+        identity = apply_mixes(analyzer, identity, mix, face_index=settings.face_index, full_paths=full_paths)
+    if layout is not None:
+        identity = with_layout(identity, layout, settings.width or DEFAULT_LAYOUT_SIZE,
+                               settings.height or DEFAULT_LAYOUT_SIZE)
     for warning in identity.warnings:
         console.print(f"[yellow]warning: {warning}[/]")
     if repeated:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -145,4 +146,36 @@ def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any
     return decorate
 
 
-__all__ = ["model_option", "option_parameters", "with_generation_options", "with_model_options"]
+# ---- identity mixing on the command line -------------------------------------------------------------
+def parse_mix(spec: str, flag: str = "--mix") -> tuple[Path, float]:
+    """``"b.jpg:0.3"`` -> ``(Path("b.jpg"), 0.3)``; the weight is after the last colon, so paths may hold colons."""
+    path, sep, weight = spec.rpartition(":")
+    try:
+        value = float(weight) if sep and path else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise InvalidInputError(f"{flag} takes PHOTO:WEIGHT with a weight between 0 and 1, e.g. b.jpg:0.3; "
+                                f"got {spec!r}")
+    if not 0 <= value <= 1:
+        raise InvalidInputError(f"{flag} weight must be between 0 and 1, got {value} in {spec!r}")
+    return Path(path), value
+
+
+def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_index: int | None = None,
+                full_paths: bool = False, flag: str = "--mix") -> Any:
+    """``identity`` mixed with each ``PHOTO:WEIGHT`` in turn (:meth:`Identity.mix`; the pose stays the identity's).
+
+    Every spec is parsed before any photo is analysed, so a typo is reported at once."""
+    from instantid.generator import prepare_identity
+
+    parsed = [parse_mix(spec, flag) for spec in specs]
+    for path, weight in parsed:
+        other = prepare_identity(analyzer, str(path), face_index=face_index, full_paths=full_paths)
+        identity = identity.mix(other, weight, name=str(path.resolve()) if full_paths else path.name)
+    return identity
+
+
+__all__ = [
+    "apply_mixes", "model_option", "option_parameters", "parse_mix", "with_generation_options", "with_model_options",
+]
