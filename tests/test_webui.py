@@ -57,6 +57,9 @@ def open_page(browser: object, url: str) -> object:
 
 
 def upload(page: object, photo: Path) -> None:
+    # The box empties itself after each upload (so the next one replaces); a person cannot drop the next photo
+    # before that, and neither does this test.
+    page.locator("#faces").get_by_text("Drop File Here").wait_for(timeout=WAIT)
     page.locator("#faces input[type=file]").set_input_files(str(photo))
 
 
@@ -138,7 +141,7 @@ def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser:
     page.close()
 
 
-def test_pose_photo_is_previewed_and_a_faceless_one_is_refused(browser: object, ui_url: str) -> None:
+def test_pose_photo_layout_and_mix_are_previewed_and_a_faceless_pose_is_refused(browser: object, ui_url: str) -> None:
     page = open_page(browser, ui_url)
     upload(page, FACES / "obama_1.jpg")
     wait_for_count(page, "1 reference photo")
@@ -157,6 +160,10 @@ def test_pose_photo_is_previewed_and_a_faceless_one_is_refused(browser: object, 
     page.locator("#layout input").click()
     page.get_by_role("option", name="three-quarter-left").click()
     page.locator("#references").get_by_text("pose: layout three-quarter-left").wait_for(timeout=WAIT)
+    page.get_by_text("Mix with another person").click()
+    page.locator("#mix input[type=file]").set_input_files(str(FACES / "lecun_1.jpg"))
+    page.locator("#references").get_by_text("mixed in at 0.30: lecun_1.jpg").wait_for(timeout=WAIT)
+    assert "Mixed with lecun_1.jpg at 0.30" in page.locator("#reference-count").inner_text()
     page.close()
 
 

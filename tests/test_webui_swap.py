@@ -1,4 +1,4 @@
-"""The web UI's face-swap tab and pose layouts on the demo model (handlers, no browser)."""
+"""The web UI's face-swap tab, pose layouts and identity mixing on the demo model (handlers, no browser)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,20 @@ def test_bundled_layout_poses_the_portrait(model: Any, tmp_path: Path) -> None:
     assert metadata["pose_from"] == "layout:three-quarter-left" and (metadata["width"], metadata["height"]) == (64, 64)
     gallery, _ = portrait.generate(photos, None, {**FAST, "width": "64", "height": "64"})
     assert read_metadata(Path(gallery[0][0]))["pose_from"] == "obama_1.jpg"
+
+
+def test_mix_with_another_person_reaches_generation(model: Any, tmp_path: Path) -> None:
+    import numpy as np
+
+    who, portrait, _ = panels(model, tmp_path)
+    photos, *_ = who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    mix, items, count, _ = who.set_mix(str(FACES / "lecun_1.jpg"), photos, None, "", "auto", None, 0.25)
+    assert [caption for _, caption in items] == ["1. obama_1.jpg", "mixed in at 0.25: lecun_1.jpg"]
+    assert "Mixed with lecun_1.jpg at 0.25" in count
+    seen = []
+    portrait.ctx.submit = lambda identity, settings, progress: seen.append(identity) or model.generate(
+        identity, settings, progress=progress)
+    gallery, _ = portrait.generate(photos, None, {**FAST, "width": "64", "height": "64"}, mix=mix, mix_weight=0.25)
+    ours, theirs = who.ctx.identities.get(photos), who.ctx.identities.get([mix])
+    assert np.allclose(seen[0].embedding, 0.75 * ours.embedding + 0.25 * theirs.embedding)
+    assert read_metadata(Path(gallery[0][0]))["mixed_with"] == [{"name": "lecun_1.jpg", "weight": 0.25}]

@@ -15,7 +15,7 @@ import gradio as gr
 from instantid.outputs import write_image
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
-from instantid.webui.who import IDENTITY_FIELDS, WhoPanel, posed
+from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, posed
 
 if TYPE_CHECKING:
     from instantid.generator import GenerationResult
@@ -61,10 +61,11 @@ class PortraitTab:
         self.label = lambda field: names.get(field, field)  # errors name the control the user sees
 
     def generate(self, photos: Sequence[Photo], pose: Photo | None, values: dict[str, Any],
-                 progress: Any = None, layout: str | None = None) -> tuple[list[Any], str]:
+                 progress: Any = None, layout: str | None = None, mix: Photo | None = None,
+                 mix_weight: float = DEFAULT_MIX) -> tuple[list[Any], str]:
         """Images into the outputs folder; ``values`` are raw control values (Who's face choice and fusion
         included). Returns gallery items and the info text."""
-        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"))
+        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"), mix, mix_weight)
         settings = make_settings({name: self.by_name[name].value(raw) for name, raw in values.items()
                                   if name not in IDENTITY_FIELDS}, name=self.label)
         identity = posed(identity, layout, settings.width, settings.height)
@@ -127,7 +128,9 @@ class PortraitTab:
                 raise gr.Error("upload at least one face photo first", print_exception=False)
             values = {name: data[widget] for name, widget in {**option_widgets, **widgets}.items()}
             return self.generate(photos, data[who.pose_state], values,
-                                 lambda step, total: progress((step, total), desc="denoising"), data[who.layout])
+                                 lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
+                                 data[who.mix_state], data[who.mix_weight])
 
-        self.button.click(ctx.guard(run), {*who.inputs, who.layout, *widgets.values()}, [self.gallery, self.info],
+        self.button.click(ctx.guard(run), {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
+                          [self.gallery, self.info],
                           concurrency_limit=ctx.generation_concurrency, concurrency_id="generation")

@@ -22,13 +22,14 @@ from instantid.swap import SwapOptions, make_swap_options, swap_face
 from instantid.webui.controls import controls, labels
 from instantid.webui.portrait import save_results
 from instantid.webui.references import PREVIEW_SIDE, Photo
-from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel
+from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel
 
 if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.webui import UIContext
 
-NOT_FOR_SWAP = ("width", "height")  # the output is the picture's own size
+# swap_face ignores these: the output is the picture's own size, and it has no face-detail pass of its own.
+NOT_FOR_SWAP = ("width", "height", "face_detail", "face_detail_strength")
 PREFIX = "swap-"
 SCENES_KEPT = 16
 
@@ -75,11 +76,12 @@ class SwapTab:
         return scene, drawn, text
 
     def swap(self, photos: Sequence[Photo], pose: Photo | None, scene: Photo | None, values: dict[str, Any],
-             progress: Any = None) -> tuple[list[Any], str]:
+             progress: Any = None, mix: Photo | None = None, mix_weight: float = DEFAULT_MIX
+             ) -> tuple[list[Any], str]:
         """The swapped picture(s) into the outputs folder; gallery items and the info text."""
         if scene is None:
             raise InvalidInputError("upload the picture to put the face into")
-        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"))
+        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"), mix, mix_weight)
         raw = {name: control.value(values.get(name)) for name, control in self.by_name.items()}
         options = make_swap_options({c.name: raw[c.name] for c in self.options}, name=self.label)
         settings = make_settings({c.name: raw[c.name] for c in self.settings}, name=self.label)
@@ -132,8 +134,9 @@ class SwapTab:
                 raise gr.Error("upload at least one face photo first", print_exception=False)
             values = {name: data[widget] for name, widget in {**option_widgets, **widgets}.items()}
             return self.swap(photos, data[who.pose_state], data[self.scene_state], values,
-                             lambda step, total: progress((step, total), desc="denoising"))
+                             lambda step, total: progress((step, total), desc="denoising"), data[who.mix_state],
+                             data[who.mix_weight])
 
         # Straight to the model (under its lock), not through ``submit``: a server's queue takes generations only.
-        self.button.click(ctx.guard(run), {*who.inputs, self.scene_state, *widgets.values()},
+        self.button.click(ctx.guard(run), {*who.inputs, *who.mix_inputs, self.scene_state, *widgets.values()},
                           [self.gallery, self.info], concurrency_limit=1, concurrency_id="swap")

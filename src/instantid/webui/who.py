@@ -28,6 +28,7 @@ IDENTITY_FIELDS = ("face_index", "fusion")
 FROM_PHOTOS = "(from the photos)"
 ANALYSIS_CONCURRENCY = 4  # face analysis must not queue behind a long generation
 LAYOUT_PREVIEW = 256
+DEFAULT_MIX = 0.3
 
 
 def posed(identity: Identity, layout: str | None, width: int | None = None, height: int | None = None) -> Identity:
@@ -47,21 +48,32 @@ class WhoPanel:
         self.label = lambda field: names.get(field, field)
 
     # ---- handlers -------------------------------------------------------------------------------
-    def identity(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any) -> Identity:
-        """The cached Identity for these photos and options (analysed on a miss)."""
+    def identity(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
+                 mix: Photo | None = None, mix_weight: float = DEFAULT_MIX) -> Identity:
+        """The cached Identity for these photos and options (analysed on a miss), mixed towards ``mix``'s
+        person by ``mix_weight`` when a mix photo is given."""
         values = {name: self.by_name[name].value(raw) for name, raw in (("face_index", face_index),
                                                                          ("fusion", fusion))}
         settings = make_settings(values, name=self.label)
-        return self.ctx.identities.get(photos, pose, settings.face_index, settings.fusion)
+        identity = self.ctx.identities.get(photos, pose, settings.face_index, settings.fusion)
+        if mix is None:
+            return identity
+        return identity.mix(self.ctx.identities.get([mix]), float(mix_weight), mix.name)
 
     def analyse(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
-                layout: str | None = None) -> tuple[list[tuple[Any, str]], str, str]:
+                layout: str | None = None, mix: Photo | None = None, mix_weight: float = DEFAULT_MIX
+                ) -> tuple[list[tuple[Any, str]], str, str]:
         """Preview items, count line and warnings for the current set."""
         if not photos:
             return [], summary(None), ""
         identity = self.identity(photos, pose, face_index, fusion)
         items = preview(identity, photos, pose)
         count = summary(identity)
+        if mix is not None:
+            other = self.ctx.identities.get([mix])
+            items += [(image, f"mixed in at {float(mix_weight):.2f}: {mix.name}")
+                      for image, _ in preview(other, [mix], None)]
+            count = count.rstrip(".") + f". Mixed with {mix.name} at {float(mix_weight):.2f}."
         if layout and layout != FROM_PHOTOS:
             face = posed(identity, layout, LAYOUT_PREVIEW, LAYOUT_PREVIEW).pose_face
             items.append((draw_faces(Image.new("RGB", (LAYOUT_PREVIEW,) * 2), [face]), f"pose: layout {layout}"))
@@ -69,22 +81,31 @@ class WhoPanel:
         return items, count, warnings_text(identity)
 
     def upload(self, files: Any, current: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
-               layout: str | None = None, add: bool = False) -> tuple[tuple[Photo, ...], Any, str, str]:
+               layout: str | None = None, mix: Photo | None = None, mix_weight: float = DEFAULT_MIX,
+               add: bool = False) -> tuple[tuple[Photo, ...], Any, str, str]:
         """New photos replace the set, or join it with ``add``; the set only changes if analysis succeeds."""
-        photos = merge(current, photos_from_uploads(files), add)
-        return (photos, *self.analyse(photos, pose, face_index, fusion, layout))
+        new = photos_from_uploads(files)
+        if not new:  # the box was emptied while an upload was on its way: nothing to change
+            return tuple(current), gr.skip(), gr.skip(), gr.skip()
+        photos = merge(current, new, add)
+        return (photos, *self.analyse(photos, pose, face_index, fusion, layout, mix, mix_weight))
 
-    def load_example(self, file: str | None, current: Sequence[Photo], pose: Photo | None, face_index: Any,
-                     fusion: Any, layout: str | None = None) -> tuple[Any, ...]:
+    def load_example(self, file: str | None, current: Sequence[Photo], *rest: Any) -> tuple[Any, ...]:
         """An example click: the photo replaces the set (the reset to empty afterwards changes nothing)."""
         if not file:
             return current, gr.skip(), gr.skip(), gr.skip()
-        return self.upload(file, current, pose, face_index, fusion, layout)
+        return self.upload(file, current, *rest)
 
     def set_pose(self, file: str | None, photos: Sequence[Photo], face_index: Any, fusion: Any,
-                 layout: str | None = None) -> tuple[Photo | None, Any, str, str]:
+                 layout: str | None = None, mix: Photo | None = None, mix_weight: float = DEFAULT_MIX
+                 ) -> tuple[Photo | None, Any, str, str]:
         pose = Photo.from_upload(file) if file else None
-        return (pose, *self.analyse(photos, pose, face_index, fusion, layout))
+        return (pose, *self.analyse(photos, pose, face_index, fusion, layout, mix, mix_weight))
+
+    def set_mix(self, file: str | None, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
+                layout: str | None = None, mix_weight: float = DEFAULT_MIX) -> tuple[Photo | None, Any, str, str]:
+        mix = Photo.from_upload(file) if file else None
+        return (mix, *self.analyse(photos, pose, face_index, fusion, layout, mix, mix_weight))
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -111,12 +132,20 @@ class WhoPanel:
                 label="Or a bundled pose layout", info="; ".join(f"{n}: {get_layout(n).description}"
                                                                   for n in layout_names()))
             self.options = [self.by_name[name].build() for name in IDENTITY_FIELDS]
-        self.inputs = [self.photos_state, self.pose_state, *self.options]  # what a tab needs for the Identity
+        with gr.Accordion("Mix with another person", open=False):
+            self.mix = gr.Image(label="Photo of the other person (optional)", type="filepath", sources=["upload"],
+                                height=160, elem_id="mix")
+            self.mix_weight = gr.Slider(0, 1, DEFAULT_MIX, step=0.05, elem_id="mix-weight", label="Mix weight",
+                                        info="0 = your photos only, 1 = the other person only.")
+        self.mix_state = gr.State(None)
+        # What a tab needs for the Identity, in WhoPanel.identity's order after the photos and pose.
+        self.inputs = [self.photos_state, self.pose_state, *self.options]
+        self.mix_inputs = [self.mix_state, self.mix_weight]
         self._wire()
 
     def _wire(self) -> None:
         guard = self.ctx.guard
-        state = [*self.inputs, self.layout]
+        state = [*self.inputs, self.layout, *self.mix_inputs]
         self.shown = [self.references, self.count, self.warnings]
         out = [self.photos_state, *self.shown]
         events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis"}
@@ -126,18 +155,23 @@ class WhoPanel:
         self.add_button.upload(guard(functools.partial(self.upload, add=True)), [self.add_button, *state], out,
                                **events)
         self.clear_button.click(lambda: ((), [], summary(None), ""), None, out, queue=False)
-        pose_inputs = [self.pose, self.photos_state, *self.options, self.layout]
+        pose_inputs = [self.pose, self.photos_state, *self.options, self.layout, *self.mix_inputs]
         # A pose photo without a face is refused (the error says so) and taken off the screen, so what is shown
         # is what generation uses.
         self.pose.upload(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events
                          ).failure(lambda: None, None, self.pose, queue=False)
         self.pose.clear(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events)
+        mix_inputs = [self.mix, *self.inputs, self.layout, self.mix_weight]
+        self.mix.upload(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events
+                        ).failure(lambda: None, None, self.mix, queue=False)
+        self.mix.clear(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events)
         for widget in [*self.options, self.layout]:
             widget.change(guard(self.analyse), state, self.shown, **events)
+        self.mix_weight.release(guard(self.analyse), state, self.shown, **events)
 
     def wire_example(self, example: Any) -> None:
         """A hidden image an example click fills: its photo becomes the reference set."""
         self.example = example
-        example.change(self.ctx.guard(self.load_example), [example, *self.inputs, self.layout],
+        example.change(self.ctx.guard(self.load_example), [example, *self.inputs, self.layout, *self.mix_inputs],
                        [self.photos_state, *self.shown], concurrency_limit=ANALYSIS_CONCURRENCY,
                        concurrency_id="analysis").then(lambda: None, None, example, queue=False)
