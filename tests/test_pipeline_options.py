@@ -337,6 +337,8 @@ def test_scalar_guidance_start_broadcasts_to_every_controlnet(multi_pipe, embedd
             - broadcast).abs().max() > 1e-3
     with pytest.raises(InvalidInputError, match="one control_guidance_start/end per ControlNet"):
         run(multi_pipe, embedding, control_guidance_start=0.0, control_guidance_end=[1.0, 0.5, 0.5], **kwargs)
+    with pytest.raises(InvalidInputError, match="one controlnet_conditioning_scale per ControlNet"):
+        run(multi_pipe, embedding, image=images, controlnet_conditioning_scale=[0.8])
 
 
 def test_img2img_honours_strength_and_adapter_scale(tiny_fixture_dir, embedding):

@@ -354,7 +354,7 @@ class InstantIDMixin:
         scales = scales if isinstance(scales, (list, tuple)) else [scales]
         if any(s < 0 for s in scales) or (req.ip_adapter_scale is not None and req.ip_adapter_scale < 0):
             raise InvalidInputError("strengths (controlnet_conditioning_scale, ip_adapter_scale) must be >= 0")
-        if len(scales) not in (1, nets):
+        if isinstance(req.controlnet_conditioning_scale, (list, tuple)) and len(scales) != nets:
             raise InvalidInputError(f"give one controlnet_conditioning_scale per ControlNet ({nets})")
         starts, ends = self._guidance_bounds(req)
         if len(starts) != len(ends) or len(starts) != nets:
