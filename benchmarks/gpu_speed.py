@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--cache-dir", type=Path, default=None, help="compile cache (default: a fresh temp folder)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: first_call,batches,presets,24gb")
+    parser.add_argument("--child-timeout", type=int, default=240, help="seconds for each first-call process")
     parser.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)  # the child processes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_speed.json")
     args = parser.parse_args(argv)
@@ -209,7 +210,10 @@ def child(args: argparse.Namespace, cache: Path) -> dict:
            "--size", str(args.size), "--steps", str(args.steps), "--repeats", "1", "--backend", args.backend,
            "--cache-dir", str(cache), *(["--tiny"] if args.tiny else []), *(["--mode", args.mode] if args.mode else [])]
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    try:  # bounded, so one slow compile cannot eat the whole device call
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no first call within {args.child_timeout} s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
