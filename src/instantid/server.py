@@ -286,17 +286,14 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         return Response(data, media_type="image/png", headers=headers)
 
     if settings.mount_ui and not settings.queue and keys is None:
-        import inspect
-
         import gradio as gr
 
         from instantid.webui import create_ui
 
-        options: dict[str, Any] = {}
-        if "submit" in inspect.signature(create_ui).parameters:  # the UI's generations join this queue
-            options["submit"] = lambda identity, generation, progress: app.state.service.submit_identity(
-                identity, generation, progress)
-        gr.mount_gradio_app(app, create_ui(lambda: app.state.service.model, **options), path="/ui")
+        def submit(identity: Any, generation: Any, progress: Any) -> Any:  # the UI's generations join this queue
+            return app.state.service.submit_identity(identity, generation, progress)
+
+        gr.mount_gradio_app(app, create_ui(lambda: app.state.service.model, submit=submit), path="/ui")
     return app
 
 
