@@ -136,6 +136,15 @@ def test_bad_input_is_422_naming_the_field(
     assert message in response.json()["detail"]
 
 
+def test_json_errors_name_the_json_field(client: httpx.Client) -> None:
+    face = base64.b64encode(FACE.read_bytes()).decode()
+    response = client.post("/v1/generate", json={"faces": [face], "guidance_scale": 99})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("guidance_scale must be between 0 and 30")  # not the CLI's --guidance
+    assert client.post("/v1/generate", json={"faces": []}).status_code == 422
+    assert client.post("/v1/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+
+
 def test_oversized_upload_is_413(client: httpx.Client) -> None:
     files = [("face", ("big.jpg", b"\0" * (MAX_UPLOAD + 1), "image/jpeg"))]
     assert client.post("/v1/generate", files=files).status_code == 413
