@@ -126,6 +126,7 @@ class InstantID:
         self.min_side = min_side
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
+        self.preset: Any = None  # an instantid.presets.FewStepPreset once apply_preset() ran
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
@@ -143,7 +144,8 @@ class InstantID:
         dtype: str | None = None, cpu_offload: bool = False, scheduler: str | None = None,
         lora: str | None = None, lora_scale: float = 1.0, allow_embedding_mismatch: bool = False,
         demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
-        analyzer: FaceAnalyzer | None = None,
+        analyzer: FaceAnalyzer | None = None, preset: str | None = None, preset_weights: str | Path | None = None,
+        compile_cache: str | Path | None = None,
     ) -> InstantID:
         """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer (``analyzer``: one already made,
         e.g. by a CLI that checked the photos with it before this slow load)."""
@@ -165,6 +167,8 @@ class InstantID:
         app.model_name, app.model_hash = model_name, model_hash
         if lora:
             app.load_lora(lora, lora_scale)
+        if preset:
+            app.apply_preset(preset, preset_weights)
         if cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
         else:
@@ -172,7 +176,8 @@ class InstantID:
         if compile:
             from instantid.fast import enable_fast_inference
 
-            enable_fast_inference(pipe, compile=True)
+            # After the preset: its LoRA is fused, so changing nothing per call recompiles nothing.
+            enable_fast_inference(pipe, compile=True, cache_dir=compile_cache)
         return app
 
     @classmethod
@@ -186,6 +191,22 @@ class InstantID:
         return cls.from_pretrained(
             str(folder / "base"), str(folder / "ControlNetModel"), str(folder / "ip-adapter.bin"), demo=True, **kwargs
         )
+
+    def apply_preset(self, name: str, weights: str | Path | None = None) -> None:
+        """A few-step preset (LCM-LoRA, SDXL-Lightning, Hyper-SD, TCD: :mod:`instantid.presets`): its weights are
+        fused into the UNet and its sampler becomes the default; :meth:`preset_defaults` gives its steps and
+        guidance for settings the user did not choose."""
+        from instantid.presets import apply_preset
+
+        self.preset = apply_preset(self.pipe, name, weights)
+        self.default_scheduler = self.pipe.scheduler
+
+    def preset_defaults(self) -> dict[str, Any]:
+        """Generation settings the loaded preset chooses (steps, guidance): surfaces apply them to the fields the
+        user left at their defaults."""
+        if self.preset is None:
+            return {}
+        return {"steps": self.preset.steps, "guidance_scale": self.preset.guidance_scale}
 
     def load_lora(self, ref: str, scale: float = 1.0) -> None:
         """Load a LoRA (file, folder or Hub id); a name containing 'lcm' also selects the LCM sampler."""
@@ -308,7 +329,9 @@ class InstantID:
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
                     control_guidance_start=settings.control_guidance_start,
                     control_guidance_end=settings.control_guidance_end,
-                    generator=generators, callback_on_step_end=on_step, **arguments,
+                    generator=generators, callback_on_step_end=on_step,
+                    **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
+                    **arguments,
                 ).images
                 used = pipe.scheduler
             finally:
@@ -323,6 +346,7 @@ class InstantID:
             "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
             "settings": settings.model_dump(), "models": asdict(self.refs), "lora": self.lora,
             "model_name": self.model_name, "model_hash": self.model_hash,
+            "preset": None if self.preset is None else self.preset.name,
             "scheduler": _scheduler_name(scheduler), "sampler": sampler_label(scheduler),
             "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),

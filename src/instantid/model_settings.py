@@ -64,6 +64,10 @@ class ModelSettings(BaseModel):
     cpu_offload: bool = option(False, "Keep idle sub-models in RAM (low VRAM).")
     lora: str | None = option(None, "LoRA file, folder or Hub id (a name with 'lcm' selects the LCM sampler).")
     lora_scale: float = option(1.0, "LoRA weight.", ge=0, le=4)
+    preset: str | None = option(None, "Few-step preset: lcm-lora, lightning-4step, lightning-8step, hyper-sd-4step, "
+                                "hyper-sd-8step, hyper-sd-8step-cfg, tcd (and -unet variants of lightning); sets the "
+                                "sampler, steps and guidance its authors specify.")
+    preset_weights: str | None = option(None, "The preset's weights file or folder (default: from the Hub).")
     compile: bool = option(False, "Fast path: compile UNet and IdentityNet (first call slow, cached on disk).")
     demo: bool = option(False, "Tiny random weights, offline, seconds: images are noise.")
     demo_cache_dir: Path | None = option(None, "Where the demo weights are built (default ~/.cache/instantid).",
@@ -101,7 +105,8 @@ class ModelSettings(BaseModel):
 
         options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}
         options = {k: v for k, v in options.items() if v is not None}
-        common = {"lora_scale": self.lora_scale, "compile": self.compile, **options}
+        common = {"lora_scale": self.lora_scale, "compile": self.compile, "preset": self.preset,
+                  "preset_weights": self.preset_weights, **options}
         if self.demo:
             given = [name for name in ("base", "identitynet", "adapter") if getattr(self, name)]
             if given:

@@ -121,6 +121,7 @@ def generate_command(
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
                                     "in the images (default: file names and Hub ids only, safe to share)."),
     settings: Any = None,
+    settings_given: Any = None,
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
@@ -159,6 +160,10 @@ def generate_command(
         console.print(f"seed(s) {', '.join(map(str, sorted(set(repeated))))} asked for twice: made once")
     # 3. The model, then the images.
     instant = load_model(model, analyzer)
+    chosen = {k: v for k, v in instant.preset_defaults().items() if k not in (settings_given or set())}
+    if chosen:  # a typed --steps / --guidance still wins over the preset's
+        settings = settings.updated(**chosen)
+        console.print(f"preset {model.preset}: " + ", ".join(f"{field_label(k)} {v}" for k, v in chosen.items()))
     written: list[Path] = []
     with progress_bar() as bar, library_chatter(model.verbose):
         for start, count in runs:
