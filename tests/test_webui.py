@@ -118,6 +118,7 @@ def test_no_face_shows_readable_error_and_keeps_the_set(browser: object, ui_url:
     wait_for_count(page, "1 reference photo")
     upload(page, NO_FACE)
     page.get_by_text(f"no face found in {NO_FACE.name}").first.wait_for(timeout=WAIT)
+    page.locator("#faces").get_by_text("Drop File Here").wait_for(timeout=WAIT)  # the refused photo is gone
     assert "1 reference photo" in page.locator("#reference-count").inner_text()
     assert page.locator("#references").get_by_text("obama_1.jpg").count() == 1
     assert page.locator("#gallery img").count() == 0

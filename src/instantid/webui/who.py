@@ -123,6 +123,7 @@ class WhoPanel:
         self.count = gr.Markdown(summary(None), elem_id="reference-count")
         self.warnings = gr.Markdown(elem_id="reference-warnings")
         self.photos_state = gr.State(())
+        self.pending = gr.State(None)  # files just dropped into the box, on their way to analysis
         self.pose_state = gr.State(None)
         with gr.Accordion("Pose and face choice", open=False):
             self.pose = gr.Image(label="Pose photo (optional): keypoints and size from here", type="filepath",
@@ -148,10 +149,14 @@ class WhoPanel:
         state = [*self.inputs, self.layout, *self.mix_inputs]
         self.shown = [self.references, self.count, self.warnings]
         out = [self.photos_state, *self.shown]
-        events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis"}
-        # The box is emptied after each upload, so the next one is a fresh set (gradio's File would append).
-        self.upload_box.upload(guard(self.upload), [self.upload_box, *state], out, **events
-                               ).then(lambda: None, None, self.upload_box, queue=False)
+        # The spinner, or the error mark, sits on the count line: the thumbnails stay visible.
+        events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis",
+                  "show_progress_on": self.count}
+        # The box hands its files over and is emptied at once, before the analysis (which may fail): the next
+        # upload is a fresh set (gradio's File would append to what it shows) and a refused photo does not stay.
+        self.upload_box.upload(lambda files: (files, None), self.upload_box, [self.pending, self.upload_box],
+                               queue=False, show_progress="hidden"
+                               ).then(guard(self.upload), [self.pending, *state], out, **events)
         self.add_button.upload(guard(functools.partial(self.upload, add=True)), [self.add_button, *state], out,
                                **events)
         self.clear_button.click(lambda: ((), [], summary(None), ""), None, out, queue=False)
@@ -174,4 +179,5 @@ class WhoPanel:
         self.example = example
         example.change(self.ctx.guard(self.load_example), [example, *self.inputs, self.layout, *self.mix_inputs],
                        [self.photos_state, *self.shown], concurrency_limit=ANALYSIS_CONCURRENCY,
-                       concurrency_id="analysis").then(lambda: None, None, example, queue=False)
+                       concurrency_id="analysis", show_progress_on=self.count
+                       ).then(lambda: None, None, example, queue=False)
