@@ -2,8 +2,10 @@
 
 Two backends share one interface (:class:`FaceAnalyzer`): ``antelopev2`` (insightface ONNX files, what
 InstantID's adapter was trained on) and ``dlib`` (installs from PyPI; for keypoints, checks and tests,
-its 128-d embeddings cannot drive the published adapter). Backends are imported only when created, so
-importing this package stays cheap.
+its 128-d embeddings cannot drive the published adapter). :class:`~instantid.faces.arcface.ArcFaceAnalyzer`
+re-embeds another backend's faces with any ArcFace-style ONNX model (used to score generations). Every
+analyzer compares embeddings by a distance (smaller = more alike). Backends are imported only when created,
+so importing this package stays cheap.
 """
 
 from __future__ import annotations
