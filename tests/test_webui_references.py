@@ -147,16 +147,30 @@ def test_bad_setting_names_the_control(model: Any, tmp_path: Path) -> None:
         tab.generate(photos, None, {"width": "64"})
 
 
-def test_few_step_toggle_uses_the_lcm_lora_preset() -> None:
+def test_few_step_toggle_follows_the_loaded_preset_else_lcm_lora() -> None:
+    from types import SimpleNamespace
+
     from instantid.presets import get_preset
 
-    preset = get_preset("lcm-lora")
-    ctx = UIContext(get_model=lambda: None, out_dir=Path("."), submit=lambda *a: None)
+    lcm = get_preset("lcm-lora")
+    ctx = UIContext(get_model=lambda: SimpleNamespace(preset=None, lora=None, demo=False), out_dir=Path("."),
+                    submit=lambda *a: None)
     on = make_settings(dict(zip(ctx.few_step_fields(), ctx.few_step_values(True), strict=True)))
     off = make_settings(dict(zip(ctx.few_step_fields(), ctx.few_step_values(False), strict=True)))
-    assert (on.scheduler, on.steps, on.guidance_scale) == ("lcm", preset.steps, preset.guidance_scale)
-    assert SCHEDULERS[on.scheduler][0] == preset.scheduler
+    assert (on.scheduler, on.steps, on.guidance_scale) == ("lcm", lcm.steps, lcm.guidance_scale)
+    assert SCHEDULERS[on.scheduler][0] == lcm.scheduler
     assert (off.scheduler, off.steps, off.guidance_scale) == (None, 30, 5.0)
+    assert not ctx.few_step_at_start()
+    # A model loaded with --preset: its own (preset) sampler stays, steps and guidance are the preset's.
+    lightning = get_preset("lightning-4step")
+    loaded = SimpleNamespace(preset=lightning, lora=None, demo=False, preset_defaults=lambda: {
+        "steps": lightning.steps, "guidance_scale": lightning.guidance_scale})
+    ctx.get_model = lambda: loaded
+    assert ctx.few_step_values(True) == [None, lightning.steps, lightning.guidance_scale]
+    assert ctx.few_step_at_start() and "lightning-4step" in ctx.notice()
+    loaded.preset = None
+    loaded.lora = "latent-consistency/lcm-lora-sdxl"
+    assert ctx.few_step_at_start()
 
 
 def test_outputs_folder_problems_are_one_line(tmp_path: Path) -> None:

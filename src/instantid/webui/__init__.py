@@ -80,39 +80,52 @@ class UIContext:
     def demo(self) -> bool:
         return bool(getattr(self.get_model(), "demo", False))
 
-    def lcm_lora(self) -> bool:
-        lora = getattr(self.get_model(), "lora", None)
-        return bool(lora) and "lcm" in str(lora).lower()
-
     def few_step(self) -> dict[str, Any]:
-        """The controls the few-step toggle sets: the preset's sampler (as a settings scheduler name), steps and
-        guidance. They stay visible and editable; the toggle holds no hidden state."""
+        """What the few-step toggle sets. With a preset loaded (``--preset``): the model's own sampler (which is
+        the preset's) and the preset's steps and guidance; otherwise the LCM-LoRA preset's sampler, steps and
+        guidance (it needs that LoRA: ``--preset lcm-lora`` or ``--lora``). The controls stay visible and
+        editable; the toggle holds no hidden state."""
         from instantid.presets import get_preset
 
+        model = self.get_model()
+        if getattr(model, "preset", None) is not None:
+            return {"scheduler": None, **model.preset_defaults()}
         preset = get_preset(FEW_STEP_PRESET)
         scheduler = next(name for name, (cls, extra, _) in SCHEDULERS.items()
                          if cls == preset.scheduler and not extra)
         return {"scheduler": scheduler, "steps": preset.steps, "guidance_scale": preset.guidance_scale}
 
-    def few_step_fields(self) -> list[str]:
-        return list(self.few_step())
+    @staticmethod
+    def few_step_fields() -> list[str]:
+        return ["scheduler", "steps", "guidance_scale"]
 
     def few_step_values(self, on: bool) -> list[Any]:
-        """The controls' values with the toggle on (the preset's) or off (the settings' defaults)."""
-        defaults = GenerationSettings.model_fields
-        return [value if on else defaults[name].default for name, value in self.few_step().items()]
-
-    def few_step_info(self) -> str:
+        """The settings values with the toggle on (see :meth:`few_step`) or off (the declared defaults)."""
         values = self.few_step()
-        return (f"Sets the {values['scheduler'].upper()} sampler, {values['steps']} steps and guidance "
-                f"{values['guidance_scale']} ({FEW_STEP_PRESET} preset; off: back to the defaults). Needs that LoRA: "
-                "`instantid ui --lora latent-consistency/lcm-lora-sdxl`; on when an LCM LoRA is loaded.")
+        defaults = GenerationSettings.model_fields
+        return [values[name] if on else defaults[name].default for name in self.few_step_fields()]
+
+    def few_step_at_start(self) -> bool:
+        """The toggle starts on when the model was loaded for few steps (a preset, or an LCM LoRA)."""
+        model = self.get_model()
+        lora = getattr(model, "lora", None)
+        return getattr(model, "preset", None) is not None or (bool(lora) and "lcm" in str(lora).lower())
+
+    @staticmethod
+    def few_step_info() -> str:
+        return ("Few steps for a model loaded with a few-step preset (`instantid ui --preset lcm-lora`, "
+                "lightning-4step, ...): its sampler, steps and guidance; without one, the LCM-LoRA values (then "
+                "load that LoRA). On when such a model is loaded; off: back to the defaults.")
 
     def notice(self) -> str:
+        model = self.get_model()
         lines = [self.demo_notice] if self.demo() else []
-        lora = getattr(self.get_model(), "lora", None)
-        if lora:
-            lines.append(f"LoRA loaded: `{lora}`.")
+        preset = getattr(model, "preset", None)
+        if preset is not None:
+            lines.append(f"Few-step preset loaded: `{preset.name}` ({preset.steps} steps, guidance "
+                         f"{preset.guidance_scale}).")
+        if getattr(model, "lora", None):
+            lines.append(f"LoRA loaded: `{model.lora}`.")
         return "\n\n".join(lines)
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,7 +193,7 @@ def create_ui(
                     with gr.Tab(title, id=key, elem_id=f"tab-{key}"):
                         built[key] = tab_class(ctx, who)
                         built[key].build()
-        ui.load(lambda: (ctx.notice(), ctx.lcm_lora()), outputs=[banner, built["portrait"].fast])
+        ui.load(lambda: (ctx.notice(), ctx.few_step_at_start()), outputs=[banner, built["portrait"].fast])
     ui.queue(default_concurrency_limit=1)
     ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache and the folder
     return ui

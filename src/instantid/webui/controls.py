@@ -65,6 +65,12 @@ class Control:
         # No gradio-side bounds: its range error prints a traceback; the settings name the field in one line.
         return gr.Number(self.default, precision=0 if self.integer else None, step=self.step or 1, **common)
 
+    def shown(self, value: Any) -> Any:
+        """A settings value as this control shows it (the inverse of :meth:`value`)."""
+        if value is None:
+            return self.none_choice if self.kind == "dropdown" else ""
+        return value
+
     def value(self, raw: Any) -> Any:
         """A component's value as the settings field expects it (validation itself is the settings')."""
         if raw is None:  # not given (a handler called without this control): the declared default

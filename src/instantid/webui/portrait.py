@@ -90,7 +90,7 @@ class PortraitTab:
         for control in self.controls:
             if not control.advanced:
                 self.widgets[control.name] = control.build()
-        self.fast = gr.Checkbox(False, label="Few-step (LCM)", info=self.ctx.few_step_info(), elem_id="few-step")
+        self.fast = gr.Checkbox(False, label="Few-step", info=self.ctx.few_step_info(), elem_id="few-step")
         with gr.Accordion("Advanced", open=False):
             self.size = gr.Dropdown(list(SIZES), value=None, label="Size preset (sets width and height)")
             for control in self.controls:
@@ -117,7 +117,10 @@ class PortraitTab:
     def _wire(self) -> None:
         ctx, widgets, who = self.ctx, self.widgets, self.who
         few_step = [widgets[name] for name in ctx.few_step_fields()]
-        self.fast.change(lambda on: ctx.few_step_values(on), self.fast, few_step, queue=False)
+        fields = [self.by_name[name] for name in ctx.few_step_fields()]
+        self.fast.change(ctx.guard(lambda on: [c.shown(v) for c, v in zip(fields, ctx.few_step_values(on),
+                                                                              strict=True)]),
+                         self.fast, few_step, queue=False)
         self.size.change(lambda s: list(SIZES.get(s, ("", ""))), self.size, [widgets["width"], widgets["height"]],
                          queue=False)
         option_widgets = dict(zip(IDENTITY_FIELDS, who.options, strict=True))
