@@ -98,9 +98,17 @@ def test_shard_split_is_stable_and_complete() -> None:
             parse_shard(bad)
 
 
-def test_two_processes_split_the_inputs_into_tar_shards_and_resume(photos: Path, tmp_path: Path) -> None:
-    out = tmp_path / "prepared"
-    first = _run_shards(photos, out)
+@pytest.fixture(scope="module")
+def sharded(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Two processes at once, --shard 0/2 and 1/2, into one folder; the folder and their summaries."""
+    out = tmp_path_factory.mktemp("sharded") / "prepared"
+    return out, _run_shards(photos, out)
+
+
+def test_two_processes_split_the_inputs_into_tar_shards_and_resume(
+    photos: Path, sharded: tuple[Path, list[dict]]
+) -> None:
+    out, first = sharded
     keys = {f"photos/{name}" for name in CAPTIONED + UNCAPTIONED}
     where = _decided(out)
     assert set(where) == keys, "every input decided"
@@ -137,9 +145,10 @@ def test_two_processes_split_the_inputs_into_tar_shards_and_resume(photos: Path,
     assert set(where) == keys and all(len(files) == 1 for files in where.values())
 
 
-def test_training_reads_the_tar_shards_in_place(photos: Path, tmp_path: Path) -> None:
-    out = tmp_path / "prepared"
-    _run_shards(photos, out)
+def test_training_reads_the_tar_shards_in_place(
+    photos: Path, sharded: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
+    out = sharded[0]
     folder = tmp_path / "folder"
     assert main(["prepare", str(photos), "--out", str(folder), "--face-backend", "dlib"]) == 0
     from_tars = {r["key"]: r for r in read_manifest(out)}
