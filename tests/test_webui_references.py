@@ -176,9 +176,9 @@ def test_few_step_toggle_follows_the_loaded_preset_else_lcm_lora() -> None:
 def test_outputs_folder_problems_are_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(InvalidInputError, match=r"^--out .*file is a file, not a folder$"):
+    with pytest.raises(InvalidInputError, match=r"^--out .*file: .*file is a file, not a folder"):
         prepare_out_dir(blocker, label="--out")
-    with pytest.raises(InvalidInputError, match=r"^--out .*file/sub cannot be created"):
+    with pytest.raises(InvalidInputError, match=r"^--out .*file/sub: .*file is a file, not a folder"):
         prepare_out_dir(blocker / "sub", label="--out")
     assert prepare_out_dir(tmp_path / "a" / "b").is_dir()
 
@@ -195,4 +195,5 @@ def test_ui_command_checks_the_folder_before_loading(tmp_path: Path, monkeypatch
     (tmp_path / "file").write_text("x")
     assert main(["ui", "--demo", "--out", str(tmp_path / "file" / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --out {tmp_path / 'file' / 'sub'} cannot be created: Not a directory"]
+    assert err == [f"error: --out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a folder; "
+                   "give another folder"]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from instantid.errors import InstantIDError, InvalidInputError
+from instantid.errors import InstantIDError
+from instantid.outputs import prepare_folder
 from instantid.settings import SCHEDULERS, GenerationSettings
 from instantid.webui.references import IdentityCache
 
@@ -46,20 +46,11 @@ FEW_STEP_PRESET = "lcm-lora"
 
 
 def prepare_out_dir(out_dir: str | Path | None, label: str = "outputs folder") -> Path:
-    """The folder results are saved in (created now), or a fresh temporary folder; one error line naming it as
-    ``label`` (e.g. the CLI flag) if it cannot be used."""
+    """The folder results are saved in (created and checked now, see :func:`instantid.outputs.prepare_folder`),
+    or a fresh temporary folder when none is given."""
     if out_dir is None:
         return Path(tempfile.mkdtemp(prefix="instantid-ui-"))
-    folder = Path(out_dir).expanduser().resolve()
-    if folder.exists() and not folder.is_dir():
-        raise InvalidInputError(f"{label} {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file where a parent folder should be, no permission, read-only disk
-        raise InvalidInputError(f"{label} {folder} cannot be created: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise InvalidInputError(f"{label} {folder} is not writable")
-    return folder
+    return prepare_folder(Path(out_dir).expanduser().resolve(), label)
 
 
 @dataclass
