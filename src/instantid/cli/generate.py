@@ -102,12 +102,17 @@ SEED_RULE = ("Each seed S gives --num-images images with seeds S, S+1, ...; a se
 
 
 @app.command("generate", help=(
-    "Generate images of the person in FACES: PNGs with settings inside, plus a JSON sidecar each.\n\n"
+    "Generate images of the person in FACES (or of several people, one --person each): PNGs with settings "
+    "inside, plus a JSON sidecar each.\n\n"
     f"The photos, the output folder and the faces are checked before the (slow) model load. {SEED_RULE}"))
 @with_model_options
 @with_generation_options(exclude=("num_images", "seed"))
 def generate_command(
-    faces: list[Path] = typer.Argument(..., help="Photo(s) of one person; several are fused.", dir_okay=False),
+    faces: list[Path] = typer.Argument(None, help="Photo(s) of one person; several are fused.", dir_okay=False,
+                                       show_default=False),
+    person: list[str] = typer.Option([], help="Several people in one picture: the photo(s) of one person "
+                                     "(comma-separated); repeat per person. --pose takes their places from a "
+                                     "group photo, left to right; without it they stand side by side."),
     seed: list[int] = typer.Option([], help="Seed; repeat for several runs."),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds, e.g. 1,2,3."),
     num_images: int = typer.Option(1, help=f"Images per seed. {SEED_RULE}"),
@@ -125,6 +130,7 @@ def generate_command(
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
+    from instantid.faces import load_image
     from instantid.generator import prepare_identity
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
@@ -143,18 +149,31 @@ def generate_command(
         get_layout(layout)
     for spec in mix:
         parse_mix(spec)
+    groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
+    if bool(faces) == bool(groups):
+        raise InvalidInputError("give the photos of one person, or one --person per person, not both"
+                                if faces else "give at least one face photo (or --person for several people)")
+    if groups and (layout is not None or mix or any(not g for g in groups)):
+        raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        identity = prepare_identity(analyzer, list(faces), pose=pose, face_index=settings.face_index,
-                                    fusion=settings.fusion, full_paths=full_paths)
+        people = [prepare_identity(analyzer, group, face_index=settings.face_index, fusion=settings.fusion,
+                                   full_paths=full_paths) for group in groups]
+        identity = people[0] if people else prepare_identity(
+            analyzer, list(faces), pose=pose, face_index=settings.face_index, fusion=settings.fusion,
+            full_paths=full_paths)
         identity = apply_mixes(analyzer, identity, mix, face_index=settings.face_index, full_paths=full_paths)
+        if people and pose is not None:  # enough faces in the group photo, before the model load
+            found = len(analyzer.analyze(load_image(pose, pose.name), pose.name))
+            if found < len(people):
+                raise InvalidInputError(f"{pose.name} shows {found} face(s) but {len(people)} --person were given")
     if layout is not None:
         identity = with_layout(identity, layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)
-    for warning in identity.warnings:
+    for warning in [w for p in (people or [identity]) for w in p.warnings]:
         console.print(f"[yellow]warning: {warning}[/]")
     if repeated:
         console.print(f"seed(s) {', '.join(map(str, sorted(set(repeated))))} asked for twice: made once")
@@ -168,9 +187,11 @@ def generate_command(
     with progress_bar() as bar, library_chatter(model.verbose):
         for start, count in runs:
             task = bar.add_task(f"seed {start if start is not None else 'random'}", total=settings.steps)
-            result = instant.generate(identity, settings.updated(seed=start, num_images=count),
-                                      progress=lambda step, total, task=task: bar.update(task, completed=step,
-                                                                                          total=total))
+            call = settings.updated(seed=start, num_images=count)
+            report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
+            result = (instant.generate_group(people, call, pose=pose, pose_name=pose.name if pose else "columns",
+                                             progress=report)
+                      if people else instant.generate(identity, call, progress=report))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
