@@ -22,7 +22,11 @@ def ui_command(
 ) -> None:
     """Start the web UI: upload a face, pick a style, generate."""
     import logging
+    import os
 
+    # Before gradio is imported: its analytics and version-check threads phone home (and can hold the process
+    # for 30 s at exit when offline). Set the variable to True yourself to allow them.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from instantid.webui import create_ui, prepare_out_dir
 
     # One line per UI error (the UI logs user errors at WARNING); library INFO chatter stays off.
