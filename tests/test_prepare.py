@@ -177,3 +177,20 @@ def test_accelerate_launch_gives_each_process_its_shard(photos: Path, tmp_path: 
     where = _decided(out)
     assert set(where) == {f"photos/{name}" for name in CAPTIONED + UNCAPTIONED}
     assert all(len(files) == 1 for files in where.values())
+
+
+def test_instantid_train_runs_on_the_tar_shards(sharded: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    from instantid.tiny import TinyConfig, build_tiny_instantid
+    from instantid.training.trainer import LOG_FILE
+
+    release = build_tiny_instantid(tmp_path / "tiny", TinyConfig(embedding_dim=128, embedding_space="dlib-128"))
+    run = tmp_path / "run"
+    code = main(["train", "--data-dir", str(sharded[0]), "--pretrained-model", str(release / "base"),
+                 "--output-dir", str(run), "--embedding-space", "dlib-128", "--embedding-dim", "128",
+                 "--resolution", "64", "--resampler-width", "128", "--train-batch-size", "2",
+                 "--max-train-steps", "2", "--validation-steps", "0", "--dataloader-num-workers", "0",
+                 "--lr-warmup-steps", "0"])
+    assert code == 0
+    steps = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
+    assert [s["step"] for s in steps if "loss" in s][-1] == 2
+    assert all(np.isfinite(s["loss"]) for s in steps if "loss" in s)
