@@ -272,3 +272,18 @@ def test_speed_benchmark_writes_json(tmp_path):
         assert len(data["pipelines"][name]["steps_s"]) == 1
     assert set(data["ratio_ours_over_stock"]) == {"step_mean_s", "step_p50_s", "end_to_end_s"}
     assert (tmp_path / "speed-cpu.png").is_file()
+
+
+def test_references_recorded_by_file_name_are_found_beside_the_image_or_here(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    meta = {"prompt": "a portrait", "seed": 1, "references": ["obama_1.jpg"]}  # what generate records by default
+    (outputs / "gen_s1.png").write_bytes(png_bytes(load_image(FACES / "obama_2.jpg"), meta))
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(outputs), "-o", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: reference photo {outputs / 'obama_1.jpg'} named by {outputs / 'gen_s1.png'}'s metadata "
+                   "not found (outputs record file names only, unless made with full paths): give --refs PHOTO")
+    monkeypatch.chdir(FACES)  # where the user ran `generate obama_1.jpg`
+    (sample,) = collect_samples([outputs])
+    assert sample.references == (Path("obama_1.jpg"),) and sample.seed == 1

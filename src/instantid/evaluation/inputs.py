@@ -67,12 +67,20 @@ def read_generation_metadata(image: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _resolve_ref(path: Path, folder: Path) -> Path:
+    """A relative reference is looked for beside the image, then in the working directory (outputs record
+    file names only unless made with full paths)."""
+    if path.is_absolute() or (folder / path).is_file() or not path.is_file():
+        return path if path.is_absolute() else folder / path
+    return path
+
+
 def _sidecar_refs(meta: dict[str, Any], folder: Path) -> tuple[Path, ...]:
     raw = meta.get("references", meta.get("face_images"))
     if raw is None:
         return ()
     items = [raw] if isinstance(raw, str) else list(raw)
-    return tuple(p if p.is_absolute() else folder / p for p in (Path(str(item)) for item in items))
+    return tuple(_resolve_ref(Path(str(item)), folder) for item in items)
 
 
 def expand_images(paths: Sequence[Path]) -> list[Path]:
