@@ -37,15 +37,42 @@ def faces_dir(shared_dir: Path) -> Path:
     return shared_dir / "faces"
 
 
-@pytest.fixture(scope="session")
-def fixture_pipe(tiny_fixture_dir: Path):
+def load_fixture_pipe(root: Path):
     """The published tiny checkpoints loaded through the drop-in API, as a user of the published code would."""
     from diffusers import ControlNetModel
 
     from instantid import StableDiffusionXLInstantIDPipeline
 
-    controlnet = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
-    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(tiny_fixture_dir / "base", controlnet=controlnet)
-    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    controlnet = ControlNetModel.from_pretrained(root / "ControlNetModel")
+    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(root / "base", controlnet=controlnet)
+    pipe.load_ip_adapter_instantid(root / "ip-adapter.bin")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def fixture_pipe(tiny_fixture_dir: Path):
+    """One shared pipeline on the published tiny checkpoints; tests must not change it in place."""
+    return load_fixture_pipe(tiny_fixture_dir)
+
+
+@pytest.fixture
+def fresh_fixture_pipe(tiny_fixture_dir: Path):
+    """A pipeline of its own for a test that changes modules in place (fast-path levers, presets)."""
+    return load_fixture_pipe(tiny_fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_app(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny demo InstantID (random weights, dlib faces), one per session."""
+    from _demo import demo_model
+
+    model = demo_model(tmp_path_factory.getbasetemp() / "demo-apps")
+    model.pipe.set_progress_bar_config(disable=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def obama(demo_app, faces_dir: Path):
+    """One prepared identity for application tests."""
+    return demo_app.prepare_identity(faces_dir / "obama_1.jpg")

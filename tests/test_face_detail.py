@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _demo import FACE, FACES, demo_model
+from _demo import FACE, FACES
 from PIL import Image
 
 from instantid.errors import InvalidInputError
@@ -17,15 +17,13 @@ OPTIONS = FaceDetailOptions(strength=0.5, resolution=128)
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    model = demo_model(tmp_path_factory.getbasetemp() / "demo-apps")
-    model.pipe.set_progress_bar_config(disable=True)
-    return model
+def app(demo_app):
+    return demo_app
 
 
 @pytest.fixture(scope="module")
-def person(app):
-    return app.prepare_identity(FACES / "obama_1.jpg")
+def person(obama):
+    return obama
 
 
 def _picture_with_a_small_face() -> Image.Image:

@@ -18,17 +18,8 @@ SIZE = 64
 
 
 @pytest.fixture
-def pipe(tiny_fixture_dir):
-    """A fresh pipeline per test (the levers change modules in place; the shared fixture must stay eager)."""
-    from diffusers import ControlNetModel
-
-    from instantid import StableDiffusionXLInstantIDPipeline
-
-    controlnet = ControlNetModel.from_pretrained(tiny_fixture_dir / "ControlNetModel")
-    pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(tiny_fixture_dir / "base", controlnet=controlnet)
-    pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(fresh_fixture_pipe):
+    return fresh_fixture_pipe
 
 
 def _kps() -> Image.Image:

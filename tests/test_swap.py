@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _demo import FACE, FACES, NO_FACE, demo_model
+from _demo import FACE, FACES, NO_FACE
 from PIL import Image
 
 from instantid.errors import InvalidInputError, NoFaceError
@@ -95,15 +95,13 @@ def test_paste_back_is_exact_outside_the_mask() -> None:
 
 # ---- end to end on the tiny demo stack ---------------------------------------------------------------
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    model = demo_model(tmp_path_factory.getbasetemp() / "demo-apps")
-    model.pipe.set_progress_bar_config(disable=True)
-    return model
+def app(demo_app):
+    return demo_app
 
 
 @pytest.fixture(scope="module")
-def person(app):
-    return app.prepare_identity(FACES / "obama_1.jpg")
+def person(obama):
+    return obama
 
 
 @pytest.fixture
