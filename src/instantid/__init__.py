@@ -38,6 +38,9 @@ _LAZY = {
     "InstantID": "instantid.generator",
     "GenerationSettings": "instantid.settings",
     "Identity": "instantid.identity",
+    "Person": "instantid.pipeline",
+    "nearest_face_regions": "instantid.pipeline",
+    "StableDiffusionXLInstantIDInpaintPipeline": "instantid.inpaint",
     "ModelSettings": "instantid.model_settings",
     "build_tiny_instantid": "instantid.tiny",
 }

@@ -72,7 +72,13 @@ def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch
             meta = raw.get("meta", {})
             metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
             state = {k: raw[k] for k in ("image_proj", "ip_adapter") if k in raw}
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        # PyTorch's message advises retrying with weights_only=False; never pass that advice on.
+        raise IncompatibleWeightsError(
+            f"cannot load face adapter {path}: not a plain weights file (it asks to run pickled code, which is "
+            "never done)"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IncompatibleWeightsError(f"cannot load face adapter {path}: {reason}") from exc
     missing = [k for k in ("image_proj", "ip_adapter") if not state.get(k)]

@@ -26,12 +26,13 @@ the compile (or a cache hit). Nothing else does: prompt, negative prompt, seed, 
 ``controlnet_conditioning_scale``, guidance scale value, face embedding, face-region mask contents and
 scheduler all reuse the compiled blocks.
 
-Why the face layers are left out of the compiled graphs by default: today the face processors keep their
-per-call state (``scale``, ``face_mask``, ``call_cache``) as attributes, and dynamo guards on attribute values,
-so every new ``ip_adapter_scale`` would recompile every block. ``compile_face_layers=False`` keeps each
-face cross-attention eager (a graph break inside each UNet block); ``True`` traces it too (faster steps, but a
-recompile per new scale value) and is there to measure what the break costs until the per-call state
-travels with the call.
+Why the face layers are left out of the compiled graphs by default: each call's face data (tokens, masks,
+scale, the K/V cache) travels as one per-call value, and the face branch builds its keys/values on a cache
+miss and reads the scale as a Python float; traced, dynamo guards on both, so every new ``ip_adapter_scale``
+would recompile every block. ``compile_face_layers=False`` keeps each face cross-attention eager (a graph
+break inside each UNet block); ``True`` traces it too (faster steps, but a recompile per new scale value) and
+is there to measure what the break costs. Precomputing each layer's K/V (with the scale folded into V) before
+the loop would remove both guards.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ import io
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import typer
 from PIL import Image
 
@@ -15,7 +13,7 @@ from instantid.cli import app
 from instantid.cli.options import model_option
 from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
 from instantid.faces import Face, FaceAnalyzer, create_face_analyzer, load_image
-from instantid.keypoints import KPS_COLORS
+from instantid.faces.drawing import draw_faces
 from instantid.outputs import prepare_folder, write_bytes_atomically
 
 # One declaration (ModelSettings) gives every command the same --face-backend and --antelopev2-root options;
@@ -28,24 +26,6 @@ ANTELOPEV2_ROOT_OPTION = model_option("antelopev2_root")
 def face_analyzer(face_backend: str, backend_alias: str | None, root: Path | None) -> FaceAnalyzer:
     """The analyzer the user asked for (the hidden ``--backend`` spelling wins when given)."""
     return create_face_analyzer(backend_alias if backend_alias is not None else face_backend, root=root)
-
-
-def draw_faces(image: Image.Image, faces: list[Face]) -> Image.Image:
-    """The photo with each face's box, its index and its five numbered keypoints."""
-    canvas = np.array(image)
-    thickness = max(1, round(max(canvas.shape[:2]) / 400))
-    for index, face in enumerate(faces):
-        x1, y1, x2, y2 = (int(round(v)) for v in face.bbox)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), thickness)
-        cv2.putText(canvas, str(index), (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5 * thickness, (0, 255, 0), thickness)
-        radius = max(2, round((x2 - x1) / 40))
-        for number, ((x, y), color) in enumerate(zip(face.kps, KPS_COLORS, strict=True)):
-            centre = (int(round(x)), int(round(y)))
-            cv2.circle(canvas, centre, radius, color, -1)
-            cv2.putText(canvas, str(number), (centre[0] + radius, centre[1] - radius),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, color, max(1, thickness // 2))
-    return Image.fromarray(canvas)
 
 
 def save_atomically(image: Image.Image, out: Path) -> None:

@@ -8,6 +8,7 @@ black background, clipped to white) and quietly produce no face or a worse embed
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,10 @@ def _open(source: str | Path | bytes, label: str) -> Image.Image:
         if stream.stat().st_size == 0:
             raise ImageReadError(label, "the file is empty")
     try:
-        return Image.open(stream)
+        with warnings.catch_warnings():
+            # MAX_PIXELS is checked right after opening, with a one-line error; Pillow's own warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(stream)
     except UnidentifiedImageError:
         raise ImageReadError(label, "not an image file (unknown or unsupported format)") from None
     except Image.DecompressionBombError as exc:

@@ -4,8 +4,24 @@
 adapter and IdentityNet on a frozen SDXL with HF accelerate, ``export`` writes the published file layout.
 """
 
-from instantid.training.config import TrainConfig, parse_args
-from instantid.training.export import adapter_state_dict, export_release, resampler_to_published, save_adapter
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Lazy: ``export`` imports diffusers, and every ``instantid prepare`` process would pay for it at start-up.
+_LAZY = {
+    "TrainConfig": "instantid.training.config", "parse_args": "instantid.training.config",
+    "adapter_state_dict": "instantid.training.export", "export_release": "instantid.training.export",
+    "resampler_to_published": "instantid.training.export", "save_adapter": "instantid.training.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instantid.training' has no attribute {name!r}")
+
 
 __all__ = [
     "TrainConfig", "adapter_state_dict", "export_release", "parse_args", "resampler_to_published", "save_adapter",

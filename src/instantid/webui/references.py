@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from instantid.cli.faces import draw_faces
 from instantid.errors import ImageReadError, InvalidInputError
 from instantid.faces import load_image
+from instantid.faces.drawing import draw_faces
 
 if TYPE_CHECKING:
     from instantid.generator import InstantID

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from instantid.cli.faces import draw_faces
 from instantid.errors import InvalidInputError, NoFaceError
 from instantid.faces import load_image
+from instantid.faces.drawing import draw_faces
 from instantid.settings import make_settings
 from instantid.swap import SwapOptions, make_swap_options, swap_face
 from instantid.webui.controls import controls, labels

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
-from instantid.cli.faces import draw_faces
+from instantid.faces.drawing import draw_faces
 from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
