@@ -215,3 +215,21 @@ def test_bare_unet_loader_names_the_diffusers_it_needs():
 
     with pytest.raises(IncompatibleWeightsError, match="install a diffusers release from 0.32 to 0.42"):
         install_face_adapter(torch.nn.Module(), {}, scale=1.0)
+
+
+class _Code:
+    """Pickled as a reference to this class: loading it would run code."""
+
+
+def test_adapter_that_asks_to_run_code_is_refused_without_unsafe_advice(tmp_path):
+    import torch
+
+    from instantid.adapter import load_adapter_state_dict
+    from instantid.errors import IncompatibleWeightsError
+
+    path = tmp_path / "ip-adapter.bin"
+    torch.save({"image_proj": _Code(), "ip_adapter": {}}, path)
+    with pytest.raises(IncompatibleWeightsError) as err:
+        load_adapter_state_dict(path)
+    message = str(err.value)
+    assert "not a plain weights file" in message and "weights_only" not in message and "\n" not in message
