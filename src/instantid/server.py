@@ -1,8 +1,10 @@
 """HTTP API: submit a generation job, poll or wait for it, fetch its PNGs. Built by :func:`create_app`; loads
 nothing at import.
 
-    POST   /v1/generate               multipart (face files, optional pose, settings fields) or JSON (base64)
-                                      -> 202 {job_id}; ?wait=true -> 200 with the images as data URIs
+    POST   /v1/generate               multipart (face files, optional pose or layout, mix files, settings fields)
+                                      or JSON (base64) -> 202 {job_id}; ?wait=true -> 200 with the images as data URIs
+    POST   /v1/swap                   face file(s) + scene file + settings + swap options: same answers
+    POST   /v1/group                  person0, person1, ... files + optional pose group photo: same answers
     GET    /v1/jobs                   newest first, paged (?offset=&limit=&state=)
     GET    /v1/jobs/{id}              queued (with position) | running (step/total) | done | failed | canceled
     DELETE /v1/jobs/{id}              cancel a queued or running job; delete a finished one and its files
@@ -35,17 +37,18 @@ from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, QueueFullError, ServerSettings
 from instantid.service.jobs import JobRecord, JobState, UnknownJobError, check_job_id
 from instantid.service.schema import (
-    GenerateJSON,
+    JSON_BODIES,
     GenerationOutput,
     JobCreated,
     JobList,
     JobStatus,
+    job_request,
     multipart_schema,
     parse_json,
     parse_multipart,
     read_body,
-    settings_from,
 )
+from instantid.service.tasks import TaskKind
 
 if TYPE_CHECKING:
     from instantid.generator import InstantID
@@ -184,22 +187,37 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
                         demo=service.model.demo, lora=service.model.lora)
         return info
 
-    @app.post(
-        "/v1/generate", status_code=202, tags=["generation"],
-        responses={200: {"model": GenerationOutput, "description": "?wait=true: the finished images"},
-                   202: {"model": JobCreated}, 429: {"description": "queue or rate limit full"}},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "multipart/form-data": {"schema": multipart_schema()},
-            "application/json": {"schema": GenerateJSON.model_json_schema()},
-        }}},
-    )
-    async def generate(
-        request: Request, who: Principal = Depends(principal),
-        wait: bool = Query(False, description="Answer when the job is done, with the images (A1111/cog style)."),
-    ) -> Response:
-        """Queue a generation. Multipart: ``face`` file(s) (one person; several are fused), optional ``pose``
-        file, and any setting as a form field. JSON: the settings plus base64 ``faces`` / ``pose``. An
-        ``Idempotency-Key`` header makes a retried request return the job the first one created."""
+    def job_route(task: TaskKind, summary: str) -> Any:
+        """Register POST /v1/<task>: the same limits, idempotency, queue and ``?wait=true`` for every task."""
+        responses: dict[int | str, dict[str, Any]] = {
+            200: {"model": GenerationOutput, "description": "?wait=true: the finished images"},
+            202: {"model": JobCreated}, 429: {"description": "queue or rate limit full"}}
+        body = {"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": multipart_schema(task)},
+            "application/json": {"schema": JSON_BODIES[task].model_json_schema()}}}}
+
+        async def endpoint(
+            request: Request, who: Principal = Depends(principal),
+            wait: bool = Query(False, description="Answer when the job is done, with the images (A1111/cog style)."),
+        ) -> Response:
+            return await queue_job(request, who, wait, task)
+
+        endpoint.__doc__ = summary
+        app.post(f"/v1/{task}", status_code=202, tags=["generation"], responses=responses, openapi_extra=body,
+                 name=task)(endpoint)
+
+    job_route("generate", """Queue a generation. Multipart: ``face`` file(s) (one person; several are fused), optional
+        ``pose`` file or ``layout`` name, ``mix`` file(s) with one ``mix_weight`` each, and any setting as a form
+        field. JSON: the settings plus base64 ``faces`` / ``pose``, ``layout``, ``mix: [{photo, weight}]``. An
+        ``Idempotency-Key`` header makes a retried request return the job the first one created.""")
+    job_route("swap", """Queue a face swap: the person of the ``face`` file(s) (and ``mix``) put into the ``scene``
+        picture; its ``target_index``-th face (0 = largest) is repainted, every pixel outside the feathered head
+        mask is kept. Settings and swap options as form fields (JSON: base64 ``faces``, ``scene``).""")
+    job_route("group", """Queue a picture of several people: ``person0``, ``person1``, ... file(s), one field per
+        person; an optional ``pose`` group photo places person i at its i-th face from the left (else side by
+        side). JSON: ``people: [[base64, ...], ...]``, ``pose``.""")
+
+    async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
         service = service_of(request)
         key = request.headers.get("idempotency-key") or None
         if key is not None and len(key) > 200:
@@ -211,7 +229,7 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
                 if retry is not None:
                     raise QueueFullError(f"rate limit of {who.rate:g} submissions per minute reached", retry)
             service.check_capacity(who.name, who.max_jobs)
-            record, created = await _submit(request, service, who, key)
+            record, created = await _submit(request, service, who, key, task)
         else:
             record, created = earlier, False
         wait = wait or request.headers.get("prefer", "").lower() == "wait"
@@ -228,18 +246,18 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         return JSONResponse(body.model_dump(), status_code=202 if created or wait else 200,
                             headers={"Location": url})
 
-    async def _submit(request: Request, service: JobService, who: Principal,
-                      key: str | None) -> tuple[JobRecord, bool]:
+    async def _submit(request: Request, service: JobService, who: Principal, key: str | None,
+                      task: TaskKind) -> tuple[JobRecord, bool]:
         body = await read_body(request, settings.max_upload_bytes)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
-            values, faces, pose = await parse_multipart(request, body, settings.max_upload_bytes)
+            parsed = await parse_multipart(request, body, settings.max_upload_bytes)
         elif content_type.startswith("application/json"):
-            values, faces, pose = parse_json(body)
+            parsed = parse_json(body)
         else:
             raise HTTPException(415, "send multipart/form-data or application/json")
-        generation = settings_from(values)
-        return await run_in_threadpool(service.submit, faces, pose, generation, owner=who.name, key=key)
+        job = job_request(task, parsed)
+        return await run_in_threadpool(service.submit_request, job, owner=who.name, key=key)
 
     @app.get("/v1/jobs", response_model=JobList, tags=["jobs"])
     async def list_jobs(

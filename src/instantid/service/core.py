@@ -14,16 +14,17 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
-from instantid.faces import load_image
 from instantid.model_settings import ModelSettings
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
+from instantid.service.tasks import FaceSide, JobRequest, Photo, Prepared, prepare
 from instantid.settings import MAX_SEED, GenerationSettings
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from instantid.identity import Identity
 
 log = logging.getLogger(__name__)
-Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
 
 
 class ServerSettings(ModelSettings):
@@ -116,6 +116,12 @@ class JobService:
 
     def submit(self, faces: list[Photo], pose: Photo | None, settings: GenerationSettings, *, owner: str = "",
                key: str | None = None) -> tuple[JobRecord, bool]:
+        """A generate job of one person's photos (see :meth:`submit_request`)."""
+        return self.submit_request(JobRequest("generate", settings, faces=tuple(faces), pose=pose), owner=owner,
+                                   key=key)
+
+    def submit_request(self, request: JobRequest, *, owner: str = "", key: str | None = None
+                       ) -> tuple[JobRecord, bool]:
         """Analyse the photos once, store them and the request, queue the job; ``(record, created)``.
 
         Blocking (face analysis): call it from a worker thread in async code.
@@ -124,21 +130,21 @@ class JobService:
             earlier = self.store.by_key(owner, key)
             if earlier is not None:
                 return earlier, False
-        if settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
-            settings = settings.updated(seed=random.randint(0, MAX_SEED))
+        if request.settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
+            request = replace(request, settings=request.settings.updated(seed=random.randint(0, MAX_SEED)))
         job_id = new_job_id()
-        identity = self._check_faces(faces, pose, settings)
-        self.files.save_inputs(job_id, [data for _, data in faces], pose[1] if pose else None)
-        request = {"settings": settings.model_dump(), "faces": [name for name, _ in faces],
-                   "pose": pose[0] if pose else None}
-        record, created = self.store.add(JobRecord(id=job_id, request=request, owner=owner, idempotency_key=key))
+        prepared = self._prepare(request)
+        for slot, data in request.files().items():
+            self.files.save_input(job_id, slot, data)
+        record, created = self.store.add(JobRecord(id=job_id, request=request.record(), owner=owner,
+                                                   idempotency_key=key))
         if not created:  # the same key raced in from another request: keep that job, drop these files
             self.files.delete(job_id)
             return record, False
         if self.dispatch is not None:
             self.dispatch.submit(job_id)
         else:
-            self.runner.identities[job_id] = identity
+            self.runner.prepared_jobs[job_id] = prepared
             self.worker.wake()
         return record, True
 
@@ -146,6 +152,13 @@ class JobService:
                         owner: str = "ui") -> GenerationResult:
         """One generation of an already built Identity through the same queue and limits as the HTTP API,
         waiting for it (the web UI's ``submit`` hook). Blocking; errors are :class:`InstantIDError` lines."""
+        return self.run_prepared(Prepared("generate", identity=identity), settings, progress, owner=owner,
+                                 names=[r.name for r in identity.references])
+
+    def run_prepared(self, prepared: Prepared, settings: GenerationSettings, progress: Any = None, *,
+                     owner: str = "ui", names: list[str] | None = None) -> GenerationResult:
+        """Run a job whose photos the caller has analysed (any task) through the queue and limits, waiting for
+        it; its photos are not kept, so it cannot be re-run after a restart. Blocking."""
         from PIL import Image
 
         from instantid.generator import GenerationResult
@@ -155,10 +168,10 @@ class JobService:
         self.check_capacity(owner, None)
         if settings.seed is None:
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
-        request = {"settings": settings.model_dump(), "faces": [r.name for r in identity.references],
-                   "pose": None, "photos_saved": False}
+        request = {"task": prepared.task, "settings": settings.model_dump(), "faces": names or [], "pose": None,
+                   "photos_saved": False}
         record, _ = self.store.add(JobRecord(id=new_job_id(), request=request, owner=owner))
-        self.runner.identities[record.id] = identity
+        self.runner.prepared_jobs[record.id] = prepared
         self.worker.wake()
         shown = (-1, -1)
         while (current := self.store.get(record.id)) is not None and current.state not in FINISHED:
@@ -177,16 +190,13 @@ class JobService:
         used = GenerationSettings.model_validate(metadata.get("settings", request["settings"]))
         return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
 
-    def _check_faces(self, faces: list[Photo], pose: Photo | None, settings: GenerationSettings) -> Any:
+    def _prepare(self, request: JobRequest) -> Prepared | None:
+        """The job's photos analysed: by the model that will run it (kept for the worker), or, when workers run
+        elsewhere, by the face analyzer alone to refuse bad photos here (the worker prepares it again)."""
         try:
-            if self.dispatch is None:  # this process generates: the Identity it builds is the one used
-                return self.model.prepare_identity(  # type: ignore[union-attr]
-                    [data for _, data in faces], pose=pose[1] if pose else None, face_index=settings.face_index,
-                    fusion=settings.fusion, names=[name for name, _ in faces], pose_name=pose[0] if pose else None)
-            for name, data in faces:  # a worker elsewhere builds the Identity; refuse bad photos here
-                self.analyzer.get_face(load_image(data, name), name, settings.face_index)  # type: ignore[union-attr]
-            if pose is not None:
-                self.analyzer.get_face(load_image(pose[1], pose[0]), pose[0], None)  # type: ignore[union-attr]
+            if self.dispatch is None:
+                return prepare(FaceSide(self.model), request)
+            prepare(FaceSide(analyzer=self.analyzer), request)
             return None
         except (NoFaceError, ImageReadError):
             self.metrics.face_failures.labels(stage="submit").inc()
@@ -199,7 +209,7 @@ class JobService:
             if self.dispatch is not None:
                 self.dispatch.cancel(job_id)
             else:
-                self.runner.identities.pop(job_id, None)
+                self.runner.prepared_jobs.pop(job_id, None)
         return record
 
     def delete(self, job_id: str) -> None:

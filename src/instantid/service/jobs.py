@@ -26,6 +26,7 @@ from instantid.errors import InvalidInputError
 from instantid.outputs import write_bytes_atomically
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+SLOT = re.compile(r"[a-z]+(-[0-9]{1,3}){0,2}")  # an input photo's file name, built by the server (face-0, pose)
 STATES = ("queued", "running", "done", "failed", "canceled")
 FINISHED = ("done", "failed", "canceled")
 JobState = Literal["queued", "running", "done", "failed", "canceled"]
@@ -51,7 +52,7 @@ class JobRecord:
     """What the store keeps about one job (JSON-able; the photos and images stay on disk)."""
 
     id: str
-    request: dict[str, Any]  # {"settings": GenerationSettings dump, "faces": [names], "pose": name | None}
+    request: dict[str, Any]  # instantid.service.tasks.JobRequest.record(): task, settings, photo names...
     state: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -97,17 +98,26 @@ class JobFiles:
     def folder(self, job_id: str) -> Path:
         return self.root / "jobs" / check_job_id(job_id)
 
+    def input_path(self, job_id: str, slot: str) -> Path:
+        if not SLOT.fullmatch(slot):
+            raise InvalidInputError(f"not an input slot: {slot[:40]!r}")
+        return self.folder(job_id) / "inputs" / slot
+
+    def save_input(self, job_id: str, slot: str, data: bytes) -> None:
+        write_bytes_atomically(self.input_path(job_id, slot), data)
+
+    def load_input(self, job_id: str, slot: str) -> bytes:
+        return self.input_path(job_id, slot).read_bytes()
+
     def save_inputs(self, job_id: str, faces: list[bytes], pose: bytes | None) -> None:
-        folder = self.folder(job_id) / "inputs"
         for i, data in enumerate(faces):
-            write_bytes_atomically(folder / f"face-{i}", data)
+            self.save_input(job_id, f"face-{i}", data)
         if pose is not None:
-            write_bytes_atomically(folder / "pose", pose)
+            self.save_input(job_id, "pose", pose)
 
     def load_inputs(self, job_id: str, count: int, has_pose: bool) -> tuple[list[bytes], bytes | None]:
-        folder = self.folder(job_id) / "inputs"
-        faces = [(folder / f"face-{i}").read_bytes() for i in range(count)]
-        return faces, (folder / "pose").read_bytes() if has_pose else None
+        faces = [self.load_input(job_id, f"face-{i}") for i in range(count)]
+        return faces, self.load_input(job_id, "pose") if has_pose else None
 
     def image_name(self, index: int) -> str:
         """Deterministic names, so a re-run of a job replaces its images instead of adding more."""

@@ -1,9 +1,10 @@
 """Running one job, and the in-process worker that runs the SQLite queue one job at a time.
 
-The runner takes a job the store has just moved to ``running``: the Identity built when the job was submitted
-(same process) or, for a remote worker or after a restart, one built from the photos saved in the job folder;
-generates; writes ``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds);
-then marks the job done. Every outcome, including a crash of the model, ends in a finished record.
+The runner takes a job the store has just moved to ``running``: the job prepared when it was submitted (same
+process) or, for a remote worker or after a restart, one prepared again from the request and the photos saved
+in the job folder (:mod:`instantid.service.tasks`); generates, swaps or draws the group; writes
+``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds); then marks the job
+done. Every outcome, including a crash of the model, ends in a finished record.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
+from instantid.service.tasks import FaceSide, JobRequest, Prepared, prepare
 from instantid.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from instantid.generator import InstantID
-    from instantid.identity import Identity
     from instantid.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def worker_name() -> str:
 
 
 class JobRunner:
-    """Runs jobs on one loaded model; ``identities`` holds Identities built at submit in this process."""
+    """Runs jobs on one loaded model; ``prepared_jobs`` holds the jobs whose photos this process analysed at
+    submit (so each photo is analysed once)."""
 
     def __init__(self, model: InstantID, store: JobStore, files: JobFiles,
                  metrics: ServiceMetrics | None = None, name: str | None = None) -> None:
@@ -46,22 +48,18 @@ class JobRunner:
         self.files = files
         self.metrics = metrics
         self.name = name or worker_name()
-        self.identities: dict[str, Identity] = {}
+        self.prepared_jobs: dict[str, Prepared] = {}
 
-    def identity(self, record: JobRecord, settings: GenerationSettings) -> Identity:
-        cached = self.identities.pop(record.id, None)
+    def prepared(self, record: JobRecord) -> Prepared:
+        cached = self.prepared_jobs.pop(record.id, None)
         if cached is not None:
             return cached
         if not record.request.get("photos_saved", True):
             raise InvalidInputError("this web UI job cannot be re-run after a restart: its photos were not kept")
         # Another process analysed these photos at submit (or this one before a restart): do it here, once.
-        request = record.request
-        faces, pose = self.files.load_inputs(record.id, len(request["faces"]), request["pose"] is not None)
+        request = JobRequest.from_record(record.request, lambda slot: self.files.load_input(record.id, slot))
         try:
-            return self.model.prepare_identity(
-                faces, pose=pose, face_index=settings.face_index, fusion=settings.fusion,
-                names=record.request["faces"], pose_name=record.request["pose"],
-            )
+            return prepare(FaceSide(self.model), request)
         except (NoFaceError, ImageReadError):
             if self.metrics:
                 self.metrics.face_failures.labels(stage="worker").inc()
@@ -85,8 +83,7 @@ class JobRunner:
 
         started = time.monotonic()
         try:
-            identity = self.identity(record, settings)
-            result = self.model.generate(identity, settings, progress=progress)
+            result = self.prepared(record).run(self.model, settings, progress)
             folder = self.files.folder(job_id)
             outputs = []
             for i, image in enumerate(result.images):

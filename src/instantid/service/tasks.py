@@ -1,0 +1,239 @@
+"""What a job asks for, one value per task kind, and how it becomes images.
+
+* ``generate``: one person (face photos, optionally mixed with others), posed by a pose photo, a bundled layout
+  or their own photo (:meth:`InstantID.generate`);
+* ``swap``: one person put into a scene photo (:func:`instantid.swap.swap_face`);
+* ``group``: several people in one picture, placed by a group photo or side by side
+  (:meth:`InstantID.generate_group`).
+
+A :class:`JobRequest` is stored as JSON in the job record (names, weights, layout, options) plus its photos in
+the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``person-1-0``, ``pose``), so a
+restarted server or a worker on another machine rebuilds the same request (:meth:`JobRequest.from_record`).
+:func:`prepare` analyses the photos once into a :class:`Prepared` job; :meth:`Prepared.run` makes the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from instantid.errors import InvalidInputError, NoFaceError
+from instantid.settings import GenerationSettings
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from instantid.faces import Face
+    from instantid.generator import GenerationResult, InstantID
+    from instantid.identity import Identity
+    from instantid.swap import SwapOptions
+
+TaskKind = Literal["generate", "swap", "group"]
+Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
+Progress = Callable[[int, int], None]
+
+# Settings a task cannot honour, and why: a request that sets one away from its default is refused (422) rather
+# than silently ignored.
+UNUSED_SETTINGS: dict[str, dict[str, str]] = {
+    "generate": {},
+    "swap": {"width": "the output has the scene's size", "height": "the output has the scene's size",
+             "face_detail": "the swapped face is already drawn at the model's resolution",
+             "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
+    "group": {"face_detail": "the face-detail pass is not available for group pictures",
+              "face_detail_strength": "the face-detail pass is not available for group pictures"},
+}
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Another person mixed into the identity (:meth:`Identity.mix`): 0 = this person, 1 = the other."""
+
+    photo: Photo
+    weight: float
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job as submitted. Checks that need no face analysis run at construction (cheap, before any model)."""
+
+    task: TaskKind
+    settings: GenerationSettings
+    faces: tuple[Photo, ...] = ()  # the person (generate, swap); several photos are fused
+    mixes: tuple[Mix, ...] = ()  # mixed into that person (generate, swap)
+    pose: Photo | None = None  # pose photo (generate) or group photo (group)
+    layout: str | None = None  # a bundled keypoint layout instead of a pose photo (generate)
+    scene: Photo | None = None  # the picture whose face is replaced (swap)
+    swap: SwapOptions | None = None
+    people: tuple[tuple[Photo, ...], ...] = ()  # one tuple of photos per person (group)
+
+    def __post_init__(self) -> None:
+        from instantid.layouts import get_layout
+
+        if self.task == "group":
+            if not self.people or any(not p for p in self.people):
+                raise InvalidInputError("give the photo(s) of each person: person0, person1, ... (at least one)")
+            if self.faces or self.mixes or self.layout or self.scene:
+                raise InvalidInputError("a group job takes people and an optional pose photo only")
+        else:
+            if not self.faces:
+                raise InvalidInputError("upload at least one face photo in the 'face' field")
+            if self.people:
+                raise InvalidInputError("people are for /v1/group")
+        if self.task == "swap" and (self.scene is None or self.swap is None):
+            raise InvalidInputError("upload the picture whose face is replaced in the 'scene' field")
+        if self.task != "swap" and (self.scene is not None or self.swap is not None):
+            raise InvalidInputError("a scene photo is for /v1/swap")
+        if self.layout is not None:
+            if self.task != "generate":
+                raise InvalidInputError("layout is for /v1/generate (one person)")
+            if self.pose is not None:
+                raise InvalidInputError("give a pose photo or a layout, not both")
+            get_layout(self.layout)
+        if self.task == "swap" and self.pose is not None:
+            raise InvalidInputError("a swap takes its pose from the scene's face; do not send a pose photo")
+        for i, mix in enumerate(self.mixes):
+            if not 0 <= mix.weight <= 1:
+                raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
+        for name, why in UNUSED_SETTINGS[self.task].items():
+            if getattr(self.settings, name) != GenerationSettings.model_fields[name].default:
+                raise InvalidInputError(f"{name} is not used by /v1/{self.task}: {why}")
+
+    # ---- storage -------------------------------------------------------------------------------
+    def files(self) -> dict[str, bytes]:
+        """The photos by slot name (the file names inside the job's ``inputs`` folder)."""
+        slots = {f"face-{i}": data for i, (_, data) in enumerate(self.faces)}
+        slots.update({f"mix-{i}": m.photo[1] for i, m in enumerate(self.mixes)})
+        slots.update({f"person-{p}-{i}": data for p, photos in enumerate(self.people)
+                      for i, (_, data) in enumerate(photos)})
+        if self.pose is not None:
+            slots["pose"] = self.pose[1]
+        if self.scene is not None:
+            slots["scene"] = self.scene[1]
+        return slots
+
+    def record(self) -> dict[str, Any]:
+        """The JSON kept in the job record: everything but the photos' bytes."""
+        return {
+            "task": self.task, "settings": self.settings.model_dump(), "faces": [n for n, _ in self.faces],
+            "pose": self.pose[0] if self.pose else None, "layout": self.layout,
+            "mix": [{"name": m.photo[0], "weight": m.weight} for m in self.mixes],
+            "scene": self.scene[0] if self.scene else None,
+            "swap": self.swap.model_dump() if self.swap is not None else None,
+            "people": [[n for n, _ in photos] for photos in self.people],
+        }
+
+    @classmethod
+    def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
+        """The request again, from a job record and its photos (``load(slot)``); records written before tasks
+        existed are generate jobs."""
+        from instantid.swap import SwapOptions
+
+        def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
+            return tuple((name, load(f"{slot}-{i}")) for i, name in enumerate(names))
+
+        return cls(
+            task=request.get("task", "generate"),
+            settings=GenerationSettings.model_validate(request["settings"]),
+            faces=named(request.get("faces") or (), "face"),
+            mixes=tuple(Mix((m["name"], load(f"mix-{i}")), float(m["weight"]))
+                        for i, m in enumerate(request.get("mix") or ())),
+            pose=(request["pose"], load("pose")) if request.get("pose") else None,
+            layout=request.get("layout"),
+            scene=(request["scene"], load("scene")) if request.get("scene") else None,
+            swap=SwapOptions.model_validate(request["swap"]) if request.get("swap") is not None else None,
+            people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
+        )
+
+
+class FaceSide:
+    """Face analysis for building jobs: the loaded model's (under its face lock) or a bare analyzer's (a server
+    whose workers run elsewhere checks the photos with it)."""
+
+    def __init__(self, model: InstantID | None = None, analyzer: Any = None) -> None:
+        self.model = model
+        self.analyzer = analyzer if model is None else model.analyzer
+
+    def identity(self, photos: Sequence[Photo], settings: GenerationSettings, pose: Photo | None = None) -> Identity:
+        from instantid.generator import prepare_identity
+
+        arguments = dict(pose=pose[1] if pose else None, pose_name=pose[0] if pose else None,
+                         face_index=settings.face_index, fusion=settings.fusion, names=[n for n, _ in photos])
+        data = [d for _, d in photos]
+        if self.model is not None:
+            return self.model.prepare_identity(data, **arguments)
+        return prepare_identity(self.analyzer, data, **arguments)
+
+    def find_face(self, photo: Photo, index: int | None) -> tuple[Image.Image, Face]:
+        from instantid.faces import load_image
+
+        if self.model is not None:
+            return self.model.find_face(photo[1], photo[0], index)
+        picture = load_image(photo[1], photo[0])
+        return picture, self.analyzer.get_face(picture, photo[0], index)
+
+    def count_faces(self, photo: Photo) -> int:
+        from instantid.faces import load_image
+
+        if self.model is not None:
+            return len(self.model.analyze(photo[1], photo[0]))
+        return len(self.analyzer.analyze(load_image(photo[1], photo[0]), photo[0]))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job whose photos are analysed (each once), ready for the model."""
+
+    task: TaskKind
+    identity: Identity | None = None  # generate, swap (mixes and layout applied)
+    people: tuple[Identity, ...] = ()  # group
+    scene: Image.Image | None = None  # swap: the picture, upright RGB
+    scene_name: str = ""
+    target: Face | None = None  # swap: the scene's face that is replaced
+    swap: SwapOptions | None = None
+    pose: Photo | None = None  # group: the group photo (its faces place the people)
+
+    def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
+            ) -> GenerationResult:
+        if self.task == "swap":
+            from instantid.swap import swap_face
+
+            return swap_face(model, self.identity, self.scene, settings, self.swap, scene_name=self.scene_name,
+                             target=self.target, progress=progress)
+        if self.task == "group":
+            return model.generate_group(list(self.people), settings, pose=self.pose[1] if self.pose else None,
+                                        pose_name=self.pose[0] if self.pose else "columns", progress=progress)
+        return model.generate(self.identity, settings, progress=progress)
+
+
+def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
+    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field."""
+    settings = request.settings
+    if request.task == "group":
+        people = tuple(faces.identity(photos, settings) for photos in request.people)
+        if request.pose is not None:
+            found = faces.count_faces(request.pose)
+            if found < len(people):
+                raise InvalidInputError(f"pose: {request.pose[0]} shows {found} face(s) but {len(people)} people "
+                                        "were given")
+        return Prepared("group", people=people, pose=request.pose)
+    identity = faces.identity(request.faces, settings, pose=request.pose)
+    for mix in request.mixes:
+        identity = identity.mix(faces.identity([mix.photo], settings), mix.weight, name=mix.photo[0])
+    if request.layout is not None:
+        from instantid.layouts import DEFAULT_LAYOUT_SIZE, with_layout
+
+        identity = with_layout(identity, request.layout, settings.width or DEFAULT_LAYOUT_SIZE,
+                               settings.height or DEFAULT_LAYOUT_SIZE)
+    if request.task == "generate":
+        return Prepared("generate", identity=identity)
+    assert request.scene is not None and request.swap is not None  # checked at construction
+    try:
+        scene, target = faces.find_face(request.scene, request.swap.target_index)
+    except NoFaceError:
+        raise NoFaceError(f"the scene photo {request.scene[0]}") from None
+    return Prepared("swap", identity=identity, scene=scene, scene_name=request.scene[0], target=target,
+                    swap=request.swap)
+
+
+__all__ = ["FaceSide", "JobRequest", "Mix", "Photo", "Prepared", "TaskKind", "UNUSED_SETTINGS", "prepare"]

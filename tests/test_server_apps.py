@@ -1,0 +1,134 @@
+"""The applications over HTTP (issue 11): layout and mix on /v1/generate, /v1/swap, /v1/group, face detail.
+
+Each job's PNG is compared with the same call through the Python API on the same demo model: equal pixels mean
+the server passed every photo, weight, layout and option through (and rebuilt them after a restart)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from _demo import FACE, FACES, NO_FACE, demo_model
+from _service import serving
+from PIL import Image
+
+from instantid.layouts import layout_names, with_layout
+from instantid.settings import GenerationSettings
+
+OTHER = FACES / "obama_1.jpg"
+GROUP = FACES / "group_two_people.jpg"
+FAST = {"steps": "2", "width": "64", "height": "64", "seed": "5"}
+SETTINGS = GenerationSettings(steps=2, width=64, height=64, seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return demo_model(tmp_path_factory.getbasetemp() / "demo")
+
+
+@pytest.fixture(scope="module")
+def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    from instantid.server import ServerSettings, create_app
+
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), mount_ui=False, max_queued_jobs=4)
+    with serving(create_app(settings, model=model)) as http:
+        yield http
+
+
+def upload(field: str, path: Path, name: str | None = None) -> tuple[str, tuple[str, bytes, str]]:
+    return (field, (name or path.name, path.read_bytes(), "image/jpeg"))
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def finished(response: httpx.Response) -> tuple[np.ndarray, dict]:
+    """The first image (pixels) and the info of a ``?wait=true`` answer."""
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert out["status"] == "done", out
+    with Image.open(BytesIO(base64.b64decode(out["images"][0].split(",", 1)[1]))) as png:
+        return np.asarray(png.convert("RGB")), out["info"]
+
+
+def pixels(result: Any) -> np.ndarray:
+    return np.asarray(result.images[0].convert("RGB"))
+
+
+def refused(response: httpx.Response, *parts: str) -> str:
+    assert 400 <= response.status_code < 500, response.text
+    detail = response.json()["detail"]
+    for part in parts:
+        assert part in detail, detail
+    return detail
+
+
+# ---- /v1/generate: layout and mix -------------------------------------------------------------------------
+def test_generate_with_mix_and_layout_is_the_python_api_call(client: httpx.Client, model: Any) -> None:
+    files = [upload("face", FACE, "me.jpg"), upload("mix", OTHER, "other.jpg")]
+    data = {**FAST, "layout": "three-quarter-left", "mix_weight": "0.3"}
+    image, info = finished(client.post("/v1/generate?wait=true", files=files, data=data))
+    assert info["mixed_with"] == [{"name": "other.jpg", "weight": 0.3}]
+    assert info["pose_from"] == "layout:three-quarter-left" and info["task"] == "generate"
+    me = model.prepare_identity(FACE.read_bytes(), names=["me.jpg"])
+    mixed = with_layout(me.mix(model.prepare_identity(OTHER.read_bytes()), 0.3), "three-quarter-left", 64, 64)
+    assert np.array_equal(image, pixels(model.generate(mixed, SETTINGS)))
+    # The mix and the layout each change the picture (so the equality above is not trivially true).
+    plain, _ = finished(client.post("/v1/generate?wait=true", files=files[:1], data={**FAST, "layout": "frontal"}))
+    assert not np.array_equal(image, plain)
+
+
+def test_generate_json_mix_and_layout(client: httpx.Client) -> None:
+    body = {"faces": [b64(FACE)], "mix": [{"photo": b64(OTHER), "weight": 0.6, "name": "obama.jpg"}],
+            "layout": "frontal", "steps": 2, "width": 64, "height": 64}
+    _, info = finished(client.post("/v1/generate?wait=true", json=body))
+    assert info["mixed_with"] == [{"name": "obama.jpg", "weight": 0.6}] and info["pose_from"] == "layout:frontal"
+
+
+def test_face_detail_flows_through_the_settings(client: httpx.Client) -> None:
+    _, info = finished(client.post("/v1/generate?wait=true", files=[upload("face", FACE)],
+                                   data={**FAST, "face_detail": "true", "face_detail_strength": "0.35"}))
+    assert info["settings"]["face_detail"] is True and info["face_detail"]["strength"] == 0.35
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "parts"),
+    [
+        ([], {"layout": "sideways"}, ["unknown layout 'sideways'", *layout_names()]),
+        ([("pose", FACE)], {"layout": "frontal"}, ["pose photo or a layout, not both"]),
+        ([("mix", OTHER)], {"mix_weight": "1.5"}, ["mix_weight must be a number between 0 and 1", "1.5"]),
+        ([("mix", OTHER)], {"mix_weight": "lots"}, ["mix_weight must be a number between 0 and 1"]),
+        ([("mix", OTHER)], {}, ["mix_weight: send one per mix photo (1 photo(s), 0 weight(s))"]),
+        ([("mix", NO_FACE)], {"mix_weight": "0.5"}, ["no face found in edge_no_face_noise.png"]),
+        ([("scene", OTHER)], {}, ["unexpected file field 'scene' for /v1/generate"]),
+    ],
+)
+def test_generate_bad_layout_or_mix_is_422_naming_the_field(
+    client: httpx.Client, files: list, data: dict, parts: list[str]
+) -> None:
+    sent = [upload("face", FACE), *(upload(field, path) for field, path in files)]
+    response = client.post("/v1/generate", files=sent, data={**FAST, **data})
+    assert response.status_code == 422
+    refused(response, *parts)
+
+
+def test_generate_json_bad_mix_weight_names_the_json_field(client: httpx.Client) -> None:
+    body = {"faces": [b64(FACE)], "mix": [{"photo": b64(OTHER), "weight": 2}]}
+    refused(client.post("/v1/generate", json=body), "mix[0].weight must be a number between 0 and 1")
+    body = {"faces": [b64(FACE)], "mix": [{"photo": "not base64!", "weight": 0.5}]}
+    refused(client.post("/v1/generate", json=body), "mix[0].photo is not valid base64")
+
+
+def test_openapi_shows_layouts_and_mix(client: httpx.Client) -> None:
+    content = client.get("/openapi.json").json()["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
+    form = content["multipart/form-data"]["schema"]["properties"]
+    assert {"face", "pose", "mix", "mix_weight", "layout"} <= set(form)
+    assert set(layout_names()) <= set(str(form["layout"]).replace("'", " ").split())
+    assert "mix" in content["application/json"]["schema"]["properties"]
