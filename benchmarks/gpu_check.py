@@ -23,9 +23,9 @@ from instantid.attention import face_processors
 
 
 def load(fixtures: Path, dtype: torch.dtype) -> StableDiffusionXLInstantIDPipeline:
-    controlnet = ControlNetModel.from_pretrained(fixtures / "ControlNetModel", torch_dtype=dtype)
+    controlnet = ControlNetModel.from_pretrained(fixtures / "ControlNetModel", dtype=dtype)
     pipe = StableDiffusionXLInstantIDPipeline.from_pretrained(
-        fixtures / "base", controlnet=controlnet, torch_dtype=dtype
+        fixtures / "base", controlnet=controlnet, dtype=dtype
     )
     pipe.load_ip_adapter_instantid(fixtures / "ip-adapter.bin")
     pipe.set_progress_bar_config(disable=True)

@@ -113,7 +113,7 @@ def load(args: argparse.Namespace, dtype: torch.dtype, tmp: Path):
     else:
         models = args.models or build_tiny_instantid(tmp / "tiny")
         base = StableDiffusionXLControlNetPipeline.from_pretrained(
-            models / "base", controlnet=ControlNetModel.from_pretrained(models / "ControlNetModel"), torch_dtype=dtype
+            models / "base", controlnet=ControlNetModel.from_pretrained(models / "ControlNetModel"), dtype=dtype
         )
         parts = dict(base.components)
         parts.pop("feature_extractor", None), parts.pop("image_encoder", None)

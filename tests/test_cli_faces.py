@@ -52,9 +52,9 @@ def test_faces_table_and_drawings(tmp_path: Path, capsys: pytest.CaptureFixture[
     single = tmp_path / "small.png"
     assert main(["faces", SMALL, "--face-backend", "dlib", "--draw", str(single)]) == 0
     assert "1 face(s), dlib-128" in capsys.readouterr().out
-    drawn, original = Image.open(single), Image.open(SMALL)
-    assert drawn.size == original.size
-    assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
+    with Image.open(single) as drawn, Image.open(SMALL) as original:
+        assert drawn.size == original.size
+        assert np.any(np.asarray(drawn.convert("RGB")) != np.asarray(original.convert("RGB")))
     folder = tmp_path / "drawn"
     assert main(["faces", SMALL, GROUP, "--face-backend", "dlib", "--draw", str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["edge_obama_small_faces.png", "group_two_people_faces.png"]
@@ -105,7 +105,8 @@ def test_faces_draw_creates_a_missing_folder(tmp_path: Path, capsys: pytest.Capt
     folder = tmp_path / "out"
     assert main(["faces", SMALL, "--face-backend", "dlib", "--draw", f"{folder}/"]) == 0
     assert [p.name for p in folder.iterdir()] == ["edge_obama_small_faces.png"]
-    assert Image.open(folder / "edge_obama_small_faces.png").size == Image.open(SMALL).size
+    with Image.open(folder / "edge_obama_small_faces.png") as drawn, Image.open(SMALL) as original:
+        assert drawn.size == original.size
 
 
 @needs_photos

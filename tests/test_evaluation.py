@@ -75,8 +75,8 @@ def test_report_files_hold_the_scores(evaluation, tmp_path):
     page = paths["html"].read_text()
     assert page.count("data:image/jpeg;base64,") == 4  # the reference and three generations, inlined
     assert f"{evaluation.images[0].identity_similarity:.3f}" in page and "skipped: no CLIP weights" in page
-    grid = Image.open(paths["grid"])
-    assert grid.size == (4 * 160, 190)  # reference + 3 cells, one row with its label strip
+    with Image.open(paths["grid"]) as grid:
+        assert grid.size == (4 * 160, 190)  # reference + 3 cells, one row with its label strip
     assert len(list(tmp_path.glob(".*"))) == 0  # no temporary files left behind
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,10 @@ def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch
                     if group in state:
                         state[group][name] = f.get_tensor(key)
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # The published ip-adapter.bin is an old-protocol pickle; torch's note about it helps nobody.
+                warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+                raw = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(raw, dict):
                 raise IncompatibleWeightsError(
                     f"face adapter {path} holds a {type(raw).__name__}, expected a dict with "

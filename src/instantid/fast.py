@@ -184,7 +184,7 @@ def _load_fp16_vae(pipe: Any, source: str | Path) -> torch.nn.Module:
 
     dtype = torch.float16
     try:
-        vae = AutoencoderKL.from_pretrained(str(source), torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(str(source), dtype=dtype)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IncompatibleWeightsError(f"cannot load the fp16 VAE {source}: {reason}") from exc

@@ -618,7 +618,8 @@ class InstantIDMixin:
             return latents
         needs_upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcast:
-            self.vae.to(dtype=torch.float32)
+            # nn.Module.to: diffusers' ModelMixin.to warns "kept in float32: []" on every call.
+            torch.nn.Module.to(self.vae, dtype=torch.float32)
             latents = latents.to(torch.float32)
         config = self.vae.config
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
@@ -629,7 +630,7 @@ class InstantIDMixin:
             latents = latents / config.scaling_factor
         image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         if needs_upcast:
-            self.vae.to(dtype=torch.float16)
+            torch.nn.Module.to(self.vae, dtype=torch.float16)
         if self.watermark is not None:
             image = self.watermark.apply_watermark(image)
         return self.image_processor.postprocess(image, output_type=output_type)
