@@ -410,7 +410,8 @@ class InstantID:
         tokenizer = self.pipe.tokenizer_2 or self.pipe.tokenizer
 
         def plain(text: str) -> bool:
-            return not _WEIGHT_SYNTAX.search(text) and len(tokenizer(text, verbose=False).input_ids) <= tokenizer.model_max_length
+            tokens = len(tokenizer(text, verbose=False).input_ids)
+            return not _WEIGHT_SYNTAX.search(text) and tokens <= tokenizer.model_max_length
 
         if plain(prompt) and plain(negative):
             return {"prompt": prompt, "negative_prompt": negative or None}
