@@ -132,3 +132,78 @@ def test_openapi_shows_layouts_and_mix(client: httpx.Client) -> None:
     assert {"face", "pose", "mix", "mix_weight", "layout"} <= set(form)
     assert set(layout_names()) <= set(str(form["layout"]).replace("'", " ").split())
     assert "mix" in content["application/json"]["schema"]["properties"]
+
+
+# ---- /v1/swap ------------------------------------------------------------------------------------------
+SWAP = {"steps": "2", "seed": "3", "resolution": "64", "strength": "0.6", "head_margin": "0.2"}
+
+
+def test_swap_is_the_python_api_call_and_keeps_the_rest_of_the_scene(client: httpx.Client, model: Any) -> None:
+    from instantid.swap import SwapOptions, swap_face
+
+    files = [upload("face", FACE, "me.jpg"), upload("scene", OTHER, "scene.jpg")]
+    image, info = finished(client.post("/v1/swap?wait=true", files=files, data=SWAP))
+    assert info["task"] == "swap" and info["references"] == ["me.jpg"]
+    assert info["swap"]["scene"] == "scene.jpg" and info["swap"]["head_margin"] == 0.2
+    assert info["pose_from"] == "scene.jpg (face 0)" and info["swap"]["strength"] == 0.6
+    scene = np.asarray(Image.open(OTHER).convert("RGB"))
+    assert image.shape == scene.shape
+    x1, y1, x2, y2 = info["swap"]["crop_box"]
+    outside = np.ones(scene.shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    assert np.array_equal(image[outside], scene[outside]) and not np.array_equal(image, scene)
+    options = SwapOptions(resolution=64, strength=0.6, head_margin=0.2)
+    direct = swap_face(model, model.prepare_identity(FACE.read_bytes()), OTHER.read_bytes(),
+                       GenerationSettings(steps=2, seed=3), options, scene_name="scene.jpg")
+    assert np.array_equal(image, pixels(direct))
+
+
+def test_swap_json_with_mix_and_idempotency(client: httpx.Client) -> None:
+    body = {"faces": [b64(FACE)], "scene": b64(OTHER), "scene_name": "party.jpg", "steps": 2, "resolution": 64,
+            "mix": [{"photo": b64(OTHER), "weight": 0.25}]}
+    headers = {"Idempotency-Key": "swap-1"}
+    first = client.post("/v1/swap?wait=true", json=body, headers=headers)
+    _, info = finished(first)
+    assert info["swap"]["scene"] == "party.jpg" and info["mixed_with"] == [{"name": "mix[0]", "weight": 0.25}]
+    again = client.post("/v1/swap", json=body, headers=headers)
+    assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
+    status = client.get(again.json()["status_url"]).json()
+    assert status["metadata"]["task"] == "swap" and client.get(status["images"][0]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("scene", "data", "parts"),
+    [
+        (NO_FACE, {}, ["no face found in the scene photo edge_no_face_noise.png"]),
+        (OTHER, {"target_index": "3"}, ["face index 3 is out of range"]),
+        (OTHER, {"width": "64", "height": "64"}, ["width is not used by /v1/swap"]),
+        (OTHER, {"face_detail": "true"}, ["face_detail is not used by /v1/swap"]),
+        (OTHER, {"head_margin": "5"}, ["head_margin: input should be less than or equal to 2"]),
+        (OTHER, {"resolution": "100"}, ["resolution"]),
+        (OTHER, {"layout": "frontal"}, ["'layout' is not used by /v1/swap"]),
+        (None, {}, ["'scene' field"]),
+    ],
+)
+def test_swap_bad_input_is_422_naming_the_field(
+    client: httpx.Client, scene: Path | None, data: dict, parts: list[str]
+) -> None:
+    files = [upload("face", FACE)] + ([upload("scene", scene)] if scene else [])
+    response = client.post("/v1/swap", files=files, data={"steps": "1", **data})
+    assert response.status_code == 422
+    refused(response, *parts)
+
+
+def test_openapi_swap_fields_come_from_the_settings_and_swap_options(client: httpx.Client) -> None:
+    from instantid.service.tasks import UNUSED_SETTINGS
+    from instantid.swap import SwapOptions
+
+    content = client.get("/openapi.json").json()["paths"]["/v1/swap"]["post"]["requestBody"]["content"]
+    assert not set(SwapOptions.model_fields) & set(GenerationSettings.model_fields)  # one namespace for both
+    for media in ("multipart/form-data", "application/json"):
+        properties = content[media]["schema"]["properties"]
+        for name, info in {**GenerationSettings.model_fields, **SwapOptions.model_fields}.items():
+            if name in UNUSED_SETTINGS["swap"]:
+                assert name not in properties, (media, name)
+            else:
+                assert info.description in str(properties[name]), (media, name)
+    assert {"face", "scene"} <= set(content["multipart/form-data"]["schema"]["properties"])
