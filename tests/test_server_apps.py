@@ -15,10 +15,11 @@ import httpx
 import numpy as np
 import pytest
 from _demo import FACE, FACES, NO_FACE, demo_model
-from _service import serving
+from _service import serving, until
 from PIL import Image
 
 from instantid.layouts import layout_names, with_layout
+from instantid.service.jobs import FINISHED
 from instantid.settings import GenerationSettings
 
 OTHER = FACES / "obama_1.jpg"
@@ -207,3 +208,88 @@ def test_openapi_swap_fields_come_from_the_settings_and_swap_options(client: htt
             else:
                 assert info.description in str(properties[name]), (media, name)
     assert {"face", "scene"} <= set(content["multipart/form-data"]["schema"]["properties"])
+
+
+# ---- /v1/group -----------------------------------------------------------------------------------------
+def test_group_is_the_python_api_call(client: httpx.Client, model: Any) -> None:
+    files = [upload("person0", FACE, "me.jpg"), upload("person1", OTHER, "obama.jpg"),
+             upload("pose", GROUP, "group.jpg")]
+    image, info = finished(client.post("/v1/group?wait=true", files=files, data=FAST))
+    assert info["task"] == "group" and info["pose_from"] == "group.jpg"
+    assert [p["references"] for p in info["people"]] == [["me.jpg"], ["obama.jpg"]]
+    people = [model.prepare_identity(p.read_bytes()) for p in (FACE, OTHER)]
+    direct = model.generate_group(people, SETTINGS, pose=GROUP.read_bytes())
+    assert np.array_equal(image, pixels(direct))
+    swapped = model.generate_group(people[::-1], SETTINGS, pose=GROUP.read_bytes())
+    assert not np.array_equal(image, pixels(swapped))  # who stands where is carried, not only who
+
+
+def test_group_json_side_by_side(client: httpx.Client) -> None:
+    body = {"people": [[b64(FACE)], [b64(OTHER), b64(FACES / "obama_2.jpg")]], "steps": 1, "width": 64,
+            "height": 64}
+    _, info = finished(client.post("/v1/group?wait=true", json=body))
+    assert info["pose_from"] == "columns"
+    assert [p["references"] for p in info["people"]] == [["people[0][0]"], ["people[1][0]", "people[1][1]"]]
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "parts"),
+    [
+        ([("person0", FACE), ("person1", OTHER), ("pose", FACE)], {}, ["pose: face.jpg shows 1 face(s) but 2 people"]),
+        ([("person0", FACE), ("person2", OTHER)], {}, ["person1: send people as person0, person1, ... without gaps"]),
+        ([("person0", FACE), ("person1", NO_FACE)], {}, ["no face found in edge_no_face_noise.png"]),
+        ([("person0", FACE)], {"face_detail": "true"}, ["face_detail is not used by /v1/group"]),
+        ([("person0", FACE), ("face", OTHER)], {}, ["unexpected file field 'face' for /v1/group"]),
+    ],
+)
+def test_group_bad_input_is_422_naming_the_field(
+    client: httpx.Client, files: list, data: dict, parts: list[str]
+) -> None:
+    sent = [upload(field, path) for field, path in files]
+    response = client.post("/v1/group", files=sent, data={"steps": "1", **data})
+    assert response.status_code == 422
+    refused(response, *parts)
+
+
+def test_group_json_needs_people(client: httpx.Client) -> None:
+    refused(client.post("/v1/group", json={"steps": 1}), "people must be a non-empty list")
+    refused(client.post("/v1/group", json={"people": [[]]}), "people: each person is a list of 1 to 8")
+    refused(client.post("/v1/group", files=[upload("pose", GROUP)]), "upload each person's photo(s) as person0")
+
+
+# ---- restart: a job is rebuilt from its record and the photos in its folder ---------------------------------
+def test_queued_jobs_of_every_task_run_after_a_restart(model: Any, tmp_path: Path) -> None:
+    from instantid.service.core import JobService, ServerSettings
+    from instantid.service.schema import Body, job_request
+
+    def photo(path: Path, name: str | None = None) -> tuple[str, bytes]:
+        return (name or path.name, path.read_bytes())
+
+    settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
+    first = JobService.start(settings, model)
+    first.stop()  # no worker: the jobs stay queued, as when a server dies before running them
+    requests = {
+        "generate": Body({**FAST, "layout": "three-quarter-right", "mix_weight": ["0.4"]},
+                         {"face": [photo(FACE)], "mix": [photo(OTHER)]}),
+        "swap": Body({"steps": "2", "seed": "3", "resolution": "64"}, {"face": [photo(FACE)],
+                                                                        "scene": [photo(OTHER, "scene.jpg")]}),
+        "group": Body(dict(FAST), {"person0": [photo(FACE)], "person1": [photo(OTHER)], "pose": [photo(GROUP)]}),
+    }
+    expected, jobs = {}, {}
+    for task, body in requests.items():
+        record, _ = first.submit_request(job_request(task, body))  # type: ignore[arg-type]
+        jobs[task] = record.id
+        # What the first process prepared and would have run: the reference pixels.
+        expected[task] = pixels(first.runner.prepared_jobs[record.id].run(
+            model, GenerationSettings.model_validate(record.request["settings"])))
+    second = JobService.start(settings, model)  # a new process: nothing in memory, only the store and folders
+    try:
+        for task, job_id in jobs.items():
+            record = until(lambda job_id=job_id: (r := second.store.get(job_id)).state in FINISHED and r, 120, task)
+            assert record.state == "done", record.error
+            assert record.metadata["task"] == task
+            with Image.open(second.files.image_path(job_id, 0)) as png:
+                assert np.array_equal(np.asarray(png.convert("RGB")), expected[task]), task
+        assert second.store.get(jobs["generate"]).metadata["mixed_with"] == [{"name": "obama_1.jpg", "weight": 0.4}]
+    finally:
+        second.stop()
