@@ -8,11 +8,17 @@ Single machine::
 
     instantid train --data_dir data/ --output_dir run/ --resolution 1024 --mixed_precision bf16
 
-Cluster (one line per node; see the README)::
+Cluster (one line per node; see the README and ``configs/accelerate/``)::
 
     accelerate launch --multi_gpu --num_machines 6 --num_processes 48 --machine_rank $RANK \\
         --main_process_ip $MASTER --main_process_port 29500 --mixed_precision bf16 \\
         -m instantid.training.trainer --data_dir data/ --output_dir run/ --train_batch_size 2
+
+A run depends on the global batch, not on how it is split: the noise, timestep and dropout of an example are
+a function of (seed, optimizer step, the example's position in the global batch), the learning-rate schedule
+counts optimizer steps, and DDP averages gradients. So N processes x batch B equals one process x batch N*B
+(or x B with N accumulation steps) up to float summation order, and a checkpoint resumes on any process count
+that keeps the global batch.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -40,11 +47,35 @@ from instantid.training.model import (
     build_modules,
     cast_frozen,
     diffusion_loss,
-    step_generator,
 )
 
 LOG_FILE = "train_log.jsonl"
 RELEASE_FOLDER = "release"
+
+
+def example_generator(seed: int, step: int, position: int) -> torch.Generator:
+    """The randomness of one training example: (seed, optimizer step, position in the global batch) hashed by
+    numpy's SeedSequence (no collisions between nearby triples), never hidden RNG state or the process index."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0]))
+
+
+def _local_loss(modules: TrainingModules, net: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
+                step: int, micro_index: int, accelerator: Accelerator) -> torch.Tensor:
+    """Mean loss of this process's micro-batch, each example drawing from its own :func:`example_generator`.
+
+    accelerate deals a global step's micro-batches round-robin (micro-batch k of the step goes to process
+    k % N), so this process's k is ``micro_index * N + process_index``. ``diffusion_loss`` takes one
+    generator for its whole batch, hence one call per example (activations are kept for one backward either
+    way, so memory is that of the batched call)."""
+    size = len(batch["caption"])
+    first = (micro_index * accelerator.num_processes + accelerator.process_index) * config.train_batch_size
+    losses = [
+        diffusion_loss(modules, {k: v[j:j + 1] for k, v in batch.items()},
+                       example_generator(config.seed, step, first + j), config.resolution, config.text_dropout,
+                       config.face_dropout, net=net)
+        for j in range(size)
+    ]
+    return torch.cat(losses).mean()
 
 
 def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -150,6 +181,9 @@ def main(config: TrainConfig) -> dict[str, Any]:
         log_with=None if config.report_to == "jsonl" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        # The schedule counts optimizer steps (stepped below), not optimizer steps x processes as accelerate's
+        # default does: a checkpoint then carries the same schedule position to any number of processes.
+        step_scheduler_with_optimizer=False,
     )
     set_seed(config.seed)
     if accelerator.is_main_process:
@@ -181,8 +215,8 @@ def main(config: TrainConfig) -> dict[str, Any]:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
     optimizer = _make_optimizer(config, params, lr)
     lr_scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=config.max_train_steps * accelerator.num_processes,
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
     )
     _register_checkpoint_hooks(accelerator, modules)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(modules.net, optimizer, loader, lr_scheduler)
@@ -215,16 +249,16 @@ def main(config: TrainConfig) -> dict[str, Any]:
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
         for batch in epoch_loader:
             with accelerator.accumulate(net):
-                gen = step_generator(config.seed, micro_step, accelerator.process_index)
+                loss = _local_loss(modules, net, batch, config, global_step,
+                                   micro_step % config.gradient_accumulation_steps, accelerator)
                 micro_step += 1
-                loss = diffusion_loss(modules, batch, gen, config.resolution, config.text_dropout,
-                                      config.face_dropout, net=net).mean()
                 running += accelerator.gather(loss.detach()[None]).mean().item() / config.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
-                lr_scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 overflow: no step
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue

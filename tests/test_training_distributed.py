@@ -1,0 +1,127 @@
+"""Training beyond one process: `instantid train` under `accelerate launch --num_processes 2` (CPU, gloo) gives
+the run of one process with the same global batch, its checkpoint resumes on one process, and the shipped
+accelerate configuration files parse.
+
+Tolerance. The two runs draw the same data order, noise, timesteps and dropout (a function of the example's
+position in the global batch, not of the process). What differs is float summation order: one backward over
+four examples against two backwards over two whose gradients gloo then averages, and the clipping norm summed
+in another order. Measured here: step losses agree to ~1e-7 relative, trained weights to ~1e-6 of an update
+(L2). Adam divides by sqrt(v), so an element whose gradient is ~0 can take a visibly different step; hence
+an L2 bound over all trained tensors, not a per-element one. We allow rel 1e-4 on losses and 1e-3 of the last
+two steps' update on weights: far above rounding, far below a real difference (per-process noise changes a
+step's loss by ~10%, a schedule off by a factor of 2 moves the weights by a large part of an update).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instantid.tiny import TinyConfig, build_tiny_instantid
+from instantid.training.model import TRAINABLE_FILE
+from instantid.training.synthetic import SPACE, make_identities, write_synthetic_dataset
+from instantid.training.trainer import LOG_FILE, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "accelerate"
+RES = 64
+DIM = 32
+STEPS = 4
+GLOBAL_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("distributed")
+    release = build_tiny_instantid(root / "tiny", TinyConfig(embedding_dim=DIM, embedding_space=SPACE))
+    # 8 images, global batch 4: two optimizer steps per epoch, so the 4 steps cross an epoch (reshuffle).
+    write_synthetic_dataset(root / "data", make_identities(4, DIM), per_identity=2, size=RES)
+    return {"root": root, "base": release / "base", "data": root / "data"}
+
+
+def _flags(setup: dict, out: str, batch: int) -> dict[str, object]:
+    # A warm-up + cosine schedule: a checkpoint that stored "steps x processes" would resume off-schedule.
+    return {
+        "data-dir": setup["data"], "output-dir": setup["root"] / out, "pretrained-model": setup["base"],
+        "resolution": RES, "resampler-width": 64, "embedding-space": SPACE, "embedding-dim": DIM,
+        "train-batch-size": batch, "max-train-steps": STEPS, "learning-rate": 1e-3, "lr-scheduler": "cosine",
+        "lr-warmup-steps": 2, "checkpointing-steps": 2, "validation-steps": 0, "dataloader-num-workers": 0,
+        "face-dropout": 0.25, "text-dropout": 0.25,
+    }
+
+
+def _argv(flags: dict[str, object]) -> list[str]:
+    return [item for k, v in flags.items() for item in (f"--{k}", str(v))]
+
+
+def _in_process(flags: dict[str, object], **extra: object) -> dict:
+    from instantid.training.config import parse_args
+
+    return main(parse_args(_argv(flags | extra)))
+
+
+def _launch_two(flags: dict[str, object]) -> None:
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 <instantid> train ...`: torchrun
+    starts both processes and accelerate, told to use the CPU, joins them with gloo (`--cpu` alone would start
+    one process unless MPI is installed). One thread per process."""
+    script = Path(sys.executable).with_name("instantid")
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), "train", *_argv(flags)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _log(out: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in map(json.loads, (out / LOG_FILE).read_text().splitlines())}
+
+
+def _trained(folder: Path) -> torch.Tensor:
+    state = load_file(str(folder / TRAINABLE_FILE))
+    return torch.cat([state[k].flatten() for k in sorted(state)])
+
+
+def _assert_same_weights(a: Path, b: Path, reference_update: torch.Tensor) -> None:
+    """Trained tensors of two checkpoints differ by at most 1e-3 of an update's size (L2 norms over every
+    trained tensor: one element whose gradient is ~0 may flip Adam's step direction, the whole cannot)."""
+    differ = float((_trained(a) - _trained(b)).norm())
+    assert differ <= 1e-3 * float(reference_update.norm()), (differ, float(reference_update.norm()))
+
+
+@pytest.fixture(scope="module")
+def runs(setup: dict) -> dict:
+    """One process x batch 4, and two processes x batch 2 (the same global batch)."""
+    one = _in_process(_flags(setup, "one", GLOBAL_BATCH))
+    _launch_two(_flags(setup, "two", GLOBAL_BATCH // 2))
+    return {"one": one, "two": setup["root"] / "two", "one_dir": setup["root"] / "one"}
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(setup: dict, runs: dict) -> None:
+    one, two = runs["one"]["losses"], _log(runs["two"])
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
+    assert len({round(v, 4) for v in one.values()}) == STEPS  # the steps really differ (not a constant loss)
+    update = _trained(runs["one_dir"] / f"checkpoint-{STEPS}") - _trained(runs["one_dir"] / "checkpoint-2")
+    for step in (2, STEPS):
+        _assert_same_weights(runs["one_dir"] / f"checkpoint-{step}", runs["two"] / f"checkpoint-{step}", update)
+    assert (runs["two"] / "release" / "ip-adapter.bin").is_file()
+
+
+def test_checkpoint_of_two_processes_resumes_on_one(setup: dict, runs: dict) -> None:
+    resumed = _in_process(_flags(setup, "resumed", GLOBAL_BATCH),
+                          **{"resume-from-checkpoint": runs["two"] / "checkpoint-2"})
+    assert sorted(resumed["losses"]) == [3, 4]
+    for step, loss in resumed["losses"].items():
+        assert loss == pytest.approx(runs["one"]["losses"][step], rel=1e-4), step
+    update = _trained(runs["one_dir"] / f"checkpoint-{STEPS}") - _trained(runs["one_dir"] / "checkpoint-2")
+    _assert_same_weights(runs["one_dir"] / f"checkpoint-{STEPS}", setup["root"] / "resumed" / f"checkpoint-{STEPS}",
+                         update)
