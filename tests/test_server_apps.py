@@ -133,6 +133,7 @@ def test_openapi_shows_layouts_and_mix(client: httpx.Client) -> None:
     assert {"face", "pose", "mix", "mix_weight", "layout"} <= set(form)
     assert set(layout_names()) <= set(str(form["layout"]).replace("'", " ").split())
     assert "mix" in content["application/json"]["schema"]["properties"]
+    assert client.get("/v1/models").json()["layouts"] == list(layout_names())
 
 
 # ---- /v1/swap ------------------------------------------------------------------------------------------
@@ -169,7 +170,8 @@ def test_swap_json_with_mix_and_idempotency(client: httpx.Client) -> None:
     again = client.post("/v1/swap", json=body, headers=headers)
     assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
     status = client.get(again.json()["status_url"]).json()
-    assert status["metadata"]["task"] == "swap" and client.get(status["images"][0]).status_code == 200
+    assert status["task"] == status["metadata"]["task"] == "swap"
+    assert client.get(status["images"][0]).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -293,3 +295,41 @@ def test_queued_jobs_of_every_task_run_after_a_restart(model: Any, tmp_path: Pat
         assert second.store.get(jobs["generate"]).metadata["mixed_with"] == [{"name": "obama_1.jpg", "weight": 0.4}]
     finally:
         second.stop()
+
+
+class Dispatched:
+    """Stands in for the RQ dispatch of a ``--queue`` server: records which jobs were handed to the workers."""
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def submit(self, job_id: str) -> None:
+        self.jobs.append(job_id)
+
+
+def test_queue_server_checks_faces_with_the_analyzer_and_a_worker_rebuilds_the_job(model: Any, tmp_path: Path
+                                                                                    ) -> None:
+    from instantid.errors import InvalidInputError, NoFaceError
+    from instantid.service.core import JobService, ServerSettings
+    from instantid.service.jobs import SQLiteJobStore
+    from instantid.service.runner import JobRunner
+    from instantid.service.schema import Body, job_request
+
+    store, dispatch = SQLiteJobStore(tmp_path / "jobs.sqlite3"), Dispatched()
+    server = JobService(ServerSettings(out_dir=tmp_path), store, analyzer=model.analyzer, dispatch=dispatch)
+    bad_scene = Body({"steps": "2"}, {"face": [("me.jpg", FACE.read_bytes())],
+                                      "scene": [("noise.png", NO_FACE.read_bytes())]})
+    with pytest.raises(NoFaceError, match="scene photo noise.png"):
+        server.submit_request(job_request("swap", bad_scene))
+    crowded = Body({"steps": "2"}, {"person0": [("a.jpg", FACE.read_bytes())], "person1": [("b.jpg",
+                                    OTHER.read_bytes())], "pose": [("solo.jpg", FACE.read_bytes())]})
+    with pytest.raises(InvalidInputError, match="pose: solo.jpg shows 1 face"):
+        server.submit_request(job_request("group", crowded))
+    assert dispatch.jobs == [] and store.counts()["queued"] == 0  # nothing stored for refused jobs
+    good = Body({"steps": "2", "seed": "3", "resolution": "64"},
+                {"face": [("me.jpg", FACE.read_bytes())], "scene": [("scene.jpg", OTHER.read_bytes())]})
+    record, created = server.submit_request(job_request("swap", good))
+    assert created and dispatch.jobs == [record.id]
+    worker = JobRunner(model, store, server.files)  # another process: only the store and the job folder
+    assert worker.run(store.start(record.id, "elsewhere")) == "done", store.get(record.id).error
+    assert store.get(record.id).metadata["swap"]["scene"] == "scene.jpg"

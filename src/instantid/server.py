@@ -140,9 +140,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
     def status_of(request: Request, record: JobRecord) -> JobStatus:
         store = service_of(request).store
         return JobStatus(
-            job_id=record.id, status=record.state, position=store.position(record.id) if record.state == "queued"
-            else None, step=record.step, total=record.total, attempts=record.attempts, worker=record.worker,
-            error=record.error,
+            job_id=record.id, task=record.request.get("task", "generate"), status=record.state,
+            position=store.position(record.id) if record.state == "queued" else None, step=record.step,
+            total=record.total, attempts=record.attempts, worker=record.worker, error=record.error,
             created=record.created, started=record.started, finished=record.finished,
             images=[str(request.url_for("job_image", job_id=record.id, n=n)) for n in range(len(record.outputs))],
             seeds=record.seeds, settings=record.request["settings"], metadata=record.metadata,
@@ -176,11 +176,13 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
     @app.get("/v1/models", tags=["generation"])
     async def models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+        from instantid.layouts import layout_names
         from instantid.settings import SCHEDULERS
         from instantid.styles import STYLES
 
         service = service_of(request)
         info: dict[str, Any] = {"styles": list(STYLES), "schedulers": list(SCHEDULERS),
+                                "layouts": list(layout_names()),
                                 "face_space": service.analyzer.space if service.analyzer else None}
         if service.model is not None and not settings.queue:
             info.update(models=asdict(service.model.refs), embedding_space=service.model.embedding_space,

@@ -90,6 +90,7 @@ class JobCreated(BaseModel):
 
 class JobStatus(BaseModel):
     job_id: str
+    task: TaskKind = Field("generate", description="What the job makes: generate, swap or group.")
     status: JobState
     position: int | None = Field(None, description="Jobs ahead of this one while queued.")
     step: int
