@@ -1,11 +1,12 @@
 """The job service behind the HTTP API (and the web UI mounted on it): check, store, queue, cancel, clean up.
 
 Two setups, one interface. Without ``queue``: records in SQLite under ``out_dir``, one worker thread in this
-process on the model this process loaded; the photos are analysed once, at submit, and the Identity is handed
-to the worker in memory. With ``queue="redis://..."``: records in Redis, jobs through RQ to any number of
-``instantid worker`` processes; this process loads only a face analyzer to refuse bad photos at submit, and
-the worker builds the Identity from the photos saved in the job folder (``out_dir`` must be a path every
-worker sees).
+process on the model this process loaded; the photos are analysed once, at submit, and the prepared job
+(Identity, scene face...) is handed to the worker in memory. With ``queue="redis://..."``: records in Redis,
+jobs through RQ to any number of ``instantid worker`` processes; this process loads only a face analyzer to
+refuse bad photos at submit, and the worker prepares the job again from the photos saved in the job folder
+(``out_dir`` must be a path every worker sees). Jobs are generations, face swaps or group pictures
+(:mod:`instantid.service.tasks`).
 """
 
 from __future__ import annotations
