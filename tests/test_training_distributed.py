@@ -125,3 +125,60 @@ def test_checkpoint_of_two_processes_resumes_on_one(setup: dict, runs: dict) -> 
     update = _trained(runs["one_dir"] / f"checkpoint-{STEPS}") - _trained(runs["one_dir"] / "checkpoint-2")
     _assert_same_weights(runs["one_dir"] / f"checkpoint-{STEPS}", setup["root"] / "resumed" / f"checkpoint-{STEPS}",
                          update)
+
+
+def _launch_env(config_file: Path) -> tuple[object, dict[str, str]]:
+    """What `accelerate launch --config_file FILE -m instantid.training.trainer` hands its processes: the
+    parsed launch arguments and the ACCELERATE_* environment (accelerate's own parser and env builders)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    parsed = launch_command_parser().parse_args(
+        ["--config_file", str(config_file), "-m", "instantid.training.trainer", "--data-dir", "data/"])
+    args, defaults, _ = _validate_launch_command(parsed)
+    if args.use_deepspeed:  # as launch_command does before choosing the DeepSpeed launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    return args, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
+
+
+def test_shipped_accelerate_configs_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file under configs/accelerate loads with accelerate's config classes and goes through
+    `accelerate launch`'s own validation; the ZeRO-2 one yields DeepSpeed's stage-2 config (DeepSpeed itself
+    need not be installed)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    files = {p.name: p for p in CONFIGS.glob("*.yaml")}
+    assert {"deepspeed_zero2.yaml", "multi_gpu.yaml"} <= set(files)
+    for path in files.values():
+        config = load_config_from_file(str(path))
+        assert config.mixed_precision == "bf16" and config.num_processes >= 2, path.name
+        args, env = _launch_env(path)
+        assert args.module and args.training_script == "instantid.training.trainer"
+        assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    zero2, env = _launch_env(files["deepspeed_zero2.yaml"])
+    assert load_config_from_file(str(files["deepspeed_zero2.yaml"])).distributed_type == DistributedType.DEEPSPEED
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()  # reads the launch environment, as each launched process does
+    assert plugin.deepspeed_config["zero_optimization"]["stage"] == 2
+    assert plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "none"
+    assert plugin.deepspeed_config["gradient_clipping"] == 1.0
+    # Left to the trainer: accumulation follows --gradient-accumulation-steps (see the next test).
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == "auto"
+    assert load_config_from_file(str(files["multi_gpu.yaml"])).distributed_type == DistributedType.MULTI_GPU
+
+
+def test_trainer_refuses_an_accumulation_that_accelerate_overrides(setup: dict,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`accelerate launch --gradient_accumulation_steps 2` (an env var) against the config's 1: a clear error
+    before any model loads, not a run that counts steps differently from accelerate."""
+    from instantid.errors import InvalidInputError
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    with pytest.raises(InvalidInputError, match="gradient-accumulation-steps is 1"):
+        _in_process(_flags(setup, "refused", GLOBAL_BATCH))
+    assert not (setup["root"] / "refused" / LOG_FILE).exists()

@@ -185,6 +185,13 @@ def main(config: TrainConfig) -> dict[str, Any]:
         # default does: a checkpoint then carries the same schedule position to any number of processes.
         step_scheduler_with_optimizer=False,
     )
+    if accelerator.gradient_accumulation_steps != config.gradient_accumulation_steps:
+        # `accelerate launch --gradient_accumulation_steps` or a DeepSpeed config overrides ours silently; the
+        # loop's step counting and per-example randomness would then disagree with what accelerate does.
+        raise InvalidInputError(
+            f"accelerate is set to {accelerator.gradient_accumulation_steps} gradient accumulation steps but "
+            f"--gradient-accumulation-steps is {config.gradient_accumulation_steps}: give the same number to both"
+        )
     set_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
