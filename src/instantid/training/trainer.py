@@ -14,11 +14,11 @@ Cluster (one line per node; see the README and ``configs/accelerate/``)::
         --main_process_ip $MASTER --main_process_port 29500 --mixed_precision bf16 \\
         -m instantid.training.trainer --data_dir data/ --output_dir run/ --train_batch_size 2
 
-A run depends on the global batch, not on how it is split: the noise, timestep and dropout of an example are
-a function of (seed, optimizer step, the example's position in the global batch), the learning-rate schedule
-counts optimizer steps, and DDP averages gradients. So N processes x batch B equals one process x batch N*B
-(or x B with N accumulation steps) up to float summation order, and a checkpoint resumes on any process count
-that keeps the global batch.
+A run depends on the global batch, not on how it is spread over processes: a micro-batch's noise, timesteps and
+dropout are a function of (seed, its number in the run), the learning-rate schedule counts optimizer steps,
+and DDP averages gradients. So N processes x batch B equal one process x batch B x N accumulation steps up to
+float summation order, and a checkpoint resumes on any process count that keeps the global batch (adjusting
+--gradient-accumulation-steps).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -47,35 +46,24 @@ from instantid.training.model import (
     build_modules,
     cast_frozen,
     diffusion_loss,
+    step_generator,
 )
 
 LOG_FILE = "train_log.jsonl"
 RELEASE_FOLDER = "release"
 
 
-def example_generator(seed: int, step: int, position: int) -> torch.Generator:
-    """The randomness of one training example: (seed, optimizer step, position in the global batch) hashed by
-    numpy's SeedSequence (no collisions between nearby triples), never hidden RNG state or the process index."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, position]).generate_state(1)[0]))
+def _micro_batch_generator(config: TrainConfig, step: int, micro_index: int,
+                           accelerator: Accelerator) -> torch.Generator:
+    """Randomness of one micro-batch, keyed by its number in the whole run rather than by the process.
 
-
-def _local_loss(modules: TrainingModules, net: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
-                step: int, micro_index: int, accelerator: Accelerator) -> torch.Tensor:
-    """Mean loss of this process's micro-batch, each example drawing from its own :func:`example_generator`.
-
-    accelerate deals a global step's micro-batches round-robin (micro-batch k of the step goes to process
-    k % N), so this process's k is ``micro_index * N + process_index``. ``diffusion_loss`` takes one
-    generator for its whole batch, hence one call per example (activations are kept for one backward either
-    way, so memory is that of the batched call)."""
-    size = len(batch["caption"])
-    first = (micro_index * accelerator.num_processes + accelerator.process_index) * config.train_batch_size
-    losses = [
-        diffusion_loss(modules, {k: v[j:j + 1] for k, v in batch.items()},
-                       example_generator(config.seed, step, first + j), config.resolution, config.text_dropout,
-                       config.face_dropout, net=net)
-        for j in range(size)
-    ]
-    return torch.cat(losses).mean()
+    accelerate deals a step's micro-batches round-robin (micro-batch k of the step goes to process k % N), so
+    this process's micro-batch is number ``(step * accumulation + micro_index) * N + process_index`` of the run:
+    the same number, data and draws on one process with N x accumulation steps. On one process it is the
+    micro-step count ``step_generator`` has always been given, so single-process runs draw what they drew."""
+    number = ((step * config.gradient_accumulation_steps + micro_index) * accelerator.num_processes
+              + accelerator.process_index)
+    return step_generator(config.seed, number, 0)
 
 
 def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -256,9 +244,11 @@ def main(config: TrainConfig) -> dict[str, Any]:
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch else loader
         for batch in epoch_loader:
             with accelerator.accumulate(net):
-                loss = _local_loss(modules, net, batch, config, global_step,
-                                   micro_step % config.gradient_accumulation_steps, accelerator)
+                gen = _micro_batch_generator(config, global_step, micro_step % config.gradient_accumulation_steps,
+                                             accelerator)
                 micro_step += 1
+                loss = diffusion_loss(modules, batch, gen, config.resolution, config.text_dropout,
+                                      config.face_dropout, net=net).mean()
                 running += accelerator.gather(loss.detach()[None]).mean().item() / config.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
