@@ -87,7 +87,8 @@ def start_worker(url: str, out: Path, cache: Path, log: Path) -> subprocess.Pope
     env = {**os.environ, "INSTANTID_DEMO_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "instantid.cli", "worker", "--queue", url, "--out", str(out), "--demo",
                "--lease", str(LEASE_S)]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def submit(client, steps: int, seed: int) -> str:  # noqa: ANN001

@@ -160,22 +160,23 @@ async def parse_multipart(request: Request, body: bytes, limit: int) -> Body:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, replay).form(max_files=MAX_FILES, max_fields=64, max_part_size=limit)
-    parsed = Body(values={})
-    weights: list[str] = []
-    for key, value in form.multi_items():
-        is_file_field = key in FILE_FIELDS or PERSON_FIELD.fullmatch(key) is not None
-        if isinstance(value, UploadFile):
-            if not is_file_field:
-                raise InvalidInputError(f"unexpected file field {key!r}; send photos as 'face', 'pose', 'mix', "
-                                        "'scene' or 'person0', 'person1', ...")
-            parsed.files.setdefault(key, []).append((_upload_name(value.filename, key), await value.read()))
-        elif is_file_field:
-            raise InvalidInputError(f"field {key!r} must be a file upload")
-        elif key == "mix_weight":  # one per mix photo, in order
-            weights.append(value)
-        elif value != "":  # an empty form field means "default"
-            parsed.values[key] = value
+    # As a context manager Starlette closes the uploads' temporary files when the request is parsed.
+    async with Request(request.scope, replay).form(max_files=MAX_FILES, max_fields=64, max_part_size=limit) as form:
+        parsed = Body(values={})
+        weights: list[str] = []
+        for key, value in form.multi_items():
+            is_file_field = key in FILE_FIELDS or PERSON_FIELD.fullmatch(key) is not None
+            if isinstance(value, UploadFile):
+                if not is_file_field:
+                    raise InvalidInputError(f"unexpected file field {key!r}; send photos as 'face', 'pose', 'mix', "
+                                            "'scene' or 'person0', 'person1', ...")
+                parsed.files.setdefault(key, []).append((_upload_name(value.filename, key), await value.read()))
+            elif is_file_field:
+                raise InvalidInputError(f"field {key!r} must be a file upload")
+            elif key == "mix_weight":  # one per mix photo, in order
+                weights.append(value)
+            elif value != "":  # an empty form field means "default"
+                parsed.values[key] = value
     if weights:
         parsed.values["mix_weight"] = weights
     return parsed
