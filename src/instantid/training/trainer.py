@@ -6,13 +6,17 @@ through ``accelerate launch``), frozen SDXL, resumable checkpoints and periodic 
 
 Single machine::
 
-    instantid train --data_dir data/ --output_dir run/ --resolution 1024 --mixed_precision bf16
+    instantid train --data-dir data/ --output-dir run/ --resolution 1024 --mixed-precision bf16
 
-Cluster (one line per node; see the README and ``configs/accelerate/``)::
+Cluster (one line per node; ``configs/accelerate/`` holds DDP and DeepSpeed ZeRO-2 files for --config_file)::
 
     accelerate launch --multi_gpu --num_machines 6 --num_processes 48 --machine_rank $RANK \\
         --main_process_ip $MASTER --main_process_port 29500 --mixed_precision bf16 \\
-        -m instantid.training.trainer --data_dir data/ --output_dir run/ --train_batch_size 2
+        -m instantid.training.trainer --data-dir data/ --output-dir run/ --train-batch-size 2
+
+Several CPU processes (what the tests run; ``--cpu`` alone starts one process unless MPI is installed)::
+
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m instantid.training.trainer ...
 
 A run depends on the global batch, not on how it is spread over processes: a micro-batch's noise, timesteps and
 dropout are a function of (seed, its number in the run), the learning-rate schedule counts optimizer steps,
