@@ -1,7 +1,7 @@
 """Web UI (gradio): face photo(s) in, images out. Built by :func:`create_ui`; loads nothing at import.
 
 Layout: the "Who" panel (:mod:`instantid.webui.who`: reference photos, pose, face choice) beside one tab per
-task (Portrait, Face swap; face detail, several people and mixing are further tabs built the same way: a class
+task (Portrait, Face swap, Several people; face detail and mixing are further tabs built the same way: a class
 taking the shared :class:`UIContext` and the Who panel, with a ``build()``). Generation settings
 are derived from :class:`~instantid.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
 analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written
@@ -156,6 +156,7 @@ def create_ui(
     """
     import gradio as gr
 
+    from instantid.webui.group_tab import GroupTab
     from instantid.webui.portrait import PortraitTab
     from instantid.webui.swap_tab import SwapTab
     from instantid.webui.who import WhoPanel
@@ -167,9 +168,9 @@ def create_ui(
 
     ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit or direct,
                     generation_concurrency=1 if submit is None else None)
-    # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; face detail, several people and mixing are
-    # added here the same way.
-    tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab))
+    # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; further tasks are added here the same way.
+    tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab),
+            ("Several people", "group", GroupTab))
     with gr.Blocks(title="InstantID") as ui:
         gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519). "
                     f"Images and their settings (PNG + JSON) are saved to `{ctx.out_dir}`.", elem_id="out-dir")

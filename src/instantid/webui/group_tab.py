@@ -1,0 +1,209 @@
+"""The "Several people" tab: 2 to 4 people in one picture (:meth:`InstantID.generate_group`, issue 11 section 3).
+
+Each person has a slot of their own photos, analysed once on upload through the shared
+:class:`~instantid.webui.references.IdentityCache` and previewed like the Who panel (face box and keypoints). An
+optional group photo places them: its faces are shown numbered left to right, and person ``i`` takes face ``i``
+(of the largest ones, as :meth:`InstantID.group_poses` picks them); without one the people stand side by side.
+Generation settings are the schema-derived controls (:mod:`instantid.webui.controls`) minus what a group picture
+cannot honour; results go to the announced outputs folder like the Portrait tab's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
+from instantid.faces import load_image
+from instantid.faces.drawing import draw_faces
+from instantid.settings import make_settings
+from instantid.webui.controls import controls, labels
+from instantid.webui.portrait import save_results
+from instantid.webui.references import PREVIEW_SIDE, Photo, photos_from_uploads, preview, summary, warnings_text
+from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel
+
+if TYPE_CHECKING:
+    from instantid.faces import Face
+    from instantid.identity import Identity
+    from instantid.webui import UIContext
+
+MIN_PEOPLE, MAX_PEOPLE = 2, 4
+# generate_group has no face-detail pass (the HTTP API refuses these for /v1/group too); the face choice and
+# fusion belong to the one-person Who panel: each slot here uses the largest face of each photo, fused by "auto".
+NOT_FOR_GROUP = ("face_detail", "face_detail_strength")
+PREFIX = "group-"
+PICTURES_KEPT = 16
+
+
+def no_person_yet(number: int) -> str:
+    return f"Person {number}: no photo yet." + (" (optional)" if number > MIN_PEOPLE else "")
+
+
+class GroupTab:
+    """Handlers (state travels in gr.State, so tests call them directly) plus layout."""
+
+    def __init__(self, ctx: UIContext, who: WhoPanel) -> None:
+        self.ctx = ctx
+        self.who = who  # unused by this tab's handlers: each person has their own slot
+        self.controls = [c for c in controls() if c.name not in (*IDENTITY_FIELDS, *NOT_FOR_GROUP)]
+        self.by_name = {c.name: c for c in self.controls}
+        names = labels(self.controls)
+        self.label = lambda field: names.get(field, field)
+        self._faces: OrderedDict[str, list[Face]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- handlers -------------------------------------------------------------------------------
+    def person(self, photos: Sequence[Photo], number: int) -> Identity:
+        """Person ``number``'s cached Identity (analysed on a miss); errors say which person."""
+        try:
+            return self.ctx.identities.get(photos)
+        except InstantIDError as exc:
+            raise InvalidInputError(f"person {number}: {exc}") from None
+
+    def set_person(self, files: Any, number: int) -> tuple[tuple[Photo, ...], Any, str]:
+        """A slot's photos (what its box shows) analysed now: the slot's state, preview items and count line."""
+        photos = photos_from_uploads(files)
+        if not photos:
+            return (), [], no_person_yet(number)
+        identity = self.person(photos, number)
+        text = f"Person {number}: " + summary(identity)
+        warnings = warnings_text(identity)
+        return photos, preview(identity, photos, None), text + ("\n\n" + warnings if warnings else "")
+
+    def faces(self, picture: Photo) -> list[Face]:
+        """Every face of the group photo, left to right; analysed once per picture content."""
+        with self._lock:
+            if picture.digest in self._faces:
+                return self._faces[picture.digest]
+        found = self.ctx.get_model().analyze(picture.read(), picture.name)
+        if not found:
+            raise NoFaceError(picture.name)
+        found = sorted(found, key=lambda f: f.bbox[0] + f.bbox[2])
+        with self._lock:
+            self._faces[picture.digest] = found
+            while len(self._faces) > PICTURES_KEPT:
+                self._faces.popitem(last=False)
+        return found
+
+    def set_group(self, file: str | None) -> tuple[Photo | None, Any, str]:
+        """The group photo's state, its faces drawn with their numbers, and which person takes which face."""
+        if not file:
+            return None, None, ""
+        picture = Photo.from_upload(file)
+        found = self.faces(picture)
+        drawn = draw_faces(load_image(picture.read(), picture.name), found)
+        drawn.thumbnail((PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))
+        places = ", ".join(f"face {i} → person {i + 1}" for i in range(min(len(found), MAX_PEOPLE)))
+        text = (f"**{len(found)} face{'s' if len(found) != 1 else ''}** in {picture.name}, numbered left to right: "
+                f"{places}. With more faces than people, the largest ones are used.")
+        return picture, drawn, text
+
+    def generate(self, people: Sequence[Sequence[Photo]], group: Photo | None, values: dict[str, Any],
+                 progress: Any = None) -> tuple[list[Any], str]:
+        """One picture of everyone into the outputs folder. ``people``: each slot's photos in slot order (empty
+        slots are skipped); ``values``: raw control values. Returns gallery items and the info text."""
+        filled = [(number, photos) for number, photos in enumerate(people, start=1) if photos]
+        gap = next((n for n, photos in enumerate(people, start=1) if not photos and n < len(people)
+                    and any(people[n:])), None)
+        if gap is not None:  # person i takes face i: a hole in the numbering would shift everyone after it
+            raise InvalidInputError(f"person {gap} has no photo: fill the person slots in order")
+        if len(filled) < MIN_PEOPLE:
+            raise InvalidInputError(f"upload photos of at least {MIN_PEOPLE} people (one slot per person); "
+                                    f"{len(filled)} given")
+        if len(filled) > MAX_PEOPLE:
+            raise InvalidInputError(f"at most {MAX_PEOPLE} people in one picture; {len(filled)} given")
+        settings = make_settings({name: control.value(values.get(name)) for name, control in self.by_name.items()},
+                                 name=self.label)
+        identities = [self.person(photos, number) for number, photos in filled]
+        if group is not None and len(found := self.faces(group)) < len(identities):
+            raise InvalidInputError(f"{group.name} shows {len(found)} face(s) but {len(identities)} people were "
+                                    "given: use a group photo with a face per person, or none")
+        result = self.ctx.get_model().generate_group(
+            identities, settings, pose=group.read() if group else None,
+            pose_name=group.name if group else "columns", progress=progress)
+        return save_results(self.ctx, result, stem="group")
+
+    # ---- layout ----------------------------------------------------------------------------------
+    def build(self) -> None:
+        self.widgets: dict[str, Any] = {}
+        self.slots: list[tuple[Any, Any, Any, Any]] = []  # (column, upload box, preview gallery, count line)
+        self.states = [gr.State(()) for _ in range(MAX_PEOPLE)]
+        self.group_state = gr.State(None)
+        self.shown_count = gr.State(MIN_PEOPLE)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                gr.Markdown("### 2. Who is in the picture (2 to 4 people, one slot each)")
+                for number in range(1, MAX_PEOPLE + 1):
+                    self._slot(number)
+                self.add_button = gr.Button("+ Add a person", size="sm", elem_id=f"{PREFIX}add-person")
+                self.group = gr.Image(label="Group photo (optional): person i takes face i, left to right",
+                                      type="filepath", sources=["upload"], height=200, elem_id=f"{PREFIX}pose")
+                self.group_faces = gr.Image(label="Faces found (numbered left to right)", interactive=False,
+                                            height=200, elem_id=f"{PREFIX}faces")
+                self.group_text = gr.Markdown("No group photo: the people stand side by side.",
+                                              elem_id=f"{PREFIX}count")
+                for control in self.controls:
+                    if not control.advanced:
+                        self.widgets[control.name] = control.build(PREFIX)
+                with gr.Accordion("Advanced", open=False):
+                    for control in self.controls:
+                        if control.advanced:
+                            self.widgets[control.name] = control.build(PREFIX)
+                self.button = gr.Button("Generate", variant="primary", elem_id=f"{PREFIX}run")
+            with gr.Column(scale=5):
+                gr.Markdown("### 3. Result")
+                self.gallery = gr.Gallery(label="Result", format="png", buttons=["download", "fullscreen"],
+                                          columns=2, elem_id=f"{PREFIX}gallery", height=420)
+                self.info = gr.Markdown(elem_id=f"{PREFIX}info")
+        self._wire()
+
+    def _slot(self, number: int) -> None:
+        with gr.Column(visible=number <= MIN_PEOPLE, elem_id=f"{PREFIX}slot-{number}") as column:
+            box = gr.File(label=f"Person {number}: face photo(s)", file_count="multiple", file_types=["image"],
+                          type="filepath", height=100, elem_id=f"{PREFIX}person-{number}")
+            shown = gr.Gallery(label=f"Person {number}: the face used", columns=4, height=140,
+                               object_fit="contain", interactive=False, elem_id=f"{PREFIX}preview-{number}")
+            count = gr.Markdown(no_person_yet(number), elem_id=f"{PREFIX}person-count-{number}")
+        self.slots.append((column, box, shown, count))
+
+    def _wire(self) -> None:
+        guard = self.ctx.guard
+        events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis"}
+        for (_, box, shown, count), state, number in zip(self.slots, self.states, range(1, MAX_PEOPLE + 1),
+                                                        strict=True):
+            def analyse(files: Any, number: int = number) -> tuple[tuple[Photo, ...], Any, str]:
+                return self.set_person(files, number)
+
+            # The box shows the person's whole set (gradio's File keeps what was there and adds the new files);
+            # a refused photo puts the box back to the set that stands.
+            box.upload(guard(analyse), box, [state, shown, count], show_progress_on=count, **events
+                       ).failure(lambda photos: [p.path for p in photos] or None, state, box, queue=False)
+            box.clear(lambda number=number: ((), [], no_person_yet(number)), None, [state, shown, count],
+                      queue=False)
+        columns = [column for column, *_ in self.slots]
+
+        def add_person(shown: int) -> list[Any]:
+            shown = min(shown + 1, MAX_PEOPLE)
+            return [shown, *(gr.update(visible=i < shown) for i in range(MAX_PEOPLE)),
+                    gr.update(visible=shown < MAX_PEOPLE)]
+
+        self.add_button.click(add_person, self.shown_count, [self.shown_count, *columns, self.add_button],
+                              queue=False)
+        group_out = [self.group_state, self.group_faces, self.group_text]
+        self.group.upload(guard(self.set_group), self.group, group_out, **events
+                          ).failure(lambda: None, None, self.group, queue=False)
+        self.group.clear(lambda: (None, None, "No group photo: the people stand side by side."), None, group_out,
+                         queue=False)
+
+        def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[list[Any], str]:
+            values = {name: data[widget] for name, widget in self.widgets.items()}
+            return self.generate([data[state] for state in self.states], data[self.group_state], values,
+                                 lambda step, total: progress((step, total), desc="denoising"))
+
+        # Straight to the model (under its lock), like the swap tab: a server's queue takes one identity per job.
+        self.button.click(guard(run), {*self.states, self.group_state, *self.widgets.values()},
+                          [self.gallery, self.info], concurrency_limit=1, concurrency_id="group")

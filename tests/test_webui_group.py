@@ -1,0 +1,157 @@
+"""The web UI's "Several people" tab on the demo model: handlers without a browser (each person analysed once,
+the group photo's faces numbered left to right, people handed to generate_group in slot order, one-line errors),
+then one run in headless chromium."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
+
+from instantid.errors import InvalidInputError
+from instantid.outputs import read_metadata
+from instantid.settings import GenerationSettings
+from instantid.webui import UIContext
+from instantid.webui.group_tab import GroupTab
+from instantid.webui.who import WhoPanel
+
+GROUP = FACES / "group_two_people.jpg"
+FAST = {"steps": 2, "seed": "5"}
+WAIT = 90_000  # ms: analysis and a 2-step demo generation on a shared CPU
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return demo_model(tmp_path_factory.getbasetemp() / "demo")
+
+
+def make_tab(model: Any, out: Path) -> GroupTab:
+    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=lambda *a: None)
+    return GroupTab(ctx, WhoPanel(ctx))
+
+
+def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tab = make_tab(model, tmp_path)
+    seen: list[str] = []
+    get_face = model.analyzer.get_face
+    monkeypatch.setattr(model.analyzer, "get_face",
+                        lambda image, name=None, index=None: seen.append(name) or get_face(image, name, index))
+    a, items, text = tab.set_person([str(FACES / "obama_1.jpg"), str(FACES / "obama_2.jpg")], 1)
+    b, _, text_b = tab.set_person([str(FACES / "lecun_1.jpg")], 2)
+    assert [caption for _, caption in items] == ["1. obama_1.jpg", "2. obama_2.jpg"]
+    assert text.startswith("Person 1: **2 reference photos**") and text_b.startswith("Person 2: **1 reference")
+    assert sorted(seen) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"]
+    picture, drawn, group_text = tab.set_group(str(GROUP))
+    assert drawn is not None and group_text.startswith("**2 faces** in group_two_people.jpg, numbered left to right")
+    lefts = [face.bbox[0] for face in tab.faces(picture)]
+    assert lefts == sorted(lefts)  # face i is the i-th from the left: the face person i takes
+    calls: list[tuple[list[Any], Any]] = []
+    generate_group = model.generate_group
+    monkeypatch.setattr(model, "generate_group", lambda people, settings, **kw: calls.append((people, kw)) or
+                        generate_group(people, settings, **kw))
+    gallery, info = tab.generate([a, b, ()], picture, FAST)
+    assert sorted(seen) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"], "generation analysed a photo again"
+    people, kw = calls[0]
+    assert people == [tab.ctx.identities.get(a), tab.ctx.identities.get(b)]  # the cached identities, in order
+    assert kw["pose"] == GROUP.read_bytes() and kw["pose_name"] == "group_two_people.jpg"
+    saved = Path(gallery[0][0])
+    assert saved.parent == tmp_path and saved.name.startswith("group-5") and saved.name in info
+    metadata = read_metadata(saved)
+    assert metadata["task"] == "group" and metadata["pose_from"] == "group_two_people.jpg"
+    assert [p["references"] for p in metadata["people"]] == [["obama_1.jpg", "obama_2.jpg"], ["lecun_1.jpg"]]
+    # Without a group photo the people stand side by side.
+    gallery, _ = tab.generate([b, a], None, {**FAST, "width": "64", "height": "64"})
+    metadata = read_metadata(Path(gallery[0][0]))
+    assert metadata["pose_from"] == "columns"
+    assert [p["references"] for p in metadata["people"]] == [["lecun_1.jpg"], ["obama_1.jpg", "obama_2.jpg"]]
+
+
+def test_controls_come_from_the_settings_without_face_detail(model: Any, tmp_path: Path) -> None:
+    tab = make_tab(model, tmp_path)
+    expected = set(GenerationSettings.model_fields) - {"face_index", "fusion", "face_detail", "face_detail_strength"}
+    hidden = {name for name, info in GenerationSettings.model_fields.items()
+              if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("ui") == "hidden"}
+    assert set(tab.by_name) == expected - hidden
+    with pytest.raises(InvalidInputError, match="^Steps"):
+        tab.generate([("x",), ("y",)], None, {"steps": 0})
+
+
+def test_group_errors_are_one_readable_line(model: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tab = make_tab(model, tmp_path)
+    a, *_ = tab.set_person([str(FACES / "obama_1.jpg")], 1)
+    b, *_ = tab.set_person([str(FACES / "lecun_1.jpg")], 2)
+    one_face, *_ = tab.set_group(str(FACES / "obama_1.jpg"))
+    generate = tab.ctx.guard(tab.generate)
+    cases = [
+        (([a], None), r"upload photos of at least 2 people \(one slot per person\); 1 given"),
+        (([a, (), b], None), "person 2 has no photo: fill the person slots in order"),
+        (([a, b], one_face), "obama_1.jpg shows 1 face\\(s\\) but 2 people were given: use a group photo with a "
+                             "face per person, or none"),
+    ]
+    for (people, group), message in cases:
+        with caplog.at_level(logging.INFO, logger="instantid.webui"), pytest.raises(gr.Error) as raised:
+            generate(people, group, FAST)
+        assert raised.value.print_exception is False
+        assert re.fullmatch(message, raised.value.message), raised.value.message
+    set_person = tab.ctx.guard(tab.set_person)
+    with pytest.raises(gr.Error) as raised:
+        set_person([str(NO_FACE)], 2)
+    assert raised.value.message == f"person 2: no face found in {NO_FACE.name}"
+    with pytest.raises(gr.Error, match=f"no face found in {NO_FACE.name}"):
+        tab.ctx.guard(tab.set_group)(str(NO_FACE))
+    records = [r for r in caplog.records if r.name == "instantid.webui"]
+    assert len(records) == 5 and all(r.exc_info is None and "\n" not in r.getMessage() for r in records)
+
+
+# ---- the browser --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ui_url(tmp_path_factory: pytest.TempPathFactory, model: Any) -> Iterator[tuple[str, Path]]:
+    from instantid.webui import create_ui
+
+    out_dir = tmp_path_factory.mktemp("ui-group")
+    ui = create_ui(model, out_dir=out_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ui.launch(server_name="127.0.0.1", server_port=port, share=False, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", out_dir
+    ui.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
+                    "(apt-get install -y chromium; scripts/setup.sh does it)")
+def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, Path]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, out_dir = ui_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Several people").click()
+        for number, photo in ((1, "obama_1.jpg"), (2, "lecun_1.jpg")):
+            page.locator(f"#group-person-{number} input[type=file]").set_input_files(str(FACES / photo))
+            page.locator(f"#group-person-count-{number}").get_by_text("1 reference photo").wait_for(timeout=WAIT)
+        page.locator("#group-pose input[type=file]").set_input_files(str(GROUP))
+        page.locator("#group-count").get_by_text("2 faces").wait_for(timeout=WAIT)
+        page.locator("#tab-group").get_by_text("Advanced").click()
+        page.locator("#group-steps input[type=number]").fill("2")
+        page.locator("#group-run").click()
+        # The picture decoded in the page (not only an <img> placeholder; gradio loads it lazily, when in view).
+        page.locator("#group-gallery img").first.wait_for(timeout=WAIT)
+        page.locator("#group-gallery img").first.scroll_into_view_if_needed()
+        page.wait_for_function("document.querySelector('#group-gallery img')?.naturalWidth > 0", timeout=WAIT)
+        assert page.locator("#group-info").get_by_text("Saved as group-").count() == 1
+        page.screenshot(path="/tmp/instantid_webui_group.png", full_page=True)
+        browser.close()
+    assert list(out_dir.glob("group-*.png"))
