@@ -107,7 +107,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     code = main(["detail", str(picture), str(FACES / "edge_no_face_noise.png"), "--face", str(FACES / "obama_1.jpg"),
                  "--steps", "2", "--strength", "0.5", "--seed", "4", "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
+    assert code == 1, captured.err  # one picture was not written: the exit code says so
     assert "edge_no_face_noise.png: no face found, not written" in captured.err
     written = sorted((tmp_path / "out").glob("*.png"))
     assert [p.name for p in written] == ["full_body_detail.png"]
@@ -127,3 +127,14 @@ def test_generate_records_the_face_detail_pass(app, person):
     assert info["strength"] == 0.5 and info["images"][0]["skipped"] == "no face found"
     plain = app.generate(person, GenerationSettings(steps=2, seed=1))
     assert "face_detail" not in plain.metadata
+
+
+def test_detail_command_with_no_face_anywhere_stops_before_loading(tmp_path, monkeypatch, capsys):
+    from instantid.cli import main
+    from instantid.model_settings import ModelSettings
+
+    loads = []
+    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append(1))
+    code = main(["detail", str(FACES / "edge_no_face_noise.png"), "--demo", "--face", str(FACES / "obama_1.jpg"),
+                 "-o", str(tmp_path)])
+    assert code == 2 and loads == [] and "no face found in edge_no_face_noise.png" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -259,6 +260,10 @@ def library_chatter(verbose: bool = False) -> Iterator[None]:
                 lib.set_verbosity(level)
         return
     hub_bars = not hub_utils.are_progress_bars_disabled()
+    # huggingface_hub logs each failed request (e.g. offline) at warning level before our one-line error.
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
     for lib in libraries:
         lib.set_verbosity_error()
         lib.disable_progress_bar()
@@ -269,6 +274,7 @@ def library_chatter(verbose: bool = False) -> Iterator[None]:
                 warnings.simplefilter("ignore", category)
             yield
     finally:
+        hub_logger.setLevel(hub_level)
         for lib, (level, bars) in zip(libraries, before, strict=True):
             lib.set_verbosity(level)
             if bars:

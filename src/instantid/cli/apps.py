@@ -22,6 +22,7 @@ from instantid.cli.generate import (
     progress_bar,
 )
 from instantid.cli.options import apply_mixes, option_parameters, parse_mix, with_generation_options, with_model_options
+from instantid.errors import NoFaceError
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -142,6 +143,10 @@ def detail_command(
         identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
                                     fusion=settings.fusion, full_paths=full_paths)
         images = [load_image(str(p), _scene_name(p, full_paths)) for p in pictures]
+        # Cheap before slow: a run in which no picture shows a face would load the model for nothing.
+        if not any(analyzer.analyze(image, _scene_name(p, full_paths)) for p, image in zip(pictures, images,
+                                                                                           strict=True)):
+            raise NoFaceError(", ".join(p.name for p in pictures))
     instant = load_model(model, analyzer)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
     seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(images))]
@@ -150,10 +155,12 @@ def detail_command(
         refined, info = refine_faces(instant, identity, images, settings, seeds, options,
                                      progress=lambda step, total: bar.update(task, completed=step, total=total))
     metadata = instant.call_metadata(identity, settings, instant.call_scheduler(settings), "face_detail")
+    skipped = 0
     for i, (path, image) in enumerate(zip(pictures, refined, strict=True)):
         report = info["images"][i]
         if report["skipped"]:
             console.print(f"[yellow]{path.name}: {report['skipped']}, not written[/]")
+            skipped += 1
             continue
         one = {**metadata, "source": _scene_name(path, full_paths), "seed": seeds[i],
                "width": image.width, "height": image.height,
@@ -162,6 +169,8 @@ def detail_command(
                                    full_paths=full_paths)))
     if instant.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
+    if skipped:  # some pictures were not written: say so in the exit code too
+        raise typer.Exit(1)
 
 
 @app.command("layouts")
