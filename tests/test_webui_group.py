@@ -140,6 +140,9 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_role("tab", name="Several people").click()
+        assert page.locator("#group-person-3").count() == 0  # two slots until a person is added
+        page.locator("#group-add-person").click()
+        page.locator("#group-person-3").wait_for(timeout=WAIT)
         for number, photo in ((1, "obama_1.jpg"), (2, "lecun_1.jpg")):
             page.locator(f"#group-person-{number} input[type=file]").set_input_files(str(FACES / photo))
             page.locator(f"#group-person-count-{number}").get_by_text("1 reference photo").wait_for(timeout=WAIT)
