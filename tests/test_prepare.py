@@ -15,8 +15,9 @@ from PIL import Image
 
 from instantid.cli import main
 from instantid.errors import InvalidInputError
+from instantid.sharding import parse_shard, shard_of
 from instantid.training.data import FaceDataset, read_manifest
-from instantid.training.shards import parse_shard, read_tar_index, shard_of
+from instantid.training.shards import read_tar_index
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 pytestmark = pytest.mark.skipif(not FACES.is_dir(), reason=f"shared photos not found at {FACES}")

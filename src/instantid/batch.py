@@ -40,6 +40,7 @@ import yaml
 from instantid.errors import InstantIDError, InvalidInputError
 from instantid.outputs import contact_sheet, is_complete, save_png_atomically, write_bytes_atomically, write_image
 from instantid.settings import GenerationSettings, make_settings
+from instantid.sharding import shard_of
 
 CONTACT_SHEET = "contact_sheet.png"
 FAILURES = "failures.jsonl"
@@ -392,9 +393,23 @@ def run_batch(
     return failures
 
 
-def write_failures(out_dir: Path, failures: list[Failure]) -> Path | None:
+def shard_tasks(planned: list[PlannedTask], out_dir: Path, shard: tuple[int, int] | None) -> list[PlannedTask]:
+    """The outputs process ``i`` of ``N`` makes: those whose output path hashes to ``i`` (see
+    :mod:`instantid.sharding`), so every output is made by exactly one process, whatever the row order."""
+    if shard is None:
+        return planned
+    index, count = shard
+    return [p for p in planned if shard_of(p.task.output(out_dir).relative_to(out_dir).as_posix(), count) == index]
+
+
+def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
+    """``failures.jsonl``, or ``failures-<i>-of-<N>.jsonl`` per shard (processes never write one file)."""
+    return Path(out_dir) / (FAILURES if shard is None else f"{Path(FAILURES).stem}-{shard[0]}-of-{shard[1]}.jsonl")
+
+
+def write_failures(out_dir: Path, failures: list[Failure], shard: tuple[int, int] | None = None) -> Path | None:
     """``failures.jsonl`` (one JSON object per failed row) when something failed; a stale one is removed."""
-    path = Path(out_dir) / FAILURES
+    path = failures_path(out_dir, shard)
     if not failures:
         path.unlink(missing_ok=True)
         return None

@@ -223,6 +223,8 @@ def batch_command(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad row or failed image."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
                                     "in the images (default: file names and Hub ids only)."),
+    shard: str | None = typer.Option(None, "--shard", help="i/N: make only this process's share of the outputs "
+                                     "(default under accelerate launch / torchrun: its rank and count)."),
     settings: Any = None,
     settings_given: set[str] | None = None,
     model: Any = None,
@@ -230,6 +232,7 @@ def batch_command(
     from instantid import batch
     from instantid.outputs import prepare_folder
     from instantid.settings import field_label
+    from instantid.sharding import resolve_shard
 
     # 1. Cheap checks: the job file, every row's settings, the device and the output folder.
     job = batch.load_job(jobfile)
@@ -240,8 +243,15 @@ def batch_command(
     prepare_folder(out, "--out")
     model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo"})
     planned, problems = batch.plan(job, settings, given, model_key, out)
-    todo = [p for p in planned if not batch.is_done(p, out)]
-    typer.echo(f"{len(job.tasks) + len(job.problems)} outputs, {len(planned) - len(todo)} already done, "
+    chosen = resolve_shard(shard)
+    mine = batch.shard_tasks(planned, out, chosen)
+    if chosen is not None:  # each process reports the bad rows of its own share
+        owned = {str(p.task.output(out)) for p in mine}
+        problems = [f for f in problems if not f.output or f.output in owned] if chosen[0] == 0 else [
+            f for f in problems if f.output and f.output in owned]
+    todo = [p for p in mine if not batch.is_done(p, out)]
+    where = f" (shard {chosen[0]}/{chosen[1]}: {len(mine)} of them)" if chosen is not None else ""
+    typer.echo(f"{len(job.tasks) + len(job.problems)} outputs{where}, {len(mine) - len(todo)} already done, "
                f"{len(todo)} to generate")
     # 2. Faces, each identity analysed once with the face model only, before the model load.
     identities: dict[Any, Any] = {}
@@ -272,10 +282,12 @@ def batch_command(
             )
         if instant.demo:
             console.print(f"[bold yellow]{DEMO_WARNING}[/]")
-    sheet = batch.write_contact_sheet(planned, out)
-    if sheet is not None:
-        typer.echo(f"contact sheet: {sheet}")
-    listed = batch.write_failures(out, failures)
+    # Sharded, the sheet waits for the last process to finish: it is drawn once every output exists.
+    if chosen is None or all(batch.is_done(p, out) for p in planned):
+        sheet = batch.write_contact_sheet(planned, out)
+        if sheet is not None:
+            typer.echo(f"contact sheet: {sheet}")
+    listed = batch.write_failures(out, failures, chosen)
     if listed is not None:
         console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
         raise typer.Exit(1)

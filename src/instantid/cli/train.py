@@ -38,9 +38,9 @@ def prepare(
     share of the inputs may hold nothing usable while the other shards keep plenty).
     """
     from instantid.errors import InvalidInputError
+    from instantid.sharding import resolve_shard
     from instantid.training.prepare import PrepareConfig, explain_nothing_kept
     from instantid.training.prepare import prepare as run_prepare
-    from instantid.training.shards import resolve_shard
 
     chosen = resolve_shard(shard)
     config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,

@@ -31,33 +31,6 @@ SAMPLES_PER_TAR = 1000  # webdataset's usual shard size for images of a few hund
 _PART = re.compile(r"^data-(\d+)-of-(\d+)-(\d+)\.tar$")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None or not int(match.group(1)) < int(match.group(2)):
-        raise InvalidInputError(f"--shard must look like i/N with 0 <= i < N (e.g. 0/4), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def resolve_shard(text: str | None) -> tuple[int, int] | None:
-    """The shard this process prepares: ``--shard`` when given; under ``accelerate launch`` (or torchrun) with
-    several processes, accelerate's process index and count; else ``None`` (one process, everything)."""
-    if text is not None:
-        return parse_shard(text)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        # Only the rank and count are needed: a CPU (gloo) group gives them on any machine, GPUs or not.
-        state = PartialState(cpu=True)
-        return state.process_index, state.num_processes
-    return None
-
-
-def shard_of(key: str, count: int) -> int:
-    """Which of ``count`` shards owns a source key: a hash, so each key is in exactly one shard."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % count
-
-
 def sample_key(source_key: str) -> str:
     """A tar-safe webdataset key for a source key: no dots or slashes (they delimit keys), readable + hash."""
     readable = re.sub(r"[^A-Za-z0-9_-]+", "_", source_key).strip("_")[:80]
