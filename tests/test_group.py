@@ -25,11 +25,16 @@ def _pixels(result) -> np.ndarray:
     return np.asarray(result.images[0], dtype=float)
 
 
-def test_one_person_reduces_to_plain_generation(app) -> None:
+@pytest.mark.parametrize("enhance", [False, True])
+def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
+    """With the face-region rule on, a person's region is cut to their face box, as generate() masks one face."""
     person = app.prepare_identity(FACES / "obama_1.jpg")
-    group = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg")
-    single = app.generate(person, steps=2, seed=1, enhance_face_region=False)
+    group = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=enhance)
+    single = app.generate(person, steps=2, seed=1, enhance_face_region=enhance)
     assert np.array_equal(_pixels(group), _pixels(single))
+    if enhance:
+        whole = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=False)
+        assert not np.array_equal(_pixels(group), _pixels(whole))
 
 
 def test_people_take_the_group_photo_faces_left_to_right(app) -> None:

@@ -326,13 +326,18 @@ class InstantID:
             faces, size = self.group_poses(pose, len(people), pose_name)
             width, height = ((settings.width, settings.height) if settings.width is not None
                              else demo_resize_size(*size, self.max_side, self.min_side))
-            kps = [f.kps * np.array((width / size[0], height / size[1])) for f in faces]
+            scale = np.array((width / size[0], height / size[1]))
+            kps = [f.kps * scale for f in faces]
+            boxes = [np.asarray(f.bbox).reshape(2, 2) * scale for f in faces]
         else:
             width, height = ((settings.width, settings.height) if settings.width is not None
                              else demo_resize_size(self.min_side * max(len(people), 2) // 2, self.min_side,
                                                    self.max_side, self.min_side))
-            kps = [_kps_in_column(p.pose_face, i, len(people), width, height) for i, p in enumerate(people)]
+            placed = [_in_column(p.pose_face, i, len(people), width, height) for i, p in enumerate(people)]
+            kps, boxes = [k for k, _ in placed], [b for _, b in placed]
         regions = nearest_face_regions([k.mean(axis=0) for k in kps], (width, height))
+        if settings.enhance_face_region:  # as for one person: identity acts on the face box, here within the region
+            regions = [_within_box(region, box) for region, box in zip(regions, boxes, strict=True)]
         canvas = Image.new("RGB", (width, height))
         persons = [Person(p.embedding, draw_kps(canvas, k), region) for p, k, region in zip(people, kps, regions,
                                                                                              strict=True)]
@@ -424,14 +429,29 @@ class InstantID:
                 "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
 
 
-def _kps_in_column(face: Face, index: int, count: int, width: int, height: int) -> np.ndarray:
-    """A person's own five keypoints moved into column ``index`` of ``count``, the face half a column wide."""
+def _in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """A person's own five keypoints and face box moved into column ``index`` of ``count``, the face half a
+    column wide: ``(kps (5, 2), box (2, 2) as [[x1, y1], [x2, y2]])``."""
     x1, y1, x2, y2 = face.bbox
     side = max(x2 - x1, y2 - y1, 1.0)
     target = 0.5 * width / count
     centre = np.array(((x1 + x2) / 2, (y1 + y2) / 2))
     new_centre = np.array(((index + 0.5) * width / count, 0.4 * height))
-    return (face.kps - centre) * (target / side) + new_centre
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return (points - centre) * (target / side) + new_centre
+
+    return move(face.kps), move(np.asarray(face.bbox, dtype=np.float64).reshape(2, 2))
+
+
+def _within_box(region: Image.Image, box: np.ndarray) -> Image.Image:
+    """``region`` (white inside) cut down to the face box, the single-person "enhance face region" rule."""
+    inside = np.zeros((region.height, region.width), dtype=bool)
+    (x1, y1), (x2, y2) = (int(v) for v in box[0]), (int(v) for v in box[1])
+    inside[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = True
+    pixels = np.asarray(region).copy()
+    pixels[~inside] = 0
+    return Image.fromarray(pixels)
 
 
 def _versions() -> dict[str, str]:
