@@ -3,13 +3,14 @@ the run of one process with the same global batch (batch 2 x 2 accumulation step
 2), its checkpoint resumes on one process, and the shipped accelerate configuration files parse.
 
 Tolerance. The two runs draw the same data order, noise, timesteps and dropout (a function of the micro-batch's
-number in the run, not of the process). What differs is float summation order: two backwards accumulated into
-one gradient against two backwards on two processes whose gradients gloo then averages, and the clipping norm
-summed in another order. Measured here: step losses agree to ~1e-7 relative, trained weights to ~1e-6 of an update
-(L2). Adam divides by sqrt(v), so an element whose gradient is ~0 can take a visibly different step; hence
-an L2 bound over all trained tensors, not a per-element one. We allow rel 1e-4 on losses and 1e-3 of the last
-two steps' update on weights: far above rounding, far below a real difference (per-process noise changes a
-step's loss by ~10%, a schedule off by a factor of 2 moves the weights by a large part of an update).
+number in the run, not of the process), so what may differ is float summation order: two backwards
+accumulated into one gradient against two backwards on two processes whose gradients gloo averages, and the
+clipping norm summed in another order. Here, with two processes, that is exact (halving is exact in binary:
+measured 0.0 difference in losses and weights); with more processes, another backend (NCCL's ring order) or
+another BLAS it is ~1e-7 relative per step, which Adam can enlarge for elements whose gradient is ~0 (it divides
+by sqrt(v)). Hence rel 1e-4 on losses and an L2 bound of 1e-3 of the last two steps' update on the weights:
+far above rounding, far below a real difference (per-process noise changes a step's loss by ~10%, a schedule
+off by a factor of 2 moves the weights by ~35% of that update).
 """
 
 from __future__ import annotations
