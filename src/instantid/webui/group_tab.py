@@ -10,24 +10,26 @@ cannot honour; results go to the announced outputs folder like the Portrait tab'
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
-from instantid.faces import load_image
-from instantid.faces.drawing import draw_faces
+from instantid.errors import InstantIDError, InvalidInputError
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.portrait import save_results
-from instantid.webui.references import PREVIEW_SIDE, Photo, photos_from_uploads, preview, summary, warnings_text
+from instantid.webui.references import (
+    Photo,
+    PictureFaces,
+    photos_from_uploads,
+    preview,
+    summary,
+    warnings_text,
+)
 from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel
 
 if TYPE_CHECKING:
-    from instantid.faces import Face
     from instantid.identity import Identity
     from instantid.webui import UIContext
 
@@ -53,8 +55,8 @@ class GroupTab:
         self.by_name = {c.name: c for c in self.controls}
         names = labels(self.controls)
         self.label = lambda field: names.get(field, field)
-        self._faces: OrderedDict[str, list[Face]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.faces = PictureFaces(lambda data, name: ctx.get_model().analyze(data, name), PICTURES_KEPT,
+                                  left_to_right=True)
 
     # ---- handlers -------------------------------------------------------------------------------
     def person(self, photos: Sequence[Photo], number: int) -> Identity:
@@ -74,29 +76,12 @@ class GroupTab:
         warnings = warnings_text(identity)
         return photos, preview(identity, photos, None), text + ("\n\n" + warnings if warnings else "")
 
-    def faces(self, picture: Photo) -> list[Face]:
-        """Every face of the group photo, left to right; analysed once per picture content."""
-        with self._lock:
-            if picture.digest in self._faces:
-                return self._faces[picture.digest]
-        found = self.ctx.get_model().analyze(picture.read(), picture.name)
-        if not found:
-            raise NoFaceError(picture.name)
-        found = sorted(found, key=lambda f: f.bbox[0] + f.bbox[2])
-        with self._lock:
-            self._faces[picture.digest] = found
-            while len(self._faces) > PICTURES_KEPT:
-                self._faces.popitem(last=False)
-        return found
-
     def set_group(self, file: str | None) -> tuple[Photo | None, Any, str]:
         """The group photo's state, its faces drawn with their numbers, and which person takes which face."""
         if not file:
             return None, None, ""
         picture = Photo.from_upload(file)
-        found = self.faces(picture)
-        drawn = draw_faces(load_image(picture.read(), picture.name), found)
-        drawn.thumbnail((PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))
+        found, drawn = self.faces.drawn(picture)
         places = ", ".join(f"face {i} → person {i + 1}" for i in range(min(len(found), MAX_PEOPLE)))
         text = (f"**{len(found)} face{'s' if len(found) != 1 else ''}** in {picture.name}, numbered left to right: "
                 f"{places}. With more faces than people, the largest ones are used.")

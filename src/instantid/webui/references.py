@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from instantid.errors import ImageReadError, InvalidInputError
-from instantid.faces import load_image
+from instantid.errors import ImageReadError, InvalidInputError, NoFaceError
+from instantid.faces import Face, load_image
 from instantid.faces.drawing import draw_faces
 
 if TYPE_CHECKING:
@@ -146,3 +146,38 @@ def warnings_text(identity: Identity | None) -> str:
     if identity is None or not identity.warnings:
         return ""
     return "\n".join(f"⚠️ **Check your photos:** {line}" for line in identity.warnings)
+
+
+class PictureFaces:
+    """Every face of uploaded pictures (swap scenes, group photos), analysed once per picture content; the last
+    ``kept`` pictures are remembered. ``left_to_right`` orders them as people stand (else largest first)."""
+
+    def __init__(self, analyze: Callable[[bytes, str], list[Face]], kept: int = 16,
+                 left_to_right: bool = False) -> None:
+        self._analyze = analyze
+        self._kept = kept
+        self._left_to_right = left_to_right
+        self._faces: OrderedDict[str, list[Face]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, picture: Photo) -> list[Face]:
+        with self._lock:
+            if picture.digest in self._faces:
+                return self._faces[picture.digest]
+        found = self._analyze(picture.read(), picture.name)
+        if not found:
+            raise NoFaceError(picture.name)
+        if self._left_to_right:
+            found = sorted(found, key=lambda f: f.bbox[0] + f.bbox[2])
+        with self._lock:
+            self._faces[picture.digest] = found
+            while len(self._faces) > self._kept:
+                self._faces.popitem(last=False)
+        return found
+
+    def drawn(self, picture: Photo) -> tuple[list[Face], Image.Image]:
+        """The faces and the picture with them drawn and numbered, as a preview."""
+        found = self(picture)
+        drawn = draw_faces(load_image(picture.read(), picture.name), found)
+        drawn.thumbnail((PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))
+        return found, drawn

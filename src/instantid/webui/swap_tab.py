@@ -7,25 +7,20 @@ settings, both derived from their declarations; width and height are left out (t
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from instantid.errors import InvalidInputError, NoFaceError
-from instantid.faces import load_image
-from instantid.faces.drawing import draw_faces
+from instantid.errors import InvalidInputError
 from instantid.settings import make_settings
 from instantid.swap import SwapOptions, make_swap_options, swap_face
 from instantid.webui.controls import controls, labels
 from instantid.webui.portrait import save_results
-from instantid.webui.references import PREVIEW_SIDE, Photo
+from instantid.webui.references import Photo, PictureFaces
 from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel
 
 if TYPE_CHECKING:
-    from instantid.faces import Face
     from instantid.webui import UIContext
 
 # swap_face ignores these: the output is the picture's own size, and it has no face-detail pass of its own.
@@ -45,32 +40,16 @@ class SwapTab:
         self.by_name = {c.name: c for c in [*self.options, *self.settings]}
         names = labels([*self.options, *self.settings])
         self.label = lambda field: names.get(field, field)
-        self._faces: OrderedDict[str, list[Face]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.faces = PictureFaces(lambda data, name: ctx.get_model().analyze(data, name), SCENES_KEPT,
+                                  left_to_right=False)
 
     # ---- handlers -------------------------------------------------------------------------------
-    def faces(self, scene: Photo) -> list[Face]:
-        """Every face in the picture, largest first; analysed once per picture content."""
-        with self._lock:
-            if scene.digest in self._faces:
-                return self._faces[scene.digest]
-        found = self.ctx.get_model().analyze(scene.read(), scene.name)
-        if not found:
-            raise NoFaceError(scene.name)
-        with self._lock:
-            self._faces[scene.digest] = found
-            while len(self._faces) > SCENES_KEPT:
-                self._faces.popitem(last=False)
-        return found
-
     def set_scene(self, file: str | None) -> tuple[Photo | None, Any, str]:
         """The picture's state, its faces drawn with their numbers, and a line saying which number is which."""
         if not file:
             return None, None, ""
         scene = Photo.from_upload(file)
-        found = self.faces(scene)
-        drawn = draw_faces(load_image(scene.read(), scene.name), found)
-        drawn.thumbnail((PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))
+        found, drawn = self.faces.drawn(scene)
         text = (f"**{len(found)} face{'s' if len(found) != 1 else ''}** in {scene.name}, numbered largest first; "
                 "the target face index picks one.")
         return scene, drawn, text
