@@ -254,17 +254,20 @@ class InstantID:
 
     # ---- generation ----------------------------------------------------------------------------
     def output_size(self, identity: Identity, settings: GenerationSettings) -> tuple[int, int]:
+        return self._size(settings, identity.pose_size)
+
+    def _size(self, settings: GenerationSettings, natural: tuple[int, int]) -> tuple[int, int]:
+        """The settings' width x height, else the published demo's resize of a picture of size ``natural``."""
         if settings.width is not None and settings.height is not None:
             return settings.width, settings.height
-        return demo_resize_size(*identity.pose_size, self.max_side, self.min_side)
+        return demo_resize_size(*natural, self.max_side, self.min_side)
 
     def generate(
         self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
         pose_image: ImageInput | None = None, progress: Progress | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first)."""
-        settings = (settings or GenerationSettings()).updated(**overrides) if overrides else (
-            settings or GenerationSettings())
+        settings = _with_overrides(settings, overrides)
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -315,8 +318,7 @@ class InstantID:
         pose); each person's face tokens and IdentityNet act only in the region nearest their face."""
         from instantid.pipeline import Person, nearest_face_regions
 
-        settings = (settings or GenerationSettings()).updated(**overrides) if overrides else (
-            settings or GenerationSettings())
+        settings = _with_overrides(settings, overrides)
         people = list(people)
         if not people:
             raise InvalidInputError("give at least one person")
@@ -324,15 +326,12 @@ class InstantID:
             raise InvalidInputError("every person must come from the same face model")
         if pose is not None:
             faces, size = self.group_poses(pose, len(people), pose_name)
-            width, height = ((settings.width, settings.height) if settings.width is not None
-                             else demo_resize_size(*size, self.max_side, self.min_side))
+            width, height = self._size(settings, size)
             scale = np.array((width / size[0], height / size[1]))
             kps = [f.kps * scale for f in faces]
             boxes = [np.asarray(f.bbox).reshape(2, 2) * scale for f in faces]
         else:
-            width, height = ((settings.width, settings.height) if settings.width is not None
-                             else demo_resize_size(self.min_side * max(len(people), 2) // 2, self.min_side,
-                                                   self.max_side, self.min_side))
+            width, height = self._size(settings, (self.min_side * max(len(people), 2) // 2, self.min_side))
             placed = [_in_column(p.pose_face, i, len(people), width, height) for i, p in enumerate(people)]
             kps, boxes = [k for k, _ in placed], [b for _, b in placed]
         regions = nearest_face_regions([k.mean(axis=0) for k in kps], (width, height))
@@ -427,6 +426,12 @@ class InstantID:
         )
         return {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds,
                 "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+
+
+def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, Any]) -> GenerationSettings:
+    """``settings`` (default: the defaults) with keyword overrides applied and validated."""
+    settings = settings or GenerationSettings()
+    return settings.updated(**overrides) if overrides else settings
 
 
 def _in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

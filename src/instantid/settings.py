@@ -101,10 +101,6 @@ class GenerationSettings(BaseModel):
         """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed)."""
         return make_settings({**self.model_dump(), **changes})
 
-    @property
-    def style_name(self) -> str | None:
-        return self.style
-
 
 def field_label(name: str) -> str:
     """The CLI flag of a field (``--guidance`` for ``guidance_scale``)."""
