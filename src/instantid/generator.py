@@ -111,6 +111,19 @@ def prepare_identity(
     )
 
 
+def group_poses(
+    analyzer: FaceAnalyzer, pose: ImageInput, count: int, name: str = "pose image", people: str = "people",
+) -> tuple[list[Face], tuple[int, int]]:
+    """The ``count`` largest faces of a group photo, left to right, and the photo's size: where each person of
+    :meth:`InstantID.generate_group` stands. Needs only the face analyzer, so a surface can check it early."""
+    picture = load_image(pose, name)
+    faces = analyzer.analyze(picture, name)
+    if len(faces) < count:
+        raise InvalidInputError(f"{name} shows {len(faces)} face(s) but {count} {people} were given")
+    chosen = sorted(faces[:count], key=lambda f: f.bbox[0] + f.bbox[2])
+    return chosen, (picture.width, picture.height)
+
+
 class InstantID:
     """InstantID ready to generate: pipeline, face analyzer and model references together."""
 
@@ -298,20 +311,14 @@ class InstantID:
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
 
     def group_poses(self, pose: ImageInput, count: int, name: str = "pose image") -> tuple[list[Face], tuple[int, int]]:
-        """The ``count`` largest faces of a group photo, left to right, and the photo's size: where each person
-        of :meth:`generate_group` stands."""
-        picture = load_image(pose, name)
+        """:func:`group_poses` with this model's face analyzer."""
         with self._face_lock:
-            faces = self.analyzer.analyze(picture, name)
-        if len(faces) < count:
-            raise InvalidInputError(f"{name} shows {len(faces)} face(s) but {count} people were given")
-        chosen = sorted(faces[:count], key=lambda f: f.bbox[0] + f.bbox[2])
-        return chosen, (picture.width, picture.height)
+            return group_poses(self.analyzer, pose, count, name)
 
     def generate_group(
         self, people: Sequence[Identity], settings: GenerationSettings | None = None, *,
         pose: ImageInput | None = None, pose_name: str = "pose image", progress: Progress | None = None,
-        **overrides: Any,
+        pose_faces: tuple[list[Face], tuple[int, int]] | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
@@ -324,8 +331,10 @@ class InstantID:
             raise InvalidInputError("give at least one person")
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")
-        if pose is not None:
-            faces, size = self.group_poses(pose, len(people), pose_name)
+        if pose_faces is None and pose is not None:
+            pose_faces = self.group_poses(pose, len(people), pose_name)
+        if pose_faces is not None:
+            faces, size = pose_faces
             width, height = self._size(settings, size)
             scale = np.array((width / size[0], height / size[1]))
             kps = [f.kps * scale for f in faces]
@@ -344,7 +353,8 @@ class InstantID:
         settings = settings.updated(seed=seeds[0])
         metadata = {
             **self.call_metadata(people[0], settings, used, task="group"), "width": width, "height": height,
-            "people": [p.metadata() for p in people], "pose_from": pose_name if pose is not None else "columns",
+            "people": [p.metadata() for p in people],
+            "pose_from": pose_name if pose_faces is not None else "columns",
         }
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
 

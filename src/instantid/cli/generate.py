@@ -130,8 +130,7 @@ def generate_command(
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
-    from instantid.faces import load_image
-    from instantid.generator import prepare_identity
+    from instantid.generator import group_poses, prepare_identity
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
     from instantid.outputs import prepare_folder, write_image
@@ -166,10 +165,8 @@ def generate_command(
             analyzer, list(faces), pose=pose, face_index=settings.face_index, fusion=settings.fusion,
             full_paths=full_paths)
         identity = apply_mixes(analyzer, identity, mix, face_index=settings.face_index, full_paths=full_paths)
-        if people and pose is not None:  # enough faces in the group photo, before the model load
-            found = len(analyzer.analyze(load_image(pose, pose.name), pose.name))
-            if found < len(people):
-                raise InvalidInputError(f"{pose.name} shows {found} face(s) but {len(people)} --person were given")
+        # Where each person stands, before the model load (and analysed once for every seed's run).
+        placed = group_poses(analyzer, pose, len(people), pose.name, "--person") if people and pose else None
     if layout is not None:
         identity = with_layout(identity, layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)
@@ -189,8 +186,8 @@ def generate_command(
             task = bar.add_task(f"seed {start if start is not None else 'random'}", total=settings.steps)
             call = settings.updated(seed=start, num_images=count)
             report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
-            result = (instant.generate_group(people, call, pose=pose, pose_name=pose.name if pose else "columns",
-                                             progress=report)
+            result = (instant.generate_group(people, call, pose_faces=placed,
+                                             pose_name=pose.name if pose else "columns", progress=report)
                       if people else instant.generate(identity, call, progress=report))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
