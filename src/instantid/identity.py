@@ -21,6 +21,7 @@ from PIL import Image
 
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, FaceAnalyzer
+from instantid.settings import FUSIONS
 
 # A face this many pixels wide (or more) counts as full quality; the recognisers work on 112-150 px crops.
 FULL_QUALITY_FACE_PX = 112.0
@@ -124,8 +125,8 @@ def fuse(
     """
     if not photos:
         raise InvalidInputError("give at least one face photo")
-    if fusion not in ("auto", "mean", "weighted", "robust"):
-        raise InvalidInputError(f"fusion must be auto, mean, weighted or robust, got {fusion!r}")
+    if fusion not in FUSIONS:
+        raise InvalidInputError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     embeddings = np.stack([face.embedding for _, _, face in photos]).astype(np.float32)
     quality = np.array([face_quality(photo, face) for _, photo, face in photos], dtype=np.float64)
     if fusion == "auto":
