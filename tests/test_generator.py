@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from _demo import FACE, FACES, demo_model
 
+from instantid import generator
 from instantid.errors import InvalidInputError
+from instantid.generator import _prompt_arguments
 from instantid.settings import GenerationSettings, field_label, make_settings
 
 
@@ -100,3 +105,112 @@ def test_long_and_weighted_prompts_are_not_truncated(app):
     ]
     assert np.abs(images[0] - images[1]).mean() > 0  # text past token 77 changes the result
     assert np.abs(images[1] - images[2]).mean() > 0  # and so does its weight
+
+
+# ---- one prompt path: encode_prompt_weighted for every prompt, bit-exact with diffusers' text path ----------
+
+_PROMPT_CASES = [  # (prompt, negative, guidance, images per prompt, force_zeros_for_empty_prompt)
+    ("a portrait, soft light", "blurry, lowres", 5.0, 1, True),
+    ("", "", 5.0, 1, True),  # both empty: zeroed negative
+    ("", "", 5.0, 1, False),  # both empty, the empty negative encoded
+    ("a portrait", "", 5.0, 2, False),
+    ("", "blurry", 5.0, 2, True),
+    ("a portrait", "blurry", 1.0, 3, True),  # no classifier-free guidance: no negatives
+]
+
+
+def _text_path(pipe, prompt: str, negative: str, guidance_scale: float) -> dict:
+    """The texts as the pipeline's own encode_prompt would take them (the path plain prompts used to take)."""
+    return {"prompt": prompt, "negative_prompt": negative or None}
+
+
+def _as_the_pipeline_sees_it(pipe, arguments: dict, n: int, cfg: bool) -> tuple:
+    """Step 2 of every InstantID pipeline: its (diffusers') encode_prompt on the call's prompt arguments."""
+    return pipe.encode_prompt(
+        arguments.get("prompt"), None, torch.device("cpu"), n, cfg, arguments.get("negative_prompt"), None,
+        prompt_embeds=arguments.get("prompt_embeds"), negative_prompt_embeds=arguments.get("negative_prompt_embeds"),
+        pooled_prompt_embeds=arguments.get("pooled_prompt_embeds"),
+        negative_pooled_prompt_embeds=arguments.get("negative_pooled_prompt_embeds"),
+    )
+
+
+def _assert_same_encoding(pipe, prompt: str, negative: str, guidance: float, n: int) -> None:
+    cfg = guidance > 1
+    ours = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, prompt, negative, guidance), n, cfg)
+    theirs = _as_the_pipeline_sees_it(pipe, _text_path(pipe, prompt, negative, guidance), n, cfg)
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a is None and b is None) or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+
+
+@pytest.mark.parametrize("variant", ["text-to-image", "img2img", "inpaint"])
+@pytest.mark.parametrize(("prompt", "negative", "guidance", "n", "zeros"), _PROMPT_CASES)
+def test_plain_prompts_encode_exactly_as_diffusers(app, variant, prompt, negative, guidance, n, zeros):
+    from instantid.inpaint import img2img_pipeline, inpaint_pipeline
+
+    pipe = {"text-to-image": app.pipe, "img2img": img2img_pipeline(app.pipe),
+            "inpaint": inpaint_pipeline(app.pipe)}[variant]
+    before = pipe.config.force_zeros_for_empty_prompt
+    pipe.register_to_config(force_zeros_for_empty_prompt=zeros)  # read from the variant's own config
+    try:
+        _assert_same_encoding(pipe, prompt, negative, guidance, n)
+    finally:
+        pipe.register_to_config(force_zeros_for_empty_prompt=before)
+
+
+def test_text_encoder_lora_encodes_exactly_as_diffusers(app, tmp_path):
+    """A LoRA on both text encoders, loaded at scale 0.5: the embeddings see it exactly as diffusers' path does,
+    also with a per-call lora_scale."""
+    import copy
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from instantid import InstantID
+    from instantid.loading import library_chatter
+    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.prompts import encode_prompt_weighted
+
+    torch.manual_seed(0)
+    layers = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = copy.deepcopy(getattr(app.pipe, name))
+        encoder = inject_adapter_in_model(LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+                                                     init_lora_weights=False), encoder)
+        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    StableDiffusionXLInstantIDPipeline.save_lora_weights(tmp_path, **layers)
+    with library_chatter():
+        model = InstantID.demo(_demo_folder(app))
+    pipe = model.pipe
+    plain = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
+    model.load_lora(str(tmp_path), 0.5)
+    with_lora = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
+    assert (with_lora[0] - plain[0]).abs().max() > 1e-4  # the LoRA reaches the text embeddings
+    for case in _PROMPT_CASES:
+        _assert_same_encoding(pipe, *case[:4])
+    ours = encode_prompt_weighted(pipe, "a portrait", "blurry", lora_scale=0.3)
+    theirs = pipe.encode_prompt("a portrait", None, torch.device("cpu"), 1, True, "blurry", lora_scale=0.3)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours[0], with_lora[0])  # and the per-call scale does change them
+
+
+def _demo_folder(app):
+    """The folder the module's demo model was built in (the LoRA test loads a second copy from it)."""
+    return Path(app.refs.base).parent
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"prompt": "", "negative_prompt": ""}, {"guidance_scale": 1.0}, {"num_images": 2}],
+)
+def test_generate_is_unchanged_by_the_single_prompt_path(app, monkeypatch, changes):
+    """End to end: generate's images equal those of diffusers' text path, bit for bit."""
+    settings = GenerationSettings(steps=2, seed=4, width=64, height=64, prompt="a portrait",
+                                  negative_prompt="blurry").updated(**changes)
+    identity = app.prepare_identity(FACE)
+    ours = app.generate(identity, settings).images
+    monkeypatch.setattr(generator, "_prompt_arguments", _text_path)
+    theirs = app.generate(identity, settings).images
+    assert len(ours) == len(theirs) == settings.num_images
+    for a, b in zip(ours, theirs, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

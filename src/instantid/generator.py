@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,11 +40,11 @@ from instantid.loading import (
 )
 from instantid.loading import scheduler_name as _scheduler_name
 from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.prompts import encode_prompt_weighted
 from instantid.settings import MAX_SEED, GenerationSettings, make_settings
 from instantid.styles import get_style
 
 ImageInput = str | Path | bytes | Image.Image
-_WEIGHT_SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")  # A1111 attention syntax: see instantid.prompts
 Progress = Callable[[int, int], None]
 
 
@@ -387,12 +386,15 @@ class InstantID:
             pipe.scheduler = self.call_scheduler(settings)
             try:
                 images = pipe(
-                    **self._prompt_arguments(prompt, negative, settings.guidance_scale),
+                    **_prompt_arguments(pipe, prompt, negative, settings.guidance_scale),
                     controlnet_conditioning_scale=settings.identitynet_strength,
                     ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
                     control_guidance_start=settings.control_guidance_start,
                     control_guidance_end=settings.control_guidance_end,
+                    # Only when asked for: the inpainting pipeline's signature does not offer it (yet).
+                    **({"controlnet_cache_interval": settings.identitynet_cache_interval}
+                       if settings.identitynet_cache_interval > 1 else {}),
                     generator=generators, callback_on_step_end=on_step,
                     **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
                     **arguments,
@@ -417,25 +419,19 @@ class InstantID:
             "versions": _versions(), "demo_weights": self.demo,
         }
 
-    def _prompt_arguments(self, prompt: str, negative: str, guidance_scale: float) -> dict[str, Any]:
-        """The pipeline's prompt arguments: the text itself, or, for prompts with A1111-style weights or longer
-        than CLIP's window, embeddings from :func:`instantid.prompts.encode_prompt_weighted` (which would
-        otherwise be truncated at 77 tokens with a warning). Plain short prompts keep diffusers' exact path."""
-        tokenizer = self.pipe.tokenizer_2 or self.pipe.tokenizer
 
-        def plain(text: str) -> bool:
-            tokens = len(tokenizer(text, verbose=False).input_ids)
-            return not _WEIGHT_SYNTAX.search(text) and tokens <= tokenizer.model_max_length
+def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float) -> dict[str, Any]:
+    """The call's text as embeddings from :func:`instantid.prompts.encode_prompt_weighted`, for every prompt:
+    A1111-style weights and prompts past CLIP's 77 tokens work, and a plain prompt gives bit for bit what
+    ``pipe``'s own ``encode_prompt`` makes of the text (tests/test_generator.py checks empty prompts, zeroed
+    negatives, guidance off, several images, a text-encoder LoRA, and the img2img/inpainting variants).
 
-        if plain(prompt) and plain(negative):
-            return {"prompt": prompt, "negative_prompt": negative or None}
-        from instantid.prompts import encode_prompt_weighted
-
-        embeds, negative_embeds, pooled, negative_pooled = encode_prompt_weighted(
-            self.pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1
-        )
-        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds,
-                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    An empty negative goes in as None so the model's ``force_zeros_for_empty_prompt`` zeroes it, as diffusers
+    does for a missing negative. Negatives are made whenever guidance > 1: a pipeline that skips guidance
+    anyway (diffusers' text-to-image with an LCM-distilled UNet) ignores them.
+    """
+    embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1)
+    return embeds._asdict()
 
 
 def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, Any]) -> GenerationSettings:

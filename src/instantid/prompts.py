@@ -240,7 +240,7 @@ def _encode_pair(
             packed = [_pack(tok, _window(tok, enc), chunks, count) for chunks in per_prompt]
             states, pool_k = _encode(enc, packed, clip_skip)
             parts.append(states)
-            pool = pool_k if pool_k is not None else pool
+            pool = pool if pool is not None else pool_k  # the first pooled output, as diffusers takes it
         hidden.append(torch.cat(parts, dim=-1))
         pooled.append(pool)
     return hidden, pooled
