@@ -51,6 +51,7 @@ from instantid.attention import (
     FaceTokenProjection,
     adopt_face_layers,
     face_processors,
+    prepare_faces,
 )
 from instantid.denoise import StepInputs, denoise_step, face_tokens
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
@@ -144,12 +145,17 @@ class CallRequest:
     clip_skip: int | None
     callback_on_step_end: Callable | None
     callback_on_step_end_tensor_inputs: list[str]
+    controlnet_cache_interval: int = 1  # lossy lever (instantid.denoise): ControlNets every N-th step
 
     @classmethod
     def of(cls, arguments: dict[str, Any], keypoints: Any) -> CallRequest:
-        """From ``__call__``'s ``locals()``: every field is one of its parameters."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "keypoints"]
-        return cls(keypoints=keypoints, **{name: arguments[name] for name in names})
+        """From ``__call__``'s ``locals()``: every field is one of its parameters (a field with a default may be
+        missing from a pipeline that does not offer it)."""
+        fields = [f for f in dataclasses.fields(cls) if f.name != "keypoints"]
+        return cls(keypoints=keypoints, **{
+            f.name: arguments[f.name] if f.default is dataclasses.MISSING else arguments.get(f.name, f.default)
+            for f in fields
+        })
 
 
 @dataclass(frozen=True)
@@ -361,6 +367,11 @@ class InstantIDMixin:
             raise InvalidInputError(f"give one control_guidance_start/end per ControlNet ({nets}) or one value")
         if any(not 0 <= s < e <= 1 for s, e in zip(starts, ends, strict=True)):
             raise InvalidInputError("control_guidance_start/end must satisfy 0 <= start < end <= 1")
+        interval = req.controlnet_cache_interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise InvalidInputError(
+                f"controlnet_cache_interval must be an integer >= 1 (1 = every step, exact), got {interval!r}"
+            )
         if req.output_type not in ("pil", "np", "pt", "latent"):
             raise InvalidInputError(f"output_type must be pil, np, pt or latent, got {req.output_type!r}")
         unknown = [k for k in req.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -528,12 +539,15 @@ class InstantIDMixin:
             regions=tuple(FaceRegion(tokens, mask) for tokens, mask in zip(enc.tokens, masks, strict=True)),
             scale=req.ip_adapter_scale, cache={},
         )
+        # Every face layer's keys/values and region weights, once for the whole loop.
+        faces = prepare_faces(self.unet, faces, (height // self.vae_scale_factor, width // self.vae_scale_factor))
         step = StepInputs(
             prompt_embeds=enc.prompt_embeds,
             added_cond={"text_embeds": enc.pooled, "time_ids": time_ids},
             faces=faces, identity_images=identity_images, control_images=control_images,
             guidance_scale=self.guidance_scale if cfg else None, guess_mode=enc.guess_mode,
             timestep_cond=timestep_cond, cross_attention_kwargs=req.cross_attention_kwargs,
+            control_cache_interval=req.controlnet_cache_interval,
         )
         nets = self._nets()
         scales = req.controlnet_conditioning_scale
@@ -684,11 +698,13 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
         ip_adapter_scale: float | None = None,
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
+        controlnet_cache_interval: int = 1,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Generate images of the person whose embedding is ``image_embeds``, posed by the keypoint picture
         ``image`` (see :func:`instantid.draw_kps`); or of several people, ``identities=[Person(...), ...]``.
-        The published arguments keep their order and meaning; InstantID's own come last."""
+        The published arguments keep their order and meaning; InstantID's own come last.
+        ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only."""
         # 1. Check inputs (cheap, before anything runs).
         req = CallRequest.of(locals(), keypoints=image)
         self._check(req, kwargs)
@@ -780,10 +796,11 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
         ip_adapter_scale: float | None = None,
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
+        controlnet_cache_interval: int = 1,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint ``image`` as the person of ``image_embeds`` posed by ``control_image`` (keypoints), or as
-        several people (``identities=[Person(...), ...]``)."""
+        several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``: as text-to-image."""
         # 1. Check inputs (cheap, before anything runs).
         req = CallRequest.of(locals(), keypoints=control_image)
         self._check(req, kwargs)

@@ -84,6 +84,9 @@ class GenerationSettings(BaseModel):
                                          ui="slider", step=0.05, advanced=True, ge=0, le=1)
     control_guidance_end: float = knob(1.0, "Fraction of the steps after which IdentityNet stops.",
                                        ui="slider", step=0.05, advanced=True, ge=0, le=1)
+    identitynet_cache_interval: int = knob(
+        1, "Lossy speed lever: run IdentityNet every N-th step and reuse its output in between (1 = every step, "
+        "exact; 2 = about half its cost; pictures change slightly).", ui="slider", step=1, advanced=True, ge=1, le=8)
     scheduler: SchedulerName | None = knob(None, "Sampler for this generation (default: the model's).",
                                            ui="dropdown", advanced=True)
     face_index: int | None = knob(None, "Which face in the photos, 0 = largest (default: the largest).",
