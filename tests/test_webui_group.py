@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 import pytest
 from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
+from PIL import Image
 
 from instantid.errors import InvalidInputError
 from instantid.outputs import read_metadata
@@ -33,7 +34,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def make_tab(model: Any, out: Path) -> GroupTab:
-    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=lambda *a: None)
+    ctx = UIContext(get_model=lambda: model, out_dir=out)  # jobs run on the model here (the standalone UI)
     return GroupTab(ctx, WhoPanel(ctx))
 
 
@@ -58,12 +59,19 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
     generate_group = model.generate_group
     monkeypatch.setattr(model, "generate_group", lambda people, settings, **kw: calls.append((people, kw)) or
                         generate_group(people, settings, **kw))
+    analysed: list[str] = []
+    analyze = model.analyzer.analyze
+    monkeypatch.setattr(model.analyzer, "analyze", lambda image, name=None: analysed.append(name) or
+                        analyze(image, name))
     gallery, info = tab.generate([a, b, ()], picture, FAST)
     assert sorted(seen) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"], "generation analysed a photo again"
+    assert analysed == [], "generation analysed the group photo again"
     people, kw = calls[0]
     cached = [tab.ctx.identities.get(a), tab.ctx.identities.get(b)]  # the cached identities, in slot order
     assert len(people) == 2 and all(p is c for p, c in zip(people, cached, strict=True))
-    assert kw["pose"] == GROUP.read_bytes() and kw["pose_name"] == "group_two_people.jpg"
+    faces, size = kw["pose_faces"]  # the faces found at upload, as group_poses places them
+    assert kw["pose"] is None and kw["pose_name"] == "group_two_people.jpg" and size == Image.open(GROUP).size
+    assert [f.bbox for f in faces] == [f.bbox for f in model.group_poses(GROUP, 2, "g")[0]]
     saved = Path(gallery[0][0])
     assert saved.parent == tmp_path and saved.name.startswith("group-5") and saved.name in info
     metadata = read_metadata(saved)

@@ -27,10 +27,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def make_tab(model: Any, out: Path, submit: Any = None) -> PortraitTab:
-    def direct(identity: Any, settings: Any, progress: Any) -> Any:
-        return model.generate(identity, settings, progress=progress)
-
-    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=submit or direct)
+    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=submit)  # None: run on the model here
     return PortraitTab(ctx, WhoPanel(ctx))
 
 
@@ -124,8 +121,8 @@ def test_unexpected_error_is_logged_in_one_line_and_the_ui_goes_on(
 ) -> None:
     calls: list[tuple[Any, Any]] = []
 
-    def broken(identity: Any, settings: Any, progress: Any) -> Any:
-        calls.append((identity, settings))
+    def broken(job: Any, settings: Any, progress: Any) -> Any:
+        calls.append((job.identity, settings))
         raise RuntimeError("CUDA out of memory")
 
     tab = make_tab(model, tmp_path, submit=broken)

@@ -26,10 +26,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def panels(model: Any, out: Path) -> tuple[WhoPanel, PortraitTab, SwapTab]:
-    def direct(identity: Any, settings: Any, progress: Any) -> Any:
-        return model.generate(identity, settings, progress=progress)
-
-    ctx = UIContext(get_model=lambda: model, out_dir=out, submit=direct)
+    ctx = UIContext(get_model=lambda: model, out_dir=out)  # jobs run on the model here (the standalone UI)
     who = WhoPanel(ctx)
     return who, PortraitTab(ctx, who), SwapTab(ctx, who)
 
@@ -93,8 +90,8 @@ def test_mix_with_another_person_reaches_generation(model: Any, tmp_path: Path) 
     assert [caption for _, caption in items] == ["1. obama_1.jpg", "mixed in at 0.25: lecun_1.jpg"]
     assert "Mixed with lecun_1.jpg at 0.25" in count
     seen = []
-    portrait.ctx.submit = lambda identity, settings, progress: seen.append(identity) or model.generate(
-        identity, settings, progress=progress)
+    portrait.ctx.submit = lambda job, settings, progress: seen.append(job.identity) or job.run(
+        model, settings, progress)
     gallery, _ = portrait.generate(photos, None, {**FAST, "width": "64", "height": "64"}, mix=mix, mix_weight=0.25)
     ours, theirs = who.ctx.identities.get(photos), who.ctx.identities.get([mix])
     assert np.allclose(seen[0].embedding, 0.75 * ours.embedding + 0.25 * theirs.embedding)

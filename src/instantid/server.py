@@ -5,11 +5,13 @@ nothing at import.
                                       or JSON (base64) -> 202 {job_id}; ?wait=true -> 200 with the images as data URIs
     POST   /v1/swap                   face file(s) + scene file + settings + swap options: same answers
     POST   /v1/group                  person0, person1, ... files + optional pose group photo: same answers
+    POST   /v1/detail                 face file(s) + picture file + settings + face-detail options: same answers
     GET    /v1/jobs                   newest first, paged (?offset=&limit=&state=)
     GET    /v1/jobs/{id}              queued (with position) | running (step/total) | done | failed | canceled
     DELETE /v1/jobs/{id}              cancel a queued or running job; delete a finished one and its files
     GET    /v1/jobs/{id}/images/{n}   PNG with its settings inside
-    GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui
+    GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui,
+                                      whose every tab submits its jobs through the same queue and limits
 
 Cheap checks come first: API key (401/403), rate and job limits and a full queue (429) before the upload is
 read; then 413 too large, 422 unreadable image, no face or out-of-range setting (the message names the field);
@@ -218,6 +220,10 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
     job_route("group", """Queue a picture of several people: ``person0``, ``person1``, ... file(s), one field per
         person; an optional ``pose`` group photo places person i at its i-th face from the left (else side by
         side). JSON: ``people: [[base64, ...], ...]``, ``pose``.""")
+    job_route("detail", """Queue face detail on an existing picture: each face of the ``picture`` (largest first, up
+        to ``max_faces``) is cropped, re-denoised at the model's resolution as the person of the ``face`` file(s)
+        (and ``mix``) and blended back; every pixel outside the feathered face masks is kept. Settings and
+        face-detail options as form fields (JSON: base64 ``faces``, ``picture``).""")
 
     async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
         service = service_of(request)
@@ -310,10 +316,11 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
         from instantid.webui import create_ui
 
-        def submit(identity: Any, generation: Any, progress: Any) -> Any:  # the UI's generations join this queue
-            return app.state.service.submit_identity(identity, generation, progress)
+        def submit(job: Any, generation: Any, progress: Any) -> Any:  # every UI job (any tab) joins this queue
+            return app.state.service.run_prepared(job, generation, progress)
 
-        gr.mount_gradio_app(app, create_ui(lambda: app.state.service.model, submit=submit), path="/ui")
+        app.state.ui = create_ui(lambda: app.state.service.model, submit=submit)  # tests reach its tabs here
+        gr.mount_gradio_app(app, app.state.ui, path="/ui")
     return app
 
 

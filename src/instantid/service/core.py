@@ -5,7 +5,9 @@ process on the model this process loaded; the photos are analysed once, at submi
 (Identity, scene face...) is handed to the worker in memory. With ``queue="redis://..."``: records in Redis,
 jobs through RQ to any number of ``instantid worker`` processes; this process loads only a face analyzer to
 refuse bad photos at submit, and the worker prepares the job again from the photos saved in the job folder
-(``out_dir`` must be a path every worker sees). Jobs are generations, face swaps or group pictures
+(``out_dir`` must be a path every worker sees), except what the analysis at submit found that the worker cannot
+get from the photos alone without analysing them again (where a group photo's people stand), which the record
+carries. Jobs are generations, face swaps, group pictures or face detail on a picture
 (:mod:`instantid.service.tasks`).
 """
 
@@ -137,29 +139,32 @@ class JobService:
         prepared = self._prepare(request)
         for slot, data in request.files().items():
             self.files.save_input(job_id, slot, data)
-        record, created = self.store.add(JobRecord(id=job_id, request=request.record(), owner=owner,
-                                                   idempotency_key=key))
+        stored = {**request.record(), "found": prepared.found()}
+        if self.dispatch is None:  # handed over before the record exists: the worker may claim it at once
+            self.runner.prepared_jobs[job_id] = prepared
+        record, created = self.store.add(JobRecord(id=job_id, request=stored, owner=owner, idempotency_key=key))
         if not created:  # the same key raced in from another request: keep that job, drop these files
             self.files.delete(job_id)
+            if self.dispatch is None:
+                self.runner.prepared_jobs.pop(job_id, None)
             return record, False
         if self.dispatch is not None:
             self.dispatch.submit(job_id)
         else:
-            self.runner.prepared_jobs[job_id] = prepared
             self.worker.wake()
         return record, True
 
     def submit_identity(self, identity: Identity, settings: GenerationSettings, progress: Any = None, *,
                         owner: str = "ui") -> GenerationResult:
         """One generation of an already built Identity through the same queue and limits as the HTTP API,
-        waiting for it (the web UI's ``submit`` hook). Blocking; errors are :class:`InstantIDError` lines."""
-        return self.run_prepared(Prepared("generate", identity=identity), settings, progress, owner=owner,
-                                 names=[r.name for r in identity.references])
+        waiting for it (see :meth:`run_prepared`). Blocking; errors are :class:`InstantIDError` lines."""
+        return self.run_prepared(Prepared("generate", identity=identity), settings, progress, owner=owner)
 
     def run_prepared(self, prepared: Prepared, settings: GenerationSettings, progress: Any = None, *,
-                     owner: str = "ui", names: list[str] | None = None) -> GenerationResult:
-        """Run a job whose photos the caller has analysed (any task) through the queue and limits, waiting for
-        it; its photos are not kept, so it cannot be re-run after a restart. Blocking."""
+                     owner: str = "ui") -> GenerationResult:
+        """Run a job whose photos the caller has analysed (any task: the web UI's ``submit`` hook) through the
+        queue and limits, waiting for it; it is stored, run and written like an HTTP job of its task (job folder,
+        metadata), but its photos are not kept, so it cannot be re-run after a restart. Blocking."""
         from PIL import Image
 
         from instantid.generator import GenerationResult
@@ -169,10 +174,11 @@ class JobService:
         self.check_capacity(owner, None)
         if settings.seed is None:
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
-        request = {"task": prepared.task, "settings": settings.model_dump(), "faces": names or [], "pose": None,
-                   "photos_saved": False}
-        record, _ = self.store.add(JobRecord(id=new_job_id(), request=request, owner=owner))
-        self.runner.prepared_jobs[record.id] = prepared
+        request = {**prepared.names(), "settings": settings.model_dump(), "photos_saved": False}
+        job_id = new_job_id()
+        # Handed over before the record exists: the worker may claim the job the moment it is stored.
+        self.runner.prepared_jobs[job_id] = prepared
+        record, _ = self.store.add(JobRecord(id=job_id, request=request, owner=owner))
         self.worker.wake()
         shown = (-1, -1)
         while (current := self.store.get(record.id)) is not None and current.state not in FINISHED:
@@ -191,14 +197,14 @@ class JobService:
         used = GenerationSettings.model_validate(metadata.get("settings", request["settings"]))
         return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
 
-    def _prepare(self, request: JobRequest) -> Prepared | None:
+    def _prepare(self, request: JobRequest) -> Prepared:
         """The job's photos analysed: by the model that will run it (kept for the worker), or, when workers run
-        elsewhere, by the face analyzer alone to refuse bad photos here (the worker prepares it again)."""
+        elsewhere, by the face analyzer alone to refuse bad photos here (the worker prepares it again, but for
+        what :meth:`Prepared.found` records)."""
         try:
             if self.dispatch is None:
                 return prepare(FaceSide(self.model), request)
-            prepare(FaceSide(analyzer=self.analyzer), request)
-            return None
+            return prepare(FaceSide(analyzer=self.analyzer), request)
         except (NoFaceError, ImageReadError):
             self.metrics.face_failures.labels(stage="submit").inc()
             raise

@@ -56,10 +56,11 @@ class JobRunner:
             return cached
         if not record.request.get("photos_saved", True):
             raise InvalidInputError("this web UI job cannot be re-run after a restart: its photos were not kept")
-        # Another process analysed these photos at submit (or this one before a restart): do it here, once.
+        # Another process analysed these photos at submit (or this one before a restart): do it here, once,
+        # but for what that analysis recorded (a group photo's placement).
         request = JobRequest.from_record(record.request, lambda slot: self.files.load_input(record.id, slot))
         try:
-            return prepare(FaceSide(self.model), request)
+            return prepare(FaceSide(self.model), request, record.request.get("found"))
         except (NoFaceError, ImageReadError):
             if self.metrics:
                 self.metrics.face_failures.labels(stage="worker").inc()

@@ -1,11 +1,12 @@
 """The HTTP request and response shapes. The generation fields ARE :class:`GenerationSettings` (and the swap
-fields :class:`~instantid.swap.SwapOptions`): the JSON bodies are built from their ``model_fields`` and the
+fields :class:`~instantid.swap.SwapOptions`, the face-detail fields
+:class:`~instantid.service.detail.DetailOptions`): the JSON bodies are built from their ``model_fields`` and the
 multipart forms from the JSON bodies, so OpenAPI shows every knob with its description, range and choices
-(styles, schedulers, layouts), and a knob added in ``settings.py`` or ``swap.py`` appears here.
+(styles, schedulers, layouts), and a knob added in ``settings.py``, ``swap.py`` or ``detail.py`` appears here.
 
-Photos: multipart file fields (``face``, ``pose``, ``mix`` with one ``mix_weight`` each, ``scene``,
+Photos: multipart file fields (``face``, ``pose``, ``mix`` with one ``mix_weight`` each, ``scene``, ``picture``,
 ``person0``, ``person1``, ...) or base64 strings in JSON (``faces``, ``pose``, ``mix: [{photo, weight}]``,
-``scene``, ``people: [[...], ...]``). :func:`job_request` turns either into a checked
+``scene``, ``picture``, ``people: [[...], ...]``). :func:`job_request` turns either into a checked
 :class:`~instantid.service.tasks.JobRequest`."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.datastructures import UploadFile
 
 from instantid.errors import InvalidInputError
 from instantid.layouts import layout_names
+from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.jobs import JobState
 from instantid.service.tasks import UNUSED_SETTINGS, JobRequest, Mix, Photo, TaskKind
 from instantid.settings import GenerationSettings, make_settings
@@ -34,7 +36,7 @@ MAX_MIXES = 4
 MAX_PEOPLE = 6
 MAX_FILES = 32  # file parts in one multipart body
 PERSON_FIELD = re.compile(r"person([0-9]{1,2})")
-FILE_FIELDS = ("face", "faces", "pose", "mix", "scene")  # plus person0, person1, ...
+FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture")  # plus person0, person1, ...
 LayoutName = Literal[layout_names()]  # type: ignore[valid-type]
 
 
@@ -79,6 +81,18 @@ GroupJSON = create_model(
                                              "the left (without it: side by side).")),
     **_settings_fields("group"),
 )
+DetailJSON = create_model(
+    "DetailJSON", __doc__="``application/json`` body of /v1/detail: settings, face-detail options and base64 "
+                          "photos.",
+    faces=(list[str], Field(..., min_length=1, max_length=MAX_FACES,
+                            description="Base64-encoded face photo(s) of the person; several are fused.")),
+    face_names=(list[str] | None, Field(None, description="Names for the photos in messages and metadata.")),
+    picture=(str, Field(..., description="Base64-encoded picture whose faces are redrawn as this person.")),
+    picture_name=(str | None, Field(None, description="Name for the picture in messages and metadata.")),
+    mix=(list[MixJSON] | None, Field(None, max_length=MAX_MIXES, description="Other people mixed in.")),
+    **_settings_fields("detail"),
+    **{name: (info.annotation, info) for name, info in DetailOptions.model_fields.items()},
+)
 
 
 class JobCreated(BaseModel):
@@ -90,7 +104,7 @@ class JobCreated(BaseModel):
 
 class JobStatus(BaseModel):
     job_id: str
-    task: TaskKind = Field("generate", description="What the job makes: generate, swap or group.")
+    task: TaskKind = Field("generate", description="What the job makes: generate, swap, group or detail.")
     status: JobState
     position: int | None = Field(None, description="Jobs ahead of this one while queued.")
     step: int
@@ -169,7 +183,7 @@ async def parse_multipart(request: Request, body: bytes, limit: int) -> Body:
             if isinstance(value, UploadFile):
                 if not is_file_field:
                     raise InvalidInputError(f"unexpected file field {key!r}; send photos as 'face', 'pose', 'mix', "
-                                            "'scene' or 'person0', 'person1', ...")
+                                            "'scene', 'picture' or 'person0', 'person1', ...")
                 parsed.files.setdefault(key, []).append((_upload_name(value.filename, key), await value.read()))
             elif is_file_field:
                 raise InvalidInputError(f"field {key!r} must be a file upload")
@@ -211,7 +225,7 @@ def _json_photo(values: dict[str, Any], key: str) -> Photo | None:
         return None
     if not isinstance(raw, str):
         raise InvalidInputError(f"{key} must be a base64-encoded photo")
-    name = values.pop(f"{key}_name", None) if key == "scene" else None
+    name = values.pop(f"{key}_name", None) if key in ("scene", "picture") else None
     return _upload_name(str(name) if name else None, key), _b64(key, raw)
 
 
@@ -297,7 +311,7 @@ def _people(body: Body) -> tuple[tuple[Photo, ...], ...]:
 def job_request(task: TaskKind, body: Body) -> JobRequest:
     """The checked request of a ``task`` endpoint; errors name the field as the client spelled it."""
     kind = "JSON field" if body.json else "field"
-    pose = scene = layout = swap = None
+    pose = scene = layout = swap = picture = detail = None
     faces: tuple[Photo, ...] = ()
     mixes: tuple[Mix, ...] = ()
     people: tuple[tuple[Photo, ...], ...] = ()
@@ -317,13 +331,20 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
         if scene is None:
             raise InvalidInputError("upload the picture whose face is replaced in the 'scene' field")
         swap = make_swap_options({k: body.values.pop(k) for k in list(body.values) if k in SwapOptions.model_fields})
+    if task == "detail":
+        picture = _photo(body, "picture")
+        if picture is None:
+            raise InvalidInputError("upload the picture whose faces are redrawn in the 'picture' field")
+        detail = make_detail_options({k: body.values.pop(k) for k in list(body.values)
+                                      if k in DetailOptions.model_fields})
     if body.files:
         raise InvalidInputError(f"unexpected file field {next(iter(body.files))!r} for /v1/{task}")
-    for name in ("faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "people", "layout"):
+    for name in ("faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "picture",
+                 "picture_name", "people", "layout"):
         if name in body.values:
             raise InvalidInputError(f"{kind} {name!r} is not used by /v1/{task}")
     return JobRequest(task, settings_from(body.values), faces=faces, mixes=mixes, pose=pose, layout=layout,
-                      scene=scene, swap=swap, people=people)
+                      scene=scene, swap=swap, people=people, picture=picture, detail=detail)
 
 
 def _b64(name: str, data: str) -> bytes:
@@ -338,7 +359,8 @@ def settings_from(values: dict[str, Any]) -> GenerationSettings:
     return make_settings(values)
 
 
-JSON_BODIES: dict[str, type[BaseModel]] = {"generate": GenerateJSON, "swap": SwapJSON, "group": GroupJSON}
+JSON_BODIES: dict[str, type[BaseModel]] = {"generate": GenerateJSON, "swap": SwapJSON, "group": GroupJSON,
+                                           "detail": DetailJSON}
 _BINARY = {"type": "string", "format": "binary"}
 _FORM_FILES: dict[str, dict[str, Any]] = {
     "generate": {
@@ -360,8 +382,15 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
                           "right); send person0, person1, ... as needed."} for i in range(2)},
         "pose": {**_BINARY, "description": "Optional group photo: person i takes its i-th face from the left."},
     },
+    "detail": {
+        "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of the person."},
+        "picture": {**_BINARY, "description": "The picture whose faces are redrawn."},
+        "mix": {"type": "array", "items": _BINARY, "description": "Photo(s) of people mixed in."},
+        "mix_weight": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+                       "description": "One weight per mix photo."},
+    },
 }
-_JSON_ONLY = ("faces", "face_names", "pose", "mix", "scene", "scene_name", "people")
+_JSON_ONLY = ("faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people")
 
 
 def multipart_schema(task: TaskKind = "generate") -> dict[str, Any]:
@@ -369,6 +398,7 @@ def multipart_schema(task: TaskKind = "generate") -> dict[str, Any]:
     schema = JSON_BODIES[task].model_json_schema()
     settings = {k: v for k, v in schema["properties"].items() if k not in _JSON_ONLY}
     schema["properties"] = {**_FORM_FILES[task], **settings}
-    schema["required"] = {"generate": ["face"], "swap": ["face", "scene"], "group": ["person0"]}[task]
+    schema["required"] = {"generate": ["face"], "swap": ["face", "scene"], "group": ["person0"],
+                          "detail": ["face", "picture"]}[task]
     schema["title"] = f"{task.capitalize()}Form"
     return schema

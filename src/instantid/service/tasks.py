@@ -4,12 +4,15 @@
   or their own photo (:meth:`InstantID.generate`);
 * ``swap``: one person put into a scene photo (:func:`instantid.swap.swap_face`);
 * ``group``: several people in one picture, placed by a group photo or side by side
-  (:meth:`InstantID.generate_group`).
+  (:meth:`InstantID.generate_group`);
+* ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.service.detail`).
 
 A :class:`JobRequest` is stored as JSON in the job record (names, weights, layout, options) plus its photos in
-the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``person-1-0``, ``pose``), so a
-restarted server or a worker on another machine rebuilds the same request (:meth:`JobRequest.from_record`).
+the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``picture``, ``person-1-0``, ``pose``),
+so a restarted server or a worker on another machine rebuilds the same request (:meth:`JobRequest.from_record`).
 :func:`prepare` analyses the photos once into a :class:`Prepared` job; :meth:`Prepared.run` makes the images.
+What the analysis at submit found that a worker would otherwise have to find again (where the people of a group
+photo stand) goes into the record too (:meth:`Prepared.found`), and :func:`prepare` takes it back.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.generator import GenerationResult, InstantID
     from instantid.identity import Identity
+    from instantid.service.detail import DetailOptions
     from instantid.swap import SwapOptions
 
-TaskKind = Literal["generate", "swap", "group"]
+TaskKind = Literal["generate", "swap", "group", "detail"]
 Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
 Progress = Callable[[int, int], None]
+# Where the people of a group photo stand: the chosen faces left to right and the photo's (width, height).
+Placement = tuple[list["Face"], tuple[int, int]]
 
 # Settings a task cannot honour, and why: a request that sets one away from its default is refused (422) rather
 # than silently ignored.
@@ -42,6 +48,9 @@ UNUSED_SETTINGS: dict[str, dict[str, str]] = {
              "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
     "group": {"face_detail": "the face-detail pass is not available for group pictures",
               "face_detail_strength": "the face-detail pass is not available for group pictures"},
+    "detail": {"width": "the output has the picture's size", "height": "the output has the picture's size",
+               "num_images": "one picture in, one picture out",
+               "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
 }
 
 
@@ -66,6 +75,8 @@ class JobRequest:
     scene: Photo | None = None  # the picture whose face is replaced (swap)
     swap: SwapOptions | None = None
     people: tuple[tuple[Photo, ...], ...] = ()  # one tuple of photos per person (group)
+    picture: Photo | None = None  # the picture whose faces are redrawn (detail)
+    detail: DetailOptions | None = None
 
     def __post_init__(self) -> None:
         from instantid.layouts import get_layout
@@ -84,6 +95,10 @@ class JobRequest:
             raise InvalidInputError("upload the picture whose face is replaced in the 'scene' field")
         if self.task != "swap" and (self.scene is not None or self.swap is not None):
             raise InvalidInputError("a scene photo is for /v1/swap")
+        if self.task == "detail" and (self.picture is None or self.detail is None):
+            raise InvalidInputError("upload the picture whose faces are redrawn in the 'picture' field")
+        if self.task != "detail" and (self.picture is not None or self.detail is not None):
+            raise InvalidInputError("a picture to redraw is for /v1/detail")
         if self.layout is not None:
             if self.task != "generate":
                 raise InvalidInputError("layout is for /v1/generate (one person)")
@@ -92,6 +107,8 @@ class JobRequest:
             get_layout(self.layout)
         if self.task == "swap" and self.pose is not None:
             raise InvalidInputError("a swap takes its pose from the scene's face; do not send a pose photo")
+        if self.task == "detail" and self.pose is not None:
+            raise InvalidInputError("face detail keeps each face's own pose; do not send a pose photo")
         for i, mix in enumerate(self.mixes):
             if not 0 <= mix.weight <= 1:
                 raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
@@ -110,6 +127,8 @@ class JobRequest:
             slots["pose"] = self.pose[1]
         if self.scene is not None:
             slots["scene"] = self.scene[1]
+        if self.picture is not None:
+            slots["picture"] = self.picture[1]
         return slots
 
     def record(self) -> dict[str, Any]:
@@ -121,12 +140,15 @@ class JobRequest:
             "scene": self.scene[0] if self.scene else None,
             "swap": self.swap.model_dump() if self.swap is not None else None,
             "people": [[n for n, _ in photos] for photos in self.people],
+            "picture": self.picture[0] if self.picture else None,
+            "detail": self.detail.model_dump() if self.detail is not None else None,
         }
 
     @classmethod
     def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
         """The request again, from a job record and its photos (``load(slot)``); records written before tasks
         existed are generate jobs."""
+        from instantid.service.detail import DetailOptions
         from instantid.swap import SwapOptions
 
         def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
@@ -143,6 +165,8 @@ class JobRequest:
             scene=(request["scene"], load("scene")) if request.get("scene") else None,
             swap=SwapOptions.model_validate(request["swap"]) if request.get("swap") is not None else None,
             people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
+            picture=(request["picture"], load("picture")) if request.get("picture") else None,
+            detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
         )
 
 
@@ -172,12 +196,16 @@ class FaceSide:
         picture = load_image(photo[1], photo[0])
         return picture, self.analyzer.get_face(picture, photo[0], index)
 
-    def count_faces(self, photo: Photo) -> int:
-        from instantid.faces import load_image
+    def group_poses(self, photo: Photo, count: int) -> Placement:
+        """Where ``count`` people stand in a group photo (:func:`instantid.generator.group_poses`)."""
+        from instantid.generator import group_poses
 
-        if self.model is not None:
-            return len(self.model.analyze(photo[1], photo[0]))
-        return len(self.analyzer.analyze(load_image(photo[1], photo[0]), photo[0]))
+        try:
+            if self.model is not None:
+                return self.model.group_poses(photo[1], count, photo[0])
+            return group_poses(self.analyzer, photo[1], count, photo[0])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"pose: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -192,6 +220,8 @@ class Prepared:
     target: Face | None = None  # swap: the scene's face that is replaced
     swap: SwapOptions | None = None
     pose: Photo | None = None  # group: the group photo (its faces place the people)
+    placement: Placement | None = None  # group: where the group photo's people stand (found once)
+    detail: DetailOptions | None = None  # detail: the pass's options (``scene``: the picture redrawn)
 
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
@@ -201,22 +231,70 @@ class Prepared:
             return swap_face(model, self.identity, self.scene, settings, self.swap, scene_name=self.scene_name,
                              target=self.target, progress=progress)
         if self.task == "group":
-            return model.generate_group(list(self.people), settings, pose=self.pose[1] if self.pose else None,
+            # The group photo itself only when its placement is unknown (a record from before placements).
+            photo = self.pose[1] if self.pose and self.placement is None else None
+            return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
                                         pose_name=self.pose[0] if self.pose else "columns", progress=progress)
+        if self.task == "detail":
+            from instantid.service.detail import detail_picture
+
+            assert self.scene is not None and self.detail is not None  # checked when prepared
+            return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
+                                  progress)
         return model.generate(self.identity, settings, progress=progress)
 
+    def found(self) -> dict[str, Any]:
+        """What the analysis found that a worker would otherwise find again, as JSON for the job record
+        (:func:`prepare` takes it back as ``found``)."""
+        if self.task == "detail":  # the picture shows a face (the pass itself finds them again)
+            return {"picture_checked": True}
+        if self.placement is None:
+            return {}
+        faces, size = self.placement
+        # The faces' positions only: a group photo's embeddings are never used (each person has their own).
+        return {"placement": {"size": list(size), "faces": [{"bbox": [float(v) for v in f.bbox],
+                                                             "kps": f.kps.tolist(), "score": float(f.score),
+                                                             "space": f.space} for f in faces]}}
 
-def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
-    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field."""
+    def names(self) -> dict[str, Any]:
+        """The job as a request record names it (photo names, options), for a job whose photos are not kept
+        (a web UI job, see :meth:`instantid.service.core.JobService.run_prepared`)."""
+        return {
+            "task": self.task, "faces": [r.name for r in self.identity.references] if self.identity else [],
+            "pose": self.pose[0] if self.pose else None,
+            "scene": self.scene_name if self.task == "swap" else None,
+            "swap": self.swap.model_dump() if self.swap is not None else None,
+            "people": [[r.name for r in p.references] for p in self.people],
+            "picture": self.scene_name if self.task == "detail" else None,
+            "detail": self.detail.model_dump() if self.detail is not None else None,
+        }
+
+
+def placement_from(found: dict[str, Any] | None) -> Placement | None:
+    """The placement :meth:`Prepared.found` recorded, as :meth:`InstantID.generate_group` takes it."""
+    import numpy as np
+
+    from instantid.faces import Face
+
+    recorded = (found or {}).get("placement")
+    if not recorded:
+        return None
+    faces = [Face(bbox=tuple(f["bbox"]), score=f["score"], kps=np.asarray(f["kps"], dtype=np.float32),
+                  embedding=np.zeros(0, np.float32), space=f["space"]) for f in recorded["faces"]]
+    width, height = recorded["size"]
+    return faces, (int(width), int(height))
+
+
+def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None = None) -> Prepared:
+    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field.
+    ``found``: what an earlier analysis of the same request recorded (:meth:`Prepared.found`), not redone."""
     settings = request.settings
     if request.task == "group":
         people = tuple(faces.identity(photos, settings) for photos in request.people)
-        if request.pose is not None:
-            found = faces.count_faces(request.pose)
-            if found < len(people):
-                raise InvalidInputError(f"pose: {request.pose[0]} shows {found} face(s) but {len(people)} people "
-                                        "were given")
-        return Prepared("group", people=people, pose=request.pose)
+        placement = placement_from(found)
+        if request.pose is not None and placement is None:
+            placement = faces.group_poses(request.pose, len(people))
+        return Prepared("group", people=people, pose=request.pose, placement=placement)
     identity = faces.identity(request.faces, settings, pose=request.pose)
     for mix in request.mixes:
         identity = identity.mix(faces.identity([mix.photo], settings), mix.weight, name=mix.photo[0])
@@ -227,6 +305,19 @@ def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
                                settings.height or DEFAULT_LAYOUT_SIZE)
     if request.task == "generate":
         return Prepared("generate", identity=identity)
+    if request.task == "detail":
+        from instantid.faces import load_image
+
+        assert request.picture is not None  # checked at construction
+        if (found or {}).get("picture_checked"):
+            picture = load_image(request.picture[1], request.picture[0])
+        else:
+            try:  # cheap before slow: a picture without a face is refused here, not after the model ran
+                picture, _ = faces.find_face(request.picture, None)
+            except NoFaceError:
+                raise NoFaceError(f"the picture {request.picture[0]}") from None
+        return Prepared("detail", identity=identity, scene=picture, scene_name=request.picture[0],
+                        detail=request.detail)
     assert request.scene is not None and request.swap is not None  # checked at construction
     try:
         scene, target = faces.find_face(request.scene, request.swap.target_index)
@@ -236,4 +327,5 @@ def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
                     swap=request.swap)
 
 
-__all__ = ["FaceSide", "JobRequest", "Mix", "Photo", "Prepared", "TaskKind", "UNUSED_SETTINGS", "prepare"]
+__all__ = ["FaceSide", "JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind", "UNUSED_SETTINGS",
+           "placement_from", "prepare"]

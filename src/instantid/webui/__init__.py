@@ -1,8 +1,10 @@
 """Web UI (gradio): face photo(s) in, images out. Built by :func:`create_ui`; loads nothing at import.
 
-Layout: the "Who" panel (:mod:`instantid.webui.who`: reference photos, pose, face choice) beside one tab per
-task (Portrait, Face swap, Several people; face detail and mixing are further tabs built the same way: a class
-taking the shared :class:`UIContext` and the Who panel, with a ``build()``). Generation settings
+Layout: the "Who" panel (:mod:`instantid.webui.who`: reference photos, pose, face choice, mixing) beside one tab
+per task (Portrait, Face swap, Several people, Face detail: each a class taking the shared :class:`UIContext` and
+the Who panel, with a ``build()``). Every tab hands its job, analysed and ready
+(:class:`~instantid.service.tasks.Prepared`), to one hook, ``submit``: run on the model here, or, under
+``instantid serve``, through the server's job queue and limits. Generation settings
 are derived from :class:`~instantid.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
 analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written
 by :mod:`instantid.outputs` into an announced folder, so a downloaded PNG carries its settings like a CLI output.
@@ -27,13 +29,14 @@ if TYPE_CHECKING:
     import gradio as gr
 
     from instantid.generator import GenerationResult, InstantID
-    from instantid.identity import Identity
+    from instantid.service.tasks import Prepared
 
 log = logging.getLogger("instantid.webui")
 
 Progress = Callable[[int, int], None] | None
-# Runs one generation: the default calls the model directly; the server passes one that goes through its queue.
-Submit = Callable[["Identity", GenerationSettings, Progress], "GenerationResult"]
+# Runs one job of any tab: the default runs it on the model here; the server passes one that goes through its
+# job queue (same store, limits, job folders and metadata as its HTTP jobs).
+Submit = Callable[["Prepared", GenerationSettings, Progress], "GenerationResult"]
 
 DEMO_NOTICE = (
     "**Demo mode:** tiny random weights, no download. The pipeline runs for real, but the images are noise. "
@@ -59,14 +62,21 @@ class UIContext:
 
     get_model: Callable[[], InstantID]
     out_dir: Path
-    submit: Submit
+    submit: Submit | None = None  # None: run each job on the model here (under its lock)
     generation_concurrency: int | None = 1  # gradio's limit; None when ``submit`` queues on its own
     example_photo: Path | None = EXAMPLE_PHOTO
     demo_notice: str = DEMO_NOTICE
     identities: IdentityCache = field(init=False)
+    tabs: dict[str, Any] = field(init=False, default_factory=dict)  # filled by create_ui: key -> tab
 
     def __post_init__(self) -> None:
         self.identities = IdentityCache(self.get_model)
+        if self.submit is None:
+            self.submit = self.run_here
+
+    def run_here(self, job: Prepared, settings: GenerationSettings, progress: Progress) -> GenerationResult:
+        """The standalone UI's ``submit``: the job on this process's model."""
+        return job.run(self.get_model(), settings, progress)
 
     def demo(self) -> bool:
         return bool(getattr(self.get_model(), "demo", False))
@@ -150,27 +160,24 @@ def create_ui(
     load or upload, e.g. the server's model once its startup has loaded it).
 
     ``out_dir``: where images are saved (created now; default a fresh temporary folder), shown in the UI.
-    ``submit(identity, settings, progress) -> GenerationResult`` runs one generation (default: the model's
-    ``generate`` under its lock, one at a time); a server passes one that goes through its own job queue, and
-    the UI then leaves concurrency to it.
+    ``submit(job, settings, progress) -> GenerationResult`` runs one job of any tab (default: on the model here,
+    under its lock, one at a time); a server passes one that goes through its own job queue, and the UI then
+    leaves concurrency to it.
     """
     import gradio as gr
 
+    from instantid.webui.detail_tab import DetailTab
     from instantid.webui.group_tab import GroupTab
     from instantid.webui.portrait import PortraitTab
     from instantid.webui.swap_tab import SwapTab
     from instantid.webui.who import WhoPanel
 
     get_model = app_or_loader if callable(app_or_loader) else lambda: app_or_loader
-
-    def direct(identity: Identity, settings: GenerationSettings, progress: Progress) -> GenerationResult:
-        return get_model().generate(identity, settings, progress=progress)
-
-    ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit or direct,
+    ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit,
                     generation_concurrency=1 if submit is None else None)
     # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; further tasks are added here the same way.
     tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab),
-            ("Several people", "group", GroupTab))
+            ("Several people", "group", GroupTab), ("Face detail", "detail", DetailTab))
     with gr.Blocks(title="InstantID") as ui:
         gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519). "
                     f"Images and their settings (PNG + JSON) are saved to `{ctx.out_dir}`.", elem_id="out-dir")
@@ -180,14 +187,13 @@ def create_ui(
                 who = WhoPanel(ctx)
                 who.build()
             with gr.Column(scale=9), gr.Tabs():
-                built = {}
                 for title, key, tab_class in tabs:
                     with gr.Tab(title, id=key, elem_id=f"tab-{key}"):
-                        built[key] = tab_class(ctx, who)
-                        built[key].build()
-        ui.load(lambda: (ctx.notice(), ctx.few_step_at_start()), outputs=[banner, built["portrait"].fast])
+                        ctx.tabs[key] = tab_class(ctx, who)
+                        ctx.tabs[key].build()
+        ui.load(lambda: (ctx.notice(), ctx.few_step_at_start()), outputs=[banner, ctx.tabs["portrait"].fast])
     ui.queue(default_concurrency_limit=1)
-    ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache and the folder
+    ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache, folder and tabs
     return ui
 
 

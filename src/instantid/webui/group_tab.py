@@ -3,7 +3,9 @@
 Each person has a slot of their own photos, analysed once on upload through the shared
 :class:`~instantid.webui.references.IdentityCache` and previewed like the Who panel (face box and keypoints). An
 optional group photo places them: its faces are shown numbered left to right, and person ``i`` takes face ``i``
-(of the largest ones, as :meth:`InstantID.group_poses` picks them); without one the people stand side by side.
+(of the largest ones, as :func:`~instantid.generator.group_poses` picks them, from the faces found at upload);
+without one the people stand side by side. The picture goes to the UI's ``submit`` hook like every tab's job
+(under ``instantid serve``: the server's job queue).
 Generation settings are the schema-derived controls (:mod:`instantid.webui.controls`) minus what a group picture
 cannot honour; results go to the announced outputs folder like the Portrait tab's.
 """
@@ -11,11 +13,13 @@ cannot honour; results go to the announced outputs folder like the Portrait tab'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from instantid.errors import InstantIDError, InvalidInputError
+from instantid.service.tasks import Placement, Prepared
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.portrait import save_results
@@ -104,13 +108,21 @@ class GroupTab:
         settings = make_settings({name: control.value(values.get(name)) for name, control in self.by_name.items()},
                                  name=self.label)
         identities = [self.person(photos, number) for number, photos in filled]
-        if group is not None and len(found := self.faces(group)) < len(identities):
-            raise InvalidInputError(f"{group.name} shows {len(found)} face(s) but {len(identities)} people were "
-                                    "given: use a group photo with a face per person, or none")
-        result = self.ctx.get_model().generate_group(
-            identities, settings, pose=group.read() if group else None,
-            pose_name=group.name if group else "columns", progress=progress)
-        return save_results(self.ctx, result, stem="group")
+        placement = self.placement(group, len(identities)) if group is not None else None
+        job = Prepared("group", people=tuple(identities), pose=(group.name, group.read()) if group else None,
+                       placement=placement)
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="group")
+
+    def placement(self, group: Photo, count: int) -> Placement:
+        """Where ``count`` people stand in the group photo, chosen by :func:`group_poses` among the faces found
+        at upload (so the photo is not analysed again)."""
+        from instantid.generator import group_poses
+
+        found = self.faces.largest_first(group)
+        if len(found) < count:
+            raise InvalidInputError(f"{group.name} shows {len(found)} face(s) but {count} people were given: use a "
+                                    "group photo with a face per person, or none")
+        return group_poses(SimpleNamespace(analyze=lambda picture, name: found), group.read(), count, group.name)
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -189,6 +201,6 @@ class GroupTab:
             return self.generate([data[state] for state in self.states], data[self.group_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"))
 
-        # Straight to the model (under its lock), like the swap tab: a server's queue takes one identity per job.
         self.button.click(guard(run), {*self.states, self.group_state, *self.widgets.values()},
-                          [self.gallery, self.info], concurrency_limit=1, concurrency_id="group")
+                          [self.gallery, self.info], concurrency_limit=self.ctx.generation_concurrency,
+                          concurrency_id="generation")

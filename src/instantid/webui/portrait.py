@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from instantid.outputs import write_image
+from instantid.service.tasks import Prepared
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, posed
@@ -69,7 +70,7 @@ class PortraitTab:
         settings = make_settings({name: self.by_name[name].value(raw) for name, raw in values.items()
                                   if name not in IDENTITY_FIELDS}, name=self.label)
         identity = posed(identity, layout, settings.width, settings.height)
-        return save_results(self.ctx, self.ctx.submit(identity, settings, progress))
+        return save_results(self.ctx, self.ctx.submit(Prepared("generate", identity=identity), settings, progress))
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:

@@ -161,14 +161,17 @@ class PictureFaces:
         self._lock = threading.Lock()
 
     def __call__(self, picture: Photo) -> list[Face]:
+        found = self.largest_first(picture)
+        return sorted(found, key=lambda f: f.bbox[0] + f.bbox[2]) if self._left_to_right else found
+
+    def largest_first(self, picture: Photo) -> list[Face]:
+        """The faces in the analyzer's own order (largest first), whatever ``left_to_right`` says."""
         with self._lock:
             if picture.digest in self._faces:
                 return self._faces[picture.digest]
         found = self._analyze(picture.read(), picture.name)
         if not found:
             raise NoFaceError(picture.name)
-        if self._left_to_right:
-            found = sorted(found, key=lambda f: f.bbox[0] + f.bbox[2])
         with self._lock:
             self._faces[picture.digest] = found
             while len(self._faces) > self._kept:

@@ -1,7 +1,8 @@
 """The "Face swap" tab: the person from the Who panel painted into an existing picture (:mod:`instantid.swap`).
 
 The picture is analysed when it is uploaded (every face drawn with its number, so the user can pick the target)
-and its faces are reused for the swap. Controls: :class:`~instantid.swap.SwapOptions` and the generation
+and its faces are reused for the swap, which goes to the UI's ``submit`` hook like every tab's job (under
+``instantid serve``: the server's job queue). Controls: :class:`~instantid.swap.SwapOptions` and the generation
 settings, both derived from their declarations; width and height are left out (the output is the picture's size).
 """
 
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from instantid.errors import InvalidInputError
+from instantid.faces import load_image
+from instantid.service.tasks import Prepared
 from instantid.settings import make_settings
-from instantid.swap import SwapOptions, make_swap_options, swap_face
+from instantid.swap import SwapOptions, make_swap_options
 from instantid.webui.controls import controls, labels
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo, PictureFaces
@@ -68,9 +71,9 @@ class SwapTab:
         if options.target_index >= len(found):
             raise InvalidInputError(f"{scene.name} has {len(found)} face(s): choose a {self.label('target_index')} "
                                     f"from 0 to {len(found) - 1}")
-        result = swap_face(self.ctx.get_model(), identity, scene.read(), settings, options, scene_name=scene.name,
-                           progress=progress, target=found[options.target_index])
-        return save_results(self.ctx, result, stem="swap")
+        job = Prepared("swap", identity=identity, scene=load_image(scene.read(), scene.name), scene_name=scene.name,
+                       target=found[options.target_index], swap=options)
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="swap")
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
@@ -116,6 +119,6 @@ class SwapTab:
                              lambda step, total: progress((step, total), desc="denoising"), data[who.mix_state],
                              data[who.mix_weight])
 
-        # Straight to the model (under its lock), not through ``submit``: a server's queue takes generations only.
         self.button.click(ctx.guard(run), {*who.inputs, *who.mix_inputs, self.scene_state, *widgets.values()},
-                          [self.gallery, self.info], concurrency_limit=1, concurrency_id="swap")
+                          [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
+                          concurrency_id="generation")
