@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _demo import demo_model
+from _demo import FACE, demo_model
 from PIL import Image
 
 from instantid.errors import InvalidInputError
@@ -116,3 +116,38 @@ def test_inpainting_errors_are_one_line(app) -> None:
         _run(pipe, strength=0.0)
     with pytest.raises(InvalidInputError, match="leaves no denoising step"):
         _run(pipe, strength=0.1, num_inference_steps=2)
+
+
+def test_an_inpainting_base_refuses_text_to_image_in_one_line(app, folder) -> None:
+    """A 9-channel base used for generate or face detail: one typed line naming swap, before any denoising;
+    the same model still inpaints."""
+    from diffusers import UNet2DConditionModel
+
+    from instantid import GenerationSettings, InstantID
+    from instantid.errors import IncompatibleWeightsError
+    from instantid.face_detail import refine_faces
+    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**app.pipe.unet.config, "in_channels": 9, "encoder_hid_dim_type": None,
+                                             "encoder_hid_dim": None})
+    components = {**app.pipe.components, "unet": unet}
+    pipe = StableDiffusionXLInstantIDPipeline(**{k: v for k, v in components.items() if v is not None})
+    pipe.load_ip_adapter_instantid(folder / "ip-adapter.bin")
+    pipe.set_progress_bar_config(disable=True)
+    model = InstantID(pipe, app.analyzer, app.refs, demo=True, max_side=64, min_side=64)
+    identity = app.prepare_identity(FACE)
+    steps: list[int] = []
+    for net in (unet, pipe.controlnet):  # IdentityNet runs first in a step
+        net.register_forward_pre_hook(lambda *a: steps.append(1))
+    settings = GenerationSettings(steps=2, seed=1, width=SIZE, height=SIZE)
+    with pytest.raises(IncompatibleWeightsError, match=r"inpainting model .*cannot make a picture from text.*swap"):
+        model.generate(identity, settings)
+    with pytest.raises(IncompatibleWeightsError, match=r"cannot redraw a whole picture \(face detail\)"):
+        refine_faces(model, identity, [Image.open(FACE).convert("RGB")], settings, [1])
+    assert steps == []  # refused before the first step
+    inputs = _inputs()
+    images, _, _ = model.run_pipeline(inpaint_pipeline(pipe), settings, image=inputs["image"],
+                                      mask_image=inputs["mask_image"], control_image=inputs["control_image"],
+                                      image_embeds=_embedding(1), strength=0.9)
+    assert images[0].size == (SIZE, SIZE) and steps  # the inpainting pipeline runs it

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instantid.errors import EmbeddingSpaceError, InvalidInputError
+from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
 from instantid.faces import SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.identity import Identity, fuse
 from instantid.keypoints import demo_resize_size, draw_kps
@@ -371,6 +371,7 @@ class InstantID:
         settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
         model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...).
         Returns ``(images, seeds, the scheduler used)``."""
+        _check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
         seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
@@ -432,6 +433,23 @@ def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: flo
     """
     embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1)
     return embeds._asdict()
+
+
+def _check_unet_fits(pipe: Any) -> None:
+    """An SDXL inpainting base (a UNet reading 9 channels: latents, mask, masked picture) works only in the
+    inpainting pipeline; in the others diffusers would stop inside the first step with a shape error."""
+    from instantid.inpaint import INPAINT_UNET_CHANNELS, StableDiffusionXLInstantIDInpaintPipeline
+    from instantid.pipeline import StableDiffusionXLInstantIDImg2ImgPipeline
+
+    inpainting = isinstance(pipe, StableDiffusionXLInstantIDInpaintPipeline)
+    if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS or inpainting:
+        return
+    image_to_image = isinstance(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
+    task = "redraw a whole picture (face detail)" if image_to_image else "make a picture from text"
+    raise IncompatibleWeightsError(
+        f"the base model is an SDXL inpainting model (9-channel UNet): it repaints masked parts and cannot {task}; "
+        "use it with `instantid swap` (or instantid.inpaint.inpaint_pipeline), or load a text-to-image SDXL base"
+    )
 
 
 def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, Any]) -> GenerationSettings:
