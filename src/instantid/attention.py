@@ -9,9 +9,13 @@ Everything that varies per call travels in one :class:`FaceCall` value:
   pipeline; one with a mask is its "enhance non-face region" (the published code kept that mask in a
   module-level global, so one masked call leaked into every later call); several identities each act only
   inside their own region (the paper's multi-identity synthesis);
-* a per-call cache: the face tokens do not change between denoising steps, so the Resampler runs once per
-  call (not inside every UNet step) and each layer projects the tokens to keys and values once per call (the
-  same for the resized masks). On a fast GPU SDXL is launch-bound: fewer small operators per step is speed.
+* :class:`PreparedFaces`, made once per call by :func:`prepare_faces` before the sampling loop: every face
+  layer's keys and values (the adapter scale folded into the values: attention is linear in V) and each
+  region's weights at every token-grid size. The face tokens do not change between denoising steps, so a step
+  only runs one extra attention and one fused add per face layer: on a fast GPU SDXL is launch-bound, and
+  fewer small operators per step is speed. Prepared data are plain tensors in a frozen value, read and never
+  written inside the UNet, so ``torch.compile`` traces a face layer without a graph break, and a new face,
+  mask or scale is new tensor *values*, not a new graph (see :mod:`instantid.fast`).
 
 The value reaches the processors through diffusers' own channel for image conditioning: the pipeline passes
 it as ``added_cond_kwargs["image_embeds"]``, the UNet hands it to its image projection,
@@ -21,12 +25,15 @@ every cross-attention processor as the image half of ``encoder_hidden_states``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+LayerGroup = tuple[int, int]  # (heads, width): face layers whose keys/values share one shape
 
 
 @dataclass(frozen=True)
@@ -38,16 +45,33 @@ class FaceRegion:
 
 
 @dataclass(frozen=True)
+class PreparedFaces:
+    """Every face layer's inputs for one call, computed once before the sampling loop (:func:`prepare_faces`).
+
+    Layers of one shape are stacked so that a compiled block finds its own by a tensor index (a Python index
+    would be a constant to ``torch.compile``, and every block would get a graph of its own). Empty ``keys``:
+    every adapter scale is 0, and the face branch is skipped.
+    """
+
+    keys: dict[LayerGroup, torch.Tensor]  # (R, L, B, H, Q, d): region, layer of the group, batch, heads, token
+    values: dict[LayerGroup, torch.Tensor]  # the same, already multiplied by each layer's adapter scale
+    weights: tuple[dict[int, torch.Tensor] | None, ...]  # per region: token count -> (1, 1, N, 1); None = everywhere
+
+
+@dataclass(frozen=True)
 class FaceCall:
     """The face conditioning of one call (or one training step), handed to every face processor.
 
-    ``cache`` memoises per-layer keys/values and resized masks for the call's lifetime; ``None`` disables it
-    (training: one UNet pass per step gains nothing, and gradient checkpointing must recompute the same graph).
+    ``prepared`` holds the per-call keys/values and region weights (the pipeline's sampling path); without it
+    each layer projects the tokens itself (training: one UNet pass per step gains nothing from preparing, and
+    gradients must flow into the projections). ``cache`` memoises the IdentityNet residual masks of the call
+    (:mod:`instantid.denoise`); ``None`` disables it.
     """
 
     regions: tuple[FaceRegion, ...]
     scale: float | None = None  # adapter strength for this call; None = the processors' own (set_ip_adapter_scale)
     cache: dict | None = None
+    prepared: PreparedFaces | None = None
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -66,8 +90,26 @@ class FaceTokenProjection(MultiIPAdapterImageProjection):
         return super().forward(image_embeds)
 
 
+def region_weights(mask: torch.Tensor, num_queries: int, like: torch.Tensor) -> torch.Tensor:
+    """A region mask at one attention layer's resolution as (1, 1, num_queries, 1), resized as the published
+    code does (nearest, by the area ratio between the image and the layer's token grid)."""
+    h, w = mask.shape
+    ratio = (h * w / num_queries) ** 0.5
+    small = F.interpolate(mask[None, None].to(like), scale_factor=1 / ratio, mode="nearest")
+    if small.numel() != num_queries:
+        raise ValueError(
+            f"face mask of {w}x{h} does not map onto a {num_queries}-token attention grid; "
+            "the mask must have the output image's size"
+        )
+    return small.reshape(1, 1, -1, 1)
+
+
 class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
-    """IP-Adapter attention whose image branch reads a per-call :class:`FaceCall` (regions, scale, cache)."""
+    """IP-Adapter attention whose image branch reads a per-call :class:`FaceCall` (regions, scale, prepared
+    keys/values)."""
+
+    face_index: int  # this layer's place in its group's stacks (eager reads this)
+    face_slot: torch.Tensor  # the same as a (1,) buffer (compiled graphs read this: no constant per block)
 
     @classmethod
     def adopt(cls, processor: IPAdapterAttnProcessor2_0) -> FaceAttnProcessor:
@@ -76,29 +118,20 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
             face = cls(processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, processor.scale)
         face.to_k_ip = processor.to_k_ip
         face.to_v_ip = processor.to_v_ip
+        device = processor.to_k_ip[0].weight.device
+        # Not persistent: a layer number is no weight, and the UNet's state dict stays diffusers'.
+        face.register_buffer("face_slot", torch.zeros(1, dtype=torch.long, device=device), persistent=False)
+        face.face_index = 0
         return face
 
-    @staticmethod
-    def _cached(call: FaceCall, key: object, make):
-        if call.cache is None:
-            return make()
-        if key not in call.cache:
-            call.cache[key] = make()
-        return call.cache[key]
+    def group(self, attn: Attention) -> LayerGroup:
+        return attn.heads, self.hidden_size
 
-    @staticmethod
-    def _region_weights(mask: torch.Tensor, num_queries: int, like: torch.Tensor) -> torch.Tensor:
-        """The mask at this layer's resolution as (1, num_queries, 1), resized as the published code does
-        (nearest, by the area ratio between the image and this layer's token grid)."""
-        h, w = mask.shape
-        ratio = (h * w / num_queries) ** 0.5
-        small = F.interpolate(mask[None, None].to(like), scale_factor=1 / ratio, mode="nearest")
-        if small.numel() != num_queries:
-            raise ValueError(
-                f"face mask of {w}x{h} does not map onto a {num_queries}-token attention grid; "
-                "the mask must have the output image's size"
-            )
-        return small.reshape(1, -1, 1)
+    def _stacked(self, stack: torch.Tensor, region: int) -> torch.Tensor:
+        """This layer's (B, H, Q, d) slice of a group stack."""
+        if torch.compiler.is_compiling():
+            return stack[region].index_select(0, self.face_slot.to(stack.device))[0]
+        return stack[region, self.face_index]
 
     def __call__(
         self,
@@ -144,32 +177,29 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
         def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, H*D) -> (B, H, L, D)
             return x.reshape(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
 
-        def merge(x: torch.Tensor) -> torch.Tensor:  # (B, H, L, D) -> (B, L, H*D)
-            return x.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-
         q = heads(query)
-        out = merge(
-            F.scaled_dot_product_attention(
-                q, heads(attn.to_k(text_states)), heads(attn.to_v(text_states)), attn_mask=attention_mask
-            )
+        # Text and face attention are summed per head and merged once (the merge is a permutation, so the
+        # sums are the published ones, element for element).
+        out = F.scaled_dot_product_attention(
+            q, heads(attn.to_k(text_states)), heads(attn.to_v(text_states)), attn_mask=attention_mask
         )
-        ip_scale = self.scale[0] if call.scale is None else call.scale
-        if ip_scale != 0:
-            face_out = None
-            for index, region in enumerate(call.regions):
-                face_k, face_v = self._cached(
-                    call, (id(self), "kv", index, batch_size),
-                    lambda r=region: (heads(self.to_k_ip[0](r.tokens)), heads(self.to_v_ip[0](r.tokens))),
-                )
-                face = merge(F.scaled_dot_product_attention(q, face_k, face_v))
-                if region.mask is not None:
-                    face = face * self._cached(
-                        call, ("mask", index, num_queries),
-                        lambda r=region, like=face: self._region_weights(r.mask, num_queries, like),
-                    )
-                face_out = face if face_out is None else face_out + face
-            out = torch.add(out, face_out, alpha=ip_scale)
+        prepared = call.prepared
+        if prepared is None:
+            out = self._faces_unprepared(call, q, out, heads, num_queries)
+        elif prepared.keys:
+            group = self.group(attn)
+            keys, values = prepared.keys[group], prepared.values[group]
+            for index, weights in enumerate(prepared.weights):
+                face = F.scaled_dot_product_attention(q, self._stacked(keys, index), self._stacked(values, index))
+                if weights is None:
+                    out = out + face
+                else:
+                    w = weights.get(num_queries)
+                    if w is None:  # a grid prepare_faces did not foresee: resize here (same result)
+                        w = region_weights(call.regions[index].mask, num_queries, face)
+                    out = torch.addcmul(out, face, w)  # one fused multiply-add
 
+        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(batch_size, channel, height, width)
@@ -177,10 +207,97 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
             out = out + residual
         return out / attn.rescale_output_factor
 
+    def _faces_unprepared(self, call: FaceCall, q: torch.Tensor, out: torch.Tensor, heads, num_queries: int):
+        """The face branch projecting the tokens in this layer (training, raw embeddings)."""
+        ip_scale = self.scale[0] if call.scale is None else call.scale
+        if ip_scale == 0:
+            return out
+        face_out = None
+        for region in call.regions:
+            face = F.scaled_dot_product_attention(
+                q, heads(self.to_k_ip[0](region.tokens)), heads(self.to_v_ip[0](region.tokens))
+            )
+            if region.mask is not None:
+                face = face * region_weights(region.mask, num_queries, face)
+            face_out = face if face_out is None else face_out + face
+        return torch.add(out, face_out, alpha=ip_scale)
+
 
 def face_processors(unet: torch.nn.Module) -> list[FaceAttnProcessor]:
     """The InstantID processors installed in ``unet`` (empty when no face adapter is loaded)."""
     return [p for p in unet.attn_processors.values() if isinstance(p, FaceAttnProcessor)]
+
+
+def _face_layers(unet: torch.nn.Module) -> dict[LayerGroup, list[FaceAttnProcessor]]:
+    """The single-adapter face layers of ``unet`` by group, in module order; numbers each layer in its group
+    (the numbers only change when the processors were swapped since the last call)."""
+    groups: dict[LayerGroup, list[FaceAttnProcessor]] = {}
+    for module in unet.modules():
+        proc = getattr(module, "processor", None) if isinstance(module, Attention) else None
+        if isinstance(proc, FaceAttnProcessor) and len(proc.scale) == 1:
+            members = groups.setdefault(proc.group(module), [])
+            if proc.face_index != len(members):
+                proc.face_index = len(members)
+                proc.face_slot.fill_(len(members))
+            members.append(proc)
+    return groups
+
+
+def _project(linear: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``linear(tokens)`` on the tokens' device. Under model CPU offload the idle UNet sits in RAM: its
+    weight is brought over for this one product (a few MB) rather than computing in RAM."""
+    weight = getattr(linear, "weight", None)
+    if weight is None or weight.device.type == "meta" or weight.device == tokens.device:
+        return linear(tokens)  # meta: accelerate's hook brings the weight
+    bias = None if linear.bias is None else linear.bias.to(tokens.device)
+    return F.linear(tokens, weight.to(tokens.device), bias)
+
+
+def token_grids(latent_size: tuple[int, int], levels: int) -> list[int]:
+    """Token counts of the UNet's attention grids for a latent of ``latent_size``: each level halves the
+    grid (a stride-2, padding-1 convolution: ceil)."""
+    h, w = latent_size
+    grids = []
+    for _ in range(levels):
+        grids.append(h * w)
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return grids
+
+
+def prepare_faces(unet: torch.nn.Module, call: FaceCall, latent_size: tuple[int, int]) -> FaceCall:
+    """``call`` with every face layer's keys/values (scale folded into the values) and each region's weights
+    at every grid of a ``latent_size`` latent, computed once for the whole sampling loop."""
+    groups = _face_layers(unet)
+    scales = {id(p): (p.scale[0] if call.scale is None else call.scale) for ps in groups.values() for p in ps}
+    if not any(scales.values()):
+        return dataclasses.replace(call, prepared=PreparedFaces({}, {}, ()))
+    tokens = torch.stack([region.tokens for region in call.regions])  # (R, B, Q, D)
+    regions, batch, count, _ = tokens.shape
+    keys, values = {}, {}
+    for (heads, width), members in groups.items():
+
+        def split(x: torch.Tensor, heads: int = heads, width: int = width) -> torch.Tensor:
+            return x.reshape(regions, batch, count, heads, width // heads).transpose(2, 3)
+
+        keys[heads, width] = torch.stack([split(_project(p.to_k_ip[0], tokens)) for p in members], dim=1)
+        values[heads, width] = torch.stack(
+            [split(_project(p.to_v_ip[0], tokens) * scales[id(p)]) for p in members], dim=1
+        )
+    grids = token_grids(latent_size, len(getattr(unet.config, "block_out_channels", ())) or 1)
+    weights = []
+    for region in call.regions:
+        if region.mask is None:
+            weights.append(None)
+            continue
+        like = tokens.new_empty(())
+        per_grid = {}
+        for n in grids:
+            try:
+                per_grid[n] = region_weights(region.mask, n, like)
+            except ValueError:
+                continue  # this grid does not occur or cannot take the mask: the layer says so if it occurs
+        weights.append(per_grid)
+    return dataclasses.replace(call, prepared=PreparedFaces(keys, values, tuple(weights)))
 
 
 def adopt_face_layers(unet: torch.nn.Module, scale: float) -> None:
@@ -194,6 +311,7 @@ def adopt_face_layers(unet: torch.nn.Module, scale: float) -> None:
             proc.scale = [scale]
         processors[name] = proc
     unet.set_attn_processor(processors)
+    _face_layers(unet)  # number the layers now, so the first call does not
     projection = unet.encoder_hid_proj
     if not isinstance(projection, FaceTokenProjection):
         unet.encoder_hid_proj = FaceTokenProjection(list(projection.image_projection_layers))
