@@ -91,15 +91,16 @@ def test_on_runs_identitynet_every_nth_step_and_stays_near_the_exact_latents(cou
     assert moved < 0.35 * without_identitynet
 
 
-def test_a_closing_guidance_window_recomputes_instead_of_reusing(counted):
+@pytest.mark.parametrize(("window", "runs"), [
+    ({"control_guidance_end": 0.5}, 2),  # acts on steps 0-2: runs on 0 and 2, nothing reused after it closes
+    ({"control_guidance_start": 0.5}, 2),  # acts on steps 3-5: runs as it opens (3), reuses on 4, runs on 5
+])
+def test_a_guidance_window_opening_or_closing_recomputes_instead_of_reusing(counted, window, runs):
     pipe, calls = counted
-    # IdentityNet acts on steps 0-2 of 6; interval 2 runs it on steps 0 and 2, and never outside the window.
-    _latents(pipe, controlnet_cache_interval=2, control_guidance_end=0.5)
-    assert calls.take() == 2
-    exact_window = _latents(pipe, control_guidance_end=0.5)
+    exact_window = _latents(pipe, **window)
     assert calls.take() == 3
-    cached = _latents(pipe, controlnet_cache_interval=2, control_guidance_end=0.5)
-    calls.take()
+    cached = _latents(pipe, controlnet_cache_interval=2, **window)
+    assert calls.take() == runs
     assert 0 < _mean(cached, exact_window)
 
 
