@@ -151,3 +151,52 @@ def test_an_inpainting_base_refuses_text_to_image_in_one_line(app, folder) -> No
                                       mask_image=inputs["mask_image"], control_image=inputs["control_image"],
                                       image_embeds=_embedding(1), strength=0.9)
     assert images[0].size == (SIZE, SIZE) and steps  # the inpainting pipeline runs it
+
+
+def test_padding_mask_crop_repaints_a_box_at_model_size_and_keeps_the_rest(app) -> None:
+    """diffusers' padding_mask_crop: a box around the mask is cut, run at the asked size, pasted back."""
+    pipe = inpaint_pipeline(app.pipe)
+    big = 2 * SIZE
+    picture = np.random.RandomState(3).randint(0, 255, (big, big, 3), dtype=np.uint8)
+    mask = np.zeros((big, big), np.uint8)
+    mask[72:88, 80:104] = 255  # box with 8 px padding, widened to square: x 72..112, y 60..100
+    latent_sizes: list[tuple[int, ...]] = []
+
+    def run(image: np.ndarray, **changes) -> Image.Image:
+        arguments = {
+            "prompt": "a portrait", "image": Image.fromarray(image), "mask_image": Image.fromarray(mask),
+            "control_image": draw_kps(Image.new("RGB", (big, big)), KPS * 2), "image_embeds": _embedding(1),
+            "strength": 0.9, "num_inference_steps": 3, "height": SIZE, "width": SIZE, "padding_mask_crop": 8,
+            "generator": torch.Generator().manual_seed(0),
+            "callback_on_step_end": lambda p, i, t, d: latent_sizes.append(tuple(d["latents"].shape)) or {},
+            **changes,
+        }
+        return pipe(**arguments).images[0]
+
+    out = run(picture)
+    keep = mask == 0
+    assert out.size == (big, big)
+    assert np.array_equal(np.asarray(out)[keep], picture[keep])  # outside the mask: exactly the input
+    assert np.abs(np.asarray(out, float)[~keep] - picture[~keep]).mean() > 1  # inside: repainted
+    assert set(latent_sizes) == {(1, 4, SIZE // 8, SIZE // 8)}  # the crop ran at the asked size
+    # Only the box is read: a different picture outside it leaves the repainted pixels exactly as they were.
+    elsewhere = picture.copy()
+    elsewhere[:50] = 0
+    elsewhere[:, :60] = 255
+    assert np.array_equal(np.asarray(run(elsewhere))[~keep], np.asarray(out)[~keep])
+    # Without the crop the whole picture is read (the check above can fail).
+    whole = {"padding_mask_crop": None, "height": None, "width": None}  # at the keypoint picture's size
+    assert not np.array_equal(np.asarray(run(elsewhere, **whole))[~keep], np.asarray(run(picture, **whole))[~keep])
+
+
+def test_padding_mask_crop_errors_are_one_line(app) -> None:
+    pipe = inpaint_pipeline(app.pipe)
+    base = {**_inputs(), "image_embeds": _embedding(1), "padding_mask_crop": 4}
+    with pytest.raises(InvalidInputError, match="whole number of pixels"):
+        pipe(**{**base, "padding_mask_crop": -1})
+    with pytest.raises(InvalidInputError, match="image and mask_image as PIL pictures"):
+        pipe(**{**base, "image": torch.zeros(1, 3, SIZE, SIZE)})
+    with pytest.raises(InvalidInputError, match="output_type 'latent' cannot be pasted back"):
+        pipe(**{**base, "output_type": "latent"})
+    with pytest.raises(InvalidInputError, match="control_image must be a PIL picture the size of image"):
+        pipe(**{**base, "control_image": Image.new("RGB", (2 * SIZE, 2 * SIZE))})

@@ -9,6 +9,9 @@ repaint), ``strength``, ``control_image`` (the keypoint picture) and ``image_emb
 * a plain SDXL base (4-channel UNet): after every step the latents outside the mask are replaced by the
   original image's latents noised to the same level (diffusers' rule), so only the mask is repainted.
 
+``padding_mask_crop=N`` (diffusers' argument) repaints only a box around the mask, padded by N pixels, at the
+model's size, and pastes it back: a small face in a large photo gets the model's full resolution.
+
 Each step is the shared :func:`instantid.denoise.denoise_step`; the inpainting parts travel with the call
 (a forward pre-hook on the UNet for the extra channels, the step-end blend), nothing is stored on the pipeline.
 
@@ -25,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import PIL.Image
 import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
@@ -134,10 +138,18 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         ip_adapter_scale: float | None = None,
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
+        padding_mask_crop: int | None = None,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint the masked part of ``image``; the rest keeps the image's content. Sizes default to the
-        keypoint picture's; ``image`` and ``mask_image`` are resized to them."""
+        keypoint picture's; ``image`` and ``mask_image`` are resized to them. With ``padding_mask_crop`` (diffusers'
+        argument) only a box around the mask is repainted, at the model's size, and pasted back: see
+        :meth:`_call_in_mask_crop`."""
+        # 0. diffusers' padding_mask_crop: this call again on the box around the mask, then pasted back.
+        if padding_mask_crop is not None:
+            arguments = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "padding_mask_crop")}
+            return self._call_in_mask_crop(padding_mask_crop, arguments, kwargs)
+
         # 1. Check inputs (cheap, before anything runs).
         req = CallRequest.of(locals(), keypoints=control_image)
         self._check(req, kwargs)
@@ -199,6 +211,48 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         keep = mask.chunk(2)[0] if self.do_classifier_free_guidance else mask
         state = self._with_blend(state, image_latents[0], noise, keep, timesteps)
         return self._finish(state, latents, timesteps, output_type, return_dict)
+
+    def _call_in_mask_crop(self, pad: int, arguments: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+        """diffusers' ``padding_mask_crop``, as its SDXL inpainting pipelines read it: the mask's bounding box,
+        padded by ``pad`` pixels and widened to the output's aspect ratio, is cut from every picture of the call
+        (image, mask, keypoint pictures, face masks: all in the image's pixels), resized to the output size
+        (``height`` x ``width``, default the image's), repainted there, and pasted back with the mask, so that
+        outside the mask the result is the input picture, at the input's size. A small face in a large photo
+        is thus repainted at the model's full resolution."""
+        image, mask_image = arguments["image"], arguments["mask_image"]
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise InvalidInputError(f"padding_mask_crop must be a whole number of pixels (0 or more), got {pad!r}")
+        if not isinstance(image, PIL.Image.Image) or not isinstance(mask_image, PIL.Image.Image):
+            raise InvalidInputError("padding_mask_crop needs image and mask_image as PIL pictures")
+        if arguments["output_type"] != "pil":
+            raise InvalidInputError(f"padding_mask_crop gives PIL pictures; output_type {arguments['output_type']!r} "
+                                    "cannot be pasted back")
+        height, width = self.image_processor.get_default_height_width(image, arguments["height"], arguments["width"])
+        box = self.mask_processor.get_crop_region(mask_image, width, height, pad=pad)
+
+        def cut(picture: Any, name: str, processor: Any = self.image_processor) -> Any:
+            if picture is None:
+                return None
+            if isinstance(picture, (list, tuple)):
+                return [cut(p, name, processor) for p in picture]
+            if not isinstance(picture, PIL.Image.Image) or picture.size != image.size:
+                raise InvalidInputError(f"with padding_mask_crop, {name} must be a PIL picture the size of image "
+                                        f"({image.width}x{image.height}): it is cut like the image")
+            return processor.resize(picture.crop(box), height, width, resize_mode="fill")
+
+        people = arguments["identities"]
+        inner = {
+            **arguments, "image": cut(image, "image"), "mask_image": cut(mask_image, "mask_image", self.mask_processor),
+            "control_image": cut(arguments["control_image"], "control_image"),
+            "control_mask": cut(arguments["control_mask"], "control_mask", self.mask_processor),
+            "identities": None if people is None else [
+                dataclasses.replace(p, keypoints=cut(p.keypoints, "a person's keypoints"),
+                                    mask=cut(p.mask, "a person's mask", self.mask_processor)) for p in people],
+            "height": height, "width": width, "return_dict": True,
+        }
+        painted = self(**inner, **kwargs).images
+        images = [self.image_processor.apply_overlay(mask_image, image, picture, box) for picture in painted]
+        return StableDiffusionXLPipelineOutput(images=images) if arguments["return_dict"] else (images,)
 
     def _with_blend(
         self, state: CallState, image_latents: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
