@@ -200,3 +200,18 @@ def test_padding_mask_crop_errors_are_one_line(app) -> None:
         pipe(**{**base, "output_type": "latent"})
     with pytest.raises(InvalidInputError, match="control_image must be a PIL picture the size of image"):
         pipe(**{**base, "control_image": Image.new("RGB", (2 * SIZE, 2 * SIZE))})
+
+
+def test_identitynet_cache_interval_reaches_the_inpainting_pipeline(app) -> None:
+    """The lossy lever of instantid.denoise works for swaps too: IdentityNet runs every N-th step only."""
+    pipe = inpaint_pipeline(app.pipe)
+    calls: list[int] = []
+    hook = pipe.controlnet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        _run(pipe, num_inference_steps=4, strength=1.0)
+        every_step = len(calls)
+        calls.clear()
+        _run(pipe, num_inference_steps=4, strength=1.0, controlnet_cache_interval=2)
+    finally:
+        hook.remove()
+    assert every_step == 4 and len(calls) == 2

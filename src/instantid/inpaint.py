@@ -138,13 +138,14 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         ip_adapter_scale: float | None = None,
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
+        controlnet_cache_interval: int = 1,
         padding_mask_crop: int | None = None,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint the masked part of ``image``; the rest keeps the image's content. Sizes default to the
         keypoint picture's; ``image`` and ``mask_image`` are resized to them. With ``padding_mask_crop`` (diffusers'
         argument) only a box around the mask is repainted, at the model's size, and pasted back: see
-        :meth:`_call_in_mask_crop`."""
+        :meth:`_call_in_mask_crop`. ``controlnet_cache_interval``: as text-to-image."""
         # 0. diffusers' padding_mask_crop: this call again on the box around the mask, then pasted back.
         if padding_mask_crop is not None:
             arguments = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "padding_mask_crop")}
