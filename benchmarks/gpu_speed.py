@@ -14,7 +14,13 @@ the JSON as soon as it is done (a run cut short still leaves its results):
 3. throughput at batch 1, 4 and 8 (compiled), with peak memory;
 4. the few-step presets (compiled; their scheduler, steps and guidance: a fused LoRA or a swapped UNet costs
    nothing per step, and their loading is tested in tests/test_presets.py);
-5. a 24 GB-card profile: the allocator capped at 24 GiB, VAE tiling on, compiled, identity branch on.
+5. a 24 GB-card profile: the allocator capped at 24 GiB, VAE tiling on, compiled, identity branch on;
+6. the lossy levers, each alone against eager, interleaved: IdentityNet's residuals reused between steps
+   (``controlnet_cache_interval`` 2 and 3) and torchao quantization of the UNet and IdentityNet (fp8 weights and
+   activations where the GPU has fp8, fp8 weights only, int8), plus fp8 under compilation against the compiled
+   exact pipeline; each with its latents' distance (max and mean) from the exact eager latents, next to the
+   identity effect. A scheme this machine cannot run (fp8 compute below sm89, torchao missing) is listed with
+   the reason.
 
     python benchmarks/gpu_speed.py --out $OUT/gpu_speed.json                 # on the GPU, ~8 minutes
     python benchmarks/gpu_speed.py --tiny --device cpu --out /tmp/speed.json   # the whole script in < 1 min
@@ -26,6 +32,7 @@ it checks the script, not the speed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -45,12 +52,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_vs_stock import PeakMemory, load  # noqa: E402  (the shared builders)
 
 from instantid import draw_kps  # noqa: E402
+from instantid.errors import InvalidInputError  # noqa: E402
 from instantid.fast import enable_fast_inference, fuse_self_attention  # noqa: E402
 from instantid.model_settings import DTYPE_NAMES, torch_dtype  # noqa: E402
 from instantid.presets import PRESETS  # noqa: E402
 
 PROMPT, NEGATIVE = "a portrait of a person, city street, soft light", "blurry"
 FEW_STEP = ("lcm-lora", "lightning-4step", "hyper-sd-8step", "tcd")
+CACHE_INTERVALS = (2, 3)  # lossy: IdentityNet every N-th step
+QUANTIZE_SCHEMES = ("fp8", "fp8-weights", "int8")  # lossy: torchao (instantid.quantize)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default=None, help="torch.compile backend (default inductor; eager on a CPU)")
     parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--cache-dir", type=Path, default=None, help="compile cache (default: a fresh temp folder)")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: first_call,batches,presets,24gb")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: first_call,batches,presets,"
+                        "24gb,lossy,lossy_compiled")
     parser.add_argument("--child-timeout", type=int, default=240, help="seconds for each first-call process")
     parser.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)  # the child processes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_speed.json")
@@ -112,6 +123,48 @@ class Bench:
         self.cn_attn1 = [m for n, m in self.ours.identitynet.named_modules() if n.endswith("attn1")]
         self.plain: dict[int, Any] = {}
         self.fused: dict[int, Any] = {}
+        self.exact_modules = (self.ours.unet, self.ours.controlnet)
+        self.quantized: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+    # ---- lossy: quantized copies (quantizing is one-way, so the exact modules stay as they are) ----------------
+    def use_modules(self, unet: torch.nn.Module, identitynet: torch.nn.Module) -> None:
+        self.ours.unet, self.ours.controlnet = unet, identitynet
+
+    def prepare_quantized(self, schemes: tuple[str, ...], compiled: bool) -> dict[str, str]:
+        """A quantized copy of UNet + IdentityNet per scheme (and fp8 under compilation: fused QKV,
+        channels-last, compiled, as the exact ``compiled`` variant); returns the schemes skipped, with why.
+        The copies are made of the eager modules (no fused processor, no compiled block: a copied compiled block
+        would still call the original's forward)."""
+        from instantid.quantize import check_scheme, quantize_pipeline, torchao_config
+
+        self.variant("eager")
+
+        skipped = {}
+        todo = [(scheme, scheme, False) for scheme in schemes]
+        if compiled:
+            todo.append(("fp8_compiled", "fp8", True))
+        for name, scheme, compile_it in todo:
+            try:
+                check_scheme(scheme, self.args.device)
+                torchao_config(scheme)
+            except InvalidInputError as exc:
+                skipped[name] = str(exc)
+                continue
+            copies = copy.deepcopy(self.exact_modules[0]), copy.deepcopy(self.exact_modules[1])
+            self.use_modules(*copies)
+            try:
+                if compile_it:
+                    for model in copies:
+                        fuse_self_attention(model)
+                        model.to(memory_format=torch.channels_last)
+                quantize_pipeline(self.ours, scheme)
+                if compile_it:
+                    enable_fast_inference(self.ours, compile=self.args.backend, compile_mode=self.args.mode,
+                                          fuse_qkv=False, channels_last=False)
+                self.quantized[name] = copies
+            finally:
+                self.use_modules(*self.exact_modules)
+        return skipped
 
     # ---- switches ----------------------------------------------------------------------------------
     def prepare_fused(self) -> None:
@@ -151,6 +204,7 @@ class Bench:
     def variant(self, name: str) -> tuple[Any, dict]:
         """Switch every lever for ``name``; returns (pipeline, call arguments)."""
         stock = name.startswith("stock")
+        self.use_modules(*self.exact_modules)  # the switches below act on the exact modules
         self.layers.stock() if stock else self.layers.instantid()
         self.set_fused(name in ("fuse_qkv", "compiled", "stock_compiled"))
         self.set_channels_last(name in ("channels_last", "compiled", "stock_compiled"))
@@ -161,6 +215,10 @@ class Bench:
             kwargs |= {"image_embeds": self.faces[0], "ip_adapter_scale": 0.8}
         if name == "lossy_identitynet_end_0.6":
             kwargs["control_guidance_end"] = 0.6
+        if name.startswith("identitynet_cache_"):
+            kwargs["controlnet_cache_interval"] = int(name.removeprefix("identitynet_cache_"))
+        if name.startswith("quantize_"):
+            self.use_modules(*self.quantized[name.removeprefix("quantize_")])
         return (self.stock if stock else self.ours), kwargs
 
     # ---- one measured call -------------------------------------------------------------------------
@@ -188,7 +246,9 @@ class Bench:
             steps = [a.elapsed_time(b) / 1e3 for a, b in zip(marks[:-1], marks[1:], strict=True)]
         else:
             steps = list(np.diff(marks))
+        # The mean as well: with IdentityNet reused between steps, steps alternate between two costs.
         return {"total_s": total, "step_s": float(np.median(steps)) if steps else float("nan"),
+                "step_mean_s": float(np.mean(steps)) if steps else float("nan"),
                 "peak_mib": mem.peak / 2**20, "latents": final[0].float().cpu()}
 
 
@@ -223,7 +283,43 @@ def child(args: argparse.Namespace, cache: Path) -> dict:
 def summarise(rows: list[dict]) -> dict:
     totals, steps = [r["total_s"] for r in rows], [r["step_s"] for r in rows]
     return {"best_s": min(totals), "median_s": statistics.median(totals), "step_best_s": min(steps),
-            "step_median_s": statistics.median(steps), "peak_mib": max(r["peak_mib"] for r in rows)}
+            "step_median_s": statistics.median(steps),
+            "step_mean_s": statistics.median(r["step_mean_s"] for r in rows),
+            "peak_mib": max(r["peak_mib"] for r in rows)}
+
+
+def latent_distance(latents: torch.Tensor, exact: torch.Tensor) -> dict:
+    diff = (latents - exact).abs()
+    return {"latent_max_diff": diff.max().item(), "latent_mean_diff": diff.mean().item()}
+
+
+def lossy(bench: Bench, args: argparse.Namespace, skip: set[str]) -> dict:
+    """Each lossy lever alone, interleaved round by round with its exact baseline (eager; the compiled exact
+    pipeline for fp8 under compilation): speed, and how far the final latents move from the exact ones next to
+    how far another face moves them."""
+    compiled = "lossy_compiled" not in skip and args.backend not in ("eager", "aot_eager")
+    skipped = bench.prepare_quantized(QUANTIZE_SCHEMES, compiled)
+    names = ["eager", *(f"identitynet_cache_{k}" for k in CACHE_INTERVALS),
+             *(f"quantize_{s}" for s in QUANTIZE_SCHEMES if s in bench.quantized)]
+    if "fp8_compiled" in bench.quantized:
+        names += ["compiled", "quantize_fp8_compiled"]
+    for name in names:  # warm-up (compiles, allocator)
+        bench.run(*bench.variant(name))
+    rows: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            rows[name].append(bench.run(*bench.variant(name)))
+    pipe, kwargs = bench.variant("eager")
+    exact = rows["eager"][0]["latents"]
+    other = bench.run(pipe, {**kwargs, "image_embeds": bench.faces[1]})["latents"]
+    levers = {}
+    for name, runs in rows.items():
+        base = "compiled" if name in ("compiled", "quantize_fp8_compiled") else "eager"
+        row = summarise(runs) | latent_distance(runs[0]["latents"], exact)
+        row |= {"baseline": base, "speedup": statistics.median(r["total_s"] for r in rows[base]) / row["median_s"]}
+        levers[name] = row
+    bench.quantized.clear()  # free the copies
+    return {"levers": levers, "skipped": skipped, "identity_effect": latent_distance(other, exact)}
 
 
 def run(args: argparse.Namespace, save) -> dict:
@@ -320,6 +416,14 @@ def run(args: argparse.Namespace, save) -> dict:
             report["profile_24gb"] = {"total_s": result["total_s"], "peak_mib": result["peak_mib"]}
         except torch.OutOfMemoryError as exc:
             report["profile_24gb"] = {"error": str(exc).splitlines()[0]}
+        finally:  # the lossy section below runs on the whole card, without tiling
+            torch.cuda.set_per_process_memory_fraction(1.0)
+            bench.ours.vae.disable_tiling()
+        save(report)
+
+    # 6. The lossy levers, each alone.
+    if "lossy" not in skip:
+        report["lossy"] = lossy(bench, args, skip)
         save(report)
     return report
 
@@ -344,6 +448,19 @@ def table(report: dict) -> str:
                      f"best {row['best_s']:.3f} s")
     if "profile_24gb" in report:
         lines.append(f"24 GB profile: {report['profile_24gb']}")
+    if "lossy" in report:
+        lines.append("")
+        lines.append(f"{'lossy lever, alone':<28}{'best (s)':>10}{'median (s)':>11}{'step mean (ms)':>15}"
+                     f"{'speedup':>9}{'vs':>10}{'latent max':>12}{'latent mean':>13}")
+        for name, row in report["lossy"]["levers"].items():
+            lines.append(f"{name:<28}{row['best_s']:>10.3f}{row['median_s']:>11.3f}{row['step_mean_s'] * 1e3:>15.2f}"
+                         f"{row['speedup']:>9.2f}{row['baseline']:>10}{row['latent_max_diff']:>12.2e}"
+                         f"{row['latent_mean_diff']:>13.2e}")
+        effect = report["lossy"]["identity_effect"]
+        lines.append(f"identity effect (another face, eager): latent max {effect['latent_max_diff']:.2e}, "
+                     f"mean {effect['latent_mean_diff']:.2e}")
+        for name, why in report["lossy"]["skipped"].items():
+            lines.append(f"skipped {name}: {why}")
     return "\n".join(lines)
 
 
