@@ -257,3 +257,44 @@ def test_long_and_weighted_prompts_drive_our_instantid_pipeline(fixture_pipe, ti
     assert not torch.equal(red, blue)
     assert torch.equal(generate(**embeds("a portrait")), generate(prompt="a portrait", negative_prompt="blurry"))
     assert generate(2, **embeds(LONG_HEAD + " a red scarf")).shape[0] == 2
+
+
+# (e) A1111's "pad prompt to the last comma" ---------------------------------------------------------------
+
+# The fixture tokenizers read "a" and "b" as one token each: 64 a's, a comma, then 20 b's (85 tokens).
+COMMA_PROMPT = "a " * 64 + ", " + "b " * 20
+
+
+def test_comma_padding_moves_the_words_after_the_last_comma_to_the_next_chunk(sdxl):
+    from instantid.prompts import _tokenize
+
+    a, b = (sdxl.tokenizer(w, add_special_tokens=False).input_ids[0] for w in "ab")
+    comma = sdxl.tokenizer(",", add_special_tokens=False).input_ids[0]
+
+    def chunks(backtrack: int) -> list[list[int]]:
+        return [ids for ids, _ in _tokenize(sdxl, sdxl.tokenizer, 77, COMMA_PROMPT, backtrack)]
+
+    assert chunks(0) == [[a] * 64 + [comma] + [b] * 10, [b] * 10]  # cut at 75 tokens
+    assert chunks(20) == [[a] * 64 + [comma], [b] * 20]  # the comma is 11 tokens back: its phrase moves on
+    assert chunks(11) == chunks(20)
+    assert chunks(10) == chunks(0)  # further back than allowed: cut as before
+    weighted = _tokenize(sdxl, sdxl.tokenizer, 77, "a " * 64 + ", (" + "b " * 20 + ":1.5)", 20)
+    assert [w for _, w in weighted] == [[1.0] * 65, [1.5] * 20]  # weights travel with their tokens
+
+
+def test_comma_padding_embeddings_and_short_prompts(sdxl):
+    padded = encode_prompt_weighted(sdxl, COMMA_PROMPT, "blurry", comma_padding_backtrack=20)
+    assert padded[0].shape[1] == 2 * 77
+    # The second chunk is the moved phrase alone, the first the text up to the comma.
+    torch.testing.assert_close(padded[0][:, 77:], encode_prompt_weighted(sdxl, "b " * 20)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(padded[0][:, :77], encode_prompt_weighted(sdxl, "a " * 64 + ",")[0], rtol=0,
+                               atol=1e-5)
+    assert not torch.equal(padded[0], encode_prompt_weighted(sdxl, COMMA_PROMPT, "blurry")[0])
+    # A prompt that fits one chunk is never touched: still exactly diffusers'.
+    short = encode_prompt_weighted(sdxl, PLAIN + ", " + PLAIN, "blurry", comma_padding_backtrack=20)
+    theirs = sdxl.encode_prompt(PLAIN + ", " + PLAIN, device=torch.device("cpu"), negative_prompt="blurry")
+    for ours, expected in zip(short, theirs, strict=True):
+        assert torch.equal(ours, expected)
+    for bad in (-1, 75, 2.5, True):
+        with pytest.raises(InvalidInputError, match="comma_padding_backtrack must be a whole number from 0 to 74"):
+            encode_prompt_weighted(sdxl, PLAIN, comma_padding_backtrack=bad)

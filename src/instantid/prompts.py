@@ -13,6 +13,7 @@ like diffusers pads, encoded separately and concatenated along the sequence (A11
 pipeline do this). Prompt and negative prompt are padded to the same number of chunks with empty chunks
 (BOS, EOS, padding), as A1111 pads its conditioning. The pooled embedding comes from the first chunk of the
 second encoder, as in A1111. A plain prompt of up to 75 tokens gives exactly diffusers' ``encode_prompt``.
+``comma_padding_backtrack=N`` turns on A1111's "pad prompt to the last comma" at chunk boundaries.
 """
 
 from __future__ import annotations
@@ -130,17 +131,34 @@ def _window(tokenizer: Any, text_encoder: Any) -> int:
     return int(min(tokenizer.model_max_length, limit))
 
 
-def _tokenize(pipe: Any, tokenizer: Any, length: int, prompt: str) -> list[tuple[list[int], list[float]]]:
-    """Token ids (without BOS/EOS) and per-token weights of each chunk of ``prompt``."""
+def _comma_id(tokenizer: Any) -> int | None:
+    """The id of a lone comma (CLIP's ``,</w>``), or None if the tokenizer splits it."""
+    ids = tokenizer(",", add_special_tokens=False, verbose=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+def _tokenize(
+    pipe: Any, tokenizer: Any, length: int, prompt: str, comma_backtrack: int = 0
+) -> list[tuple[list[int], list[float]]]:
+    """Token ids (without BOS/EOS) and per-token weights of each chunk of ``prompt``.
+
+    ``comma_backtrack`` > 0 is A1111's "pad prompt to the last comma": when a chunk is full and the next token
+    is not a comma, the tokens after the chunk's last comma (if it is at most that many tokens back) start the
+    next chunk instead, so a phrase is not cut in two at the chunk boundary. A1111's rule, quirks included: a
+    comma that opens a new chunk is not remembered as that chunk's last comma.
+    """
     # Textual-inversion tokens expand as in encode_prompt; diffusers' converter tokenizes the whole text and
     # so logs transformers' "sequence length is longer" warning, hence only when such a token is present.
     inversions = [t for t in tokenizer.added_tokens_encoder if t not in tokenizer.all_special_tokens]
     convert = getattr(pipe, "maybe_convert_prompt", None) if inversions else None
     per_chunk = length - 2
+    comma = _comma_id(tokenizer) if comma_backtrack > 0 else None
     chunks: list[tuple[list[int], list[float]]] = [([], [])]
+    last_comma = -1  # position of the current chunk's last comma
     for fragment in parse_prompt_weights(prompt):
         if fragment.is_break:
             chunks.append(([], []))
+            last_comma = -1
             continue
         text = fragment.text
         if convert is not None and any(t in text for t in inversions):
@@ -148,8 +166,18 @@ def _tokenize(pipe: Any, tokenizer: Any, length: int, prompt: str) -> list[tuple
         # verbose=False: a long fragment is chunked below, so the tokenizer's length warning would be wrong.
         ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         for token in ids:
+            tokens, weights = chunks[-1]
+            full = len(tokens) == per_chunk
+            if token == comma:
+                last_comma = len(tokens)
+            elif comma is not None and full and last_comma >= 0 and per_chunk - last_comma <= comma_backtrack:
+                cut = last_comma + 1
+                chunks.append((tokens[cut:], weights[cut:]))  # the words after the comma move on
+                del tokens[cut:], weights[cut:]
+                last_comma = -1
             if len(chunks[-1][0]) == per_chunk:
                 chunks.append(([], []))
+                last_comma = -1
             chunks[-1][0].append(token)
             chunks[-1][1].append(fragment.weight)
     return chunks
@@ -220,7 +248,7 @@ def _as_batch(value: str | Sequence[str] | None, batch: int, name: str) -> list[
 
 
 def _encode_pair(
-    pipe: Any, texts: list[list[str]], clip_skip: int | None
+    pipe: Any, texts: list[list[str]], clip_skip: int | None, comma_backtrack: int = 0
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Encode prompt sets (e.g. [prompts, negatives]) with both encoders, all padded to one chunk count."""
     encoders = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
@@ -228,7 +256,8 @@ def _encode_pair(
         encoders = encoders[1:]  # refiner-style pipelines have only the second encoder
     # texts[s][k] is the per-batch list for set s and encoder k.
     tokenized = [
-        [[_tokenize(pipe, tok, _window(tok, enc), t) for t in texts[s][k]] for k, (tok, enc) in enumerate(encoders)]
+        [[_tokenize(pipe, tok, _window(tok, enc), t, comma_backtrack) for t in texts[s][k]]
+         for k, (tok, enc) in enumerate(encoders)]
         for s in range(len(texts))
     ]
     count = max(len(chunks) for per_set in tokenized for per_enc in per_set for chunks in per_enc)
@@ -272,6 +301,7 @@ def encode_prompt_weighted(
     negative_prompt_2: str | Sequence[str] | None = None,
     do_classifier_free_guidance: bool = True,
     lora_scale: float | None = None,
+    comma_padding_backtrack: int = 0,
 ) -> PromptEmbeddings:
     """Text embeddings for an SDXL pipeline from prompts of any length with A1111-style weights.
 
@@ -281,7 +311,9 @@ def encode_prompt_weighted(
     ``num_images_per_prompt`` to the pipeline: diffusers repeats given embeddings itself. As in diffusers,
     ``negative_prompt=None`` with the pipeline's ``force_zeros_for_empty_prompt`` gives zero negatives, and
     without classifier-free guidance the negatives are None. Unlike diffusers, ``clip_skip`` applies to the
-    negative prompt too (A1111 does the same).
+    negative prompt too (A1111 does the same). ``comma_padding_backtrack`` (A1111's setting of that name, 20 in
+    A1111, here 0 = off) moves the words after a chunk's last comma, at most that many tokens back, into the
+    next chunk; it changes only prompts longer than one chunk.
     """
     if pipe.tokenizer_2 is None or pipe.text_encoder_2 is None:
         raise InvalidInputError("weighted prompts need an SDXL pipeline with its second text encoder")
@@ -289,6 +321,10 @@ def encode_prompt_weighted(
         raise InvalidInputError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
     if clip_skip is not None and clip_skip < 0:
         raise InvalidInputError(f"clip_skip must be 0 or more, got {clip_skip}")
+    if isinstance(comma_padding_backtrack, bool) or not isinstance(comma_padding_backtrack, int) \
+            or not 0 <= comma_padding_backtrack <= 74:
+        raise InvalidInputError(f"comma_padding_backtrack must be a whole number from 0 to 74 (as in A1111), "
+                                f"got {comma_padding_backtrack!r}")
     prompt = "" if prompt is None else prompt
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     batch = len(prompts)
@@ -305,7 +341,7 @@ def encode_prompt_weighted(
 
     _lora_scaling(pipe, lora_scale, undo=False)
     try:
-        hidden, pooled = _encode_pair(pipe, sets, clip_skip)
+        hidden, pooled = _encode_pair(pipe, sets, clip_skip, comma_padding_backtrack)
     finally:
         _lora_scaling(pipe, lora_scale, undo=True)
 
