@@ -20,7 +20,8 @@ linear layers), the text encoders and the VAE (once per call). Layers whose size
 kernels need it) are left as they are.
 
 Call it after the weights are final (adapter loaded, LoRAs fused, QKV fused, device and dtype set) and before
-compiling: quantized weights cannot be fused or unfused afterwards.
+compiling: quantized weights cannot be fused or unfused afterwards. Importing this module is cheap (no torch):
+the settings read :data:`SCHEMES` from it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from instantid.attention import FaceAttnProcessor
 from instantid.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 # Our name -> (torchao config class, what it does, needs an fp8-capable GPU).
 SCHEMES: dict[str, tuple[str, str, bool]] = {
@@ -65,6 +66,8 @@ class QuantizeReport:
 
 def check_scheme(scheme: str, device: torch.device | str) -> None:
     """Refuse a scheme name we do not know, or fp8 compute where there is no fp8-capable GPU (one line each)."""
+    import torch
+
     if scheme not in SCHEMES:
         raise InvalidInputError(f"quantize must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     device = torch.device(device)
@@ -115,6 +118,8 @@ def _torchao_version() -> str:
 
 def quantizable(fqn: str, module: torch.nn.Module) -> bool:
     """Whether the linear layer ``fqn`` of a UNet or ControlNet is quantized (see the module docstring)."""
+    import torch
+
     if not isinstance(module, torch.nn.Linear) or type(module.weight) is not torch.nn.Parameter:
         return False  # not a linear layer, or already quantized (a torchao tensor subclass)
     if set(fqn.split(".")) & set(KEEP_EXACT):
@@ -123,10 +128,14 @@ def quantizable(fqn: str, module: torch.nn.Module) -> bool:
 
 
 def _linear_layers(model: torch.nn.Module, keep: Callable[[str, torch.nn.Module], bool]) -> int:
+    import torch
+
     return sum(keep(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
 
 
 def _face_layers(pipe: Any) -> int:
+    from instantid.attention import FaceAttnProcessor
+
     return sum(isinstance(p, FaceAttnProcessor) for p in pipe.unet.attn_processors.values())
 
 
