@@ -223,3 +223,17 @@ def test_quantization_without_torchao_says_how_to_install_it(fresh_fixture_pipe,
     monkeypatch.setitem(sys.modules, "torchao", None)
     with pytest.raises(InvalidInputError, match=r"^quantize int8 needs torchao: pip install"):
         quantize_pipeline(fresh_fixture_pipe, "int8")
+
+
+def test_the_knob_reaches_the_pipeline_through_generate_and_is_recorded(demo_app, obama):
+    calls = Calls(demo_app.pipe.identitynet)
+    try:
+        exact = demo_app.generate(obama, GenerationSettings(seed=3, steps=4, width=128, height=128))
+        assert calls.take() == 4
+        cached = demo_app.generate(obama, GenerationSettings(seed=3, steps=4, width=128, height=128,
+                                                             identitynet_cache_interval=2))
+        assert calls.take() == 2
+    finally:
+        calls.handle.remove()
+    assert cached.metadata["settings"]["identitynet_cache_interval"] == 2
+    assert exact.metadata["settings"]["identitynet_cache_interval"] == 1
