@@ -17,10 +17,10 @@ the JSON as soon as it is done (a run cut short still leaves its results):
 5. a 24 GB-card profile: the allocator capped at 24 GiB, VAE tiling on, compiled, identity branch on;
 6. the lossy levers, each alone against eager, interleaved: IdentityNet's residuals reused between steps
    (``controlnet_cache_interval`` 2 and 3) and torchao quantization of the UNet and IdentityNet (fp8 weights and
-   activations where the GPU has fp8, fp8 weights only, int8), plus fp8 under compilation against the compiled
-   exact pipeline; each with its latents' distance (max and mean) from the exact eager latents, next to the
-   identity effect. A scheme this machine cannot run (fp8 compute below sm89, torchao missing) is listed with
-   the reason.
+   activations where the GPU has fp8, fp8 weights only, int8), plus fp8 under compilation (``--compiled-scheme``)
+   against the compiled exact pipeline; each with its latents' distance (max and mean) from the exact eager
+   latents, next to the identity effect. A scheme this machine cannot run (fp8 compute below sm89, torchao
+   missing) is listed with the reason.
 
     python benchmarks/gpu_speed.py --out $OUT/gpu_speed.json                 # on the GPU, ~8 minutes
     python benchmarks/gpu_speed.py --tiny --device cpu --out /tmp/speed.json   # the whole script in < 1 min
@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="compile cache (default: a fresh temp folder)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: first_call,batches,presets,"
                         "24gb,lossy,lossy_compiled")
+    parser.add_argument("--compiled-scheme", default="fp8", help="quantization measured under compilation against "
+                        "the compiled exact pipeline (lossy section; int8 checks that path on a CPU)")
     parser.add_argument("--child-timeout", type=int, default=240, help="seconds for each first-call process")
     parser.add_argument("--first-call-only", action="store_true", help=argparse.SUPPRESS)  # the child processes
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_speed.json")
@@ -130,9 +132,9 @@ class Bench:
     def use_modules(self, unet: torch.nn.Module, identitynet: torch.nn.Module) -> None:
         self.ours.unet, self.ours.controlnet = unet, identitynet
 
-    def prepare_quantized(self, schemes: tuple[str, ...], compiled: bool) -> dict[str, str]:
-        """A quantized copy of UNet + IdentityNet per scheme (and fp8 under compilation: fused QKV,
-        channels-last, compiled, as the exact ``compiled`` variant); returns the schemes skipped, with why.
+    def prepare_quantized(self, schemes: tuple[str, ...], compiled: str | None) -> dict[str, str]:
+        """A quantized copy of UNet + IdentityNet per scheme (and the ``compiled`` scheme under compilation: fused
+        QKV, channels-last, compiled, as the exact ``compiled`` variant); returns the schemes skipped, with why.
         The copies are made of the eager modules (no fused processor, no compiled block: a copied compiled block
         would still call the original's forward)."""
         from instantid.quantize import check_scheme, quantize_pipeline, torchao_config
@@ -142,7 +144,7 @@ class Bench:
         skipped = {}
         todo = [(scheme, scheme, False) for scheme in schemes]
         if compiled:
-            todo.append(("fp8_compiled", "fp8", True))
+            todo.append((f"{compiled}_compiled", compiled, True))
         for name, scheme, compile_it in todo:
             try:
                 check_scheme(scheme, self.args.device)
@@ -298,14 +300,14 @@ def latent_distance(latents: torch.Tensor, exact: torch.Tensor) -> dict:
 
 def lossy(bench: Bench, args: argparse.Namespace, skip: set[str]) -> dict:
     """Each lossy lever alone, interleaved round by round with its exact baseline (eager; the compiled exact
-    pipeline for fp8 under compilation): speed, and how far the final latents move from the exact ones next to
-    how far another face moves them."""
-    compiled = "lossy_compiled" not in skip and args.backend not in ("eager", "aot_eager")
+    pipeline for the quantization under compilation): speed, and how far the final latents move from the exact
+    ones next to how far another face moves them."""
+    compiled = None if "lossy_compiled" in skip else args.compiled_scheme
     skipped = bench.prepare_quantized(QUANTIZE_SCHEMES, compiled)
     names = ["eager", *(f"identitynet_cache_{k}" for k in CACHE_INTERVALS),
              *(f"quantize_{s}" for s in QUANTIZE_SCHEMES if s in bench.quantized)]
-    if "fp8_compiled" in bench.quantized:
-        names += ["compiled", "quantize_fp8_compiled"]
+    if f"{compiled}_compiled" in bench.quantized:
+        names += ["compiled", f"quantize_{compiled}_compiled"]
     for name in names:  # warm-up (compiles, allocator)
         bench.run(*bench.variant(name))
     rows: dict[str, list[dict]] = {name: [] for name in names}
@@ -318,7 +320,7 @@ def lossy(bench: Bench, args: argparse.Namespace, skip: set[str]) -> dict:
     time_key = "total_s" if args.device.startswith("cuda") else "cpu_s"  # see Bench.run
     levers = {}
     for name, runs in rows.items():
-        base = "compiled" if name in ("compiled", "quantize_fp8_compiled") else "eager"
+        base = "compiled" if name.endswith("compiled") else "eager"
         row = summarise(runs) | latent_distance(runs[0]["latents"], exact)
         row |= {"baseline": base, "speedup_of": time_key, "speedup": statistics.median(r[time_key] for r in rows[base])
                 / statistics.median(r[time_key] for r in runs)}
