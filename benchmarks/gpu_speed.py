@@ -164,6 +164,8 @@ class Bench:
                     enable_fast_inference(self.ours, compile=self.args.backend, compile_mode=self.args.mode,
                                           fuse_qkv=False, channels_last=False)
                 self.quantized[name] = copies
+            except Exception as exc:  # one failing scheme must not cost the device call the others
+                skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             finally:
                 self.use_modules(*self.exact_modules)
         return skipped
@@ -308,8 +310,14 @@ def lossy(bench: Bench, args: argparse.Namespace, skip: set[str]) -> dict:
              *(f"quantize_{s}" for s in QUANTIZE_SCHEMES if s in bench.quantized)]
     if f"{compiled}_compiled" in bench.quantized:
         names += ["compiled", f"quantize_{compiled}_compiled"]
-    for name in names:  # warm-up (compiles, allocator)
-        bench.run(*bench.variant(name))
+    for name in list(names):  # warm-up (compiles, allocator); a lever that fails is reported, the rest go on
+        try:
+            bench.run(*bench.variant(name))
+        except Exception as exc:
+            if name in ("eager", "compiled"):
+                raise
+            names.remove(name)
+            skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     rows: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:
