@@ -133,7 +133,8 @@ def cached_control_residuals(
 
     The nets run on the first step, then every ``control_cache_interval``-th step; a step whose strengths differ
     from the cached ones (a guidance window opening or closing) runs them too. Without a per-call cache
-    (training) every step runs them.
+    (training) every step runs them. Control images replaced by a step-end callback take effect at the next
+    step that runs the nets.
     """
     cache = inputs.faces.cache
     if inputs.control_cache_interval <= 1 or cache is None:
