@@ -393,9 +393,7 @@ class InstantID:
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
                     control_guidance_start=settings.control_guidance_start,
                     control_guidance_end=settings.control_guidance_end,
-                    # Only when asked for: the inpainting pipeline's signature does not offer it (yet).
-                    **({"controlnet_cache_interval": settings.identitynet_cache_interval}
-                       if settings.identitynet_cache_interval > 1 else {}),
+                    controlnet_cache_interval=settings.identitynet_cache_interval,
                     generator=generators, callback_on_step_end=on_step,
                     **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
                     **arguments,
