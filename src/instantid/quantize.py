@@ -144,7 +144,8 @@ def quantize_pipeline(pipe: Any, scheme: str) -> QuantizeReport:
     ``scheme`` (a key of :data:`SCHEMES`). Lossy: see the module docstring for what stays exact."""
     from instantid.fast import controlnets
 
-    check_scheme(scheme, pipe.unet.device)
+    # Under CPU offload the weights wait on the CPU; the device that will run them is the execution device.
+    check_scheme(scheme, getattr(pipe, "_execution_device", None) or pipe.unet.device)
     config = torchao_config(scheme)
     from torchao.quantization import quantize_
 
