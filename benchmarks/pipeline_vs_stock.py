@@ -12,7 +12,10 @@ the price of InstantID's identity branch (Resampler + decoupled attention + face
 ``speed.py``), shared by both pipelines: the face layers are switched in and out between runs. Runs are
 interleaved (stock, ours, ours with the face-region mask, repeated) so clock and thermal drift hit all alike.
 On CPU the table also gives each step's CPU time (one torch thread does all the work, and CPU time leaves out
-what other processes take on a shared machine): read that ratio there. ``--profile`` adds the top CUDA/CPU
+what other processes take on a shared machine): read that ratio there. ``paired`` is the median over rounds of
+each round's own ratio (ours / the stock run just before it): on a loaded machine the load changes between
+rounds far more than within one, so this is the steadiest number; many short rounds (``--repeats 30 --steps 4``)
+beat a few long ones. ``--profile`` adds the top CUDA/CPU
 operators of a short run of each, to see where a difference comes from.
 
 Prints a table and writes JSON (``--out``, default ``benchmarks/results/pipeline_vs_stock.json``).
@@ -236,21 +239,29 @@ def main(argv: list[str] | None = None) -> dict:
         name: {k: row[k] / stock_row[k] if stock_row[k] else float("nan") for k in row}
         for name, row in summary.items() if name != "diffusers_controlnet"
     }
+    time_key = "step_cpu_s" if "step_cpu_s" in stock_row else "step_s"
+    paired = {  # each round against the stock run of the same round
+        name: statistics.median(r[time_key] / s[time_key] for r, s in zip(rows, results["diffusers_controlnet"],
+                                                                         strict=True))
+        for name, rows in results.items() if name != "diffusers_controlnet"
+    }
     report = {
         "config": {**vars(args), "models": str(args.models or ("full-size random" if args.full_size else "tiny")),
                    "out": str(args.out), "dtype": str(dtype), "size": size},
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "runs": results, "summary": summary, "ratio_over_stock": ratios,
+        "paired_step_ratio": {"time": time_key, **paired},
     }
     cpu = "step_cpu_s" in stock_row
     print(f"{'pipeline':<22}{'step (ms)':>12}{'total (s)':>12}{'peak (MiB)':>12}{'step ratio':>12}{'total ratio':>12}"
-          + (f"{'CPU step (ms)':>15}{'CPU ratio':>11}" if cpu else ""))
+          + (f"{'CPU step (ms)':>15}{'CPU ratio':>11}" if cpu else "") + f"{'paired':>8}")
     for name, row in summary.items():
         r = ratios.get(name, dict.fromkeys(row, 1.0))
         print(f"{name:<22}{row['step_s'] * 1e3:>12.1f}{row['total_s']:>12.3f}{row['peak_mib']:>12.0f}"
               f"{r['step_s']:>12.3f}{r['total_s']:>12.3f}"
-              + (f"{row['step_cpu_s'] * 1e3:>15.1f}{r['step_cpu_s']:>11.3f}" if cpu else ""))
+              + (f"{row['step_cpu_s'] * 1e3:>15.1f}{r['step_cpu_s']:>11.3f}" if cpu else "")
+              + f"{paired.get(name, 1.0):>8.3f}")
     if args.profile:
         report["profile"] = {name: call(name, lambda p, kw, d: profile_run(p, kw, d)) for name in runs}
         for name, ops in report["profile"].items():

@@ -11,6 +11,8 @@
   pointed at ``cache_dir`` through ``TORCHINDUCTOR_CACHE_DIR`` (Triton kernels under ``cache_dir/triton``).
   A second process with the same folder skips inductor's code generation and kernel tuning and only
   re-traces the blocks with dynamo (seconds). The folder is safe to share between processes.
+  (torch writes its default, ``/tmp/torchinductor_<user>``, into that variable when inductor is imported, so
+  only a value other than the default counts as the user's own choice.)
 * **fused QKV** (``fuse_qkv``): the self-attention (``attn1``) projections become one matmul
   (``Attention.fuse_projections`` + ``FusedAttnProcessor2_0``). Cross-attention layers keep their processors,
   so the InstantID face layers (:class:`~instantid.attention.FaceAttnProcessor`) stay where they are.
@@ -21,18 +23,17 @@
   needed for large pictures on small cards, and a no-op at or below the native size.
 
 What recompiles (with ``dynamic=False``): a new output size, a new batch size (prompts x images x 2 under
-guidance), guidance switched on or off, a new dtype or device. The first call of each new combination pays
-the compile (or a cache hit). Nothing else does: prompt, negative prompt, seed, ``ip_adapter_scale``,
-``controlnet_conditioning_scale``, guidance scale value, face embedding, face-region mask contents and
-scheduler all reuse the compiled blocks.
+guidance), guidance switched on or off, a new dtype or device, and for the face layers a new number of people,
+the face mask switched on or off, and the adapter scale switched between 0 and not 0. The first call of each
+new combination pays the compile (or a cache hit). Nothing else does: prompt, negative prompt, seed,
+``ip_adapter_scale`` values, ``controlnet_conditioning_scale``, guidance scale value, face embedding,
+face-region mask contents and scheduler all reuse the compiled blocks.
 
-Why the face layers are left out of the compiled graphs by default: each call's face data (tokens, masks,
-scale, the K/V cache) travels as one per-call value, and the face branch builds its keys/values on a cache
-miss and reads the scale as a Python float; traced, dynamo guards on both, so every new ``ip_adapter_scale``
-would recompile every block. ``compile_face_layers=False`` keeps each face cross-attention eager (a graph
-break inside each UNet block); ``True`` traces it too (faster steps, but a recompile per new scale value) and
-is there to measure what the break costs. Precomputing each layer's K/V (with the scale folded into V) before
-the loop would remove both guards.
+The face layers are traced into the compiled blocks (one graph per block shape, no graph break): the pipeline
+prepares each call's face keys/values (adapter scale folded into the values) and region weights before the
+loop (:func:`instantid.attention.prepare_faces`), so a block reads only tensors, and a compiled block finds its
+own layer's keys/values by a tensor index. ``compile_face_layers=False`` keeps each face cross-attention eager
+(a graph break inside each UNet block), to measure what the break costs.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ from instantid.errors import IncompatibleWeightsError, InvalidInputError
 # Block classes compiled one by one; UNet2DConditionModel declares the same list as ``_repeated_blocks``.
 REPEATED_BLOCKS = ("BasicTransformerBlock",)
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-RECOMPILES_ON = ("output size", "batch size", "guidance on/off", "dtype or device")
+RECOMPILES_ON = ("output size", "batch size", "guidance on/off", "dtype or device", "number of people",
+                 "face mask on/off", "adapter scale 0 <-> not 0")
 # dynamo counts recompiles per code object, and every compiled block shares BasicTransformerBlock.forward:
-# SDXL needs ~2 token grids x 2 models x cache states x mask on/off variants before any size changes.
+# SDXL needs ~2 token grids x 2 models x mask on/off variants before any size changes.
 DEFAULT_RECOMPILE_LIMIT = 64
 
 
@@ -64,7 +66,7 @@ class FastReport:
     compiled_blocks: dict[str, int] = field(default_factory=dict)  # model name -> compiled blocks
     backend: str | None = None  # torch.compile backend, None when not compiled
     mode: str | None = None  # torch.compile mode
-    face_layers_compiled: bool = False  # face cross-attention traced into the compiled blocks
+    face_layers_compiled: bool = False  # face cross-attention traced into the compiled blocks (no graph break)
     cache_dir: str | None = None  # TORCHINDUCTOR_CACHE_DIR in effect
     channels_last: bool = False
     fused_qkv_layers: int = 0  # self-attention layers now running one fused projection
@@ -114,15 +116,20 @@ def _count_face_layers(pipe: Any) -> int:
 def use_compile_cache(cache_dir: str | Path) -> str:
     """Point torch's on-disk compile caches (FX graph + AOTAutograd + Triton) at ``cache_dir``.
 
-    Must run before the first compile of the process; an explicit ``TORCHINDUCTOR_CACHE_DIR`` wins.
+    Must run before the first compile of the process. A ``TORCHINDUCTOR_CACHE_DIR`` the user set wins; torch's
+    own default, which importing inductor writes into that variable, does not.
     """
-    folder = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir).expanduser().resolve()
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if explicit and Path(explicit).resolve() == Path(default_cache_dir()).resolve():
+        explicit = None
+    folder = Path(explicit or cache_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
     return str(folder)
@@ -206,7 +213,7 @@ def enable_fast_inference(
     *,
     compile: bool | str = False,
     compile_mode: str | None = None,
-    compile_face_layers: bool = False,
+    compile_face_layers: bool = True,
     cache_dir: str | Path | None = None,
     channels_last: bool = True,
     fuse_qkv: bool | None = None,
@@ -224,8 +231,8 @@ def enable_fast_inference(
             ``"aot_eager"``, ``"cudagraphs"``); ``False`` runs eagerly.
         compile_mode: ``torch.compile`` mode; ``"reduce-overhead"`` adds CUDA graphs (GPU only),
             ``"max-autotune-no-cudagraphs"`` tunes kernels (longer first call).
-        compile_face_layers: also trace the face cross-attention (see the module docstring: each new
-            ``ip_adapter_scale`` then recompiles).
+        compile_face_layers: trace the face cross-attention into the compiled blocks (no graph break, no
+            recompile on a new scale or face); ``False`` keeps it eager.
         cache_dir: folder for torch's on-disk compile caches, reused by later processes.
         channels_last, fuse_qkv: exact levers (same pictures up to float rounding). ``fuse_qkv=None`` fuses
             every self-attention layer that carries no unfused LoRA; ``True`` refuses such a LoRA
@@ -280,7 +287,7 @@ def enable_fast_inference(
             name: _compile_blocks(model, backend, compile_mode, compile_face_layers) for name, model in models.items()
         }
         report.update(backend=backend, mode=compile_mode, face_layers_compiled=compile_face_layers,
-                      recompiles_on=RECOMPILES_ON + (("ip_adapter_scale value",) if compile_face_layers else ()))
+                      recompiles_on=RECOMPILES_ON)
 
     face_after = _count_face_layers(pipe)
     if face_after != face_before:  # a lever must never drop the identity branch
