@@ -15,12 +15,10 @@ the JSON as soon as it is done (a run cut short still leaves its results):
 4. the few-step presets (compiled; their scheduler, steps and guidance: a fused LoRA or a swapped UNet costs
    nothing per step, and their loading is tested in tests/test_presets.py);
 5. a 24 GB-card profile: the allocator capped at 24 GiB, VAE tiling on, compiled, identity branch on;
-6. the lossy levers, each alone against eager, interleaved: IdentityNet's residuals reused between steps
-   (``controlnet_cache_interval`` 2 and 3) and torchao quantization of the UNet and IdentityNet (fp8 weights and
-   activations where the GPU has fp8, fp8 weights only, int8), plus fp8 under compilation (``--compiled-scheme``)
-   against the compiled exact pipeline; each with its latents' distance (max and mean) from the exact eager
-   latents, next to the identity effect. A scheme this machine cannot run (fp8 compute below sm89, torchao
-   missing) is listed with the reason.
+6. the lossy levers (``gpu_lossy.py``), each alone against its exact baseline, interleaved: IdentityNet's
+   residuals reused between steps and torchao quantization (fp8 where the GPU has it, fp8 weights, int8; one
+   scheme under compilation), each with its latents' distance from the exact eager latents next to the identity
+   effect; a scheme this machine cannot run is listed with the reason.
 
     python benchmarks/gpu_speed.py --out $OUT/gpu_speed.json                 # on the GPU, ~8 minutes
     python benchmarks/gpu_speed.py --tiny --device cpu --out /tmp/speed.json   # the whole script in < 1 min
@@ -32,7 +30,6 @@ it checks the script, not the speed.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -49,18 +46,16 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+from gpu_lossy import lossy, lossy_table  # noqa: E402  (section 6)
 from pipeline_vs_stock import PeakMemory, load  # noqa: E402  (the shared builders)
 
 from instantid import draw_kps  # noqa: E402
-from instantid.errors import InvalidInputError  # noqa: E402
 from instantid.fast import enable_fast_inference, fuse_self_attention  # noqa: E402
 from instantid.model_settings import DTYPE_NAMES, torch_dtype  # noqa: E402
 from instantid.presets import PRESETS  # noqa: E402
 
 PROMPT, NEGATIVE = "a portrait of a person, city street, soft light", "blurry"
 FEW_STEP = ("lcm-lora", "lightning-4step", "hyper-sd-8step", "tcd")
-CACHE_INTERVALS = (2, 3)  # lossy: IdentityNet every N-th step
-QUANTIZE_SCHEMES = ("fp8", "fp8-weights", "int8")  # lossy: torchao (instantid.quantize)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,49 +123,10 @@ class Bench:
         self.exact_modules = (self.ours.unet, self.ours.controlnet)
         self.quantized: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
 
-    # ---- lossy: quantized copies (quantizing is one-way, so the exact modules stay as they are) ----------------
+    # ---- lossy: the quantized copies of gpu_lossy swap in and out -----------------------------------------------
     def use_modules(self, unet: torch.nn.Module, identitynet: torch.nn.Module) -> None:
         self.ours.unet, self.ours.controlnet = unet, identitynet
 
-    def prepare_quantized(self, schemes: tuple[str, ...], compiled: str | None) -> dict[str, str]:
-        """A quantized copy of UNet + IdentityNet per scheme (and the ``compiled`` scheme under compilation: fused
-        QKV, channels-last, compiled, as the exact ``compiled`` variant); returns the schemes skipped, with why.
-        The copies are made of the eager modules (no fused processor, no compiled block: a copied compiled block
-        would still call the original's forward)."""
-        from instantid.quantize import check_scheme, quantize_pipeline, torchao_config
-
-        self.variant("eager")
-
-        skipped = {}
-        todo = [(scheme, scheme, False) for scheme in schemes]
-        if compiled:
-            todo.append((f"{compiled}_compiled", compiled, True))
-        for name, scheme, compile_it in todo:
-            try:
-                check_scheme(scheme, self.args.device)
-                torchao_config(scheme)
-            except InvalidInputError as exc:
-                skipped[name] = str(exc)
-                continue
-            copies = copy.deepcopy(self.exact_modules[0]), copy.deepcopy(self.exact_modules[1])
-            self.use_modules(*copies)
-            try:
-                if compile_it:
-                    for model in copies:
-                        fuse_self_attention(model)
-                        model.to(memory_format=torch.channels_last)
-                quantize_pipeline(self.ours, scheme)
-                if compile_it:
-                    enable_fast_inference(self.ours, compile=self.args.backend, compile_mode=self.args.mode,
-                                          fuse_qkv=False, channels_last=False)
-                self.quantized[name] = copies
-            except Exception as exc:  # one failing scheme must not cost the device call the others
-                skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            finally:
-                self.use_modules(*self.exact_modules)
-        return skipped
-
-    # ---- switches ----------------------------------------------------------------------------------
     def prepare_fused(self) -> None:
         """Create the fused projections once; afterwards fusing is a processor swap."""
         attn1 = self.unet_attn1 + self.cn_attn1
@@ -295,48 +251,6 @@ def summarise(rows: list[dict]) -> dict:
             "peak_mib": max(r["peak_mib"] for r in rows)}
 
 
-def latent_distance(latents: torch.Tensor, exact: torch.Tensor) -> dict:
-    diff = (latents - exact).abs()
-    return {"latent_max_diff": diff.max().item(), "latent_mean_diff": diff.mean().item()}
-
-
-def lossy(bench: Bench, args: argparse.Namespace, skip: set[str]) -> dict:
-    """Each lossy lever alone, interleaved round by round with its exact baseline (eager; the compiled exact
-    pipeline for the quantization under compilation): speed, and how far the final latents move from the exact
-    ones next to how far another face moves them."""
-    compiled = None if "lossy_compiled" in skip else args.compiled_scheme
-    skipped = bench.prepare_quantized(QUANTIZE_SCHEMES, compiled)
-    names = ["eager", *(f"identitynet_cache_{k}" for k in CACHE_INTERVALS),
-             *(f"quantize_{s}" for s in QUANTIZE_SCHEMES if s in bench.quantized)]
-    if f"{compiled}_compiled" in bench.quantized:
-        names += ["compiled", f"quantize_{compiled}_compiled"]
-    for name in list(names):  # warm-up (compiles, allocator); a lever that fails is reported, the rest go on
-        try:
-            bench.run(*bench.variant(name))
-        except Exception as exc:
-            if name in ("eager", "compiled"):
-                raise
-            names.remove(name)
-            skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    rows: dict[str, list[dict]] = {name: [] for name in names}
-    for _ in range(args.repeats):
-        for name in names:
-            rows[name].append(bench.run(*bench.variant(name)))
-    pipe, kwargs = bench.variant("eager")
-    exact = rows["eager"][0]["latents"]
-    other = bench.run(pipe, {**kwargs, "image_embeds": bench.faces[1]})["latents"]
-    time_key = "total_s" if args.device.startswith("cuda") else "cpu_s"  # see Bench.run
-    levers = {}
-    for name, runs in rows.items():
-        base = "compiled" if name.endswith("compiled") else "eager"
-        row = summarise(runs) | latent_distance(runs[0]["latents"], exact)
-        row |= {"baseline": base, "speedup_of": time_key, "speedup": statistics.median(r[time_key] for r in rows[base])
-                / statistics.median(r[time_key] for r in runs)}
-        levers[name] = row
-    bench.quantized.clear()  # free the copies
-    return {"levers": levers, "skipped": skipped, "identity_effect": latent_distance(other, exact)}
-
-
 def run(args: argparse.Namespace, save) -> dict:
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, Any] = {
@@ -438,7 +352,7 @@ def run(args: argparse.Namespace, save) -> dict:
 
     # 6. The lossy levers, each alone.
     if "lossy" not in skip:
-        report["lossy"] = lossy(bench, args, skip)
+        report["lossy"] = lossy(bench, args, skip, summarise)
         save(report)
     return report
 
@@ -464,21 +378,7 @@ def table(report: dict) -> str:
     if "profile_24gb" in report:
         lines.append(f"24 GB profile: {report['profile_24gb']}")
     if "lossy" in report:
-        lines.append("")
-        lines.append(f"{'lossy lever, alone':<28}{'best (s)':>10}{'median (s)':>11}{'CPU (s)':>9}{'step mean (ms)':>15}"
-                     f"{'speedup':>9}{'vs':>10}{'latent max':>12}{'latent mean':>13}")
-        for name, row in report["lossy"]["levers"].items():
-            lines.append(f"{name:<28}{row['best_s']:>10.3f}{row['median_s']:>11.3f}{row['cpu_median_s']:>9.3f}"
-                         f"{row['step_mean_s'] * 1e3:>15.2f}{row['speedup']:>9.2f}{row['baseline']:>10}"
-                         f"{row['latent_max_diff']:>12.2e}{row['latent_mean_diff']:>13.2e}")
-        rows = list(report["lossy"]["levers"].values())
-        if rows:
-            lines.append(f"speedup: the baseline's median {rows[0]['speedup_of']} over the lever's (CPU time on a CPU)")
-        effect = report["lossy"]["identity_effect"]
-        lines.append(f"identity effect (another face, eager): latent max {effect['latent_max_diff']:.2e}, "
-                     f"mean {effect['latent_mean_diff']:.2e}")
-        for name, why in report["lossy"]["skipped"].items():
-            lines.append(f"skipped {name}: {why}")
+        lines += ["", *lossy_table(report["lossy"])]
     return "\n".join(lines)
 
 
