@@ -11,6 +11,11 @@ the same process (before the face adapter is installed), so ``ours / stock`` iso
 ``--full-size`` builds random-weight models with the official SDXL sizes (UNet 2.6B, ControlNet, VAE, CLIP-L
 and bigG text encoders) straight on the device in the chosen dtype, plus a published-size face adapter:
 nothing is downloaded. Writes ``speed-<device>.json`` and ``speed-<device>.png`` into ``--out``.
+
+``--first-call`` measures start-up instead: three fresh processes each build the pipeline and time their first
+and second call: eager, then compiled (``enable_fast_inference(compile=True, cache_dir=...)``) with an empty
+on-disk compile cache, then compiled again with the cache the previous process left (a warm start). Writes
+``first-call-<device>.json``; ``--cache-dir`` keeps the cache folder (default: a temporary one, so "cold" is).
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--face-backend", default="auto", help="auto, antelopev2 or dlib")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the short stages (median reported)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--first-call", action="store_true", help="cold vs warm start in fresh processes")
+    parser.add_argument("--cache-dir", type=Path, help="compile cache folder for --first-call (default: temporary)")
+    parser.add_argument("--first-call-worker", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error("--steps must be at least 2: step times are the intervals between step ends")
@@ -306,6 +314,70 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+# ---- start-up -------------------------------------------------------------------------------------
+def first_call_worker(args: argparse.Namespace) -> dict:
+    """In a fresh process: build the pipeline, switch the fast path on (or not), time the first two calls."""
+    from torch._dynamo.utils import counters
+
+    from instantid.fast import enable_fast_inference
+    from instantid.keypoints import draw_kps
+    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = build_components(args, device, dtype, Path(tmp))
+        pipe = StableDiffusionXLInstantIDPipeline(**parts, add_watermarker=False).to(device)
+        dim = install_adapter(pipe, args, Path(tmp))
+    pipe.set_progress_bar_config(disable=True)
+    if args.first_call_worker == "compiled":
+        enable_fast_inference(pipe, compile=True, cache_dir=args.cache_dir)
+    size = (args.width, args.height)
+    kps = draw_kps(Image.new("RGB", size), FALLBACK_KPS * size)
+    call = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "image": kps,
+            "image_embeds": np.random.default_rng(0).standard_normal(dim).astype(np.float32),
+            "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "output_type": "latent"}
+    build_s = time.perf_counter() - started
+    first_s, _ = timed(lambda: pipe(**call), device)
+    second_s, _ = timed(lambda: pipe(**call), device)
+    return {"build_s": build_s, "first_call_s": first_s, "second_call_s": second_s,
+            "cache": {k: v for group in ("inductor", "aot_autograd") for k, v in counters[group].items()
+                      if "cache" in k}}
+
+
+def first_call(args: argparse.Namespace) -> dict:
+    """Eager, compiled with an empty cache, compiled with a warm cache: each a fresh process (in that order)."""
+    import subprocess
+
+    passed = ["--device", args.device, "--dtype", args.dtype, "--height", str(args.height), "--width",
+              str(args.width), "--steps", str(args.steps)] + (["--full-size"] if args.full_size else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or Path(tmp) / "compile-cache"
+        runs = {}
+        for name, mode in (("eager", "eager"), ("compiled, cold cache", "compiled"),
+                           ("compiled, warm cache", "compiled")):
+            done = subprocess.run(
+                [sys.executable, __file__, *passed, "--first-call-worker", mode, "--cache-dir", str(cache)],
+                capture_output=True, text=True, check=True,
+            )
+            runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"device": args.device, "torch": torch.__version__, "scale": "full-size" if args.full_size else "tiny",
+            "dtype": args.dtype, "height": args.height, "width": args.width, "steps": args.steps,
+            "cache_dir": str(args.cache_dir) if args.cache_dir else "temporary", "runs": runs}
+
+
+def first_call_table(result: dict) -> str:
+    lines = [f"first call in a fresh process: {result['scale']} on {result['device']}, {result['dtype']}, "
+             f"{result['width']}x{result['height']}, {result['steps']} steps",
+             f"{'':24}{'build (s)':>11}{'first (s)':>11}{'second (s)':>12}  compile cache"]
+    for name, run in result["runs"].items():
+        cache = ", ".join(f"{k} {v}" for k, v in sorted(run["cache"].items())) or "-"
+        lines.append(f"{name:24}{run['build_s']:>11.1f}{run['first_call_s']:>11.1f}{run['second_call_s']:>12.2f}"
+                     f"  {cache}")
+    return "\n".join(lines)
+
+
 # ---- output ---------------------------------------------------------------------------------------
 def table(result: dict) -> str:
     ours, stock = result["pipelines"]["instantid"], result["pipelines"]["stock_controlnet"]
@@ -365,12 +437,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     diffusers_logging.set_verbosity_error()  # casting notes for random-weight models are noise here
+    label = args.device.replace(":", "")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights overflow to NaN in fp16; numpy warns on the cast
+        if args.first_call_worker:
+            print(json.dumps(first_call_worker(args)))
+            return {}
+        if args.first_call:
+            result = first_call(args)
+            print(first_call_table(result))
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"first-call-{label}.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.out / f'first-call-{label}.json'}")
+            return result
         result = run(args)
     print(table(result))
     args.out.mkdir(parents=True, exist_ok=True)
-    label = args.device.replace(":", "")
     json_path = args.out / f"speed-{label}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / f"speed-{label}.png")
