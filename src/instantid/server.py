@@ -12,6 +12,7 @@ nothing at import.
     GET    /v1/jobs/{id}/images/{n}   PNG with its settings inside
     GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui,
                                       whose every tab submits its jobs through the same queue and limits
+                                      (with API keys: behind a login, jobs owned by the key; see service.ui)
 
 Cheap checks come first: API key (401/403), rate and job limits and a full queue (429) before the upload is
 read; then 413 too large, 422 unreadable image, no face or out-of-range setting (the message names the field);
@@ -311,16 +312,10 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         headers = {"Content-Disposition": f'inline; filename="instantid-{job_id[:8]}-{n}.png"'}
         return Response(data, media_type="image/png", headers=headers)
 
-    if settings.mount_ui and not settings.queue and keys is None:
-        import gradio as gr
+    if settings.mount_ui:
+        from instantid.service.ui import mount_ui
 
-        from instantid.webui import create_ui
-
-        def submit(job: Any, generation: Any, progress: Any) -> Any:  # every UI job (any tab) joins this queue
-            return app.state.service.run_prepared(job, generation, progress)
-
-        app.state.ui = create_ui(lambda: app.state.service.model, submit=submit)  # tests reach its tabs here
-        gr.mount_gradio_app(app, app.state.ui, path="/ui")
+        mount_ui(app, settings, keys, limiter)
     return app
 
 

@@ -88,6 +88,15 @@ class KeyRing:
     def __init__(self, keys: list[ApiKey]) -> None:
         self.keys = keys
 
+    def named(self, name: str) -> ApiKey | None:
+        """The key called ``name`` (the web UI signs in by name; its limits apply to UI jobs)."""
+        return next((key for key in self.keys if key.name == name), None)
+
+    def sign_in(self, name: str, presented: str) -> bool:
+        """The web UI's login: user name = the key's name, password = the key (constant time in the key)."""
+        key = self.identify(presented)
+        return key is not None and hmac.compare_digest(key.name.encode(), name.encode())
+
     def identify(self, presented: str) -> ApiKey | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found = None

@@ -8,7 +8,8 @@ refuse bad photos at submit, and the worker prepares the job again from the phot
 (``out_dir`` must be a path every worker sees), except what the analysis at submit found that the worker cannot
 get from the photos alone without analysing them again (where a group photo's people stand), which the record
 carries. Jobs are generations, face swaps, group pictures or face detail on a picture
-(:mod:`instantid.service.tasks`).
+(:mod:`instantid.service.tasks`). Web UI jobs arrive analysed (:meth:`JobService.run_prepared`); their analysed
+form is saved in the job folder (:mod:`instantid.service.stored`) and they run like the others, in either setup.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class ServerSettings(ModelSettings):
     rate_limit: float | None = Field(None, gt=0, description="Submissions per minute per key (or client address).")
     max_jobs_per_key: int | None = Field(None, gt=0, description="Queued + running jobs per key.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none: CORS off).")
-    mount_ui: bool = Field(True, description="The web UI at /ui (one-machine setup without API keys).")
+    mount_ui: bool = Field(True, description="The web UI at /ui; its jobs join this queue (with API keys: "
+                                             "sign in with a key's name and the key).")
 
 
 class QueueFullError(InstantIDError):
@@ -161,25 +163,36 @@ class JobService:
         return self.run_prepared(Prepared("generate", identity=identity), settings, progress, owner=owner)
 
     def run_prepared(self, prepared: Prepared, settings: GenerationSettings, progress: Any = None, *,
-                     owner: str = "ui") -> GenerationResult:
+                     owner: str = "ui", max_jobs: int | None = None) -> GenerationResult:
         """Run a job whose photos the caller has analysed (any task: the web UI's ``submit`` hook) through the
         queue and limits, waiting for it; it is stored, run and written like an HTTP job of its task (job folder,
-        metadata), but its photos are not kept, so it cannot be re-run after a restart. Blocking."""
+        metadata). The analysed job is saved in the job folder (:mod:`instantid.service.stored`), so a worker on
+        another machine runs it, and a job queued or running when the server stopped is run again after a
+        restart. ``owner`` / ``max_jobs``: the API key it counts against. Blocking."""
         from PIL import Image
 
         from instantid.generator import GenerationResult
+        from instantid.service.stored import save_prepared
 
-        if self.dispatch is not None:
-            raise InvalidInputError("the web UI generates only on a server without --queue")
-        self.check_capacity(owner, None)
-        if settings.seed is None:
+        self.check_capacity(owner, max_jobs)
+        if settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
-        request = {**prepared.names(), "settings": settings.model_dump(), "photos_saved": False}
+        request = {**prepared.names(), "settings": settings.model_dump(), "prepared_saved": True}
         job_id = new_job_id()
-        # Handed over before the record exists: the worker may claim the job the moment it is stored.
-        self.runner.prepared_jobs[job_id] = prepared
-        record, _ = self.store.add(JobRecord(id=job_id, request=request, owner=owner))
-        self.worker.wake()
+        save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it the moment it exists
+        if self.dispatch is None:  # this process's worker takes it from memory, not from the folder
+            self.runner.prepared_jobs[job_id] = prepared
+        try:
+            record, _ = self.store.add(JobRecord(id=job_id, request=request, owner=owner))
+        except BaseException:
+            self.files.delete(job_id)  # nothing half-written: no folder without its record
+            if self.dispatch is None:
+                self.runner.prepared_jobs.pop(job_id, None)
+            raise
+        if self.dispatch is not None:
+            self.dispatch.submit(job_id)
+        else:
+            self.worker.wake()
         shown = (-1, -1)
         while (current := self.store.get(record.id)) is not None and current.state not in FINISHED:
             if progress is not None and (current.step, current.total) != shown and current.total:

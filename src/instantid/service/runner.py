@@ -2,7 +2,8 @@
 
 The runner takes a job the store has just moved to ``running``: the job prepared when it was submitted (same
 process) or, for a remote worker or after a restart, one prepared again from the request and the photos saved
-in the job folder (:mod:`instantid.service.tasks`); generates, swaps or draws the group; writes
+in the job folder (:mod:`instantid.service.tasks`), or, for a web UI job, the analysed job saved there
+(:mod:`instantid.service.stored`); generates, swaps or draws the group; writes
 ``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds); then marks the job
 done. Every outcome, including a crash of the model, ends in a finished record.
 """
@@ -54,7 +55,11 @@ class JobRunner:
         cached = self.prepared_jobs.pop(record.id, None)
         if cached is not None:
             return cached
-        if not record.request.get("photos_saved", True):
+        if record.request.get("prepared_saved"):  # a web UI job: its analysed form is in the job folder
+            from instantid.service.stored import load_prepared
+
+            return load_prepared(self.files, record.id)
+        if not record.request.get("photos_saved", True):  # a UI job recorded before UI jobs were kept
             raise InvalidInputError("this web UI job cannot be re-run after a restart: its photos were not kept")
         # Another process analysed these photos at submit (or this one before a restart): do it here, once,
         # but for what that analysis recorded (a group photo's placement).

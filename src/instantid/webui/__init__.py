@@ -13,9 +13,12 @@ by :mod:`instantid.outputs` into an announced folder, so a downloaded PNG carrie
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,36 @@ Progress = Callable[[int, int], None] | None
 # Runs one job of any tab: the default runs it on the model here; the server passes one that goes through its
 # job queue (same store, limits, job folders and metadata as its HTTP jobs).
 Submit = Callable[["Prepared", GenerationSettings, Progress], "GenerationResult"]
+
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who clicked: the name signed in with (a server with API keys: the key's name; else None) and the browser's
+    address. Set for the duration of a job handler (:meth:`UIContext.guard` with ``job=True``), so a server's
+    ``submit`` hook counts the job against that key (:func:`current_caller`)."""
+
+    user: str | None
+    client: str
+
+
+_CALLER: ContextVar[Caller | None] = ContextVar("instantid_ui_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The caller of the job handler running in this thread, or None outside one."""
+    return _CALLER.get()
+
+
+@contextmanager
+def calling_as(caller: Caller) -> Iterator[None]:
+    """Run the block as ``caller`` (what the job handlers do with gradio's request; tests call tabs this way)."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
 
 DEMO_NOTICE = (
     "**Demo mode:** tiny random weights, no download. The pipeline runs for real, but the images are noise. "
@@ -129,9 +162,12 @@ class UIContext:
             lines.append(f"LoRA loaded: `{model.lora}`.")
         return "\n\n".join(lines)
 
-    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guard(self, fn: Callable[..., Any], job: bool = False) -> Callable[..., Any]:
         """User errors become one ``gr.Error`` line and one log line; anything else is logged in one line too
-        (traceback at debug level) and shown as an internal error, and the UI stays up."""
+        (traceback at debug level) and shown as an internal error, and the UI stays up.
+
+        ``job=True`` (the handlers that submit a job): gradio also hands over its request, and the handler runs
+        as that :class:`Caller` (the signed-in name, the browser's address)."""
         import gradio as gr
 
         @functools.wraps(fn)
@@ -149,7 +185,23 @@ class UIContext:
                 raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); the server log has a line on it",
                                print_exception=False) from None
 
-        return wrapper
+        if not job:
+            return wrapper
+
+        def as_caller(request: gr.Request, *args: Any, **kwargs: Any) -> Any:
+            client = request.client.host if request is not None and request.client else "unknown"
+            with calling_as(Caller(getattr(request, "username", None) or None, client)):
+                return wrapper(*args, **kwargs)
+
+        # gradio passes its request to a first parameter annotated gr.Request (the annotation as an object, so
+        # no string needs resolving), then the handler's own arguments (its gr.Progress default included).
+        signature = inspect.signature(fn)
+        request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+        as_caller.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[request, *signature.parameters.values()])
+        as_caller.__annotations__ = {"request": gr.Request}
+        as_caller.__name__ = as_caller.__qualname__ = getattr(fn, "__name__", "run")
+        return as_caller
 
 
 def create_ui(
@@ -197,4 +249,5 @@ def create_ui(
     return ui
 
 
-__all__ = ["DEMO_NOTICE", "Submit", "UIContext", "create_ui", "prepare_out_dir"]
+__all__ = ["DEMO_NOTICE", "Caller", "Submit", "UIContext", "calling_as", "create_ui", "current_caller",
+           "prepare_out_dir"]

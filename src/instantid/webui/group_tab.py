@@ -201,6 +201,6 @@ class GroupTab:
             return self.generate([data[state] for state in self.states], data[self.group_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"))
 
-        self.button.click(guard(run), {*self.states, self.group_state, *self.widgets.values()},
+        self.button.click(guard(run, job=True), {*self.states, self.group_state, *self.widgets.values()},
                           [self.gallery, self.info], concurrency_limit=self.ctx.generation_concurrency,
                           concurrency_id="generation")

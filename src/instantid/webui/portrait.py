@@ -135,6 +135,6 @@ class PortraitTab:
                                  lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
                                  data[who.mix_state], data[who.mix_weight])
 
-        self.button.click(ctx.guard(run), {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
+        self.button.click(ctx.guard(run, job=True), {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
                           [self.gallery, self.info],
                           concurrency_limit=ctx.generation_concurrency, concurrency_id="generation")

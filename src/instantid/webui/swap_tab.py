@@ -119,6 +119,6 @@ class SwapTab:
                              lambda step, total: progress((step, total), desc="denoising"), data[who.mix_state],
                              data[who.mix_weight])
 
-        self.button.click(ctx.guard(run), {*who.inputs, *who.mix_inputs, self.scene_state, *widgets.values()},
+        self.button.click(ctx.guard(run, job=True), {*who.inputs, *who.mix_inputs, self.scene_state, *widgets.values()},
                           [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
                           concurrency_id="generation")
