@@ -237,3 +237,33 @@ def test_the_knob_reaches_the_pipeline_through_generate_and_is_recorded(demo_app
         calls.handle.remove()
     assert cached.metadata["settings"]["identitynet_cache_interval"] == 2
     assert exact.metadata["settings"]["identitynet_cache_interval"] == 1
+
+
+@needs_torchao
+def test_quantize_model_option_loads_quantized_and_records_it(tmp_path):
+    from instantid.model_settings import ModelSettings
+
+    app = ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize="int8-weights").load()
+    linear = [m for n, m in app.pipe.unet.named_modules() if n.endswith("attn1.to_q")][0]
+    assert type(linear.weight) is not torch.nn.Parameter and app.quantize == "int8-weights"
+
+
+@pytest.mark.parametrize(("scheme", "hide_torchao", "message"), [
+    ("int8", True, r"^quantize int8 needs torchao: pip install"),
+    ("fp8", False, r"^quantize fp8 needs a CUDA GPU of compute capability 8\.9\+"),
+])
+def test_the_quantize_option_is_refused_before_any_weights_load(tmp_path, monkeypatch, scheme, hide_torchao,
+                                                                  message):
+    import instantid.generator
+    from instantid.model_settings import ModelSettings
+
+    if hide_torchao:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the quantize option was checked")
+
+    monkeypatch.setattr(instantid.generator.InstantID, "demo", no_loading)
+    with pytest.raises(InvalidInputError, match=message):
+        ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize=scheme, device="cpu").load()

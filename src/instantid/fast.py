@@ -73,6 +73,7 @@ class FastReport:
     face_layers: int = 0  # InstantID face processors installed after the changes (must not drop)
     vae_fp16: bool = False  # the VAE decodes in fp16 without upcasting
     vae_tiling: bool = False
+    quantized: str | None = None  # torchao scheme (lossy, instantid.quantize); None = exact weights
     recompiles_on: tuple[str, ...] = ()
 
     def summary(self) -> str:
@@ -89,6 +90,8 @@ class FastReport:
             parts.append("channels-last")
         if self.vae_fp16:
             parts.append("fp16 VAE")
+        if self.quantized:
+            parts.append(f"quantized {self.quantized} (lossy)")
         if self.vae_tiling:
             parts.append("VAE tiling")
         return "fast path: " + ("; ".join(parts) or "nothing enabled") + f"; face layers kept: {self.face_layers}"
@@ -219,6 +222,7 @@ def enable_fast_inference(
     fuse_qkv: bool | None = None,
     vae_fp16: bool | str | Path = False,
     vae_tiling: bool = False,
+    quantize: str | None = None,
     recompile_limit: int = DEFAULT_RECOMPILE_LIMIT,
 ) -> FastReport:
     """Make ``pipe`` (an InstantID pipeline, or any SDXL ControlNet pipeline) faster, keeping its pictures.
@@ -240,6 +244,9 @@ def enable_fast_inference(
         vae_fp16: a path or Hub id of an fp16-safe VAE to swap in, or ``True`` when the pipeline's VAE already
             declares ``force_upcast=False``; the VAE is then kept in fp16.
         vae_tiling: decode pictures larger than the VAE's native size in tiles (changes their pixels slightly).
+        quantize: lossy and off by default: a scheme of :data:`instantid.quantize.SCHEMES` (``fp8`` on sm89+
+            GPUs, ``fp8-weights``, ``int8``, ``int8-weights``) for the UNet's and ControlNets' linear layers
+            (torchao); applied after fusing and before compiling.
         recompile_limit: dynamo's per-function recompile limit, raised because all blocks share one forward.
     """
     face_before = _count_face_layers(pipe)
@@ -270,7 +277,13 @@ def enable_fast_inference(
             module.to(memory_format=torch.channels_last)
         report["channels_last"] = True
 
-    # 3. Regional compilation with an on-disk cache.
+    # 3. Lossy, opt-in: quantized linear layers (after fusing, which copies weights; before compiling).
+    if quantize is not None:
+        from instantid.quantize import quantize_pipeline
+
+        report["quantized"] = quantize_pipeline(pipe, quantize).scheme
+
+    # 4. Regional compilation with an on-disk cache.
     if compile:
         backend = "inductor" if compile is True else str(compile)
         if compile_mode not in COMPILE_MODES:

@@ -139,6 +139,7 @@ class InstantID:
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
         self.preset: Any = None  # an instantid.presets.FewStepPreset once apply_preset() ran
+        self.quantize: str | None = None  # torchao scheme the weights were quantized with (lossy), if any
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
@@ -157,7 +158,7 @@ class InstantID:
         lora: str | None = None, lora_scale: float = 1.0, allow_embedding_mismatch: bool = False,
         demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
         analyzer: FaceAnalyzer | None = None, preset: str | None = None, preset_weights: str | Path | None = None,
-        compile_cache: str | Path | None = None,
+        compile_cache: str | Path | None = None, quantize: str | None = None,
     ) -> InstantID:
         """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer (``analyzer``: one already made,
         e.g. by a CLI that checked the photos with it before this slow load)."""
@@ -185,11 +186,12 @@ class InstantID:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
-        if compile:
+        if compile or quantize:
             from instantid.fast import enable_fast_inference
 
             # After the preset: its LoRA is fused, so changing nothing per call recompiles nothing.
-            enable_fast_inference(pipe, compile=True, cache_dir=compile_cache)
+            enable_fast_inference(pipe, compile=compile, cache_dir=compile_cache, quantize=quantize)
+        app.quantize = quantize
         return app
 
     @classmethod
@@ -411,7 +413,7 @@ class InstantID:
             "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
             "settings": settings.model_dump(), "models": asdict(self.refs), "lora": self.lora,
             "model_name": self.model_name, "model_hash": self.model_hash,
-            "preset": None if self.preset is None else self.preset.name,
+            "preset": None if self.preset is None else self.preset.name, "quantize": self.quantize,
             "scheduler": _scheduler_name(scheduler), "sampler": sampler_label(scheduler),
             "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instantid.errors import InvalidInputError
 from instantid.faces import BACKENDS
+from instantid.quantize import SCHEMES as QUANTIZE_SCHEMES
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +70,9 @@ class ModelSettings(BaseModel):
                                 "sampler, steps and guidance its authors specify.")
     preset_weights: str | None = option(None, "The preset's weights file or folder (default: from the Hub).")
     compile: bool = option(False, "Fast path: compile UNet and IdentityNet (first call slow, cached on disk).")
+    quantize: Literal[tuple(QUANTIZE_SCHEMES)] | None = option(  # type: ignore[valid-type]
+        None, "Lossy speed/memory lever: torchao quantization of the UNet's and IdentityNet's linear layers: fp8 "
+        "(GPU sm89+), fp8-weights, int8, int8-weights (pip install 'instantid[quantize]').")
     demo: bool = option(False, "Tiny random weights, offline, seconds: images are noise.")
     demo_cache_dir: Path | None = option(None, "Where the demo weights are built (default ~/.cache/instantid).",
                                          flag="hidden")
@@ -103,9 +107,17 @@ class ModelSettings(BaseModel):
     def _load(self, analyzer: FaceAnalyzer | None) -> InstantID:
         from instantid.generator import InstantID
 
+        if self.quantize is not None:  # before minutes of loading: torchao missing or no fp8 GPU is one line
+            from instantid.loading import pick_device
+            from instantid.quantize import check_scheme, require_torchao
+
+            check_scheme(self.quantize, pick_device(self.device))
+            require_torchao(self.quantize)
+
         options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}
         options = {k: v for k, v in options.items() if v is not None}
-        common = {"lora_scale": self.lora_scale, "compile": self.compile, "preset": self.preset,
+        common = {"lora_scale": self.lora_scale, "compile": self.compile, "quantize": self.quantize,
+                  "preset": self.preset,
                   "preset_weights": self.preset_weights, **options}
         if self.demo:
             given = [name for name in ("base", "identitynet", "adapter") if getattr(self, name)]

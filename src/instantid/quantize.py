@@ -96,6 +96,14 @@ def _quiet_import() -> Any:
             lg.setLevel(level)
 
 
+def require_torchao(scheme: str) -> None:
+    """One line when torchao is not installed, found without importing it (its import is slow and chatty)."""
+    from importlib.util import find_spec
+
+    if find_spec("torchao") is None:
+        raise InvalidInputError(f"quantize {scheme} needs torchao: {INSTALL_HINT}")
+
+
 def torchao_config(scheme: str) -> Any:
     """The torchao config object of ``scheme``; a one-line error when torchao is not installed."""
     try:
