@@ -26,7 +26,7 @@ every cross-attention processor as the image half of ``encoder_hidden_states``.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,8 @@ class PreparedFaces:
     keys: dict[LayerGroup, torch.Tensor]  # (R, L, B, H, Q, d): region, layer of the group, batch, heads, token
     values: dict[LayerGroup, torch.Tensor]  # the same, already multiplied by each layer's adapter scale
     weights: tuple[dict[int, torch.Tensor] | None, ...]  # per region: token count -> (1, 1, N, 1); None = everywhere
+    # The same keys/values as views per group, layer and region: eager steps index tuples, not tensors.
+    views: dict[LayerGroup, tuple[tuple[tuple[torch.Tensor, torch.Tensor], ...], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,13 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
     def group(self, attn: Attention) -> LayerGroup:
         return attn.heads, self.hidden_size
 
-    def _stacked(self, stack: torch.Tensor, region: int) -> torch.Tensor:
-        """This layer's (B, H, Q, d) slice of a group stack."""
+    def _face_kv(self, prepared: PreparedFaces, group: LayerGroup, region: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's (B, H, Q, d) keys and values for one region."""
         if torch.compiler.is_compiling():
-            return stack[region].index_select(0, self.face_slot.to(stack.device))[0]
-        return stack[region, self.face_index]
+            keys, values = prepared.keys[group][region], prepared.values[group][region]
+            slot = self.face_slot.to(keys.device)
+            return keys.index_select(0, slot)[0], values.index_select(0, slot)[0]
+        return prepared.views[group][self.face_index][region]
 
     def __call__(
         self,
@@ -188,9 +192,8 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
             out = self._faces_unprepared(call, q, out, heads, num_queries)
         elif prepared.keys:
             group = self.group(attn)
-            keys, values = prepared.keys[group], prepared.values[group]
             for index, weights in enumerate(prepared.weights):
-                face = F.scaled_dot_product_attention(q, self._stacked(keys, index), self._stacked(values, index))
+                face = F.scaled_dot_product_attention(q, *self._face_kv(prepared, group, index))
                 if weights is None:
                     out = out + face
                 else:
@@ -297,7 +300,12 @@ def prepare_faces(unet: torch.nn.Module, call: FaceCall, latent_size: tuple[int,
             except ValueError:
                 continue  # this grid does not occur or cannot take the mask: the layer says so if it occurs
         weights.append(per_grid)
-    return dataclasses.replace(call, prepared=PreparedFaces(keys, values, tuple(weights)))
+    views = {
+        group: tuple(tuple(zip(keys[group][:, i].unbind(0), values[group][:, i].unbind(0), strict=True))
+                     for i in range(keys[group].shape[1]))
+        for group in keys
+    }
+    return dataclasses.replace(call, prepared=PreparedFaces(keys, values, tuple(weights), views))
 
 
 def adopt_face_layers(unet: torch.nn.Module, scale: float) -> None:
