@@ -107,6 +107,22 @@ def test_long_and_weighted_prompts_are_not_truncated(app):
     assert np.abs(images[1] - images[2]).mean() > 0  # and so does its weight
 
 
+def test_comma_padding_setting_reaches_the_prompt_encoding(app):
+    """The comma_padding knob moves a long prompt's words across the 75-token boundary (so the picture changes);
+    a prompt within one chunk is untouched by it."""
+    identity = app.prepare_identity(FACE)
+    long = ", ".join(f"detail {i} of the scene" for i in range(20))  # commas near every chunk boundary
+    short = "a portrait, soft light"
+
+    def image(prompt: str, padding: int) -> np.ndarray:
+        result = app.generate(identity, steps=2, seed=1, prompt=prompt, comma_padding=padding)
+        assert result.metadata["settings"]["comma_padding"] == padding
+        return np.asarray(result.images[0], dtype=float)
+
+    assert np.abs(image(long, 0) - image(long, 20)).mean() > 0
+    assert np.array_equal(image(short, 0), image(short, 20))
+
+
 # ---- one prompt path: encode_prompt_weighted for every prompt, bit-exact with diffusers' text path ----------
 
 _PROMPT_CASES = [  # (prompt, negative, guidance, images per prompt, force_zeros_for_empty_prompt)

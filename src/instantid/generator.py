@@ -389,7 +389,7 @@ class InstantID:
             pipe.scheduler = self.call_scheduler(settings)
             try:
                 images = pipe(
-                    **_prompt_arguments(pipe, prompt, negative, settings.guidance_scale),
+                    **_prompt_arguments(pipe, prompt, negative, settings.guidance_scale, settings.comma_padding),
                     controlnet_conditioning_scale=settings.identitynet_strength,
                     ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
@@ -421,7 +421,8 @@ class InstantID:
         }
 
 
-def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float) -> dict[str, Any]:
+def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float,
+                      comma_padding: int = 0) -> dict[str, Any]:
     """The call's text as embeddings from :func:`instantid.prompts.encode_prompt_weighted`, for every prompt:
     A1111-style weights and prompts past CLIP's 77 tokens work, and a plain prompt gives bit for bit what
     ``pipe``'s own ``encode_prompt`` makes of the text (tests/test_generator.py checks empty prompts, zeroed
@@ -431,7 +432,8 @@ def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: flo
     does for a missing negative. Negatives are made whenever guidance > 1: a pipeline that skips guidance
     anyway (diffusers' text-to-image with an LCM-distilled UNet) ignores them.
     """
-    embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1)
+    embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1,
+                                    comma_padding_backtrack=comma_padding)
     return embeds._asdict()
 
 

@@ -64,6 +64,10 @@ class GenerationSettings(BaseModel):
     prompt: str = knob("", "What to make; empty = from the face alone (image-only generation).", short="-p",
                        ui="text", max_length=4000)
     negative_prompt: str = knob("", "What to avoid.", ui="text", advanced=True, max_length=4000)
+    comma_padding: int = knob(
+        0, "Long prompts (over 75 tokens): move the words after a 75-token chunk's last comma, if at most N tokens "
+        "back, to the next chunk, as A1111's 'pad prompt to the last comma' (A1111 uses 20; 0 = off).",
+        ui="slider", step=1, advanced=True, ge=0, le=74)
     style: StyleName | None = knob(None, "Style preset (a template around the prompt).", ui="dropdown")
     num_images: int = knob(1, "Images per call (consecutive seeds).", ui="slider", step=1, advanced=True,
                            ge=1, le=MAX_IMAGES)
