@@ -48,4 +48,7 @@ def test_gpu_speed_tiny_runs_every_section(tmp_path, capsys):
         assert report["first_call"][state]["first_call_s"] > 0, report["first_call"][state]
     assert set(report["batches"]) == {"1", "2"} and all(r["images_per_s"] > 0 for r in report["batches"].values())
     assert set(report["presets"]) == {"lcm-lora", "lightning-4step", "hyper-sd-8step", "tcd"}
+    lossy = report["lossy"]  # section 6: each lossy lever alone, its drift next to the identity effect
+    assert {"eager", "identitynet_cache_2", "identitynet_cache_3"} <= set(lossy["levers"]) and "fp8" in lossy["skipped"]
+    assert 0 < lossy["levers"]["identitynet_cache_2"]["latent_mean_diff"] < lossy["identity_effect"]["latent_mean_diff"]
     assert "step/stock" in capsys.readouterr().out
