@@ -165,13 +165,16 @@ class JobService:
     def run_prepared(self, prepared: Prepared, settings: GenerationSettings, progress: Any = None, *,
                      owner: str = "ui", max_jobs: int | None = None) -> GenerationResult:
         """Run a job whose photos the caller has analysed (any task: the web UI's ``submit`` hook) through the
-        queue and limits, waiting for it; it is stored, run and written like an HTTP job of its task (job folder,
+        queue and limits, waiting for it (:meth:`submit_prepared`, then :meth:`result`). Blocking."""
+        record = self.submit_prepared(prepared, settings, owner=owner, max_jobs=max_jobs)
+        return self.result(record.id, progress)
+
+    def submit_prepared(self, prepared: Prepared, settings: GenerationSettings, *, owner: str = "ui",
+                        max_jobs: int | None = None) -> JobRecord:
+        """Queue an analysed job; it is stored, run and written like an HTTP job of its task (job folder,
         metadata). The analysed job is saved in the job folder (:mod:`instantid.service.stored`), so a worker on
         another machine runs it, and a job queued or running when the server stopped is run again after a
-        restart. ``owner`` / ``max_jobs``: the API key it counts against. Blocking."""
-        from PIL import Image
-
-        from instantid.generator import GenerationResult
+        restart. ``owner`` / ``max_jobs``: the API key it counts against (QueueFullError when over)."""
         from instantid.service.stored import save_prepared
 
         self.check_capacity(owner, max_jobs)
@@ -179,10 +182,10 @@ class JobService:
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
         request = {**prepared.names(), "settings": settings.model_dump(), "prepared_saved": True}
         job_id = new_job_id()
-        save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it the moment it exists
-        if self.dispatch is None:  # this process's worker takes it from memory, not from the folder
-            self.runner.prepared_jobs[job_id] = prepared
         try:
+            save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it at once
+            if self.dispatch is None:  # this process's worker takes it from memory, not from the folder
+                self.runner.prepared_jobs[job_id] = prepared
             record, _ = self.store.add(JobRecord(id=job_id, request=request, owner=owner))
         except BaseException:
             self.files.delete(job_id)  # nothing half-written: no folder without its record
@@ -193,21 +196,30 @@ class JobService:
             self.dispatch.submit(job_id)
         else:
             self.worker.wake()
+        return record
+
+    def result(self, job_id: str, progress: Any = None, poll_s: float = 0.1) -> GenerationResult:
+        """Wait for a job (reporting its steps to ``progress(step, total)``) and return its images; a failed or
+        canceled job is one InvalidInputError line. Blocking."""
+        from PIL import Image
+
+        from instantid.generator import GenerationResult
+
         shown = (-1, -1)
-        while (current := self.store.get(record.id)) is not None and current.state not in FINISHED:
+        while (current := self.store.get(job_id)) is not None and current.state not in FINISHED:
             if progress is not None and (current.step, current.total) != shown and current.total:
                 shown = (current.step, current.total)
                 progress(*shown)
-            time.sleep(0.1)
+            time.sleep(poll_s)
         if current is None or current.state != "done":
             raise InvalidInputError(f"generation {current.state if current else 'lost'}: "
                                     f"{current.error if current else 'the job expired'}")
         images = []
         for n in range(len(current.outputs)):
-            with Image.open(self.files.image_path(record.id, n)) as png:
+            with Image.open(self.files.image_path(job_id, n)) as png:
                 images.append(png.convert("RGB"))
         metadata = current.metadata or {}
-        used = GenerationSettings.model_validate(metadata.get("settings", request["settings"]))
+        used = GenerationSettings.model_validate(metadata.get("settings", current.request["settings"]))
         return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
 
     def _prepare(self, request: JobRequest) -> Prepared:

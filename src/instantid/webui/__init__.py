@@ -189,7 +189,7 @@ class UIContext:
             return wrapper
 
         def as_caller(request: gr.Request, *args: Any, **kwargs: Any) -> Any:
-            client = request.client.host if request is not None and request.client else "unknown"
+            client = getattr(getattr(request, "client", None), "host", None) or "unknown"
             with calling_as(Caller(getattr(request, "username", None) or None, client)):
                 return wrapper(*args, **kwargs)
 
