@@ -131,6 +131,7 @@ def test_a_face_block_compiles_in_one_graph_shared_by_its_shape_and_kept_across_
     # Another block of the shape (another layer, another slot in the stacks) reuses the graph, with its own
     # keys and values: its output is its eager output, not the first block's.
     outputs.append(compiled[1](*_block_inputs(blocks[1], first, 1)[:1], encoder_hidden_states=(states[0], [first])))
+    assert _graphs() == graphs
     for out, ref in zip(outputs, eager, strict=True):
         assert torch.allclose(out, ref, atol=1e-5)
     # A new face, adapter scale and mask position: new tensor values, the same graph.
