@@ -58,7 +58,7 @@ def test_keys_are_required_and_checked(server: tuple[httpx.Client, Path]) -> Non
     assert client.get("/v1/models", headers={"X-API-Key": BOB}).status_code == 200
     for open_path in ("/health", "/ready", "/metrics", "/docs"):
         assert client.get(open_path).status_code == 200, open_path
-    assert client.get("/ui/").status_code == 404  # the UI has no key check: not mounted on a keyed server
+    assert client.get("/ui/config").status_code == 401  # the UI is behind a login with a key (test_service_ui)
 
 
 def test_rate_limit_per_key_is_429_with_retry_after(server: tuple[httpx.Client, Path]) -> None:
