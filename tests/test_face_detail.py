@@ -89,9 +89,9 @@ def test_nothing_found_is_recorded_not_an_error(app, person) -> None:
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(InvalidInputError, match="strength must be in"):
+    with pytest.raises(InvalidInputError, match="^strength: input should be greater than or equal to 0.05, got 0$"):
         FaceDetailOptions(strength=0)
-    with pytest.raises(InvalidInputError, match="multiple of 8"):
+    with pytest.raises(InvalidInputError, match="^resolution: input should be a multiple of 8, got 100$"):
         FaceDetailOptions(resolution=100)
 
 
@@ -105,7 +105,8 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     picture = tmp_path / "full_body.png"
     _picture_with_a_small_face().save(picture)
     code = main(["detail", str(picture), str(FACES / "edge_no_face_noise.png"), "--face", str(FACES / "obama_1.jpg"),
-                 "--steps", "2", "--strength", "0.5", "--seed", "4", "-o", str(tmp_path / "out")])
+                 "--steps", "2", "--strength", "0.5", "--seed", "4", "--max-faces", "1", "--context", "1.5",
+                 "--resolution", "128", "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1, captured.err  # one picture was not written: the exit code says so
     assert "edge_no_face_noise.png: no face found, not written" in captured.err
@@ -115,6 +116,45 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert metadata["task"] == "face_detail" and metadata["source"] == "full_body.png" and metadata["seed"] == 4
     assert metadata["face_detail"]["ran"] is True and metadata["face_detail"]["strength"] == 0.5
     assert len(metadata["face_detail"]["faces"]) == 1
+    assert metadata["face_detail"]["max_faces"] == 1 and metadata["face_detail"]["context"] == 1.5
+    # One record format for the CLI, /v1/detail and the UI: what detail_picture writes for the same inputs.
+    from instantid.generator import prepare_identity
+    from instantid.service.detail import detail_picture
+
+    identity = prepare_identity(app.analyzer, [str(FACES / "obama_1.jpg")])
+    shared = detail_picture(app, identity, Image.open(picture).convert("RGB"), "full_body.png",
+                            GenerationSettings(steps=2, seed=4),
+                            FaceDetailOptions(strength=0.5, max_faces=1, context=1.5, resolution=128))
+    assert set(metadata) == set(shared.image_metadata(0)) and metadata["face_detail"] == shared.metadata["face_detail"]
+    with Image.open(written[0]) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(shared.images[0]))
+
+
+def test_detail_command_flags_are_the_declared_options(capsys):
+    from instantid.cli import main
+
+    assert main(["detail", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in FaceDetailOptions.model_fields:
+        assert "--" + name.replace("_", "-") in text, name
+    code = main(["detail", str(FACE), "--demo", "--face", str(FACE), "--max-faces", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-faces" in err and "Traceback" not in err
+
+
+def test_faces_the_caller_found_are_not_searched_again(app, person, monkeypatch):
+    picture = _picture_with_a_small_face()
+    found = app.analyze(picture, "full body")
+    looked: list[str] = []
+    analyze = app.analyzer.analyze
+    monkeypatch.setattr(app.analyzer, "analyze", lambda image, name=None: looked.append(name) or analyze(image, name))
+    given, info = refine_faces(app, person, [picture], SETTINGS, seeds=[1], options=OPTIONS, faces=[found])
+    assert looked == [] and len(info["images"][0]["faces"]) == 1
+    searched, _ = refine_faces(app, person, [picture], SETTINGS, seeds=[1], options=OPTIONS)
+    assert looked == ["generated image 1"]
+    assert np.array_equal(np.asarray(given[0]), np.asarray(searched[0]))
+    with pytest.raises(InvalidInputError, match="give the faces of each image"):
+        refine_faces(app, person, [picture], SETTINGS, seeds=[1], options=OPTIONS, faces=[])
 
 
 def test_generate_records_the_face_detail_pass(app, person):

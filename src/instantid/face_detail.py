@@ -14,65 +14,111 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from instantid.errors import InvalidInputError
-from instantid.settings import GenerationSettings
+from instantid.settings import GenerationSettings, knob
 from instantid.swap import control_pictures, head_region, paste_back, region_mask
+
+if TYPE_CHECKING:
+    from instantid.faces import Face
 
 # ADetailer's default denoising strength: enough to redraw a small face's features, little enough to keep
 # its colours, lighting and place in the picture.
 DEFAULT_STRENGTH = 0.4
 
 
-@dataclass(frozen=True)
-class FaceDetailOptions:
-    """How the second pass works; the generation settings (prompt, steps, strengths) come with the call."""
+class FaceDetailOptions(BaseModel):
+    """How the second pass works, declared once (type, default, range, help) like
+    :class:`~instantid.swap.SwapOptions`: ``instantid detail``'s flags, the HTTP fields of ``/v1/detail`` and the
+    web UI's controls derive from it. The generation settings (prompt, steps, strengths) come with the call."""
 
-    strength: float = DEFAULT_STRENGTH  # img2img strength of the re-denoise, (0, 1]
-    margin: float = 0.25  # room around the face box, as a fraction of the face size
-    feather: float = 0.1  # width of the blend's soft edge, as a fraction of the face size
-    context: float = 1.3  # crop side / feathered region side: surroundings the model sees
-    resolution: int | None = None  # working size of the crop; None = the model's (1024 for SDXL)
-    max_faces: int = 4  # largest first; more faces cost one pass each
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        if not 0 < self.strength <= 1:
-            raise InvalidInputError(f"face detail strength must be in (0, 1], got {self.strength}")
-        if self.margin < 0 or self.feather < 0 or self.context < 1 or self.max_faces < 1:
-            raise InvalidInputError("face detail margin and feather must be >= 0, context >= 1, max_faces >= 1")
-        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
-            raise InvalidInputError(f"face detail resolution must be a multiple of 8, >= 64, got {self.resolution}")
+    strength: float = knob(DEFAULT_STRENGTH, "How much each face is re-denoised (1 = redrawn from scratch).",
+                           ui="slider", step=0.05, ge=0.05, le=1)
+    margin: float = knob(0.25, "Room around each face box, as a fraction of the face size.", ui="slider",
+                         step=0.05, ge=0, le=2)
+    feather: float = knob(0.1, "Width of the soft edge, as a fraction of the face size.", ui="slider",
+                          step=0.01, advanced=True, ge=0, le=1)
+    context: float = knob(1.3, "Crop side over the redrawn region's side: how much of the surroundings the "
+                          "model sees.", ui="slider", step=0.05, advanced=True, ge=1, le=3)
+    max_faces: int = knob(4, "Faces redrawn, largest first (each costs one pass).", ui="slider", step=1,
+                          advanced=True, ge=1, le=16)
+    resolution: int | None = knob(None, "Working resolution of each face crop (default: the model's, 1024 for "
+                                  "SDXL).", advanced=True, ge=64, le=2048, multiple_of=8)
+
+    def __init__(self, **values: Any) -> None:
+        # Built directly (Python callers): a bad value is one InvalidInputError line naming the field.
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _OptionsError(_one_line(exc, lambda n: n), exc) from None
+
+
+class _OptionsError(InvalidInputError):
+    """A bad option, with pydantic's errors kept so :func:`make_detail_options` can name the field its way."""
+
+    def __init__(self, message: str, validation: ValidationError) -> None:
+        super().__init__(message)
+        self.validation = validation
+
+
+DetailOptions = FaceDetailOptions  # the name the job service, the web UI and the HTTP schema use
+
+
+def _one_line(exc: ValidationError, name: Callable[[str], str]) -> str:
+    first = exc.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "face detail options"
+    if first["type"] == "extra_forbidden":
+        return f"unknown face detail option {name(field)!r}; known: {', '.join(FaceDetailOptions.model_fields)}"
+    message = first["msg"][0].lower() + first["msg"][1:]
+    return f"{name(field)}: {message}, got {first.get('input')!r}"
+
+
+def make_detail_options(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> FaceDetailOptions:
+    """Validate ``values`` into :class:`FaceDetailOptions`; errors are one :class:`InvalidInputError` line naming
+    the field as the calling surface spells it (``name``: a CLI flag, a UI label)."""
+    try:  # through __init__ (pydantic runs an overridden __init__ on validation too): one place that checks
+        return FaceDetailOptions(**values)
+    except _OptionsError as exc:
+        raise InvalidInputError(_one_line(exc.validation, name)) from None
 
 
 def refine_faces(
     app: Any, identity: Any, images: Sequence[Image.Image], settings: GenerationSettings,
     seeds: Sequence[int] | None = None, options: FaceDetailOptions | None = None, *,
     progress: Callable[[int, int], None] | None = None, pipe: Any = None,
+    faces: Sequence[Sequence[Face] | None] | None = None,
 ) -> tuple[list[Image.Image], dict[str, Any]]:
     """Each image with its faces redrawn, and what was done (for the metadata under ``face_detail``).
 
     ``seeds`` (one per image, as generation used) make the pass reproducible; ``settings`` supplies prompt,
     style, steps, guidance, strengths and sampler. An image where no face is found is returned unchanged and
     recorded as skipped. Call it outside the model's lock (it takes the lock for each pass); ``pipe`` replaces
-    the image-to-image pipeline (tests).
+    the image-to-image pipeline (tests). ``faces``: per image, its faces as the caller already found them
+    (largest first, e.g. when a job was checked at submit; None for an image: found here), so no picture is
+    analysed twice.
     """
     from instantid.inpaint import img2img_pipeline
 
     options = options or FaceDetailOptions()
     if seeds is not None and len(seeds) != len(images):
         raise InvalidInputError(f"give one seed per image ({len(images)}), got {len(seeds)}")
+    if faces is not None and len(faces) != len(images):
+        raise InvalidInputError(f"give the faces of each image ({len(images)}), got {len(faces)}")
     resolution = options.resolution or app.min_side
     pipe = pipe or img2img_pipeline(app.pipe)
     refined: list[Image.Image] = []
     reports: list[dict[str, Any]] = []
     for i, image in enumerate(images):
-        faces = app.analyze(image, f"generated image {i + 1}")[: options.max_faces]
+        known = faces[i] if faces is not None else None
+        found = known if known is not None else app.analyze(image, f"generated image {i + 1}")
         done = []
-        for face in faces:
+        for face in list(found)[: options.max_faces]:
             region = head_region(face, image.size, margin=options.margin, feather=options.feather,
                                  resolution=resolution, head=False, context=options.context)
             mask = region_mask(region)
@@ -92,11 +138,11 @@ def refine_faces(
         refined.append(image)
         reports.append({"faces": done, "skipped": None if done else "no face found"})
     info = {
-        "ran": any(r["faces"] for r in reports), **asdict(options), "resolution": resolution,
+        "ran": any(r["faces"] for r in reports), **options.model_dump(), "resolution": resolution,
         "denoising_steps": int(max(settings.steps, math.ceil(1 / options.strength)) * options.strength),
         "images": reports,
     }
     return refined, info
 
 
-__all__ = ["DEFAULT_STRENGTH", "FaceDetailOptions", "refine_faces"]
+__all__ = ["DEFAULT_STRENGTH", "DetailOptions", "FaceDetailOptions", "make_detail_options", "refine_faces"]

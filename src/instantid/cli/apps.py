@@ -28,22 +28,41 @@ MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. 
 
 
 # ---- identity mixing -------------------------------------------------------------------------------------
-# ---- swap options on the command line -----------------------------------------------------------------
+# ---- swap and face-detail options on the command line -----------------------------------------------
+def with_declared_options(declaration: Any, make: Callable[..., Any], parameter: str
+                          ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field of ``declaration`` (a pydantic model: type, default, range, help);
+    it receives them validated by ``make(values, name)`` as ``parameter`` (errors name the flag)."""
+    names = list(declaration.model_fields)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != parameter]
+
+        def wrapper(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, **{parameter: make(values, lambda n: "--" + n.replace("_", "-"))})
+
+        wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
+        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [*own, *option_parameters(declaration, names)])
+        return wrapper
+
+    return decorate
+
+
 def with_swap_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command one option per :class:`~instantid.swap.SwapOptions` field; it receives them validated as
-    ``swap`` (errors name the flag)."""
+    """One option per :class:`~instantid.swap.SwapOptions` field; the command receives ``swap``."""
     from instantid.swap import SwapOptions, make_swap_options
 
-    names = list(SwapOptions.model_fields)
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "swap"]
+    return with_declared_options(SwapOptions, make_swap_options, "swap")(command)
 
-    def wrapper(**kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in names}
-        return command(**kwargs, swap=make_swap_options(values, lambda n: "--" + n.replace("_", "-")))
 
-    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
-    wrapper.__signature__ = inspect.Signature([*own, *option_parameters(SwapOptions, names)])  # type: ignore[attr-defined]
-    return wrapper
+def with_detail_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per :class:`~instantid.face_detail.FaceDetailOptions` field (``--strength``, ``--margin``,
+    ``--max-faces``...); the command receives ``detail``."""
+    from instantid.face_detail import FaceDetailOptions, make_detail_options
+
+    return with_declared_options(FaceDetailOptions, make_detail_options, "detail")(command)
 
 
 def _scene_name(path: Path, full_paths: bool) -> str:
@@ -114,59 +133,56 @@ def swap_command(
                   "without a face are reported and not written.")
 @with_model_options
 @with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
+@with_detail_options
 def detail_command(
     pictures: list[Path] = typer.Argument(..., help="Pictures whose faces are redrawn.", dir_okay=False),
     face: list[Path] = typer.Option(..., "--face", help="Photo(s) of the person; several are fused.",
                                     dir_okay=False),
-    strength: float = typer.Option(0.4, "--strength", min=0.05, max=1.0, help="Re-denoising strength."),
-    margin: float = typer.Option(0.25, "--margin", min=0.0, max=2.0, help="Room around each face box, as a "
-                                 "fraction of the face size."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos in the images."),
     settings: Any = None,
     model: Any = None,
+    detail: Any = None,
 ) -> None:
     import random
 
-    from instantid.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
     from instantid.generator import prepare_identity
     from instantid.outputs import prepare_folder, write_image
+    from instantid.service.detail import detail_picture
     from instantid.settings import MAX_SEED
 
-    options = FaceDetailOptions(strength=strength, margin=margin)
     check_model_options(model)
     prepare_folder(out, "--out")
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
         identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
                                     fusion=settings.fusion, full_paths=full_paths)
-        images = [load_image(str(p), _scene_name(p, full_paths)) for p in pictures]
+        names = [_scene_name(p, full_paths) for p in pictures]
+        images = [load_image(str(p), name) for p, name in zip(pictures, names, strict=True)]
+        # Each picture analysed once, here: the pass redraws these faces (no second look after the model load).
+        found = [analyzer.analyze(image, name) for image, name in zip(images, names, strict=True)]
         # Cheap before slow: a run in which no picture shows a face would load the model for nothing.
-        if not any(analyzer.analyze(image, _scene_name(p, full_paths)) for p, image in zip(pictures, images,
-                                                                                           strict=True)):
+        if not any(found):
             raise NoFaceError(", ".join(p.name for p in pictures))
     instant = load_model(model, analyzer)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
-    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(images))]
+    skipped = 0
     with progress_bar() as bar:
         task = bar.add_task("face detail", total=settings.steps)
-        refined, info = refine_faces(instant, identity, images, settings, seeds, options,
-                                     progress=lambda step, total: bar.update(task, completed=step, total=total))
-    metadata = instant.call_metadata(identity, settings, instant.call_scheduler(settings), "face_detail")
-    skipped = 0
-    for i, (path, image) in enumerate(zip(pictures, refined, strict=True)):
-        report = info["images"][i]
-        if report["skipped"]:
-            console.print(f"[yellow]{path.name}: {report['skipped']}, not written[/]")
-            skipped += 1
-            continue
-        one = {**metadata, "source": _scene_name(path, full_paths), "seed": seeds[i],
-               "width": image.width, "height": image.height,
-               "face_detail": {**{k: v for k, v in info.items() if k != "images"}, **report}}
-        typer.echo(str(write_image(image, one, out, f"{path.stem}_detail", overwrite=overwrite,
-                                   full_paths=full_paths)))
+        for i, (path, image) in enumerate(zip(pictures, images, strict=True)):
+            if not found[i]:
+                console.print(f"[yellow]{path.name}: no face found, not written[/]")
+                skipped += 1
+                continue
+            # The same function and record format as /v1/detail and the web UI's Face detail tab.
+            result = detail_picture(instant, identity, image, names[i],
+                                    settings.updated(seed=(seed + i) % (MAX_SEED + 1)), detail,
+                                    lambda step, total: bar.update(task, completed=step, total=total),
+                                    faces=found[i])
+            typer.echo(str(write_image(result.images[0], result.image_metadata(0), out, f"{path.stem}_detail",
+                                       overwrite=overwrite, full_paths=full_paths)))
     if instant.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")
     if skipped:  # some pictures were not written: say so in the exit code too
@@ -198,4 +214,4 @@ def layouts_command(
         typer.echo(line)
 
 
-__all__ = ["with_swap_options"]
+__all__ = ["with_declared_options", "with_detail_options", "with_swap_options"]

@@ -77,6 +77,7 @@ def save_prepared(files: JobFiles, job_id: str, job: Prepared) -> None:
         "swap": job.swap.model_dump() if job.swap is not None else None,
         "pose": job.pose[0] if job.pose is not None else None,
         "placement": None, "detail": job.detail.model_dump() if job.detail is not None else None,
+        "picture_faces": None if job.picture_faces is None else [_face(f) for f in job.picture_faces],
     }
     if job.placement is not None:
         faces, (width, height) = job.placement
@@ -95,7 +96,7 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
     or of another format."""
     from PIL import Image
 
-    from instantid.service.detail import DetailOptions
+    from instantid.face_detail import DetailOptions
     from instantid.service.tasks import Prepared
     from instantid.swap import SwapOptions
 
@@ -120,6 +121,7 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
         swap=SwapOptions.model_validate(data["swap"]) if data["swap"] is not None else None,
         pose=(data["pose"], files.load_input(job_id, "pose")) if data["pose"] is not None else None,
         placement=placement,
+        picture_faces=None if data["picture_faces"] is None else tuple(_face_back(f) for f in data["picture_faces"]),
         detail=DetailOptions.model_validate(data["detail"]) if data["detail"] is not None else None,
     )
 

@@ -196,6 +196,15 @@ class FaceSide:
         picture = load_image(photo[1], photo[0])
         return picture, self.analyzer.get_face(picture, photo[0], index)
 
+    def all_faces(self, photo: Photo) -> tuple[Image.Image, list[Face]]:
+        """The photo (upright RGB) and every face in it, largest first."""
+        from instantid.faces import load_image
+
+        picture = load_image(photo[1], photo[0])
+        if self.model is not None:
+            return picture, self.model.analyze(picture, photo[0])
+        return picture, self.analyzer.analyze(picture, photo[0])
+
     def group_poses(self, photo: Photo, count: int) -> Placement:
         """Where ``count`` people stand in a group photo (:func:`instantid.generator.group_poses`)."""
         from instantid.generator import group_poses
@@ -222,6 +231,7 @@ class Prepared:
     pose: Photo | None = None  # group: the group photo (its faces place the people)
     placement: Placement | None = None  # group: where the group photo's people stand (found once)
     detail: DetailOptions | None = None  # detail: the pass's options (``scene``: the picture redrawn)
+    picture_faces: tuple[Face, ...] | None = None  # detail: the picture's faces, largest first (found once)
 
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
@@ -240,21 +250,21 @@ class Prepared:
 
             assert self.scene is not None and self.detail is not None  # checked when prepared
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
-                                  progress)
+                                  progress, faces=self.picture_faces)
         return model.generate(self.identity, settings, progress=progress)
 
     def found(self) -> dict[str, Any]:
         """What the analysis found that a worker would otherwise find again, as JSON for the job record
         (:func:`prepare` takes it back as ``found``)."""
-        if self.task == "detail":  # the picture shows a face (the pass itself finds them again)
-            return {"picture_checked": True}
+        if self.task == "detail":  # the faces the pass redraws (largest first), so no worker looks again
+            assert self.detail is not None
+            faces = list(self.picture_faces or ())[: self.detail.max_faces]
+            return {"picture_checked": True, "picture_faces": [_position(f) for f in faces]}
         if self.placement is None:
             return {}
         faces, size = self.placement
         # The faces' positions only: a group photo's embeddings are never used (each person has their own).
-        return {"placement": {"size": list(size), "faces": [{"bbox": [float(v) for v in f.bbox],
-                                                             "kps": f.kps.tolist(), "score": float(f.score),
-                                                             "space": f.space} for f in faces]}}
+        return {"placement": {"size": list(size), "faces": [_position(f) for f in faces]}}
 
     def names(self) -> dict[str, Any]:
         """The job as a request record names it (photo names, options), for a job whose photos are not kept
@@ -270,19 +280,28 @@ class Prepared:
         }
 
 
-def placement_from(found: dict[str, Any] | None) -> Placement | None:
-    """The placement :meth:`Prepared.found` recorded, as :meth:`InstantID.generate_group` takes it."""
+def _position(face: Face) -> dict[str, Any]:
+    """Where a face is (box, keypoints), without its embedding: what placing or redrawing it needs."""
+    return {"bbox": [float(v) for v in face.bbox], "kps": face.kps.tolist(), "score": float(face.score),
+            "space": face.space}
+
+
+def _position_back(data: dict[str, Any]) -> Face:
     import numpy as np
 
     from instantid.faces import Face
 
+    return Face(bbox=tuple(data["bbox"]), score=data["score"], kps=np.asarray(data["kps"], dtype=np.float32),
+                embedding=np.zeros(0, np.float32), space=data["space"])
+
+
+def placement_from(found: dict[str, Any] | None) -> Placement | None:
+    """The placement :meth:`Prepared.found` recorded, as :meth:`InstantID.generate_group` takes it."""
     recorded = (found or {}).get("placement")
     if not recorded:
         return None
-    faces = [Face(bbox=tuple(f["bbox"]), score=f["score"], kps=np.asarray(f["kps"], dtype=np.float32),
-                  embedding=np.zeros(0, np.float32), space=f["space"]) for f in recorded["faces"]]
     width, height = recorded["size"]
-    return faces, (int(width), int(height))
+    return [_position_back(f) for f in recorded["faces"]], (int(width), int(height))
 
 
 def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None = None) -> Prepared:
@@ -309,15 +328,20 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         from instantid.faces import load_image
 
         assert request.picture is not None  # checked at construction
-        if (found or {}).get("picture_checked"):
+        recorded = (found or {}).get("picture_faces")
+        picture_faces: tuple[Face, ...] | None
+        if recorded:  # found at submit: the worker redraws those faces without looking again
             picture = load_image(request.picture[1], request.picture[0])
-        else:
-            try:  # cheap before slow: a picture without a face is refused here, not after the model ran
-                picture, _ = faces.find_face(request.picture, None)
-            except NoFaceError:
-                raise NoFaceError(f"the picture {request.picture[0]}") from None
+            picture_faces = tuple(_position_back(f) for f in recorded)
+        elif (found or {}).get("picture_checked"):  # a record from before the faces were kept: the pass finds them
+            picture, picture_faces = load_image(request.picture[1], request.picture[0]), None
+        else:  # cheap before slow: a picture without a face is refused here, not after the model ran
+            picture, every = faces.all_faces(request.picture)
+            if not every:
+                raise NoFaceError(f"the picture {request.picture[0]}")
+            picture_faces = tuple(every)
         return Prepared("detail", identity=identity, scene=picture, scene_name=request.picture[0],
-                        detail=request.detail)
+                        detail=request.detail, picture_faces=picture_faces)
     assert request.scene is not None and request.swap is not None  # checked at construction
     try:
         scene, target = faces.find_face(request.scene, request.swap.target_index)

@@ -4,7 +4,7 @@ face-detail knob.
 
 The picture is analysed when it is uploaded (its faces drawn and numbered largest first; the pass redraws up to
 ``max_faces`` of them) and the job goes to the UI's ``submit`` hook like every tab's (under ``instantid serve``:
-the server's job queue). Controls: :class:`~instantid.service.detail.DetailOptions` and the generation settings
+the server's job queue). Controls: :class:`~instantid.face_detail.FaceDetailOptions` and the generation settings
 the pass uses, both derived from their declarations.
 """
 
@@ -68,9 +68,9 @@ class DetailTab:
         raw = {name: control.value(values.get(name)) for name, control in self.by_name.items()}
         options = make_detail_options({c.name: raw[c.name] for c in self.options}, name=self.label)
         settings = make_settings({c.name: raw[c.name] for c in self.settings}, name=self.label)
-        self.faces(picture)  # a picture without a face is refused now (found at upload, so no new analysis)
+        found = self.faces.largest_first(picture)  # found at upload: no new analysis, here or in the job
         job = Prepared("detail", identity=identity, scene=load_image(picture.read(), picture.name),
-                       scene_name=picture.name, detail=options)
+                       scene_name=picture.name, detail=options, picture_faces=tuple(found))
         return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="detail")
 
     # ---- layout ----------------------------------------------------------------------------------
