@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true", help="also list the top operators of each pipeline")
     parser.add_argument("--compile", choices=("inductor", "eager", "aot_eager"), default=None,
                         help="compile the blocks both pipelines share (regional, as enable_fast_inference does)")
+    parser.add_argument("--face-layers-eager", action="store_true",
+                        help="with --compile: keep the face layers out of the graphs (a graph break in each block)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pipeline_vs_stock.json")
     args = parser.parse_args(argv)
     dtype = torch_dtype(args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32"))
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         # The shared blocks, compiled once: each pipeline's processors get graphs of their own. Only the compile
         # lever, so both pipelines stay comparable (fusing QKV would fuse ours and not the stock layers).
-        enable_fast_inference(ours, compile=args.compile, fuse_qkv=False, channels_last=False)
+        enable_fast_inference(ours, compile=args.compile, compile_face_layers=not args.face_layers_eager,
+                              fuse_qkv=False, channels_last=False)
     face = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]) * size
     kps = draw_kps(Image.new("RGB", (size, size)), face)
     mask = np.zeros((size, size, 3), np.uint8)
