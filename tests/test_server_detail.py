@@ -200,3 +200,34 @@ def test_a_worker_elsewhere_places_the_group_from_the_record(model: Any, tmp_pat
     direct = model.generate_group(people, GenerationSettings(steps=2, width=64, height=64, seed=5),
                                   pose=GROUP.read_bytes())
     assert np.array_equal(made, np.asarray(direct.images[0].convert("RGB")))
+
+
+def test_detail_picture_is_analysed_once_per_job_here_and_in_a_worker_elsewhere(
+        client: httpx.Client, model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The faces found at submit are the faces the pass redraws: the worker (this process's, or another one that
+    has only the record and the job folder) never looks at the picture again, and draws the same pixels."""
+    from instantid.service.core import JobService, ServerSettings
+    from instantid.service.jobs import SQLiteJobStore
+    from instantid.service.runner import JobRunner
+    from instantid.service.schema import Body, job_request
+
+    seen = count_analyses(model, monkeypatch)
+    files = [upload("face", FACE, "me.jpg"), upload("picture", OTHER, "pic.jpg")]
+    here, _ = finished(client.post("/v1/detail?wait=true", files=files, data=DETAIL))
+    assert seen.count("pic.jpg") == 1 and "generated image 1" not in seen, seen
+
+    class Dispatched:  # stands in for RQ: the job goes to a worker that has only the store and folder
+        def submit(self, job_id: str) -> None:
+            pass
+
+    seen.clear()
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    server = JobService(ServerSettings(out_dir=tmp_path), store, analyzer=model.analyzer, dispatch=Dispatched())
+    body = Body(dict(DETAIL), {"face": [("me.jpg", FACE.read_bytes())], "picture": [("pic.jpg", OTHER.read_bytes())]})
+    record, _ = server.submit_request(job_request("detail", body))
+    assert len(store.get(record.id).request["found"]["picture_faces"]) == 1
+    worker = JobRunner(model, store, server.files)  # nothing in memory from the submit
+    assert worker.run(store.start(record.id, "elsewhere")) == "done", store.get(record.id).error
+    assert seen.count("pic.jpg") == 1 and "generated image 1" not in seen, seen
+    with Image.open(server.files.image_path(record.id, 0)) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), here)
