@@ -39,8 +39,9 @@ def serve_command(
     max_jobs_per_key: int | None = typer.Option(None, help="Queued + running jobs per API key."),
     cors_origin: list[str] = typer.Option([], help="Allow browser calls from this origin (repeat; default: "
                                           "CORS off)."),
-    no_ui: bool = typer.Option(False, "--no-ui", help="Do not mount the web UI at /ui (it is mounted only without "
-                               "--queue and --api-key-file; its jobs, every tab's, join this server's queue)."),
+    no_ui: bool = typer.Option(False, "--no-ui", help="Do not mount the web UI at /ui (its jobs, every tab's, join "
+                               "this server's queue and limits, also with --queue; with --api-key-file it asks to "
+                               "sign in: user name = the key's name, password = the key)."),
     model: Any = None,
 ) -> None:
     """Start the HTTP API (docs at /docs, metrics at /metrics) with the web UI at /ui."""
