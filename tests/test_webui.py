@@ -89,6 +89,11 @@ def test_upload_previews_the_face_then_generates_into_the_folder(browser: object
     image = page.locator("#gallery img").first
     image.wait_for(timeout=WAIT)
     assert page.locator("#info").get_by_text("Seed ").count() == 1
+    # gradio's gallery loads its <img> lazily: once the Advanced controls push Generate far down the page, the
+    # result is out of view until one scrolls back up to it, as a person does; then wait until it is decoded.
+    image.scroll_into_view_if_needed()
+    page.wait_for_function("() => { const i = document.querySelector('#gallery img'); "
+                           "return i !== null && i.complete && i.naturalWidth > 0; }", timeout=WAIT)
     page.screenshot(path=SCREENSHOT, full_page=True)
     assert image.evaluate("img => img.naturalWidth") > 0
     saved = sorted(out_dir.glob("instantid-*.png"))
