@@ -1,15 +1,17 @@
 """Proof that training learns identity: held-out denoising loss before / after, right vs wrong identity.
 
-A synthetic data set (``instantid.training.synthetic``) draws faces whose colours and proportions belong to
-an identity, at random pose, position and scale, all with the same caption; each identity has a fixed random
-embedding (plus per-image noise). The keypoint picture gives IdentityNet the pose; only the embedding tells
-the model which colours to denoise towards, so after training the held-out loss must be lower with the right
-identity's embedding than with a wrong one's (or none).
+A synthetic data set (``instantid.training.synthetic``): each identity owns the colours of the whole picture
+(a grid of coloured cells filling the frame, and the skin, hair, eye and mouth colours of a face drawn on it);
+the face geometry is the same for everyone and pose, position and scale are random, so the keypoint picture
+says only the pose; every image has the same caption; each identity has a fixed random embedding (plus
+per-image noise). Only the embedding tells the model which colours to denoise towards, so after training the
+held-out loss must be lower with the right identity's embedding than with a wrong one's (or none).
 
 Two phases, because InstantID trains on top of a *pretrained* SDXL and the tiny stack's base is random:
 
 1. base pre-training (a small loop here): the tiny UNet alone (caption only, no face adapter) learns to denoise
-   the synthetic images generically, as SDXL denoises photos; it is then saved and frozen.
+   pictures of *other* identities (strangers), as SDXL denoises photos of people it never saw; it is then
+   saved and frozen.
 2. InstantID training with the real trainer (``instantid.training.trainer.main``): fresh face adapter
    (Resampler + decoupled cross-attention) and IdentityNet (a copy of the pretrained UNet, zero-initialised
    outputs) train on top of the frozen base, exactly as the paper's recipe does.
@@ -23,7 +25,7 @@ Held-out images are unseen poses of the same identities. Each is scored with the
 timesteps for every condition; the main number uses timesteps 300-700, where the image is neither visible
 (t small: colours readable from x_t) nor gone (t large: eps ~ x_t); the full range is reported too.
 
-    OMP_NUM_THREADS=2 python benchmarks/train_proof.py [--steps 1600] [--base-steps 300]   # ~4-6 min on 2 cores
+    OMP_NUM_THREADS=2 python benchmarks/train_proof.py [--steps 1000] [--base-steps 300]
 """
 
 from __future__ import annotations
@@ -45,38 +47,12 @@ from instantid.tiny import TinyConfig, build_tiny_instantid
 from instantid.training.config import TrainConfig
 from instantid.training.data import FaceDataset, collate
 from instantid.training.model import build_modules, encode_text, time_ids
-from instantid.training.synthetic import SPACE, make_identities, write_synthetic_dataset
+from instantid.training.synthetic import SPACE, make_identities, make_vae_like_trained, write_synthetic_dataset
 from instantid.training.trainer import main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_proof.json"
 MID_TIMESTEPS = list(range(300, 701, 50))  # 9 timesteps: the range where identity decides the denoising
 FULL_TIMESTEPS = list(range(50, 1000, 100))  # 10 timesteps over the whole schedule
-
-
-def make_vae_like_trained(base: Path, dataset: FaceDataset) -> dict:
-    """Give the tiny random VAE the two properties of a trained one that training relies on.
-
-    1. Latents of unit variance: the scaling factor is set from the data, as SD's 0.18215 / SDXL's 0.13025
-       are for theirs (a random VAE's raw latents are tiny next to unit noise and would hide the content).
-    2. A near-deterministic posterior: a random VAE's posterior std (~1 in raw units) is ~6x the spread of its
-       means, so ``latent_dist.sample()`` (what the trainer encodes with, as diffusers' scripts do) would be
-       mostly VAE noise and there would be no image, let alone an identity, to learn. A trained VAE's logvar
-       is very negative; here the logvar half of ``quant_conv`` is set to the clamp value -30 (std ~3e-7).
-    """
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
-    batch = collate([dataset[i] for i in range(min(64, len(dataset)))])
-    with torch.no_grad():
-        dist = vae.encode(batch["pixel_values"]).latent_dist
-        mean_std, random_posterior_std = float(dist.mean.std()), float(dist.std.mean())
-        channels = vae.quant_conv.out_channels // 2
-        vae.quant_conv.weight[channels:] = 0.0
-        vae.quant_conv.bias[channels:] = -30.0
-    vae.register_to_config(scaling_factor=1.0 / mean_std)
-    vae.save_pretrained(base / "vae")
-    return {"scaling_factor": 1.0 / mean_std,
-            "random_vae_posterior_std_over_mean_spread": random_posterior_std / mean_std}
 
 
 def pretrain_base(base: Path, dataset: FaceDataset, steps: int, batch_size: int, lr: float, res: int) -> dict:
@@ -207,19 +183,24 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="instantid-train-proof-"))
     dim, res = 128, args.resolution
     release = build_tiny_instantid(work / "tiny", TinyConfig(embedding_dim=dim, embedding_space=SPACE))
-    identities = make_identities(args.identities, dim, seed=0)
+    identities = make_identities(args.identities, dim, seed=0, min_distance=args.min_distance)
     scale = tuple(args.face_scale)
     write_synthetic_dataset(work / "train", identities, args.train_per_id, res, seed=1, face_scale=scale)
     write_synthetic_dataset(work / "held_out", identities, args.test_per_id, res, seed=2, face_scale=scale)
+    # The base is pre-trained on *other* people (as SDXL never saw the user): it learns what such pictures
+    # look like, not the colours of the identities InstantID is then trained and tested on.
+    strangers = make_identities(args.base_identities, dim, seed=3)
+    write_synthetic_dataset(work / "base", strangers, args.base_per_id, res, seed=4, face_scale=scale)
     train_set = FaceDataset(work / "train", res, SPACE, dim)
     held_set = FaceDataset(work / "held_out", res, SPACE, dim)
-    vae_report = make_vae_like_trained(release / "base", train_set)
+    base_set = FaceDataset(work / "base", res, SPACE, dim)
+    vae_report = make_vae_like_trained(release / "base", base_set)
 
     config = TrainConfig(
         data_dir=str(work / "train"), output_dir=str(work / "run"), resolution=res,
         pretrained_model=str(release / "base"), resampler_width=128, embedding_space=SPACE, embedding_dim=dim,
         train_batch_size=args.batch, max_train_steps=args.steps, learning_rate=args.lr,
-        lr_scheduler="cosine", lr_warmup_steps=20, text_dropout=0.0, face_dropout=0.05,
+        lr_scheduler="cosine", lr_warmup_steps=20, text_dropout=0.0, face_dropout=0.05, snr_gamma=args.snr_gamma,
         checkpointing_steps=args.steps, validation_steps=0, dataloader_num_workers=0,
     )
     timings = {}
@@ -229,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
     del raw
 
     start = time.perf_counter()
-    base_report = pretrain_base(release / "base", train_set, args.base_steps, args.base_batch, args.base_lr, res)
+    base_report = pretrain_base(release / "base", base_set, args.base_steps, args.base_batch, args.base_lr, res)
     timings["phase 1 base pre-training"] = time.perf_counter() - start
 
     before = build_modules(config)  # pretrained frozen base, fresh adapter + IdentityNet
@@ -270,10 +251,12 @@ def run(args: argparse.Namespace) -> dict:
     }
     a, b, c = (table[k] for k in list(table)[:3])
     return {
-        "design": "phase 1: tiny base UNet pre-trained (caption only) on the synthetic images, then frozen; "
+        "design": "phase 1: tiny base UNet pre-trained (caption only) on pictures of other identities, then frozen; "
                   "phase 2: fresh face adapter + IdentityNet trained on top with instantid.training.trainer.main",
         "setup": {
-            "identities": args.identities, "train_images": len(train_set), "held_out_images": len(held_set),
+            "identities": args.identities, "min_colour_distance": args.min_distance,
+            "base_identities": args.base_identities, "base_images": len(base_set),
+            "train_images": len(train_set), "held_out_images": len(held_set),
             "resolution": res, "face_scale": list(scale), "latent": list(held.latents.shape[1:]), "embedding_dim": dim,
             "base_steps": args.base_steps, "base_batch": args.base_batch, "base_lr": args.base_lr,
             "steps": args.steps, "batch": config.train_batch_size, "learning_rate": config.learning_rate,
@@ -302,22 +285,29 @@ def run(args: argparse.Namespace) -> dict:
 
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1600, help="phase 2 (InstantID) optimizer steps")
+    parser.add_argument("--steps", type=int, default=1000, help="phase 2 (InstantID) optimizer steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--snr-gamma", type=float, default=1.0, help="Min-SNR loss weighting of phase 2 (0: off)")
     parser.add_argument("--base-steps", type=int, default=300, help="phase 1 (base UNet) optimizer steps")
     parser.add_argument("--base-batch", type=int, default=16)
     parser.add_argument("--base-lr", type=float, default=2e-3)
     parser.add_argument("--identities", type=int, default=8)
-    parser.add_argument("--train-per-id", type=int, default=16)
+    parser.add_argument("--min-distance", type=float, default=90.0,
+                        help="RGB distance kept between identities' background, skin and hair colours")
+    parser.add_argument("--base-identities", type=int, default=64, help="other people the base is pre-trained on")
+    parser.add_argument("--base-per-id", type=int, default=2)
+    parser.add_argument("--train-per-id", type=int, default=64)
     parser.add_argument("--test-per-id", type=int, default=4)
-    parser.add_argument("--wrong-shifts", type=int, default=3, help="wrong identities averaged per held-out image")
+    parser.add_argument("--wrong-shifts", type=int, default=7, help="wrong identities averaged per held-out image")
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--face-scale", type=float, nargs=2, default=(0.28, 0.38),
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
+    parser.add_argument("--face-scale", type=float, nargs=2, default=(0.2, 0.3),
                         help="face half-width range, as fractions of the image size")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+    args.snr_gamma = args.snr_gamma or None
     report = run(args)
     print(f"\n{report['design']}")
     losses = report["held_out_loss"]
@@ -341,9 +331,9 @@ def main_cli() -> None:
           f"{report['base_pretraining']['loss_last_10pct']:.4f}; InstantID train loss "
           f"{report['train_loss_first_10pct']:.4f} -> {report['train_loss_last_10pct']:.4f}")
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from instantid.tiny import TinyConfig, build_tiny_components, build_tiny_instant
 from instantid.training.config import TrainConfig, parse_args
 from instantid.training.data import FaceDataset, collate, read_manifest
 from instantid.training.export import adapter_state_dict, export_release
-from instantid.training.model import build_modules, diffusion_loss
+from instantid.training.model import build_modules, diffusion_loss, encode_text, time_ids
 from instantid.training.prepare import PrepareConfig, prepare
-from instantid.training.synthetic import SPACE, make_identities, write_synthetic_dataset
+from instantid.training.synthetic import SPACE, make_identities, make_vae_like_trained, write_synthetic_dataset
 from instantid.training.trainer import LOG_FILE, main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +37,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("training")
     release = build_tiny_instantid(root / "tiny", TinyConfig(embedding_dim=DIM, embedding_space=SPACE))
     write_synthetic_dataset(root / "data", make_identities(4, DIM), per_identity=2, size=RES)
+    # Latents that hold the picture rather than the random VAE's posterior noise (see make_vae_like_trained).
+    make_vae_like_trained(release / "base", FaceDataset(root / "data", RES, SPACE, DIM))
     return {"root": root, "base": release / "base", "data": root / "data"}
 
 
@@ -66,31 +68,50 @@ def test_export_inverts_diffusers_conversion_on_the_published_fixture() -> None:
             assert torch.equal(exported[group][key], tensor.to(exported[group][key].dtype)), key
 
 
+def _fixed_noise_loss(modules, batch: dict, timesteps=(200, 400, 600, 800)) -> float:
+    """eps-MSE of every example at each of ``timesteps`` with noise fixed by a seed: the same draws before and
+    after training, so the difference is the training, not the sampling."""
+    with torch.no_grad():
+        latents = modules.vae.encode(batch["pixel_values"]).latent_dist.mean * modules.vae.config.scaling_factor
+        text, pooled = encode_text(batch["caption"], modules)
+        gen, losses = torch.Generator().manual_seed(123), []
+        for t in timesteps:
+            steps = torch.full((latents.shape[0],), t)
+            noise = torch.randn(latents.shape, generator=gen)
+            noisy = modules.noise_scheduler.add_noise(latents, noise, steps)
+            pred = modules.net(noisy, steps, text, pooled, time_ids(batch, RES), batch["embedding"], batch["kps_image"])
+            losses.append(torch.nn.functional.mse_loss(pred, noise))
+    return float(torch.stack(losses).mean())
+
+
 def test_trainer_learns_resumes_exactly_and_exports(setup: dict) -> None:
-    config = _config(setup, "run_a", max_train_steps=12, checkpointing_steps=6)
+    config = _config(setup, "run_a", max_train_steps=16, checkpointing_steps=8, learning_rate=3e-3)
     modules = build_modules(config)
     dataset = FaceDataset(config.data_dir, RES, SPACE, DIM)
     batch = collate([dataset[i] for i in range(len(dataset))])
+    resampler = modules.net.unet.encoder_hid_proj.image_projection_layers[0]
+    proj_in = resampler.proj_in.weight.detach().clone()
 
-    def held_loss(m) -> float:
-        with torch.no_grad():
-            return float(diffusion_loss(m, batch, torch.Generator().manual_seed(123), RES).mean())
-
-    before = held_loss(modules)
+    before = _fixed_noise_loss(modules, batch)
     result = main(config)
-    assert result["global_step"] == 12
-    modules.net.load_trainable(Path(config.output_dir) / "checkpoint-12")
-    after = held_loss(modules)
+    assert result["global_step"] == 16
+    modules.net.load_trainable(Path(config.output_dir) / "checkpoint-16")
+    after = _fixed_noise_loss(modules, batch)
+    # Measured 0.75 (lr 0: 1.0).
     assert after < 0.9 * before, (before, after)
+    # The face embedding reaches the loss: its gradient trains the Resampler's input projection. Measured a
+    # relative change of ~0.7; with the embedding ignored (always zeroed) only weight decay moves it (~1e-4).
+    moved = float((resampler.proj_in.weight.detach() - proj_in).norm() / proj_in.norm())
+    assert moved > 0.05, moved
 
-    # Resume from step 6 in another folder: steps 7..12 must repeat the uninterrupted run's losses.
-    resumed = main(_config(setup, "run_b", max_train_steps=12, checkpointing_steps=6,
-                           resume_from_checkpoint=str(Path(config.output_dir) / "checkpoint-6")))
-    assert sorted(resumed["losses"]) == list(range(7, 13))
+    # Resume from step 8 in another folder: steps 9..16 must repeat the uninterrupted run's losses.
+    resumed = main(_config(setup, "run_b", max_train_steps=16, checkpointing_steps=8, learning_rate=3e-3,
+                           resume_from_checkpoint=str(Path(config.output_dir) / "checkpoint-8")))
+    assert sorted(resumed["losses"]) == list(range(9, 17))
     for step, loss in resumed["losses"].items():
         assert loss == pytest.approx(result["losses"][step], rel=1e-5, abs=1e-7), step
     log = [json.loads(line) for line in (Path(config.output_dir) / LOG_FILE).read_text().splitlines()]
-    assert [e["step"] for e in log] == list(range(1, 13))
+    assert [e["step"] for e in log] == list(range(1, 17))
 
     # The release the trainer wrote has exactly the published key patterns and loads as plain data.
     raw = torch.load(result["release"] / "ip-adapter.bin", weights_only=True)
@@ -262,3 +283,28 @@ def test_training_forward_is_the_pipelines_denoising_step(fixture_pipe) -> None:
         counter.remove()
     assert len(calls) == 1
     torch.testing.assert_close(pred, seen["pred"], rtol=0, atol=1e-5)
+
+
+def test_min_snr_weighting_scales_each_example_by_min_snr_gamma_over_snr(setup: dict) -> None:
+    """--snr-gamma weights an example at timestep t by min(SNR(t), gamma) / SNR(t) (epsilon prediction), as
+    diffusers' scripts do; the draws (noise, timesteps) are the same with and without it."""
+    modules = build_modules(_config(setup, "unused"))
+    dataset = FaceDataset(setup["data"], RES, SPACE, DIM)
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        plain = diffusion_loss(modules, batch, torch.Generator().manual_seed(7), RES)
+        weighted = diffusion_loss(modules, batch, torch.Generator().manual_seed(7), RES, snr_gamma=1.0)
+    timesteps = torch.randint(0, 1000, (len(dataset),), generator=_after_latents_and_noise(batch))
+    alpha_bar = modules.noise_scheduler.alphas_cumprod[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    torch.testing.assert_close(weighted, plain * snr.clamp(max=1.0) / snr)
+    assert (weighted < plain).any() and (weighted == plain).any()  # low-noise examples down-weighted, others kept
+
+
+def _after_latents_and_noise(batch: dict) -> torch.Generator:
+    """The generator diffusion_loss used, advanced past its two normal draws (VAE sample, noise) to the timesteps."""
+    gen = torch.Generator().manual_seed(7)
+    shape = (batch["pixel_values"].shape[0], 4, RES // 8, RES // 8)
+    torch.randn(shape, generator=gen)
+    torch.randn(shape, generator=gen)
+    return gen

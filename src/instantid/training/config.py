@@ -41,6 +41,7 @@ class TrainConfig:
     # ---- objective ----
     text_dropout: float = 0.05  # fraction of captions replaced by "" (classifier-free guidance on text)
     face_dropout: float = 0.05  # fraction of face embeddings zeroed (the pipeline's negative branch)
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma, 5 there)
     # ---- optimisation ----
     train_batch_size: int = 2  # per device (paper: 2 on each of 48 GPUs)
     max_train_steps: int = 100_000  # optimizer steps
@@ -83,6 +84,8 @@ class TrainConfig:
         for name in ("text_dropout", "face_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise InvalidInputError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise InvalidInputError(f"--snr-gamma must be positive, got {self.snr_gamma}")
         if self.resampler_depth != 4:
             raise InvalidInputError("--resampler-depth must be 4: diffusers' IP-Adapter-Plus loader builds 4 layers")
         if min(self.train_batch_size, self.max_train_steps, self.gradient_accumulation_steps) < 1:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from instantid.adapter import (
@@ -198,10 +199,13 @@ def step_generator(seed: int, micro_step: int, process_index: int) -> torch.Gene
 def diffusion_loss(
     modules: TrainingModules, batch: dict[str, Any], generator: torch.Generator, resolution: int,
     text_dropout: float = 0.0, face_dropout: float = 0.0, net: torch.nn.Module | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Plain epsilon (or v) prediction MSE on noised VAE latents of the full image. Returns per-example loss (B,).
 
-    ``net`` is the (possibly DDP-wrapped) model to call; defaults to ``modules.net``.
+    ``net`` is the (possibly DDP-wrapped) model to call; defaults to ``modules.net``. ``snr_gamma`` weights each
+    example by min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), as diffusers' scripts do: the almost clean
+    timesteps, whose loss is large and mostly unlearnable detail, no longer dominate the gradient.
     """
     net = net or modules.net
     vae = modules.vae
@@ -230,4 +234,10 @@ def diffusion_loss(
         target = modules.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is None:
+        return loss
+    snr = compute_snr(modules.noise_scheduler, timesteps)
+    weight = snr.clamp(max=snr_gamma)
+    v_pred = modules.noise_scheduler.config.prediction_type == "v_prediction"
+    return loss * weight / (snr + 1 if v_pred else snr)

@@ -252,7 +252,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
                                              accelerator)
                 micro_step += 1
                 loss = diffusion_loss(modules, batch, gen, config.resolution, config.text_dropout,
-                                      config.face_dropout, net=net).mean()
+                                      config.face_dropout, net=net, snr_gamma=config.snr_gamma).mean()
                 running += accelerator.gather(loss.detach()[None]).mean().item() / config.gradient_accumulation_steps
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
