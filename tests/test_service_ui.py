@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _demo import FACE, FACES, demo_model
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, demo_model
 from _service import serving, until, wait_for
 from PIL import Image
 from test_service_redis import REDIS, redis_url, start_worker  # noqa: F401  (redis_url is a fixture)
@@ -29,6 +29,7 @@ GROUP = FACES / "group_two_people.jpg"
 ALICE, BOB = "alice-ui-key", "bob-ui-key"
 FAST = {"steps": "2", "width": "64", "height": "64"}
 SWAP = {"steps": 2, "seed": "3", "resolution": "64"}
+WAIT = 90_000  # ms: analysis and a 2-step demo generation on a shared CPU
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,37 @@ def test_ui_under_api_keys_signs_in_with_a_key_and_its_jobs_are_the_keys(keyed: 
         assert http.get("/v1/jobs", headers=auth(ALICE)).json()["total"] == 2  # refused before it was stored
     pool.shutdown(wait=True)
     assert wait_for(http, first.json()["job_id"], headers=auth(ALICE))["status"] == "done"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")
+def test_browser_signs_in_with_a_key_and_the_click_is_the_keys_job(keyed: tuple[Any, httpx.Client]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    app, http = keyed
+    before = http.get("/v1/jobs", headers=auth(BOB)).json()["total"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{http.base_url}/ui/")
+        page.locator("input[type=password]").wait_for(timeout=WAIT)  # gradio's login, nothing else
+        assert page.locator("#generate").count() == 0
+        page.locator("input[type=text]").first.fill("bob")
+        page.locator("input[type=password]").fill(BOB)
+        page.get_by_role("button", name="Login").click()
+        page.locator("#generate").wait_for(timeout=WAIT)
+        page.locator("#faces input[type=file]").set_input_files(str(FACE))
+        page.locator("#reference-count").get_by_text("1 reference photo").wait_for(timeout=WAIT)
+        page.get_by_text("Advanced").first.click()
+        page.locator("#steps input[type=number]").fill("2")
+        page.locator("#width textarea, #width input").first.fill("64")
+        page.locator("#height textarea, #height input").first.fill("64")
+        page.locator("#generate").click()
+        page.locator("#info").get_by_text("Saved as").wait_for(timeout=WAIT)
+        browser.close()
+    jobs = http.get("/v1/jobs", headers=auth(BOB)).json()
+    assert jobs["total"] == before + 1 and jobs["jobs"][0]["status"] == "done"  # bob's job, listed under his key
+    assert jobs["jobs"][0]["settings"]["steps"] == 2
 
 
 def test_gradio_hands_the_signed_in_name_to_job_handlers(tmp_path: Path) -> None:
