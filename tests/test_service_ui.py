@@ -155,6 +155,7 @@ def test_gradio_hands_the_signed_in_name_to_job_handlers(tmp_path: Path) -> None
 def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) -> None:
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.schema import Body, job_request
+    from instantid.service.stored import load_prepared
     from instantid.service.tasks import FaceSide, prepare
     from instantid.settings import GenerationSettings
 
@@ -167,6 +168,8 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
         "group": Body({**FAST, "seed": "5"}, {"person0": [("a.jpg", FACE.read_bytes())],
                                               "person1": [("b.jpg", OTHER.read_bytes())],
                                               "pose": [("group.jpg", GROUP.read_bytes())]}),
+        "detail": Body({"steps": "2", "seed": "4", "resolution": "64", "strength": "0.5"},
+                       {"face": [("me.jpg", FACE.read_bytes())], "picture": [("pic.jpg", OTHER.read_bytes())]}),
     }
     jobs, expected = {}, {}
     for task, body in requests.items():
@@ -175,6 +178,9 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
         jobs[task] = first.submit_prepared(prepared, request.settings).id
         expected[task] = pixels(prepared.run(model, request.settings))
         assert (tmp_path / "jobs" / jobs[task] / "inputs" / "prepared").is_file()
+        kept = load_prepared(first.files, jobs[task])  # what a worker elsewhere reads: the faces found here
+        assert [f.bbox for f in kept.picture_faces or ()] == [f.bbox for f in prepared.picture_faces or ()]
+        assert (kept.target.bbox if kept.target else None) == (prepared.target.bbox if prepared.target else None)
     second = JobService.start(settings, model)  # a new process: nothing in memory, only the store and folders
     try:
         for task, job_id in jobs.items():
