@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -80,6 +81,9 @@ class JobService:
         self.dispatch = dispatch  # RQDispatch with a queue, else None (the local worker)
         self.runner: Any = None
         self.worker: Any = None
+        # The bare analyzer (a --queue server) is used by HTTP submits and the web UI: one analysis at a time,
+        # as InstantID's own face lock does for a loaded model.
+        self.face_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: ServerSettings, model: InstantID | None = None) -> JobService:
@@ -229,7 +233,8 @@ class JobService:
         try:
             if self.dispatch is None:
                 return prepare(FaceSide(self.model), request)
-            return prepare(FaceSide(analyzer=self.analyzer), request)
+            with self.face_lock:
+                return prepare(FaceSide(analyzer=self.analyzer), request)
         except (NoFaceError, ImageReadError):
             self.metrics.face_failures.labels(stage="submit").inc()
             raise

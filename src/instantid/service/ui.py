@@ -39,14 +39,15 @@ class FaceOnlyModel:
     """What the web UI asks of a model (face analysis, the banner's facts), from a face analyzer alone: the
     server of the many-machine setup holds no diffusion model; its workers do."""
 
-    def __init__(self, analyzer: FaceAnalyzer, settings: ServerSettings) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, settings: ServerSettings, lock: threading.Lock | None = None) -> None:
         from instantid.presets import get_preset
 
         self.analyzer = analyzer
         self.demo = settings.demo
         self.lora = settings.lora
         self.preset = get_preset(settings.preset) if settings.preset else None
-        self._lock = threading.Lock()  # one analysis at a time, like InstantID's face lock
+        # One analysis at a time, like InstantID's face lock; the server passes the lock its HTTP submits take.
+        self._lock = lock or threading.Lock()
 
     def preset_defaults(self) -> dict[str, Any]:
         if self.preset is None:
@@ -93,7 +94,7 @@ def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limit
         if service.model is not None:
             return service.model
         if not face_only:  # built once, on the first page load after startup
-            face_only.append(FaceOnlyModel(service.analyzer, settings))
+            face_only.append(FaceOnlyModel(service.analyzer, settings, service.face_lock))
         return face_only[0]
 
     def submit(job: Prepared, generation: GenerationSettings, progress: Any) -> GenerationResult:
