@@ -321,9 +321,10 @@ def main_cli() -> None:
     print("(b)/(c) per timestep (wrong = next identity): " + ", ".join(
         f"t={t} {by_t['right identity'][t] / by_t['wrong identity +1'][t]:.3f}" for t in shown
     ))
-    print(f"held-out images (x wrong identities) where the right embedding has the lower loss, t 300-700: "
-          f"{100 * report['right_beats_wrong_fraction_mid']:.0f}% (vs zero embedding: "
-          f"{100 * report['right_beats_zero_fraction_mid']:.0f}%)")
+    pairs = report["setup"]["held_out_images"] * args.wrong_shifts
+    print(f"held-out image x wrong identity pairs where the right embedding has the lower loss, t 300-700: "
+          f"{100 * report['right_beats_wrong_fraction_mid']:.1f}% of {pairs} (vs zero embedding: "
+          f"{100 * report['right_beats_zero_fraction_mid']:.1f}% of {report['setup']['held_out_images']} images)")
     sens = report["embedding_sensitivity_t500"]
     print(f"\nprediction change right->wrong embedding (RMS, t=500): before "
           f"{sens['before']['rms_change_right_vs_wrong']:.4f}, after {sens['after']['rms_change_right_vs_wrong']:.4f}")
