@@ -135,7 +135,7 @@ _PROMPT_CASES = [  # (prompt, negative, guidance, images per prompt, force_zeros
 ]
 
 
-def _text_path(pipe, prompt: str, negative: str, guidance_scale: float) -> dict:
+def _text_path(pipe, prompt: str, negative: str, guidance_scale: float, comma_padding: int = 0) -> dict:
     """The texts as the pipeline's own encode_prompt would take them (the path plain prompts used to take)."""
     return {"prompt": prompt, "negative_prompt": negative or None}
 

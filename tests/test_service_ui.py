@@ -126,6 +126,10 @@ def test_browser_signs_in_with_a_key_and_the_click_is_the_keys_job(keyed: tuple[
         page.locator("#steps input[type=number]").fill("2")
         page.locator("#width textarea, #width input").first.fill("64")
         page.locator("#height textarea, #height input").first.fill("64")
+        page.locator("#height textarea, #height input").first.blur()
+        # gradio takes a typed number into the slider's state asynchronously: on a loaded machine a click right
+        # after typing can send the old value, so wait until the slider shows it, as a person would see it.
+        page.wait_for_function("document.querySelector('#steps input[type=range]').value === '2'", timeout=WAIT)
         page.locator("#generate").click()
         page.locator("#info").get_by_text("Saved as").wait_for(timeout=WAIT)
         browser.close()
