@@ -25,7 +25,7 @@ Held-out images are unseen poses of the same identities. Each is scored with the
 timesteps for every condition; the main number uses timesteps 300-700, where the image is neither visible
 (t small: colours readable from x_t) nor gone (t large: eps ~ x_t); the full range is reported too.
 
-    OMP_NUM_THREADS=2 python benchmarks/train_proof.py [--steps 2000] [--base-steps 300]
+    OMP_NUM_THREADS=2 python benchmarks/train_proof.py [--steps 2600] [--base-steps 300]
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="phase 2 (InstantID) optimizer steps")
+    parser.add_argument("--steps", type=int, default=2600, help="phase 2 (InstantID) optimizer steps")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--snr-gamma", type=float, default=1.0, help="Min-SNR loss weighting of phase 2 (0: off)")
