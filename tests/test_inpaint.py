@@ -145,6 +145,9 @@ def test_an_inpainting_base_refuses_text_to_image_in_one_line(app, folder) -> No
         model.generate(identity, settings)
     with pytest.raises(IncompatibleWeightsError, match=r"cannot redraw a whole picture \(face detail\)"):
         refine_faces(model, identity, [Image.open(FACE).convert("RGB")], settings, [1])
+    kps = draw_kps(Image.new("RGB", (SIZE, SIZE)), KPS)
+    with pytest.raises(IncompatibleWeightsError, match=r"^the UNet is an SDXL inpainting model .*Inpaint"):
+        pipe("a portrait", image=kps, image_embeds=_embedding(1), num_inference_steps=2)  # the drop-in, directly
     assert steps == []  # refused before the first step
     inputs = _inputs()
     images, _, _ = model.run_pipeline(inpaint_pipeline(pipe), settings, image=inputs["image"],

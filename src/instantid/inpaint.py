@@ -75,6 +75,8 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
     """InstantID inpainting: repaint the white part of ``mask_image`` in ``image`` as the person of
     ``image_embeds``, posed by ``control_image`` (keypoints)."""
 
+    repaints_masked = True  # a 9-channel SDXL inpainting UNet fits here (and a plain 4-channel one)
+
     # The step-end tensors every InstantID pipeline hands out (diffusers' mask tensors are not among them).
     _callback_tensor_inputs = [
         "latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",

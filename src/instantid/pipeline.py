@@ -54,7 +54,7 @@ from instantid.attention import (
     prepare_faces,
 )
 from instantid.denoise import StepInputs, denoise_step, face_tokens
-from instantid.errors import EmbeddingSpaceError, InvalidInputError
+from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
 
 EmbeddingInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 MaskInput = PIL.Image.Image | np.ndarray | torch.Tensor
@@ -204,6 +204,8 @@ def _pair(name: str, value: Any) -> None:
 class InstantIDMixin:
     """What InstantID adds to a diffusers SDXL ControlNet pipeline."""
 
+    repaints_masked = False  # True for the inpainting pipeline, the only one a 9-channel (inpainting) UNet fits
+
     # ---- loading -------------------------------------------------------------------------------
     def load_ip_adapter_instantid(
         self, model_ckpt: str | Path, image_emb_dim: int | None = None, num_tokens: int | None = None,
@@ -308,6 +310,13 @@ class InstantIDMixin:
 
     def _check(self, req: CallRequest, extra: dict[str, Any]) -> None:
         """Precise errors for the arguments users get wrong, before anything expensive runs."""
+        if self.unet.config.in_channels == 9 and not self.repaints_masked:
+            # diffusers would stop inside the first UNet call with a shape error about 9 vs 4 channels.
+            raise IncompatibleWeightsError(
+                f"the UNet is an SDXL inpainting model (9 input channels): {type(self).__name__} cannot run it; "
+                "use StableDiffusionXLInstantIDInpaintPipeline (instantid.inpaint.inpaint_pipeline) or a "
+                "text-to-image SDXL base"
+            )
         nets = len(self._nets())
         if req.identities is None:
             if req.keypoints is None:
