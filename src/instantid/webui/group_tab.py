@@ -22,6 +22,8 @@ from instantid.errors import InstantIDError, InvalidInputError
 from instantid.service.tasks import Placement, Prepared
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
+from instantid.webui.layout import build_controls, result_column
+from instantid.webui.picture_tab import PICTURES_KEPT
 from instantid.webui.portrait import save_results
 from instantid.webui.references import (
     Photo,
@@ -42,7 +44,6 @@ MIN_PEOPLE, MAX_PEOPLE = 2, 4
 # fusion belong to the one-person Who panel: each slot here uses the largest face of each photo, fused by "auto".
 NOT_FOR_GROUP = ("face_detail", "face_detail_strength")
 PREFIX = "group-"
-PICTURES_KEPT = 16
 
 
 def no_person_yet(number: int) -> str:
@@ -126,7 +127,6 @@ class GroupTab:
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
-        self.widgets: dict[str, Any] = {}
         self.slots: list[tuple[Any, Any, Any, Any]] = []  # (column, upload box, preview gallery, count line)
         self.states = [gr.State(()) for _ in range(MAX_PEOPLE)]
         self.group_state = gr.State(None)
@@ -143,19 +143,9 @@ class GroupTab:
                                             height=200, elem_id=f"{PREFIX}faces")
                 self.group_text = gr.Markdown("No group photo: the people stand side by side.",
                                               elem_id=f"{PREFIX}count")
-                for control in self.controls:
-                    if not control.advanced:
-                        self.widgets[control.name] = control.build(PREFIX)
-                with gr.Accordion("Advanced", open=False):
-                    for control in self.controls:
-                        if control.advanced:
-                            self.widgets[control.name] = control.build(PREFIX)
+                self.widgets = build_controls(self.controls, PREFIX)
                 self.button = gr.Button("Generate", variant="primary", elem_id=f"{PREFIX}run")
-            with gr.Column(scale=5):
-                gr.Markdown("### 3. Result")
-                self.gallery = gr.Gallery(label="Result", format="png", buttons=["download", "fullscreen"],
-                                          columns=2, elem_id=f"{PREFIX}gallery", height=420)
-                self.info = gr.Markdown(elem_id=f"{PREFIX}info")
+            self.gallery, self.info = result_column(PREFIX)
         self._wire()
 
     def _slot(self, number: int) -> None:

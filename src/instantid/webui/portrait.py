@@ -16,6 +16,7 @@ from instantid.outputs import write_image
 from instantid.service.tasks import Prepared
 from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
+from instantid.webui.layout import result_column, who_and_values
 from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, posed
 
 if TYPE_CHECKING:
@@ -79,11 +80,7 @@ class PortraitTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
                 self._what()
-            with gr.Column(scale=5):
-                gr.Markdown("### 3. Result")
-                self.gallery = gr.Gallery(label="Result", format="png", buttons=["download", "fullscreen"],
-                                          columns=2, elem_id="gallery", height=420)
-                self.info = gr.Markdown(elem_id="info")
+            self.gallery, self.info = result_column()
         self._wire()
 
     def _what(self) -> None:
@@ -124,13 +121,9 @@ class PortraitTab:
                          self.fast, few_step, queue=False)
         self.size.change(lambda s: list(SIZES.get(s, ("", ""))), self.size, [widgets["width"], widgets["height"]],
                          queue=False)
-        option_widgets = dict(zip(IDENTITY_FIELDS, who.options, strict=True))
 
         def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[list[Any], str]:
-            photos = data[who.photos_state]
-            if not photos:
-                raise gr.Error("upload at least one face photo first", print_exception=False)
-            values = {name: data[widget] for name, widget in {**option_widgets, **widgets}.items()}
+            photos, values = who_and_values(who, widgets, data)
             return self.generate(photos, data[who.pose_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
                                  data[who.mix_state], data[who.mix_weight])

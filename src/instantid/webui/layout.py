@@ -1,0 +1,44 @@
+"""Layout pieces every tab of the web UI repeats: its controls (the advanced ones folded away), its result
+column, and the click that collects the Who panel and the tab's controls for a job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from instantid.webui.controls import Control
+from instantid.webui.who import IDENTITY_FIELDS
+
+if TYPE_CHECKING:
+    from instantid.webui.who import WhoPanel
+
+
+def build_controls(items: Iterable[Control], prefix: str = "") -> dict[str, Any]:
+    """Each control's widget, the basic ones here and the advanced ones under an "Advanced" accordion."""
+    items = list(items)
+    widgets = {c.name: c.build(prefix) for c in items if not c.advanced}
+    with gr.Accordion("Advanced", open=False):
+        widgets.update({c.name: c.build(prefix) for c in items if c.advanced})
+    return widgets
+
+
+def result_column(prefix: str = "") -> tuple[Any, Any]:
+    """The "3. Result" column's gallery and info text (elements ``{prefix}gallery`` and ``{prefix}info``)."""
+    with gr.Column(scale=5):
+        gr.Markdown("### 3. Result")
+        gallery = gr.Gallery(label="Result", format="png", buttons=["download", "fullscreen"], columns=2,
+                             elem_id=f"{prefix}gallery", height=420)
+        info = gr.Markdown(elem_id=f"{prefix}info")
+    return gallery, info
+
+
+def who_and_values(who: WhoPanel, widgets: dict[str, Any], data: dict[Any, Any]) -> tuple[Any, dict[str, Any]]:
+    """From a click's ``data``: the Who panel's photos (refused when there are none) and the raw values of its
+    face choice and fusion and of the tab's ``widgets``, by field name."""
+    photos = data[who.photos_state]
+    if not photos:
+        raise gr.Error("upload at least one face photo first", print_exception=False)
+    named = {**dict(zip(IDENTITY_FIELDS, who.options, strict=True)), **widgets}
+    return photos, {name: data[widget] for name, widget in named.items()}
