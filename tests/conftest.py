@@ -73,6 +73,14 @@ def demo_app(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny demo InstantID the server, service and web UI tests share, one per session."""
+    from _demo import demo_model
+
+    return demo_model(tmp_path_factory.getbasetemp() / "demo")
+
+
+@pytest.fixture(scope="session")
 def obama(demo_app, faces_dir: Path):
     """One prepared identity for application tests."""
     return demo_app.prepare_identity(faces_dir / "obama_1.jpg")

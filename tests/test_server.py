@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _demo import FACE, NO_FACE, demo_model
+from _demo import FACE, NO_FACE
 from _service import serving, until, wait_for
 from PIL import Image
 
@@ -36,10 +36,6 @@ class Calls:
         self.count += 1
         return self.original(*args, **kwargs)
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 @pytest.fixture(scope="module")

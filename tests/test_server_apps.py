@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _demo import FACE, FACES, NO_FACE, demo_model
+from _demo import FACE, FACES, NO_FACE
 from _service import serving, until
 from PIL import Image
 
@@ -27,10 +27,6 @@ GROUP = FACES / "group_two_people.jpg"
 FAST = {"steps": "2", "width": "64", "height": "64", "seed": "5"}
 SETTINGS = GenerationSettings(steps=2, width=64, height=64, seed=5)
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _demo import FACE, FACES, NO_FACE, demo_model
+from _demo import FACE, FACES, NO_FACE
 from _service import serving, wait_for
 from PIL import Image
 
@@ -25,10 +25,6 @@ OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
 DETAIL = {"steps": "2", "seed": "3", "resolution": "64", "strength": "0.5"}
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _demo import FACE, demo_model
+from _demo import FACE
 from _service import serving, until, wait_for
 
 from instantid.errors import InvalidInputError
@@ -24,10 +24,6 @@ FAST = {"steps": "2", "width": "64", "height": "64"}
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,6 @@ SWAP = {"steps": 2, "seed": "3", "resolution": "64"}
 WAIT = 90_000  # ms: analysis and a 2-step demo generation on a shared CPU
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
-
 
 def pixels(path: Path | Any) -> np.ndarray:
     if isinstance(path, Path):

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, NO_FACE, demo_model
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, NO_FACE
 from _service import serving, until
 from PIL import Image
 
@@ -27,10 +27,6 @@ OTHER = FACES / "obama_1.jpg"
 FAST = {"steps": 2, "seed": "3", "resolution": "64"}
 WAIT = 90_000  # ms: analysis and a 2-step demo pass on a shared CPU
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 def make_tab(model: Any, out: Path) -> DetailTab:

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE
 from PIL import Image
 
 from instantid.errors import InvalidInputError
@@ -27,10 +27,6 @@ GROUP = FACES / "group_two_people.jpg"
 FAST = {"steps": 2, "seed": "5"}
 WAIT = 90_000  # ms: analysis and a 2-step demo generation on a shared CPU
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 def make_tab(model: Any, out: Path) -> GroupTab:

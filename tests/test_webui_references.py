@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from _demo import FACES, NO_FACE, demo_model
+from _demo import FACES, NO_FACE
 
 from instantid.errors import InvalidInputError
 from instantid.outputs import read_metadata
@@ -20,10 +20,6 @@ from instantid.webui.who import WhoPanel
 
 FAST = {"steps": 2, "width": "64", "height": "64"}
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 def make_tab(model: Any, out: Path, submit: Any = None) -> PortraitTab:

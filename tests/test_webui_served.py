@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _demo import FACE, FACES, demo_model
+from _demo import FACE, FACES
 from _service import serving, until, wait_for
 from PIL import Image
 
@@ -26,10 +26,6 @@ from instantid.outputs import METADATA_KEY, read_metadata
 OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 @pytest.fixture(scope="module")

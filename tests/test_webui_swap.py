@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _demo import FACES, NO_FACE, demo_model
+from _demo import FACES, NO_FACE
 from PIL import Image
 
 from instantid.errors import InvalidInputError, NoFaceError
@@ -19,10 +19,6 @@ from instantid.webui.who import WhoPanel
 GROUP = FACES / "group_two_people.jpg"
 FAST = {"steps": 2}
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
 def panels(model: Any, out: Path) -> tuple[WhoPanel, PortraitTab, SwapTab]:
