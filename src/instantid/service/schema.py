@@ -362,20 +362,21 @@ def settings_from(values: dict[str, Any]) -> GenerationSettings:
 JSON_BODIES: dict[str, type[BaseModel]] = {"generate": GenerateJSON, "swap": SwapJSON, "group": GroupJSON,
                                            "detail": DetailJSON}
 _BINARY = {"type": "string", "format": "binary"}
+_MIX_FILES: dict[str, Any] = {  # mixing another person in: the same two fields on every one-person task
+    "mix": {"type": "array", "items": _BINARY, "description": "Photo(s) of people mixed in."},
+    "mix_weight": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
+                   "description": "One weight per mix photo: 0 = the main person, 1 = the other."},
+}
 _FORM_FILES: dict[str, dict[str, Any]] = {
     "generate": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of one person."},
         "pose": {**_BINARY, "description": "Optional pose photo."},
-        "mix": {"type": "array", "items": _BINARY, "description": "Photo(s) of people mixed in."},
-        "mix_weight": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                       "description": "One weight per mix photo: 0 = the main person, 1 = the other."},
+        **_MIX_FILES,
     },
     "swap": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of the person put in."},
         "scene": {**_BINARY, "description": "The picture whose face is replaced."},
-        "mix": {"type": "array", "items": _BINARY, "description": "Photo(s) of people mixed in."},
-        "mix_weight": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                       "description": "One weight per mix photo."},
+        **_MIX_FILES,
     },
     "group": {
         **{f"person{i}": {"type": "array", "items": _BINARY, "description": f"Photo(s) of person {i} (left to "
@@ -385,9 +386,7 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
     "detail": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of the person."},
         "picture": {**_BINARY, "description": "The picture whose faces are redrawn."},
-        "mix": {"type": "array", "items": _BINARY, "description": "Photo(s) of people mixed in."},
-        "mix_weight": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                       "description": "One weight per mix photo."},
+        **_MIX_FILES,
     },
 }
 _JSON_ONLY = ("faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people")
