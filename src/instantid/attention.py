@@ -92,18 +92,41 @@ class FaceTokenProjection(MultiIPAdapterImageProjection):
         return super().forward(image_embeds)
 
 
-def region_weights(mask: torch.Tensor, num_queries: int, like: torch.Tensor) -> torch.Tensor:
-    """A region mask at one attention layer's resolution as (1, 1, num_queries, 1), resized as the published
-    code does (nearest, by the area ratio between the image and the layer's token grid)."""
-    h, w = mask.shape
-    ratio = (h * w / num_queries) ** 0.5
-    small = F.interpolate(mask[None, None].to(like), scale_factor=1 / ratio, mode="nearest")
-    if small.numel() != num_queries:
+def grid_shape(size: tuple[int, int], num_queries: int) -> tuple[int, int]:
+    """The (rows, columns) of the ``num_queries``-token grid that a picture of ``size`` = (H, W) reaches in the
+    UNet. The VAE and every UNet down-sampler are stride-2, padding-1 convolutions, so each halving rounds up:
+    an H x W picture (H, W multiples of the VAE's stride) has latent ``H/8 x W/8`` and grids
+    ``ceil(h/2) x ceil(w/2)`` below it. This is the only rule that holds for latents of odd size."""
+    h, w = size
+    while h * w > num_queries and (h > 1 or w > 1):
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != num_queries:
         raise ValueError(
-            f"face mask of {w}x{h} does not map onto a {num_queries}-token attention grid; "
+            f"no attention grid of {num_queries} tokens lies below a {size[1]}x{size[0]} picture; "
             "the mask must have the output image's size"
         )
+    return h, w
+
+
+def region_weights(mask: torch.Tensor, grid: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """A region mask at one attention layer's (rows, columns) grid as (1, 1, rows*columns, 1), nearest.
+
+    The published code scales the mask by the area ratio between image and grid; that is kept bit for bit
+    wherever it lands on the grid, and replaced by the grid's own size where it does not (a latent side that
+    is not a multiple of the UNet's total down-sampling, e.g. 1000 px wide: 125 -> 63 -> 32 columns, where
+    the area ratio rounds to 62)."""
+    h, w = mask.shape
+    rows, columns = grid
+    ratio = (h * w / (rows * columns)) ** 0.5
+    small = F.interpolate(mask[None, None].to(like), scale_factor=1 / ratio, mode="nearest")
+    if tuple(small.shape[-2:]) != (rows, columns):
+        small = F.interpolate(mask[None, None].to(like), size=(rows, columns), mode="nearest")
     return small.reshape(1, 1, -1, 1)
+
+
+def mask_weights(mask: torch.Tensor, num_queries: int, like: torch.Tensor) -> torch.Tensor:
+    """:func:`region_weights` at the grid of ``num_queries`` tokens below the mask's picture."""
+    return region_weights(mask, grid_shape(tuple(mask.shape), num_queries), like)
 
 
 class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
@@ -199,7 +222,7 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
                 else:
                     w = weights.get(num_queries)
                     if w is None:  # a grid prepare_faces did not foresee: resize here (same result)
-                        w = region_weights(call.regions[index].mask, num_queries, face)
+                        w = mask_weights(call.regions[index].mask, num_queries, face)
                     out = torch.addcmul(out, face, w)  # one fused multiply-add
 
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
@@ -221,7 +244,7 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
                 q, heads(self.to_k_ip[0](region.tokens)), heads(self.to_v_ip[0](region.tokens))
             )
             if region.mask is not None:
-                face = face * region_weights(region.mask, num_queries, face)
+                face = face * mask_weights(region.mask, num_queries, face)
             face_out = face if face_out is None else face_out + face
         return torch.add(out, face_out, alpha=ip_scale)
 
@@ -256,13 +279,13 @@ def _project(linear: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return F.linear(tokens, weight.to(tokens.device), bias)
 
 
-def token_grids(latent_size: tuple[int, int], levels: int) -> list[int]:
-    """Token counts of the UNet's attention grids for a latent of ``latent_size``: each level halves the
+def token_grids(latent_size: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """(rows, columns) of the UNet's attention grids for a latent of ``latent_size``: each level halves the
     grid (a stride-2, padding-1 convolution: ceil)."""
     h, w = latent_size
     grids = []
     for _ in range(levels):
-        grids.append(h * w)
+        grids.append((h, w))
         h, w = (h + 1) // 2, (w + 1) // 2
     return grids
 
@@ -293,13 +316,7 @@ def prepare_faces(unet: torch.nn.Module, call: FaceCall, latent_size: tuple[int,
             weights.append(None)
             continue
         like = tokens.new_empty(())
-        per_grid = {}
-        for n in grids:
-            try:
-                per_grid[n] = region_weights(region.mask, n, like)
-            except ValueError:
-                continue  # this grid does not occur or cannot take the mask: the layer says so if it occurs
-        weights.append(per_grid)
+        weights.append({rows * columns: region_weights(region.mask, (rows, columns), like) for rows, columns in grids})
     views = {
         group: tuple(tuple(zip(keys[group][:, i].unbind(0), values[group][:, i].unbind(0), strict=True))
                      for i in range(keys[group].shape[1]))

@@ -12,7 +12,6 @@ feathered mask are left exactly as they were.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from instantid.errors import InvalidInputError
 from instantid.settings import GenerationSettings, knob
-from instantid.swap import control_pictures, head_region, paste_back, region_mask
+from instantid.swap import control_pictures, head_region, paste_back, region_mask, steps_for_strength
 
 if TYPE_CHECKING:
     from instantid.faces import Face
@@ -125,9 +124,8 @@ def refine_faces(
             crop = image.crop(region.crop).resize(region.work_size, Image.LANCZOS)
             kps_image, face_mask = control_pictures(face, region, settings.enhance_face_region)
             seed = None if seeds is None else seeds[i]
-            # At least one denoising step however low the strength (img2img runs int(steps * strength)).
             one = settings.updated(num_images=1, seed=seed if seed is not None else settings.seed,
-                                   steps=max(settings.steps, math.ceil(1 / options.strength)))
+                                   steps=steps_for_strength(settings.steps, options.strength))
             painted, _, _ = app.run_pipeline(
                 pipe, one, progress, image=crop, control_image=kps_image, control_mask=face_mask,
                 strength=options.strength, width=region.work_size[0], height=region.work_size[1],
@@ -139,7 +137,7 @@ def refine_faces(
         reports.append({"faces": done, "skipped": None if done else "no face found"})
     info = {
         "ran": any(r["faces"] for r in reports), **options.model_dump(), "resolution": resolution,
-        "denoising_steps": int(max(settings.steps, math.ceil(1 / options.strength)) * options.strength),
+        "denoising_steps": int(steps_for_strength(settings.steps, options.strength) * options.strength),
         "images": reports,
     }
     return refined, info

@@ -23,6 +23,7 @@ without loading anything again (``from_pipe`` shares every module, the face adap
 from __future__ import annotations
 
 import dataclasses
+import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -176,9 +177,13 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
 
         # 4. Timesteps cut by strength; latents from the image noised to the first one (pure noise at 1).
         self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
+        requested = num_inference_steps
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
         if len(timesteps) == 0:
-            raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
+            raise InvalidInputError(
+                f"strength {strength} leaves no denoising step at {requested} step(s): "
+                f"give at least {math.ceil(1 / strength)} steps or a higher strength"
+            )
         self._num_timesteps = len(timesteps)
         latents, noise, *image_latents = self.prepare_latents(
             enc.total, LATENT_CHANNELS, height, width, enc.dtype, enc.device, generator, latents, image=init,

@@ -24,6 +24,7 @@ published ``_full`` pipeline does; its basic pipeline feeds them to every net).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -828,9 +829,13 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
 
         # 4. Timesteps cut by strength, and the noised init latents.
         self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
+        requested = num_inference_steps
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
         if len(timesteps) == 0:
-            raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
+            raise InvalidInputError(
+                f"strength {strength} leaves no denoising step at {requested} step(s): "
+                f"give at least {math.ceil(1 / strength)} steps or a higher strength"
+            )
         self._num_timesteps = len(timesteps)
         if latents is None:
             latents = self.prepare_latents(

@@ -95,6 +95,18 @@ class Region:
         }
 
 
+def steps_for_strength(steps: int, strength: float) -> int:
+    """The scheduler steps that make image-to-image at ``strength`` run at least one denoising step.
+
+    diffusers runs ``int(steps * strength)`` of them, so 1 step at strength 0.85 would run none: the swap and
+    face-detail passes raise the count to the smallest that runs one (what a user who asked for few steps
+    means), never lower it."""
+    count = max(steps, math.ceil(1 / strength))
+    while int(count * strength) < 1:  # 1 / strength rounded down in floating point
+        count += 1
+    return count
+
+
 def _work_size(crop_w: int, crop_h: int, resolution: int) -> tuple[int, int]:
     """The crop's long side at ``resolution``, both sides multiples of 8 (the VAE's stride)."""
     scale = resolution / max(crop_w, crop_h)
@@ -217,8 +229,9 @@ def swap_face(
     crop, work_mask = crop_for_model(photo, region, mask)
     kps_image, face_mask = control_pictures(target, region, settings.enhance_face_region)
     ww, wh = region.work_size
+    steps = steps_for_strength(settings.steps, options.strength)
     images, seeds, used = app.run_pipeline(
-        pipe or inpaint_pipeline(app.pipe), settings, progress,
+        pipe or inpaint_pipeline(app.pipe), settings.updated(steps=steps), progress,
         image=crop, mask_image=work_mask, control_image=kps_image, control_mask=face_mask,
         strength=options.strength, width=ww, height=wh,
         image_embeds=identity.embedding,
@@ -227,8 +240,8 @@ def swap_face(
     metadata = app.call_metadata(identity, settings.updated(seed=seeds[0]), used, "swap")
     metadata.update(
         width=photo.width, height=photo.height, pose_from=f"{name} (face {options.target_index})",
-        swap={**options.model_dump(), "scene": name, "target_face": {"bbox": [float(v) for v in target.bbox],
-                                                                 "kps": target.kps.tolist()},
+        swap={**options.model_dump(), "scene": name, "denoising_steps": int(steps * options.strength),
+              "target_face": {"bbox": [float(v) for v in target.bbox], "kps": target.kps.tolist()},
               **region.to_dict()},
     )
     from instantid.generator import GenerationResult
@@ -238,5 +251,5 @@ def swap_face(
 
 __all__ = [
     "Region", "SwapOptions", "crop_for_model", "head_region", "make_swap_options", "paste_back", "region_mask",
-    "swap_face",
+    "steps_for_strength", "swap_face",
 ]
