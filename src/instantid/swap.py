@@ -95,6 +95,9 @@ class Region:
         }
 
 
+MIN_FEATHER_PX = 1e-3
+
+
 def steps_for_strength(steps: int, strength: float) -> int:
     """The scheduler steps that make image-to-image at ``strength`` run at least one denoising step.
 
@@ -155,7 +158,7 @@ def region_mask(region: Region) -> np.ndarray:
     xs = np.arange(left, right, dtype=np.float64) + 0.5  # pixel centres
     ys = np.arange(top, bottom, dtype=np.float64)[:, None] + 0.5
     inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
-    if region.feather <= 0:
+    if region.feather < MIN_FEATHER_PX:  # far below a pixel: a hard edge (and no float32 division by ~0)
         return inside.astype(np.float32)
     # Euclidean distance of every outside pixel to the nearest inside one.
     outside = np.ascontiguousarray((~inside).astype(np.uint8))
