@@ -87,7 +87,8 @@ def test_an_unexpected_exception_in_a_route_is_500_json_with_a_logged_id(
 
 
 def test_bad_input_stays_a_422_line(client: httpx.Client) -> None:
-    response = client.post("/v1/generate", files=[("face", ("noise.png", NO_FACE.read_bytes(), "image/png"))], data=FAST)
+    noise = ("face", ("noise.png", NO_FACE.read_bytes(), "image/png"))
+    response = client.post("/v1/generate", files=[noise], data=FAST)
     assert response.status_code == 422 and response.json() == {"detail": "no face found in noise.png"}
 
 
