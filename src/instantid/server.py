@@ -41,6 +41,7 @@ from instantid.service.http_errors import (
     INTERNAL_RESPONSES,
     JOB_RESPONSES,
     READ_RESPONSES,
+    STORE_RETRY_S,
     install_error_handlers,
     internal_error_response,
 )
@@ -161,7 +162,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         try:
             counts = await run_in_threadpool(service.store.counts)
         except Exception as exc:  # the store is down: not ready, say why
-            return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
+            return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(STORE_RETRY_S)})
         body: dict[str, Any] = {"status": "ready", "queue": "redis" if settings.queue else "local", "jobs": counts}
         if service.dispatch is not None:  # ready to take jobs even with no worker yet; say how many there are
             body["workers"] = await run_in_threadpool(service.dispatch.workers)
