@@ -134,3 +134,26 @@ def test_a_job_rerun_after_a_restart_ends_done_without_the_retrying_error(model:
         assert done.attempts == 2 and done.error is None and done.error_id is None
     finally:
         second.stop()
+
+
+def test_readme_python_example_writes_pngs_that_keep_their_settings(model: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's high-level example, run as written on the demo model (tiny sizes): its PNGs carry metadata."""
+    from PIL import Image
+
+    from instantid import InstantID
+    from instantid.outputs import METADATA_KEY
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### High-level API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "write_image(" in block and ".save(" not in block
+    block = (block.replace('["me1.jpg", "me2.jpg", "me3.jpg"], pose="pose.jpg"', repr(str(FACE)))
+                  .replace("num_images=2", "num_images=2, steps=1, width=64, height=64"))
+    monkeypatch.setattr(InstantID, "from_pretrained", classmethod(lambda cls: model))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    written = sorted((tmp_path / "outputs").glob("*.png"))
+    assert [p.name for p in written] == ["knight-7.png", "knight-8.png"]
+    for path in written:
+        with Image.open(path) as png:
+            assert json.loads(png.text[METADATA_KEY])["settings"]["prompt"] == "a knight in armour"
