@@ -159,3 +159,20 @@ def test_cli_prints_one_line_naming_the_id_and_the_log_file(monkeypatch: pytest.
     assert main(["faces", str(FACE)]) == 2
     assert capsys.readouterr().err.splitlines() == ["error: --face-backend: no such backend"]
     assert len(list((tmp_path / "logs").iterdir())) == 1  # bad input leaves no traceback behind
+
+
+def test_a_job_store_written_before_error_ids_opens_and_keeps_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    from instantid.service.jobs import JobRecord, SQLiteJobStore, new_job_id
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as old:  # the table as the previous version created it
+        old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, request TEXT, state TEXT, created REAL, started REAL, "
+                    "finished REAL, attempts INTEGER, error TEXT, outputs TEXT, seeds TEXT, metadata TEXT, "
+                    "step INTEGER, total INTEGER, owner TEXT, idempotency_key TEXT, worker TEXT, "
+                    "cancel_requested INTEGER)")
+    store = SQLiteJobStore(path)
+    record, _ = store.add(JobRecord(id=new_job_id(), request={"settings": {}}))
+    store.update(record.id, state="failed", error="internal error", error_id="0123456789ab")
+    assert store.get(record.id).error_id == "0123456789ab"
