@@ -1,12 +1,16 @@
-"""Helpers for the server and job-service tests: uvicorn on 127.0.0.1 in a thread, bounded polling."""
+"""Helpers for the server and job-service tests: uvicorn on 127.0.0.1 in a thread, a throwaway redis-server,
+bounded polling."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,3 +62,31 @@ def until(condition: Any, timeout: float = 30, what: str = "condition") -> Any:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
     return value
+
+
+REDIS = shutil.which("redis-server")
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server on 127.0.0.1 (nothing saved) until the block ends: its URL and its process."""
+    import redis
+
+    assert REDIS is not None, "redis-server is not installed"
+    port = free_port()
+    process = subprocess.Popen(
+        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(url).ping())
+            except redis.exceptions.ConnectionError:
+                return False
+
+        until(answers, 20, "redis-server")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -80,12 +80,17 @@ def test_concurrent_job_limit_and_privacy(server: tuple[httpx.Client, Path], mod
         second = post(client, BOB)
         assert second.status_code == 429 and "already has 1 jobs" in second.json()["detail"]
         job_id = first.json()["job_id"]
-        assert client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE)).status_code == 403
-        assert client.delete(f"/v1/jobs/{job_id}", headers=auth(ALICE)).status_code == 403
+        # Another key's job answers exactly as an unknown id does: ids cannot be probed.
+        unknown_id = "0" * 32
+        for method in ("GET", "DELETE"):
+            theirs = client.request(method, f"/v1/jobs/{job_id}", headers=auth(ALICE))
+            unknown = client.request(method, f"/v1/jobs/{unknown_id}", headers=auth(ALICE))
+            assert theirs.status_code == unknown.status_code == 404
+            assert theirs.json()["detail"].replace(job_id, unknown_id) == unknown.json()["detail"]
         mine = client.get("/v1/jobs", headers=auth(ALICE)).json()["jobs"]
         assert job_id not in {j["job_id"] for j in mine} and all(j["job_id"] for j in mine)
     assert wait_for(client, job_id, headers=auth(BOB))["status"] == "done"
-    assert client.get(f"/v1/jobs/{job_id}/images/0", headers=auth(ALICE)).status_code == 403
+    assert client.get(f"/v1/jobs/{job_id}/images/0", headers=auth(ALICE)).status_code == 404
 
 
 def test_cors_only_for_the_configured_origin(server: tuple[httpx.Client, Path]) -> None:

@@ -26,26 +26,33 @@ import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
-from instantid.errors import InstantIDError
+from instantid import __version__
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, QueueFullError, ServerSettings
-from instantid.service.jobs import JobRecord, JobState, UnknownJobError, check_job_id
+from instantid.service.http_errors import (
+    INTERNAL_RESPONSES,
+    JOB_RESPONSES,
+    READ_RESPONSES,
+    STORE_RETRY_S,
+    install_error_handlers,
+    internal_error_response,
+)
+from instantid.service.jobs import JobRecord, JobState, check_job_id
 from instantid.service.schema import (
-    JSON_BODIES,
     GenerationOutput,
     JobCreated,
     JobList,
     JobStatus,
     job_request,
+    json_schema,
     multipart_schema,
     parse_json,
     parse_multipart,
@@ -57,6 +64,11 @@ if TYPE_CHECKING:
     from instantid.generator import InstantID
 
 log = logging.getLogger(__name__)
+MAX_OFFSET = 2**31  # /v1/jobs paging: far past any store, and within what SQLite takes as an integer
+SUMMARY = "Identity-preserving image generation: submit a job, poll or wait for it, fetch its PNGs."
+DESCRIPTION = ("Jobs: generate (one person), swap (a face into a scene), group (several people), detail (redraw "
+               "the faces of a picture). Send photos as multipart/form-data files or as base64 in JSON. Bad input "
+               "answers 4xx with one `detail` line; an internal error answers 500 with an `error_id` to quote.")
 __all__ = ["ServerSettings", "create_app"]
 
 
@@ -68,8 +80,8 @@ class Principal:
 
 
 def create_app(settings: ServerSettings | None = None, model: InstantID | None = None) -> FastAPI:
-    """The FastAPI app. ``model`` is used as is (without ``queue``: else it is loaded at startup; with a
-    ``queue`` only its face analyzer is used, to check uploads)."""
+    """The FastAPI app. `model` is used as is (without `queue`: else it is loaded at startup; with a
+    `queue` only its face analyzer is used, to check uploads)."""
     from fastapi_offline import FastAPIOffline
 
     settings = settings or ServerSettings()
@@ -88,29 +100,15 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
             await run_in_threadpool(service.stop)
 
     # Swagger UI and ReDoc from files inside the fastapi-offline wheel: /docs works without a CDN.
-    app = FastAPIOffline(title="InstantID", version="0.2.0", lifespan=lifespan, summary=__doc__.splitlines()[0])
+    app = FastAPIOffline(title="InstantID", version=__version__, lifespan=lifespan, summary=SUMMARY,
+                         description=DESCRIPTION)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-API-Key"])
 
-    @app.exception_handler(InstantIDError)
-    async def instantid_error(request: Request, exc: InstantIDError) -> JSONResponse:
-        if isinstance(exc, QueueFullError):
-            return JSONResponse({"detail": str(exc)}, 429, headers={"Retry-After": str(int(exc.retry_after) + 1)})
-        return JSONResponse({"detail": str(exc)}, status_code=404 if isinstance(exc, UnknownJobError) else 422)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "path", "body")) or "request"
-        return JSONResponse({"detail": f"{where}: {first['msg']}"}, status_code=422)
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
-        log.info("client %s disconnected during the upload", request.client.host if request.client else "?")
-        return Response(status_code=400)  # nobody reads it
+    install_error_handlers(app, with_redis=bool(settings.queue))
 
     def principal(request: Request) -> Principal:
         client = request.client.host if request.client else "unknown"
@@ -134,29 +132,28 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
     def own_job(request: Request, job_id: str, who: Principal) -> JobRecord:
         record = service_of(request).store.get(check_job_id(job_id))
-        if record is None:
+        if record is None or record.owner != who.name:  # another key's job looks unknown: ids cannot be probed
             raise HTTPException(404, f"no job {job_id} (unknown or expired)")
-        if record.owner != who.name:
-            raise HTTPException(403, f"job {job_id} belongs to another API key")
         return record
 
     def status_of(request: Request, record: JobRecord) -> JobStatus:
-        store = service_of(request).store
+        record, position = where_is(service_of(request), record)
         return JobStatus(
             job_id=record.id, task=record.request.get("task", "generate"), status=record.state,
-            position=store.position(record.id) if record.state == "queued" else None, step=record.step,
-            total=record.total, attempts=record.attempts, worker=record.worker, error=record.error,
+            position=position, step=record.step, total=record.total, attempts=record.attempts,
+            worker=record.worker, error=record.error, error_id=record.error_id,
             created=record.created, started=record.started, finished=record.finished,
             images=[str(request.url_for("job_image", job_id=record.id, n=n)) for n in range(len(record.outputs))],
             seeds=record.seeds, settings=record.request["settings"], metadata=record.metadata,
         )
 
-    @app.get("/health", tags=["service"])
+    @app.get("/health", tags=["service"], responses=INTERNAL_RESPONSES)
     async def health() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["service"])
+    @app.get("/ready", tags=["service"], responses={
+        **INTERNAL_RESPONSES, 503: {"description": "Starting, or the job store cannot be reached."}})
     async def ready(request: Request) -> JSONResponse:
         """Readiness: the model (or face analyzer) is loaded and the job store answers."""
         service = getattr(request.app.state, "service", None)
@@ -165,19 +162,20 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         try:
             counts = await run_in_threadpool(service.store.counts)
         except Exception as exc:  # the store is down: not ready, say why
-            return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503)
+            return JSONResponse({"status": "store unavailable", "detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(STORE_RETRY_S)})
         body: dict[str, Any] = {"status": "ready", "queue": "redis" if settings.queue else "local", "jobs": counts}
         if service.dispatch is not None:  # ready to take jobs even with no worker yet; say how many there are
             body["workers"] = await run_in_threadpool(service.dispatch.workers)
         return JSONResponse(body)
 
-    @app.get("/metrics", tags=["service"], response_class=Response)
+    @app.get("/metrics", tags=["service"], response_class=Response, responses=INTERNAL_RESPONSES)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: queue depth, jobs by state, generation time, face-analysis failures."""
         body, content_type = await run_in_threadpool(service_of(request).metrics.render)
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/models", tags=["generation"])
+    @app.get("/v1/models", tags=["generation"], responses=READ_RESPONSES)
     async def models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
         from instantid.layouts import layout_names
         from instantid.settings import SCHEDULERS
@@ -188,18 +186,20 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
                                 "layouts": list(layout_names()),
                                 "face_space": service.analyzer.space if service.analyzer else None}
         if service.model is not None and not settings.queue:
-            info.update(models=asdict(service.model.refs), embedding_space=service.model.embedding_space,
-                        demo=service.model.demo, lora=service.model.lora)
+            refs = {kind: public_ref(ref) for kind, ref in asdict(service.model.refs).items()}
+            info.update(models=refs, embedding_space=service.model.embedding_space, demo=service.model.demo,
+                        lora=public_ref(service.model.lora) if service.model.lora else None)
         return info
 
     def job_route(task: TaskKind, summary: str) -> Any:
-        """Register POST /v1/<task>: the same limits, idempotency, queue and ``?wait=true`` for every task."""
+        """Register POST /v1/<task>: the same limits, idempotency, queue and `?wait=true` for every task."""
         responses: dict[int | str, dict[str, Any]] = {
-            200: {"model": GenerationOutput, "description": "?wait=true: the finished images"},
-            202: {"model": JobCreated}, 429: {"description": "queue or rate limit full"}}
+            200: {"model": GenerationOutput, "description": "?wait=true: the finished images; without it, the job "
+                  "an earlier request with the same Idempotency-Key created"},
+            202: {"model": JobCreated}, **JOB_RESPONSES}
         body = {"requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": multipart_schema(task)},
-            "application/json": {"schema": JSON_BODIES[task].model_json_schema()}}}}
+            "application/json": {"schema": json_schema(task)}}}}
 
         async def endpoint(
             request: Request, who: Principal = Depends(principal),
@@ -211,47 +211,48 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         app.post(f"/v1/{task}", status_code=202, tags=["generation"], responses=responses, openapi_extra=body,
                  name=task)(endpoint)
 
-    job_route("generate", """Queue a generation. Multipart: ``face`` file(s) (one person; several are fused), optional
-        ``pose`` file or ``layout`` name, ``mix`` file(s) with one ``mix_weight`` each, and any setting as a form
-        field. JSON: the settings plus base64 ``faces`` / ``pose``, ``layout``, ``mix: [{photo, weight}]``. An
-        ``Idempotency-Key`` header makes a retried request return the job the first one created.""")
-    job_route("swap", """Queue a face swap: the person of the ``face`` file(s) (and ``mix``) put into the ``scene``
-        picture; its ``target_index``-th face (0 = largest) is repainted, every pixel outside the feathered head
-        mask is kept. Settings and swap options as form fields (JSON: base64 ``faces``, ``scene``).""")
-    job_route("group", """Queue a picture of several people: ``person0``, ``person1``, ... file(s), one field per
-        person; an optional ``pose`` group photo places person i at its i-th face from the left (else side by
-        side). JSON: ``people: [[base64, ...], ...]``, ``pose``.""")
-    job_route("detail", """Queue face detail on an existing picture: each face of the ``picture`` (largest first, up
-        to ``max_faces``) is cropped, re-denoised at the model's resolution as the person of the ``face`` file(s)
-        (and ``mix``) and blended back; every pixel outside the feathered face masks is kept. Settings and
-        face-detail options as form fields (JSON: base64 ``faces``, ``picture``).""")
+    job_route("generate", """Queue a generation. Multipart: `face` file(s) (one person; several are fused), optional
+        `pose` file or `layout` name, `mix` file(s) with one `mix_weight` each, and any setting as a form
+        field. JSON: the settings plus base64 `face` / `pose`, `layout`, `mix: [{photo, weight}]`. An
+        `Idempotency-Key` header makes a retried request return the job the first one created (the same key with
+        a different request: 422).""")
+    job_route("swap", """Queue a face swap: the person of the `face` file(s) (and `mix`) put into the `scene`
+        picture; its `target_index`-th face (0 = largest) is repainted, every pixel outside the feathered head
+        mask is kept. Settings and swap options as form fields (JSON: base64 `face`, `scene`).""")
+    job_route("group", """Queue a picture of several people: `person0`, `person1`, ... file(s), one field per
+        person; an optional `pose` group photo places person i at its i-th face from the left (else side by
+        side). JSON: `people: [[base64, ...], ...]`, `pose`.""")
+    job_route("detail", """Queue face detail on an existing picture: each face of the `picture` (largest first, up
+        to `max_faces`) is cropped, re-denoised at the model's resolution as the person of the `face` file(s)
+        (and `mix`) and blended back; every pixel outside the feathered face masks is kept. Settings and
+        face-detail options as form fields (JSON: base64 `face`, `picture`).""")
 
     async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
         service = service_of(request)
         key = request.headers.get("idempotency-key") or None
         if key is not None and len(key) > 200:
             raise HTTPException(422, "Idempotency-Key: at most 200 characters")
-        earlier = service.store.by_key(who.name, key) if key else None
-        if earlier is None:
+        retried = key is not None and service.store.by_key(who.name, key) is not None
+        if not retried:  # a retry is not a new submission: no limits, and its body is compared, not queued
             if who.rate is not None:
                 retry = limiter.take(who.name or who.client, who.rate)
                 if retry is not None:
                     raise QueueFullError(f"rate limit of {who.rate:g} submissions per minute reached", retry)
             service.check_capacity(who.name, who.max_jobs)
-            record, created = await _submit(request, service, who, key, task)
-        else:
-            record, created = earlier, False
+        record, created = await _submit(request, service, who, key, task)
         wait = wait or request.headers.get("prefer", "").lower() == "wait"
         if wait:
             finished = await service.wait(record.id, settings.wait_timeout_s)
             if finished is not None and finished.state == "done":
                 return JSONResponse(_output(request, service, finished).model_dump())
+            if finished is not None and finished.error_id:  # the job hit a bug, not bad input
+                return internal_error_response(finished.error_id, job_id=record.id, status=finished.state)
             if finished is not None and finished.state in ("failed", "canceled"):
                 return JSONResponse({"detail": finished.error, "job_id": record.id, "status": finished.state},
                                     status_code=422 if finished.state == "failed" else 409)
         url = str(request.url_for("job_status", job_id=record.id))
-        body = JobCreated(job_id=record.id, status=record.state, status_url=url,
-                          position=service.store.position(record.id))
+        record, position = where_is(service, record)
+        body = JobCreated(job_id=record.id, status=record.state, status_url=url, position=position)
         return JSONResponse(body.model_dump(), status_code=202 if created or wait else 200,
                             headers={"Location": url})
 
@@ -268,9 +269,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         job = job_request(task, parsed)
         return await run_in_threadpool(service.submit_request, job, owner=who.name, key=key)
 
-    @app.get("/v1/jobs", response_model=JobList, tags=["jobs"])
+    @app.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=READ_RESPONSES)
     async def list_jobs(
-        request: Request, who: Principal = Depends(principal), offset: int = Query(0, ge=0),
+        request: Request, who: Principal = Depends(principal), offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(20, ge=1, le=100), state: JobState | None = Query(None),
     ) -> JobList:
         """Jobs of this API key (every job without keys), newest first."""
@@ -282,11 +283,11 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         return JobList(jobs=[status_of(request, r) for r in records], total=total, offset=offset, limit=limit,
                        next=following)
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"], responses=READ_RESPONSES)
     async def job_status(request: Request, job_id: str, who: Principal = Depends(principal)) -> JobStatus:
         return status_of(request, own_job(request, job_id, who))
 
-    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"], responses=READ_RESPONSES)
     async def cancel_job(request: Request, job_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
         """Cancel a queued job (at once) or a running one (within a step); a finished job is deleted with its
         images."""
@@ -300,7 +301,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         return {"job_id": job_id, "status": "deleted"}
 
     @app.get("/v1/jobs/{job_id}/images/{n}", response_class=Response, tags=["jobs"],
-             responses={200: {"content": {"image/png": {}}}})
+             responses={200: {"content": {"image/png": {}}}, **READ_RESPONSES,
+                        409: {"description": "The job is not done (yet)."}})
     async def job_image(request: Request, job_id: str, n: int, who: Principal = Depends(principal)) -> Response:
         record = own_job(request, job_id, who)
         if record.state != "done":
@@ -317,6 +319,30 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
         mount_ui(app, settings, keys, limiter)
     return app
+
+
+def where_is(service: JobService, record: JobRecord) -> tuple[JobRecord, int | None]:
+    """The job's current record and its queue position, consistent with each other: a worker may claim the job
+    between two reads, so the position is read first and a job without one is read again (never "queued" with
+    no position)."""
+    current = record
+    for _ in range(5):
+        position = service.store.position(record.id)
+        if position is not None:
+            return replace(current, state="queued"), position
+        current = service.store.get(record.id) or current
+        if current.state != "queued":
+            return current, None
+    return current, 0  # re-queued as often as read (lost workers): it is at the front
+
+
+def public_ref(ref: str) -> str:
+    """A model reference as a client may see it: a hub id as is, a local file or folder by its name only (the
+    server's paths, its cache layout and user name included, are not the client's business)."""
+    path = Path(ref).expanduser()
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
+        return ref  # owner/name on the hub
+    return path.name or ref
 
 
 def _output(request: Request, service: JobService, record: JobRecord) -> GenerationOutput:

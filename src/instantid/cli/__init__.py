@@ -1,6 +1,8 @@
 """The ``instantid`` command: one typer app; each command group lives in its own module.
 
-Errors derived from :class:`instantid.errors.InstantIDError` become one line on stderr and exit code 2.
+Errors derived from :class:`instantid.errors.InstantIDError` become one line on stderr and exit code 2. Any
+other exception is a bug, not bad input: one line naming an error id and the file holding its traceback
+(:mod:`instantid.internal_errors`), exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import typer
 
 from instantid.errors import InstantIDError
+from instantid.internal_errors import report
 
 app = typer.Typer(
     name="instantid",
@@ -61,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             if show:
                 show()
             return int(code)
-        raise
+        command = " ".join(sys.argv[1:] if argv is None else argv)
+        typer.echo(f"error: {report(exc, None, f'instantid {command}'[:300], to_file=True).line()}", err=True)
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
+from instantid.internal_errors import MESSAGE
 from instantid.model_settings import ModelSettings
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
@@ -65,6 +66,20 @@ class QueueFullError(InstantIDError):
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InternalJobError(InstantIDError):
+    """The job failed on a bug, not on its input: the message names the id its traceback is logged under."""
+
+
+def _same_request(earlier: JobRecord, fingerprint: str, key: str) -> JobRecord:
+    """The job an Idempotency-Key made, if this request is the same one again (a retry); a different request
+    under a used key is refused, as payment APIs do, rather than answered with a job it did not ask for."""
+    recorded = earlier.request.get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        raise InvalidInputError(f"Idempotency-Key {key[:40]!r} was already used for a different request; use a "
+                                "new key for a new request")
+    return earlier
 
 
 class JobService:
@@ -135,17 +150,18 @@ class JobService:
 
         Blocking (face analysis): call it from a worker thread in async code.
         """
+        fingerprint = request.fingerprint()
         if key is not None:
             earlier = self.store.by_key(owner, key)
             if earlier is not None:
-                return earlier, False
+                return _same_request(earlier, fingerprint, key), False
         if request.settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
             request = replace(request, settings=request.settings.updated(seed=random.randint(0, MAX_SEED)))
         job_id = new_job_id()
         prepared = self._prepare(request)
         for slot, data in request.files().items():
             self.files.save_input(job_id, slot, data)
-        stored = {**request.record(), "found": prepared.found()}
+        stored = {**request.record(), "found": prepared.found(), "fingerprint": fingerprint}
         if self.dispatch is None:  # handed over before the record exists: the worker may claim it at once
             self.runner.prepared_jobs[job_id] = prepared
         record, created = self.store.add(JobRecord(id=job_id, request=stored, owner=owner, idempotency_key=key))
@@ -153,7 +169,7 @@ class JobService:
             self.files.delete(job_id)
             if self.dispatch is None:
                 self.runner.prepared_jobs.pop(job_id, None)
-            return record, False
+            return _same_request(record, fingerprint, key), False
         if self.dispatch is not None:
             self.dispatch.submit(job_id)
         else:
@@ -215,6 +231,8 @@ class JobService:
                 shown = (current.step, current.total)
                 progress(*shown)
             time.sleep(poll_s)
+        if current is not None and current.error_id:
+            raise InternalJobError(f"{MESSAGE} {current.error_id}; the server log has the traceback")
         if current is None or current.state != "done":
             raise InvalidInputError(f"generation {current.state if current else 'lost'}: "
                                     f"{current.error if current else 'the job expired'}")

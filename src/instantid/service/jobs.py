@@ -59,6 +59,7 @@ class JobRecord:
     finished: float | None = None
     attempts: int = 0
     error: str | None = None
+    error_id: str | None = None  # an internal error (a bug, not the input): the id its traceback is logged under
     outputs: list[str] = field(default_factory=list)  # file names inside the job folder
     seeds: list[int] = field(default_factory=list)
     metadata: dict[str, Any] | None = None
@@ -192,7 +193,7 @@ class JobStore(ABC):
         record = self.get(job_id)
         if record is None or record.state != "running":
             return record.state if record else "unknown"
-        if record.attempts < max_attempts:
+        if record.attempts < max_attempts:  # the reason is told until the next run ends (runner clears it)
             self.update(job_id, state="queued", worker=None, step=0, error=f"retrying: {reason}")
             return "queued"
         self.update(job_id, state="failed", finished=time.time(), worker=None,
@@ -215,8 +216,12 @@ class SQLiteJobStore(JobStore):
                 "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, request TEXT, state TEXT, created REAL, "
                 "started REAL, finished REAL, attempts INTEGER, error TEXT, outputs TEXT, seeds TEXT, "
                 "metadata TEXT, step INTEGER, total INTEGER, owner TEXT, idempotency_key TEXT, worker TEXT, "
-                "cancel_requested INTEGER)"
+                "cancel_requested INTEGER, error_id TEXT)"
             )
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name in COLUMNS:  # a store written by an older version gains the newer fields
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created)")
             self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs (owner, idempotency_key) "
                              "WHERE idempotency_key IS NOT NULL")

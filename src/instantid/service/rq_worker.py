@@ -6,6 +6,10 @@ process (a GPU model cannot be shared with forked children), and it ships what a
 started-job registry with per-execution heartbeats, retries, and a failure callback for abandoned jobs.
 Celery and Dramatiq bring their own broker abstractions and result backends we would not use.
 
+Each worker also keeps a key ``instantid:alive:<name>`` that expires ``lease_s`` after its last beat:
+``/ready`` counts those, so a killed worker stops counting within a lease (RQ's own worker registry keeps a
+busy worker's entry for 90 s after it died).
+
 A worker killed mid-job (kill -9) stops its heartbeat; ``lease_s`` later its entry in RQ's started registry
 expires, and the next maintenance pass of any worker calls :func:`on_failure` (the record goes back to queued,
 or fails after ``max_attempts``) and RQ re-queues the job. The next worker re-runs it from the photos in the job
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 QUEUE_NAME = "instantid"
+ALIVE = "instantid:alive:"  # + worker name: set every lease/3 seconds, expires after a lease
 _runner: JobRunner | None = None  # the worker process's runner (its model loaded once), see run_worker
 
 
@@ -55,7 +60,8 @@ class RQDispatch:
         )
 
     def workers(self) -> int:
-        return SimpleWorker.count(queue=self.queue)
+        """Workers whose heartbeat is live (beaten within their lease)."""
+        return sum(1 for _ in self.queue.connection.scan_iter(match=f"{ALIVE}*", count=1000))
 
     def cancel(self, job_id: str) -> None:
         try:
@@ -97,6 +103,14 @@ class HeartbeatWorker(SimpleWorker):
     job is re-queued within a lease even when every other worker is busy."""
 
     lease_s = 30
+
+    def subscribe(self) -> None:
+        """No pub/sub thread: RQ's remote commands (stop a job, shut down) are not used here (a cancel goes
+        through the job record), and RQ's shutdown waits for that thread's 60-second poll, so a worker with a
+        metrics port took up to a minute to exit after SIGTERM."""
+
+    def unsubscribe(self) -> None:
+        """Nothing to leave (see :meth:`subscribe`)."""
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(self.lease_s)
@@ -152,4 +166,26 @@ def run_worker(model: InstantID, connection: Any, root: str | Path, *, lease_s: 
     worker = HeartbeatWorker([queue], connection=connection, name=_runner.name.replace(":", "-"),
                              worker_ttl=maintenance_s + 15, maintenance_interval=maintenance_s)
     worker.lease_s = lease_s
-    worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    alive = f"{ALIVE}{worker.name}"
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                connection.set(alive, _runner.name if _runner else "", ex=lease_s)
+            except Exception as exc:  # Redis away for a moment: the next beat tries again
+                log.warning("worker heartbeat failed: %s", exc)
+            if stop.wait(lease_s / 3):
+                return
+
+    beating = threading.Thread(target=beat, name="instantid-alive", daemon=True)
+    beating.start()
+    try:
+        worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    finally:
+        stop.set()
+        beating.join(5)
+        try:
+            connection.delete(alive)  # a worker that stops cleanly stops counting at once
+        except Exception as exc:
+            log.warning("could not remove the worker's heartbeat: %s", exc)

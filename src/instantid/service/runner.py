@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
+from instantid.internal_errors import MESSAGE, report
 from instantid.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
 from instantid.service.tasks import FaceSide, JobRequest, Prepared, prepare
@@ -99,12 +100,14 @@ class JobRunner:
             return self._finish(job_id, "canceled", error="canceled while running")
         except InstantIDError as exc:
             return self._finish(job_id, "failed", error=str(exc))
-        except Exception as exc:  # the worker must survive any one job
-            log.exception("job %s failed", job_id)
-            return self._finish(job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug, not the input: the worker survives it and the user is not blamed
+            incident = report(exc, log, f"job {job_id}")
+            return self._finish(job_id, "failed", error=MESSAGE, error_id=incident.error_id)
         if self.metrics:
             self.metrics.generation_seconds.observe(time.monotonic() - started)
-        return self._finish(job_id, "done", outputs=outputs, seeds=result.seeds, metadata=result.metadata)
+        # A re-run (after a restart or a lost worker) ends clean: no "retrying: ..." left from the lost run.
+        return self._finish(job_id, "done", outputs=outputs, seeds=result.seeds, metadata=result.metadata,
+                            error=None, error_id=None)
 
     def _finish(self, job_id: str, state: str, **changes: Any) -> str:
         # The worker's name stays on the record: which machine made these images.

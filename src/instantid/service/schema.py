@@ -5,8 +5,9 @@ multipart forms from the JSON bodies, so OpenAPI shows every knob with its descr
 (styles, schedulers, layouts), and a knob added in ``settings.py``, ``swap.py`` or ``detail.py`` appears here.
 
 Photos: multipart file fields (``face``, ``pose``, ``mix`` with one ``mix_weight`` each, ``scene``, ``picture``,
-``person0``, ``person1``, ...) or base64 strings in JSON (``faces``, ``pose``, ``mix: [{photo, weight}]``,
-``scene``, ``picture``, ``people: [[...], ...]``). :func:`job_request` turns either into a checked
+``person0``, ``person1``, ...) or base64 strings in JSON under the same names (``face`` a list, ``pose``,
+``mix: [{photo, weight}]``, ``scene``, ``picture``; ``people: [[...], ...]`` for the ``personN`` fields). ``faces``,
+the JSON name before 0.2, is still read as ``face`` in both. :func:`job_request` turns either into a checked
 :class:`~instantid.service.tasks.JobRequest`."""
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ class MixJSON(BaseModel):
 class GenerateJSON(GenerationSettings):
     """``application/json`` body: the generation settings plus base64 photos (data URIs accepted)."""
 
-    faces: list[str] = Field(..., min_length=1, max_length=MAX_FACES,
-                             description="Base64-encoded face photo(s) of one person; several are fused.")
+    face: list[str] = Field(..., min_length=1, max_length=MAX_FACES,
+                            description="Base64-encoded face photo(s) of one person; several are fused ('faces' "
+                                        "is read as this too).")
     face_names: list[str] | None = Field(None, description="Names for the photos in messages and metadata.")
     pose: str | None = Field(None, description="Base64-encoded pose photo (keypoints and size from here).")
     layout: LayoutName | None = Field(None, description="A bundled keypoint layout instead of a pose photo.")
@@ -65,7 +67,7 @@ def _settings_fields(task: TaskKind) -> dict[str, Any]:
 
 SwapJSON = create_model(
     "SwapJSON", __doc__="``application/json`` body of /v1/swap: settings, swap options and base64 photos.",
-    faces=(list[str], Field(..., min_length=1, max_length=MAX_FACES,
+    face=(list[str], Field(..., min_length=1, max_length=MAX_FACES,
                             description="Base64-encoded face photo(s) of the person put in; several are fused.")),
     face_names=(list[str] | None, Field(None, description="Names for the photos in messages and metadata.")),
     scene=(str, Field(..., description="Base64-encoded picture whose face is replaced.")),
@@ -84,7 +86,7 @@ GroupJSON = create_model(
 DetailJSON = create_model(
     "DetailJSON", __doc__="``application/json`` body of /v1/detail: settings, face-detail options and base64 "
                           "photos.",
-    faces=(list[str], Field(..., min_length=1, max_length=MAX_FACES,
+    face=(list[str], Field(..., min_length=1, max_length=MAX_FACES,
                             description="Base64-encoded face photo(s) of the person; several are fused.")),
     face_names=(list[str] | None, Field(None, description="Names for the photos in messages and metadata.")),
     picture=(str, Field(..., description="Base64-encoded picture whose faces are redrawn as this person.")),
@@ -112,6 +114,8 @@ class JobStatus(BaseModel):
     attempts: int
     worker: str | None = Field(None, description="host:pid of the worker that runs (ran) the job.")
     error: str | None
+    error_id: str | None = Field(None, description="An internal error (not the request's fault): the id to quote; "
+                                                   "the server log has its traceback.")
     created: float
     started: float | None
     finished: float | None
@@ -265,7 +269,10 @@ def _mixes(body: Body) -> tuple[Mix, ...]:
 
 def _faces(body: Body) -> tuple[Photo, ...]:
     if body.json:
-        return tuple(_json_photos(body.values, "faces", "face_names", MAX_FACES))
+        if "face" in body.values and "faces" in body.values:
+            raise InvalidInputError("send the photos in 'face' only ('faces' is its old name)")
+        return tuple(_json_photos(body.values, "faces" if "faces" in body.values else "face", "face_names",
+                                  MAX_FACES))
     faces = body.files.pop("face", []) + body.files.pop("faces", [])
     if not faces:
         raise InvalidInputError("upload at least one face photo in the 'face' field")
@@ -339,7 +346,7 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
                                       if k in DetailOptions.model_fields})
     if body.files:
         raise InvalidInputError(f"unexpected file field {next(iter(body.files))!r} for /v1/{task}")
-    for name in ("faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "picture",
+    for name in ("face", "faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "picture",
                  "picture_name", "people", "layout"):
         if name in body.values:
             raise InvalidInputError(f"{kind} {name!r} is not used by /v1/{task}")
@@ -389,7 +396,24 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
         **_MIX_FILES,
     },
 }
-_JSON_ONLY = ("faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people")
+_JSON_ONLY = ("face", "faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people")
+
+
+def json_schema(task: TaskKind = "generate") -> dict[str, Any]:
+    """The JSON body of a task as an OpenAPI schema: its nested shapes (mix entries) inlined, since a ``$ref``
+    inside an operation resolves against the whole OpenAPI document, where the model's ``$defs`` are not."""
+    schema = JSON_BODIES[task].model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 def multipart_schema(task: TaskKind = "generate") -> dict[str, Any]:
@@ -400,4 +424,7 @@ def multipart_schema(task: TaskKind = "generate") -> dict[str, Any]:
     schema["required"] = {"generate": ["face"], "swap": ["face", "scene"], "group": ["person0"],
                           "detail": ["face", "picture"]}[task]
     schema["title"] = f"{task.capitalize()}Form"
+    schema["description"] = (f"multipart/form-data body of /v1/{task}: the photos as file fields, every setting as "
+                             "a form field (an empty field means its default).")
+    schema.pop("$defs", None)  # the JSON body's nested shapes (mix entries): files and plain fields here
     return schema

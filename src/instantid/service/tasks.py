@@ -17,6 +17,8 @@ photo stand) goes into the record too (:meth:`Prepared.found`), and :func:`prepa
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -143,6 +145,15 @@ class JobRequest:
             "picture": self.picture[0] if self.picture else None,
             "detail": self.detail.model_dump() if self.detail is not None else None,
         }
+
+    def fingerprint(self) -> str:
+        """A digest of everything the request asks (settings as given, photo names and bytes): a retry under the
+        same Idempotency-Key has the same one whatever multipart boundary or JSON key order it was sent with."""
+        digest = hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode())
+        for slot, data in sorted(self.files().items()):
+            digest.update(f"\0{slot}\0{len(data)}\0".encode())
+            digest.update(data)
+        return digest.hexdigest()
 
     @classmethod
     def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instantid.errors import InstantIDError
+from instantid.internal_errors import report
 from instantid.outputs import prepare_folder
 from instantid.settings import SCHEDULERS, GenerationSettings
 from instantid.webui.references import IdentityCache
@@ -163,8 +164,9 @@ class UIContext:
         return "\n\n".join(lines)
 
     def guard(self, fn: Callable[..., Any], job: bool = False) -> Callable[..., Any]:
-        """User errors become one ``gr.Error`` line and one log line; anything else is logged in one line too
-        (traceback at debug level) and shown as an internal error, and the UI stays up.
+        """User errors become one ``gr.Error`` line and one log line; anything else is a bug, not the user's
+        doing: its traceback is logged under an id and the UI says "internal error <id>"
+        (:mod:`instantid.internal_errors`), and stays up.
 
         ``job=True`` (the handlers that submit a job): gradio also hands over its request, and the handler runs
         as that :class:`Caller` (the signed-in name, the browser's address)."""
@@ -180,10 +182,8 @@ class UIContext:
                 log.warning("web UI: %s", exc)
                 raise gr.Error(str(exc), print_exception=False) from None
             except Exception as exc:
-                log.error("web UI: unexpected %s: %s", type(exc).__name__, exc)
-                log.debug("web UI: traceback", exc_info=True)
-                raise gr.Error(f"internal error ({type(exc).__name__}: {exc}); the server log has a line on it",
-                               print_exception=False) from None
+                incident = report(exc, log, f"web UI {getattr(fn, '__name__', 'handler')}")
+                raise gr.Error(incident.line(), print_exception=False) from None
 
         if not job:
             return wrapper
