@@ -211,7 +211,10 @@ def test_prepare_filters_resumes_and_reads_tar_shards(tmp_path: Path) -> None:
 
     _FakeAnalyzer.calls = 0
     again = prepare([photos, shard], out, _FakeAnalyzer, config, progress=False)
-    assert _FakeAnalyzer.calls == 0 and again["skipped_already_done"] == 7 and again["kept"] == 2
+    # The kept ones are skipped; the drops are decided again (the same way), counted once, not twice.
+    assert again["skipped_already_done"] == 2 and again["kept"] == 2
+    assert again["dropped_by_reason"] == summary["dropped_by_reason"]
+    assert _FakeAnalyzer.calls == 3, "only the captioned, readable drops are analysed again"
 
 
 def test_prepare_on_real_photos_with_dlib(tmp_path: Path) -> None:

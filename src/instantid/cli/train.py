@@ -32,7 +32,8 @@ def prepare(
     ),
     samples_per_tar: int = typer.Option(1000, "--samples-per-tar", min=1, help="Samples per tar part."),
 ) -> None:
-    """Analyse captioned photos into a training set (resumable: reruns skip what is already decided).
+    """Analyse captioned photos into a training set (resumable: reruns skip the images already kept and look
+    again at the dropped ones, e.g. after adding captions or loosening a filter).
 
     Exit code 2 when nothing is kept, with the main reasons images were dropped (a shard only warns: its
     share of the inputs may hold nothing usable while the other shards keep plenty).
