@@ -77,11 +77,15 @@ def train(ctx: typer.Context) -> None:
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="A run's checkpoint-N folder."),
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False,
+                                      help="A run's checkpoint-N folder, or the run folder (its latest checkpoint)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for ip-adapter.* and ControlNetModel/."),
     adapter_format: str = typer.Option("bin", "--format", help="bin (published) or safetensors."),
 ) -> None:
     """Write a training checkpoint in the published layout (ip-adapter.bin + ControlNetModel/)."""
-    from instantid.training.export import export_checkpoint
+    from instantid.training.export import export_checkpoint, find_checkpoint
 
-    typer.echo(f"exported to {export_checkpoint(checkpoint, out, adapter_format)}")
+    chosen = find_checkpoint(checkpoint)
+    if chosen != checkpoint:
+        typer.echo(f"exporting the latest checkpoint of {checkpoint}: {chosen.name}", err=True)
+    typer.echo(f"exported to {export_checkpoint(chosen, out, adapter_format)}")
