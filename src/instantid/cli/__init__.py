@@ -24,7 +24,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: rich markup would eat bracketed help text ("[rate=N]") and typer's rich panels show a
+    # "<bool>" value for on/off flags, which take none.
+    rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from instantid import __version__
+
+        typer.echo(f"instantid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Show the version and exit.")) -> None:
+    pass  # the options of the command group itself (--version); each command does the work
 
 # Command modules register themselves on `app` when imported; a module that is not written yet is
 # simply absent, so the list can name every planned group.
