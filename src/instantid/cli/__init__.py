@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except InstantIDError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except typer.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort) or an aborted prompt
+        typer.echo("interrupted", err=True)
         return 130
     except SystemExit as exc:
         return int(exc.code or 0)

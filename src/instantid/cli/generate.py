@@ -65,6 +65,16 @@ def check_photos(*photos: Any) -> None:
         check_file(photo)
 
 
+def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
+    """The line saying the face-detail pass skipped this image (it found no face to redraw), else None."""
+    reports = (metadata.get("face_detail") or {}).get("images") or []
+    index = metadata.get("index", 0)
+    if index >= len(reports) or not reports[index].get("skipped"):
+        return None
+    why = " (the demo's images are noise, with no face to find)" if demo else ""
+    return f"--face-detail: {reports[index]['skipped']} in {path.name}{why}, so it was not redrawn"
+
+
 def face_analyzer(model: Any) -> Any:
     """The face model alone (seconds), to check photos before the diffusion model loads (minutes)."""
     from instantid.loading import library_chatter
@@ -216,6 +226,9 @@ def generate_command(
                 metadata = result.image_metadata(i)
                 stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
                 written.append(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths))
+                note = face_detail_note(metadata, written[-1], instant.demo)
+                if note:
+                    bar.console.print(f"[yellow]{note}[/]", highlight=False)
     for path in written:
         typer.echo(str(path))
 
@@ -290,14 +303,20 @@ def batch_command(
     failures = list(problems)
     if todo:
         instant = load_model(model, analyzer)
-        with progress_bar() as bar, _chatter(model):
-            overall = bar.add_task("images", total=len(todo))
-            steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
-            failures += batch.run_batch(
-                instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
-                on_image=lambda planned, path: (bar.advance(overall), bar.console.print(str(path))),
-                progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
-            )
+        made: list[Path] = []
+        try:
+            with progress_bar() as bar, _chatter(model):
+                overall = bar.add_task("images", total=len(todo))
+                steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
+                failures += batch.run_batch(
+                    instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
+                    on_image=lambda planned, path: _made(bar, overall, path, instant.demo, made),
+                    progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
+                )
+        except KeyboardInterrupt:  # Ctrl-C: every written image is whole (atomic writes), so a rerun resumes
+            console.print(f"interrupted after {len(made)} of {len(todo)} image(s); rerun the same command to "
+                          "resume (the images made are kept)", highlight=False)
+            raise typer.Exit(130) from None
     # Sharded, the sheet waits for the last process to finish: it is drawn once every output exists.
     if chosen is None or all(batch.is_done(p, out) for p in planned):
         sheet = batch.write_contact_sheet(planned, out)
@@ -307,6 +326,18 @@ def batch_command(
     if listed is not None:
         console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
         raise typer.Exit(1)
+
+
+def _made(bar: Progress, overall: Any, path: Path, demo: bool, made: list[Path]) -> None:
+    """One batch output written: the overall bar moves, its path is printed, and a skipped face-detail pass said."""
+    import json
+
+    made.append(path)
+    bar.advance(overall)
+    bar.console.print(str(path), highlight=False)
+    note = face_detail_note(json.loads(path.with_suffix(".json").read_text(encoding="utf-8")), path, demo)
+    if note:
+        bar.console.print(f"[yellow]{note}[/]", highlight=False)
 
 
 def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:
