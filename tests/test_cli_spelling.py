@@ -36,7 +36,7 @@ def test_train_help_lists_hyphenated_flags_with_their_help(
     for flag in ("--data-dir", "--output-dir", "--train-batch-size", "--use-ema", "--no-use-ema", "--mixed-precision"):
         assert flag in text
     assert "--data_dir" not in text and "--train_batch_size" not in text
-    assert "a folder written by `instantid prepare`" in text, "each flag's help comes from the config's comment"
+    assert "A folder written by `instantid prepare`" in text, "each flag's help comes from the config's comment"
 
 
 def test_train_flags_accept_both_spellings() -> None:

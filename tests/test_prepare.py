@@ -88,6 +88,23 @@ def test_prepare_that_keeps_nothing_says_why_and_exits_2(
         "it, a .txt tar member, or --captions JSONL), or pass --allow-empty-caption")
 
 
+def test_a_rerun_decides_the_dropped_images_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "obama_1.jpg").write_bytes((FACES / "obama_1.jpg").read_bytes())
+    out = tmp_path / "out"
+    args = ["prepare", str(photos), "--out", str(out), "--face-backend", "dlib"]
+    assert main(args) == 2, "no caption yet"
+    (photos / "obama_1.txt").write_text("a photo of a man")
+    capsys.readouterr()
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["kept"], summary["dropped"], summary["this_run"]) == (1, 0, {"kept": 1})
+    assert (out / "rejects.jsonl").read_text() == "", "the old drop is no longer listed"
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["skipped_already_done"] == 1
+
+
 def test_shard_split_is_stable_and_complete() -> None:
     keys = [f"photos/{i}.jpg" for i in range(200)]
     owners = [shard_of(key, 4) for key in keys]
@@ -128,11 +145,12 @@ def test_two_processes_split_the_inputs_into_tar_shards_and_resume(
     assert sorted(names) == sorted([f"{s}.json" for s in stems] + [n for n in names if not n.endswith(".json")])
     assert all(n.endswith((".jpg", ".png", ".json")) for n in names) and not any("/" in n for n in names)
 
-    # A rerun decides nothing again.
+    # A rerun keeps nothing twice; only the drops are decided again (the same way here), each listed once.
     parts_before = {p.name: p.read_bytes() for p in out.glob("data-*.tar")}
     again = _run_shards(photos, out)
-    assert [s["this_run"] for s in again] == [{}, {}]
-    assert sum(s["skipped_already_done"] for s in again) == len(keys)
+    assert ["kept" in s["this_run"] for s in again] == [False, False]
+    assert [(s["kept"], s["dropped"]) for s in again] == [(2, 1), (2, 1)]
+    assert sum(s["skipped_already_done"] for s in again) == 4
     assert {p.name: p.read_bytes() for p in out.glob("data-*.tar")} == parts_before
 
     # A crash mid-part: the unfinished part was never renamed, so its samples are redone, nothing twice.
@@ -140,7 +158,7 @@ def test_two_processes_split_the_inputs_into_tar_shards_and_resume(
     lost = {r["key"] for r in read_tar_index(last)}
     last.rename(out / f".{last.name}.tmp")
     resumed = _run_shards(photos, out)
-    assert resumed[0]["this_run"] == {"kept": len(lost)} and resumed[1]["this_run"] == {}
+    assert resumed[0]["this_run"].get("kept") == len(lost) and "kept" not in resumed[1]["this_run"]
     assert not list(out.glob(".*.tmp"))
     where = _decided(out)
     assert set(where) == keys and all(len(files) == 1 for files in where.values())

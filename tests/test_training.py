@@ -211,7 +211,10 @@ def test_prepare_filters_resumes_and_reads_tar_shards(tmp_path: Path) -> None:
 
     _FakeAnalyzer.calls = 0
     again = prepare([photos, shard], out, _FakeAnalyzer, config, progress=False)
-    assert _FakeAnalyzer.calls == 0 and again["skipped_already_done"] == 7 and again["kept"] == 2
+    # The kept ones are skipped; the drops are decided again (the same way), counted once, not twice.
+    assert again["skipped_already_done"] == 2 and again["kept"] == 2
+    assert again["dropped_by_reason"] == summary["dropped_by_reason"]
+    assert _FakeAnalyzer.calls == 3, "only the captioned, readable drops are analysed again"
 
 
 def test_prepare_on_real_photos_with_dlib(tmp_path: Path) -> None:
@@ -232,13 +235,38 @@ def test_prepare_on_real_photos_with_dlib(tmp_path: Path) -> None:
     assert record["space"] == "dlib-128" and record["embedding_dim"] == 128 and len(record["kps"]) == 5
 
 
-def test_train_refuses_data_of_another_embedding_space(setup: dict) -> None:
+def test_train_refuses_data_of_another_embedding_space(setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from instantid.cli import main as cli
 
     code = cli(["train", "--data_dir", str(setup["data"]), "--pretrained_model", str(setup["base"]),
                 "--embedding_space", "antelopev2-512", "--embedding_dim", "512", "--output_dir",
                 str(setup["root"] / "refused")])
     assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the data in {setup['data']} holds {DIM}-d {SPACE} embeddings but training is set up for "
+        f"--embedding-space antelopev2-512 --embedding-dim 512: pass --embedding-space {SPACE} --embedding-dim {DIM}, "
+        "or prepare the data with the matching --face-backend")
+
+
+def test_export_takes_a_run_folder_or_says_which_folder_to_give(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.cli import main as cli
+    from instantid.training.export import find_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _config({"data": "d", "root": tmp_path, "base": "b"}, "run").save(run / "train_config.json")
+    assert cli(["export", str(run), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: the training run {run} has no checkpoint-N folder yet (its "
+                                               f"final weights are in {run / 'release'} once training ends)")
+    for step in (2, 10, 9):
+        (run / f"checkpoint-{step}").mkdir()
+    assert find_checkpoint(run) == run / "checkpoint-10", "by number, not by name"
+    assert find_checkpoint(run / "checkpoint-2") == run / "checkpoint-2"
+    assert cli(["export", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path} is neither a training run (a folder with train_config.json) nor one of its "
+        "checkpoint-N folders: give the run's --output-dir or run/checkpoint-N")
 
 
 def test_parse_args_reads_every_field() -> None:

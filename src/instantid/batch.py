@@ -134,14 +134,16 @@ def read_text(path: Path) -> str:
     """A job file's text: UTF-8 (with or without Excel's BOM), UTF-16 with a BOM, or Windows-1252 (Excel's
     'CSV' on Windows); anything else is one readable error."""
     data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    for encoding in ("utf-8-sig", "cp1252"):
+    # UTF-16 needs its BOM; NUL bytes anywhere else mean a binary file (Windows-1252 would decode it as junk).
+    encodings = ("utf-16",) if data.startswith((b"\xff\xfe", b"\xfe\xff")) else () if b"\0" in data else (
+        "utf-8-sig", "cp1252")
+    for encoding in encodings:
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise InvalidInputError(f"job file {path} is not text in UTF-8 or Windows-1252; save it as UTF-8")
+    raise InvalidInputError(f"job file {path} is not text in UTF-8 or Windows-1252 (a binary file?); save it as "
+                            "UTF-8 YAML, JSON or CSV")
 
 
 def load_job(path: str | Path) -> BatchJob:

@@ -46,3 +46,7 @@ class EmbeddingSpaceError(InstantIDError):
 
 class InvalidInputError(InstantIDError, ValueError):
     """A parameter is out of range or inconsistent (bad size, strength, seed, prompt list...)."""
+
+
+class FaceIndexError(InvalidInputError):
+    """A face asked for by its index (0 = largest) is not in the photo."""

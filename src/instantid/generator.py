@@ -13,6 +13,7 @@ the server and the batch runner all build an Identity once and hand it on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import threading
@@ -97,17 +98,22 @@ def prepare_identity(
         face = analyzer.get_face(picture, label, face_index)
         found.append((label, picture, face))
     embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
-    if pose is not None:
-        label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
-        pose_picture = load_image(pose, label)
-        pose_face = analyzer.get_face(pose_picture, label, None)
-    else:
-        label, pose_picture, pose_face = found[0]
-    return Identity(
+    label, pose_picture, pose_face = found[0]
+    identity = Identity(
         embedding=embedding, space=analyzer.space, pose_face=pose_face,
         pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
         pose_name=label, warnings=warnings,
     )
+    return identity if pose is None else with_pose(analyzer, identity, pose, pose_name, full_paths)
+
+
+def with_pose(analyzer: FaceAnalyzer, identity: Identity, pose: ImageInput, pose_name: str | None = None,
+              full_paths: bool = False) -> Identity:
+    """``identity`` in the pose of the largest face of the photo ``pose`` (its keypoints and picture size)."""
+    label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
+    picture = load_image(pose, label)
+    face = analyzer.get_face(picture, label, None)
+    return dataclasses.replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label)
 
 
 def group_poses(

@@ -57,9 +57,15 @@ def _check_device(device: str, label: str) -> str:
     return device
 
 
-def pick_dtype(dtype: str | None, device: str) -> torch.dtype:
+def pick_dtype(dtype: str | None, device: str, label: str = "dtype") -> torch.dtype:
+    """The dtype asked for, else fp16 on a GPU and fp32 on the CPU. fp16 on the CPU is refused rather than run:
+    many CPU kernels lack it or upcast, so it would be slower than fp32 for no saving."""
+    gpu = device.split(":")[0] in ("cuda", "mps")
     if dtype is None:
-        return torch.float16 if device.split(":")[0] in ("cuda", "mps") else torch.float32
+        return torch.float16 if gpu else torch.float32
+    if dtype == "fp16" and not gpu:
+        raise InvalidInputError(f"{label} fp16 needs a GPU (cuda or mps) and this runs on the CPU: use {label} fp32 "
+                                f"(the CPU default) or {label} bf16")
     return torch_dtype(dtype)
 
 

@@ -123,7 +123,7 @@ class ModelSettings(BaseModel):
             given = [name for name in ("base", "identitynet", "adapter") if getattr(self, name)]
             if given:
                 raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
-            return InstantID.demo(self.demo_cache_dir, **common)
+            return InstantID.demo(self.demo_cache_dir, **common, **({"dtype": self.dtype} if self.dtype else {}))
         return InstantID.from_pretrained(
             self.base, self.identitynet, self.adapter, face_backend=self.face_backend,
             antelopev2_root=self.antelopev2_root, dtype=self.dtype, cpu_offload=self.cpu_offload, **common,

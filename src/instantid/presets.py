@@ -96,22 +96,27 @@ PRESETS: dict[str, FewStepPreset] = {
 }
 
 
-def get_preset(name: str) -> FewStepPreset:
+def get_preset(name: str, flag: str = "preset") -> FewStepPreset:
+    """The preset called ``name``; ``flag`` is how the caller's user spells the option (``--preset``)."""
     if name not in PRESETS:
-        raise InvalidInputError(f"unknown few-step preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InvalidInputError(f"{flag} {name!r}: unknown few-step preset; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
-def _weights_file(preset: FewStepPreset, weights: str | Path | None) -> Path:
-    """The local file: ``weights`` when given (a file, or a folder holding the published file name), else a
-    download from the preset's Hub repository."""
+def preset_weights_file(name: str, weights: str | Path | None = None, flags: tuple[str, str] = (
+        "preset", "preset_weights")) -> Path:
+    """The local weights file of preset ``name``: ``weights`` when given (a file, or a folder holding the published
+    file name), else the Hub download (a cache hit after the first). Surfaces call it before loading the model, so
+    an unknown name or unreachable weights cost seconds, not a model load; errors name ``flags`` (the preset's and
+    its weights' option, e.g. ``("--preset", "--preset-weights")``)."""
+    flag, weights_flag = flags
+    preset = get_preset(name, flag)
     if weights is not None:
         path = Path(weights).expanduser()
         path = path / preset.weight_name if path.is_dir() else path
         if not path.is_file():
-            raise MissingWeightsError(
-                f"{preset.name}: weights not found at {path} (published as {preset.weight_name} in {preset.repo})"
-            )
+            raise MissingWeightsError(f"{weights_flag} {weights}: no {preset.weight_name} there (the weights of "
+                                      f"{flag} {name}, published in {preset.repo})")
         return path
     from huggingface_hub import hf_hub_download
 
@@ -119,8 +124,8 @@ def _weights_file(preset: FewStepPreset, weights: str | Path | None) -> Path:
         return Path(hf_hub_download(preset.repo, preset.weight_name))
     except Exception as exc:  # offline, gated, or gone: one line naming what was looked for
         raise MissingWeightsError(
-            f"{preset.name}: cannot fetch {preset.weight_name} from {preset.repo} ({type(exc).__name__}); "
-            "download it and pass its path"
+            f"{flag} {name}: cannot fetch {preset.weight_name} from {preset.repo} ({type(exc).__name__}); "
+            f"download it and pass {weights_flag} PATH"
         ) from None
 
 
@@ -165,7 +170,7 @@ def apply_preset(pipe: Any, name: str, weights: str | Path | None = None) -> Few
     import diffusers
 
     preset = get_preset(name)
-    path = _weights_file(preset, weights)
+    path = preset_weights_file(name, weights)
     face_layers = sum(isinstance(p, FaceAttnProcessor) for p in pipe.unet.attn_processors.values())
     if preset.kind == "unet":
         load_unet_weights(pipe.unet, path)

@@ -27,7 +27,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help: rich markup would eat bracketed help text ("[rate=N]") and typer's rich panels show a
+    # "<bool>" value for on/off flags, which take none.
+    rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from instantid import __version__
+
+        typer.echo(f"instantid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Show the version and exit.")) -> None:
+    pass  # the options of the command group itself (--version); each command does the work
 
 # Command modules register themselves on `app` when imported; a module that is not written yet is
 # simply absent, so the list can name every planned group.
@@ -52,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except InstantIDError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except typer.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort) or an aborted prompt
+        typer.echo("interrupted", err=True)
         return 130
     except SystemExit as exc:
         return int(exc.code or 0)

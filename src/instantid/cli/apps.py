@@ -14,15 +14,22 @@ import typer
 
 from instantid.cli import app
 from instantid.cli.generate import (
-    DEMO_WARNING,
     check_model_options,
+    check_photos,
     console,
     face_analyzer,
     load_model,
     progress_bar,
 )
-from instantid.cli.options import apply_mixes, option_parameters, parse_mix, with_generation_options, with_model_options
-from instantid.errors import NoFaceError
+from instantid.cli.options import (
+    apply_mixes,
+    naming,
+    option_parameters,
+    parse_mix,
+    with_generation_options,
+    with_model_options,
+)
+from instantid.errors import FaceIndexError, NoFaceError
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -97,20 +104,21 @@ def swap_command(
     from instantid.outputs import prepare_folder, write_image
     from instantid.swap import swap_face
 
-    # 1. Cheap checks: model options, output folder, --mix syntax.
+    # 1. Cheap checks: the photos exist, model options, output folder.
+    check_photos(*face, into, *(parse_mix(spec)[0] for spec in mix))
     check_model_options(model)
     prepare_folder(out, "--out")
-    for spec in mix:
-        parse_mix(spec)
     # 2. Faces with the face model only: the reference(s), the mixes and the target face.
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
-                                    fusion=settings.fusion, full_paths=full_paths)
+        with naming("--face-index", FaceIndexError):
+            identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
+                                        fusion=settings.fusion, full_paths=full_paths)
         identity = apply_mixes(analyzer, identity, mix, full_paths=full_paths)
         name = _scene_name(into, full_paths)
         scene = load_image(str(into), name)
-        target = analyzer.get_face(scene, name, swap.target_index)
+        with naming("--target-index", FaceIndexError), naming("--into", NoFaceError):
+            target = analyzer.get_face(scene, name, swap.target_index)
     for warning in identity.warnings:
         console.print(f"[yellow]warning: {warning}[/]")
     # 3. The model, then the swap.
@@ -123,8 +131,6 @@ def swap_command(
         metadata = result.image_metadata(i)
         stem = f"swap_{slug(into.stem, 30)}_s{metadata['seed']}"
         typer.echo(str(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths)))
-    if instant.demo:
-        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
 
 
 @app.command("detail", short_help="Redraw the faces in existing pictures as the person of --face.",
@@ -153,12 +159,14 @@ def detail_command(
     from instantid.service.detail import detail_picture
     from instantid.settings import MAX_SEED
 
+    check_photos(*face, *pictures)
     check_model_options(model)
     prepare_folder(out, "--out")
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
-                                    fusion=settings.fusion, full_paths=full_paths)
+        with naming("--face-index", FaceIndexError):
+            identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
+                                        fusion=settings.fusion, full_paths=full_paths)
         names = [_scene_name(p, full_paths) for p in pictures]
         images = [load_image(str(p), name) for p, name in zip(pictures, names, strict=True)]
         # Each picture analysed once, here: the pass redraws these faces (no second look after the model load).
@@ -183,8 +191,6 @@ def detail_command(
                                     faces=found[i])
             typer.echo(str(write_image(result.images[0], result.image_metadata(0), out, f"{path.stem}_detail",
                                        overwrite=overwrite, full_paths=full_paths)))
-    if instant.demo:
-        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
     if skipped:  # some pictures were not written: say so in the exit code too
         raise typer.Exit(1)
 

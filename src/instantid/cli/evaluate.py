@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from instantid.evaluation import Sample
 
 benchmark_app = typer.Typer(help="Run an evaluation protocol: generate its images, then score them.",
-                            no_args_is_help=True)
+                            no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(benchmark_app, name="benchmark")
 
 _ID_MODEL = typer.Option(

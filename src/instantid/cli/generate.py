@@ -11,38 +11,68 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from instantid.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
-from instantid.cli.options import apply_mixes, model_option, parse_mix, with_generation_options, with_model_options
-from instantid.errors import InvalidInputError
+from instantid.cli.options import (
+    apply_mixes,
+    model_option,
+    naming,
+    parse_mix,
+    with_generation_options,
+    with_model_options,
+)
+from instantid.errors import FaceIndexError, InvalidInputError
 from instantid.settings import MAX_SEED
 
-console = Console(stderr=True)
+# soft_wrap: never hard-wrap a line at 80 columns when stderr is a file or pipe (a log, CI) rather than a terminal.
+console = Console(stderr=True, soft_wrap=True)
 DEMO_WARNING = (
     "DEMO MODE: tiny random weights, no download. The whole pipeline runs, but the images are noise, "
     "not portraits. Drop --demo (and see `instantid doctor`) for real results."
 )
 
 def load_model(model: Any, analyzer: Any = None) -> Any:
-    """Load with a spinner (quietly unless ``--verbose``: ModelSettings.load); announce demo mode loudly, before
-    and after."""
+    """Load with a spinner (quietly unless ``--verbose``: ModelSettings.load); announce demo mode loudly, once."""
     check_model_options(model)
-    if model.demo:
-        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
     with console.status("loading models..."):
         instant = model.load(analyzer) if analyzer is not None else model.load()
     instant.pipe.set_progress_bar_config(disable=True)  # our own bar shows the steps
+    if instant.demo:
+        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
     return instant
 
 
 def check_model_options(model: Any) -> None:
-    """What can be checked about the model options without loading anything (device, LoRA path, --demo)."""
-    from instantid.loading import check_lora, pick_device
+    """What can be checked about the model options without loading the model (device and dtype, LoRA path,
+    --demo, the preset's name and weights: fetched now when not cached, as the load would)."""
+    from instantid.loading import check_lora, pick_device, pick_dtype
 
-    pick_device(model.device, "--device")
+    pick_dtype(model.dtype, pick_device(model.device, "--device"), "--dtype")
     if model.lora:
         check_lora(model.lora, "--lora")
     given = [name for name in ("base", "identitynet", "adapter") if getattr(model, name)]
     if model.demo and given:
         raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
+    if model.preset:
+        from instantid.presets import preset_weights_file
+
+        preset_weights_file(model.preset, model.preset_weights, ("--preset", "--preset-weights"))
+
+
+def check_photos(*photos: Any) -> None:
+    """Every photo given exists (a typo is the first thing said, before even the face model loads)."""
+    from instantid.faces.images import check_file
+
+    for photo in photos:
+        check_file(photo)
+
+
+def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
+    """The line saying the face-detail pass skipped this image (it found no face to redraw), else None."""
+    reports = (metadata.get("face_detail") or {}).get("images") or []
+    index = metadata.get("index", 0)
+    if index >= len(reports) or not reports[index].get("skipped"):
+        return None
+    why = " (the demo's images are noise, with no face to find)" if demo else ""
+    return f"--face-detail: {reports[index]['skipped']} in {path.name}{why}, so it was not redrawn"
 
 
 def face_analyzer(model: Any) -> Any:
@@ -130,13 +160,16 @@ def generate_command(
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
-    from instantid.generator import group_poses, prepare_identity
+    from instantid.generator import group_poses, prepare_identity, with_pose
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
     from instantid.outputs import prepare_folder, write_image
     from instantid.settings import field_label, make_settings
 
-    # 1. Cheap checks first: seeds, settings, device, output folder.
+    # 1. Cheap checks first: the photos exist, seeds, settings, device, output folder.
+    groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
+    check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
+                 *(parse_mix(spec)[0] for spec in mix))
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(), "num_images": num_images}, field_label)
     for value in run_seeds:
@@ -146,9 +179,6 @@ def generate_command(
         raise InvalidInputError("give --pose or --layout, not both")
     if layout is not None:
         get_layout(layout)
-    for spec in mix:
-        parse_mix(spec)
-    groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
     if bool(faces) == bool(groups):
         raise InvalidInputError("give the photos of one person, or one --person per person, not both"
                                 if faces else "give at least one face photo (or --person for several people)")
@@ -159,14 +189,17 @@ def generate_command(
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        people = [prepare_identity(analyzer, group, face_index=settings.face_index, fusion=settings.fusion,
-                                   full_paths=full_paths) for group in groups]
-        identity = people[0] if people else prepare_identity(
-            analyzer, list(faces), pose=pose, face_index=settings.face_index, fusion=settings.fusion,
-            full_paths=full_paths)
-        identity = apply_mixes(analyzer, identity, mix, face_index=settings.face_index, full_paths=full_paths)
-        # Where each person stands, before the model load (and analysed once for every seed's run).
-        placed = group_poses(analyzer, pose, len(people), pose.name, "--person") if people and pose else None
+        with naming("--face-index", FaceIndexError):
+            people = [prepare_identity(analyzer, group, face_index=settings.face_index, fusion=settings.fusion,
+                                       full_paths=full_paths) for group in groups]
+            identity = people[0] if people else prepare_identity(
+                analyzer, list(faces), face_index=settings.face_index, fusion=settings.fusion, full_paths=full_paths)
+            identity = apply_mixes(analyzer, identity, mix, face_index=settings.face_index, full_paths=full_paths)
+        with naming("--pose"):
+            if pose is not None and not people:
+                identity = with_pose(analyzer, identity, pose, full_paths=full_paths)
+            # Where each person stands, before the model load (and analysed once for every seed's run).
+            placed = group_poses(analyzer, pose, len(people), pose.name, "--person") if people and pose else None
     if layout is not None:
         identity = with_layout(identity, layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)
@@ -193,10 +226,11 @@ def generate_command(
                 metadata = result.image_metadata(i)
                 stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
                 written.append(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths))
+                note = face_detail_note(metadata, written[-1], instant.demo)
+                if note:
+                    bar.console.print(f"[yellow]{note}[/]", highlight=False)
     for path in written:
         typer.echo(str(path))
-    if instant.demo:
-        console.print(f"[bold yellow]{DEMO_WARNING}[/]")
 
 
 BATCH_HELP = (
@@ -269,16 +303,20 @@ def batch_command(
     failures = list(problems)
     if todo:
         instant = load_model(model, analyzer)
-        with progress_bar() as bar, _chatter(model):
-            overall = bar.add_task("images", total=len(todo))
-            steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
-            failures += batch.run_batch(
-                instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
-                on_image=lambda planned, path: (bar.advance(overall), bar.console.print(str(path))),
-                progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
-            )
-        if instant.demo:
-            console.print(f"[bold yellow]{DEMO_WARNING}[/]")
+        made: list[Path] = []
+        try:
+            with progress_bar() as bar, _chatter(model):
+                overall = bar.add_task("images", total=len(todo))
+                steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
+                failures += batch.run_batch(
+                    instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
+                    on_image=lambda planned, path: _made(bar, overall, path, instant.demo, made),
+                    progress=lambda step, total: bar.update(steps_task, completed=step, total=total),
+                )
+        except KeyboardInterrupt:  # Ctrl-C: every written image is whole (atomic writes), so a rerun resumes
+            console.print(f"interrupted after {len(made)} of {len(todo)} image(s); rerun the same command to "
+                          "resume (the images made are kept)", highlight=False)
+            raise typer.Exit(130) from None
     # Sharded, the sheet waits for the last process to finish: it is drawn once every output exists.
     if chosen is None or all(batch.is_done(p, out) for p in planned):
         sheet = batch.write_contact_sheet(planned, out)
@@ -288,6 +326,18 @@ def batch_command(
     if listed is not None:
         console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
         raise typer.Exit(1)
+
+
+def _made(bar: Progress, overall: Any, path: Path, demo: bool, made: list[Path]) -> None:
+    """One batch output written: the overall bar moves, its path is printed, and a skipped face-detail pass said."""
+    import json
+
+    made.append(path)
+    bar.advance(overall)
+    bar.console.print(str(path), highlight=False)
+    note = face_detail_note(json.loads(path.with_suffix(".json").read_text(encoding="utf-8")), path, demo)
+    if note:
+        bar.console.print(f"[yellow]{note}[/]", highlight=False)
 
 
 def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:

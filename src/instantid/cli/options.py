@@ -10,14 +10,15 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import BaseModel, ValidationError
 
-from instantid.errors import InvalidInputError
+from instantid.errors import InstantIDError, InvalidInputError
 from instantid.model_settings import ModelSettings
 from instantid.settings import GenerationSettings, field_label, make_settings
 
@@ -146,6 +147,41 @@ def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any
     return decorate
 
 
+@contextmanager
+def naming(flag: str, kind: type[InstantIDError] = InstantIDError) -> Iterator[None]:
+    """An error of ``kind`` raised inside names the option it is about (``--pose: no face found in x.jpg``): the
+    library speaks of faces and photos, the user typed a flag. The error keeps its type."""
+    try:
+        yield
+    except kind as exc:
+        exc.args = (f"{flag}: {exc}", *exc.args[1:])
+        raise
+
+
+# ---- servers ----------------------------------------------------------------------------------------------
+def check_port(host: str, port: int) -> None:
+    """``host:port`` can be listened on: a busy port is one line before minutes of model loading, not a library's
+    traceback after them."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise InvalidInputError(f"--host {host}: not an address of this machine ({exc.strerror or exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and gradio bind
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidInputError(f"--port {port}: {host}:{port} is in use (another server?); stop it or "
+                                        "choose another --port") from None
+            raise InvalidInputError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})"
+                                    ) from None
+
+
 # ---- identity mixing on the command line -------------------------------------------------------------
 def parse_mix(spec: str, flag: str = "--mix") -> tuple[Path, float]:
     """``"b.jpg:0.3"`` -> ``(Path("b.jpg"), 0.3)``; the weight is after the last colon, so paths may hold colons."""
@@ -177,5 +213,6 @@ def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_inde
 
 
 __all__ = [
-    "apply_mixes", "model_option", "option_parameters", "parse_mix", "with_generation_options", "with_model_options",
+    "apply_mixes", "check_port", "model_option", "naming", "option_parameters", "parse_mix", "with_generation_options",
+    "with_model_options",
 ]

@@ -9,6 +9,7 @@ import typer
 
 from instantid.cli import app
 from instantid.cli.generate import load_model, with_model_options
+from instantid.cli.options import check_port
 
 
 @app.command("ui")
@@ -32,6 +33,7 @@ def ui_command(
     # One line per UI error (the UI logs user errors at WARNING); library INFO chatter stays off.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     folder = prepare_out_dir(out, label="--out")  # a bad folder is one line now, not after the models load
+    check_port(host, port)
     typer.echo(f"Images are saved to {folder}")
     ui = create_ui(load_model(model), out_dir=folder)
     # quiet: gradio's banner advertises share=True, which this command does not offer; print our own line.

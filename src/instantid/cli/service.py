@@ -10,7 +10,7 @@ import typer
 
 from instantid.cli import app
 from instantid.cli.generate import load_model
-from instantid.cli.options import with_model_options
+from instantid.cli.options import check_port, with_model_options
 
 HOST = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network).")
 OUT = typer.Option(Path("instantid-jobs"), "--out", help="Job store and job folders; with --queue a path every "
@@ -59,6 +59,11 @@ def serve_command(
 
     if api_key_file is not None:
         load_api_keys(api_key_file)  # a bad key line is one error line before minutes of model loading
+    check_port(host, port)
+    if queue:
+        from instantid.service.redis_store import connect
+
+        connect(queue)  # Redis down is one line now, as for `worker`, not a traceback from the app's startup
 
     settings = ServerSettings(
         **model.model_dump(), out_dir=out, queue=queue, max_upload_bytes=int(max_upload_mb * 2**20),

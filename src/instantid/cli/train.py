@@ -32,7 +32,8 @@ def prepare(
     ),
     samples_per_tar: int = typer.Option(1000, "--samples-per-tar", min=1, help="Samples per tar part."),
 ) -> None:
-    """Analyse captioned photos into a training set (resumable: reruns skip what is already decided).
+    """Analyse captioned photos into a training set (resumable: reruns skip the images already kept and look
+    again at the dropped ones, e.g. after adding captions or loosening a filter).
 
     Exit code 2 when nothing is kept, with the main reasons images were dropped (a shard only warns: its
     share of the inputs may hold nothing usable while the other shards keep plenty).
@@ -76,11 +77,15 @@ def train(ctx: typer.Context) -> None:
 
 @app.command()
 def export(
-    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="A run's checkpoint-N folder."),
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False,
+                                      help="A run's checkpoint-N folder, or the run folder (its latest checkpoint)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for ip-adapter.* and ControlNetModel/."),
     adapter_format: str = typer.Option("bin", "--format", help="bin (published) or safetensors."),
 ) -> None:
     """Write a training checkpoint in the published layout (ip-adapter.bin + ControlNetModel/)."""
-    from instantid.training.export import export_checkpoint
+    from instantid.training.export import export_checkpoint, find_checkpoint
 
-    typer.echo(f"exported to {export_checkpoint(checkpoint, out, adapter_format)}")
+    chosen = find_checkpoint(checkpoint)
+    if chosen != checkpoint:
+        typer.echo(f"exporting the latest checkpoint of {checkpoint}: {chosen.name}", err=True)
+    typer.echo(f"exported to {export_checkpoint(chosen, out, adapter_format)}")

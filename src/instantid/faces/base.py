@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from instantid.errors import EmbeddingSpaceError, ImageReadError, InvalidInputError, NoFaceError
+from instantid.errors import EmbeddingSpaceError, FaceIndexError, ImageReadError, InvalidInputError, NoFaceError
 from instantid.faces.images import ImageSource, describe_source, load_image
 
 # An embedding is only meaningful next to embeddings of the same model: the name travels with it.
@@ -109,7 +109,7 @@ class FaceAnalyzer(ABC):
         if index is None:
             return faces[0]
         if not 0 <= index < len(faces):
-            raise InvalidInputError(
+            raise FaceIndexError(
                 f"face index {index} is out of range: {len(faces)} face(s) found in {label} "
                 f"(valid indices 0..{len(faces) - 1}, largest first)"
             )

@@ -36,19 +36,26 @@ def describe_source(source: ImageSource, name: str | None) -> str:
     return "<bytes>" if isinstance(source, bytes) else "<image>"
 
 
+def check_file(path: str | Path, name: str | None = None) -> Path:
+    """``path`` names a non-empty file (what can be said without decoding it); returns it as a Path."""
+    label = describe_source(path, name)
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(label, "no such file")
+    if not path.is_file():
+        raise ImageReadError(label, "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(label, "the file is empty")
+    return path
+
+
 def _open(source: str | Path | bytes, label: str) -> Image.Image:
     if isinstance(source, bytes):
         if not source:
             raise ImageReadError(label, "the data is empty")
         stream: io.BytesIO | Path = io.BytesIO(source)
     else:
-        stream = Path(source)
-        if not stream.exists():
-            raise ImageReadError(label, "no such file")
-        if not stream.is_file():
-            raise ImageReadError(label, "not a regular file")
-        if stream.stat().st_size == 0:
-            raise ImageReadError(label, "the file is empty")
+        stream = check_file(source, label)
     try:
         with warnings.catch_warnings():
             # MAX_PIXELS is checked right after opening, with a one-line error; Pillow's own warning is noise.
@@ -56,10 +63,15 @@ def _open(source: str | Path | bytes, label: str) -> Image.Image:
             return Image.open(stream)
     except UnidentifiedImageError:
         raise ImageReadError(label, "not an image file (unknown or unsupported format)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(label, f"refused as a possible decompression bomb ({exc})") from None
+    except Image.DecompressionBombError:
+        # Pillow refuses above twice its own limit before telling us the size: still our limit, our words.
+        raise ImageReadError(label, _too_large(f"over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")) from None
     except OSError as exc:
         raise ImageReadError(label, f"the file is corrupt or truncated ({exc})") from None
+
+
+def _too_large(size: str) -> str:
+    return f"{size}, over the {MAX_PIXELS // 1_000_000}-megapixel limit; downscale it first"
 
 
 def _check_size(image: Image.Image, label: str) -> None:
@@ -67,11 +79,7 @@ def _check_size(image: Image.Image, label: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageReadError(label, f"the image has zero size ({width}x{height})")
     if width * height > MAX_PIXELS:
-        raise ImageReadError(
-            label,
-            f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-            f"{MAX_PIXELS // 1_000_000}-megapixel limit (possible decompression bomb); downscale it first",
-        )
+        raise ImageReadError(label, _too_large(f"{width}x{height} is {width * height / 1e6:.0f} megapixels"))
 
 
 def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
@@ -113,7 +121,5 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         image.load()
         upright = ImageOps.exif_transpose(image)
         return _to_rgb(upright if upright is not None else image)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(label, f"refused as a possible decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(label, f"the file is corrupt or truncated ({exc})") from None

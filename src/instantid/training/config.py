@@ -124,24 +124,40 @@ def field_help() -> dict[str, str]:
     return found
 
 
+class _ClickLikeHelp(argparse.HelpFormatter):
+    """argparse help laid out as the other ``instantid`` commands' (click): ``Usage:``, 2-space indents."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, indent_increment=2, max_help_position=34)
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, prefix="Usage: ")
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """``--field-name value`` flags for every config field (``--use-ema`` / ``--no-use-ema`` for booleans);
     the underscore spellings (``--data_dir``) of earlier releases and diffusers' scripts still work, unlisted.
     ``--config run.json`` reads a saved config first, flags then override it."""
-    parser = argparse.ArgumentParser(prog="instantid train", description="Train InstantID (adapter + IdentityNet).",
-                                     allow_abbrev=False)
-    parser.add_argument("--config", help="a JSON config (e.g. output_dir/train_config.json); flags override it")
+    parser = argparse.ArgumentParser(
+        prog="instantid train", usage="%(prog)s [OPTIONS]", allow_abbrev=False, add_help=False,
+        description="Train the face adapter and IdentityNet (multi-GPU / multi-node: `accelerate launch ... -m "
+        "instantid.training.trainer <same options>`).", formatter_class=_ClickLikeHelp)
+    options = parser.add_argument_group("Options")
+    options.add_argument("--config", metavar="<path>",
+                         help="A JSON config (e.g. output_dir/train_config.json); options override it.")
     hints = typing.get_type_hints(TrainConfig)
     helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         kind = _flag_type(hints[f.name])
         hyphen, underscore = flag(f.name), "--" + f.name
         spec: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {
-            "type": kind, "metavar": {"str": "TEXT"}.get(kind.__name__, kind.__name__.upper())}
-        shown = "" if f.default == "" else f" [default: {'none' if f.default is None else f.default}]"
-        parser.add_argument(hyphen, dest=f.name, default=None, help=helps.get(f.name, "") + shown, **spec)
+            "type": kind, "metavar": f"<{kind.__name__}>"}
+        shown = "" if f.default == "" else f"  [default: {'none' if f.default is None else f.default}]"
+        text = helps.get(f.name, "")
+        options.add_argument(hyphen, dest=f.name, default=None, help=text[:1].upper() + text[1:] + shown, **spec)
         if underscore != hyphen:
-            parser.add_argument(underscore, dest=f.name, default=None, help=argparse.SUPPRESS, **spec)
+            options.add_argument(underscore, dest=f.name, default=None, help=argparse.SUPPRESS, **spec)
+    options.add_argument("--help", "-h", action="help", help="Show this message and exit.")
     args = parser.parse_args(argv)
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in vars(args).items() if k != "config" and v is not None}

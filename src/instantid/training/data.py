@@ -131,15 +131,21 @@ class FaceDataset(torch.utils.data.Dataset):
         self.records = read_manifest(self.root)
         if not self.records:
             raise InvalidInputError(f"{self.root / MANIFEST} has no records: nothing to train on")
+        # The trainer's flags are named: they are what a user changes to train on this data.
         spaces = {r["space"] for r in self.records}
-        if spaces != {embedding_space}:
-            raise EmbeddingSpaceError(
-                f"the data in {self.root} holds {', '.join(sorted(spaces))} embeddings but training is set up "
-                f"for {embedding_space}: prepare the data with the matching face backend"
-            )
         dims = {r["embedding_dim"] for r in self.records}
-        if dims != {embedding_dim}:
-            raise EmbeddingSpaceError(f"embeddings in {self.root} have sizes {sorted(dims)}, expected {embedding_dim}")
+        if len(spaces) > 1 or len(dims) > 1:
+            raise EmbeddingSpaceError(
+                f"the data in {self.root} mixes embeddings of {', '.join(sorted(spaces))} (sizes {sorted(dims)}): "
+                "prepare it again with one --face-backend"
+            )
+        if spaces != {embedding_space} or dims != {embedding_dim}:
+            (space,), (dim,) = spaces, dims
+            raise EmbeddingSpaceError(
+                f"the data in {self.root} holds {dim}-d {space} embeddings but training is set up for "
+                f"--embedding-space {embedding_space} --embedding-dim {embedding_dim}: pass --embedding-space "
+                f"{space} --embedding-dim {dim}, or prepare the data with the matching --face-backend"
+            )
 
     def __len__(self) -> int:
         return len(self.records)

@@ -125,18 +125,40 @@ def export_release(
     return out
 
 
+def run_checkpoints(run: str | Path) -> list[Path]:
+    """A training run's ``checkpoint-N`` folders, oldest (smallest N) first."""
+    found = [(int(m.group(1)), p) for p in Path(run).glob("checkpoint-*")
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(folder: str | Path) -> Path:
+    """``folder`` itself when it is a checkpoint, else the latest checkpoint of the run ``folder``; anything else
+    is one error saying which folder to give."""
+    folder = Path(folder)
+    if (folder / "train_config.json").is_file():
+        found = run_checkpoints(folder)
+        if found:
+            return found[-1]
+        raise MissingWeightsError(f"the training run {folder} has no checkpoint-N folder yet (its final weights are "
+                                  f"in {folder / 'release'} once training ends)")
+    if (folder.parent / "train_config.json").is_file():
+        return folder
+    raise InvalidInputError(f"{folder} is neither a training run (a folder with train_config.json) nor one of its "
+                            "checkpoint-N folders: give the run's --output-dir or run/checkpoint-N")
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, adapter_format: str = "bin") -> Path:
-    """Export a training checkpoint folder (``run/checkpoint-N``) to the published layout.
+    """Export a training checkpoint folder (``run/checkpoint-N``, or a run folder: its latest checkpoint) to the
+    published layout.
 
     The run's ``train_config.json`` (next to the checkpoint) says which base model and sizes to rebuild.
     """
     from instantid.training.config import TrainConfig
     from instantid.training.model import build_modules
 
-    checkpoint = Path(checkpoint)
+    checkpoint = find_checkpoint(checkpoint)
     config_path = checkpoint.parent / "train_config.json"
-    if not config_path.is_file():
-        raise MissingWeightsError(f"{config_path} not found: export needs the run's config next to its checkpoints")
     config = TrainConfig.load(config_path)
     modules = build_modules(config)
     modules.net.load_trainable(checkpoint)

@@ -112,9 +112,12 @@ def _load_adapter_state(config: TrainConfig, unet: UNet2DConditionModel) -> dict
     spec = inspect_adapter(state, config.adapter, metadata)
     check_fits_unet(state, spec, unet, config.adapter)
     if spec.embedding_dim != config.embedding_dim or spec.embedding_space not in (None, config.embedding_space):
+        space = spec.embedding_space or config.embedding_space
         raise EmbeddingSpaceError(
-            f"{config.adapter} reads {spec.embedding_dim}-d {spec.embedding_space or 'unrecorded-space'} "
-            f"embeddings but training is set up for {config.embedding_dim}-d {config.embedding_space}"
+            f"--adapter {config.adapter} reads {spec.embedding_dim}-d {spec.embedding_space or 'unrecorded-space'} "
+            f"embeddings but training is set up for --embedding-space {config.embedding_space} --embedding-dim "
+            f"{config.embedding_dim}: pass --embedding-space {space} --embedding-dim {spec.embedding_dim} (and data "
+            "prepared with that face model)"
         )
     return state
 

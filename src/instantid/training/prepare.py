@@ -4,7 +4,9 @@ Inputs: folders of images with captions (``name.txt`` sidecars, or a JSONL of ``
 webdataset-style tar shards (``key.jpg``/``key.png`` + ``key.txt`` members). Each kept image gets one
 manifest line (see :mod:`instantid.training.data`), or with ``shard=(i, N)`` one sample in this process's tar
 parts (see :mod:`instantid.training.shards`); each dropped one a line in the rejects JSONL with its reason.
-Reruns skip every source already decided, so an interrupted run resumes where it stopped.
+Reruns skip every source already kept, so an interrupted run resumes where it stopped; a dropped source is
+decided again (its caption may have been added, or a filter loosened), so the rejects file holds the latest run's
+drops.
 
 Paper recipe: single-person images (``max_faces=1``), full images (not crops), antelopev2 embeddings.
 """
@@ -143,7 +145,8 @@ class FolderWriter:
             raise InvalidInputError(f"{root} holds tar shards from a sharded run: use another output folder")
         root.mkdir(parents=True, exist_ok=True)
         self._manifest = (root / MANIFEST).open("a", encoding="utf-8")
-        self._rejects = (root / REJECTS).open("a", encoding="utf-8")
+        # Drops are decided again on every run (see the module docstring): this run's list replaces the last.
+        self._rejects = (root / REJECTS).open("w", encoding="utf-8")
 
     def kept_records(self) -> Iterator[dict[str, Any]]:
         yield from read_jsonl(self.root / MANIFEST)
@@ -152,7 +155,7 @@ class FolderWriter:
         yield from read_jsonl(self.root / REJECTS)
 
     def done_keys(self) -> set[str]:
-        return {r["key"] for r in self.kept_records()} | {r["key"] for r in self.rejected()}
+        return {r["key"] for r in self.kept_records()}
 
     def keep(self, result: dict[str, Any]) -> None:
         record = result["record"]

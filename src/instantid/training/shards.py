@@ -9,7 +9,8 @@ of the file name): ``<key>.<jpg|png|...>``, the source image bytes unchanged, an
 Process ``i`` of ``N`` owns the inputs whose key hashes to ``i`` (stable across runs, whatever the order in
 which inputs are listed) and writes ``data-<i>-of-<N>-<part>.tar`` files. A part is written under a hidden
 temporary name and renamed when complete, so a part on disk is always whole; resuming reads the finished
-parts' keys and the shard's ``rejects-<i>-of-<N>.jsonl`` and skips both.
+parts' keys and skips them; the dropped sources are decided again, the shard's ``rejects-<i>-of-<N>.jsonl``
+listing the latest run's drops.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class TarShardWriter:
         self.parts = sorted(root.glob(f"data-{self.name}-*.tar"))
         self._tar: tarfile.TarFile | None = None
         self._in_part = 0
-        self._rejects = self.rejects_path.open("a", encoding="utf-8")
+        self._rejects = self.rejects_path.open("w", encoding="utf-8")  # drops are decided again each run
 
     def kept_records(self) -> Iterator[dict[str, Any]]:
         for part in self.parts:
@@ -121,7 +122,7 @@ class TarShardWriter:
         yield from read_jsonl(self.rejects_path)
 
     def done_keys(self) -> set[str]:
-        return {r["key"] for r in self.kept_records()} | {r["key"] for r in self.rejected()}
+        return {r["key"] for r in self.kept_records()}
 
     def keep(self, record: dict[str, Any], image: bytes, suffix: str) -> None:
         if self._tar is None:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from instantid.errors import InvalidInputError
 from instantid.training.config import TrainConfig, parse_args
 from instantid.training.data import FaceDataset, collate
-from instantid.training.export import export_release
+from instantid.training.export import export_release, run_checkpoints
 from instantid.training.model import (
     TRAINABLE_FILE,
     TrainingModules,
@@ -114,14 +114,14 @@ def _find_checkpoint(config: TrainConfig) -> Path | None:
         if not path.is_dir():
             raise InvalidInputError(f"checkpoint folder not found: {path}")
         return path
-    found = sorted(Path(config.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    found = run_checkpoints(config.output_dir)
     return found[-1] if found else None
 
 
 def _save_checkpoint(accelerator: Accelerator, config: TrainConfig, step: int) -> None:
     out = Path(config.output_dir)
     if accelerator.is_main_process and config.checkpoints_total_limit is not None:
-        existing = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        existing = run_checkpoints(out)
         for old in existing[: max(0, len(existing) - config.checkpoints_total_limit + 1)]:
             shutil.rmtree(old)
     accelerator.save_state(str(out / f"checkpoint-{step}"))

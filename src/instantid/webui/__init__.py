@@ -146,6 +146,14 @@ class UIContext:
         lora = getattr(model, "lora", None)
         return getattr(model, "preset", None) is not None or (bool(lora) and "lcm" in str(lora).lower())
 
+    def few_step_warning(self, on: bool) -> str | None:
+        """What to tell a user who turns the toggle on while no few-step model is loaded (else None)."""
+        if not on or self.few_step_at_start():
+            return None
+        return ("Warning: no few-step model is loaded, so these few LCM steps give blurred, unfinished pictures. "
+                "Start the UI with a few-step preset (`instantid ui --preset lcm-lora`, lightning-4step, ...) or "
+                "an LCM LoRA (`--lora`), or turn this off.")
+
     @staticmethod
     def few_step_info() -> str:
         return ("Few steps for a model loaded with a few-step preset (`instantid ui --preset lcm-lora`, "

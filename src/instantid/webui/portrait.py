@@ -73,6 +73,14 @@ class PortraitTab:
         identity = posed(identity, layout, settings.width, settings.height)
         return save_results(self.ctx, self.ctx.submit(Prepared("generate", identity=identity), settings, progress))
 
+    def few_step(self, on: bool) -> list[Any]:
+        """The Few-step toggle: its own info line, then the sampler, steps and guidance controls' values. Turned on
+        without a few-step model loaded, the info line says so: such a model makes blurred pictures in 4 steps."""
+        warning = self.ctx.few_step_warning(on)
+        fields = [self.by_name[name] for name in self.ctx.few_step_fields()]
+        values = [c.shown(v) for c, v in zip(fields, self.ctx.few_step_values(on), strict=True)]
+        return [gr.update(info=warning or self.ctx.few_step_info()), *values]
+
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
         """Two columns (what, result), then the events."""
@@ -115,10 +123,7 @@ class PortraitTab:
     def _wire(self) -> None:
         ctx, widgets, who = self.ctx, self.widgets, self.who
         few_step = [widgets[name] for name in ctx.few_step_fields()]
-        fields = [self.by_name[name] for name in ctx.few_step_fields()]
-        self.fast.change(ctx.guard(lambda on: [c.shown(v) for c, v in zip(fields, ctx.few_step_values(on),
-                                                                              strict=True)]),
-                         self.fast, few_step, queue=False)
+        self.fast.change(ctx.guard(self.few_step), self.fast, [self.fast, *few_step], queue=False)
         self.size.change(lambda s: list(SIZES.get(s, ("", ""))), self.size, [widgets["width"], widgets["height"]],
                          queue=False)
 
