@@ -25,6 +25,11 @@ def _pixels(result) -> np.ndarray:
     return np.asarray(result.images[0], dtype=float)
 
 
+def _without_keypoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every person's keypoint picture black (regions, face tokens and size kept): what IdentityNet alone sees."""
+    monkeypatch.setattr("instantid.generator.draw_kps", lambda canvas, kps: canvas.copy())
+
+
 @pytest.mark.parametrize("enhance", [False, True])
 def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
     """With the face-region rule on, a person's region is cut to their face box, as generate() masks one face."""
@@ -37,7 +42,7 @@ def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
         assert not np.array_equal(_pixels(group), _pixels(whole))
 
 
-def test_people_take_the_group_photo_faces_left_to_right(app) -> None:
+def test_people_take_the_group_photo_faces_left_to_right(app, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = app.prepare_identity(FACES / "obama_1.jpg"), app.prepare_identity(FACES / "lecun_1.jpg")
     faces, _ = app.group_poses(GROUP, 2)
     assert faces[0].bbox[0] < faces[1].bbox[0]
@@ -47,12 +52,22 @@ def test_people_take_the_group_photo_faces_left_to_right(app) -> None:
     assert np.abs(_pixels(ab) - _pixels(ba)).mean() > 0  # who stands where matters
     with pytest.raises(InvalidInputError, match="shows 2 face"):
         app.generate_group([a, b, a], steps=1, pose=GROUP)
+    # The group photo's poses reach the picture through IdentityNet (on the whole picture: no face-box mask).
+    posed = app.generate_group([a, b], steps=2, seed=1, pose=GROUP, enhance_face_region=False)
+    _without_keypoints(monkeypatch)
+    blank = app.generate_group([a, b], steps=2, seed=1, pose=GROUP, enhance_face_region=False)
+    assert np.abs(_pixels(posed) - _pixels(blank)).max() > 10  # IdentityNet bypassed: exactly 0
 
 
-def test_people_side_by_side_without_a_pose_photo(app) -> None:
+def test_people_side_by_side_without_a_pose_photo(app, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = app.prepare_identity(FACES / "obama_1.jpg"), app.prepare_identity(FACES / "lecun_1.jpg")
     result = app.generate_group([a, b], steps=1, seed=2)
     assert result.metadata["pose_from"] == "columns" and result.metadata["task"] == "group"
+    # Each person's own pose, moved into their column, steers IdentityNet (whole picture: no face-box mask).
+    posed = app.generate_group([a, b], steps=2, seed=2, width=128, height=64, enhance_face_region=False)
+    _without_keypoints(monkeypatch)
+    blank = app.generate_group([a, b], steps=2, seed=2, width=128, height=64, enhance_face_region=False)
+    assert np.abs(_pixels(posed) - _pixels(blank)).max() > 10  # IdentityNet bypassed: exactly 0
 
 
 def test_cli_person_flags(app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -80,6 +80,11 @@ def test_generate_with_mix_and_layout_is_the_python_api_call(client: httpx.Clien
     # The mix and the layout each change the picture (so the equality above is not trivially true).
     plain, _ = finished(client.post("/v1/generate?wait=true", files=files[:1], data={**FAST, "layout": "frontal"}))
     assert not np.array_equal(image, plain)
+    # The layout's pose alone (same mix, no face-region mask that would move with it) reaches the picture.
+    unmasked = {**data, "enhance_face_region": "false"}
+    turned, _ = finished(client.post("/v1/generate?wait=true", files=files, data=unmasked))
+    frontal, _ = finished(client.post("/v1/generate?wait=true", files=files, data={**unmasked, "layout": "frontal"}))
+    assert np.abs(turned.astype(float) - frontal).mean() > 1
 
 
 def test_generate_json_mix_and_layout(client: httpx.Client) -> None:

@@ -52,6 +52,30 @@ def _byte_vocab() -> tuple[dict[str, int], str]:
     return {t: i for i, t in enumerate(tokens)}, "#version: 0.2\n"
 
 
+def draw_identitynet_weights(controlnet: ControlNetModel, seed: int = 0) -> None:
+    """Random values, in place (seeded, its own generator), for the parts of IdentityNet that would otherwise
+    make it inert on a random-weight stack.
+
+    ``from_unet`` leaves the zero convolutions at zero, where training starts: IdentityNet then adds nothing.
+    They are drawn as the shared fixture's builder drew them (weights N(0, 0.2), biases N(0, 0.05), the
+    conditioning embedding's output bias 0). The conditioning embedding's seven hidden convolutions keep
+    PyTorch's default init otherwise, which shrinks a keypoint picture about 2000-fold before it reaches the
+    latents (the residuals then differ by 0.1% between a pose and a black picture): they are drawn
+    variance-preserving (He, N(0, 2 / fan_in), biases 0) so that keypoints, poses, layouts and group placement
+    change the demo's picture.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in [embedding.conv_in, *embedding.blocks]:
+            conv.weight.normal_(0.0, (2.0 / conv.weight[0].numel()) ** 0.5, generator=gen)
+            conv.bias.zero_()
+        embedding.conv_out.weight.normal_(0.0, 0.2, generator=gen)
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(0.0, 0.2, generator=gen)
+            conv.bias.normal_(0.0, 0.05, generator=gen)
+
+
 def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> dict:
     """Random tiny components in memory: unet, controlnet, vae, text encoders, tokenizers, scheduler."""
     torch.manual_seed(seed)
@@ -73,6 +97,7 @@ def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> d
         projection_class_embeddings_input_dim=6 * 8 + config.projection_dim,
     )
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    draw_identitynet_weights(controlnet, seed)
     vae = AutoencoderKL(
         block_out_channels=(8, 8, 16, 16),
         layers_per_block=1,
@@ -128,7 +153,11 @@ def build_tiny_instantid(out_dir: str | Path, config: TinyConfig = TinyConfig(),
 
     out = Path(out_dir)
     marker = out / TINY_MARKER
-    wanted = {"config": config.__dict__ | {"block_out_channels": list(config.block_out_channels)}, "seed": seed}
+    # "identitynet" marks builds whose IdentityNet weights are drawn (draw_identitynet_weights): older caches rebuild.
+    wanted = {
+        "config": config.__dict__ | {"block_out_channels": list(config.block_out_channels)}, "seed": seed,
+        "identitynet": "drawn",
+    }
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return out
     parts = build_tiny_components(config, seed)
