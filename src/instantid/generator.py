@@ -216,11 +216,24 @@ class InstantID:
         self.default_scheduler = self.pipe.scheduler
 
     def preset_defaults(self) -> dict[str, Any]:
-        """Generation settings the loaded preset chooses (steps, guidance): surfaces apply them to the fields the
-        user left at their defaults."""
+        """Generation settings the loaded preset chooses (steps, guidance), for fields the caller left unset."""
         if self.preset is None:
             return {}
         return {"steps": self.preset.steps, "guidance_scale": self.preset.guidance_scale}
+
+    def preset_fills(self, settings: GenerationSettings) -> dict[str, Any]:
+        """What the loaded preset sets in ``settings``: its steps and guidance where the caller chose none (a
+        field is chosen when it is in ``settings.model_fields_set``: given to the constructor, a keyword of
+        :meth:`generate`, a JSON field, a typed flag)."""
+        return {k: v for k, v in self.preset_defaults().items() if k not in settings.model_fields_set}
+
+    def call_settings(self, settings: GenerationSettings | None = None, **overrides: Any) -> GenerationSettings:
+        """The settings a call runs with: ``settings`` (default: the defaults) with keyword ``overrides``, and the
+        loaded preset's steps and guidance where neither chose them. Every task (generate, group, swap, detail)
+        and so every surface goes through this one rule; the result records the values used."""
+        settings = _with_overrides(settings, overrides)
+        fills = self.preset_fills(settings)
+        return settings.updated(**fills) if fills else settings
 
     def load_lora(self, ref: str, scale: float = 1.0) -> None:
         """Load a LoRA (file, folder or Hub id); a name containing 'lcm' also selects the LCM sampler."""
@@ -281,7 +294,7 @@ class InstantID:
         pose_image: ImageInput | None = None, progress: Progress | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first)."""
-        settings = _with_overrides(settings, overrides)
+        settings = self.call_settings(settings, **overrides)
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -326,7 +339,7 @@ class InstantID:
         pose); each person's face tokens and IdentityNet act only in the region nearest their face."""
         from instantid.pipeline import Person, nearest_face_regions
 
-        settings = _with_overrides(settings, overrides)
+        settings = self.call_settings(settings, **overrides)
         people = list(people)
         if not people:
             raise InvalidInputError("give at least one person")

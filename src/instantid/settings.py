@@ -105,8 +105,28 @@ class GenerationSettings(BaseModel):
                                        advanced=True, ge=0.05, le=1)
 
     def updated(self, **changes: Any) -> GenerationSettings:
-        """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed)."""
-        return make_settings({**self.model_dump(), **changes})
+        """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed).
+
+        The copy remembers which fields were chosen (pydantic's ``model_fields_set``: these and ``changes``), so a
+        field left at its default still takes a loaded few-step preset's value (:meth:`InstantID.call_settings`).
+        """
+        return make_settings({**self.model_dump(exclude_unset=True), **changes})
+
+    def record(self) -> dict[str, Any]:
+        """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""
+        return {**self.model_dump(), CHOSEN_KEY: sorted(self.model_fields_set)}
+
+
+CHOSEN_KEY = "_chosen"  # in a recorded settings dict: the fields the caller chose (the rest took defaults)
+
+
+def settings_from_record(values: dict[str, Any]) -> GenerationSettings:
+    """Settings again from :meth:`GenerationSettings.record` (or a plain dump, whose fields all count as chosen)."""
+    values = dict(values)
+    chosen = values.pop(CHOSEN_KEY, None)
+    if chosen is not None:
+        values = {k: v for k, v in values.items() if k in chosen}
+    return GenerationSettings.model_validate(values)
 
 
 def field_label(name: str) -> str:

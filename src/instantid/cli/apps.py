@@ -19,6 +19,7 @@ from instantid.cli.generate import (
     console,
     face_analyzer,
     load_model,
+    preset_settings,
     progress_bar,
 )
 from instantid.cli.options import apply_mixes, option_parameters, parse_mix, with_generation_options, with_model_options
@@ -115,6 +116,7 @@ def swap_command(
         console.print(f"[yellow]warning: {warning}[/]")
     # 3. The model, then the swap.
     instant = load_model(model, analyzer)
+    settings = preset_settings(instant, settings)
     with progress_bar() as bar:
         task = bar.add_task("swap", total=settings.steps)
         result = swap_face(instant, identity, scene, settings, swap, scene_name=name, target=target,
@@ -167,6 +169,7 @@ def detail_command(
         if not any(found):
             raise NoFaceError(", ".join(p.name for p in pictures))
     instant = load_model(model, analyzer)
+    settings = preset_settings(instant, settings)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
     skipped = 0
     with progress_bar() as bar:

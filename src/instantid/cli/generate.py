@@ -33,6 +33,17 @@ def load_model(model: Any, analyzer: Any = None) -> Any:
     return instant
 
 
+def preset_settings(instant: Any, settings: Any) -> Any:
+    """``settings`` as the model runs them (:meth:`InstantID.call_settings`: a loaded preset's steps and guidance
+    where no flag chose them), saying what the preset set."""
+    from instantid.settings import field_label
+
+    fills = instant.preset_fills(settings)
+    if fills:  # a typed --steps / --guidance still wins over the preset's
+        console.print(f"preset {instant.preset.name}: " + ", ".join(f"{field_label(k)} {v}" for k, v in fills.items()))
+    return instant.call_settings(settings)
+
+
 def check_model_options(model: Any) -> None:
     """What can be checked about the model options without loading anything (device, LoRA path, --demo)."""
     from instantid.loading import check_lora, pick_device
@@ -126,7 +137,6 @@ def generate_command(
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
                                     "in the images (default: file names and Hub ids only, safe to share)."),
     settings: Any = None,
-    settings_given: Any = None,
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
@@ -138,7 +148,7 @@ def generate_command(
 
     # 1. Cheap checks first: seeds, settings, device, output folder.
     run_seeds = parse_seeds(seed, seeds)
-    settings = make_settings({**settings.model_dump(), "num_images": num_images}, field_label)
+    settings = settings.updated(num_images=num_images)
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
@@ -176,10 +186,7 @@ def generate_command(
         console.print(f"seed(s) {', '.join(map(str, sorted(set(repeated))))} asked for twice: made once")
     # 3. The model, then the images.
     instant = load_model(model, analyzer)
-    chosen = {k: v for k, v in instant.preset_defaults().items() if k not in (settings_given or set())}
-    if chosen:  # a typed --steps / --guidance still wins over the preset's
-        settings = settings.updated(**chosen)
-        console.print(f"preset {model.preset}: " + ", ".join(f"{field_label(k)} {v}" for k, v in chosen.items()))
+    settings = preset_settings(instant, settings)
     written: list[Path] = []
     with progress_bar() as bar, library_chatter(model.verbose):
         for start, count in runs:
@@ -238,7 +245,8 @@ def batch_command(
     typer.echo(f"settings: {batch.PRECEDENCE}" + (f" (from the command line: {from_cli})" if from_cli else ""))
     check_model_options(model)
     prepare_folder(out, "--out")
-    model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo"})
+    model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo", "preset",
+                                          "preset_weights"})
     planned, problems = batch.plan(job, settings, given, model_key, out)
     chosen = resolve_shard(shard)
     mine = batch.shard_tasks(planned, out, chosen)
@@ -269,9 +277,13 @@ def batch_command(
     failures = list(problems)
     if todo:
         instant = load_model(model, analyzer)
+        fills = {k: v for p in todo for k, v in instant.preset_fills(p.settings).items()}
+        if fills:  # each row's own steps / guidance (or a flag) still win over the preset's
+            console.print(f"preset {instant.preset.name}: " + ", ".join(f"{field_label(k)} {v}" for k, v in
+                                                                      fills.items()) + " where a row sets none")
         with progress_bar() as bar, _chatter(model):
             overall = bar.add_task("images", total=len(todo))
-            steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
+            steps_task = bar.add_task("steps", total=max(instant.call_settings(p.settings).steps for p in todo))
             failures += batch.run_batch(
                 instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
                 on_image=lambda planned, path: (bar.advance(overall), bar.console.print(str(path))),

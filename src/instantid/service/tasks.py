@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.settings import GenerationSettings
+from instantid.settings import GenerationSettings, settings_from_record
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -134,7 +134,7 @@ class JobRequest:
     def record(self) -> dict[str, Any]:
         """The JSON kept in the job record: everything but the photos' bytes."""
         return {
-            "task": self.task, "settings": self.settings.model_dump(), "faces": [n for n, _ in self.faces],
+            "task": self.task, "settings": self.settings.record(), "faces": [n for n, _ in self.faces],
             "pose": self.pose[0] if self.pose else None, "layout": self.layout,
             "mix": [{"name": m.photo[0], "weight": m.weight} for m in self.mixes],
             "scene": self.scene[0] if self.scene else None,
@@ -156,7 +156,7 @@ class JobRequest:
 
         return cls(
             task=request.get("task", "generate"),
-            settings=GenerationSettings.model_validate(request["settings"]),
+            settings=settings_from_record(request["settings"]),
             faces=named(request.get("faces") or (), "face"),
             mixes=tuple(Mix((m["name"], load(f"mix-{i}")), float(m["weight"]))
                         for i, m in enumerate(request.get("mix") or ())),
