@@ -148,7 +148,7 @@ def generate_command(
 
     # 1. Cheap checks first: seeds, settings, device, output folder.
     run_seeds = parse_seeds(seed, seeds)
-    settings = settings.updated(num_images=num_images)
+    settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
