@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from instantid.faces import load_image
 from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.tasks import UNUSED_SETTINGS, Prepared
-from instantid.settings import make_settings
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo
@@ -23,6 +22,7 @@ from instantid.webui.references import Photo
 if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.identity import Identity
+    from instantid.settings import GenerationSettings
 
 
 class DetailTab(PictureTab):
@@ -43,9 +43,8 @@ class DetailTab(PictureTab):
         return f"the largest ones are redrawn, up to '{self.label('max_faces')}'."
 
     def run(self, identity: Identity, picture: Photo, faces: Sequence[Face], raw: dict[str, Any],
-            progress: Any) -> tuple[list[Any], str]:
+            settings: GenerationSettings, progress: Any) -> tuple[list[Any], str]:
         options = make_detail_options({c.name: raw[c.name] for c in self.options}, name=self.label)
-        settings = make_settings({c.name: raw[c.name] for c in self.settings}, name=self.label)
         job = Prepared("detail", identity=identity, scene=load_image(picture.read(), picture.name),
                        scene_name=picture.name, detail=options, picture_faces=tuple(faces))
         return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="detail")
