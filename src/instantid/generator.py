@@ -17,7 +17,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,16 @@ import torch
 from PIL import Image
 
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
-from instantid.faces import SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer, create_face_analyzer, load_image
+from instantid.faces import (
+    SPACE_ANTELOPEV2,
+    SPACE_DLIB,
+    Face,
+    FaceAnalyzer,
+    choose_face,
+    create_face_analyzer,
+    load_image,
+    several_faces,
+)
 from instantid.identity import Identity, fuse
 from instantid.keypoints import demo_resize_size, draw_kps
 from instantid.loading import (
@@ -41,7 +50,7 @@ from instantid.loading import (
 from instantid.loading import scheduler_name as _scheduler_name
 from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
 from instantid.prompts import encode_prompt_weighted
-from instantid.settings import MAX_SEED, GenerationSettings, make_settings
+from instantid.settings import MAX_SEED, GenerationSettings, check_people, make_settings
 from instantid.styles import get_style
 
 ImageInput = str | Path | bytes | Image.Image
@@ -91,22 +100,28 @@ def prepare_identity(
     if names is not None and len(names) != len(sources):
         raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
     labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
-    found = []
+    found, counts, notes = [], [], []
     for source, label in zip(sources, labels, strict=True):
         picture = load_image(source, label)
-        face = analyzer.get_face(picture, label, face_index)
-        found.append((label, picture, face))
+        faces = analyzer.analyze(picture, label)
+        found.append((label, picture, choose_face(faces, label, face_index)))
+        counts.append(len(faces))
+        notes.append(several_faces(label, len(faces), face_index))
     embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
+    references = tuple(replace(r, face_index=face_index or 0, faces_found=n) for r, n in zip(references, counts,
+                                                                                              strict=True))
     if pose is not None:
         label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
         pose_picture = load_image(pose, label)
-        pose_face = analyzer.get_face(pose_picture, label, None)
+        faces = analyzer.analyze(pose_picture, label)
+        pose_face = choose_face(faces, label)
+        notes.append(several_faces(label, len(faces), None, "the pose is taken from face 0 (the largest)"))
     else:
         label, pose_picture, pose_face = found[0]
     return Identity(
         embedding=embedding, space=analyzer.space, pose_face=pose_face,
         pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-        pose_name=label, warnings=warnings,
+        pose_name=label, warnings=(*(n for n in notes if n), *warnings),
     )
 
 
@@ -336,13 +351,20 @@ class InstantID:
     ) -> GenerationResult:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
-        pose); each person's face tokens and IdentityNet act only in the region nearest their face."""
+        pose); each person's face tokens and IdentityNet act only in the region nearest their face. Takes
+        :data:`~instantid.settings.MIN_PEOPLE` to :data:`~instantid.settings.MAX_PEOPLE` people, as every surface."""
+        check_people(len(people))
+        return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
+                                    pose_name=pose_name, progress=progress, pose_faces=pose_faces)
+
+    def _generate_group(
+        self, people: list[Identity], settings: GenerationSettings, *, pose: ImageInput | None, pose_name: str,
+        progress: Progress | None, pose_faces: tuple[list[Face], tuple[int, int]] | None,
+    ) -> GenerationResult:
+        """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
+        tests check the group machinery that way)."""
         from instantid.pipeline import Person, nearest_face_regions
 
-        settings = self.call_settings(settings, **overrides)
-        people = list(people)
-        if not people:
-            raise InvalidInputError("give at least one person")
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")
         if pose_faces is None and pose is not None:
@@ -366,8 +388,8 @@ class InstantID:
         images, seeds, used = self.run_pipeline(self.pipe, settings, progress, identities=persons)
         settings = settings.updated(seed=seeds[0])
         metadata = {
-            **self.call_metadata(people[0], settings, used, task="group"), "width": width, "height": height,
-            "people": [p.metadata() for p in people],
+            **self.call_metadata(people[0], settings, used, task="group"), **_everyone(people), "width": width,
+            "height": height, "people": [p.metadata() for p in people],
             "pose_from": pose_name if pose_faces is not None else "columns",
         }
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
@@ -471,6 +493,18 @@ def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, An
     """``settings`` (default: the defaults) with keyword overrides applied and validated."""
     settings = settings or GenerationSettings()
     return settings.updated(**overrides) if overrides else settings
+
+
+def _everyone(people: Sequence[Identity]) -> dict[str, Any]:
+    """The top-level reference fields of a group picture over every person (``people`` has each one's own)."""
+    each = [p.metadata() for p in people]
+    return {
+        "references": [name for m in each for name in m["references"]],
+        "reference_details": [d for m in each for d in m["reference_details"]],
+        "rejected_references": [name for m in each for name in m["rejected_references"]],
+        "warnings": [f"person {i}: {w}" for i, m in enumerate(each) for w in m["warnings"]],
+        "reference_faces": sum(len(p.kept) for p in people),
+    }
 
 
 def _in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

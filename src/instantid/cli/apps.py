@@ -24,6 +24,7 @@ from instantid.cli.generate import (
 )
 from instantid.cli.options import apply_mixes, option_parameters, parse_mix, with_generation_options, with_model_options
 from instantid.errors import NoFaceError
+from instantid.settings import UNUSED_SETTINGS
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -78,7 +79,7 @@ in the target's pose; every pixel outside the feathered head mask is kept exactl
 The model works on a crop around the head at its own resolution, so a big photo costs what a small one does.
 The photos and the target face are checked before the (slow) model load.""")
 @with_model_options
-@with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
+@with_generation_options(exclude=UNUSED_SETTINGS["swap"])
 @with_swap_options
 def swap_command(
     face: list[Path] = typer.Option(..., "--face", help="Photo(s) of the person to put in; several are fused.",
@@ -134,7 +135,7 @@ def swap_command(
                   "is cropped with a margin, re-denoised at the model's resolution and blended back. Pictures "
                   "without a face are reported and not written.")
 @with_model_options
-@with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
+@with_generation_options(exclude=UNUSED_SETTINGS["detail"])
 @with_detail_options
 def detail_command(
     pictures: list[Path] = typer.Argument(..., help="Pictures whose faces are redrawn.", dir_okay=False),
@@ -168,6 +169,8 @@ def detail_command(
         # Cheap before slow: a run in which no picture shows a face would load the model for nothing.
         if not any(found):
             raise NoFaceError(", ".join(p.name for p in pictures))
+    for warning in identity.warnings:
+        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
     instant = load_model(model, analyzer)
     settings = preset_settings(instant, settings)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)

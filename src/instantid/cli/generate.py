@@ -144,7 +144,7 @@ def generate_command(
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
     from instantid.outputs import prepare_folder, write_image
-    from instantid.settings import field_label, make_settings
+    from instantid.settings import check_people, field_label, make_settings
 
     # 1. Cheap checks first: seeds, settings, device, output folder.
     run_seeds = parse_seeds(seed, seeds)
@@ -164,6 +164,8 @@ def generate_command(
                                 if faces else "give at least one face photo (or --person for several people)")
     if groups and (layout is not None or mix or any(not g for g in groups)):
         raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
+    if groups:
+        check_people(len(groups), "one --person per person")
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.

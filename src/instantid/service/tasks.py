@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.settings import GenerationSettings, settings_from_record
+from instantid.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,21 +38,6 @@ Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
 Progress = Callable[[int, int], None]
 # Where the people of a group photo stand: the chosen faces left to right and the photo's (width, height).
 Placement = tuple[list["Face"], tuple[int, int]]
-
-# Settings a task cannot honour, and why: a request that sets one away from its default is refused (422) rather
-# than silently ignored.
-UNUSED_SETTINGS: dict[str, dict[str, str]] = {
-    "generate": {},
-    "swap": {"width": "the output has the scene's size", "height": "the output has the scene's size",
-             "face_detail": "the swapped face is already drawn at the model's resolution",
-             "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
-    "group": {"face_detail": "the face-detail pass is not available for group pictures",
-              "face_detail_strength": "the face-detail pass is not available for group pictures"},
-    "detail": {"width": "the output has the picture's size", "height": "the output has the picture's size",
-               "num_images": "one picture in, one picture out",
-               "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
-}
-
 
 @dataclass(frozen=True)
 class Mix:
@@ -82,8 +67,9 @@ class JobRequest:
         from instantid.layouts import get_layout
 
         if self.task == "group":
-            if not self.people or any(not p for p in self.people):
-                raise InvalidInputError("give the photo(s) of each person: person0, person1, ... (at least one)")
+            if any(not p for p in self.people):
+                raise InvalidInputError("give the photo(s) of each person: person0, person1, ...")
+            check_people(len(self.people), "person0, person1, ...")
             if self.faces or self.mixes or self.layout or self.scene:
                 raise InvalidInputError("a group job takes people and an optional pose photo only")
         else:

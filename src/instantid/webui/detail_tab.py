@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from instantid.faces import load_image
 from instantid.service.detail import DetailOptions, make_detail_options
-from instantid.service.tasks import UNUSED_SETTINGS, Prepared
+from instantid.service.tasks import Prepared
+from instantid.settings import UNUSED_SETTINGS
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo
@@ -31,7 +32,7 @@ class DetailTab(PictureTab):
     prefix = "detail-"
     options_model = DetailOptions
     # The settings the pass cannot honour are the ones /v1/detail refuses: one list for both surfaces.
-    unused_settings = UNUSED_SETTINGS["detail"]
+    unused_settings = tuple(UNUSED_SETTINGS["detail"])
     heading = "### 2. Which picture"
     picture_label = "Picture whose faces are redrawn"
     picture_slot = "picture"
