@@ -13,6 +13,7 @@ the server and the batch runner all build an Identity once and hand it on.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -80,6 +81,15 @@ def face_region_mask(face: Face, size: tuple[int, int], scale: tuple[float, floa
     return Image.fromarray(mask)
 
 
+def content_hash(source: ImageInput) -> str | None:
+    """SHA-256 of a photo file's bytes (what `sha256sum` prints), or None for an in-memory picture."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    if isinstance(source, (str, Path)):
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    return None
+
+
 def _label(source: Any, index: int, full_paths: bool) -> str:
     """How a photo is named in messages and metadata: its file name (full path only on request)."""
     if isinstance(source, (str, Path)):
@@ -108,8 +118,8 @@ def prepare_identity(
         counts.append(len(faces))
         notes.append(several_faces(label, len(faces), face_index))
     embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
-    references = tuple(replace(r, face_index=face_index or 0, faces_found=n) for r, n in zip(references, counts,
-                                                                                              strict=True))
+    references = tuple(replace(r, face_index=face_index or 0, faces_found=n, sha256=content_hash(source))
+                       for r, n, source in zip(references, counts, sources, strict=True))
     if pose is not None:
         label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
         pose_picture = load_image(pose, label)
