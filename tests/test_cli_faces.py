@@ -127,3 +127,14 @@ def test_faces_draw_into_a_file_is_one_error_before_analysis(
     assert f"{tmp_path / 'blocker'} is a file, not a folder" in captured.err
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
     assert (tmp_path / "blocker").read_text() == "a file where a folder should be"
+
+
+@needs_photos
+def test_compare_on_a_group_photo_compares_every_face(capsys: pytest.CaptureFixture[str]) -> None:
+    """A group photo is not silently reduced to its largest face (issue 18 item 4): every pair gets a line."""
+    assert main(["compare", GROUP, str(FACES_DIR / "obama_1.jpg"), "--face-backend", "dlib"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("group_two_people.jpg: 2 face(s), obama_1.jpg: 1 face(s); every pair")
+    assert [line.split(": distance")[0].strip() for line in lines[1:]] == [
+        "group_two_people.jpg face 0 / obama_1.jpg face 0", "group_two_people.jpg face 1 / obama_1.jpg face 0"]
+    assert all(line.endswith((": same", ": different")) for line in lines[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -282,8 +283,43 @@ def test_references_recorded_by_file_name_are_found_beside_the_image_or_here(tmp
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", str(outputs), "-o", str(tmp_path / "r1")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"error: reference photo {outputs / 'obama_1.jpg'} named by {outputs / 'gen_s1.png'}'s metadata "
-                   "not found (outputs record file names only, unless made with full paths): give --refs PHOTO")
+    assert err == (f"error: reference photo obama_1.jpg of {outputs / 'gen_s1.png'} is not beside it or in the "
+                   "working directory (outputs record file names and content hashes, not paths): give --refs PHOTO, "
+                   "or --refs FOLDER holding it")
     monkeypatch.chdir(FACES)  # where the user ran `generate obama_1.jpg`
     (sample,) = collect_samples([outputs])
     assert sample.references == (Path("obama_1.jpg"),) and sample.seed == 1
+
+
+def test_readme_generate_then_evaluate_finds_the_reference_by_content(tmp_path, monkeypatch, capsys):
+    """The README's sequence (issue 18 item 5): `generate --demo examples/face.jpg --out outputs`, then `evaluate
+    outputs/ --refs examples/`. Outputs record the photo's file name and SHA-256, never its folder; evaluate finds
+    it by content among the photos of the folder given, and refuses a folder without it in one line."""
+    from _demo import FACE
+
+    monkeypatch.setenv("INSTANTID_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.chdir(tmp_path)
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    for photo in (FACE, FACES / "lecun_1.jpg", FACES / "obama_1.jpg"):  # a folder of several people
+        (examples / photo.name).write_bytes(photo.read_bytes())
+    assert main(["generate", "--demo", "examples/face.jpg", "--steps", "1", "--seed", "1", "--width", "64",
+                 "--height", "64", "--out", "outputs"]) == 0
+    (png,) = (tmp_path / "outputs").glob("*.png")
+    recorded = json.loads(png.with_suffix(".json").read_text())
+    assert recorded["references"] == ["face.jpg"] and str(tmp_path) not in png.with_suffix(".json").read_text()
+    assert recorded["reference_details"][0]["sha256"] == hashlib.sha256(FACE.read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main(["evaluate", "outputs/", "--refs", "examples/", "-o", "evaluation"]) == 0
+    (scored,) = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())["images"]
+    assert scored["identity"] == "face"  # matched to examples/face.jpg, not to the other people in the folder
+    (sample,) = collect_samples([tmp_path / "outputs"], [examples])
+    assert sample.references == (examples / "face.jpg",)
+    # A copy under another name is the same photo; a folder without it is one clear line.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lecun_1.jpg").write_bytes((FACES / "lecun_1.jpg").read_bytes())
+    with pytest.raises(InvalidInputError, match="none of the --refs photos is a reference of .* records face.jpg"):
+        collect_samples([tmp_path / "outputs"], [other])
+    (other / "renamed.jpg").write_bytes(FACE.read_bytes())
+    assert collect_samples([tmp_path / "outputs"], [other])[0].references == (other / "renamed.jpg",)

@@ -33,13 +33,21 @@ def _without_keypoints(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("enhance", [False, True])
 def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
     """With the face-region rule on, a person's region is cut to their face box, as generate() masks one face."""
+    from instantid.settings import GenerationSettings
+
     person = app.prepare_identity(FACES / "obama_1.jpg")
-    group = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=enhance)
+
+    def group_of_one(enhance: bool):  # below the surfaces' two-person minimum, through the same machinery
+        return app._generate_group([person], GenerationSettings(steps=2, seed=1, enhance_face_region=enhance),
+                                   pose=FACES / "obama_1.jpg", pose_name="pose", progress=None, pose_faces=None)
+
+    group = group_of_one(enhance)
     single = app.generate(person, steps=2, seed=1, enhance_face_region=enhance)
     assert np.array_equal(_pixels(group), _pixels(single))
     if enhance:
-        whole = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=False)
-        assert not np.array_equal(_pixels(group), _pixels(whole))
+        assert not np.array_equal(_pixels(group), _pixels(group_of_one(False)))
+    with pytest.raises(InvalidInputError, match="takes 2 to 4 people, got 1; for one person, make a plain"):
+        app.generate_group([person], steps=2, seed=1)
 
 
 def test_people_take_the_group_photo_faces_left_to_right(app, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +91,8 @@ def test_cli_person_flags(app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert main([*args, "--person", str(FACES / "biden_1.jpg"), "-o", str(tmp_path / "x")]) == 2
     assert "shows 2 face(s) but 3 --person" in capsys.readouterr().err
     assert main(["generate", str(FACES / "obama_1.jpg"), "--person", str(GROUP), "-o", str(tmp_path)]) == 2
+    capsys.readouterr()
+    # One rule for the number of people (issue 18 item 3): 2 to 4, checked before any photo is read.
+    for count in (1, 5):
+        assert main(["generate", *(["--person", "missing.jpg"] * count), "-o", str(tmp_path / "y")]) == 2
+        assert f"takes 2 to 4 people (one --person per person), got {count}" in capsys.readouterr().err

@@ -81,3 +81,23 @@ def test_quality_prefers_sharp_large_faces(photos):
     small_face = type(face)(tuple(v / 8 for v in face.bbox), face.score, face.kps / 8, face.embedding, face.space)
     assert face_quality(small, small_face) < sharp
     assert face_quality(Image.new("RGB", (4, 4)), face) == 0.0  # box outside the picture
+
+
+def test_several_faces_say_which_was_used_and_how_many(analyzer, faces_dir):
+    """A photo with several faces: the Identity's warnings (printed by the CLI, shown by the web UI, recorded in
+    the metadata) say which face was used and how many were found; each reference records both (issue 18 item 4).
+    """
+    from instantid.generator import prepare_identity
+
+    group = faces_dir / "group_two_people.jpg"
+    largest = prepare_identity(analyzer, group)
+    assert largest.warnings[0].startswith("group_two_people.jpg: 2 faces found, used face 0 (the largest)")
+    details = largest.metadata()["reference_details"][0]
+    assert (details["face_index"], details["faces_found"]) == (0, 2)
+    chosen = prepare_identity(analyzer, group, face_index=1)
+    assert chosen.warnings == () and chosen.references[0].face_index == 1
+    assert chosen.metadata()["reference_details"][0]["faces_found"] == 2
+    assert not np.array_equal(chosen.embedding, largest.embedding)
+    alone = prepare_identity(analyzer, faces_dir / "obama_1.jpg", pose=group)
+    assert alone.warnings == ("group_two_people.jpg: 2 faces found, the pose is taken from face 0 (the largest)",)
+    assert prepare_identity(analyzer, faces_dir / "obama_1.jpg").warnings == ()

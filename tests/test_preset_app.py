@@ -51,3 +51,101 @@ def test_cli_preset_fills_steps_unless_typed(stand_in: tuple[Path, Path], tmp_pa
     stored = read_metadata(tmp_path / "b" / "portrait_s1.png")["settings"]
     assert stored["steps"] == 2 and stored["guidance_scale"] == 0.0
     assert main([*common[:-2], "--preset", "nope", "-o", str(tmp_path / "c")]) == 2
+
+
+# ---- one rule for every surface (issue 18 item 1) ----------------------------------------------------------
+GROUP = FACES / "group_two_people.jpg"
+
+
+@pytest.fixture(scope="module")
+def preset_app(stand_in: tuple[Path, Path]):
+    from instantid import InstantID
+
+    cache, weights = stand_in
+    return InstantID.demo(cache, preset="lcm-lora", preset_weights=str(weights))
+
+
+def test_recorded_settings_keep_what_was_chosen() -> None:
+    from instantid.settings import GenerationSettings, settings_from_record
+
+    chosen = GenerationSettings(prompt="x", seed=3).updated(width=64, height=64)
+    assert chosen.model_fields_set == {"prompt", "seed", "width", "height"}
+    again = settings_from_record(chosen.record())
+    assert again == chosen and again.model_fields_set == chosen.model_fields_set
+    # A plain dump (a record written before choices were kept) counts every field as chosen.
+    assert settings_from_record(chosen.model_dump()).model_fields_set == set(GenerationSettings.model_fields)
+
+
+def test_preset_steps_and_guidance_reach_every_task(preset_app) -> None:
+    """generate, group, swap and detail through the Python API: the preset's 4 steps and guidance 0 where the
+    caller chose none, the caller's own values where they did; the metadata records what ran."""
+    from instantid.face_detail import FaceDetailOptions
+    from instantid.faces import load_image
+    from instantid.service.detail import detail_picture
+    from instantid.settings import GenerationSettings
+    from instantid.swap import SwapOptions, swap_face
+
+    app = preset_app
+    person = app.prepare_identity(FACE)
+    small = GenerationSettings(seed=1, width=64, height=64)
+    totals: list[int] = []
+
+    def seen(step: int, total: int) -> None:
+        totals.append(total)
+
+    runs = {
+        "generate": lambda s: app.generate(person, s, progress=seen),
+        "keywords": lambda s: app.generate(person, progress=seen, **s.model_dump(exclude_unset=True)),
+        "group": lambda s: app.generate_group([person, person], s, progress=seen),
+        "swap": lambda s: swap_face(app, person, load_image(GROUP), s.updated(width=None, height=None),
+                                    SwapOptions(resolution=64, strength=1.0), progress=seen),
+        "detail": lambda s: detail_picture(app, person, load_image(GROUP), "group.jpg",
+                                           s.updated(width=None, height=None),
+                                           FaceDetailOptions(resolution=64, strength=1.0),
+                                           progress=seen),
+    }
+    for task, run in runs.items():
+        totals.clear()
+        result = run(small)
+        assert (result.settings.steps, result.settings.guidance_scale) == (4, 0.0), task
+        assert result.metadata["settings"]["steps"] == 4 and max(totals) == 4, task
+        totals.clear()
+        own = run(small.updated(steps=2, guidance_scale=1.5))
+        assert (own.settings.steps, own.settings.guidance_scale) == (2, 1.5), task
+        assert max(totals) == 2, task
+
+
+def test_http_jobs_take_the_preset_unless_sent(preset_app, tmp_path: Path) -> None:
+    from _service import serving
+
+    from instantid.server import ServerSettings, create_app
+
+    settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
+    face = ("face", ("face.jpg", FACE.read_bytes(), "image/jpeg"))
+    scene = ("scene", ("group.jpg", GROUP.read_bytes(), "image/jpeg"))
+    with serving(create_app(settings, model=preset_app)) as http:
+        for path, files, extra in (("generate", [face], {"width": "64", "height": "64"}),
+                                   ("swap", [face, scene], {"resolution": "64"})):
+            out = http.post(f"/v1/{path}?wait=true", files=files, data={"seed": "1", **extra}).json()
+            assert out["info"]["settings"]["steps"] == 4, out
+            assert out["info"]["settings"]["guidance_scale"] == 0.0
+            own = http.post(f"/v1/{path}?wait=true", files=files, data={"seed": "1", "steps": "2", **extra}).json()
+            assert own["info"]["settings"]["steps"] == 2, own
+
+
+def test_cli_swap_detail_and_batch_take_the_preset(stand_in: tuple[Path, Path], tmp_path: Path) -> None:
+    cache, weights = stand_in
+    model = ["--demo", "--demo-cache-dir", str(cache), "--preset", "lcm-lora", "--preset-weights", str(weights)]
+    assert main(["swap", "--face", str(FACE), "--into", str(GROUP), "--seed", "1", "--resolution", "64",
+                 "-o", str(tmp_path / "swap"), *model]) == 0
+    assert main(["detail", str(GROUP), "--face", str(FACE), "--seed", "1", "--resolution", "64",
+                 "-o", str(tmp_path / "detail"), *model]) == 0
+    job = tmp_path / "job.yaml"
+    job.write_text(f"identities: [{{name: me, photos: [{FACE}]}}]\nprompts: [a portrait]\nseeds: [1]\n"
+                   "settings: {width: 64, height: 64}\n")
+    assert main(["batch", str(job), "-o", str(tmp_path / "batch"), *model]) == 0
+    for folder in ("swap", "detail", "batch/me"):
+        written = sorted((tmp_path / folder).glob("*.png"))
+        assert written, folder
+        stored = read_metadata(written[0])["settings"]
+        assert (stored["steps"], stored["guidance_scale"]) == (4, 0.0), folder

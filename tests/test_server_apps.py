@@ -20,7 +20,7 @@ from PIL import Image
 
 from instantid.layouts import layout_names, with_layout
 from instantid.service.jobs import FINISHED
-from instantid.settings import GenerationSettings
+from instantid.settings import GenerationSettings, settings_from_record
 
 OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
@@ -241,8 +241,11 @@ def test_group_json_side_by_side(client: httpx.Client) -> None:
         ([("person0", FACE), ("person1", OTHER), ("pose", FACE)], {}, ["pose: face.jpg shows 1 face(s) but 2 people"]),
         ([("person0", FACE), ("person2", OTHER)], {}, ["person1: send people as person0, person1, ... without gaps"]),
         ([("person0", FACE), ("person1", NO_FACE)], {}, ["no face found in edge_no_face_noise.png"]),
-        ([("person0", FACE)], {"face_detail": "true"}, ["face_detail is not used by /v1/group"]),
-        ([("person0", FACE), ("face", OTHER)], {}, ["unexpected file field 'face' for /v1/group"]),
+        ([("person0", FACE), ("person1", OTHER)], {"face_detail": "true"}, ["face_detail is not used by /v1/group"]),
+        ([("person0", FACE), ("person1", OTHER), ("face", OTHER)], {}, ["unexpected file field 'face' for /v1/group"]),
+        # One rule for the number of people on every surface (issue 18 item 3).
+        ([("person0", FACE)], {}, ["takes 2 to 4 people (person0, person1, ...), got 1"]),
+        ([(f"person{i}", FACE) for i in range(5)], {}, ["takes 2 to 4 people (person0, person1, ...), got 5"]),
     ],
 )
 def test_group_bad_input_is_422_naming_the_field(
@@ -257,7 +260,10 @@ def test_group_bad_input_is_422_naming_the_field(
 def test_group_json_needs_people(client: httpx.Client) -> None:
     refused(client.post("/v1/group", json={"steps": 1}), "people must be a non-empty list")
     refused(client.post("/v1/group", json={"people": [[]]}), "people: each person is a list of 1 to 8")
-    refused(client.post("/v1/group", files=[upload("pose", GROUP)]), "upload each person's photo(s) as person0")
+    refused(client.post("/v1/group", files=[upload("pose", GROUP)]), "takes 2 to 4 people (person0, person1, ...), "
+                                                                      "got 0")
+    refused(client.post("/v1/group", json={"people": [[b64(FACE)]]}), "takes 2 to 4 people (one list of photos per "
+                                                                      "person), got 1")
 
 
 # ---- restart: a job is rebuilt from its record and the photos in its folder ---------------------------------
@@ -286,7 +292,7 @@ def test_queued_jobs_of_every_task_run_after_a_restart(model: Any, tmp_path: Pat
         jobs[task] = record.id
         # What the first process prepared and would have run: the reference pixels.
         expected[task] = pixels(first.runner.prepared_jobs[record.id].run(
-            model, GenerationSettings.model_validate(record.request["settings"])))
+            model, settings_from_record(record.request["settings"])))
     second = JobService.start(settings, model)  # a new process: nothing in memory, only the store and folders
     try:
         for task, job_id in jobs.items():

@@ -157,7 +157,7 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
     from instantid.service.schema import Body, job_request
     from instantid.service.stored import load_prepared
     from instantid.service.tasks import FaceSide, prepare
-    from instantid.settings import GenerationSettings
+    from instantid.settings import settings_from_record
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     first = JobService.start(settings, model)
@@ -189,7 +189,7 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
             assert record.state == "done", record.error
             assert np.array_equal(pixels(second.files.image_path(job_id, 0)), expected[task]), task
         result = second.result(jobs["swap"])
-        assert result.settings == GenerationSettings.model_validate(second.store.get(jobs["swap"]).request["settings"])
+        assert result.settings == settings_from_record(second.store.get(jobs["swap"]).request["settings"])
     finally:
         second.stop()
 

@@ -192,6 +192,20 @@ def test_swap_command_writes_the_swapped_photo_with_its_settings(tmp_path, loads
     assert np.array_equal(out[band], original[band])
 
 
+def test_swap_command_takes_num_images_as_the_api_does(tmp_path, loads, capsys) -> None:
+    """num_images on a swap: one rule on every surface (issue 18 item 3); the CLI used to refuse it."""
+    from instantid.cli import main
+    from instantid.settings import UNUSED_SETTINGS
+
+    assert "num_images" not in UNUSED_SETTINGS["swap"]
+    scene = tmp_path / "scene.png"
+    _scene().save(scene)
+    code = main(["swap", "--face", str(FACES / "obama_1.jpg"), "--into", str(scene), "--steps", "2", "--seed", "5",
+                 "--num-images", "2", "--resolution", "64", "-o", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["swap_scene_s5.png", "swap_scene_s6.png"]
+
+
 def test_swap_command_checks_everything_before_loading_the_model(tmp_path, loads, capsys) -> None:
     from instantid.cli import main
 

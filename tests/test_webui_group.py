@@ -17,7 +17,7 @@ from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE
 from PIL import Image
 
 from instantid.errors import InvalidInputError
-from instantid.outputs import read_metadata
+from instantid.outputs import PARAMETERS_KEY, read_metadata
 from instantid.settings import GenerationSettings
 from instantid.webui import UIContext
 from instantid.webui.group_tab import GroupTab
@@ -39,16 +39,17 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
 ) -> None:
     tab = make_tab(model, tmp_path)
     seen: list[str] = []
-    get_face = model.analyzer.get_face
-    monkeypatch.setattr(model.analyzer, "get_face",
-                        lambda image, name=None, index=None: seen.append(name) or get_face(image, name, index))
-    a, items, text = tab.set_person([str(FACES / "obama_1.jpg"), str(FACES / "obama_2.jpg")], 1)
-    b, _, text_b = tab.set_person([str(FACES / "lecun_1.jpg")], 2)
+    analyze_first = model.analyzer.analyze
+    monkeypatch.setattr(model.analyzer, "analyze",
+                        lambda image, name=None: seen.append(name) or analyze_first(image, name))
+    a, items, text = tab.set_person([str(FACES / "obama_1.jpg"), str(FACES / "obama_2.jpg")], 0)
+    b, _, text_b = tab.set_person([str(FACES / "lecun_1.jpg")], 1)
     assert [caption for _, caption in items] == ["1. obama_1.jpg", "2. obama_2.jpg"]
-    assert text.startswith("Person 1: **2 reference photos**") and text_b.startswith("Person 2: **1 reference")
+    assert text.startswith("Person 0: **2 reference photos**") and text_b.startswith("Person 1: **1 reference")
     assert sorted(seen) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"]
     picture, drawn, group_text = tab.set_group(str(GROUP))
     assert drawn is not None and group_text.startswith("**2 faces** in group_two_people.jpg, numbered left to right")
+    assert "face 0 → person 0, face 1 → person 1." in group_text  # one numbering: person0, person1 in the API
     lefts = [face.bbox[0] for face in tab.faces(picture)]
     assert lefts == sorted(lefts)  # face i is the i-th from the left: the face person i takes
     calls: list[tuple[list[Any], Any]] = []
@@ -60,7 +61,8 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
     monkeypatch.setattr(model.analyzer, "analyze", lambda image, name=None: analysed.append(name) or
                         analyze(image, name))
     gallery, info = tab.generate([a, b, ()], picture, FAST)
-    assert sorted(seen) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"], "generation analysed a photo again"
+    assert sorted(n for n in seen if n != GROUP.name) == ["lecun_1.jpg", "obama_1.jpg", "obama_2.jpg"], \
+        "generation analysed a photo again"
     assert analysed == [], "generation analysed the group photo again"
     people, kw = calls[0]
     cached = [tab.ctx.identities.get(a), tab.ctx.identities.get(b)]  # the cached identities, in slot order
@@ -73,6 +75,9 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
     metadata = read_metadata(saved)
     assert metadata["task"] == "group" and metadata["pose_from"] == "group_two_people.jpg"
     assert [p["references"] for p in metadata["people"]] == [["obama_1.jpg", "obama_2.jpg"], ["lecun_1.jpg"]]
+    # The top-level record counts everyone (issue 18 item 3), as the A1111 line does.
+    assert metadata["references"] == ["obama_1.jpg", "obama_2.jpg", "lecun_1.jpg"]
+    assert metadata["reference_faces"] == 3 and "Reference faces: 3," in Image.open(saved).text[PARAMETERS_KEY]
     # Without a group photo the people stand side by side.
     gallery, _ = tab.generate([b, a], None, {**FAST, "width": "64", "height": "64"})
     metadata = read_metadata(Path(gallery[0][0]))
@@ -92,13 +97,14 @@ def test_controls_come_from_the_settings_without_face_detail(model: Any, tmp_pat
 
 def test_group_errors_are_one_readable_line(model: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     tab = make_tab(model, tmp_path)
-    a, *_ = tab.set_person([str(FACES / "obama_1.jpg")], 1)
-    b, *_ = tab.set_person([str(FACES / "lecun_1.jpg")], 2)
+    a, *_ = tab.set_person([str(FACES / "obama_1.jpg")], 0)
+    b, *_ = tab.set_person([str(FACES / "lecun_1.jpg")], 1)
     one_face, *_ = tab.set_group(str(FACES / "obama_1.jpg"))
     generate = tab.ctx.guard(tab.generate)
     cases = [
-        (([a], None), r"upload photos of at least 2 people \(one slot per person\); 1 given"),
-        (([a, (), b], None), "person 2 has no photo: fill the person slots in order"),
+        (([a], None), r"a picture of several people takes 2 to 4 people \(one slot per person\), got 1; for one "
+                      "person, make a plain portrait"),
+        (([a, (), b], None), "person 1 has no photo: fill the person slots in order"),
         (([a, b], one_face), "obama_1.jpg shows 1 face\\(s\\) but 2 people were given: use a group photo with a "
                              "face per person, or none"),
     ]
@@ -109,8 +115,8 @@ def test_group_errors_are_one_readable_line(model: Any, tmp_path: Path, caplog: 
         assert re.fullmatch(message, raised.value.message), raised.value.message
     set_person = tab.ctx.guard(tab.set_person)
     with pytest.raises(gr.Error) as raised:
-        set_person([str(NO_FACE)], 2)
-    assert raised.value.message == f"person 2: no face found in {NO_FACE.name}"
+        set_person([str(NO_FACE)], 1)
+    assert raised.value.message == f"person 1: no face found in {NO_FACE.name}"
     with pytest.raises(gr.Error, match=f"no face found in {NO_FACE.name}"):
         tab.ctx.guard(tab.set_group)(str(NO_FACE))
     records = [r for r in caplog.records if r.name == "instantid.webui"]
@@ -144,10 +150,10 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.get_by_role("tab", name="Several people").click()
-        assert page.locator("#group-person-3").count() == 0  # two slots until a person is added
+        assert page.locator("#group-person-2").count() == 0  # two slots (person 0, person 1) until one is added
         page.locator("#group-add-person").click()
-        page.locator("#group-person-3").wait_for(timeout=WAIT)
-        for number, photo in ((1, "obama_1.jpg"), (2, "lecun_1.jpg")):
+        page.locator("#group-person-2").wait_for(timeout=WAIT)
+        for number, photo in ((0, "obama_1.jpg"), (1, "lecun_1.jpg")):
             page.locator(f"#group-person-{number} input[type=file]").set_input_files(str(FACES / photo))
             page.locator(f"#group-person-count-{number}").get_by_text("1 reference photo").wait_for(timeout=WAIT)
         page.locator("#group-pose input[type=file]").set_input_files(str(GROUP))

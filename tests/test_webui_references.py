@@ -30,13 +30,13 @@ def make_tab(model: Any, out: Path, submit: Any = None) -> PortraitTab:
 def count_analyses(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the photos the face model is asked about, in order."""
     seen: list[str] = []
-    original = model.analyzer.get_face
+    original = model.analyzer.analyze
 
-    def spy(image: Any, name: Any = None, index: Any = None) -> Any:
+    def spy(image: Any, name: Any = None) -> Any:
         seen.append(name)
-        return original(image, name, index)
+        return original(image, name)
 
-    monkeypatch.setattr(model.analyzer, "get_face", spy)
+    monkeypatch.setattr(model.analyzer, "analyze", spy)
     return seen
 
 
@@ -190,3 +190,19 @@ def test_ui_command_checks_the_folder_before_loading(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --out {tmp_path / 'file' / 'sub'}: {tmp_path / 'file'} is a file, not a folder; "
                    "give another folder"]
+
+
+def test_a_photo_with_several_faces_says_which_face_was_used(model: Any, tmp_path: Path) -> None:
+    """The Who panel's count line names the face used and how many the photo holds; the warning says the largest
+    was taken when no face was chosen, and the output records it (issue 18 item 4)."""
+    tab = make_tab(model, tmp_path)
+    group = str(FACES / "group_two_people.jpg")
+    photos, _, count, warnings = tab.who.upload([group], (), None, "", "auto")
+    assert "Used face 0 of 2 in group_two_people.jpg" in count
+    assert "2 faces found, used face 0 (the largest)" in warnings
+    _, _, count, warnings = tab.who.upload([group], (), None, "1", "auto")
+    assert "Used face 1 of 2 in group_two_people.jpg" in count and warnings == ""
+    gallery, _ = tab.generate(photos, None, FAST)
+    metadata = read_metadata(Path(gallery[0][0]))
+    assert any("2 faces found, used face 0" in w for w in metadata["warnings"])
+    assert metadata["reference_details"][0]["faces_found"] == 2

@@ -90,8 +90,8 @@ def test_ui_swap_is_a_swap_job_of_the_server(served: tuple[Any, httpx.Client]) -
 def test_ui_group_is_a_group_job_of_the_server(served: tuple[Any, httpx.Client]) -> None:
     app, http = served
     tab = app.state.ui.instantid.tabs["group"]
-    a, *_ = tab.set_person([str(FACE)], 1)
-    b, *_ = tab.set_person([str(OTHER)], 2)
+    a, *_ = tab.set_person([str(FACE)], 0)
+    b, *_ = tab.set_person([str(OTHER)], 1)
     picture, _, _ = tab.set_group(str(GROUP))
     values = {"steps": 2, "seed": "5", "width": "64", "height": "64"}
     record, gallery = the_new_job(app, lambda: tab.generate([a, b], picture, values))
@@ -121,8 +121,8 @@ def test_ui_jobs_are_refused_when_the_queue_is_full(served: tuple[Any, httpx.Cli
 
     app, http = served
     group = app.state.ui.instantid.tabs["group"]
-    a, *_ = group.set_person([str(FACE)], 1)
-    b, *_ = group.set_person([str(OTHER)], 2)
+    a, *_ = group.set_person([str(FACE)], 0)
+    b, *_ = group.set_person([str(OTHER)], 1)
     job = {"steps": "2", "width": "64", "height": "64"}
     pool = ThreadPoolExecutor(1)
     model._lock.acquire()  # one job waits on the model, one waits in the queue (max_queued_jobs=1)

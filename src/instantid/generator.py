@@ -13,12 +13,12 @@ the server and the batch runner all build an Identity once and hand it on.
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import os
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,16 @@ import torch
 from PIL import Image
 
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
-from instantid.faces import SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer, create_face_analyzer, load_image
+from instantid.faces import (
+    SPACE_ANTELOPEV2,
+    SPACE_DLIB,
+    Face,
+    FaceAnalyzer,
+    choose_face,
+    create_face_analyzer,
+    load_image,
+    several_faces,
+)
 from instantid.identity import Identity, fuse
 from instantid.keypoints import demo_resize_size, draw_kps
 from instantid.loading import (
@@ -42,7 +51,7 @@ from instantid.loading import (
 from instantid.loading import scheduler_name as _scheduler_name
 from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
 from instantid.prompts import encode_prompt_weighted
-from instantid.settings import MAX_SEED, GenerationSettings, make_settings
+from instantid.settings import MAX_SEED, GenerationSettings, check_people, make_settings
 from instantid.styles import get_style
 
 ImageInput = str | Path | bytes | Image.Image
@@ -72,6 +81,15 @@ def face_region_mask(face: Face, size: tuple[int, int], scale: tuple[float, floa
     return Image.fromarray(mask)
 
 
+def content_hash(source: ImageInput) -> str | None:
+    """SHA-256 of a photo file's bytes (what `sha256sum` prints), or None for an in-memory picture."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    if isinstance(source, (str, Path)):
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    return None
+
+
 def _label(source: Any, index: int, full_paths: bool) -> str:
     """How a photo is named in messages and metadata: its file name (full path only on request)."""
     if isinstance(source, (str, Path)):
@@ -92,17 +110,21 @@ def prepare_identity(
     if names is not None and len(names) != len(sources):
         raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
     labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
-    found = []
+    found, counts, notes = [], [], []
     for source, label in zip(sources, labels, strict=True):
         picture = load_image(source, label)
-        face = analyzer.get_face(picture, label, face_index)
-        found.append((label, picture, face))
+        faces = analyzer.analyze(picture, label)
+        found.append((label, picture, choose_face(faces, label, face_index)))
+        counts.append(len(faces))
+        notes.append(several_faces(label, len(faces), face_index))
     embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
+    references = tuple(replace(r, face_index=face_index or 0, faces_found=n, sha256=content_hash(source))
+                       for r, n, source in zip(references, counts, sources, strict=True))
     label, pose_picture, pose_face = found[0]
     identity = Identity(
         embedding=embedding, space=analyzer.space, pose_face=pose_face,
         pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-        pose_name=label, warnings=warnings,
+        pose_name=label, warnings=(*(n for n in notes if n), *warnings),
     )
     return identity if pose is None else with_pose(analyzer, identity, pose, pose_name, full_paths)
 
@@ -112,8 +134,11 @@ def with_pose(analyzer: FaceAnalyzer, identity: Identity, pose: ImageInput, pose
     """``identity`` in the pose of the largest face of the photo ``pose`` (its keypoints and picture size)."""
     label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
     picture = load_image(pose, label)
-    face = analyzer.get_face(picture, label, None)
-    return dataclasses.replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label)
+    faces = analyzer.analyze(picture, label)
+    face = choose_face(faces, label)
+    note = several_faces(label, len(faces), None, "the pose is taken from face 0 (the largest)")
+    return replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label,
+                   warnings=(*identity.warnings, *([note] if note else [])))
 
 
 def group_poses(
@@ -222,11 +247,24 @@ class InstantID:
         self.default_scheduler = self.pipe.scheduler
 
     def preset_defaults(self) -> dict[str, Any]:
-        """Generation settings the loaded preset chooses (steps, guidance): surfaces apply them to the fields the
-        user left at their defaults."""
+        """Generation settings the loaded preset chooses (steps, guidance), for fields the caller left unset."""
         if self.preset is None:
             return {}
         return {"steps": self.preset.steps, "guidance_scale": self.preset.guidance_scale}
+
+    def preset_fills(self, settings: GenerationSettings) -> dict[str, Any]:
+        """What the loaded preset sets in ``settings``: its steps and guidance where the caller chose none (a
+        field is chosen when it is in ``settings.model_fields_set``: given to the constructor, a keyword of
+        :meth:`generate`, a JSON field, a typed flag)."""
+        return {k: v for k, v in self.preset_defaults().items() if k not in settings.model_fields_set}
+
+    def call_settings(self, settings: GenerationSettings | None = None, **overrides: Any) -> GenerationSettings:
+        """The settings a call runs with: ``settings`` (default: the defaults) with keyword ``overrides``, and the
+        loaded preset's steps and guidance where neither chose them. Every task (generate, group, swap, detail)
+        and so every surface goes through this one rule; the result records the values used."""
+        settings = _with_overrides(settings, overrides)
+        fills = self.preset_fills(settings)
+        return settings.updated(**fills) if fills else settings
 
     def load_lora(self, ref: str, scale: float = 1.0) -> None:
         """Load a LoRA (file, folder or Hub id); a name containing 'lcm' also selects the LCM sampler."""
@@ -287,7 +325,7 @@ class InstantID:
         pose_image: ImageInput | None = None, progress: Progress | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first)."""
-        settings = _with_overrides(settings, overrides)
+        settings = self.call_settings(settings, **overrides)
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -329,13 +367,20 @@ class InstantID:
     ) -> GenerationResult:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
-        pose); each person's face tokens and IdentityNet act only in the region nearest their face."""
+        pose); each person's face tokens and IdentityNet act only in the region nearest their face. Takes
+        :data:`~instantid.settings.MIN_PEOPLE` to :data:`~instantid.settings.MAX_PEOPLE` people, as every surface."""
+        check_people(len(people))
+        return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
+                                    pose_name=pose_name, progress=progress, pose_faces=pose_faces)
+
+    def _generate_group(
+        self, people: list[Identity], settings: GenerationSettings, *, pose: ImageInput | None, pose_name: str,
+        progress: Progress | None, pose_faces: tuple[list[Face], tuple[int, int]] | None,
+    ) -> GenerationResult:
+        """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
+        tests check the group machinery that way)."""
         from instantid.pipeline import Person, nearest_face_regions
 
-        settings = _with_overrides(settings, overrides)
-        people = list(people)
-        if not people:
-            raise InvalidInputError("give at least one person")
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")
         if pose_faces is None and pose is not None:
@@ -359,8 +404,8 @@ class InstantID:
         images, seeds, used = self.run_pipeline(self.pipe, settings, progress, identities=persons)
         settings = settings.updated(seed=seeds[0])
         metadata = {
-            **self.call_metadata(people[0], settings, used, task="group"), "width": width, "height": height,
-            "people": [p.metadata() for p in people],
+            **self.call_metadata(people[0], settings, used, task="group"), **_everyone(people), "width": width,
+            "height": height, "people": [p.metadata() for p in people],
             "pose_from": pose_name if pose_faces is not None else "columns",
         }
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
@@ -464,6 +509,18 @@ def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, An
     """``settings`` (default: the defaults) with keyword overrides applied and validated."""
     settings = settings or GenerationSettings()
     return settings.updated(**overrides) if overrides else settings
+
+
+def _everyone(people: Sequence[Identity]) -> dict[str, Any]:
+    """The top-level reference fields of a group picture over every person (``people`` has each one's own)."""
+    each = [p.metadata() for p in people]
+    return {
+        "references": [name for m in each for name in m["references"]],
+        "reference_details": [d for m in each for d in m["reference_details"]],
+        "rejected_references": [name for m in each for name in m["rejected_references"]],
+        "warnings": [f"person {i}: {w}" for i, m in enumerate(each) for w in m["warnings"]],
+        "reference_faces": sum(len(p.kept) for p in people),
+    }
 
 
 def _in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,10 +39,16 @@ class Reference:
     weight: float = 0.0  # share in the fused embedding (0 when rejected)
     consensus_distance: float | None = None  # distance to the consensus of the set (robust fusion)
     rejected: str | None = None  # why it was left out, or None
+    face_index: int = 0  # which face of the photo this is (0 = largest)
+    faces_found: int = 1  # how many faces the photo holds
+    # SHA-256 of the photo file's bytes (None for an in-memory picture): lets `instantid evaluate` find the
+    # reference among photos it is given without any path being recorded; it says nothing about the face.
+    sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "quality": round(self.quality, 4), "weight": round(self.weight, 4),
+            "name": self.name, "sha256": self.sha256, "face_index": self.face_index, "faces_found": self.faces_found,
+            "quality": round(self.quality, 4), "weight": round(self.weight, 4),
             "consensus_distance": None if self.consensus_distance is None else round(self.consensus_distance, 4),
             "rejected": self.rejected,
         }

@@ -59,6 +59,7 @@ from instantid.service.schema import (
     read_body,
 )
 from instantid.service.tasks import TaskKind
+from instantid.settings import settings_from_record
 
 if TYPE_CHECKING:
     from instantid.generator import InstantID
@@ -144,7 +145,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
             worker=record.worker, error=record.error, error_id=record.error_id,
             created=record.created, started=record.started, finished=record.finished,
             images=[str(request.url_for("job_image", job_id=record.id, n=n)) for n in range(len(record.outputs))],
-            seeds=record.seeds, settings=record.request["settings"], metadata=record.metadata,
+            seeds=record.seeds, settings=settings_from_record(record.request["settings"]).model_dump(),
+            metadata=record.metadata,
         )
 
     @app.get("/health", tags=["service"], responses=INTERNAL_RESPONSES)

@@ -26,6 +26,32 @@ from instantid.styles import STYLES, get_style
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 16
+# People in one picture (InstantID.generate_group), the same on every surface: one person is a plain generation;
+# past four, a face in a 1024-1280 px picture gets under the face models' ~112 px working size.
+MIN_PEOPLE, MAX_PEOPLE = 2, 4
+
+# Settings a task cannot honour, and why: every surface leaves them out (CLI, web UI) or refuses a value away from
+# the default (HTTP) rather than ignoring it silently.
+UNUSED_SETTINGS: dict[str, dict[str, str]] = {
+    "generate": {},
+    "swap": {"width": "the output has the scene's size", "height": "the output has the scene's size",
+             "face_detail": "the swapped face is already drawn at the model's resolution",
+             "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
+    "group": {"face_detail": "the face-detail pass is not available for group pictures",
+              "face_detail_strength": "the face-detail pass is not available for group pictures"},
+    "detail": {"width": "the output has the picture's size", "height": "the output has the picture's size",
+               "num_images": "one picture in, one picture out",
+               "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
+}
+
+
+def check_people(count: int, how: str = "") -> None:
+    """The one rule on the number of people in a group picture; ``how`` says how the calling surface takes
+    people (e.g. "one --person per person")."""
+    if not MIN_PEOPLE <= count <= MAX_PEOPLE:
+        alone = "; for one person, make a plain portrait" if count == 1 else ""
+        raise InvalidInputError(f"a picture of several people takes {MIN_PEOPLE} to {MAX_PEOPLE} people"
+                                f"{f' ({how})' if how else ''}, got {count}{alone}")
 
 # Schedulers by our short name: diffusers class, extra config, and the name A1111-style metadata readers know.
 SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -105,8 +131,28 @@ class GenerationSettings(BaseModel):
                                        advanced=True, ge=0.05, le=1)
 
     def updated(self, **changes: Any) -> GenerationSettings:
-        """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed)."""
-        return make_settings({**self.model_dump(), **changes})
+        """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed).
+
+        The copy remembers which fields were chosen (pydantic's ``model_fields_set``: these and ``changes``), so a
+        field left at its default still takes a loaded few-step preset's value (:meth:`InstantID.call_settings`).
+        """
+        return make_settings({**self.model_dump(exclude_unset=True), **changes})
+
+    def record(self) -> dict[str, Any]:
+        """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""
+        return {**self.model_dump(), CHOSEN_KEY: sorted(self.model_fields_set)}
+
+
+CHOSEN_KEY = "_chosen"  # in a recorded settings dict: the fields the caller chose (the rest took defaults)
+
+
+def settings_from_record(values: dict[str, Any]) -> GenerationSettings:
+    """Settings again from :meth:`GenerationSettings.record` (or a plain dump, whose fields all count as chosen)."""
+    values = dict(values)
+    chosen = values.pop(CHOSEN_KEY, None)
+    if chosen is not None:
+        values = {k: v for k, v in values.items() if k in chosen}
+    return GenerationSettings.model_validate(values)
 
 
 def field_label(name: str) -> str:

@@ -219,7 +219,7 @@ def swap_face(
     """
     from instantid.inpaint import inpaint_pipeline
 
-    settings = settings or GenerationSettings()
+    settings = app.call_settings(settings)  # the loaded preset's steps and guidance where none were chosen
     options = options or SwapOptions()
     name = scene_name or (Path(scene).name if isinstance(scene, (str, Path)) else "scene image")
     if target is None:

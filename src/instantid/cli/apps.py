@@ -19,6 +19,7 @@ from instantid.cli.generate import (
     console,
     face_analyzer,
     load_model,
+    preset_settings,
     progress_bar,
 )
 from instantid.cli.options import (
@@ -30,6 +31,7 @@ from instantid.cli.options import (
     with_model_options,
 )
 from instantid.errors import FaceIndexError, NoFaceError
+from instantid.settings import UNUSED_SETTINGS
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -84,7 +86,7 @@ in the target's pose; every pixel outside the feathered head mask is kept exactl
 The model works on a crop around the head at its own resolution, so a big photo costs what a small one does.
 The photos and the target face are checked before the (slow) model load.""")
 @with_model_options
-@with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
+@with_generation_options(exclude=UNUSED_SETTINGS["swap"])
 @with_swap_options
 def swap_command(
     face: list[Path] = typer.Option(..., "--face", help="Photo(s) of the person to put in; several are fused.",
@@ -123,6 +125,7 @@ def swap_command(
         console.print(f"[yellow]warning: {warning}[/]")
     # 3. The model, then the swap.
     instant = load_model(model, analyzer)
+    settings = preset_settings(instant, settings)
     with progress_bar() as bar:
         task = bar.add_task("swap", total=settings.steps)
         result = swap_face(instant, identity, scene, settings, swap, scene_name=name, target=target,
@@ -138,7 +141,7 @@ def swap_command(
                   "is cropped with a margin, re-denoised at the model's resolution and blended back. Pictures "
                   "without a face are reported and not written.")
 @with_model_options
-@with_generation_options(exclude=("width", "height", "num_images", "face_detail", "face_detail_strength"))
+@with_generation_options(exclude=UNUSED_SETTINGS["detail"])
 @with_detail_options
 def detail_command(
     pictures: list[Path] = typer.Argument(..., help="Pictures whose faces are redrawn.", dir_okay=False),
@@ -174,7 +177,10 @@ def detail_command(
         # Cheap before slow: a run in which no picture shows a face would load the model for nothing.
         if not any(found):
             raise NoFaceError(", ".join(p.name for p in pictures))
+    for warning in identity.warnings:
+        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
     instant = load_model(model, analyzer)
+    settings = preset_settings(instant, settings)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
     skipped = 0
     with progress_bar() as bar:

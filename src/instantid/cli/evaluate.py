@@ -70,8 +70,10 @@ def _score_and_report(samples: list[Sample], out: Path, id_model: Path | None, i
 def evaluate_command(
     images: list[Path] = typer.Argument(..., help="Generated images, or folders of them (searched recursively)."),
     refs: list[Path] = typer.Option(
-        [], "--refs", dir_okay=False, help="Reference photo of the person (repeat for several). Without it each "
-        "image's JSON sidecar must list its references.",
+        [], "--refs", help="Reference photos, or folders of them (repeatable): each image is scored against the "
+        "ones whose content its metadata records (outputs record file names and SHA-256, not paths), so one "
+        "folder serves outputs of many people; a photo that matches none stands for every image. Without it the "
+        "recorded names are looked for beside each image and in the working directory.",
     ),
     identity: str | None = typer.Option(None, "--identity", help="Name of the person [default: reference stem]."),
     out: Path = typer.Option(Path("evaluation"), "-o", "--out", file_okay=False,

@@ -112,17 +112,34 @@ def faces_command(
 
 @app.command("compare")
 def compare_command(
-    image_a: Path = typer.Argument(..., help="First photo (its largest face is used).", dir_okay=False),
-    image_b: Path = typer.Argument(..., help="Second photo (its largest face is used).", dir_okay=False),
+    image_a: Path = typer.Argument(..., help="First photo.", dir_okay=False),
+    image_b: Path = typer.Argument(..., help="Second photo.", dir_okay=False),
     face_backend: str = FACE_BACKEND_OPTION,
     backend: str | None = BACKEND_ALIAS_OPTION,
     antelopev2_root: Path | None = ANTELOPEV2_ROOT_OPTION,
 ) -> None:
-    """Identity distance between the largest faces of two photos, and the same/different verdict."""
+    """Identity distance between the faces of two photos, and the same/different verdict.
+
+    One face each: one line. A photo with several faces (a group photo): every face of one photo against every
+    face of the other, one line each, faces numbered from 0, largest first (as `instantid faces` lists them).
+    """
     analyzer = face_analyzer(face_backend, backend, antelopev2_root)
-    a = analyzer.get_face(image_a, name=str(image_a))
-    b = analyzer.get_face(image_b, name=str(image_b))
-    distance = analyzer.distance(a.embedding, b.embedding)
-    verdict = "same" if distance <= analyzer.same_person_threshold else "different"
-    typer.echo(f"distance {distance:.4f} ({analyzer.space}, same person at <= "
-               f"{analyzer.same_person_threshold:.2f}): {verdict}")
+    found = []
+    for path in (image_a, image_b):
+        faces = analyzer.analyze(path, name=str(path))
+        if not faces:
+            raise NoFaceError(str(path))
+        found.append(faces)
+    threshold = analyzer.same_person_threshold
+    scale = f"({analyzer.space}, same person at <= {threshold:.2f})"
+    if len(found[0]) == len(found[1]) == 1:
+        distance = analyzer.distance(found[0][0].embedding, found[1][0].embedding)
+        typer.echo(f"distance {distance:.4f} {scale}: {'same' if distance <= threshold else 'different'}")
+        return
+    typer.echo(f"{image_a.name}: {len(found[0])} face(s), {image_b.name}: {len(found[1])} face(s); every pair "
+               f"{scale}:")
+    for i, a in enumerate(found[0]):
+        for j, b in enumerate(found[1]):
+            distance = analyzer.distance(a.embedding, b.embedding)
+            typer.echo(f"  {image_a.name} face {i} / {image_b.name} face {j}: distance {distance:.4f}: "
+                       f"{'same' if distance <= threshold else 'different'}")

@@ -40,6 +40,17 @@ def load_model(model: Any, analyzer: Any = None) -> Any:
     return instant
 
 
+def preset_settings(instant: Any, settings: Any) -> Any:
+    """``settings`` as the model runs them (:meth:`InstantID.call_settings`: a loaded preset's steps and guidance
+    where no flag chose them), saying what the preset set."""
+    from instantid.settings import field_label
+
+    fills = instant.preset_fills(settings)
+    if fills:  # a typed --steps / --guidance still wins over the preset's
+        console.print(f"preset {instant.preset.name}: " + ", ".join(f"{field_label(k)} {v}" for k, v in fills.items()))
+    return instant.call_settings(settings)
+
+
 def check_model_options(model: Any) -> None:
     """What can be checked about the model options without loading the model (device and dtype, LoRA path,
     --demo, the preset's name and weights: fetched now when not cached, as the load would)."""
@@ -156,7 +167,6 @@ def generate_command(
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
                                     "in the images (default: file names and Hub ids only, safe to share)."),
     settings: Any = None,
-    settings_given: Any = None,
     model: Any = None,
 ) -> None:
     from instantid.batch import slug
@@ -164,14 +174,14 @@ def generate_command(
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
     from instantid.outputs import prepare_folder, write_image
-    from instantid.settings import field_label, make_settings
+    from instantid.settings import check_people, field_label, make_settings
 
     # 1. Cheap checks first: the photos exist, seeds, settings, device, output folder.
     groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
     check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
                  *(parse_mix(spec)[0] for spec in mix))
     run_seeds = parse_seeds(seed, seeds)
-    settings = make_settings({**settings.model_dump(), "num_images": num_images}, field_label)
+    settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
@@ -184,6 +194,8 @@ def generate_command(
                                 if faces else "give at least one face photo (or --person for several people)")
     if groups and (layout is not None or mix or any(not g for g in groups)):
         raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
+    if groups:
+        check_people(len(groups), "one --person per person")
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
@@ -209,10 +221,7 @@ def generate_command(
         console.print(f"seed(s) {', '.join(map(str, sorted(set(repeated))))} asked for twice: made once")
     # 3. The model, then the images.
     instant = load_model(model, analyzer)
-    chosen = {k: v for k, v in instant.preset_defaults().items() if k not in (settings_given or set())}
-    if chosen:  # a typed --steps / --guidance still wins over the preset's
-        settings = settings.updated(**chosen)
-        console.print(f"preset {model.preset}: " + ", ".join(f"{field_label(k)} {v}" for k, v in chosen.items()))
+    settings = preset_settings(instant, settings)
     written: list[Path] = []
     with progress_bar() as bar, library_chatter(model.verbose):
         for start, count in runs:
@@ -272,7 +281,8 @@ def batch_command(
     typer.echo(f"settings: {batch.PRECEDENCE}" + (f" (from the command line: {from_cli})" if from_cli else ""))
     check_model_options(model)
     prepare_folder(out, "--out")
-    model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo"})
+    model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo", "preset",
+                                          "preset_weights"})
     planned, problems = batch.plan(job, settings, given, model_key, out)
     chosen = resolve_shard(shard)
     mine = batch.shard_tasks(planned, out, chosen)
@@ -303,11 +313,15 @@ def batch_command(
     failures = list(problems)
     if todo:
         instant = load_model(model, analyzer)
+        fills = {k: v for p in todo for k, v in instant.preset_fills(p.settings).items()}
+        if fills:  # each row's own steps / guidance (or a flag) still win over the preset's
+            console.print(f"preset {instant.preset.name}: " + ", ".join(f"{field_label(k)} {v}" for k, v in
+                                                                      fills.items()) + " where a row sets none")
         made: list[Path] = []
         try:
             with progress_bar() as bar, _chatter(model):
                 overall = bar.add_task("images", total=len(todo))
-                steps_task = bar.add_task("steps", total=max(p.settings.steps for p in todo))
+                steps_task = bar.add_task("steps", total=max(instant.call_settings(p.settings).steps for p in todo))
                 failures += batch.run_batch(
                     instant, todo, identities, out, fail_fast=fail_fast, full_paths=full_paths,
                     on_image=lambda planned, path: _made(bar, overall, path, instant.demo, made),

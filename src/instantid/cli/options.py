@@ -135,7 +135,10 @@ def with_generation_options(exclude: Iterable[str] = (), defaults: dict[str, Any
             # Typed, even when equal to the default (`--steps 30` must still beat a job file's steps).
             given = ({name for name in names if _typed(context, name)} if context is not None
                      else {name for name, value in values.items() if value != base[name]})
-            kwargs["settings"] = make_settings(values, field_label)
+            # Only what the user chose counts as set: the rest may take a loaded preset's value (call_settings).
+            declared = GenerationSettings.model_fields
+            kwargs["settings"] = make_settings({n: v for n, v in values.items()
+                                                if n in given or v != declared[n].default}, field_label)
             if wants_given:
                 kwargs["settings_given"] = given
             return kwargs

@@ -2,12 +2,16 @@
 
 ``instantid generate`` and ``instantid benchmark run`` write a JSON sidecar next to every PNG (same name,
 ``.json``) and the same JSON inside the PNG. From it come the prompt, seed, protocol prompt id and category
-and, when recorded, the reference photo(s) under ``references`` (or ``face_images``), relative to the image's
-folder. Images without it (contact sheets, report grids, unrelated pictures) are not generations.
+and the reference photo(s): their file names under ``references`` (or ``face_images``) and the SHA-256 of each
+photo's bytes under ``reference_details``. No path is recorded (unless made with ``--full-paths``), so the
+photos are found by content among the ``--refs`` photos and folders given, else by name beside the image or in
+the working directory. Images without metadata (contact sheets, report grids, unrelated pictures) are not
+generations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,20 +71,52 @@ def read_generation_metadata(image: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _resolve_ref(path: Path, folder: Path) -> Path:
-    """A relative reference is looked for beside the image, then in the working directory (outputs record
-    file names only unless made with full paths)."""
-    if path.is_absolute() or (folder / path).is_file() or not path.is_file():
-        return path if path.is_absolute() else folder / path
-    return path
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _sidecar_refs(meta: dict[str, Any], folder: Path) -> tuple[Path, ...]:
+def _recorded(meta: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The references an image's metadata names: ``(file name or path, SHA-256 or None)`` each."""
+    details = meta.get("reference_details")
+    if isinstance(details, list) and details and all(isinstance(d, dict) and "name" in d for d in details):
+        return [(str(d["name"]), d.get("sha256")) for d in details]
     raw = meta.get("references", meta.get("face_images"))
     if raw is None:
-        return ()
-    items = [raw] if isinstance(raw, str) else list(raw)
-    return tuple(_resolve_ref(Path(str(item)), folder) for item in items)
+        return []
+    return [(str(item), None) for item in ([raw] if isinstance(raw, str) else list(raw))]
+
+
+def _find_recorded(image: Path, recorded: list[tuple[str, str | None]]) -> tuple[Path, ...]:
+    """Each recorded reference beside the image, else in the working directory (a full path as recorded), and
+    with the recorded content when a hash was recorded."""
+    found = []
+    for name, digest in recorded:
+        path = Path(name)
+        places = [path] if path.is_absolute() else [image.parent / path, path]
+        match = next((p for p in places if p.is_file() and (digest is None or file_sha256(p) == digest)), None)
+        if match is None:
+            content = f" (SHA-256 {digest[:12]}...)" if digest else ""
+            raise InvalidInputError(
+                f"reference photo {name}{content} of {image} is not beside it or in the working directory "
+                "(outputs record file names and content hashes, not paths): give --refs PHOTO, or --refs FOLDER "
+                "holding it"
+            )
+        found.append(match)
+    return tuple(found)
+
+
+def reference_photos(refs: Sequence[Path]) -> dict[Path, str]:
+    """``--refs`` photos, folders expanded to their images (recursively), each with its SHA-256."""
+    photos: dict[Path, str] = {}
+    for ref in refs:
+        if ref.is_dir():
+            items = sorted(p for p in ref.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif ref.is_file():
+            items = [ref]
+        else:
+            raise InvalidInputError(f"reference photo not found: {ref}")
+        photos.update((p, file_sha256(p)) for p in items)
+    return photos
 
 
 def expand_images(paths: Sequence[Path]) -> list[Path]:
@@ -105,12 +141,15 @@ def find_samples(
     """One :class:`Sample` per generation, and the images skipped as not being generations.
 
     Skipped: our own grids and contact sheets and, when no ``refs`` are given, any image without InstantID
-    metadata (no sidecar, no PNG chunk). ``refs`` (when given) override the metadata's references, and then
-    any other image is scored. Nothing left to score is an error that says what was skipped.
+    metadata (no sidecar, no PNG chunk). ``refs``: photos and folders of photos. An image's references are the
+    given photos whose content matches the SHA-256 its metadata records (so one folder serves outputs of many
+    people); when none matches, photos given one by one stand for every image (any image is then scored), and
+    without ``refs`` the recorded names are looked for beside the image and in the working directory. Nothing
+    left to score is an error that says what was skipped.
     """
-    for ref in refs:
-        if not ref.is_file():
-            raise InvalidInputError(f"reference photo not found: {ref}")
+    given = reference_photos(refs)
+    by_content = {digest: path for path, digest in given.items()}
+    loose = tuple(p for p in refs if p.is_file())  # photos named one by one (not found in a folder)
     samples, skipped = [], []
     for image in expand_images(paths):
         if image.name in NOT_GENERATIONS:
@@ -120,16 +159,18 @@ def find_samples(
         if not meta and not refs:
             skipped.append(Skipped(image, "no InstantID metadata (give --refs PHOTO to score any image)"))
             continue
-        references = tuple(refs) or _sidecar_refs(meta, image.parent)
-        if not references:
+        recorded = _recorded(meta)
+        matched = tuple(by_content[d] for _, d in recorded if d in by_content)
+        if matched or loose:
+            references = matched or loose
+        elif given:
+            raise InvalidInputError(f"none of the --refs photos is a reference of {image} (it records "
+                                    f"{', '.join(name for name, _ in recorded) or 'none'})")
+        elif recorded:
+            references = _find_recorded(image, recorded)
+        else:
             raise InvalidInputError(
                 f"no reference photo for {image}: its metadata lists no 'references'; give --refs PHOTO"
-            )
-        missing = [ref for ref in references if not ref.is_file()]
-        if missing:
-            raise InvalidInputError(
-                f"reference photo {missing[0]} named by {image}'s metadata not found (outputs record file names "
-                "only, unless made with full paths): give --refs PHOTO"
             )
         seed = meta.get("seed")
         samples.append(Sample(

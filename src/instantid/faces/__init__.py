@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from instantid.errors import InvalidInputError
-from instantid.faces.base import EMBEDDING_DIMS, MIN_IMAGE_SIDE, SPACE_ANTELOPEV2, SPACE_DLIB, Face, FaceAnalyzer
+from instantid.faces.base import (
+    EMBEDDING_DIMS,
+    MIN_IMAGE_SIDE,
+    SPACE_ANTELOPEV2,
+    SPACE_DLIB,
+    Face,
+    FaceAnalyzer,
+    choose_face,
+    several_faces,
+)
 from instantid.faces.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
 BACKENDS = ("auto", "dlib", "antelopev2")
@@ -29,6 +38,8 @@ __all__ = [
     "SPACE_DLIB",
     "Face",
     "FaceAnalyzer",
+    "choose_face",
+    "several_faces",
     "create_face_analyzer",
     "load_image",
 ]

@@ -63,6 +63,30 @@ def pad_image(rgb: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:
     return padded, dx, dy
 
 
+def choose_face(faces: list[Face], label: str, index: int | None = None) -> Face:
+    """The largest of ``faces`` (largest first, as :meth:`FaceAnalyzer.analyze` gives them), or the ``index``-th;
+    :class:`NoFaceError` when there is none."""
+    if not faces:
+        raise NoFaceError(label)
+    if index is None:
+        return faces[0]
+    if not 0 <= index < len(faces):
+        raise FaceIndexError(
+            f"face index {index} is out of range: {len(faces)} face(s) found in {label} "
+            f"(valid indices 0..{len(faces) - 1}, largest first)"
+        )
+    return faces[index]
+
+
+def several_faces(label: str, found: int, index: int | None, what: str = "used face 0 (the largest); faces are "
+                  "numbered from 0, largest first: choose another with the face index") -> str | None:
+    """The line every surface shows (CLI warning, web UI, metadata ``warnings``) when a photo holds several faces
+    and no face ``index`` was chosen: how many there were and ``what`` was taken; else None."""
+    if found < 2 or index is not None:
+        return None
+    return f"{label}: {found} faces found, {what}"
+
+
 class FaceAnalyzer(ABC):
     """Detect faces, place five keypoints and compute an identity embedding for each.
 
@@ -103,17 +127,7 @@ class FaceAnalyzer(ABC):
     def get_face(self, image: ImageSource, name: str | None = None, index: int | None = None) -> Face:
         """The largest face (as the published pipeline uses), or the ``index``-th by size."""
         label = describe_source(image, name)
-        faces = self.analyze(image, label)
-        if not faces:
-            raise NoFaceError(label)
-        if index is None:
-            return faces[0]
-        if not 0 <= index < len(faces):
-            raise FaceIndexError(
-                f"face index {index} is out of range: {len(faces)} face(s) found in {label} "
-                f"(valid indices 0..{len(faces) - 1}, largest first)"
-            )
-        return faces[index]
+        return choose_face(self.analyze(image, label), label, index)
 
     def _check(self, embedding: np.ndarray) -> np.ndarray:
         vector = np.asarray(embedding, dtype=np.float64).reshape(-1)

@@ -31,7 +31,7 @@ from instantid.model_settings import ModelSettings
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
 from instantid.service.tasks import FaceSide, JobRequest, Photo, Prepared, prepare
-from instantid.settings import MAX_SEED, GenerationSettings
+from instantid.settings import MAX_SEED, GenerationSettings, settings_from_record
 
 if TYPE_CHECKING:
     from instantid.faces import FaceAnalyzer
@@ -200,7 +200,7 @@ class JobService:
         self.check_capacity(owner, max_jobs)
         if settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
-        request = {**prepared.names(), "settings": settings.model_dump(), "prepared_saved": True}
+        request = {**prepared.names(), "settings": settings.record(), "prepared_saved": True}
         job_id = new_job_id()
         try:
             save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it at once
@@ -241,7 +241,7 @@ class JobService:
             with Image.open(self.files.image_path(job_id, n)) as png:
                 images.append(png.convert("RGB"))
         metadata = current.metadata or {}
-        used = GenerationSettings.model_validate(metadata.get("settings", current.request["settings"]))
+        used = settings_from_record(metadata.get("settings", current.request["settings"]))
         return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
 
     def _prepare(self, request: JobRequest) -> Prepared:

@@ -38,7 +38,7 @@ def detail_picture(model: InstantID, identity: Identity, picture: Image.Image, n
     from instantid.generator import GenerationResult
 
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
-    settings = settings.updated(seed=seed)
+    settings = model.call_settings(settings, seed=seed)  # the loaded preset's steps and guidance where unset
     images, info = refine_faces(model, identity, [picture], settings, [seed], options, progress=progress,
                                 faces=None if faces is None else [faces])
     report = info["images"][0]

@@ -22,7 +22,7 @@ from instantid.internal_errors import MESSAGE, report
 from instantid.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
 from instantid.service.tasks import FaceSide, JobRequest, Prepared, prepare
-from instantid.settings import GenerationSettings
+from instantid.settings import settings_from_record
 
 if TYPE_CHECKING:
     from instantid.generator import InstantID
@@ -76,7 +76,7 @@ class JobRunner:
         """Run a job that is already ``running`` in the store; returns its final state."""
         job_id = record.id
         self.files.clear_partial(job_id)
-        settings = GenerationSettings.model_validate(record.request["settings"])
+        settings = settings_from_record(record.request["settings"])
         last_check = [0.0]
 
         def progress(step: int, total: int) -> None:

@@ -29,12 +29,11 @@ from instantid.layouts import layout_names
 from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.jobs import JobState
 from instantid.service.tasks import UNUSED_SETTINGS, JobRequest, Mix, Photo, TaskKind
-from instantid.settings import GenerationSettings, make_settings
+from instantid.settings import MAX_PEOPLE, MIN_PEOPLE, GenerationSettings, check_people, make_settings
 from instantid.swap import SwapOptions, make_swap_options
 
 MAX_FACES = 8  # photos of one person
 MAX_MIXES = 4
-MAX_PEOPLE = 6
 MAX_FILES = 32  # file parts in one multipart body
 PERSON_FIELD = re.compile(r"person([0-9]{1,2})")
 FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture")  # plus person0, person1, ...
@@ -77,7 +76,7 @@ SwapJSON = create_model(
 )
 GroupJSON = create_model(
     "GroupJSON", __doc__="``application/json`` body of /v1/group: settings and base64 photos per person.",
-    people=(list[list[str]], Field(..., min_length=1, max_length=MAX_PEOPLE,
+    people=(list[list[str]], Field(..., min_length=MIN_PEOPLE, max_length=MAX_PEOPLE,
                                    description="Per person, base64-encoded photo(s); left to right.")),
     pose=(str | None, Field(None, description="Base64-encoded group photo: person i takes its i-th face from "
                                              "the left (without it: side by side).")),
@@ -308,10 +307,7 @@ def _people(body: Body) -> tuple[tuple[Photo, ...], ...]:
         for i, photos in enumerate(people):
             if len(photos) > MAX_FACES:
                 raise InvalidInputError(f"person{i}: at most {MAX_FACES} photos per person, got {len(photos)}")
-    if not people:
-        raise InvalidInputError("upload each person's photo(s) as person0, person1, ...")
-    if len(people) > MAX_PEOPLE:
-        raise InvalidInputError(f"at most {MAX_PEOPLE} people in one picture, got {len(people)}")
+    check_people(len(people), "person0, person1, ..." if not body.json else "one list of photos per person")
     return tuple(people)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.settings import GenerationSettings
+from instantid.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -40,21 +40,6 @@ Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
 Progress = Callable[[int, int], None]
 # Where the people of a group photo stand: the chosen faces left to right and the photo's (width, height).
 Placement = tuple[list["Face"], tuple[int, int]]
-
-# Settings a task cannot honour, and why: a request that sets one away from its default is refused (422) rather
-# than silently ignored.
-UNUSED_SETTINGS: dict[str, dict[str, str]] = {
-    "generate": {},
-    "swap": {"width": "the output has the scene's size", "height": "the output has the scene's size",
-             "face_detail": "the swapped face is already drawn at the model's resolution",
-             "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
-    "group": {"face_detail": "the face-detail pass is not available for group pictures",
-              "face_detail_strength": "the face-detail pass is not available for group pictures"},
-    "detail": {"width": "the output has the picture's size", "height": "the output has the picture's size",
-               "num_images": "one picture in, one picture out",
-               "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
-}
-
 
 @dataclass(frozen=True)
 class Mix:
@@ -84,8 +69,9 @@ class JobRequest:
         from instantid.layouts import get_layout
 
         if self.task == "group":
-            if not self.people or any(not p for p in self.people):
-                raise InvalidInputError("give the photo(s) of each person: person0, person1, ... (at least one)")
+            if any(not p for p in self.people):
+                raise InvalidInputError("give the photo(s) of each person: person0, person1, ...")
+            check_people(len(self.people), "person0, person1, ...")
             if self.faces or self.mixes or self.layout or self.scene:
                 raise InvalidInputError("a group job takes people and an optional pose photo only")
         else:
@@ -136,7 +122,7 @@ class JobRequest:
     def record(self) -> dict[str, Any]:
         """The JSON kept in the job record: everything but the photos' bytes."""
         return {
-            "task": self.task, "settings": self.settings.model_dump(), "faces": [n for n, _ in self.faces],
+            "task": self.task, "settings": self.settings.record(), "faces": [n for n, _ in self.faces],
             "pose": self.pose[0] if self.pose else None, "layout": self.layout,
             "mix": [{"name": m.photo[0], "weight": m.weight} for m in self.mixes],
             "scene": self.scene[0] if self.scene else None,
@@ -167,7 +153,7 @@ class JobRequest:
 
         return cls(
             task=request.get("task", "generate"),
-            settings=GenerationSettings.model_validate(request["settings"]),
+            settings=settings_from_record(request["settings"]),
             faces=named(request.get("faces") or (), "face"),
             mixes=tuple(Mix((m["name"], load(f"mix-{i}")), float(m["weight"]))
                         for i, m in enumerate(request.get("mix") or ())),

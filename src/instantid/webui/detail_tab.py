@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from instantid.faces import load_image
 from instantid.service.detail import DetailOptions, make_detail_options
-from instantid.service.tasks import UNUSED_SETTINGS, Prepared
-from instantid.settings import make_settings
+from instantid.service.tasks import Prepared
+from instantid.settings import UNUSED_SETTINGS
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo
@@ -23,6 +23,7 @@ from instantid.webui.references import Photo
 if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.identity import Identity
+    from instantid.settings import GenerationSettings
 
 
 class DetailTab(PictureTab):
@@ -31,7 +32,7 @@ class DetailTab(PictureTab):
     prefix = "detail-"
     options_model = DetailOptions
     # The settings the pass cannot honour are the ones /v1/detail refuses: one list for both surfaces.
-    unused_settings = UNUSED_SETTINGS["detail"]
+    unused_settings = tuple(UNUSED_SETTINGS["detail"])
     heading = "### 2. Which picture"
     picture_label = "Picture whose faces are redrawn"
     picture_slot = "picture"
@@ -43,9 +44,8 @@ class DetailTab(PictureTab):
         return f"the largest ones are redrawn, up to '{self.label('max_faces')}'."
 
     def run(self, identity: Identity, picture: Photo, faces: Sequence[Face], raw: dict[str, Any],
-            progress: Any) -> tuple[list[Any], str]:
+            settings: GenerationSettings, progress: Any) -> tuple[list[Any], str]:
         options = make_detail_options({c.name: raw[c.name] for c in self.options}, name=self.label)
-        settings = make_settings({c.name: raw[c.name] for c in self.settings}, name=self.label)
         job = Prepared("detail", identity=identity, scene=load_image(picture.read(), picture.name),
                        scene_name=picture.name, detail=options, picture_faces=tuple(faces))
         return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="detail")

@@ -1,6 +1,8 @@
-"""The "Several people" tab: 2 to 4 people in one picture (:meth:`InstantID.generate_group`, issue 11 section 3).
+"""The "Several people" tab: 2 to 4 people in one picture (:meth:`InstantID.generate_group`; the limits are
+:data:`~instantid.settings.MIN_PEOPLE` / :data:`~instantid.settings.MAX_PEOPLE`, as on every surface).
 
-Each person has a slot of their own photos, analysed once on upload through the shared
+People are numbered from 0 as in the HTTP API (``person0``, ``person1``...) and faces from 0 as everywhere: person
+``i`` takes face ``i``. Each person has a slot of their own photos, analysed once on upload through the shared
 :class:`~instantid.webui.references.IdentityCache` and previewed like the Who panel (face box and keypoints). An
 optional group photo places them: its faces are shown numbered left to right, and person ``i`` takes face ``i``
 (of the largest ones, as :func:`~instantid.generator.group_poses` picks them, from the faces found at upload);
@@ -20,7 +22,7 @@ import gradio as gr
 
 from instantid.errors import InstantIDError, InvalidInputError
 from instantid.service.tasks import Placement, Prepared
-from instantid.settings import make_settings
+from instantid.settings import MAX_PEOPLE, MIN_PEOPLE, UNUSED_SETTINGS, check_people, make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import build_controls, result_column
 from instantid.webui.picture_tab import PICTURES_KEPT
@@ -39,15 +41,14 @@ if TYPE_CHECKING:
     from instantid.identity import Identity
     from instantid.webui import UIContext
 
-MIN_PEOPLE, MAX_PEOPLE = 2, 4
-# generate_group has no face-detail pass (the HTTP API refuses these for /v1/group too); the face choice and
-# fusion belong to the one-person Who panel: each slot here uses the largest face of each photo, fused by "auto".
-NOT_FOR_GROUP = ("face_detail", "face_detail_strength")
+# The face choice and fusion belong to the one-person Who panel: each slot here uses the largest face of each
+# photo, fused by "auto"; the settings a group picture cannot honour are the ones every surface leaves out.
+NOT_FOR_GROUP = (*IDENTITY_FIELDS, *UNUSED_SETTINGS["group"])
 PREFIX = "group-"
 
 
 def no_person_yet(number: int) -> str:
-    return f"Person {number}: no photo yet." + (" (optional)" if number > MIN_PEOPLE else "")
+    return f"Person {number}: no photo yet." + (" (optional)" if number >= MIN_PEOPLE else "")
 
 
 class GroupTab:
@@ -56,7 +57,7 @@ class GroupTab:
     def __init__(self, ctx: UIContext, who: WhoPanel) -> None:
         self.ctx = ctx
         self.who = who  # unused by this tab's handlers: each person has their own slot
-        self.controls = [c for c in controls() if c.name not in (*IDENTITY_FIELDS, *NOT_FOR_GROUP)]
+        self.controls = [c for c in controls() if c.name not in NOT_FOR_GROUP]
         self.by_name = {c.name: c for c in self.controls}
         names = labels(self.controls)
         self.label = lambda field: names.get(field, field)
@@ -87,7 +88,7 @@ class GroupTab:
             return None, None, ""
         picture = Photo.from_upload(file)
         found, drawn = self.faces.drawn(picture)
-        places = ", ".join(f"face {i} → person {i + 1}" for i in range(min(len(found), MAX_PEOPLE)))
+        places = ", ".join(f"face {i} → person {i}" for i in range(min(len(found), MAX_PEOPLE)))
         text = (f"**{len(found)} face{'s' if len(found) != 1 else ''}** in {picture.name}, numbered left to right: "
                 f"{places}. With more faces than people, the largest ones are used.")
         return picture, drawn, text
@@ -96,16 +97,11 @@ class GroupTab:
                  progress: Any = None) -> tuple[list[Any], str]:
         """One picture of everyone into the outputs folder. ``people``: each slot's photos in slot order (empty
         slots are skipped); ``values``: raw control values. Returns gallery items and the info text."""
-        filled = [(number, photos) for number, photos in enumerate(people, start=1) if photos]
-        gap = next((n for n, photos in enumerate(people, start=1) if not photos and n < len(people)
-                    and any(people[n:])), None)
+        filled = [(number, photos) for number, photos in enumerate(people) if photos]
+        gap = next((n for n, photos in enumerate(people) if not photos and any(people[n + 1:])), None)
         if gap is not None:  # person i takes face i: a hole in the numbering would shift everyone after it
             raise InvalidInputError(f"person {gap} has no photo: fill the person slots in order")
-        if len(filled) < MIN_PEOPLE:
-            raise InvalidInputError(f"upload photos of at least {MIN_PEOPLE} people (one slot per person); "
-                                    f"{len(filled)} given")
-        if len(filled) > MAX_PEOPLE:
-            raise InvalidInputError(f"at most {MAX_PEOPLE} people in one picture; {len(filled)} given")
+        check_people(len(filled), "one slot per person")
         settings = make_settings({name: control.value(values.get(name)) for name, control in self.by_name.items()},
                                  name=self.label)
         identities = [self.person(photos, number) for number, photos in filled]
@@ -133,8 +129,8 @@ class GroupTab:
         self.shown_count = gr.State(MIN_PEOPLE)
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
-                gr.Markdown("### 2. Who is in the picture (2 to 4 people, one slot each)")
-                for number in range(1, MAX_PEOPLE + 1):
+                gr.Markdown(f"### 2. Who is in the picture ({MIN_PEOPLE} to {MAX_PEOPLE} people, one slot each)")
+                for number in range(MAX_PEOPLE):
                     self._slot(number)
                 self.add_button = gr.Button("+ Add a person", size="sm", elem_id=f"{PREFIX}add-person")
                 self.group = gr.Image(label="Group photo (optional): person i takes face i, left to right",
@@ -149,7 +145,7 @@ class GroupTab:
         self._wire()
 
     def _slot(self, number: int) -> None:
-        with gr.Column(visible=number <= MIN_PEOPLE, elem_id=f"{PREFIX}slot-{number}") as column:
+        with gr.Column(visible=number < MIN_PEOPLE, elem_id=f"{PREFIX}slot-{number}") as column:
             box = gr.File(label=f"Person {number}: face photo(s)", file_count="multiple", file_types=["image"],
                           type="filepath", height=100, elem_id=f"{PREFIX}person-{number}")
             shown = gr.Gallery(label=f"Person {number}: the face used", columns=4, height=140,
@@ -160,8 +156,7 @@ class GroupTab:
     def _wire(self) -> None:
         guard = self.ctx.guard
         events = {"concurrency_limit": ANALYSIS_CONCURRENCY, "concurrency_id": "analysis"}
-        for (_, box, shown, count), state, number in zip(self.slots, self.states, range(1, MAX_PEOPLE + 1),
-                                                        strict=True):
+        for (_, box, shown, count), state, number in zip(self.slots, self.states, range(MAX_PEOPLE), strict=True):
             def analyse(files: Any, number: int = number) -> tuple[tuple[Photo, ...], Any, str]:
                 return self.set_person(files, number)
 

@@ -20,6 +20,7 @@ from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIEL
 if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.identity import Identity
+    from instantid.settings import GenerationSettings
     from instantid.webui import UIContext
 
 PICTURES_KEPT = 16  # analysed pictures remembered per tab
@@ -68,13 +69,15 @@ class PictureTab:
         values by field name (Who's face choice and fusion included)."""
         if picture is None:
             raise InvalidInputError(self.no_picture)
-        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"), mix, mix_weight)
-        raw = {name: control.value(values.get(name)) for name, control in self.by_name.items()}
-        return self.run(identity, picture, self.faces.largest_first(picture), raw, progress)
+        settings = self.who.settings(values, self.settings, self.label)
+        identity = self.who.identity_for(photos, pose, settings, mix, mix_weight)
+        raw = {c.name: c.value(values.get(c.name)) for c in self.options}
+        return self.run(identity, picture, self.faces.largest_first(picture), raw, settings, progress)
 
     def run(self, identity: Identity, picture: Photo, faces: Sequence[Face], raw: dict[str, Any],
-            progress: Any) -> tuple[list[Any], str]:
-        """The tab's job from the identity, the picture, its faces (largest first) and the raw control values."""
+            settings: GenerationSettings, progress: Any) -> tuple[list[Any], str]:
+        """The tab's job from the identity, the picture, its faces (largest first), the raw values of the tab's
+        options and the job's settings (the Who panel's face choice included)."""
         raise NotImplementedError(f"{type(self).__name__} must define run")
 
     # ---- layout ----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import gradio as gr
 
 from instantid.outputs import write_image
 from instantid.service.tasks import Prepared
-from instantid.settings import make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import result_column, who_and_values
 from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, posed
@@ -67,10 +66,10 @@ class PortraitTab:
                  mix_weight: float = DEFAULT_MIX) -> tuple[list[Any], str]:
         """Images into the outputs folder; ``values`` are raw control values (Who's face choice and fusion
         included). Returns gallery items and the info text."""
-        identity = self.who.identity(photos, pose, values.get("face_index"), values.get("fusion"), mix, mix_weight)
-        settings = make_settings({name: self.by_name[name].value(raw) for name, raw in values.items()
-                                  if name not in IDENTITY_FIELDS}, name=self.label)
-        identity = posed(identity, layout, settings.width, settings.height)
+        settings = self.who.settings(values, [self.by_name[name] for name in values if name in self.by_name],
+                                     self.label)
+        identity = posed(self.who.identity_for(photos, pose, settings, mix, mix_weight), layout, settings.width,
+                         settings.height)
         return save_results(self.ctx, self.ctx.submit(Prepared("generate", identity=identity), settings, progress))
 
     def few_step(self, on: bool) -> list[Any]:

@@ -136,6 +136,9 @@ def summary(identity: Identity | None) -> str:
         text += f", fused by {identity.fusion}"
     if identity.rejected:
         text += f"; {len(identity.rejected)} left out: " + ", ".join(r.name for r in identity.rejected)
+    several = [r for r in identity.references if r.faces_found > 1]
+    if several:  # numbered from 0, largest first, as the face index control and every surface count them
+        text += ". Used " + ", ".join(f"face {r.face_index} of {r.faces_found} in {r.name}" for r in several)
     if identity.pose_name and identity.pose_name != identity.references[0].name:
         text += f". Pose from {identity.pose_name}"
     return text + "."

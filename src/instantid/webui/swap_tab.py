@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from instantid.errors import InvalidInputError
 from instantid.faces import load_image
 from instantid.service.tasks import Prepared
-from instantid.settings import make_settings
+from instantid.settings import UNUSED_SETTINGS
 from instantid.swap import SwapOptions, make_swap_options
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
@@ -23,9 +23,8 @@ from instantid.webui.references import Photo
 if TYPE_CHECKING:
     from instantid.faces import Face
     from instantid.identity import Identity
+    from instantid.settings import GenerationSettings
 
-# swap_face ignores these: the output is the picture's own size, and it has no face-detail pass of its own.
-NOT_FOR_SWAP = ("width", "height", "face_detail", "face_detail_strength")
 
 
 class SwapTab(PictureTab):
@@ -33,7 +32,7 @@ class SwapTab(PictureTab):
 
     prefix = "swap-"
     options_model = SwapOptions
-    unused_settings = NOT_FOR_SWAP
+    unused_settings = tuple(UNUSED_SETTINGS["swap"])  # the one list every surface uses
     heading = "### 2. Into which picture"
     picture_label = "Picture to put the face into"
     picture_slot = "scene"
@@ -42,9 +41,8 @@ class SwapTab(PictureTab):
     no_picture = "upload the picture to put the face into"
 
     def run(self, identity: Identity, picture: Photo, faces: Sequence[Face], raw: dict[str, Any],
-            progress: Any) -> tuple[list[Any], str]:
+            settings: GenerationSettings, progress: Any) -> tuple[list[Any], str]:
         options = make_swap_options({c.name: raw[c.name] for c in self.options}, name=self.label)
-        settings = make_settings({c.name: raw[c.name] for c in self.settings}, name=self.label)
         if options.target_index >= len(faces):
             raise InvalidInputError(f"{picture.name} has {len(faces)} face(s): choose a "
                                     f"{self.label('target_index')} from 0 to {len(faces) - 1}")

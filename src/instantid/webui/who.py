@@ -6,7 +6,7 @@ five keypoints) and the Identity is cached for the tabs to reuse (:mod:`instanti
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -15,11 +15,12 @@ from PIL import Image
 from instantid.faces.drawing import draw_faces
 from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
 from instantid.settings import make_settings
-from instantid.webui.controls import controls, labels
+from instantid.webui.controls import Control, controls, labels
 from instantid.webui.references import Photo, merge, photos_from_uploads, preview, summary, warnings_text
 
 if TYPE_CHECKING:
     from instantid.identity import Identity
+    from instantid.settings import GenerationSettings
     from instantid.webui import UIContext
 
 # Settings that decide which face is used and how photos are fused: they sit beside the photos and a change
@@ -48,17 +49,29 @@ class WhoPanel:
         self.label = lambda field: names.get(field, field)
 
     # ---- handlers -------------------------------------------------------------------------------
-    def identity(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
-                 mix: Photo | None = None, mix_weight: float = DEFAULT_MIX) -> Identity:
-        """The cached Identity for these photos and options (analysed on a miss), mixed towards ``mix``'s
-        person by ``mix_weight`` when a mix photo is given."""
-        values = {name: self.by_name[name].value(raw) for name, raw in (("face_index", face_index),
-                                                                         ("fusion", fusion))}
-        settings = make_settings(values, name=self.label)
+    def settings(self, values: dict[str, Any], tab_controls: Sequence[Control], label: Callable[[str], str]
+                 ) -> GenerationSettings:
+        """A job's settings: a tab's controls and this panel's face choice and fusion (raw ``values`` by field
+        name), validated into one object. The job is made with it and its metadata records it, so an output
+        names the face it used (``face_index``) and can be made again. Errors name the control the user sees."""
+        raw = {c.name: c.value(values.get(c.name)) for c in tab_controls if c.name not in IDENTITY_FIELDS}
+        raw.update({name: self.by_name[name].value(values.get(name)) for name in IDENTITY_FIELDS})
+        return make_settings(raw, name=lambda field: self.label(field) if field in IDENTITY_FIELDS else label(field))
+
+    def identity_for(self, photos: Sequence[Photo], pose: Photo | None, settings: GenerationSettings,
+                     mix: Photo | None = None, mix_weight: float = DEFAULT_MIX) -> Identity:
+        """The cached Identity for these photos and the face choice and fusion of ``settings`` (analysed on a
+        miss), mixed towards ``mix``'s person by ``mix_weight`` when a mix photo is given."""
         identity = self.ctx.identities.get(photos, pose, settings.face_index, settings.fusion)
         if mix is None:
             return identity
         return identity.mix(self.ctx.identities.get([mix]), float(mix_weight), mix.name)
+
+    def identity(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
+                 mix: Photo | None = None, mix_weight: float = DEFAULT_MIX) -> Identity:
+        """:meth:`identity_for` from the raw values of the face choice and fusion controls."""
+        settings = self.settings({"face_index": face_index, "fusion": fusion}, (), self.label)
+        return self.identity_for(photos, pose, settings, mix, mix_weight)
 
     def analyse(self, photos: Sequence[Photo], pose: Photo | None, face_index: Any, fusion: Any,
                 layout: str | None = None, mix: Photo | None = None, mix_weight: float = DEFAULT_MIX
