@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """The session's demo model for every load; counts model loads and face lookups (get_face calls)."""
+    """The session's demo model for every load; counts model loads and face lookups (analyze / get_face calls)."""
     from instantid.model_settings import ModelSettings
 
     counts = {"model": 0, "faces": 0}
@@ -38,6 +38,10 @@ def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         def get_face(self, *args: object, **kwargs: object) -> object:
             counts["faces"] += 1
             return model.analyzer.get_face(*args, **kwargs)
+
+        def analyze(self, *args: object, **kwargs: object) -> object:
+            counts["faces"] += 1
+            return model.analyzer.analyze(*args, **kwargs)
 
     def load(self: ModelSettings, analyzer: object = None) -> object:
         counts["model"] += 1

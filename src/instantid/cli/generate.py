@@ -178,6 +178,8 @@ def generate_command(
 
     # 1. Cheap checks first: the photos exist, seeds, settings, device, output folder.
     groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
+    if groups:  # a count needs no file: before the photos
+        check_people(len(groups), "one --person per person")
     check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
                  *(parse_mix(spec)[0] for spec in mix))
     run_seeds = parse_seeds(seed, seeds)
@@ -194,8 +196,6 @@ def generate_command(
                                 if faces else "give at least one face photo (or --person for several people)")
     if groups and (layout is not None or mix or any(not g for g in groups)):
         raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
-    if groups:
-        check_people(len(groups), "one --person per person")
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
