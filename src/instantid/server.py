@@ -81,8 +81,8 @@ class Principal:
 
 
 def create_app(settings: ServerSettings | None = None, model: InstantID | None = None) -> FastAPI:
-    """The FastAPI app. `model` is used as is (without `queue`: else it is loaded at startup; with a
-    `queue` only its face analyzer is used, to check uploads)."""
+    """The FastAPI app. ``model`` is used as is (without ``queue``: else it is loaded at startup; with a
+    ``queue`` only its face analyzer is used, to check uploads)."""
     from fastapi_offline import FastAPIOffline
 
     settings = settings or ServerSettings()
@@ -194,7 +194,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         return info
 
     def job_route(task: TaskKind, summary: str) -> Any:
-        """Register POST /v1/<task>: the same limits, idempotency, queue and `?wait=true` for every task."""
+        """Register POST /v1/<task>: the same limits, idempotency, queue and ``?wait=true`` for every task.
+        ``summary`` is shown by /docs (Markdown: single backticks)."""
         responses: dict[int | str, dict[str, Any]] = {
             200: {"model": GenerationOutput, "description": "?wait=true: the finished images; without it, the job "
                   "an earlier request with the same Idempotency-Key created"},

@@ -52,6 +52,8 @@ def serve_command(
         typer.echo(f"key (give it to the client; it is not stored): {key}")
         typer.echo(f"line for --api-key-file: {line}")
         return
+    import logging
+
     import uvicorn
 
     from instantid.server import ServerSettings, create_app
@@ -73,6 +75,8 @@ def serve_command(
     )
     # Load (and check the key file) before uvicorn starts, so a bad weight file or key line is one clean line.
     loaded = None if queue else load_model(model)
+    # The service's own lines (jobs, internal errors with their id and traceback) beside uvicorn's access log.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings, loaded), host=host, port=port)
 
 
