@@ -206,6 +206,17 @@ def test_swap_command_takes_num_images_as_the_api_does(tmp_path, loads, capsys) 
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["swap_scene_s5.png", "swap_scene_s6.png"]
 
 
+def test_swap_command_says_which_face_of_a_group_photo_it_replaces(tmp_path, loads, capsys) -> None:
+    from instantid.cli import main
+
+    code = main(["swap", "--face", str(FACES / "obama_1.jpg"), "--into", str(FACES / "group_two_people.jpg"),
+                 "--steps", "2", "--seed", "5", "--target-index", "1", "--resolution", "64", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "group_two_people.jpg: 2 faces found, replacing face 1; --target-index picks another" in " ".join(
+        err.split())  # however the console wraps it
+
+
 def test_swap_command_checks_everything_before_loading_the_model(tmp_path, loads, capsys) -> None:
     from instantid.cli import main
 

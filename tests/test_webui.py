@@ -124,6 +124,8 @@ def test_no_face_shows_readable_error_and_keeps_the_set(browser: object, ui_url:
     upload(page, NO_FACE)
     page.get_by_text(f"no face found in {NO_FACE.name}").first.wait_for(timeout=WAIT)
     page.locator("#faces").get_by_text("Drop File Here").wait_for(timeout=WAIT)  # the refused photo is gone
+    # The toast says it; no red "Error" mark stays over the count line (issue 18 item 14).
+    page.wait_for_function("!document.querySelector('#reference-count').innerText.includes('Error')", timeout=WAIT)
     assert "1 reference photo" in page.locator("#reference-count").inner_text()
     assert page.locator("#references").get_by_text("obama_1.jpg").count() == 1
     assert page.locator("#gallery img").count() == 0
@@ -186,6 +188,8 @@ def test_face_swap_tab_numbers_the_faces_and_swaps(browser: object, ui_url: str,
     page.locator("#swap-run").click()
     page.locator("#swap-gallery img").first.wait_for(timeout=WAIT)
     assert page.locator("#swap-info").get_by_text("Saved as swap-").count() == 1
+    # The wide result is shown whole, not cut to the tile (issue 18 item 14).
+    assert page.evaluate("getComputedStyle(document.querySelector('#swap-gallery img')).objectFit") == "contain"
     page.screenshot(path=SCREENSHOT.replace(".png", "_swap.png"), full_page=True)
     assert list(out_dir.glob("swap-*.png"))
     page.close()

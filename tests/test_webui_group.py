@@ -149,7 +149,9 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
+        page.locator("#who").wait_for(state="visible", timeout=WAIT)
         page.get_by_role("tab", name="Several people").click()
+        page.locator("#who").wait_for(state="hidden", timeout=WAIT)  # each person has a slot here: no Who panel
         assert page.locator("#group-person-2").count() == 0  # two slots (person 0, person 1) until one is added
         page.locator("#group-add-person").click()
         page.locator("#group-person-2").wait_for(timeout=WAIT)
@@ -167,6 +169,8 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page.wait_for_function("document.querySelector('#group-gallery img')?.naturalWidth > 0", timeout=WAIT)
         assert page.locator("#group-info").get_by_text("Saved as group-").count() == 1
         page.screenshot(path="/tmp/instantid_webui_group.png", full_page=True)
+        page.get_by_role("tab", name="Portrait").click()
+        page.locator("#who").wait_for(state="visible", timeout=WAIT)
         browser.close()
     saved = sorted(out_dir.glob("group-*.png"))
     assert saved and read_metadata(saved[0])["pose_from"] == "group_two_people.jpg"  # placed by the group photo

@@ -140,3 +140,26 @@ def test_ui_jobs_are_refused_when_the_queue_is_full(served: tuple[Any, httpx.Cli
         model._lock.release()
     pool.shutdown(wait=True)
     assert [wait_for(http, j, timeout=120)["status"] for j in (running, queued)] == ["done", "done"]
+
+
+def test_served_ui_results_expire_with_the_jobs(model: Any, tmp_path: Path) -> None:
+    """Under `serve`, /ui results go beside the jobs (not into a temporary folder nobody cleans) and the server's
+    periodic cleanup deletes them after --keep-hours, like the jobs; gradio's cached copies expire too
+    (issue 18 item 14)."""
+    import os
+    import time
+
+    from instantid.server import ServerSettings, create_app
+
+    keep_hours = 2 / 3600  # two seconds: the cleaner runs every second
+    app = create_app(ServerSettings(out_dir=tmp_path, keep_hours=keep_hours), model=model)
+    ctx = app.state.ui.instantid
+    assert ctx.out_dir == tmp_path / "ui-results" and ctx.keep_s == 2
+    assert app.state.ui.delete_cache == (60, 2)
+    old, new = ctx.out_dir / "instantid-1.png", ctx.out_dir / "instantid-2.png"
+    old.write_bytes(b"png")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    with serving(app):
+        until(lambda: not old.exists(), 30, "the expired UI result to be removed")
+        new.write_bytes(b"png")
+        assert new.exists()  # a fresh one stays

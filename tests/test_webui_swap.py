@@ -123,3 +123,23 @@ def test_outputs_record_the_face_chosen_in_the_who_panel(model: Any, tmp_path: P
                            GenerationSettings(**stored))
     with Image.open(portrait_png) as png:
         assert (np.asarray(png.convert("RGB")) == np.asarray(again.images[0])).all()
+
+
+def test_faces_found_preview_numbers_faces_only(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The previews write each face's number and nothing else (keypoint numbers beside them read as other faces'
+    numbers, issue 18 item 14); the Who preview labels the face used with its own index."""
+    import cv2
+
+    written: list[str] = []
+    put_text = cv2.putText
+    monkeypatch.setattr(cv2, "putText", lambda canvas, text, *rest, **kw: written.append(text) or
+                        put_text(canvas, text, *rest, **kw))
+    who, _, swap = panels(model, tmp_path)
+    swap.set_scene(str(GROUP))
+    assert written == ["0", "1"]
+    written.clear()
+    who.upload([str(GROUP)], (), None, "1", "auto")
+    assert written == ["1"]
+    written.clear()
+    who.upload([str(FACES / "obama_1.jpg")], (), None, "", "auto")
+    assert written == []  # one face in the photo: no number to tell apart

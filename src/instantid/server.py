@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -93,7 +93,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = await run_in_threadpool(JobService.start, settings, model)
         app.state.service = service
-        cleaner = asyncio.create_task(_clean_periodically(service))
+        ui = getattr(app.state, "ui", None)  # the mounted web UI's results expire with the jobs
+        cleaner = asyncio.create_task(_clean_periodically(service, ui.instantid.prune if ui is not None else None))
         try:
             yield
         finally:
@@ -359,13 +360,16 @@ def _output(request: Request, service: JobService, record: JobRecord) -> Generat
                             info=record.metadata or {})
 
 
-async def _clean_periodically(service: JobService) -> None:
+async def _clean_periodically(service: JobService, prune_ui: Callable[[], int] | None = None) -> None:
     interval = min(3600.0, max(1.0, service.settings.keep_hours * 3600 / 4))
     while True:
         try:
             removed = await run_in_threadpool(service.cleanup)
             if removed:
                 log.info("removed %d expired jobs", removed)
+            pruned = await run_in_threadpool(prune_ui) if prune_ui is not None else 0
+            if pruned:
+                log.info("removed %d expired web UI result files", pruned)
         except Exception as exc:  # a store hiccup must not stop the cleaning for good
             log.warning("job cleanup failed: %s", exc)
         await asyncio.sleep(interval)

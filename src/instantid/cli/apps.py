@@ -101,7 +101,7 @@ def swap_command(
     swap: Any = None,
 ) -> None:
     from instantid.batch import slug
-    from instantid.faces import load_image
+    from instantid.faces import choose_face, load_image
     from instantid.generator import prepare_identity
     from instantid.outputs import prepare_folder, write_image
     from instantid.swap import swap_face
@@ -120,9 +120,14 @@ def swap_command(
         name = _scene_name(into, full_paths)
         scene = load_image(str(into), name)
         with naming("--target-index", FaceIndexError), naming("--into", NoFaceError):
-            target = analyzer.get_face(scene, name, swap.target_index)
+            in_scene = analyzer.analyze(scene, name)
+            target = choose_face(in_scene, name, swap.target_index)
     for warning in identity.warnings:
-        console.print(f"[yellow]warning: {warning}[/]")
+        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
+    if len(in_scene) > 1:  # which face is replaced, in the numbering of `instantid faces` (largest first)
+        console.print(f"{name}: {len(in_scene)} faces found, replacing face {swap.target_index}"
+                      f"{' (the largest)' if swap.target_index == 0 else ''}; --target-index picks another",
+                      highlight=False)
     # 3. The model, then the swap.
     instant = load_model(model, analyzer)
     settings = preset_settings(instant, settings)

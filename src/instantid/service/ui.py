@@ -15,6 +15,7 @@ setups, under the same limits as the HTTP API.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from instantid.errors import InvalidInputError
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from instantid.settings import GenerationSettings
 
 UI_OWNER = "ui"  # owner of UI jobs on a server without API keys
+UI_RESULTS = "ui-results"  # folder under the server's out_dir for the web UI's result files
 LOGIN_MESSAGE = "Sign in with an API key: user name = the key's name, password = the key."
 
 
@@ -115,9 +117,13 @@ def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limit
                                      f"{retry:.0f} s", retry)
         return app.state.service.run_prepared(job, generation, progress, owner=owner, max_jobs=max_jobs)
 
-    app.state.ui = create_ui(get_model, submit=submit)  # tests reach its tabs here
+    # Results go beside the jobs, not into a temporary folder, and expire with them (the server's cleanup runs
+    # UIContext.prune; gradio's cached copies go by delete_cache).
+    results = Path(settings.out_dir) / UI_RESULTS
+    app.state.ui = create_ui(get_model, results, submit=submit, keep_hours=settings.keep_hours)  # tests reach it here
     auth = None if keys is None else keys.sign_in
-    gr.mount_gradio_app(app, app.state.ui, path="/ui", auth=auth, auth_message=LOGIN_MESSAGE if auth else None)
+    gr.mount_gradio_app(app, app.state.ui, path="/ui", auth=auth, auth_message=LOGIN_MESSAGE if auth else None,
+                        allowed_paths=[str(app.state.ui.instantid.out_dir)])
 
 
 __all__ = ["FaceOnlyModel", "LOGIN_MESSAGE", "UI_OWNER", "mount_ui"]

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -78,6 +79,7 @@ DEMO_NOTICE = (
 )
 # Bundled with the source tree (examples/face.jpg); an installed wheel has none and shows no examples.
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[3] / "examples" / "face.jpg"
+TABS_WITHOUT_WHO = ("group",)
 # The few-step toggle uses this preset's published sampler, steps and guidance (instantid.presets).
 FEW_STEP_PRESET = "lcm-lora"
 
@@ -100,6 +102,7 @@ class UIContext:
     generation_concurrency: int | None = 1  # gradio's limit; None when ``submit`` queues on its own
     example_photo: Path | None = EXAMPLE_PHOTO
     demo_notice: str = DEMO_NOTICE
+    keep_s: float | None = None  # results older than this are deleted (under `serve`: --keep-hours); None: kept
     identities: IdentityCache = field(init=False)
     tabs: dict[str, Any] = field(init=False, default_factory=dict)  # filled by create_ui: key -> tab
 
@@ -114,6 +117,22 @@ class UIContext:
 
     def demo(self) -> bool:
         return bool(getattr(self.get_model(), "demo", False))
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete the results (PNG and JSON) older than ``keep_s`` from the outputs folder; how many files. The
+        server runs it with its job cleanup, so a result shown in the UI lives as long as a job's images."""
+        if self.keep_s is None:
+            return 0
+        cutoff = (now if now is not None else time.time()) - self.keep_s
+        removed = 0
+        for path in self.out_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # removed meanwhile (another cleaner): nothing left to do
+                continue
+        return removed
 
     def few_step(self) -> dict[str, Any]:
         """What the few-step toggle sets. With a preset loaded (``--preset``): the model's own sampler (which is
@@ -214,7 +233,7 @@ class UIContext:
 
 def create_ui(
     app_or_loader: InstantID | Callable[[], InstantID], out_dir: str | Path | None = None, *,
-    submit: Submit | None = None,
+    submit: Submit | None = None, keep_hours: float | None = None,
 ) -> gr.Blocks:
     """The gradio app for a loaded :class:`InstantID`, or a callable that returns one (called at the first page
     load or upload, e.g. the server's model once its startup has loaded it).
@@ -222,7 +241,8 @@ def create_ui(
     ``out_dir``: where images are saved (created now; default a fresh temporary folder), shown in the UI.
     ``submit(job, settings, progress) -> GenerationResult`` runs one job of any tab (default: on the model here,
     under its lock, one at a time); a server passes one that goes through its own job queue, and the UI then
-    leaves concurrency to it.
+    leaves concurrency to it. ``keep_hours``: results (the outputs folder's and gradio's cached copies) are
+    deleted after this long (:meth:`UIContext.prune`, run by the caller; gradio's ``delete_cache``).
     """
     import gradio as gr
 
@@ -233,24 +253,30 @@ def create_ui(
     from instantid.webui.who import WhoPanel
 
     get_model = app_or_loader if callable(app_or_loader) else lambda: app_or_loader
+    keep_s = None if keep_hours is None else keep_hours * 3600
     ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit,
-                    generation_concurrency=1 if submit is None else None)
+                    generation_concurrency=1 if submit is None else None, keep_s=keep_s)
     # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; further tasks are added here the same way.
     tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab),
             ("Several people", "group", GroupTab), ("Face detail", "detail", DetailTab))
-    with gr.Blocks(title="InstantID") as ui:
+    # gradio keeps its own copy of every result shown: it expires with ours.
+    delete_cache = None if keep_s is None else (int(min(3600, max(60, keep_s / 4))), int(keep_s))
+    with gr.Blocks(title="InstantID", delete_cache=delete_cache) as ui:
         gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519). "
                     f"Images and their settings (PNG + JSON) are saved to `{ctx.out_dir}`.", elem_id="out-dir")
         banner = gr.Markdown(elem_id="notice")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=4):
+            with gr.Column(scale=4, elem_id="who") as who_column:
                 who = WhoPanel(ctx)
                 who.build()
             with gr.Column(scale=9), gr.Tabs():
                 for title, key, tab_class in tabs:
-                    with gr.Tab(title, id=key, elem_id=f"tab-{key}"):
+                    with gr.Tab(title, id=key, elem_id=f"tab-{key}") as tab:
                         ctx.tabs[key] = tab_class(ctx, who)
                         ctx.tabs[key].build()
+                    # The Several people tab has a slot per person and does not use the Who panel: hide it there.
+                    tab.select(lambda key=key: gr.update(visible=key not in TABS_WITHOUT_WHO), None, who_column,
+                               queue=False, show_progress="hidden")
         ui.load(lambda: (ctx.notice(), ctx.few_step_at_start()), outputs=[banner, ctx.tabs["portrait"].fast])
     ui.queue(default_concurrency_limit=1)
     ui.instantid = ctx  # type: ignore[attr-defined]  # for tests and the server: the cache, folder and tabs

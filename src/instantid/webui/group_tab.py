@@ -35,7 +35,7 @@ from instantid.webui.references import (
     summary,
     warnings_text,
 )
-from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel
+from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel, clear_error_mark
 
 if TYPE_CHECKING:
     from instantid.identity import Identity
@@ -162,8 +162,9 @@ class GroupTab:
 
             # The box shows the person's whole set (gradio's File keeps what was there and adds the new files);
             # a refused photo puts the box back to the set that stands.
-            box.upload(guard(analyse), box, [state, shown, count], show_progress_on=count, **events
-                       ).failure(lambda photos: [p.path for p in photos] or None, state, box, queue=False)
+            uploaded = box.upload(guard(analyse), box, [state, shown, count], show_progress_on=count, **events)
+            uploaded.failure(lambda photos: [p.path for p in photos] or None, state, box, queue=False)
+            clear_error_mark(uploaded, count)
             box.clear(lambda number=number: ((), [], no_person_yet(number)), None, [state, shown, count],
                       queue=False)
         columns = [column for column, *_ in self.slots]
@@ -176,8 +177,9 @@ class GroupTab:
         self.add_button.click(add_person, self.shown_count, [self.shown_count, *columns, self.add_button],
                               queue=False)
         group_out = [self.group_state, self.group_faces, self.group_text]
-        self.group.upload(guard(self.set_group), self.group, group_out, **events
-                          ).failure(lambda: None, None, self.group, queue=False)
+        uploaded = self.group.upload(guard(self.set_group), self.group, group_out, **events)
+        uploaded.failure(lambda: None, None, self.group, queue=False)
+        clear_error_mark(uploaded, self.group_faces, self.group_text)
         self.group.clear(lambda: (None, None, "No group photo: the people stand side by side."), None, group_out,
                          queue=False)
 
@@ -186,6 +188,7 @@ class GroupTab:
             return self.generate([data[state] for state in self.states], data[self.group_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"))
 
-        self.button.click(guard(run, job=True), {*self.states, self.group_state, *self.widgets.values()},
-                          [self.gallery, self.info], concurrency_limit=self.ctx.generation_concurrency,
-                          concurrency_id="generation")
+        clear_error_mark(self.button.click(guard(run, job=True), {*self.states, self.group_state,
+                                                                  *self.widgets.values()},
+                                           [self.gallery, self.info], concurrency_limit=self.ctx.generation_concurrency,
+                                           concurrency_id="generation"), self.gallery, self.info)

@@ -28,8 +28,9 @@ def result_column(prefix: str = "") -> tuple[Any, Any]:
     """The "3. Result" column's gallery and info text (elements ``{prefix}gallery`` and ``{prefix}info``)."""
     with gr.Column(scale=5):
         gr.Markdown("### 3. Result")
+        # "contain": a result is shown whole (gradio's default "cover" cut a wide swap result to the tile's shape).
         gallery = gr.Gallery(label="Result", format="png", buttons=["download", "fullscreen"], columns=2,
-                             elem_id=f"{prefix}gallery", height=420)
+                             elem_id=f"{prefix}gallery", height=420, object_fit="contain")
         info = gr.Markdown(elem_id=f"{prefix}info")
     return gallery, info
 

@@ -15,7 +15,7 @@ from instantid.errors import InvalidInputError
 from instantid.webui.controls import Control, controls, labels
 from instantid.webui.layout import build_controls, result_column, who_and_values
 from instantid.webui.references import Photo, PictureFaces
-from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel
+from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_error_mark
 
 if TYPE_CHECKING:
     from instantid.faces import Face
@@ -99,8 +99,10 @@ class PictureTab:
     def _wire(self) -> None:
         ctx, who = self.ctx, self.who
         shown = [self.picture_state, self.picture_faces, self.picture_text]
-        self.picture.upload(ctx.guard(self.set_picture), self.picture, shown, concurrency_limit=ANALYSIS_CONCURRENCY,
-                            concurrency_id="analysis").failure(lambda: None, None, self.picture, queue=False)
+        uploaded = self.picture.upload(ctx.guard(self.set_picture), self.picture, shown,
+                                       concurrency_limit=ANALYSIS_CONCURRENCY, concurrency_id="analysis")
+        uploaded.failure(lambda: None, None, self.picture, queue=False)
+        clear_error_mark(uploaded, self.picture_faces, self.picture_text)
         self.picture.clear(lambda: (None, None, ""), None, shown, queue=False)
 
         def click(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[list[Any], str]:
@@ -109,7 +111,7 @@ class PictureTab:
                              lambda step, total: progress((step, total), desc="denoising"), data[who.mix_state],
                              data[who.mix_weight])
 
-        self.button.click(ctx.guard(click, job=True),
-                          {*who.inputs, *who.mix_inputs, self.picture_state, *self.widgets.values()},
-                          [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
-                          concurrency_id="generation")
+        clear_error_mark(self.button.click(ctx.guard(click, job=True),
+                                           {*who.inputs, *who.mix_inputs, self.picture_state, *self.widgets.values()},
+                                           [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
+                                           concurrency_id="generation"), self.gallery, self.info)

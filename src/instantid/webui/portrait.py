@@ -16,7 +16,7 @@ from instantid.outputs import write_image
 from instantid.service.tasks import Prepared
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import result_column, who_and_values
-from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, posed
+from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_error_mark, posed
 
 if TYPE_CHECKING:
     from instantid.generator import GenerationResult
@@ -132,6 +132,7 @@ class PortraitTab:
                                  lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
                                  data[who.mix_state], data[who.mix_weight])
 
-        self.button.click(ctx.guard(run, job=True), {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
-                          [self.gallery, self.info],
-                          concurrency_limit=ctx.generation_concurrency, concurrency_id="generation")
+        clear_error_mark(self.button.click(ctx.guard(run, job=True),
+                                           {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
+                                           [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
+                                           concurrency_id="generation"), self.gallery, self.info)

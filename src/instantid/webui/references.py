@@ -115,13 +115,15 @@ def preview(identity: Identity, photos: Sequence[Photo], pose: Photo | None) -> 
     """Each reference with the face that was used (box + five keypoints), and the pose photo's face."""
     items = []
     for number, (photo, reference) in enumerate(zip(photos, identity.references, strict=True), start=1):
-        drawn = draw_faces(load_image(photo.read(), photo.name), [reference.face])
+        drawn = draw_faces(load_image(photo.read(), photo.name), [reference.face],
+                           [reference.face_index if reference.faces_found > 1 else None], keypoint_numbers=False)
         caption = f"{number}. {photo.name}"
         if reference.rejected:
             caption += " (left out: looks like another person)"
         items.append((_thumbnail(drawn), caption))
     if pose is not None:
-        items.append((_thumbnail(draw_faces(load_image(pose.read(), pose.name), [identity.pose_face])),
+        items.append((_thumbnail(draw_faces(load_image(pose.read(), pose.name), [identity.pose_face], [None],
+                                            keypoint_numbers=False)),
                       f"pose: {pose.name}"))
     return items
 
@@ -184,6 +186,6 @@ class PictureFaces:
     def drawn(self, picture: Photo) -> tuple[list[Face], Image.Image]:
         """The faces and the picture with them drawn and numbered, as a preview."""
         found = self(picture)
-        drawn = draw_faces(load_image(picture.read(), picture.name), found)
+        drawn = draw_faces(load_image(picture.read(), picture.name), found, keypoint_numbers=False)
         drawn.thumbnail((PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))
         return found, drawn

@@ -32,6 +32,15 @@ LAYOUT_PREVIEW = 256
 DEFAULT_MIX = 0.3
 
 
+def clear_error_mark(event: Any, *components: Any) -> Any:
+    """After a failed ``event``, take gradio's red "Error" mark off ``components`` (where the event showed its
+    progress): it would stay until the next event and cover their text. The error itself is said in the toast,
+    which closes by itself."""
+    skips = tuple(gr.skip() for _ in components)
+    return event.failure(lambda: skips if len(skips) > 1 else skips[0], None, list(components), queue=False,
+                         show_progress="hidden")
+
+
 def posed(identity: Identity, layout: str | None, width: int | None = None, height: int | None = None) -> Identity:
     """``identity`` posed by a bundled layout at the output size (the layouts' default size if not given)."""
     if not layout or layout == FROM_PHOTOS:
@@ -89,7 +98,8 @@ class WhoPanel:
             count = count.rstrip(".") + f". Mixed with {mix.name} at {float(mix_weight):.2f}."
         if layout and layout != FROM_PHOTOS:
             face = posed(identity, layout, LAYOUT_PREVIEW, LAYOUT_PREVIEW).pose_face
-            items.append((draw_faces(Image.new("RGB", (LAYOUT_PREVIEW,) * 2), [face]), f"pose: layout {layout}"))
+            items.append((draw_faces(Image.new("RGB", (LAYOUT_PREVIEW,) * 2), [face], [None],
+                                      keypoint_numbers=False), f"pose: layout {layout}"))
             count = count.rstrip(".") + f". Pose from the {layout} layout."
         return items, count, warnings_text(identity)
 
@@ -167,30 +177,37 @@ class WhoPanel:
                   "show_progress_on": self.count}
         # The box hands its files over and is emptied at once, before the analysis (which may fail): the next
         # upload is a fresh set (gradio's File would append to what it shows) and a refused photo does not stay.
-        self.upload_box.upload(lambda files: (files, None), self.upload_box, [self.pending, self.upload_box],
-                               queue=False, show_progress="hidden"
-                               ).then(guard(self.upload), [self.pending, *state], out, **events)
-        self.add_button.upload(guard(functools.partial(self.upload, add=True)), [self.add_button, *state], out,
-                               **events)
+        clear_error_mark(self.upload_box.upload(lambda files: (files, None), self.upload_box,
+                                                [self.pending, self.upload_box], queue=False, show_progress="hidden"
+                                                ).then(guard(self.upload), [self.pending, *state], out, **events),
+                         self.count)
+        clear_error_mark(self.add_button.upload(guard(functools.partial(self.upload, add=True)),
+                                                [self.add_button, *state], out, **events), self.count)
         self.clear_button.click(lambda: ((), [], summary(None), ""), None, out, queue=False)
         pose_inputs = [self.pose, self.photos_state, *self.options, self.layout, *self.mix_inputs]
         # A pose photo without a face is refused (the error says so) and taken off the screen, so what is shown
         # is what generation uses.
-        self.pose.upload(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events
-                         ).failure(lambda: None, None, self.pose, queue=False)
-        self.pose.clear(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events)
+        pose_upload = self.pose.upload(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown], **events)
+        pose_upload.failure(lambda: None, None, self.pose, queue=False)
+        clear_error_mark(pose_upload, self.count)
+        clear_error_mark(self.pose.clear(guard(self.set_pose), pose_inputs, [self.pose_state, *self.shown],
+                                         **events), self.count)
         mix_inputs = [self.mix, *self.inputs, self.layout, self.mix_weight]
-        self.mix.upload(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events
-                        ).failure(lambda: None, None, self.mix, queue=False)
-        self.mix.clear(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events)
+        mix_upload = self.mix.upload(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events)
+        mix_upload.failure(lambda: None, None, self.mix, queue=False)
+        clear_error_mark(mix_upload, self.count)
+        clear_error_mark(self.mix.clear(guard(self.set_mix), mix_inputs, [self.mix_state, *self.shown], **events),
+                         self.count)
         for widget in [*self.options, self.layout]:
-            widget.change(guard(self.analyse), state, self.shown, **events)
-        self.mix_weight.release(guard(self.analyse), state, self.shown, **events)
+            clear_error_mark(widget.change(guard(self.analyse), state, self.shown, **events), self.count)
+        clear_error_mark(self.mix_weight.release(guard(self.analyse), state, self.shown, **events), self.count)
 
     def wire_example(self, example: Any) -> None:
         """A hidden image an example click fills: its photo becomes the reference set."""
         self.example = example
-        example.change(self.ctx.guard(self.load_example), [example, *self.inputs, self.layout, *self.mix_inputs],
-                       [self.photos_state, *self.shown], concurrency_limit=ANALYSIS_CONCURRENCY,
-                       concurrency_id="analysis", show_progress_on=self.count
-                       ).then(lambda: None, None, example, queue=False)
+        loaded = example.change(self.ctx.guard(self.load_example),
+                                [example, *self.inputs, self.layout, *self.mix_inputs],
+                                [self.photos_state, *self.shown], concurrency_limit=ANALYSIS_CONCURRENCY,
+                                concurrency_id="analysis", show_progress_on=self.count)
+        clear_error_mark(loaded, self.count)
+        loaded.then(lambda: None, None, example, queue=False)
