@@ -32,6 +32,7 @@ GEOMETRY = settings(max_examples=300, deadline=None, derandomize=True, database=
 END_TO_END = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
 sides = st.integers(8, 256).map(lambda n: n * 8)  # 64..2048, every multiple of 8
+work_sides = st.integers(1, 256).map(lambda n: n * 8)  # swap / face-detail crops of thin photos go down to 8
 
 
 def unet_grids(unet: torch.nn.Module, latent: tuple[int, int]) -> list[tuple[int, int]]:
@@ -47,11 +48,15 @@ def unet_grids(unet: torch.nn.Module, latent: tuple[int, int]) -> list[tuple[int
     return grids
 
 
-def published_weights(mask: torch.Tensor, num_queries: int) -> torch.Tensor:
-    """The published `_full` pipeline's resize: nearest, by the area ratio of picture and grid."""
+def published_weights(mask: torch.Tensor, num_queries: int) -> torch.Tensor | None:
+    """The published `_full` pipeline's resize: nearest, by the area ratio of picture and grid (None where it
+    fails outright: a side scaled below one cell)."""
     h, w = mask.shape
     ratio = (h * w / num_queries) ** 0.5
-    return F.interpolate(mask[None, None], scale_factor=1 / ratio, mode="nearest")
+    try:
+        return F.interpolate(mask[None, None], scale_factor=1 / ratio, mode="nearest")
+    except RuntimeError:
+        return None
 
 
 def box_mask(width: int, height: int, box: tuple[float, float, float, float]) -> torch.Tensor:
@@ -80,7 +85,8 @@ def face_in(box: tuple[float, float, float, float], like: Identity) -> Face:
 
 # ---- the rule, over the whole range -----------------------------------------------------------------
 @GEOMETRY
-@given(width=sides, height=sides)
+@given(width=work_sides, height=work_sides)
+@example(width=24, height=256)  # a thin photo's face-detail crop: the area ratio rounds a side to 0
 @example(width=1000, height=1024)  # the sizes the issue names
 @example(width=200, height=136)
 @example(width=264, height=1000)
@@ -98,12 +104,13 @@ def test_every_grid_the_unet_makes_takes_the_mask(demo_app, width: int, height: 
         assert weights.shape == (1, 1, rows * columns, 1)
         assert torch.equal(mask_weights(mask, rows * columns, mask), weights)
         published = published_weights(mask, rows * columns)
-        if published.shape[-2:] == (rows, columns):  # where the published rule lands, it is kept bit for bit
+        # Where the published rule lands on the grid, its result is kept bit for bit.
+        if published is not None and published.shape[-2:] == (rows, columns):
             assert torch.equal(weights, published.reshape(1, 1, -1, 1))
 
 
 @GEOMETRY
-@given(data=st.data(), width=sides, height=sides)
+@given(data=st.data(), width=work_sides, height=work_sides)
 def test_the_weights_sit_where_the_mask_is(data, width: int, height: int) -> None:
     """Cells well inside the face box are 1 and cells well outside it are 0, at every grid: a transposed,
     shifted or wrongly sized grid fails this."""

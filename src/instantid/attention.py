@@ -117,9 +117,10 @@ def region_weights(mask: torch.Tensor, grid: tuple[int, int], like: torch.Tensor
     the area ratio rounds to 62)."""
     h, w = mask.shape
     rows, columns = grid
-    ratio = (h * w / (rows * columns)) ** 0.5
-    small = F.interpolate(mask[None, None].to(like), scale_factor=1 / ratio, mode="nearest")
-    if tuple(small.shape[-2:]) != (rows, columns):
+    scale = 1 / (h * w / (rows * columns)) ** 0.5
+    if (int(h * scale), int(w * scale)) == (rows, columns):  # the size torch makes of that scale factor
+        small = F.interpolate(mask[None, None].to(like), scale_factor=scale, mode="nearest")
+    else:
         small = F.interpolate(mask[None, None].to(like), size=(rows, columns), mode="nearest")
     return small.reshape(1, 1, -1, 1)
 
