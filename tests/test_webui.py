@@ -96,7 +96,7 @@ def test_upload_previews_the_face_then_generates_into_the_folder(browser: object
                            "return i !== null && i.complete && i.naturalWidth > 0; }", timeout=WAIT)
     page.screenshot(path=SCREENSHOT, full_page=True)
     assert image.evaluate("img => img.naturalWidth") > 0
-    saved = sorted(out_dir.glob("instantid-*.png"))
+    saved = sorted(out_dir.glob("a-portrait-in-the-snow_s*.png"))  # named as the CLI names it
     assert saved and saved[0].with_suffix(".json").is_file()
     page.close()
 
@@ -185,7 +185,7 @@ def test_face_swap_tab_numbers_the_faces_and_swaps(browser: object, ui_url: str,
     page.locator("#swap-steps input[type=number]").fill("2")
     page.locator("#swap-run").click()
     page.locator("#swap-gallery img").first.wait_for(timeout=WAIT)
-    assert page.locator("#swap-info").get_by_text("Saved as swap-").count() == 1
+    assert page.locator("#swap-info").get_by_text("Saved as swap_group-two-people_s").count() == 1
     page.screenshot(path=SCREENSHOT.replace(".png", "_swap.png"), full_page=True)
-    assert list(out_dir.glob("swap-*.png"))
+    assert list(out_dir.glob("swap_group-two-people_s*.png"))
     page.close()

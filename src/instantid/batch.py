@@ -38,7 +38,14 @@ from typing import Any
 import yaml
 
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.outputs import contact_sheet, is_complete, save_png_atomically, write_bytes_atomically, write_image
+from instantid.outputs import (
+    contact_sheet,
+    is_complete,
+    save_png_atomically,
+    slug,
+    write_bytes_atomically,
+    write_image,
+)
 from instantid.settings import GenerationSettings, make_settings
 from instantid.sharding import shard_of
 
@@ -121,12 +128,6 @@ class PlannedTask:
     task: BatchTask
     settings: GenerationSettings
     digest: str
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe, deterministic short form of ``text``."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return cleaned[:limit].rstrip("-") or "no-prompt"
 
 
 # ---- reading job files ---------------------------------------------------------------------------------------
@@ -407,6 +408,14 @@ def shard_tasks(planned: list[PlannedTask], out_dir: Path, shard: tuple[int, int
 def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     """``failures.jsonl``, or ``failures-<i>-of-<N>.jsonl`` per shard (processes never write one file)."""
     return Path(out_dir) / (FAILURES if shard is None else f"{Path(FAILURES).stem}-{shard[0]}-of-{shard[1]}.jsonl")
+
+
+def in_file_order(failures: Iterable[Failure]) -> list[Failure]:
+    """Failures in the order of the job file: by where, numbers compared as numbers ("line 9" before "line 10")."""
+    def key(failure: Failure) -> list[tuple[int, int | str]]:
+        return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", failure.where)]
+
+    return sorted(failures, key=key)
 
 
 def write_failures(out_dir: Path, failures: list[Failure], shard: tuple[int, int] | None = None) -> Path | None:
