@@ -15,7 +15,6 @@ import typer
 from instantid.cli import app
 from instantid.cli.generate import (
     check_model_options,
-    check_photos,
     console,
     face_analyzer,
     load_model,
@@ -23,6 +22,7 @@ from instantid.cli.generate import (
 )
 from instantid.cli.options import (
     apply_mixes,
+    check_photos,
     naming,
     option_parameters,
     parse_mix,

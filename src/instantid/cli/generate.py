@@ -13,6 +13,7 @@ from instantid.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import (
     apply_mixes,
+    check_photos,
     model_option,
     naming,
     parse_mix,
@@ -55,26 +56,6 @@ def check_model_options(model: Any) -> None:
         from instantid.presets import preset_weights_file
 
         preset_weights_file(model.preset, model.preset_weights, ("--preset", "--preset-weights"))
-
-
-# Values people type after an on/off option (`--overwrite true`), which click then reads as a photo.
-_SWITCH_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
-
-
-def check_photos(*photos: Any) -> None:
-    """Every photo given exists (a typo is the first thing said, before even the face model loads)."""
-    from instantid.errors import ImageReadError
-    from instantid.faces.images import check_file
-
-    for photo in photos:
-        try:
-            check_file(photo)
-        except ImageReadError:
-            if str(photo).lower() in _SWITCH_WORDS:
-                raise InvalidInputError(f"{str(photo)!r} was read as a photo: on/off options take no value (write "
-                                        "--overwrite, not --overwrite true; --no-face-detail to turn one off)"
-                                        ) from None
-            raise
 
 
 def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
