@@ -196,3 +196,11 @@ def test_photo_errors_name_the_flag(command: list[str], line: str, tmp_path: Pat
                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "-o", str(tmp_path)]) == 2
     assert _error_line(capsys) == line
+
+
+def test_swap_with_too_few_steps_for_its_strength_is_refused_before_loading(
+        loads: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["swap", "--face", str(FACE), "--into", str(FACE), "--demo", "--steps", "1", "-o", str(tmp_path)]) == 2
+    assert loads == [] and _error_line(capsys) == (
+        "error: --strength 0.85 with --steps 1 leaves no denoising step (steps x strength must be at least 1): raise "
+        "--steps")

@@ -176,9 +176,11 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
 
         # 4. Timesteps cut by strength; latents from the image noised to the first one (pure noise at 1).
         self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
+        requested = num_inference_steps
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
         if len(timesteps) == 0:
-            raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
+            raise InvalidInputError(f"strength {strength} leaves no denoising step at {requested} steps (steps x "
+                                    "strength must be at least 1)")
         self._num_timesteps = len(timesteps)
         latents, noise, *image_latents = self.prepare_latents(
             enc.total, LATENT_CHANNELS, height, width, enc.dtype, enc.device, generator, latents, image=init,

@@ -828,9 +828,11 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
 
         # 4. Timesteps cut by strength, and the noised init latents.
         self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
+        requested = num_inference_steps
         timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
         if len(timesteps) == 0:
-            raise InvalidInputError(f"strength {strength} leaves no denoising step at {num_inference_steps} steps")
+            raise InvalidInputError(f"strength {strength} leaves no denoising step at {requested} steps (steps x "
+                                    "strength must be at least 1)")
         self._num_timesteps = len(timesteps)
         if latents is None:
             latents = self.prepare_latents(

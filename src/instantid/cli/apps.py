@@ -29,7 +29,7 @@ from instantid.cli.options import (
     with_generation_options,
     with_model_options,
 )
-from instantid.errors import FaceIndexError, NoFaceError
+from instantid.errors import FaceIndexError, InvalidInputError, NoFaceError
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -103,8 +103,11 @@ def swap_command(
     from instantid.outputs import image_stem, prepare_folder, write_image
     from instantid.swap import swap_face
 
-    # 1. Cheap checks: the photos exist, model options, output folder.
+    # 1. Cheap checks: the photos exist, steps x strength, model options, output folder.
     check_photos(*face, into, *(parse_mix(spec)[0] for spec in mix))
+    if int(settings.steps * swap.strength) < 1:  # img2img runs int(steps x strength) steps
+        raise InvalidInputError(f"--strength {swap.strength} with --steps {settings.steps} leaves no denoising step "
+                                "(steps x strength must be at least 1): raise --steps")
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces with the face model only: the reference(s), the mixes and the target face.
