@@ -69,7 +69,12 @@ def test_an_unknown_preset_is_refused_before_loading(loads: list[str], capsys: p
 
 def test_an_unreachable_preset_names_both_flags(loads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached, and HF_HUB_OFFLINE=1
+    import huggingface_hub
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached, and downloads are off")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)  # whatever this machine's cache holds
     assert main(["generate", str(FACE), "--demo", "--preset", "lightning-4step"]) == 2 and loads == []
     line = _error_line(capsys)
     assert line.startswith("error: --preset lightning-4step: cannot fetch sdxl_lightning_4step_lora.safetensors")
