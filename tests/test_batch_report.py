@@ -48,3 +48,20 @@ def test_failures_sort_by_line_number_not_text() -> None:
     places = ["line 10", "identity b, prompt 2, seed 1", "line 9", "identity b, prompt 10, seed 1", "line 2"]
     assert [f.where for f in in_file_order(Failure(p, "x") for p in places)] == [
         "identity b, prompt 2, seed 1", "identity b, prompt 10, seed 1", "line 2", "line 9", "line 10"]
+
+
+def test_a_missing_photo_is_a_bad_row_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.model_settings import ModelSettings
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model loaded although no row can be made")
+
+    monkeypatch.setattr(ModelSettings, "face_analyzer", refuse)
+    monkeypatch.setattr(ModelSettings, "load", refuse)
+    job = tmp_path / "job.csv"
+    job.write_text(f"identity,photos,prompt\nme,{tmp_path / 'typo.jpg'},a portrait\n")
+    assert main(["batch", str(job), "-o", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "1 outputs, 0 already done, 1 bad row(s), 0 to generate" in captured.out
+    assert f"  {job} line 2: cannot read image typo.jpg: no such file" in captured.err

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from instantid.errors import InstantIDError, InvalidInputError
+from instantid.faces.images import check_file
 from instantid.outputs import (
     contact_sheet,
     is_complete,
@@ -331,13 +332,16 @@ def is_done(planned: PlannedTask, out_dir: Path) -> bool:
 
 def plan(job: BatchJob, cli: GenerationSettings, given: Iterable[str], model: dict[str, Any], out_dir: Path
          ) -> tuple[list[PlannedTask], list[Failure]]:
-    """Every task's settings and digest, plus every bad row (the job file's own problems first)."""
+    """Every task's settings and digest, plus every bad row (the job file's own problems first). A row whose photo
+    is missing is a bad row here, before any face model loads."""
     given = set(given)
     planned, problems = [], list(job.problems)
     for task in job.tasks:
         try:
+            for photo in task.identity.photos:
+                check_file(photo, photo.name)
             settings = task_settings(job, task, cli, given)
-        except InvalidInputError as exc:
+        except InstantIDError as exc:
             problems.append(Failure(task.where, str(exc), str(task.output(out_dir))))
             continue
         planned.append(PlannedTask(task, settings, task_digest(task, settings, model)))
