@@ -65,3 +65,19 @@ def test_a_missing_photo_is_a_bad_row_before_any_model_loads(tmp_path: Path, mon
     captured = capsys.readouterr()
     assert "1 outputs, 0 already done, 1 bad row(s), 0 to generate" in captured.out
     assert f"  {job} line 2: cannot read image typo.jpg: no such file" in captured.err
+
+
+def test_across_shards_every_bad_row_is_reported_by_exactly_one_process(tmp_path: Path) -> None:
+    from instantid.batch import load_job, plan, shard_failures
+    from instantid.settings import GenerationSettings
+
+    job = tmp_path / "job.csv"
+    job.write_text("identity,photos,prompt,seed,steps\n" + "".join(
+        f"p{n},{tmp_path / 'typo.jpg'},row {n},{n},\n" for n in range(6))  # missing photos: bad at planning
+        + f"q,{FACE},bad steps,1,0\n,{FACE},no identity,1,\n")
+    out = tmp_path / "out"
+    _, problems = plan(load_job(job), GenerationSettings(), [], {}, out)
+    assert len(problems) == 8
+    shares = [shard_failures(problems, out, (i, 3)) for i in range(3)]
+    assert sorted(f.where for share in shares for f in share) == sorted(f.where for f in problems)
+    assert [f.where for f in shares[0] if f.output is None] == ["line 9"], "an unreadable row: process 0"

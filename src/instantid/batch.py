@@ -406,7 +406,20 @@ def shard_tasks(planned: list[PlannedTask], out_dir: Path, shard: tuple[int, int
     if shard is None:
         return planned
     index, count = shard
-    return [p for p in planned if shard_of(p.task.output(out_dir).relative_to(out_dir).as_posix(), count) == index]
+    return [p for p in planned if _owner(p.task.output(out_dir), out_dir, count) == index]
+
+
+def shard_failures(failures: list[Failure], out_dir: Path, shard: tuple[int, int] | None) -> list[Failure]:
+    """The bad rows process ``i`` of ``N`` reports: those whose output would be its own (as :func:`shard_tasks`),
+    and on process 0 those without an output (a row that could not even be read)."""
+    if shard is None:
+        return failures
+    index, count = shard
+    return [f for f in failures if (_owner(Path(f.output), out_dir, count) if f.output else 0) == index]
+
+
+def _owner(output: Path, out_dir: Path, count: int) -> int:
+    return shard_of(output.relative_to(out_dir).as_posix(), count)
 
 
 def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:

@@ -268,10 +268,7 @@ def batch_command(
     planned, problems = batch.plan(job, settings, given, model_key, out)
     chosen = resolve_shard(shard)
     mine = batch.shard_tasks(planned, out, chosen)
-    if chosen is not None:  # each process reports the bad rows of its own share
-        owned = {str(p.task.output(out)) for p in mine}
-        problems = [f for f in problems if not f.output or f.output in owned] if chosen[0] == 0 else [
-            f for f in problems if f.output and f.output in owned]
+    problems = batch.shard_failures(problems, out, chosen)  # each process reports the bad rows of its own share
     todo = [p for p in mine if not batch.is_done(p, out)]
     done = len(mine) - len(todo)
     # 2. Faces, each identity analysed once with the face model only, before the model load.
