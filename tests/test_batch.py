@@ -165,10 +165,10 @@ def test_bad_rows_reported_at_once_good_rows_made_failures_listed(
     assert "3 bad row(s), skipped" in err and "Traceback" not in err
     assert [p.name for p in out.rglob("*.png") if p.name != "contact_sheet.png"] == ["001-a-portrait_s1.png"]
     failures = [json.loads(line) for line in (out / FAILURES).read_text().splitlines()]
-    assert [f["where"] for f in failures] == ["line 5", "line 3", "line 4"]
-    assert "'guidance_scale' must be between 0 and 30" in failures[0]["error"]
-    assert "no face found in edge_no_face_noise.png" in failures[1]["error"]
-    assert "missing.jpg" in failures[2]["error"]
+    assert [f["where"] for f in failures] == ["line 3", "line 4", "line 5"], "in file order"
+    assert "no face found in edge_no_face_noise.png" in failures[0]["error"]
+    assert "missing.jpg" in failures[1]["error"]
+    assert "'guidance_scale' must be between 0 and 30" in failures[2]["error"]
     assert (out / "contact_sheet.png").is_file()
 
 

@@ -69,7 +69,12 @@ def test_an_unknown_preset_is_refused_before_loading(loads: list[str], capsys: p
 
 def test_an_unreachable_preset_names_both_flags(loads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached, and HF_HUB_OFFLINE=1
+    import huggingface_hub
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached, and downloads are off")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)  # whatever this machine's cache holds
     assert main(["generate", str(FACE), "--demo", "--preset", "lightning-4step"]) == 2 and loads == []
     line = _error_line(capsys)
     assert line.startswith("error: --preset lightning-4step: cannot fetch sdxl_lightning_4step_lora.safetensors")
@@ -196,3 +201,15 @@ def test_photo_errors_name_the_flag(command: list[str], line: str, tmp_path: Pat
                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "-o", str(tmp_path)]) == 2
     assert _error_line(capsys) == line
+
+
+def test_swap_with_one_step_still_runs_a_denoising_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """1 step at strength 0.85 would run int(0.85) = 0 steps in diffusers: swap (like face detail) raises the
+    scheduler's count to the smallest that runs one, and records it."""
+    from instantid.outputs import read_metadata
+
+    assert main(["swap", "--face", str(FACE), "--into", str(FACE), "--demo", "--steps", "1", "--seed", "1",
+                 "-o", str(tmp_path)]) == 0, capsys.readouterr().err
+    (written,) = tmp_path.glob("*.png")
+    metadata = read_metadata(written)
+    assert metadata["swap"]["denoising_steps"] == 1 and metadata["settings"]["steps"] == 1

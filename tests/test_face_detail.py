@@ -111,7 +111,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert code == 1, captured.err  # one picture was not written: the exit code says so
     assert "edge_no_face_noise.png: no face found, not written" in captured.err
     written = sorted((tmp_path / "out").glob("*.png"))
-    assert [p.name for p in written] == ["full_body_detail.png"]
+    assert [p.name for p in written] == ["detail_full-body_s4.png"]
     metadata = read_metadata(written[0])
     assert metadata["task"] == "face_detail" and metadata["source"] == "full_body.png" and metadata["seed"] == 4
     assert metadata["face_detail"]["ran"] is True and metadata["face_detail"]["strength"] == 0.5

@@ -44,7 +44,7 @@ def test_the_picture_faces_are_redrawn_as_the_person_into_the_folder(model: Any,
     assert drawn is not None and text.startswith(f"**1 face** in {OTHER.name}, numbered largest first")
     gallery, info = tab.detail(photos, None, picture, {**FAST, "strength": 0.5, "margin": 0.3})
     saved = Path(gallery[0][0])
-    assert saved.parent == tmp_path and saved.name == "detail-3.png" and "Seed 3" in info
+    assert saved.parent == tmp_path and saved.name == "detail_obama-1_s3.png" and "Seed 3" in info
     metadata = read_metadata(saved)
     assert metadata["task"] == "face_detail" and metadata["source"] == OTHER.name
     assert metadata["references"] == [FACE.name] and metadata["face_detail"]["margin"] == 0.3
@@ -130,7 +130,7 @@ def test_browser_face_detail_on_serve_becomes_a_job(served_ui: tuple[Any, str]) 
         page.locator("#detail-resolution textarea, #detail-resolution input").first.fill("64")
         page.locator("#detail-run").click()
         page.locator("#detail-gallery img").first.wait_for(timeout=WAIT)
-        assert page.locator("#detail-info").get_by_text("Saved as detail-").count() == 1
+        assert page.locator("#detail-info").get_by_text("Saved as detail_obama-1_s").count() == 1
         browser.close()
     jobs = until(lambda: store.list(owner="ui")[0], 10, "the UI's job")
     assert [(r.request["task"], r.state) for r in jobs] == [("detail", "done")]

@@ -71,7 +71,7 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
     assert kw["pose"] is None and kw["pose_name"] == "group_two_people.jpg" and size == Image.open(GROUP).size
     assert [f.bbox for f in faces] == [f.bbox for f in model.group_poses(GROUP, 2, "g")[0]]
     saved = Path(gallery[0][0])
-    assert saved.parent == tmp_path and saved.name.startswith("group-5") and saved.name in info
+    assert saved.parent == tmp_path and saved.name.startswith("portrait_s5") and saved.name in info
     metadata = read_metadata(saved)
     assert metadata["task"] == "group" and metadata["pose_from"] == "group_two_people.jpg"
     assert [p["references"] for p in metadata["people"]] == [["obama_1.jpg", "obama_2.jpg"], ["lecun_1.jpg"]]
@@ -167,10 +167,10 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page.locator("#group-gallery img").first.wait_for(timeout=WAIT)
         page.locator("#group-gallery img").first.scroll_into_view_if_needed()
         page.wait_for_function("document.querySelector('#group-gallery img')?.naturalWidth > 0", timeout=WAIT)
-        assert page.locator("#group-info").get_by_text("Saved as group-").count() == 1
+        assert page.locator("#group-info").get_by_text("Saved as portrait_s").count() == 1
         page.screenshot(path="/tmp/instantid_webui_group.png", full_page=True)
         page.get_by_role("tab", name="Portrait").click()
         page.locator("#who").wait_for(state="visible", timeout=WAIT)
         browser.close()
-    saved = sorted(out_dir.glob("group-*.png"))
+    saved = sorted(out_dir.glob("portrait_s*.png"))
     assert saved and read_metadata(saved[0])["pose_from"] == "group_two_people.jpg"  # placed by the group photo

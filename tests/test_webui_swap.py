@@ -42,7 +42,7 @@ def test_scene_faces_are_numbered_once_and_the_chosen_one_is_swapped(
     gallery, info = swap.swap(photos, None, scene, {**FAST, "target_index": 1, "seed": "3"})
     assert calls == ["group_two_people.jpg"], "the picture was analysed again for the swap"
     saved = Path(gallery[0][0])
-    assert saved.parent == tmp_path and saved.name.startswith("swap-3")
+    assert saved.parent == tmp_path and saved.name == "swap_group-two-people_s3.png"
     with Image.open(saved) as out, Image.open(GROUP) as original_scene:
         assert out.size == original_scene.size  # the picture's own size, not a model size
     metadata = read_metadata(saved)

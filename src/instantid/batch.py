@@ -38,7 +38,15 @@ from typing import Any
 import yaml
 
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.outputs import contact_sheet, is_complete, save_png_atomically, write_bytes_atomically, write_image
+from instantid.faces.images import check_file
+from instantid.outputs import (
+    contact_sheet,
+    is_complete,
+    save_png_atomically,
+    slug,
+    write_bytes_atomically,
+    write_image,
+)
 from instantid.settings import GenerationSettings, make_settings
 from instantid.sharding import shard_of
 
@@ -121,12 +129,6 @@ class PlannedTask:
     task: BatchTask
     settings: GenerationSettings
     digest: str
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe, deterministic short form of ``text``."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return cleaned[:limit].rstrip("-") or "no-prompt"
 
 
 # ---- reading job files ---------------------------------------------------------------------------------------
@@ -330,13 +332,16 @@ def is_done(planned: PlannedTask, out_dir: Path) -> bool:
 
 def plan(job: BatchJob, cli: GenerationSettings, given: Iterable[str], model: dict[str, Any], out_dir: Path
          ) -> tuple[list[PlannedTask], list[Failure]]:
-    """Every task's settings and digest, plus every bad row (the job file's own problems first)."""
+    """Every task's settings and digest, plus every bad row (the job file's own problems first). A row whose photo
+    is missing is a bad row here, before any face model loads."""
     given = set(given)
     planned, problems = [], list(job.problems)
     for task in job.tasks:
         try:
+            for photo in task.identity.photos:
+                check_file(photo, photo.name)
             settings = task_settings(job, task, cli, given)
-        except InvalidInputError as exc:
+        except InstantIDError as exc:
             problems.append(Failure(task.where, str(exc), str(task.output(out_dir))))
             continue
         planned.append(PlannedTask(task, settings, task_digest(task, settings, model)))
@@ -401,12 +406,33 @@ def shard_tasks(planned: list[PlannedTask], out_dir: Path, shard: tuple[int, int
     if shard is None:
         return planned
     index, count = shard
-    return [p for p in planned if shard_of(p.task.output(out_dir).relative_to(out_dir).as_posix(), count) == index]
+    return [p for p in planned if _owner(p.task.output(out_dir), out_dir, count) == index]
+
+
+def shard_failures(failures: list[Failure], out_dir: Path, shard: tuple[int, int] | None) -> list[Failure]:
+    """The bad rows process ``i`` of ``N`` reports: those whose output would be its own (as :func:`shard_tasks`),
+    and on process 0 those without an output (a row that could not even be read)."""
+    if shard is None:
+        return failures
+    index, count = shard
+    return [f for f in failures if (_owner(Path(f.output), out_dir, count) if f.output else 0) == index]
+
+
+def _owner(output: Path, out_dir: Path, count: int) -> int:
+    return shard_of(output.relative_to(out_dir).as_posix(), count)
 
 
 def failures_path(out_dir: Path, shard: tuple[int, int] | None = None) -> Path:
     """``failures.jsonl``, or ``failures-<i>-of-<N>.jsonl`` per shard (processes never write one file)."""
     return Path(out_dir) / (FAILURES if shard is None else f"{Path(FAILURES).stem}-{shard[0]}-of-{shard[1]}.jsonl")
+
+
+def in_file_order(failures: Iterable[Failure]) -> list[Failure]:
+    """Failures in the order of the job file: by where, numbers compared as numbers ("line 9" before "line 10")."""
+    def key(failure: Failure) -> list[tuple[int, int | str]]:
+        return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", failure.where)]
+
+    return sorted(failures, key=key)
 
 
 def write_failures(out_dir: Path, failures: list[Failure], shard: tuple[int, int] | None = None) -> Path | None:

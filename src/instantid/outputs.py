@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,31 @@ def sidecar_path(png: Path) -> Path:
 def is_complete(png: Path) -> bool:
     """True when both halves of a pair exist; the sidecar is written last, so it marks completion."""
     return png.is_file() and sidecar_path(png).is_file()
+
+
+def slug(text: str, limit: int = 40, empty: str = "no-prompt") -> str:
+    """A file-name-safe, deterministic short form of ``text``: its words (letters, marks and digits of any script,
+    compatibility-normalised and lower-cased) joined by '-', cut at a word boundary to at most ``limit`` characters
+    (only a first word longer than that is cut inside); ``empty`` when ``text`` has no word."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    # Everything but letters (L), combining marks (M, vowel signs of Indic scripts) and digits (N) separates words.
+    spaced = "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
+    words = [w for w in spaced.split() if any(unicodedata.category(ch)[0] in "LN" for ch in w)]
+    kept = ""
+    for word in words:
+        longer = f"{kept}-{word}" if kept else word
+        if len(longer) > limit:
+            break
+        kept = longer
+    return kept or (words[0][:limit] if words else empty)
+
+
+def image_stem(seed: int, *, prompt: str | None = None, picture: str | None = None, kind: str = "") -> str:
+    """The file name (without suffix) every surface (CLI, web UI) gives an image: ``<prompt>_s<seed>``
+    (``portrait`` without a prompt), or for an edit of a picture ``<kind>_<picture name>_s<seed>``."""
+    if picture is not None:
+        return f"{kind}_{slug(Path(picture).stem, 30, 'picture')}_s{seed}"
+    return f"{slug(prompt or 'portrait', 30)}_s{seed}"
 
 
 def write_image(

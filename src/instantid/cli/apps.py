@@ -15,7 +15,6 @@ import typer
 from instantid.cli import app
 from instantid.cli.generate import (
     check_model_options,
-    check_photos,
     console,
     face_analyzer,
     load_model,
@@ -24,6 +23,7 @@ from instantid.cli.generate import (
 )
 from instantid.cli.options import (
     apply_mixes,
+    check_photos,
     naming,
     option_parameters,
     parse_mix,
@@ -100,10 +100,9 @@ def swap_command(
     model: Any = None,
     swap: Any = None,
 ) -> None:
-    from instantid.batch import slug
     from instantid.faces import choose_face, load_image
     from instantid.generator import prepare_identity
-    from instantid.outputs import prepare_folder, write_image
+    from instantid.outputs import image_stem, prepare_folder, write_image
     from instantid.swap import swap_face
 
     # 1. Cheap checks: the photos exist, model options, output folder.
@@ -137,7 +136,7 @@ def swap_command(
                            progress=lambda step, total: bar.update(task, completed=step, total=total))
     for i, image in enumerate(result.images):
         metadata = result.image_metadata(i)
-        stem = f"swap_{slug(into.stem, 30)}_s{metadata['seed']}"
+        stem = image_stem(metadata["seed"], picture=into.name, kind="swap")
         typer.echo(str(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths)))
 
 
@@ -163,7 +162,7 @@ def detail_command(
 
     from instantid.faces import load_image
     from instantid.generator import prepare_identity
-    from instantid.outputs import prepare_folder, write_image
+    from instantid.outputs import image_stem, prepare_folder, write_image
     from instantid.service.detail import detail_picture
     from instantid.settings import MAX_SEED
 
@@ -200,8 +199,10 @@ def detail_command(
                                     settings.updated(seed=(seed + i) % (MAX_SEED + 1)), detail,
                                     lambda step, total: bar.update(task, completed=step, total=total),
                                     faces=found[i])
-            typer.echo(str(write_image(result.images[0], result.image_metadata(0), out, f"{path.stem}_detail",
-                                       overwrite=overwrite, full_paths=full_paths)))
+            metadata = result.image_metadata(0)
+            stem = image_stem(metadata["seed"], picture=path.name, kind="detail")
+            typer.echo(str(write_image(result.images[0], metadata, out, stem, overwrite=overwrite,
+                                       full_paths=full_paths)))
     if skipped:  # some pictures were not written: say so in the exit code too
         raise typer.Exit(1)
 

@@ -13,6 +13,7 @@ from instantid.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import (
     apply_mixes,
+    check_photos,
     model_option,
     naming,
     parse_mix,
@@ -66,14 +67,6 @@ def check_model_options(model: Any) -> None:
         from instantid.presets import preset_weights_file
 
         preset_weights_file(model.preset, model.preset_weights, ("--preset", "--preset-weights"))
-
-
-def check_photos(*photos: Any) -> None:
-    """Every photo given exists (a typo is the first thing said, before even the face model loads)."""
-    from instantid.faces.images import check_file
-
-    for photo in photos:
-        check_file(photo)
 
 
 def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
@@ -169,11 +162,10 @@ def generate_command(
     settings: Any = None,
     model: Any = None,
 ) -> None:
-    from instantid.batch import slug
     from instantid.generator import group_poses, prepare_identity, with_pose
     from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.loading import library_chatter
-    from instantid.outputs import prepare_folder, write_image
+    from instantid.outputs import image_stem, prepare_folder, write_image
     from instantid.settings import check_people, field_label, make_settings
 
     # 1. Cheap checks first: the photos exist, seeds, settings, device, output folder.
@@ -233,7 +225,7 @@ def generate_command(
                       if people else instant.generate(identity, call, progress=report))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
-                stem = f"{slug(settings.prompt or 'portrait', 30)}_s{metadata['seed']}"
+                stem = image_stem(metadata["seed"], prompt=settings.prompt)
                 written.append(write_image(image, metadata, out, stem, overwrite=overwrite, full_paths=full_paths))
                 note = face_detail_note(metadata, written[-1], instant.demo)
                 if note:
@@ -286,14 +278,9 @@ def batch_command(
     planned, problems = batch.plan(job, settings, given, model_key, out)
     chosen = resolve_shard(shard)
     mine = batch.shard_tasks(planned, out, chosen)
-    if chosen is not None:  # each process reports the bad rows of its own share
-        owned = {str(p.task.output(out)) for p in mine}
-        problems = [f for f in problems if not f.output or f.output in owned] if chosen[0] == 0 else [
-            f for f in problems if f.output and f.output in owned]
+    problems = batch.shard_failures(problems, out, chosen)  # each process reports the bad rows of its own share
     todo = [p for p in mine if not batch.is_done(p, out)]
-    where = f" (shard {chosen[0]}/{chosen[1]}: {len(mine)} of them)" if chosen is not None else ""
-    typer.echo(f"{len(job.tasks) + len(job.problems)} outputs{where}, {len(mine) - len(todo)} already done, "
-               f"{len(todo)} to generate")
+    done = len(mine) - len(todo)
     # 2. Faces, each identity analysed once with the face model only, before the model load.
     identities: dict[Any, Any] = {}
     if todo:
@@ -304,6 +291,12 @@ def batch_command(
         problems += bad_faces
         failed = {f.output for f in bad_faces}
         todo = [p for p in todo if str(p.task.output(out)) not in failed]
+    # Counted once every row is checked, so "to generate" is what will be made (bad rows are not in it).
+    where = f" (shard {chosen[0]}/{chosen[1]}: {len(mine)} of them)" if chosen is not None else ""
+    bad = f", {len(problems)} bad row(s)" if problems else ""
+    typer.echo(f"{len(job.tasks) + len(job.problems)} outputs{where}, {done} already done{bad}, {len(todo)} to "
+               "generate")
+    problems = batch.in_file_order(problems)
     if problems:
         report = "\n".join(f"  {job.path} {p}" for p in problems)
         if fail_fast:
@@ -336,7 +329,7 @@ def batch_command(
         sheet = batch.write_contact_sheet(planned, out)
         if sheet is not None:
             typer.echo(f"contact sheet: {sheet}")
-    listed = batch.write_failures(out, failures, chosen)
+    listed = batch.write_failures(out, batch.in_file_order(failures), chosen)
     if listed is not None:
         console.print(f"[red]{len(failures)} row(s) failed; listed in {listed}[/]", highlight=False)
         raise typer.Exit(1)

@@ -2,7 +2,9 @@
 :mod:`instantid.model_settings`), so a knob added there appears here with the same default, range and help.
 
 ``with_generation_options`` / ``with_model_options`` give a typer command the options of every field; the command
-receives them as one validated settings object (``settings`` / ``model``). Errors name the flag the user typed.
+receives them as one validated settings object (``settings`` / ``model``). Errors name the flag the user typed
+(``naming`` puts the flag in front of a library error). Also the checks every command makes of option values before
+anything loads: the photos exist (``check_photos``), a server's port is free (``check_port``).
 """
 
 from __future__ import annotations
@@ -161,6 +163,27 @@ def naming(flag: str, kind: type[InstantIDError] = InstantIDError) -> Iterator[N
         raise
 
 
+# ---- photos -----------------------------------------------------------------------------------------------
+# Values people type after an on/off option (`--overwrite true`), which click then reads as a photo.
+_SWITCH_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def check_photos(*photos: Any) -> None:
+    """Every photo given exists (a typo is the first thing said, before even the face model loads)."""
+    from instantid.errors import ImageReadError
+    from instantid.faces.images import check_file
+
+    for photo in photos:
+        try:
+            check_file(photo)
+        except ImageReadError:
+            if str(photo).lower() in _SWITCH_WORDS:
+                raise InvalidInputError(f"{str(photo)!r} was read as a photo: on/off options take no value (write "
+                                        "--overwrite, not --overwrite true; --no-face-detail to turn one off)"
+                                        ) from None
+            raise
+
+
 # ---- servers ----------------------------------------------------------------------------------------------
 def check_port(host: str, port: int) -> None:
     """``host:port`` can be listened on: a busy port is one line before minutes of model loading, not a library's
@@ -216,6 +239,6 @@ def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_inde
 
 
 __all__ = [
-    "apply_mixes", "check_port", "model_option", "naming", "option_parameters", "parse_mix", "with_generation_options",
-    "with_model_options",
+    "apply_mixes", "check_photos", "check_port", "model_option", "naming", "option_parameters", "parse_mix",
+    "with_generation_options", "with_model_options",
 ]

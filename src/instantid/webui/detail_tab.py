@@ -48,6 +48,6 @@ class DetailTab(PictureTab):
         options = make_detail_options({c.name: raw[c.name] for c in self.options}, name=self.label)
         job = Prepared("detail", identity=identity, scene=load_image(picture.read(), picture.name),
                        scene_name=picture.name, detail=options, picture_faces=tuple(faces))
-        return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="detail")
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress), picture=picture.name, kind="detail")
 
     detail = PictureTab.make

@@ -108,7 +108,7 @@ class GroupTab:
         placement = self.placement(group, len(identities)) if group is not None else None
         job = Prepared("group", people=tuple(identities), pose=(group.name, group.read()) if group else None,
                        placement=placement)
-        return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="group")
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress))
 
     def placement(self, group: Photo, count: int) -> Placement:
         """Where ``count`` people stand in the group photo, chosen by :func:`group_poses` among the faces found

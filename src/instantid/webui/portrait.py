@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from instantid.outputs import write_image
+from instantid.outputs import image_stem, write_image
 from instantid.service.tasks import Prepared
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import result_column, who_and_values
@@ -34,12 +34,15 @@ EXAMPLE_PROMPTS = (
 )
 
 
-def save_results(ctx: UIContext, result: GenerationResult, stem: str = "instantid") -> tuple[list[Any], str]:
-    """Write every image (PNG + JSON) into the outputs folder; gallery items and the info text."""
+def save_results(ctx: UIContext, result: GenerationResult, picture: str | None = None, kind: str = ""
+                 ) -> tuple[list[Any], str]:
+    """Write every image (PNG + JSON) into the outputs folder, named as the CLI names them (after the prompt, or
+    for an edit after ``kind`` and the ``picture``'s name); gallery items and the info text."""
     gallery = []
     for i, image in enumerate(result.images):
         metadata = result.image_metadata(i)
-        path = write_image(image, metadata, ctx.out_dir, f"{stem}-{metadata['seed']}")
+        stem = image_stem(metadata["seed"], prompt=result.settings.prompt, picture=picture, kind=kind)
+        path = write_image(image, metadata, ctx.out_dir, stem)
         gallery.append((str(path), f"seed {metadata['seed']}"))
     names = ", ".join(Path(path).name for path, _ in gallery)
     info = (f"Seed {result.settings.seed}, {result.metadata['width']}x{result.metadata['height']}, "

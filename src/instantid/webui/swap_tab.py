@@ -48,7 +48,7 @@ class SwapTab(PictureTab):
                                     f"{self.label('target_index')} from 0 to {len(faces) - 1}")
         job = Prepared("swap", identity=identity, scene=load_image(picture.read(), picture.name),
                        scene_name=picture.name, target=faces[options.target_index], swap=options)
-        return save_results(self.ctx, self.ctx.submit(job, settings, progress), stem="swap")
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress), picture=picture.name, kind="swap")
 
     set_scene = PictureTab.set_picture
     swap = PictureTab.make
