@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _demo import FACE, NO_FACE, demo_model
+from _demo import FACE, FACES, NO_FACE, demo_model
 
 from instantid.batch import FAILURES, load_job, plan, task_settings
 from instantid.cli import main
@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """The session's demo model for every load; counts model loads and face lookups (get_face calls)."""
+    """The session's demo model for every load; counts model loads and face lookups (photo analyses)."""
     from instantid.model_settings import ModelSettings
 
     counts = {"model": 0, "faces": 0}
@@ -35,9 +35,9 @@ def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         def __getattr__(self, name: str) -> object:
             return getattr(model.analyzer, name)
 
-        def get_face(self, *args: object, **kwargs: object) -> object:
+        def analyze(self, *args: object, **kwargs: object) -> object:
             counts["faces"] += 1
-            return model.analyzer.get_face(*args, **kwargs)
+            return model.analyzer.analyze(*args, **kwargs)
 
     def load(self: ModelSettings, analyzer: object = None) -> object:
         counts["model"] += 1
@@ -125,6 +125,14 @@ def test_one_face_analysis_per_identity_and_one_model_load(tmp_path: Path, loads
     assert main(["batch", str(job), "-o", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out" / "ex").glob("*.png"))) == 4
     assert loads == {"model": 1, "faces": 2}  # 2 photos, once each: not per prompt x seed
+
+
+def test_a_group_photo_says_which_face_each_identity_uses(tmp_path: Path, loads: dict[str, int],
+                                                           capsys: pytest.CaptureFixture) -> None:
+    group = FACES / "group_two_people.jpg"
+    assert main(["batch", str(_job(tmp_path, photos=f"[{group}]")), "-o", str(tmp_path / "out")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: ex: group_two_people.jpg: 2 faces found, used face 0 (the largest)" in err
 
 
 def test_resume_redoes_only_what_changed(tmp_path: Path, loads: dict[str, int],

@@ -26,11 +26,11 @@ FAST = {"steps": "2", "width": "64", "height": "64"}
 
 
 class Calls:
-    """Counts face analyses (the analyzer's get_face) of the shared demo model."""
+    """Counts face analyses (the analyzer's analyze) of the shared demo model."""
 
     def __init__(self, analyzer: Any) -> None:
         self.count = 0
-        self.original = analyzer.get_face
+        self.original = analyzer.analyze
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.count += 1
@@ -41,9 +41,9 @@ class Calls:
 @pytest.fixture(scope="module")
 def calls(model: Any) -> Iterator[Calls]:
     counter = Calls(model.analyzer)
-    model.analyzer.get_face = counter
+    model.analyzer.analyze = counter
     yield counter
-    del model.analyzer.get_face
+    del model.analyzer.analyze
 
 
 @pytest.fixture(scope="module")
