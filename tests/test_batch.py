@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """The session's demo model for every load; counts model loads and face lookups (photo analyses)."""
+    """The session's demo model for every load; counts model loads and face lookups (analyze / get_face calls)."""
     from instantid.model_settings import ModelSettings
 
     counts = {"model": 0, "faces": 0}
@@ -34,6 +34,10 @@ def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     class CountingAnalyzer:
         def __getattr__(self, name: str) -> object:
             return getattr(model.analyzer, name)
+
+        def get_face(self, *args: object, **kwargs: object) -> object:
+            counts["faces"] += 1
+            return model.analyzer.get_face(*args, **kwargs)
 
         def analyze(self, *args: object, **kwargs: object) -> object:
             counts["faces"] += 1
