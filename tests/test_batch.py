@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _demo import FACE, NO_FACE, demo_model
+from _demo import FACE, FACES, NO_FACE, demo_model
 
 from instantid.batch import FAILURES, load_job, plan, task_settings
 from instantid.cli import main
@@ -129,6 +129,14 @@ def test_one_face_analysis_per_identity_and_one_model_load(tmp_path: Path, loads
     assert main(["batch", str(job), "-o", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out" / "ex").glob("*.png"))) == 4
     assert loads == {"model": 1, "faces": 2}  # 2 photos, once each: not per prompt x seed
+
+
+def test_a_group_photo_says_which_face_each_identity_uses(tmp_path: Path, loads: dict[str, int],
+                                                           capsys: pytest.CaptureFixture) -> None:
+    group = FACES / "group_two_people.jpg"
+    assert main(["batch", str(_job(tmp_path, photos=f"[{group}]")), "-o", str(tmp_path / "out")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: ex: group_two_people.jpg: 2 faces found, used face 0 (the largest)" in err
 
 
 def test_resume_redoes_only_what_changed(tmp_path: Path, loads: dict[str, int],

@@ -289,6 +289,9 @@ def batch_command(
             identities, bad_faces = batch.prepare_identities(
                 lambda spec, s: _prepare(analyzer, spec, s, full_paths), todo, out)
         problems += bad_faces
+        for (name, *_), identity in identities.items():  # e.g. which face of a group photo is used
+            for warning in identity.warnings:
+                console.print(f"[yellow]warning: {name}: {warning}[/]", highlight=False)
         failed = {f.output for f in bad_faces}
         todo = [p for p in todo if str(p.task.output(out)) not in failed]
     # Counted once every row is checked, so "to generate" is what will be made (bad rows are not in it).
