@@ -1,10 +1,10 @@
 """A stand-in Hugging Face Hub on 127.0.0.1 for offline download tests.
 
-It answers what huggingface_hub asks of the real Hub for ``model_info(files_metadata=True)`` and file
-downloads: ``/api/models/<repo>/revision/<rev>`` (commit, siblings with size, git blob id and LFS SHA-256,
-the card's licence tag) and ``/<repo>/resolve/<rev>/<path>`` (GET and HEAD with ``X-Repo-Commit``, ``ETag``,
-``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length`` and ``Range`` support). Unknown repositories get the
-Hub's 404 with ``X-Error-Code: RepoNotFound``. Faults on demand: a file served with other bytes than its
+It answers what huggingface_hub asks of the real Hub: ``/api/models/<repo>/revision/<rev>`` (commit, siblings
+with size, git blob id and LFS SHA-256, the card's licence tag), ``/api/models/<repo>/tree/<rev>`` (what
+``snapshot_download`` lists) and ``/<repo>/resolve/<rev>/<path>`` (GET and HEAD with ``X-Repo-Commit``,
+``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length`` and ``Range`` support). Unknown repositories
+get the Hub's 404 with ``X-Error-Code: RepoNotFound``. Faults on demand: a file served with other bytes than its
 metadata says (``corrupt``), a connection dropped after some bytes followed by 503s (``drop``).
 """
 
@@ -78,12 +78,20 @@ class StandInHub:
     def _answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         path = h.path.split("?")[0]
         api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)  # recursive listing, one page
         resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-        repo_id = (api or resolve).group(1) if (api or resolve) else None
+        repo_id = (api or tree or resolve).group(1) if (api or tree or resolve) else None
         repo = self.repos.get(repo_id or "")
         if repo is None:
             self.log.append((h.command, path, None, 0))
             return _send(h, 404, {"X-Error-Code": "RepoNotFound"}, b'{"error":"Repository not found"}', body)
+        if tree:
+            listing = [{"type": "file", "path": p, "size": e["size"], "oid": e["blobId"],
+                        **({"lfs": {"oid": e["lfs"]["sha256"], "size": e["size"], "pointerSize": 134}}
+                           if "lfs" in e else {})}
+                       for p in sorted(repo.files) for e in [repo.sibling(p)]]
+            self.log.append((h.command, path, None, 0))
+            return _send(h, 200, {"Content-Type": "application/json"}, json.dumps(listing).encode(), body)
         if api:
             info = {"id": repo_id, "sha": repo.commit, "siblings": [repo.sibling(p) for p in sorted(repo.files)],
                     "cardData": {"license": repo.licence} if repo.licence else {}}

@@ -115,10 +115,17 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     assert all(problem is None for _, _, _, problem in describe(ModelRefs())), describe(ModelRefs())
     lora = hf_hub_download(LCM, "pytorch_lora_weights.safetensors", local_files_only=True)
     assert Path(lora).read_bytes() == _bytes("lcm")
+    # Online too (no HF_HUB_OFFLINE), huggingface_hub's own snapshot/file lookups take the cache as complete.
+    from instantid.models import DEFAULT_BASE, INSTANTID_REPO, resolve_adapter, resolve_base, resolve_identitynet
+
+    count = len(hub.downloads())
+    assert (resolve_base(DEFAULT_BASE) / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert resolve_identitynet(INSTANTID_REPO).name == "ControlNetModel"
+    assert resolve_adapter(INSTANTID_REPO).read_bytes() == _bytes("adapter")
+    assert len(hub.downloads()) == count
     assert main(["doctor"]) == 0
     assert "everything needed for real generation is present" in capsys.readouterr().out
     # A second run finds it all in the cache and fetches nothing.
-    count = len(hub.downloads())
     assert main(["download", "--accept-licences"]) == 0
     assert len(hub.downloads()) == count
 

@@ -46,7 +46,8 @@ def _offline() -> bool:
 
 
 def _missing(kind: str, ref: str, detail: str) -> MissingWeightsError:
-    return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]}")
+    return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]} "
+                               "(`instantid download` fetches the published one)")
 
 
 def _looks_like_repo_id(ref: str) -> bool:
