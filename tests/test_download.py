@@ -26,7 +26,18 @@ def _bytes(tag: str, size: int = 4096) -> bytes:
     return (hashlib.sha256(tag.encode()).digest() * (size // 32 + 1))[:size]
 
 
-def _repos() -> dict[str, Repo]:
+@pytest.fixture(scope="module")
+def face_model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The antelopev2 repository's two files as tiny ONNX models with the real signatures (insightface loads
+    them as the published ones), the other three as filler."""
+    from instantid.faces.tiny import write_tiny_antelopev2
+
+    folder = write_tiny_antelopev2(tmp_path_factory.mktemp("antelopev2"))
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    return {**files, **{name: _bytes(name) for name in ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx")}}
+
+
+def _repos(antelope: dict[str, bytes]) -> dict[str, Repo]:
     weights = {name: _bytes(name) for name in (
         "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/model.safetensors", "text_encoder_2/model.safetensors")}
@@ -41,22 +52,20 @@ def _repos() -> dict[str, Repo]:
     instantid = {"ControlNetModel/config.json": b'{"_class_name": "ControlNetModel"}',
                  "ControlNetModel/diffusion_pytorch_model.safetensors": _bytes("identitynet", 200_000),
                  "ip-adapter.bin": _bytes("adapter"), "README.md": b"# InstantID", "examples/0.png": b"png"}
-    antelope = {name: _bytes(name) for name in ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "1k3d68.onnx",
-                                                 "2d106det.onnx", "genderage.onnx")}
     return {BASE: Repo(base, "a" * 40, "openrail++"), "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
             ANTELOPE: Repo(antelope, "c" * 40), LCM: Repo({"pytorch_lora_weights.safetensors": _bytes("lcm")},
                                                            "d" * 40, "openrail++")}
 
 
 @pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, face_model_files: dict[str, bytes]):
     """The stand-in Hub as huggingface_hub's endpoint, an empty cache under tmp_path, network allowed."""
     from huggingface_hub import constants
 
     from instantid.faces import antelopev2
     from instantid.hub import catalog
 
-    stand_in = StandInHub(_repos())
+    stand_in = StandInHub(_repos(face_model_files))
     server = stand_in.start()
     monkeypatch.setattr(constants, "ENDPOINT", stand_in.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
@@ -70,7 +79,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(antelopev2, "DEFAULT_ROOT", tmp_path / "no-insightface")
     # The tiny stand-ins are not insightface's published files: pin their digests the way the real ones are.
     for name in catalog.ANTELOPEV2_SHA256:
-        monkeypatch.setitem(catalog.ANTELOPEV2_SHA256, name, hashlib.sha256(_bytes(name)).hexdigest())
+        monkeypatch.setitem(catalog.ANTELOPEV2_SHA256, name, hashlib.sha256(face_model_files[name]).hexdigest())
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a script: no terminal to answer the licence question
     yield stand_in
     server.shutdown()
@@ -102,7 +111,7 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     out = capsys.readouterr().out
     for licence in ("CreativeML Open RAIL++-M", "Apache-2.0", "non-commercial research", "openrail++"):
         assert licence in out
-    assert "sha256 pinned" in out and "sha256 hub-lfs" in out and "git-sha1 hub-git" in out
+    assert "verified: sha256 pinned" in out and "verified: sha256 hub-lfs" in out and "git-sha1 hub-git" in out
     fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in hub.downloads()}
     assert "unet/diffusion_pytorch_model.safetensors" in fetched and "ip-adapter.bin" in fetched
     assert {"glintr100.onnx", "scrfd_10g_bnkps.onnx", "pytorch_lora_weights.safetensors"} <= fetched
@@ -111,7 +120,14 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
                           "README.md", "examples/0.png", "1k3d68.onnx", "genderage.onnx", "2d106det.onnx"}
     # The existing lookups, reading the cache only, find everything.
     folder = find_antelopev2()
-    assert folder is not None and (folder / "glintr100.onnx").read_bytes() == _bytes("glintr100.onnx")
+    assert folder is not None and folder.parent.name == "snapshots"
+    # generate's face step, as it runs with no options: the auto backend loads antelopev2 from the cache and
+    # passes the published adapter's embedding-space check.
+    from instantid.faces import SPACE_ANTELOPEV2
+    from instantid.model_settings import ModelSettings
+
+    analyzer = ModelSettings().face_analyzer()
+    assert analyzer.space == SPACE_ANTELOPEV2 and analyzer.folder == folder
     assert all(problem is None for _, _, _, problem in describe(ModelRefs())), describe(ModelRefs())
     lora = hf_hub_download(LCM, "pytorch_lora_weights.safetensors", local_files_only=True)
     assert Path(lora).read_bytes() == _bytes("lcm")
@@ -128,6 +144,22 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     # A second run finds it all in the cache and fetches nothing.
     assert main(["download", "--accept-licences"]) == 0
     assert len(hub.downloads()) == count
+    assert "cached: sha256 hub-lfs" in capsys.readouterr().out
+
+
+def test_verify_removes_a_cached_file_gone_bad(hub: StandInHub, capsys) -> None:
+    args = ["download", "--accept-licences", "--skip", "base", "--skip", "antelopev2"]
+    assert main(args) == 0
+    [pointer] = _cache().rglob("snapshots/*/ip-adapter.bin")
+    blob = pointer.resolve()
+    blob.write_bytes(b"bit rot" + blob.read_bytes()[7:])
+    assert main(args) == 0  # without --verify a cached file is trusted
+    assert main([*args, "--verify"]) == 2
+    [err] = _errors(capsys.readouterr().err)
+    assert "ip-adapter.bin" in err and "the file was deleted" in err
+    assert not blob.exists() and not pointer.exists()
+    assert main([*args, "--verify"]) == 0  # fetched again, good
+    assert pointer.read_bytes() == _bytes("adapter")
 
 
 def test_a_corrupted_file_is_one_line_and_never_enters_the_cache(hub: StandInHub, capsys) -> None:

@@ -35,13 +35,15 @@ def download_command(
                                                f"(default {DEFAULT_ANTELOPEV2_REPO})."),
     accept_licences: bool = typer.Option(False, "--accept-licences",
                                          help="Accept the licences shown without asking (for scripts)."),
+    verify: bool = typer.Option(False, "--verify", help="Also re-hash the files already in the cache (a bad one "
+                                "is removed; run again to fetch it)."),
 ) -> None:
     from huggingface_hub import constants
     from rich.filesize import decimal
 
     from instantid.errors import InvalidInputError
     from instantid.hub.catalog import antelopev2_repo, default_models, preset_model
-    from instantid.hub.fetch import DownloadError, fetch_file, plan, record_revision
+    from instantid.hub.fetch import DownloadError, cached_path, fetch_file, plan, record_revision, verify_cached
     from instantid.models import DEFAULT_BASE
 
     # 1. What to fetch (names checked before any network).
@@ -70,10 +72,18 @@ def download_command(
     cache_dir = Path(constants.HF_HUB_CACHE)
     for item in resolved:
         for file in item.files:
-            path = fetch_file(file, cache_dir, on_start=lambda f, done: typer.echo(
-                f"fetching {f.repo}/{f.path}" + (f" (resuming at {decimal(done)})" if done else ""), err=True))
-            typer.echo(f"[ok] {file.repo}/{file.path} ({decimal(file.size)}, {file.algorithm} {file.source}) "
-                       f"-> {path}")
+            path = cached_path(file, cache_dir)
+            if path is None:
+                path = fetch_file(file, cache_dir, on_start=lambda f, done: typer.echo(
+                    f"fetching {f.repo}/{f.path}" + (f" (resuming at {decimal(done)})" if done else ""), err=True))
+                state = "downloaded, verified"
+            elif verify:
+                verify_cached(file, cache_dir)
+                state = "cached, verified"
+            else:
+                state = "cached"
+            typer.echo(f"[ok] {file.repo}/{file.path} ({decimal(file.size)}; {state}: {file.algorithm} "
+                       f"{file.source}) -> {path}")
         record_revision(item, cache_dir)
     typer.echo(f"done: {len(resolved)} models at the commits shown, in {cache_dir}")
     if "antelopev2" not in skip and antelopev2_repo(antelopev2_from) != antelopev2_repo():

@@ -199,17 +199,34 @@ def digest_of(path: Path, algorithm: str, size: int) -> str:
     return digest.hexdigest()
 
 
+def _check(file: RemoteFile, path: Path) -> None:
+    """Delete ``path`` and raise unless its bytes have ``file``'s digest."""
+    actual = digest_of(path, file.algorithm, file.size)
+    if actual != file.digest:
+        path.unlink()
+        raise ChecksumError(f"{file.repo}@{file.commit[:12]} {file.path}: {file.algorithm} {actual} is not the "
+                            f"expected {file.digest} ({file.source}); the file was deleted, run again")
+
+
+def verify_cached(file: RemoteFile, cache_dir: Path) -> None:
+    """Re-hash a file the cache already holds (``--verify``): a bad one leaves the cache, blob and link."""
+    storage = _storage(cache_dir, file.repo)
+    pointer = storage / "snapshots" / file.commit / file.path
+    try:
+        _check(file, storage / "blobs" / file.etag)
+    except ChecksumError:
+        pointer.unlink(missing_ok=True)
+        raise
+
+
 def fetch_file(file: RemoteFile, cache_dir: Path, on_start: Callable[[RemoteFile, int], None] | None = None) -> Path:
-    """Download ``file`` into the cache unless it is there; resume a partial download left by an earlier run;
-    verify it before it enters the cache. Returns its snapshot path."""
+    """Download ``file`` into the cache; resume a partial download left by an earlier run; verify it before it
+    enters the cache. Returns its snapshot path. (A file already cached is :func:`cached_path`'s.)"""
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
-    found = cached_path(file, cache_dir)
-    if found is not None:
-        return found
     storage = _storage(cache_dir, file.repo)
     blob = storage / "blobs" / file.etag
     partial = blob.with_name(f"{file.etag}.incomplete")
@@ -233,11 +250,7 @@ def fetch_file(file: RemoteFile, cache_dir: Path, on_start: Callable[[RemoteFile
             kept = partial.stat().st_size if partial.is_file() else 0
             raise DownloadError(f"{file.repo}: {file.path} interrupted at {kept} of {file.size} bytes "
                                 f"({_first_line(exc)}); run the command again to resume") from None
-        actual = digest_of(partial, file.algorithm, file.size)
-        if actual != file.digest:
-            partial.unlink()  # never reused: the next run starts this file from zero
-            raise ChecksumError(f"{file.repo}@{file.commit[:12]} {file.path}: {file.algorithm} {actual} is not the "
-                                f"expected {file.digest} ({file.source}); the file was deleted, run again")
+        _check(file, partial)  # a bad download is deleted, never resumed: the next run starts it from zero
         os.replace(partial, blob)
     pointer = storage / "snapshots" / file.commit / file.path
     _link(blob, pointer)
