@@ -50,7 +50,7 @@ INSTANTID_LICENCE = Licence(
     "Apache-2.0",
     f"https://huggingface.co/{INSTANTID_REPO}",
     "the InstantID checkpoints (IdentityNet, face adapter) are Apache-2.0 per their model card; the face model "
-    "they were trained with has its own terms (antelopev2, below)",
+    "whose embeddings they take (antelopev2) has its own terms",
 )
 ANTELOPEV2_LICENCE = Licence(
     "insightface pretrained models: non-commercial research only",
