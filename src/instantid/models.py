@@ -19,9 +19,11 @@ DEFAULT_IDENTITYNET = INSTANTID_REPO  # its ControlNetModel/ folder
 DEFAULT_ADAPTER = INSTANTID_REPO  # its ip-adapter.bin
 IDENTITYNET_SUBFOLDER = "ControlNetModel"
 ADAPTER_FILENAME = "ip-adapter.bin"
+# Full-precision weights only: the fp16 variants would double the download.
+BASE_PATTERNS = ("*.json", "*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors")
 ANTELOPEV2_HINT = (
-    "antelopev2 (scrfd_10g_bnkps.onnx + glintr100.onnx) must be unpacked by hand into "
-    "~/.insightface/models/antelopev2 or a folder named by INSTANTID_ANTELOPEV2"
+    "`instantid download` fetches antelopev2 (scrfd_10g_bnkps.onnx + glintr100.onnx) into the Hugging Face cache; "
+    "or unpack it by hand into ~/.insightface/models/antelopev2 or a folder named by INSTANTID_ANTELOPEV2"
 )
 WHERE = {
     "base": f"an SDXL base in diffusers layout, e.g. {DEFAULT_BASE}, or a single .safetensors checkpoint",
@@ -44,7 +46,8 @@ def _offline() -> bool:
 
 
 def _missing(kind: str, ref: str, detail: str) -> MissingWeightsError:
-    return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]}")
+    return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]} "
+                               "(`instantid download` fetches the published one)")
 
 
 def _looks_like_repo_id(ref: str) -> bool:
@@ -64,9 +67,7 @@ def resolve_base(ref: str, local_only: bool = False) -> Path:
         raise _missing("base", ref, "no model_index.json in that folder")
     if not _looks_like_repo_id(ref):
         raise _missing("base", ref, "no such file or folder")
-    # Full-precision weights only: the fp16 variants would double the download.
-    patterns = ["*.json", "*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors"]
-    return _snapshot("base", ref, patterns, local_only)
+    return _snapshot("base", ref, list(BASE_PATTERNS), local_only)
 
 
 def resolve_identitynet(ref: str, local_only: bool = False) -> Path:

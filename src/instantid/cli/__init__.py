@@ -48,7 +48,7 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 
 # Command modules register themselves on `app` when imported; a module that is not written yet is
 # simply absent, so the list can name every planned group.
-_COMMAND_MODULES = ("faces", "generate", "serve", "service", "train", "evaluate", "apps")
+_COMMAND_MODULES = ("faces", "generate", "serve", "service", "train", "evaluate", "apps", "download")
 
 
 def _register_commands() -> None:

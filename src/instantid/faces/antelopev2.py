@@ -28,7 +28,8 @@ PAD_FRACTION = 0.25
 
 def candidate_folders(root: str | Path | None = None) -> list[Path]:
     """Folders searched, in order: ``root`` (or ``$INSTANTID_ANTELOPEV2`` and ``~/.insightface``), each
-    also as ``<dir>/antelopev2`` and ``<dir>/antelopev2/antelopev2`` (the zip sometimes unpacks nested)."""
+    also as ``<dir>/antelopev2`` and ``<dir>/antelopev2/antelopev2`` (the zip sometimes unpacks nested); without
+    ``root``, last, the Hugging Face cache's copy that ``instantid download`` leaves."""
     if root is not None:
         bases = [Path(root)]
     else:
@@ -40,6 +41,12 @@ def candidate_folders(root: str | Path | None = None) -> list[Path]:
         for folder in (base, base / "antelopev2", base / "antelopev2" / "antelopev2"):
             if folder not in folders:
                 folders.append(folder)
+    if root is None:
+        from instantid.hub.catalog import cached_antelopev2
+
+        cached = cached_antelopev2()
+        if cached is not None:
+            folders.append(cached)
     return folders
 
 
@@ -57,9 +64,8 @@ def require_antelopev2(root: str | Path | None = None) -> Path:
         searched = ", ".join(str(f) for f in candidate_folders(root))
         raise MissingWeightsError(
             f"antelopev2 face model not found: need {DETECTOR_FILE} and {RECOGNIZER_FILE} in one folder "
-            f"(searched {searched}). They come from insightface's antelopev2 pack, whose automatic download "
-            f"is broken: unzip antelopev2.zip by hand and pass its folder with --antelopev2-root or "
-            f"${ENV_VAR}"
+            f"(searched {searched}). They come from insightface's antelopev2 pack: run `instantid download`, or "
+            f"unzip antelopev2.zip by hand and pass its folder with --antelopev2-root or ${ENV_VAR}"
         )
     return folder
 

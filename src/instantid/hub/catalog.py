@@ -1,0 +1,109 @@
+"""What ``instantid download`` fetches: each model's Hub repository, the files the loaders read, its licence,
+and the SHA-256 of published files where the real digest is known from public sources.
+
+The file patterns are the loaders' own (:mod:`instantid.models`, :mod:`instantid.presets`), so a download
+leaves exactly what ``generate`` later finds in the Hugging Face cache, and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instantid.faces.antelopev2 import DETECTOR_FILE, RECOGNIZER_FILE
+from instantid.models import (
+    ADAPTER_FILENAME,
+    BASE_PATTERNS,
+    DEFAULT_BASE,
+    IDENTITYNET_SUBFOLDER,
+    INSTANTID_REPO,
+)
+
+# The Hub copy of insightface's antelopev2 pack that PuLID, the Kolors face adapters and many InstantID
+# installers download; its files at the repository root, unzipped (the layout our lookup reads directly).
+DEFAULT_ANTELOPEV2_REPO = "DIAMONIK7777/antelopev2"
+ANTELOPEV2_REPO_ENV = "INSTANTID_ANTELOPEV2_REPO"
+
+# SHA-256 of insightface's antelopev2.zip members (release v0.7), as pinned independently by several public
+# installers (ComfyUI node managers, PuLID installers). A mirror serving other bytes is refused.
+ANTELOPEV2_SHA256 = {
+    DETECTOR_FILE: "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+    RECOGNIZER_FILE: "4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf",
+}
+
+
+@dataclass(frozen=True)
+class Licence:
+    name: str
+    url: str
+    terms: str  # the one sentence a user needs before saying yes
+
+
+SDXL_LICENCE = Licence(
+    "CreativeML Open RAIL++-M",
+    f"https://huggingface.co/{DEFAULT_BASE}/blob/main/LICENSE.md",
+    "open weights, commercial use allowed, with use-based restrictions (no unlawful, harmful or deceptive uses) "
+    "that you must pass on to anyone you share the weights or outputs with",
+)
+INSTANTID_LICENCE = Licence(
+    "Apache-2.0",
+    f"https://huggingface.co/{INSTANTID_REPO}",
+    "the InstantID checkpoints (IdentityNet, face adapter) are Apache-2.0 per their model card; the face model "
+    "whose embeddings they take (antelopev2) has its own terms",
+)
+ANTELOPEV2_LICENCE = Licence(
+    "insightface pretrained models: non-commercial research only",
+    "https://github.com/deepinsight/insightface#license",
+    "insightface's pretrained models, antelopev2 included, are for non-commercial research purposes only; "
+    "commercial use needs a licence from insightface (the offline dlib face model has no such terms)",
+)
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """One model to fetch: a repository, the files the loader reads from it, and its terms."""
+
+    key: str  # how the CLI names it: base, instantid, antelopev2, preset:<name>
+    title: str
+    repo: str
+    patterns: tuple[str, ...]  # huggingface_hub allow_patterns, as the loader passes them
+    licence: Licence | None  # None: the licence tag on the repository's model card, read at plan time
+    pinned: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of the published file
+
+
+def antelopev2_repo(override: str | None = None) -> str:
+    """The repository antelopev2 comes from: ``override``, else ``$INSTANTID_ANTELOPEV2_REPO``, else the default."""
+    return override or os.environ.get(ANTELOPEV2_REPO_ENV) or DEFAULT_ANTELOPEV2_REPO
+
+
+def default_models(base: str = DEFAULT_BASE, antelopev2: str | None = None) -> list[HubModel]:
+    """What real generation needs: the SDXL base, InstantID's two checkpoints and the antelopev2 face model."""
+    return [
+        HubModel("base", "SDXL base", base, BASE_PATTERNS, SDXL_LICENCE if base == DEFAULT_BASE else None),
+        HubModel("instantid", "InstantID (IdentityNet + face adapter)", INSTANTID_REPO,
+                 (f"{IDENTITYNET_SUBFOLDER}/*", ADAPTER_FILENAME), INSTANTID_LICENCE),
+        HubModel("antelopev2", "antelopev2 face detector + recogniser", antelopev2_repo(antelopev2),
+                 (DETECTOR_FILE, RECOGNIZER_FILE), ANTELOPEV2_LICENCE, dict(ANTELOPEV2_SHA256)),
+    ]
+
+
+def preset_model(name: str) -> HubModel:
+    """A few-step preset's weight file (:data:`instantid.presets.PRESETS`); its licence is its model card's."""
+    from instantid.presets import get_preset
+
+    preset = get_preset(name)
+    return HubModel(f"preset:{preset.name}", f"few-step preset {preset.name}", preset.repo, (preset.weight_name,),
+                    None)
+
+
+def cached_antelopev2() -> Path | None:
+    """The Hugging Face cache folder holding both antelopev2 files from the configured repository (its ``main``
+    snapshot, as ``instantid download`` leaves it), or ``None``. Reads the cache only; never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(antelopev2_repo(), name) for name in (DETECTOR_FILE, RECOGNIZER_FILE)]
+    if not all(isinstance(path, str) for path in found):
+        return None
+    folders = {Path(str(path)).parent for path in found}
+    return folders.pop() if len(folders) == 1 else None
