@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from instantid.cli import app
-from instantid.hub.catalog import ANTELOPEV2_REPO_ENV, DEFAULT_ANTELOPEV2_REPO
+from instantid.faces.antelopev2 import ANTELOPEV2_REPO_ENV, DEFAULT_ANTELOPEV2_REPO
 
 PARTS = ("base", "instantid", "antelopev2")
 

@@ -26,6 +26,29 @@ DET_SIZE = (640, 640)  # the published pipeline's detector input
 PAD_FRACTION = 0.25
 
 
+# The Hub copy of insightface's antelopev2 pack that PuLID, the Kolors face adapters and many InstantID
+# installers download (`instantid download` fetches it); its files at the repository root, unzipped.
+DEFAULT_ANTELOPEV2_REPO = "DIAMONIK7777/antelopev2"
+ANTELOPEV2_REPO_ENV = "INSTANTID_ANTELOPEV2_REPO"
+
+
+def antelopev2_repo(override: str | None = None) -> str:
+    """The repository antelopev2 comes from: ``override``, else ``$INSTANTID_ANTELOPEV2_REPO``, else the default."""
+    return override or os.environ.get(ANTELOPEV2_REPO_ENV) or DEFAULT_ANTELOPEV2_REPO
+
+
+def cached_antelopev2() -> Path | None:
+    """The Hugging Face cache folder holding both antelopev2 files from the configured repository (its ``main``
+    snapshot, as ``instantid download`` leaves it), or ``None``. Reads the cache only; never the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(antelopev2_repo(), name) for name in (DETECTOR_FILE, RECOGNIZER_FILE)]
+    if not all(isinstance(path, str) for path in found):
+        return None
+    folders = {Path(str(path)).parent for path in found}
+    return folders.pop() if len(folders) == 1 else None
+
+
 def candidate_folders(root: str | Path | None = None) -> list[Path]:
     """Folders searched, in order: ``root`` (or ``$INSTANTID_ANTELOPEV2`` and ``~/.insightface``), each
     also as ``<dir>/antelopev2`` and ``<dir>/antelopev2/antelopev2`` (the zip sometimes unpacks nested); without
@@ -42,8 +65,6 @@ def candidate_folders(root: str | Path | None = None) -> list[Path]:
             if folder not in folders:
                 folders.append(folder)
     if root is None:
-        from instantid.hub.catalog import cached_antelopev2
-
         cached = cached_antelopev2()
         if cached is not None:
             folders.append(cached)

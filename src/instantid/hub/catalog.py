@@ -7,11 +7,13 @@ leaves exactly what ``generate`` later finds in the Hugging Face cache, and noth
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from instantid.faces.antelopev2 import DETECTOR_FILE, RECOGNIZER_FILE
+from instantid.faces.antelopev2 import (
+    DETECTOR_FILE,
+    RECOGNIZER_FILE,
+    antelopev2_repo,
+)
 from instantid.models import (
     ADAPTER_FILENAME,
     BASE_PATTERNS,
@@ -19,11 +21,6 @@ from instantid.models import (
     IDENTITYNET_SUBFOLDER,
     INSTANTID_REPO,
 )
-
-# The Hub copy of insightface's antelopev2 pack that PuLID, the Kolors face adapters and many InstantID
-# installers download; its files at the repository root, unzipped (the layout our lookup reads directly).
-DEFAULT_ANTELOPEV2_REPO = "DIAMONIK7777/antelopev2"
-ANTELOPEV2_REPO_ENV = "INSTANTID_ANTELOPEV2_REPO"
 
 # SHA-256 of insightface's antelopev2.zip members (release v0.7), as pinned independently by several public
 # installers (ComfyUI node managers, PuLID installers). A mirror serving other bytes is refused.
@@ -72,11 +69,6 @@ class HubModel:
     pinned: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of the published file
 
 
-def antelopev2_repo(override: str | None = None) -> str:
-    """The repository antelopev2 comes from: ``override``, else ``$INSTANTID_ANTELOPEV2_REPO``, else the default."""
-    return override or os.environ.get(ANTELOPEV2_REPO_ENV) or DEFAULT_ANTELOPEV2_REPO
-
-
 def default_models(base: str = DEFAULT_BASE, antelopev2: str | None = None) -> list[HubModel]:
     """What real generation needs: the SDXL base, InstantID's two checkpoints and the antelopev2 face model."""
     return [
@@ -95,15 +87,3 @@ def preset_model(name: str) -> HubModel:
     preset = get_preset(name)
     return HubModel(f"preset:{preset.name}", f"few-step preset {preset.name}", preset.repo, (preset.weight_name,),
                     None)
-
-
-def cached_antelopev2() -> Path | None:
-    """The Hugging Face cache folder holding both antelopev2 files from the configured repository (its ``main``
-    snapshot, as ``instantid download`` leaves it), or ``None``. Reads the cache only; never the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = [try_to_load_from_cache(antelopev2_repo(), name) for name in (DETECTOR_FILE, RECOGNIZER_FILE)]
-    if not all(isinstance(path, str) for path in found):
-        return None
-    folders = {Path(str(path)).parent for path in found}
-    return folders.pop() if len(folders) == 1 else None
