@@ -33,7 +33,7 @@ MODULES: dict[str, list[str]] = {
     "settings": ["tests/test_readme_promises.py", "tests/test_settings.py", "tests/test_cli_spelling.py",
                  "tests/test_generator.py::test_settings_errors_name_what_the_user_typed"],
     "service.auth": ["tests/test_service_auth.py", "tests/test_service_security.py"],
-    "service.jobs": ["tests/test_jobs.py"],
+    "service.jobs": ["tests/test_job_store.py", "tests/test_jobs.py"],
     "batch": ["tests/test_batch.py", "tests/test_batch_shards.py"],
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "denoise": ["tests/test_exactness.py", "tests/test_levers.py", "tests/test_demo_identitynet.py",
@@ -100,12 +100,23 @@ def run_mutmut(root: Path, budget_s: float, names: list[str]) -> None:
             process.wait()
 
 
-def results(module: str, root: Path) -> dict[str, str]:
+def exit_codes(module: str, root: Path) -> dict[str, int | None]:
     meta = root / "mutants" / (source_of(module) + ".meta")
-    if not meta.is_file():
-        return {}
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return {name: STATUS.get(code, "suspicious") for name, code in codes.items()}
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+
+
+def keep_earlier_verdicts(module: str, root: Path, earlier: dict[str, int | None]) -> None:
+    """A changed test selection makes mutmut forget every verdict; a rerun of the survivors with more tests
+    cannot revive a killed mutant, so the earlier verdicts of the mutants it did not rerun stand."""
+    meta = root / "mutants" / (source_of(module) + ".meta")
+    data = json.loads(meta.read_text())
+    codes = data["exit_code_by_key"]
+    data["exit_code_by_key"] = {name: code if code is not None else earlier.get(name) for name, code in codes.items()}
+    meta.write_text(json.dumps(data))
+
+
+def results(module: str, root: Path) -> dict[str, str]:
+    return {name: STATUS.get(code, "suspicious") for name, code in exit_codes(module, root).items()}
 
 
 def diff_of(root: Path, name: str) -> str:
@@ -163,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root)
         if not args.report_only:
             prepare(module, args.work)
+            earlier = exit_codes(module, root)
             names = [n for n, s in results(module, root).items() if s == "survived"] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
             start = time.monotonic()
             run_mutmut(root, args.budget_s, names)
+            if args.rerun_survivors:
+                keep_earlier_verdicts(module, root, earlier)
             print(f"{module}: {time.monotonic() - start:.0f} s", flush=True)
         statuses = results(module, root)
         if statuses:
