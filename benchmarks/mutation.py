@@ -30,7 +30,7 @@ EQUIVALENT = REPO / "benchmarks" / "reference" / "mutation-equivalent.json"
 
 # module -> the tests that exercise it and run in seconds (no browser, no training, no full-size model).
 MODULES: dict[str, list[str]] = {
-    "settings": ["tests/test_readme_promises.py", "tests/test_settings.py", "tests/test_cli_spelling.py",
+    "settings": ["tests/test_settings.py", "tests/test_readme_promises.py::test_defaults_are_the_published_demos",
                  "tests/test_generator.py::test_settings_errors_name_what_the_user_typed"],
     "service.auth": ["tests/test_service_auth.py", "tests/test_service_security.py"],
     "service.jobs": ["tests/test_job_store.py", "tests/test_jobs.py"],
