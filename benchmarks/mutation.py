@@ -33,7 +33,11 @@ MODULES: dict[str, list[str]] = {
     "settings": ["tests/test_settings.py", "tests/test_readme_promises.py::test_defaults_are_the_published_demos",
                  "tests/test_generator.py::test_settings_errors_name_what_the_user_typed"],
     "service.auth": ["tests/test_service_auth.py", "tests/test_service_security.py"],
-    "service.jobs": ["tests/test_job_store.py", "tests/test_jobs.py"],
+    "service.jobs": ["tests/test_job_store.py",
+                     "tests/test_jobs.py::test_store_round_trip_idempotency_and_atomic_start",
+                     "tests/test_jobs.py::test_position_cancel_list_and_lost_worker",
+                     "tests/test_jobs.py::test_job_ids_are_the_only_way_to_a_path",
+                     "tests/test_jobs.py::test_retention_deletes_old_finished_jobs_and_their_folders"],
     "batch": ["tests/test_batch.py", "tests/test_batch_shards.py"],
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "denoise": ["tests/test_exactness.py", "tests/test_levers.py", "tests/test_demo_identitynet.py",
@@ -159,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=1800, help="seconds per module before it is stopped")
     parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
-    parser.add_argument("--rerun-survivors", action="store_true", help="check the recorded survivors again")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="check the survivors (and mutants no test reached) again, after adding tests")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
-            names = [n for n, s in results(module, root).items() if s == "survived"] if args.rerun_survivors else []
+            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests")
+                     ] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
             start = time.monotonic()
