@@ -25,7 +25,7 @@ def test_new_keys_are_random_and_their_line_holds_only_the_hash() -> None:
 
 def test_key_file_lines_comments_and_limits(tmp_path: Path) -> None:
     path = tmp_path / "keys.txt"
-    path.write_text(f"# name digest limits\n\nalice {hash_key('a')} rate=30 jobs=2  # trailing comment\n"
+    path.write_text(f"# name digest limits\n\nalice {hash_key('a')} rate=30 jobs=2  # a comment # with two #\n"
                     f"bob {hash_key('b')}\ncarol {hash_key('c')} jobs=1.9 rate=0.5\n", encoding="utf-8")
     alice, bob, carol = load_api_keys(path)
     assert (alice.name, alice.digest, alice.rate_per_minute, alice.max_jobs) == (
