@@ -228,7 +228,8 @@ def _make_identity(path: Path, name: str, photos: list[str]) -> IdentitySpec:
         raise InvalidInputError(f"identity name {name!r} must use only letters, digits and '-'")
     if not photos:
         raise InvalidInputError(f"identity {name} has no photos")
-    return IdentitySpec(name, tuple((path.parent / p).expanduser().resolve() for p in photos))
+    # "~/x.jpg" is the home folder's, not a "~" folder beside the job file.
+    return IdentitySpec(name, tuple((path.parent / Path(p).expanduser()).resolve() for p in photos))
 
 
 def _prompt(entry: Any) -> PromptSpec:
