@@ -19,7 +19,7 @@ def record(job_id: str | None = None, **changes: object) -> JobRecord:
 
 @pytest.fixture
 def store(tmp_path: Path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "db" / "jobs.sqlite3")
+    return SQLiteJobStore(tmp_path / "state" / "db" / "jobs.sqlite3")  # folders made as needed
 
 
 def test_cancel_a_queued_job_ends_it_and_a_running_one_is_only_asked(store: SQLiteJobStore) -> None:
@@ -28,8 +28,8 @@ def test_cancel_a_queued_job_ends_it_and_a_running_one_is_only_asked(store: SQLi
     store.start(running.id, "w")
     before = time.time()
     canceled = store.cancel(queued.id)
-    assert (canceled.state, canceled.error, canceled.cancel_requested) == (
-        "canceled", "canceled before it started", True)
+    assert (canceled.state, canceled.error) == ("canceled", "canceled before it started")
+    assert canceled.cancel_requested is True
     assert canceled.finished >= before
     asked = store.cancel(running.id)
     assert (asked.state, asked.error, asked.finished, asked.cancel_requested) == (
@@ -110,7 +110,7 @@ def test_a_lost_worker_requeues_while_attempts_are_left(store: SQLiteJobStore) -
     store.start(job.id, "w2")
     assert store.lost(job.id, "worker w2 stopped", max_attempts=2) == "failed"
     failed = store.get(job.id)
-    assert failed.error == "worker w2 stopped (attempt 2 of 2); giving up"
+    assert failed.state == "failed" and failed.error == "worker w2 stopped (attempt 2 of 2); giving up"
     assert failed.worker is None and failed.finished is not None
 
 
@@ -124,3 +124,37 @@ def test_job_files_without_pose_and_delete(tmp_path: Path) -> None:
     files.delete(job_id)
     assert not (tmp_path / "jobs" / job_id).exists()
     files.delete(job_id)  # already gone: no error
+
+
+def test_other_threads_and_connections_see_the_same_jobs(store: SQLiteJobStore) -> None:
+    """The server's threads share one store; a restarted server (another connection) sees every committed job."""
+    import threading
+
+    job, _ = store.add(record(created=1.0))
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(store.claim("w")))
+    thread.start()
+    thread.join()
+    assert seen[0].id == job.id and seen[0].worker == "w"
+    again = SQLiteJobStore(store.path)
+    assert again.get(job.id).state == "running" and again.get(job.id).worker == "w"
+    assert again.claim("w") is None  # nothing queued: no job, no error
+
+
+def test_list_pages_twenty_by_default(store: SQLiteJobStore) -> None:
+    for i in range(21):
+        store.add(record(created=float(i)))
+    page, total = store.list()
+    assert len(page) == 20 and total == 21
+
+
+def test_bad_ids_and_slots_are_named_in_one_short_line(tmp_path: Path) -> None:
+    from instantid.service.jobs import UnknownJobError, check_job_id
+
+    long = "x" * 60
+    with pytest.raises(UnknownJobError) as caught:
+        check_job_id(long)
+    assert str(caught.value) == f"no job {'x' * 40!r}: job ids are 32 hex digits"
+    with pytest.raises(Exception) as caught:
+        JobFiles(tmp_path).input_path(new_job_id(), "../" + long)
+    assert str(caught.value) == f"not an input slot: {('../' + long)[:40]!r}"
