@@ -40,7 +40,7 @@ MODULES: dict[str, list[str]] = {
                      "tests/test_jobs.py::test_retention_deletes_old_finished_jobs_and_their_folders"],
     "batch": ["tests/test_batch_jobs.py", "tests/test_batch.py", "tests/test_batch_shards.py"],
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
-    "denoise": ["tests/test_exactness.py", "tests/test_levers.py", "tests/test_demo_identitynet.py",
+    "denoise": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_levers.py",
                 "tests/test_several_people.py", "tests/test_readme_promises.py"],
     "attention": ["tests/test_attention.py", "tests/test_several_people.py", "tests/test_exactness.py",
                   "tests/test_readme_promises.py"],
