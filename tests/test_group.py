@@ -37,6 +37,9 @@ def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
     group = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=enhance)
     single = app.generate(person, steps=2, seed=1, enhance_face_region=enhance)
     assert np.array_equal(_pixels(group), _pixels(single))
+    # ...and IdentityNet acts in both (else the equality would hold for any keypoints).
+    off = app.generate(person, steps=2, seed=1, enhance_face_region=enhance, identitynet_strength=0.0)
+    assert np.abs(_pixels(single) - _pixels(off)).max() > 10
     if enhance:
         whole = app.generate_group([person], steps=2, seed=1, pose=FACES / "obama_1.jpg", enhance_face_region=False)
         assert not np.array_equal(_pixels(group), _pixels(whole))
