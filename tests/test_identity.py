@@ -68,8 +68,12 @@ def test_mean_of_one_photo_is_its_embedding_and_weights_are_checked(analyzer, ph
     assert np.allclose(weighted, 0.75 * a[2].embedding + 0.25 * b[2].embedding, atol=1e-6)
     with pytest.raises(InvalidInputError, match="one non-negative weight per photo"):
         fuse(analyzer, [a, b], "mean", weights=[1])
-    with pytest.raises(InvalidInputError, match="fusion must be"):
+    with pytest.raises(InvalidInputError) as caught:
         fuse(analyzer, [a], "median")
+    assert str(caught.value) == "fusion must be one of auto, mean, weighted, robust, got 'median'"
+    with pytest.raises(InvalidInputError) as caught:
+        fuse(analyzer, [])
+    assert str(caught.value) == "give at least one face photo"
 
 
 def test_quality_prefers_sharp_large_faces(photos):
@@ -109,15 +113,16 @@ def test_mix_interpolates_from_you_to_them_and_is_recorded() -> None:
 
     from instantid.identity import Identity
 
-    a_emb, b_emb = np.full(128, 1.0, np.float32), np.full(128, 3.0, np.float32)
+    a_emb, b_emb = np.full(128, 2.0, np.float32), np.full(128, 4.0, np.float32)
     me = Identity(embedding=a_emb, space="dlib-128", pose_face=_face(100, embedding=a_emb), pose_size=(200, 200),
                   references=(), fusion="mean", pose_name="me.jpg")
     friend = replace(me, embedding=b_emb, pose_name="friend.jpg", pose_size=(50, 50))
     mixed = me.mix(friend, 0.25, "friend")
-    assert np.allclose(mixed.embedding, 1.5) and mixed.embedding.dtype == np.float32
+    assert np.allclose(mixed.embedding, 2.5) and mixed.embedding.dtype == np.float32
     assert mixed.pose_size == (200, 200) and mixed.pose_name == "me.jpg"  # the pose stays yours
     assert mixed.mix(friend, 1.0, "again").mixed_with == (("friend", 0.25), ("again", 1.0))
-    assert np.allclose(me.mix(friend, 0.0).embedding, 1.0) and np.allclose(me.mix(friend, 1.0).embedding, 3.0)
+    assert np.allclose(me.mix(friend, 0.0).embedding, 2.0) and np.allclose(me.mix(friend, 1.0).embedding, 4.0)
+    assert me.mix(friend, 0.5).mixed_with == (("other", 0.5),)  # the default name
     assert mixed.metadata()["mixed_with"] == [{"name": "friend", "weight": 0.25}]
     for bad in (-0.01, 1.01):
         with pytest.raises(InvalidInputError, match=f"mix weight must be between 0 and 1, got {bad}"):

@@ -56,7 +56,7 @@ def _photos(analyzer, offsets: list[float]) -> list[tuple[str, Image.Image, Face
 
 def test_auto_fusion_is_robust_from_exactly_three_photos(analyzer) -> None:
     far = 2 * analyzer.same_person_threshold
-    _, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, 0.1, far]), "auto")
+    _, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, 0.1, far]))  # auto is the default
     assert used == "robust" and [r.name for r in refs if r.rejected] == ["p2.jpg"]
     assert any("p2.jpg was left out" in w for w in warnings)
     fused, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, far]), "auto")
