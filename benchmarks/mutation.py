@@ -38,7 +38,10 @@ MODULES: dict[str, list[str]] = {
                      "tests/test_jobs.py::test_position_cancel_list_and_lost_worker",
                      "tests/test_jobs.py::test_job_ids_are_the_only_way_to_a_path",
                      "tests/test_jobs.py::test_retention_deletes_old_finished_jobs_and_their_folders"],
-    "batch": ["tests/test_batch_jobs.py", "tests/test_batch.py", "tests/test_batch_shards.py"],
+    "batch": ["tests/test_batch_jobs.py", *(f"tests/test_batch.py::test_{name}" for name in (
+        "excel_csv_with_bom_crlf_and_missing_cells", "windows_1252_job_file_is_read", "binary_job_file_is_one_line",
+        "precedence_flag_over_row_over_job_settings", "every_bad_row_is_found_before_anything_runs",
+        "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins"))],
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "denoise": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_levers.py",
                 "tests/test_several_people.py", "tests/test_readme_promises.py"],

@@ -158,3 +158,38 @@ def test_plan_applies_precedence_and_lists_bad_settings(tmp_path: Path) -> None:
     assert [p.where for p in problems] == ["identity a, prompt 2, seed 0"]
     assert "'steps' must be between 1 and 200, got 0" in problems[0].error
     assert problems[0].output == str(tmp_path / "a" / "002-y_s0.png")
+
+
+def test_an_output_is_done_only_with_its_sidecar_and_the_same_digest(tmp_path: Path) -> None:
+    from instantid.batch import PlannedTask, is_done
+
+    task = BatchTask(IdentitySpec("ann", ()), 1, PromptSpec("x"), 3, "w")
+    planned = PlannedTask(task, GenerationSettings(), "abc")
+    png = task.output(tmp_path)
+    assert not is_done(planned, tmp_path)
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"png")
+    assert not is_done(planned, tmp_path)  # no sidecar yet: unfinished
+    for sidecar, done in [('{"batch_digest": "abc"}', True), ('{"batch_digest": "abd"}', False), ("[1]", False),
+                          ("{broken", False), ("{}", False)]:
+        png.with_suffix(".json").write_text(sidecar, encoding="utf-8")
+        assert is_done(planned, tmp_path) is done, sidecar
+
+
+def test_model_files_fingerprint_local_files_and_folders_only(tmp_path: Path) -> None:
+    import os
+
+    from instantid.batch import model_files
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"12345")
+    (tmp_path / "base" / "unet").mkdir(parents=True)
+    (tmp_path / "base" / "unet" / "w.bin").write_bytes(b"123")
+    (tmp_path / "base" / "model_index.json").write_bytes(b"{}")
+    os.utime(lora, ns=(1, 2))
+    found = model_files({"lora": str(lora), "base": str(tmp_path / "base"), "adapter": "InstantX/InstantID",
+                         "identitynet": None, "demo": False, "missing": str(tmp_path / "gone")})
+    assert list(found) == ["base", "lora"]
+    assert found["lora"] == [["style.safetensors", 5, 2]]
+    assert [entry[:2] for entry in found["base"]] == [["model_index.json", 2], ["unet/w.bin", 3]]
+    assert model_files({"lora": "~/" + "no-such-file-here"}) == {}
