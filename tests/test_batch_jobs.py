@@ -193,3 +193,56 @@ def test_model_files_fingerprint_local_files_and_folders_only(tmp_path: Path) ->
     assert found["lora"] == [["style.safetensors", 5, 2]]
     assert [entry[:2] for entry in found["base"]] == [["model_index.json", 2], ["unet/w.bin", 3]]
     assert model_files({"lora": "~/" + "no-such-file-here"}) == {}
+
+
+def test_grammar_edges_that_mutation_testing_found(tmp_path: Path) -> None:
+    assert slug("!a b!") == "a-b"
+    # JSON is parsed as JSON (its own error), not as YAML.
+    assert "is not valid JSON: Expecting property name enclosed in double quotes" in _error(
+        _write(tmp_path, "j.json", "{nope"))
+    job = load_job(_write(tmp_path, "j.yaml", "identities:\n  - {name: a, photos: p.jpg}\n  - {name: b}\n"
+                          "  - {photos: p.jpg}\n  - {name: " + "n" * 81 + ", photos: p.jpg}\n  - {name: " + "m" * 80
+                          + ", photos: p.jpg}\nprompts:\n  - {prompt: x, colour: red, size: 2}\n  - y\n"))
+    assert job.path == tmp_path / "j.yaml"
+    assert [str(p) for p in job.problems] == [
+        "identity 2: each identity needs a name and photos, got {'name': 'b'}",
+        "identity 3: each identity needs a name and photos, got {'photos': 'p.jpg'}",
+        f"identity 4: identity name '{'n' * 81}' must use only letters, digits and '-'",
+        "prompt 1: unknown key(s) colour, size",
+    ]
+    assert {t.identity.name for t in job.tasks} == {"a", "m" * 80}  # 80 characters is the longest name
+    csv_path = tmp_path / "j.csv"
+    csv_path.write_bytes(b'identity,photos,prompt,negative_prompt\r\na,p.jpg,"two\r\nlines",blurry\r\n')
+    csv_job = load_job(csv_path)
+    assert csv_job.path == csv_path and csv_job.tasks[0].prompt.prompt == "two\r\nlines"  # quoted newline kept
+    assert csv_job.tasks[0].prompt.negative_prompt == "blurry"
+    assert f"job file {tmp_path / 'u.csv'} header: unknown setting(s) cfg" in _error(
+        _write(tmp_path, "u.csv", "identity,photos,prompt,cfg\n"))
+
+
+def test_task_settings_take_the_rows_prompt_and_seed_and_one_image(tmp_path: Path) -> None:
+    job = load_job(_write(tmp_path, "j.yaml", "identities: [{name: a, photos: p.jpg}]\nprompts: [a cat]\n"
+                          "seeds: [11]\n"))
+    (planned,), _ = plan(job, GenerationSettings(num_images=3, prompt="ignored", seed=5), {"num_images", "seed"},
+                         {}, tmp_path)
+    assert (planned.settings.prompt, planned.settings.seed, planned.settings.num_images) == ("a cat", 11, 1)
+    assert planned.digest == task_digest(planned.task, planned.settings, {})
+
+
+def test_digests_are_stable_and_see_photos_models_and_paths(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.jpg", tmp_path / "two.jpg"
+    one.write_bytes(b"one")
+    two.write_bytes(b"two")
+    settings = GenerationSettings()
+    task = BatchTask(IdentitySpec("ann", (one,)), 1, PromptSpec("x"), 1, "w")
+    other = BatchTask(IdentitySpec("ann", (two,)), 1, PromptSpec("x"), 1, "w")
+    assert task_digest(task, settings, {}) != task_digest(other, settings, {})  # each photo's own contents
+    assert task_digest(task, settings, {"a": 1, "b": 2}) == task_digest(task, settings, {"b": 2, "a": 1})
+    assert task_digest(task, settings, {"base": tmp_path}) == task_digest(task, settings, {"base": str(tmp_path)})
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"v1")
+    job = load_job(_write(tmp_path, "j.yaml", f"identities: [{{name: a, photos: {one}}}]\nprompts: [x]\n"))
+    before = plan(job, settings, set(), {"lora": str(lora)}, tmp_path)[0][0].digest
+    assert len(before) == 16 and before != plan(job, settings, set(), {"lora": "other"}, tmp_path)[0][0].digest
+    lora.write_bytes(b"v2, retrained")
+    assert plan(job, settings, set(), {"lora": str(lora)}, tmp_path)[0][0].digest != before
