@@ -157,6 +157,38 @@ def test_resume_redoes_only_what_changed(tmp_path: Path, loads: dict[str, int],
     assert read_metadata(out / "ex" / "002-a-knight_s2.png")["settings"]["steps"] == 1
 
 
+def test_resume_redoes_a_photo_whose_contents_changed_under_the_same_name(
+        tmp_path: Path, loads: dict[str, int], capsys: pytest.CaptureFixture) -> None:
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(FACE.read_bytes())
+    out = tmp_path / "out"
+    assert main(["batch", str(_job(tmp_path, photos=f"[{photo}]")), "-o", str(out)]) == 0
+    assert main(["batch", str(_job(tmp_path, photos=f"[{photo}]")), "-o", str(out)]) == 0
+    assert "4 outputs, 4 already done, 0 to generate" in capsys.readouterr().out
+    photo.write_bytes((FACES / "obama_1.jpg").read_bytes())
+    assert main(["batch", str(_job(tmp_path, photos=f"[{photo}]")), "-o", str(out)]) == 0
+    assert "4 outputs, 0 already done, 4 to generate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", ["--lora", "--base"])
+def test_resume_redoes_everything_when_a_model_changes_under_the_same_name(
+        tmp_path: Path, loads: dict[str, int], capsys: pytest.CaptureFixture, option: str) -> None:
+    """A LoRA file or a model folder replaced under the same name (a retrained LoRA, an updated checkpoint)."""
+    weights = tmp_path / "model" / "unet" / "weights.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first")
+    model = weights if option == "--lora" else tmp_path / "model"
+    out, job = tmp_path / "out", _job(tmp_path)
+    assert main(["batch", str(job), "-o", str(out), option, str(model)]) == 0
+    assert main(["batch", str(job), "-o", str(out), option, str(model)]) == 0
+    assert "4 outputs, 4 already done, 0 to generate" in capsys.readouterr().out
+    weights.write_bytes(b"second, retrained")
+    assert main(["batch", str(job), "-o", str(out), option, str(model)]) == 0
+    assert "4 outputs, 0 already done, 4 to generate" in capsys.readouterr().out
+    assert main(["batch", str(job), "-o", str(out)]) == 0  # no LoRA / the default model: a change too
+    assert "4 outputs, 0 already done, 4 to generate" in capsys.readouterr().out
+
+
 def test_bad_rows_reported_at_once_good_rows_made_failures_listed(
         tmp_path: Path, loads: dict[str, int], capsys: pytest.CaptureFixture) -> None:
     job = tmp_path / "job.csv"

@@ -44,6 +44,9 @@ def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
     group = group_of_one(enhance)
     single = app.generate(person, steps=2, seed=1, enhance_face_region=enhance)
     assert np.array_equal(_pixels(group), _pixels(single))
+    # ...and IdentityNet acts in both (else the equality would hold for any keypoints).
+    off = app.generate(person, steps=2, seed=1, enhance_face_region=enhance, identitynet_strength=0.0)
+    assert np.abs(_pixels(single) - _pixels(off)).max() > 10
     if enhance:
         assert not np.array_equal(_pixels(group), _pixels(group_of_one(False)))
     with pytest.raises(InvalidInputError, match="takes 2 to 4 people, got 1; for one person, make a plain"):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from instantid.errors import InvalidInputError
-from instantid.faces import create_face_analyzer, load_image
+from instantid.faces import Face, create_face_analyzer, load_image
 from instantid.identity import face_quality, fuse
 
 SAME = ["obama_1.jpg", "obama_2.jpg", "edge_obama_small.jpg", "edge_rgba_32bit.png"]
@@ -68,8 +68,12 @@ def test_mean_of_one_photo_is_its_embedding_and_weights_are_checked(analyzer, ph
     assert np.allclose(weighted, 0.75 * a[2].embedding + 0.25 * b[2].embedding, atol=1e-6)
     with pytest.raises(InvalidInputError, match="one non-negative weight per photo"):
         fuse(analyzer, [a, b], "mean", weights=[1])
-    with pytest.raises(InvalidInputError, match="fusion must be"):
+    with pytest.raises(InvalidInputError) as caught:
         fuse(analyzer, [a], "median")
+    assert str(caught.value) == "fusion must be one of auto, mean, weighted, robust, got 'median'"
+    with pytest.raises(InvalidInputError) as caught:
+        fuse(analyzer, [])
+    assert str(caught.value) == "give at least one face photo"
 
 
 def test_quality_prefers_sharp_large_faces(photos):
@@ -101,3 +105,47 @@ def test_several_faces_say_which_was_used_and_how_many(analyzer, faces_dir):
     alone = prepare_identity(analyzer, faces_dir / "obama_1.jpg", pose=group)
     assert alone.warnings == ("group_two_people.jpg: 2 faces found, the pose is taken from face 0 (the largest)",)
     assert prepare_identity(analyzer, faces_dir / "obama_1.jpg").warnings == ()
+
+
+def _face(side: float, score: float = 1.0, embedding: np.ndarray | None = None) -> Face:
+    return Face(bbox=(10.0, 10.0, 10.0 + side, 10.0 + side), score=score, kps=np.zeros((5, 2), np.float32),
+                embedding=np.zeros(128, np.float32) if embedding is None else embedding, space="dlib-128")
+
+
+def test_quality_terms_saturate_at_112_px_a_sharp_crop_and_a_sure_detection() -> None:
+    """README: weighted by detector score x face size (full at 112 px) x sharpness (Laplacian)."""
+    checker = np.indices((300, 300)).sum(0) % 2 * 255  # as sharp as a crop gets
+    sharp = Image.fromarray(checker.astype(np.uint8)).convert("RGB")
+    assert face_quality(sharp, _face(112)) == 1.0 and face_quality(sharp, _face(200)) == 1.0
+    assert face_quality(sharp, _face(56)) == pytest.approx(0.5, abs=1e-2)  # int pixel box: 56/112
+    assert face_quality(sharp, _face(112, score=0.25)) == pytest.approx(0.25)
+    assert face_quality(sharp, _face(112, score=3.0)) == 1.0  # backend margins above 1 count as sure
+    assert face_quality(sharp, _face(112, score=-1.0)) == pytest.approx(0.05)  # floored, never 0
+    flat = Image.new("RGB", (300, 300), "gray")
+    assert face_quality(flat, _face(112)) == pytest.approx(0.05)  # no detail at all: the sharpness floor
+    ramp = Image.fromarray(np.tile((np.arange(300) % 3 * 2).astype(np.uint8), (300, 1))).convert("RGB")
+    lap_var = 24.0  # columns 0/2/4 repeat: Laplacian 0/-6/+6, variance 24, below the 100 of a sharp crop
+    assert face_quality(ramp, _face(112)) == pytest.approx(lap_var / 100, rel=0.1)
+
+
+def test_mix_interpolates_from_you_to_them_and_is_recorded() -> None:
+    from dataclasses import replace
+
+    from instantid.identity import Identity
+
+    a_emb, b_emb = np.full(128, 2.0, np.float32), np.full(128, 4.0, np.float32)
+    me = Identity(embedding=a_emb, space="dlib-128", pose_face=_face(100, embedding=a_emb), pose_size=(200, 200),
+                  references=(), fusion="mean", pose_name="me.jpg")
+    friend = replace(me, embedding=b_emb, pose_name="friend.jpg", pose_size=(50, 50))
+    mixed = me.mix(friend, 0.25, "friend")
+    assert np.allclose(mixed.embedding, 2.5) and mixed.embedding.dtype == np.float32
+    assert mixed.pose_size == (200, 200) and mixed.pose_name == "me.jpg"  # the pose stays yours
+    assert mixed.mix(friend, 1.0, "again").mixed_with == (("friend", 0.25), ("again", 1.0))
+    assert np.allclose(me.mix(friend, 0.0).embedding, 2.0) and np.allclose(me.mix(friend, 1.0).embedding, 4.0)
+    assert me.mix(friend, 0.5).mixed_with == (("other", 0.5),)  # the default name
+    assert mixed.metadata()["mixed_with"] == [{"name": "friend", "weight": 0.25}]
+    for bad in (-0.01, 1.01):
+        with pytest.raises(InvalidInputError, match=f"mix weight must be between 0 and 1, got {bad}"):
+            me.mix(friend, bad)
+    with pytest.raises(InvalidInputError, match="cannot mix dlib-128 and antelopev2-512 embeddings"):
+        me.mix(replace(friend, space="antelopev2-512"), 0.5)

@@ -56,7 +56,7 @@ def _photos(analyzer, offsets: list[float]) -> list[tuple[str, Image.Image, Face
 
 def test_auto_fusion_is_robust_from_exactly_three_photos(analyzer) -> None:
     far = 2 * analyzer.same_person_threshold
-    _, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, 0.1, far]), "auto")
+    _, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, 0.1, far]))  # auto is the default
     assert used == "robust" and [r.name for r in refs if r.rejected] == ["p2.jpg"]
     assert any("p2.jpg was left out" in w for w in warnings)
     fused, refs, used, warnings = fuse(analyzer, _photos(analyzer, [0.0, far]), "auto")
@@ -181,3 +181,27 @@ def test_swap_repaint_mask_covers_every_pixel_the_blend_changes(resolution: int,
             for py in (y0, y1):
                 assert covered[py.astype(int), px.astype(int)].all()
     assert set(np.unique(np.asarray(work_mask))) == {0, 255}
+
+
+def test_the_metadata_names_every_reference_its_weight_and_who_was_left_out(analyzer) -> None:
+    """README: robust fusion names the photos it drops, in a warning and in the metadata."""
+    from instantid.identity import Identity
+
+    photos = _photos(analyzer, [0.0, 0.1, 0.2, 2 * analyzer.same_person_threshold])
+    embedding, refs, used, warnings = fuse(analyzer, photos, "auto")
+    identity = Identity(embedding=embedding, space=analyzer.space, pose_face=photos[0][2], pose_size=(160, 160),
+                        references=refs, fusion=used, pose_name="p0.jpg", warnings=warnings)
+    assert [r.name for r in identity.kept] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert [r.name for r in identity.rejected] == ["p3.jpg"]
+    meta = identity.metadata()
+    assert meta["references"] == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"] and meta["rejected_references"] == ["p3.jpg"]
+    assert (meta["fusion"], meta["pose_from"], meta["embedding_space"], meta["mixed_with"]) == (
+        "robust", "p0.jpg", "dlib-128", [])
+    assert meta["warnings"] == list(warnings) and len(warnings) == 1
+    details = meta["reference_details"]
+    assert [d["weight"] for d in details] == [round(1 / 3, 4)] * 3 + [0.0]
+    assert [d["consensus_distance"] for d in details] == [0.1, 0.0, 0.1, 1.1]  # from the medoid, p1
+    assert details[3]["rejected"] == "outlier: far from the other photos' consensus" and details[0]["rejected"] is None
+    assert details[0]["quality"] == round(refs[0].quality, 4)
+    mean = fuse(analyzer, photos[:2], "mean")[1]
+    assert mean[0].to_dict()["consensus_distance"] is None  # only robust fusion measures it

@@ -225,6 +225,8 @@ def test_group_is_the_python_api_call(client: httpx.Client, model: Any) -> None:
     assert np.array_equal(image, pixels(direct))
     swapped = model.generate_group(people[::-1], SETTINGS, pose=GROUP.read_bytes())
     assert not np.array_equal(image, pixels(swapped))  # who stands where is carried, not only who
+    unposed = model.generate_group(people, SETTINGS.updated(identitynet_strength=0.0), pose=GROUP.read_bytes())
+    assert np.abs(image.astype(float) - pixels(unposed)).max() > 10  # the group's keypoints reach IdentityNet
 
 
 def test_group_json_side_by_side(client: httpx.Client) -> None:

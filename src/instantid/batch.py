@@ -232,7 +232,8 @@ def _make_identity(path: Path, name: str, photos: list[str]) -> IdentitySpec:
         raise InvalidInputError(f"identity name {name!r} must use only letters, digits and '-'")
     if not photos:
         raise InvalidInputError(f"identity {name} has no photos")
-    return IdentitySpec(name, tuple((path.parent / p).expanduser().resolve() for p in photos))
+    # "~/x.jpg" is the home folder's, not a "~" folder beside the job file.
+    return IdentitySpec(name, tuple((path.parent / Path(p).expanduser()).resolve() for p in photos))
 
 
 def _prompt(entry: Any) -> PromptSpec:
@@ -318,6 +319,21 @@ def _file_digest(path: Path) -> str:
     return _photo_digests[key]
 
 
+def model_files(model: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """Size and modification time of each file of every local model file or folder in ``model`` (base,
+    IdentityNet, adapter, LoRA): a model replaced under the same name changes the digest. Hub ids have none.
+    Not the contents' hash, unlike photos: hashing gigabytes of weights on every rerun would cost minutes."""
+    found: dict[str, list[list[Any]]] = {}
+    for key, value in sorted(model.items()):
+        path = Path(value).expanduser() if isinstance(value, str) else None
+        if path is None or not path.exists():
+            continue
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        found[key] = [[p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size,
+                       p.stat().st_mtime_ns] for p in files]
+    return found
+
+
 def is_done(planned: PlannedTask, out_dir: Path) -> bool:
     """An output counts as done only with its sidecar and the same digest (same settings, photos, models)."""
     png = planned.task.output(out_dir)
@@ -335,6 +351,9 @@ def plan(job: BatchJob, cli: GenerationSettings, given: Iterable[str], model: di
     """Every task's settings and digest, plus every bad row (the job file's own problems first). A row whose photo
     is missing is a bad row here, before any face model loads."""
     given = set(given)
+    files = model_files(model)
+    if files:  # only then, so that digests made with Hub models alone stay valid
+        model = {**model, "files": files}
     planned, problems = [], list(job.problems)
     for task in job.tasks:
         try:

@@ -1,0 +1,212 @@
+"""Mutation testing of the core modules with mutmut 3: does a one-line bug in each module fail a test?
+
+A benchmark, not a CI test (a full run takes hours on a CPU). Each module is mutated on its own, in a copy of the
+working tree under ``--work`` (the repository and ``../shared`` stay untouched), against a fast subset of the tests
+that cover it; mutmut maps each mutated function to the tests that call it and runs only those. A module's run
+stops at ``--budget-s`` seconds (mutmut keeps what it finished, and a later run of the same module resumes). It
+prints a table (module, mutants, killed, survived, timeout, % killed; % of the mutants checked so far) and
+merges it into ``benchmarks/reference/cpu-mutation.json``, with every survivor's name and diff, so each can be
+killed by a new test or recorded as equivalent in ``benchmarks/reference/mutation-equivalent.json``.
+
+    nice -n 15 python benchmarks/mutation.py --modules settings,service.auth --budget-s 900
+    nice -n 15 python benchmarks/mutation.py --modules batch --rerun-survivors   # after adding tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "benchmarks" / "reference" / "cpu-mutation.json"
+EQUIVALENT = REPO / "benchmarks" / "reference" / "mutation-equivalent.json"
+
+# module -> the tests that exercise it and run in seconds (no browser, no training, no full-size model).
+MODULES: dict[str, list[str]] = {
+    "settings": ["tests/test_settings.py", "tests/test_readme_promises.py::test_defaults_are_the_published_demos",
+                 "tests/test_generator.py::test_settings_errors_name_what_the_user_typed"],
+    "service.auth": ["tests/test_service_auth.py", "tests/test_service_security.py"],
+    "service.jobs": ["tests/test_job_store.py",
+                     "tests/test_jobs.py::test_store_round_trip_idempotency_and_atomic_start",
+                     "tests/test_jobs.py::test_position_cancel_list_and_lost_worker",
+                     "tests/test_jobs.py::test_job_ids_are_the_only_way_to_a_path",
+                     "tests/test_jobs.py::test_retention_deletes_old_finished_jobs_and_their_folders"],
+    "batch": ["tests/test_batch_jobs.py", *(f"tests/test_batch.py::test_{name}" for name in (
+        "excel_csv_with_bom_crlf_and_missing_cells", "windows_1252_job_file_is_read", "binary_job_file_is_one_line",
+        "precedence_flag_over_row_over_job_settings", "every_bad_row_is_found_before_anything_runs",
+        "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins"))],
+    "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
+    "denoise": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_levers.py",
+                "tests/test_several_people.py", "tests/test_readme_promises.py"],
+    "attention": ["tests/test_attention.py", "tests/test_several_people.py", "tests/test_exactness.py",
+                  "tests/test_readme_promises.py"],
+    "swap": ["tests/test_swap.py", "tests/test_readme_promises.py"],
+    "face_detail": ["tests/test_face_detail.py"],
+    "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
+}
+STATUS = {1: "killed", 3: "killed", 0: "survived", 24: "timeout", -24: "timeout", 36: "timeout", 152: "timeout",
+          255: "timeout", None: "not checked", 5: "no tests", 33: "no tests", 34: "skipped"}
+
+
+def source_of(module: str) -> str:
+    return "src/instantid/" + module.replace(".", "/") + ".py"
+
+
+def prepare(module: str, work: Path) -> Path:
+    """A copy of the working tree (tracked and untracked, not ignored) with ``../shared`` and a [tool.mutmut]
+    section for this module; the tests are refreshed on every call so new tests reach a resumed run."""
+    root = work / module
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout.split("\n")
+    for name in filter(None, listed):
+        if not (REPO / name).is_file():
+            continue
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+        if name.startswith("tests/") and (root / "mutants").is_dir():  # a resumed run reads its own copy
+            shutil.copy2(REPO / name, root / "mutants" / name)
+    if not (work / "shared").exists():
+        (work / "shared").symlink_to(REPO.parent / "shared")
+    if not (root / "shared").exists():  # the tests find it next to the tree (mutants/ runs one level deeper)
+        (root / "shared").symlink_to(REPO.parent / "shared")
+    extra = sorted({p.split("/")[0] for p in filter(None, listed)} - {"src", "tests", "pyproject.toml"})
+    section = {
+        "source_paths": ["src"], "only_mutate": [source_of(module)], "also_copy": extra,
+        "pytest_add_cli_args_test_selection": MODULES[module], "pytest_add_cli_args": ["-p", "no:cacheprovider"],
+        "timeout_multiplier": 5.0, "timeout_constant": 20.0,
+    }
+    pyproject = (REPO / "pyproject.toml").read_text()
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in section.items()]
+    (root / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
+    return root
+
+
+def run_mutmut(root: Path, budget_s: float, names: list[str]) -> None:
+    """``mutmut run`` one worker at a time; stopped like Ctrl-C at the budget (mutmut saves each result as it
+    goes, so the finished mutants count and a later run resumes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "", "MKL_NUM_THREADS": "1"}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names], cwd=root, env=env,
+                               start_new_session=True)
+    try:
+        process.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def exit_codes(module: str, root: Path) -> dict[str, int | None]:
+    meta = root / "mutants" / (source_of(module) + ".meta")
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+
+
+def keep_earlier_verdicts(module: str, root: Path, earlier: dict[str, int | None]) -> None:
+    """A changed test selection makes mutmut forget every verdict; a rerun of the survivors with more tests
+    cannot revive a killed mutant, so the earlier verdicts of the mutants it did not rerun stand."""
+    meta = root / "mutants" / (source_of(module) + ".meta")
+    data = json.loads(meta.read_text())
+    codes = data["exit_code_by_key"]
+    data["exit_code_by_key"] = {name: code if code is not None else earlier.get(name) for name, code in codes.items()}
+    meta.write_text(json.dumps(data))
+
+
+def results(module: str, root: Path) -> dict[str, str]:
+    return {name: STATUS.get(code, "suspicious") for name, code in exit_codes(module, root).items()}
+
+
+def diff_of(root: Path, name: str) -> str:
+    mutmut = Path(sys.executable).with_name("mutmut")
+    shown = subprocess.run([str(mutmut), "show", name], cwd=root, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": ""})
+    return "\n".join(line for line in shown.stdout.splitlines() if line.startswith(("-", "+")) and
+                     not line.startswith(("---", "+++")))
+
+
+def summarise(module: str, root: Path, statuses: dict[str, str], equivalent: dict[str, str]) -> dict:
+    counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("killed", "survived", "timeout")}
+    survivors = [n for n, s in statuses.items() if s == "survived"]
+    killed_or_equivalent = counts["killed"] + counts["timeout"] + sum(n in equivalent for n in survivors)
+    checked = counts["killed"] + counts["survived"] + counts["timeout"]
+    return {
+        "module": module, "mutants": len(statuses), "checked": checked, **counts,
+        "no_tests": sum(1 for v in statuses.values() if v == "no tests"),
+        "not_checked": sum(1 for v in statuses.values() if v == "not checked"),
+        "killed_pct": round(100 * (counts["killed"] + counts["timeout"]) / checked, 1) if checked else None,
+        "killed_or_equivalent_pct": round(100 * killed_or_equivalent / checked, 1) if checked else None,
+        "tests": MODULES[module],
+        "survivors": {n: {"diff": diff_of(root, n), "equivalent": equivalent.get(n)} for n in survivors},
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'module':<14}{'mutants':>8}{'checked':>8}{'killed':>8}{'survived':>9}{'timeout':>8}{'% killed':>9}" \
+           f"{'% +equiv':>9}"
+    body = [f"{r['module']:<14}{r['mutants']:>8}{r['checked']:>8}{r['killed']:>8}{r['survived']:>9}"
+            f"{r['timeout']:>8}{r['killed_pct'] if r['killed_pct'] is not None else '-':>9}"
+            f"{r['killed_or_equivalent_pct'] if r['killed_or_equivalent_pct'] is not None else '-':>9}"
+            for r in rows]
+    return "\n".join([head, *body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", default=",".join(MODULES), help="comma-separated, from: " + ", ".join(MODULES))
+    parser.add_argument("--budget-s", type=float, default=1800, help="seconds per module before it is stopped")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="check the survivors (and mutants no test reached) again, after adding tests")
+    parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
+    args = parser.parse_args(argv)
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"modules": {}}
+    for module in modules:
+        root = args.work / module
+        if args.fresh and root.exists():
+            shutil.rmtree(root)
+        if not args.report_only:
+            prepare(module, args.work)
+            earlier = exit_codes(module, root)
+            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests")
+                     ] if args.rerun_survivors else []
+            if args.rerun_survivors and not names:
+                continue
+            start = time.monotonic()
+            run_mutmut(root, args.budget_s, names)
+            if args.rerun_survivors:
+                keep_earlier_verdicts(module, root, earlier)
+            print(f"{module}: {time.monotonic() - start:.0f} s", flush=True)
+        statuses = results(module, root)
+        if statuses:
+            reference["modules"][module] = summarise(module, root, statuses, equivalent.get(module, {}))
+    rows = [reference["modules"][m] for m in MODULES if m in reference["modules"]]
+    checked = sum(r["checked"] for r in rows)
+    killed = sum(r["killed"] + r["timeout"] for r in rows)
+    reference["total"] = {"checked": checked, "killed": killed,
+                          "killed_pct": round(100 * killed / checked, 1) if checked else None}
+    reference["tool"] = "mutmut " + subprocess.run([str(Path(sys.executable).with_name("mutmut")), "--version"],
+                                                   capture_output=True, text=True).stdout.strip().split()[-1]
+    REFERENCE.write_text(json.dumps(reference, indent=1) + "\n")
+    print(table(rows))
+    print(f"total: {killed} of {checked} checked mutants killed ({reference['total']['killed_pct']}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
