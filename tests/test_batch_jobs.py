@@ -48,7 +48,7 @@ def test_job_file_encodings(tmp_path: Path) -> None:
         (tmp_path / "f.csv").write_bytes(encoded)
         assert read_text(tmp_path / "f.csv").lstrip("\ufeff") == text
     (tmp_path / "bad.csv").write_bytes(b"caf\x81\x8d")
-    with pytest.raises(InvalidInputError, match="is not text in UTF-8 or Windows-1252; save it as UTF-8"):
+    with pytest.raises(InvalidInputError, match=r"is not text in UTF-8 or Windows-1252 \(a binary file\?\); save it as UTF-8"):
         read_text(tmp_path / "bad.csv")
 
 
@@ -152,6 +152,7 @@ def test_task_names_and_digests(tmp_path: Path) -> None:
 def test_plan_applies_precedence_and_lists_bad_settings(tmp_path: Path) -> None:
     job = load_job(_write(tmp_path, "j.yaml", "identities: [{name: a, photos: p.jpg}]\nprompts:\n  - {prompt: x, "
                           "steps: 7}\n  - {prompt: y, steps: 0}\n  - z\nsettings: {steps: 5, guidance_scale: 2}\n"))
+    (tmp_path / "p.jpg").write_bytes(b"photo")  # a missing photo would make every row a bad row
     planned, problems = plan(job, GenerationSettings(guidance_scale=9.0), {"guidance_scale"}, {}, tmp_path)
     assert [(p.task.prompt.prompt, p.settings.steps, p.settings.guidance_scale) for p in planned] == [
         ("x", 7, 9.0), ("z", 5, 9.0)]
@@ -223,6 +224,7 @@ def test_grammar_edges_that_mutation_testing_found(tmp_path: Path) -> None:
 def test_task_settings_take_the_rows_prompt_and_seed_and_one_image(tmp_path: Path) -> None:
     job = load_job(_write(tmp_path, "j.yaml", "identities: [{name: a, photos: p.jpg}]\nprompts: [a cat]\n"
                           "seeds: [11]\n"))
+    (tmp_path / "p.jpg").write_bytes(b"photo")
     (planned,), _ = plan(job, GenerationSettings(num_images=3, prompt="ignored", seed=5), {"num_images", "seed"},
                          {}, tmp_path)
     assert (planned.settings.prompt, planned.settings.seed, planned.settings.num_images) == ("a cat", 11, 1)
