@@ -162,6 +162,7 @@ def grids_seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1000, 1024), (200, 136), (520, 776), (264, 1000), (1280, 136), (1016, 64)])
 def test_generate_at_the_sizes_users_type(demo_app, obama, grids_seen, size: tuple[int, int]) -> None:
     result = demo_app.generate(obama, GenerationSettings(prompt="a portrait", steps=1, seed=3, width=size[0],
@@ -170,6 +171,7 @@ def test_generate_at_the_sizes_users_type(demo_app, obama, grids_seen, size: tup
     assert grids_seen and all(prepared for _, prepared in grids_seen)  # the loop never resized a mask itself
 
 
+@pytest.mark.slow
 @END_TO_END
 @given(data=st.data(), width=sides, height=sides, pose=st.tuples(st.integers(16, 1500), st.integers(16, 1500)))
 def test_generate_any_size_any_face_position(demo_app, obama, data, width: int, height: int, pose) -> None:
@@ -197,6 +199,7 @@ def photos(draw) -> Image.Image:
 resolutions = st.one_of(st.none(), st.integers(8, 40).map(lambda n: n * 8))  # the tiny model's 256 default too
 
 
+@pytest.mark.slow
 @END_TO_END
 @given(data=st.data(), photo=photos(), margin=st.floats(0, 2), feather=st.floats(0, 1),
        strength=st.floats(0.05, 1), resolution=resolutions, steps=st.integers(1, 3))
@@ -219,6 +222,7 @@ def test_swap_any_photo(demo_app, obama, data, photo, margin, feather, strength,
     assert np.array_equal(out[~covered], original[~covered])
 
 
+@pytest.mark.slow
 @END_TO_END
 @given(data=st.data(), photo=photos(), faces=st.integers(1, 3), margin=st.floats(0, 2), feather=st.floats(0, 1),
        context=st.floats(1, 3), strength=st.floats(0.05, 1), resolution=resolutions)
@@ -240,6 +244,7 @@ def test_face_detail_any_photo(demo_app, obama, data, photo, faces, margin, feat
     assert np.array_equal(out[~covered], original[~covered])
 
 
+@pytest.mark.slow
 @END_TO_END
 @given(data=st.data(), count=st.integers(1, 4), width=sides, height=sides,
        pose=st.tuples(st.integers(64, 1500), st.integers(64, 1500)))

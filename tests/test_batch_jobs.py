@@ -48,7 +48,8 @@ def test_job_file_encodings(tmp_path: Path) -> None:
         (tmp_path / "f.csv").write_bytes(encoded)
         assert read_text(tmp_path / "f.csv").lstrip("\ufeff") == text
     (tmp_path / "bad.csv").write_bytes(b"caf\x81\x8d")
-    with pytest.raises(InvalidInputError, match=r"is not text in UTF-8 or Windows-1252 \(a binary file\?\); save it as UTF-8"):
+    with pytest.raises(InvalidInputError,
+                       match=r"is not text in UTF-8 or Windows-1252 \(a binary file\?\); save it as UTF-8"):
         read_text(tmp_path / "bad.csv")
 
 
