@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="check the survivors (and mutants no test reached) again, after adding tests")
+                        help="check every mutant not killed yet again (survivors, unreached, unchecked), after "
+                             "adding tests; the earlier kills stand")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
-            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests")
+            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests", "not checked")
                      ] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
