@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         statuses = results(module, root)
         if statuses:
             reference["modules"][module] = summarise(module, root, statuses, equivalent.get(module, {}))
+    # Other runs may have written meanwhile (modules run side by side): update only this run's modules.
+    done = {m: reference["modules"][m] for m in modules if m in reference["modules"]}
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"modules": {}}
+    reference["modules"].update(done)
     rows = [reference["modules"][m] for m in MODULES if m in reference["modules"]]
     checked = sum(r["checked"] for r in rows)
     killed = sum(r["killed"] + r["timeout"] for r in rows)
