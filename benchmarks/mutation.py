@@ -126,11 +126,18 @@ def results(module: str, root: Path) -> dict[str, str]:
     return {name: STATUS.get(code, "suspicious") for name, code in exit_codes(module, root).items()}
 
 
-def diff_of(root: Path, name: str) -> str:
-    mutmut = Path(sys.executable).with_name("mutmut")
-    shown = subprocess.run([str(mutmut), "show", name], cwd=root, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": ""})
-    return "\n".join(line for line in shown.stdout.splitlines() if line.startswith(("-", "+")) and
+def diff_of(module: str, root: Path, name: str) -> str:
+    """The mutant's changed lines (mutmut's own diff, computed in this process: ``mutmut show`` per survivor
+    would start Python hundreds of times)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        diff = get_diff_for_mutant(name, path=Path(source_of(module)))
+    finally:
+        os.chdir(cwd)
+    return "\n".join(line for line in diff.splitlines() if line.startswith(("-", "+")) and
                      not line.startswith(("---", "+++")))
 
 
@@ -146,7 +153,7 @@ def summarise(module: str, root: Path, statuses: dict[str, str], equivalent: dic
         "killed_pct": round(100 * (counts["killed"] + counts["timeout"]) / checked, 1) if checked else None,
         "killed_or_equivalent_pct": round(100 * killed_or_equivalent / checked, 1) if checked else None,
         "tests": MODULES[module],
-        "survivors": {n: {"diff": diff_of(root, n), "equivalent": equivalent.get(n)} for n in survivors},
+        "survivors": {n: {"diff": diff_of(module, root, n), "equivalent": equivalent.get(n)} for n in survivors},
     }
 
 
