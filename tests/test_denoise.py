@@ -70,3 +70,10 @@ def test_residual_masks_take_the_residuals_dtype_and_are_made_once_per_call() ->
     assert _resized_mask(faces, 0, mask, torch.Size((4, 4)), like) is first  # memoised for the call
     assert _resized_mask(faces, 1, mask, torch.Size((4, 4)), like) is not first  # per identity
     assert _resized_mask(FaceCall(regions=(), cache=None), 0, mask, torch.Size((4, 4)), like) is not first
+
+
+def test_nets_outside_their_window_add_nothing_at_all() -> None:
+    """Strength 0 (outside the guidance window): the net is not run and no residual, not even a zero one."""
+    net = RecordingNet()
+    assert control_residuals([net], torch.zeros(2, 4, 4, 4), torch.tensor(1), _inputs(2), [0.0], False) == (None, None)
+    assert net.seen == []
