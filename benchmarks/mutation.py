@@ -45,8 +45,10 @@ MODULES: dict[str, list[str]] = {
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
                 "tests/test_levers.py", "tests/test_several_people.py", "tests/test_readme_promises.py"],
-    "attention": ["tests/test_attention.py", "tests/test_several_people.py", "tests/test_exactness.py",
-                  "tests/test_readme_promises.py"],
+    # torch.compile cannot trace mutmut's trampolines: the one-graph test fails on the unmutated code there.
+    "attention": ["tests/test_attention.py", "--deselect", "tests/test_attention.py::test_a_face_block_compiles_in_"
+                  "one_graph_shared_by_its_shape_and_kept_across_calls", "tests/test_several_people.py",
+                  "tests/test_exactness.py", "tests/test_readme_promises.py"],
     "swap": ["tests/test_swap.py", "tests/test_readme_promises.py"],
     "face_detail": ["tests/test_face_detail.py"],
     "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
