@@ -242,3 +242,5 @@ def test_the_different_people_warning_names_each_pair_once(analyzer) -> None:
                         "of one person, or fusion 'robust' to drop outliers",)
     _, _, _, warnings = fuse(analyzer, _photos(analyzer, [0.0, far, 2 * far, 3 * far]), "weighted")
     assert warnings[0].count(" / ") == 3 and warnings[0].count("and 3 more") == 1  # 6 pairs: 3 named
+    _, _, _, warnings = fuse(analyzer, _photos(analyzer, [0.0, far, 2 * far]), "weighted")
+    assert warnings[0].count(" / ") == 3 and "more" not in warnings[0]  # 3 pairs: all named
