@@ -43,10 +43,12 @@ MODULES: dict[str, list[str]] = {
         "precedence_flag_over_row_over_job_settings", "every_bad_row_is_found_before_anything_runs",
         "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins"))],
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
-    "denoise": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_levers.py",
-                "tests/test_several_people.py", "tests/test_readme_promises.py"],
-    "attention": ["tests/test_attention.py", "tests/test_several_people.py", "tests/test_exactness.py",
-                  "tests/test_readme_promises.py"],
+    "denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
+                "tests/test_levers.py", "tests/test_several_people.py", "tests/test_readme_promises.py"],
+    # torch.compile cannot trace mutmut's trampolines: the one-graph test fails on the unmutated code there.
+    "attention": ["tests/test_attention.py", "--deselect", "tests/test_attention.py::test_a_face_block_compiles_in_"
+                  "one_graph_shared_by_its_shape_and_kept_across_calls", "tests/test_several_people.py",
+                  "tests/test_exactness.py", "tests/test_readme_promises.py"],
     "swap": ["tests/test_swap.py", "tests/test_readme_promises.py"],
     "face_detail": ["tests/test_face_detail.py"],
     "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
@@ -126,11 +128,18 @@ def results(module: str, root: Path) -> dict[str, str]:
     return {name: STATUS.get(code, "suspicious") for name, code in exit_codes(module, root).items()}
 
 
-def diff_of(root: Path, name: str) -> str:
-    mutmut = Path(sys.executable).with_name("mutmut")
-    shown = subprocess.run([str(mutmut), "show", name], cwd=root, capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": ""})
-    return "\n".join(line for line in shown.stdout.splitlines() if line.startswith(("-", "+")) and
+def diff_of(module: str, root: Path, name: str) -> str:
+    """The mutant's changed lines (mutmut's own diff, computed in this process: ``mutmut show`` per survivor
+    would start Python hundreds of times)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        diff = get_diff_for_mutant(name, path=Path(source_of(module)))
+    finally:
+        os.chdir(cwd)
+    return "\n".join(line for line in diff.splitlines() if line.startswith(("-", "+")) and
                      not line.startswith(("---", "+++")))
 
 
@@ -146,7 +155,7 @@ def summarise(module: str, root: Path, statuses: dict[str, str], equivalent: dic
         "killed_pct": round(100 * (counts["killed"] + counts["timeout"]) / checked, 1) if checked else None,
         "killed_or_equivalent_pct": round(100 * killed_or_equivalent / checked, 1) if checked else None,
         "tests": MODULES[module],
-        "survivors": {n: {"diff": diff_of(root, n), "equivalent": equivalent.get(n)} for n in survivors},
+        "survivors": {n: {"diff": diff_of(module, root, n), "equivalent": equivalent.get(n)} for n in survivors},
     }
 
 
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="check the survivors (and mutants no test reached) again, after adding tests")
+                        help="check every mutant not killed yet again (survivors, unreached, unchecked), after "
+                             "adding tests; the earlier kills stand")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
-            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests")
+            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests", "not checked")
                      ] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
@@ -195,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         statuses = results(module, root)
         if statuses:
             reference["modules"][module] = summarise(module, root, statuses, equivalent.get(module, {}))
+    # Other runs may have written meanwhile (modules run side by side): update only this run's modules.
+    done = {m: reference["modules"][m] for m in modules if m in reference["modules"]}
+    reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {"modules": {}}
+    reference["modules"].update(done)
     rows = [reference["modules"][m] for m in MODULES if m in reference["modules"]]
     checked = sum(r["checked"] for r in rows)
     killed = sum(r["killed"] + r["timeout"] for r in rows)

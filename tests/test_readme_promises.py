@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from _demo import FACES
 from PIL import Image
 
+from instantid.errors import InvalidInputError
 from instantid.faces import Face, create_face_analyzer, load_image
 from instantid.generator import face_region_mask, group_poses
 from instantid.identity import fuse
@@ -205,3 +206,41 @@ def test_the_metadata_names_every_reference_its_weight_and_who_was_left_out(anal
     assert details[0]["quality"] == round(refs[0].quality, 4)
     mean = fuse(analyzer, photos[:2], "mean")[1]
     assert mean[0].to_dict()["consensus_distance"] is None  # only robust fusion measures it
+
+
+def test_reference_details_are_rounded_to_four_digits() -> None:
+    from instantid.identity import Reference
+
+    face = Face(bbox=(0.0, 0.0, 1.0, 1.0), score=1.0, kps=np.zeros((5, 2), np.float32),
+                embedding=np.zeros(DIM, np.float32), space="dlib-128")
+    ref = Reference("a.jpg", face, quality=0.123456, weight=0.654321, consensus_distance=0.111119, rejected="why")
+    assert ref.to_dict() == {"name": "a.jpg", "quality": 0.1235, "weight": 0.6543, "consensus_distance": 0.1111,
+                             "rejected": "why"}
+
+
+def test_mean_ignores_quality_weighted_uses_it_and_hand_weights_are_checked(analyzer) -> None:
+    photos = _photos(analyzer, [0.0, 0.2])
+    blurred = Image.new("RGB", (160, 160), "gray")  # no detail: the sharpness floor, a twentieth of the quality
+    photos[1] = (photos[1][0], blurred, photos[1][2])
+    mean, _, used, _ = fuse(analyzer, photos, "mean")
+    assert used == "mean" and mean[0] == pytest.approx(0.1)
+    weighted, refs, used, _ = fuse(analyzer, photos, "weighted")
+    assert used == "weighted" and weighted[0] == pytest.approx(0.2 / 21)  # 1 : 0.05
+    assert [r.weight for r in refs] == pytest.approx([20 / 21, 1 / 21])
+    for ok in ([[3], [1]], [1, 0], [0.5, 0.5]):  # any shape of one weight per photo; zero is allowed
+        fused, _, used, _ = fuse(analyzer, photos, "mean", weights=ok)
+        assert used == "weighted" and fused[0] == pytest.approx(0.2 * np.ravel(ok)[1] / np.sum(ok))
+    for bad in ([2, -1], [0, 0], [1, 1, 1]):
+        with pytest.raises(InvalidInputError, match="one non-negative weight per photo"):
+            fuse(analyzer, photos, "mean", weights=bad)
+
+
+def test_the_different_people_warning_names_each_pair_once(analyzer) -> None:
+    far = 2 * analyzer.same_person_threshold
+    _, _, _, warnings = fuse(analyzer, _photos(analyzer, [0.0, far]), "mean")
+    assert warnings == (f"the reference photos look like different people: p0.jpg / p1.jpg ({far:.2f}); use photos "
+                        "of one person, or fusion 'robust' to drop outliers",)
+    _, _, _, warnings = fuse(analyzer, _photos(analyzer, [0.0, far, 2 * far, 3 * far]), "weighted")
+    assert warnings[0].count(" / ") == 3 and warnings[0].count("and 3 more") == 1  # 6 pairs: 3 named
+    _, _, _, warnings = fuse(analyzer, _photos(analyzer, [0.0, far, 2 * far]), "weighted")
+    assert warnings[0].count(" / ") == 3 and "more" not in warnings[0]  # 3 pairs: all named
