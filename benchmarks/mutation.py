@@ -83,7 +83,8 @@ def prepare(module: str, work: Path) -> Path:
     extra = sorted({p.split("/")[0] for p in filter(None, listed)} - {"src", "tests", "pyproject.toml"})
     section = {
         "source_paths": ["src"], "only_mutate": [source_of(module)], "also_copy": extra,
-        "pytest_add_cli_args_test_selection": MODULES[module], "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0"],
+        "pytest_add_cli_args_test_selection": MODULES[module],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0"],  # one process: mutmut runs the tests itself
         "timeout_multiplier": 5.0, "timeout_constant": 20.0,
     }
     pyproject = (REPO / "pyproject.toml").read_text()
