@@ -73,25 +73,3 @@ def demo_resize_size(
     ratio = max_side / max(w, h)
     w, h = round(ratio * w), round(ratio * h)
     return max(multiple, (w // multiple) * multiple), max(multiple, (h // multiple) * multiple)
-
-
-def resize_with_kps(
-    image: Image.Image,
-    kps: np.ndarray | None = None,
-    max_side: int = 1280,
-    min_side: int = 1024,
-    multiple: int = 64,
-) -> tuple[Image.Image, np.ndarray | None]:
-    """Resize like the published demo and move keypoints with the image (x and y scaled separately,
-    since flooring to a multiple of 64 changes the aspect ratio slightly)."""
-    w, h = demo_resize_size(image.width, image.height, max_side, min_side, multiple)
-    # Two steps, as the demo does: to the unrounded size first, then to the multiple-of-64 size.
-    ratio = min_side / min(image.width, image.height)
-    w0, h0 = round(ratio * image.width), round(ratio * image.height)
-    ratio = max_side / max(w0, h0)
-    resized = image.resize((round(ratio * w0), round(ratio * h0)), Image.BILINEAR)
-    resized = resized.resize((w, h), Image.BILINEAR)
-    if kps is None:
-        return resized, None
-    scale = np.array([w / image.width, h / image.height], dtype=np.float64)
-    return resized, np.asarray(kps, dtype=np.float64) * scale

@@ -46,18 +46,14 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
                                        help="Show the version and exit.")) -> None:
     pass  # the options of the command group itself (--version); each command does the work
 
-# Command modules register themselves on `app` when imported; a module that is not written yet is
-# simply absent, so the list can name every planned group.
+# Command modules register themselves on `app` when imported (each imports its heavy libraries lazily, inside
+# its commands, so `instantid --help` stays fast).
 _COMMAND_MODULES = ("faces", "generate", "serve", "service", "train", "evaluate", "apps", "download")
 
 
 def _register_commands() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            importlib.import_module(f"instantid.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"instantid.cli.{name}":
-                raise
+        importlib.import_module(f"instantid.cli.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
