@@ -64,8 +64,9 @@ def draw_kps(
 def demo_resize_size(
     width: int, height: int, max_side: int = 1280, min_side: int = 1024, multiple: int = 64
 ) -> tuple[int, int]:
-    """Output size of the published demo's ``resize_img``: short side scaled to ``min_side``, long side
-    capped at ``max_side``, both floored to a multiple of ``multiple``."""
+    """Output size of the published demo's ``resize_img``: the short side scaled to ``min_side``, then the
+    long side set to ``max_side`` (the whole picture scaled with it, up or down: a square photo gives
+    1280x1280), both floored to a multiple of ``multiple``."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     ratio = min_side / min(width, height)
