@@ -117,8 +117,8 @@ def test_a_lost_worker_requeues_while_attempts_are_left(store: SQLiteJobStore) -
 def test_job_files_without_pose_and_delete(tmp_path: Path) -> None:
     files = JobFiles(tmp_path)
     job_id = new_job_id()
-    files.save_inputs(job_id, [b"one"], None)
-    assert files.load_inputs(job_id, 1, False) == ([b"one"], None)
+    files.save_input(job_id, "face-0", b"one")
+    assert files.load_input(job_id, "face-0") == b"one"
     assert files.image_path(job_id, 2) == tmp_path / "jobs" / job_id / "image-2.png"
     files.clear_partial(new_job_id())  # no folder: nothing to clear, no error
     files.delete(job_id)

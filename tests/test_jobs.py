@@ -68,8 +68,9 @@ def test_job_ids_are_the_only_way_to_a_path(tmp_path: Path) -> None:
             check_job_id(bad)
         with pytest.raises(InvalidInputError):
             files.image_path(bad, 0)
-    files.save_inputs(job_id, [b"one", b"two"], b"pose")
-    assert files.load_inputs(job_id, 2, True) == ([b"one", b"two"], b"pose")
+    files.save_input(job_id, "face-0", b"one")
+    files.save_input(job_id, "pose", b"pose")
+    assert (files.load_input(job_id, "face-0"), files.load_input(job_id, "pose")) == (b"one", b"pose")
     (files.folder(job_id) / ".image-0.png.x.tmp").write_bytes(b"half")  # a killed writer's leftover
     files.clear_partial(job_id)
     assert not list(files.folder(job_id).glob(".*.tmp")) and (files.folder(job_id) / "inputs").is_dir()
@@ -83,7 +84,7 @@ def test_retention_deletes_old_finished_jobs_and_their_folders(tmp_path: Path) -
     old, recent, queued = record(), record(), record(created=0.0)
     for job in (old, recent, queued):
         store.add(job)
-        service.files.save_inputs(job.id, [b"x"], None)
+        service.files.save_input(job.id, "face-0", b"x")
     store.update(old.id, state="done", finished=time.time() - 7200)
     store.update(recent.id, state="failed", finished=time.time() - 60)
     assert service.cleanup() == 1

@@ -110,16 +110,6 @@ class JobFiles:
     def load_input(self, job_id: str, slot: str) -> bytes:
         return self.input_path(job_id, slot).read_bytes()
 
-    def save_inputs(self, job_id: str, faces: list[bytes], pose: bytes | None) -> None:
-        for i, data in enumerate(faces):
-            self.save_input(job_id, f"face-{i}", data)
-        if pose is not None:
-            self.save_input(job_id, "pose", pose)
-
-    def load_inputs(self, job_id: str, count: int, has_pose: bool) -> tuple[list[bytes], bytes | None]:
-        faces = [self.load_input(job_id, f"face-{i}") for i in range(count)]
-        return faces, self.load_input(job_id, "pose") if has_pose else None
-
     def image_name(self, index: int) -> str:
         """Deterministic names, so a re-run of a job replaces its images instead of adding more."""
         return f"image-{index}"
