@@ -214,8 +214,8 @@ def test_reference_details_are_rounded_to_four_digits() -> None:
     face = Face(bbox=(0.0, 0.0, 1.0, 1.0), score=1.0, kps=np.zeros((5, 2), np.float32),
                 embedding=np.zeros(DIM, np.float32), space="dlib-128")
     ref = Reference("a.jpg", face, quality=0.123456, weight=0.654321, consensus_distance=0.111119, rejected="why")
-    assert ref.to_dict() == {"name": "a.jpg", "quality": 0.1235, "weight": 0.6543, "consensus_distance": 0.1111,
-                             "rejected": "why"}
+    assert ref.to_dict() == {"name": "a.jpg", "sha256": None, "face_index": 0, "faces_found": 1, "quality": 0.1235,
+                             "weight": 0.6543, "consensus_distance": 0.1111, "rejected": "why"}
 
 
 def test_mean_ignores_quality_weighted_uses_it_and_hand_weights_are_checked(analyzer) -> None:
