@@ -110,6 +110,7 @@ def refine_faces(
     if faces is not None and len(faces) != len(images):
         raise InvalidInputError(f"give the faces of each image ({len(images)}), got {len(faces)}")
     resolution = options.resolution or app.min_side
+    steps = steps_for_strength(settings.steps, options.strength)
     pipe = pipe or img2img_pipeline(app.pipe)
     refined: list[Image.Image] = []
     reports: list[dict[str, Any]] = []
@@ -125,7 +126,7 @@ def refine_faces(
             kps_image, face_mask = control_pictures(face, region, settings.enhance_face_region)
             seed = None if seeds is None else seeds[i]
             one = settings.updated(num_images=1, seed=seed if seed is not None else settings.seed,
-                                   steps=steps_for_strength(settings.steps, options.strength))
+                                   steps=steps)
             painted, _, _ = app.run_pipeline(
                 pipe, one, progress, image=crop, control_image=kps_image, control_mask=face_mask,
                 strength=options.strength, width=region.work_size[0], height=region.work_size[1],
@@ -137,7 +138,7 @@ def refine_faces(
         reports.append({"faces": done, "skipped": None if done else "no face found"})
     info = {
         "ran": any(r["faces"] for r in reports), **options.model_dump(), "resolution": resolution,
-        "denoising_steps": int(steps_for_strength(settings.steps, options.strength) * options.strength),
+        "denoising_steps": int(steps * options.strength),
         "images": reports,
     }
     return refined, info
