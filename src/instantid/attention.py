@@ -92,6 +92,11 @@ class FaceTokenProjection(MultiIPAdapterImageProjection):
         return super().forward(image_embeds)
 
 
+def halve(h: int, w: int) -> tuple[int, int]:
+    """A grid after one stride-2, padding-1 convolution (the VAE's and the UNet's down-samplers): ceil."""
+    return (h + 1) // 2, (w + 1) // 2
+
+
 def grid_shape(size: tuple[int, int], num_queries: int) -> tuple[int, int]:
     """The (rows, columns) of the ``num_queries``-token grid that a picture of ``size`` = (H, W) reaches in the
     UNet. The VAE and every UNet down-sampler are stride-2, padding-1 convolutions, so each halving rounds up:
@@ -99,7 +104,7 @@ def grid_shape(size: tuple[int, int], num_queries: int) -> tuple[int, int]:
     ``ceil(h/2) x ceil(w/2)`` below it. This is the only rule that holds for latents of odd size."""
     h, w = size
     while h * w > num_queries and (h > 1 or w > 1):
-        h, w = -(-h // 2), -(-w // 2)
+        h, w = halve(h, w)
     if h * w != num_queries:
         raise ValueError(
             f"no attention grid of {num_queries} tokens lies below a {size[1]}x{size[0]} picture; "
@@ -287,7 +292,7 @@ def token_grids(latent_size: tuple[int, int], levels: int) -> list[tuple[int, in
     grids = []
     for _ in range(levels):
         grids.append((h, w))
-        h, w = (h + 1) // 2, (w + 1) // 2
+        h, w = halve(h, w)
     return grids
 
 
