@@ -19,7 +19,7 @@ from diffusers import ControlNetModel
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline
-from instantid.attention import face_processors
+from instantid.core.attention import face_processors
 
 
 def load(fixtures: Path, dtype: torch.dtype) -> StableDiffusionXLInstantIDPipeline:

@@ -1,7 +1,7 @@
 """Section 6 of ``gpu_speed.py``: the lossy levers, each alone, against the exact pipeline in the same process.
 
-* IdentityNet's residuals reused between steps (``controlnet_cache_interval`` 2 and 3; :mod:`instantid.denoise`);
-* torchao quantization of the UNet's and IdentityNet's linear layers (:mod:`instantid.quantize`): ``fp8`` (fp8
+* IdentityNet's residuals reused between steps (``controlnet_cache_interval`` 2 and 3; :mod:`instantid.core.denoise`);
+* torchao quantization of the UNet's and IdentityNet's linear layers (:mod:`instantid.speed.quantize`): ``fp8`` (fp8
   weights and activations, GPUs of compute capability 8.9+), ``fp8-weights``, ``int8``, each eager against
   eager, and one scheme (``--compiled-scheme``, fp8 by default) under compilation against the compiled exact
   pipeline, which is where fp8 pays.
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from instantid.errors import InvalidInputError
-from instantid.fast import enable_fast_inference, fuse_self_attention
+from instantid.speed.fast import enable_fast_inference, fuse_self_attention
 
 CACHE_INTERVALS = (2, 3)  # IdentityNet every N-th step
 QUANTIZE_SCHEMES = ("fp8", "fp8-weights", "int8")  # torchao, eager
@@ -40,7 +40,7 @@ def prepare_quantized(bench: Any, schemes: tuple[str, ...], compiled: str | None
     the schemes skipped, with why. Quantizing is one-way, so the exact modules stay as they are; the copies are
     made of the eager modules (no fused processor, no compiled block: a copied compiled block would still call
     the original's forward)."""
-    from instantid.quantize import check_scheme, quantize_pipeline, torchao_config
+    from instantid.speed.quantize import check_scheme, quantize_pipeline, torchao_config
 
     bench.variant("eager")
     skipped = {}

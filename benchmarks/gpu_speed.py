@@ -50,9 +50,9 @@ from gpu_lossy import lossy, lossy_table  # noqa: E402  (section 6)
 from pipeline_vs_stock import PeakMemory, load  # noqa: E402  (the shared builders)
 
 from instantid import draw_kps  # noqa: E402
-from instantid.fast import enable_fast_inference, fuse_self_attention  # noqa: E402
-from instantid.model_settings import DTYPE_NAMES, torch_dtype  # noqa: E402
-from instantid.presets import PRESETS  # noqa: E402
+from instantid.api.model_settings import DTYPE_NAMES, torch_dtype  # noqa: E402
+from instantid.speed.fast import enable_fast_inference, fuse_self_attention  # noqa: E402
+from instantid.speed.presets import PRESETS  # noqa: E402
 
 PROMPT, NEGATIVE = "a portrait of a person, city street, soft light", "blurry"
 FEW_STEP = ("lcm-lora", "lightning-4step", "hyper-sd-8step", "tcd")
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, save) -> dict:
     if "first_call" not in skip:
         report["first_call"] = {"cold": child(args, cache), "warm": child(args, cache)}
         save(report)
-    from instantid.fast import use_compile_cache
+    from instantid.speed.fast import use_compile_cache
 
     use_compile_cache(cache)  # this process reads the same (now warm) cache
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,8 +42,8 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
-from instantid.model_settings import DTYPE_NAMES, torch_dtype
-from instantid.tiny import build_tiny_instantid
+from instantid.api.model_settings import DTYPE_NAMES, torch_dtype
+from instantid.io.tiny import build_tiny_instantid
 
 
 class PeakMemory:
@@ -109,7 +109,7 @@ def load(args: argparse.Namespace, dtype: torch.dtype, tmp: Path):
         sys.path.insert(0, str(Path(__file__).parent))
         from speed import build_components  # the full-size random SDXL builder
 
-        from instantid.adapter import random_adapter_state_dict
+        from instantid.core.adapter import random_adapter_state_dict
 
         parts = build_components(argparse.Namespace(full_size=True), torch.device(args.device), dtype, tmp)
         state = random_adapter_state_dict(parts["unet"], width=1280, depth=4, num_queries=16, embedding_dim=512)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ours, stock, layers = load(args, dtype, Path(tmp))
     if args.compile:
-        from instantid.fast import enable_fast_inference
+        from instantid.speed.fast import enable_fast_inference
 
         # The shared blocks, compiled once: each pipeline's processors get graphs of their own. Only the compile
         # lever, so both pipelines stay comparable (fusing QKV would fuse ours and not the stock layers).

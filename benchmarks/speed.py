@@ -143,7 +143,7 @@ def build_components(args: argparse.Namespace, device: torch.device, dtype: torc
     from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from instantid.tiny import TinyConfig, build_tiny_components, build_tiny_instantid
+    from instantid.io.tiny import TinyConfig, build_tiny_components, build_tiny_instantid
 
     build_tiny_instantid(folder)  # also the source of the offline tokenizers
     tokenizers = {name: CLIPTokenizer.from_pretrained(folder / "base" / name) for name in ("tokenizer", "tokenizer_2")}
@@ -172,7 +172,7 @@ def build_components(args: argparse.Namespace, device: torch.device, dtype: torc
 def install_adapter(pipe: Any, args: argparse.Namespace, folder: Path) -> int:
     """A random face adapter (published sizes at full size) through the real loading code; returns its
     embedding size."""
-    from instantid.adapter import random_adapter_state_dict
+    from instantid.core.adapter import random_adapter_state_dict
 
     width, dim = (1280, 512) if args.full_size else (128, 512)
     state = random_adapter_state_dict(pipe.unet, width=width, depth=4, num_queries=16, embedding_dim=dim)
@@ -270,8 +270,8 @@ def time_pipeline(pipe: Any, call: dict, args: argparse.Namespace, device: torch
 def run(args: argparse.Namespace) -> dict:
     from diffusers import StableDiffusionXLControlNetPipeline
 
-    from instantid.keypoints import draw_kps
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.core.keypoints import draw_kps
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 
     device = torch.device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -319,9 +319,9 @@ def first_call_worker(args: argparse.Namespace) -> dict:
     """In a fresh process: build the pipeline, switch the fast path on (or not), time the first two calls."""
     from torch._dynamo.utils import counters
 
-    from instantid.fast import enable_fast_inference
-    from instantid.keypoints import draw_kps
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.core.keypoints import draw_kps
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
+    from instantid.speed.fast import enable_fast_inference
 
     started = time.perf_counter()
     device = torch.device(args.device)

@@ -38,7 +38,7 @@ VAE_PARAMS = 83_653_863
 
 def measure_tiny(steps: int, batch: int) -> dict:
     """Seconds per optimizer step and peak memory of the real training step on the tiny stack."""
-    from instantid.tiny import TinyConfig, build_tiny_instantid
+    from instantid.io.tiny import TinyConfig, build_tiny_instantid
     from instantid.training.config import TrainConfig
     from instantid.training.data import FaceDataset, collate
     from instantid.training.model import build_modules, cast_frozen, diffusion_loss, step_generator
@@ -90,7 +90,7 @@ def sdxl_estimate() -> dict:
     """Exact parameter counts of full-size SDXL + InstantID (meta device) and the memory formula."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from instantid.adapter import _cross_attention_layers
+    from instantid.core.adapter import _cross_attention_layers
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SDXL_UNET)

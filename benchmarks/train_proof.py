@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instantid.tiny import TinyConfig, build_tiny_instantid
+from instantid.io.tiny import TinyConfig, build_tiny_instantid
 from instantid.training.config import TrainConfig
 from instantid.training.data import FaceDataset, collate
 from instantid.training.model import build_modules, encode_text, time_ids

@@ -31,7 +31,7 @@ def demo_model(cache_dir: Path) -> object:
         import torch
 
         from instantid import InstantID
-        from instantid.loading import library_chatter
+        from instantid.io.loading import library_chatter
 
         torch.set_num_threads(1)
         with library_chatter():

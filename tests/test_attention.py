@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instantid.attention import FaceAttnProcessor, FaceCall, FaceRegion, prepare_faces
-from instantid.denoise import face_tokens
+from instantid.core.attention import FaceAttnProcessor, FaceCall, FaceRegion, prepare_faces
+from instantid.core.denoise import face_tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 LATENT = (8, 8)  # a 64 px picture: token grids of 64, 16 and 4

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from _demo import FACE, FACES, NO_FACE, demo_model
 
-from instantid.batch import FAILURES, load_job, plan, task_settings
+from instantid.api.settings import GenerationSettings
+from instantid.apps.batch import FAILURES, load_job, plan, task_settings
 from instantid.cli import main
 from instantid.errors import InvalidInputError
-from instantid.outputs import read_metadata
-from instantid.settings import GenerationSettings
+from instantid.io.outputs import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """The session's demo model for every load; counts model loads and face lookups (analyze / get_face calls)."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     counts = {"model": 0, "faces": 0}
     model = demo_model(demo_dir)

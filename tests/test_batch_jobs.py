@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from instantid.batch import (
+from instantid.api.settings import GenerationSettings
+from instantid.apps.batch import (
     SETTING_NAMES,
     BatchTask,
     Failure,
@@ -20,7 +21,6 @@ from instantid.batch import (
     task_digest,
 )
 from instantid.errors import InvalidInputError
-from instantid.settings import GenerationSettings
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -163,7 +163,7 @@ def test_plan_applies_precedence_and_lists_bad_settings(tmp_path: Path) -> None:
 
 
 def test_an_output_is_done_only_with_its_sidecar_and_the_same_digest(tmp_path: Path) -> None:
-    from instantid.batch import PlannedTask, is_done
+    from instantid.apps.batch import PlannedTask, is_done
 
     task = BatchTask(IdentitySpec("ann", ()), 1, PromptSpec("x"), 3, "w")
     planned = PlannedTask(task, GenerationSettings(), "abc")
@@ -181,7 +181,7 @@ def test_an_output_is_done_only_with_its_sidecar_and_the_same_digest(tmp_path: P
 def test_model_files_fingerprint_local_files_and_folders_only(tmp_path: Path) -> None:
     import os
 
-    from instantid.batch import model_files
+    from instantid.apps.batch import model_files
 
     lora = tmp_path / "style.safetensors"
     lora.write_bytes(b"12345")

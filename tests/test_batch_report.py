@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from _demo import FACE, NO_FACE
 
-from instantid.batch import FAILURES, Failure, in_file_order
+from instantid.apps.batch import FAILURES, Failure, in_file_order
 from instantid.cli import main
 
 
 @pytest.fixture
 def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
@@ -52,7 +52,7 @@ def test_failures_sort_by_line_number_not_text() -> None:
 
 def test_a_missing_photo_is_a_bad_row_before_any_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a model loaded although no row can be made")
@@ -68,8 +68,8 @@ def test_a_missing_photo_is_a_bad_row_before_any_model_loads(tmp_path: Path, mon
 
 
 def test_across_shards_every_bad_row_is_reported_by_exactly_one_process(tmp_path: Path) -> None:
-    from instantid.batch import load_job, plan, shard_failures
-    from instantid.settings import GenerationSettings
+    from instantid.api.settings import GenerationSettings
+    from instantid.apps.batch import load_job, plan, shard_failures
 
     job = tmp_path / "job.csv"
     job.write_text("identity,photos,prompt,seed,steps\n" + "".join(

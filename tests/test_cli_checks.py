@@ -13,7 +13,7 @@ from _demo import FACE, NO_FACE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instantid.batch import load_job
+from instantid.apps.batch import load_job
 from instantid.cli import main
 from instantid.errors import ImageReadError, InvalidInputError
 from instantid.faces.images import MAX_PIXELS, load_image
@@ -29,7 +29,7 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every model load (the face model and the diffusion model); none may happen in these tests."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     seen: list[str] = []
 
@@ -91,7 +91,7 @@ def test_fp16_on_the_cpu_is_refused_before_loading(loads: list[str], capsys: pyt
 
 
 def test_the_demo_honours_dtype(tmp_path: Path) -> None:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     loaded = ModelSettings(demo=True, dtype="bf16", demo_cache_dir=tmp_path).load()
     assert loaded.pipe.unet.dtype.is_floating_point and str(loaded.pipe.unet.dtype) == "torch.bfloat16"
@@ -175,7 +175,7 @@ def test_a_binary_job_file_is_one_line(data: bytes, tmp_path: Path, capsys: pyte
 @pytest.fixture
 def face_model_only(model, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """The demo stack's face model for the photo checks; a diffusion model load fails the test."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     def load(*args: object, **kwargs: object) -> object:
         raise AssertionError("the model loaded although a photo was bad")
@@ -206,7 +206,7 @@ def test_photo_errors_name_the_flag(command: list[str], line: str, tmp_path: Pat
 def test_swap_with_one_step_still_runs_a_denoising_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """1 step at strength 0.85 would run int(0.85) = 0 steps in diffusers: swap (like face detail) raises the
     scheduler's count to the smallest that runs one, and records it."""
-    from instantid.outputs import read_metadata
+    from instantid.io.outputs import read_metadata
 
     assert main(["swap", "--face", str(FACE), "--into", str(FACE), "--demo", "--steps", "1", "--seed", "1",
                  "-o", str(tmp_path)]) == 0, capsys.readouterr().err

@@ -11,7 +11,7 @@ from _demo import CORRUPT, FACE, NO_FACE, demo_model
 from PIL import Image
 
 from instantid.cli import main
-from instantid.outputs import METADATA_KEY, PARAMETERS_KEY, read_metadata
+from instantid.io.outputs import METADATA_KEY, PARAMETERS_KEY, read_metadata
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shared_model(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every CLI load returns the session's demo model (the real --demo load is tested once, below); the list
     records each model load, so a test can tell whether a check came before it."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     loads: list[str] = []
 
@@ -260,7 +260,7 @@ def test_demo_run_prints_no_library_chatter(tmp_path: Path) -> None:
 
 def test_help_states_the_seed_rule_and_the_batch_precedence(capsys: pytest.CaptureFixture,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from instantid.batch import PRECEDENCE
+    from instantid.apps.batch import PRECEDENCE
 
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["generate", "--help"]) == 0
@@ -283,7 +283,7 @@ def test_every_command_module_is_registered() -> None:
 def test_face_model_the_published_adapter_cannot_use_is_refused_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     loads: list[str] = []
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append("model"))

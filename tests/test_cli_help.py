@@ -57,7 +57,7 @@ def test_train_help_is_laid_out_like_the_others(capsys: pytest.CaptureFixture[st
 
 def test_stderr_lines_are_not_wrapped_and_the_demo_banner_shows_once(
         model: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)

@@ -9,9 +9,9 @@ import torch
 from _demo import FACES
 from PIL import Image
 
-from instantid.denoise import face_tokens
-from instantid.keypoints import draw_kps
-from instantid.tiny import draw_identitynet_weights
+from instantid.core.denoise import face_tokens
+from instantid.core.keypoints import draw_kps
+from instantid.io.tiny import draw_identitynet_weights
 
 SIZE = 64
 KPS = np.array([[20.0, 24], [44, 24], [32, 36], [22, 48], [42, 48]])

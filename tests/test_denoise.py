@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instantid.attention import FaceCall, FaceRegion
-from instantid.denoise import StepInputs, _resized_mask, control_residuals
+from instantid.core.attention import FaceCall, FaceRegion
+from instantid.core.denoise import StepInputs, _resized_mask, control_residuals
 
 
 class RecordingNet(torch.nn.Module):

@@ -105,7 +105,7 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     from huggingface_hub import hf_hub_download
 
     from instantid.faces.antelopev2 import find_antelopev2
-    from instantid.models import ModelRefs, describe
+    from instantid.io.models import ModelRefs, describe
 
     assert main(["download", "--accept-licences", "--preset", "lcm-lora"]) == 0
     out = capsys.readouterr().out
@@ -123,8 +123,8 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     assert folder is not None and folder.parent.name == "snapshots"
     # generate's face step, as it runs with no options: the auto backend loads antelopev2 from the cache and
     # passes the published adapter's embedding-space check.
+    from instantid.api.model_settings import ModelSettings
     from instantid.faces import SPACE_ANTELOPEV2
-    from instantid.model_settings import ModelSettings
 
     analyzer = ModelSettings().face_analyzer()
     assert analyzer.space == SPACE_ANTELOPEV2 and analyzer.folder == folder
@@ -132,7 +132,7 @@ def test_downloads_every_model_verified_and_the_loaders_find_them(hub: StandInHu
     lora = hf_hub_download(LCM, "pytorch_lora_weights.safetensors", local_files_only=True)
     assert Path(lora).read_bytes() == _bytes("lcm")
     # Online too (no HF_HUB_OFFLINE), huggingface_hub's own snapshot/file lookups take the cache as complete.
-    from instantid.models import DEFAULT_BASE, INSTANTID_REPO, resolve_adapter, resolve_base, resolve_identitynet
+    from instantid.io.models import DEFAULT_BASE, INSTANTID_REPO, resolve_adapter, resolve_base, resolve_identitynet
 
     count = len(hub.downloads())
     assert (resolve_base(DEFAULT_BASE) / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
 from instantid.cli import main
 from instantid.errors import InvalidInputError
 from instantid.evaluation import (
@@ -27,9 +28,8 @@ from instantid.evaluation import (
 )
 from instantid.faces import load_image
 from instantid.faces.arcface import ArcFaceAnalyzer
-from instantid.models import ModelRefs
-from instantid.outputs import png_bytes
-from instantid.settings import GenerationSettings
+from instantid.io.models import ModelRefs
+from instantid.io.outputs import png_bytes
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

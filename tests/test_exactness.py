@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDImg2ImgPipeline, draw_kps
-from instantid.attention import face_processors
+from instantid.core.attention import face_processors
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -8,9 +8,9 @@ import pytest
 from _demo import FACE, FACES
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
+from instantid.apps.face_detail import FaceDetailOptions, refine_faces
 from instantid.errors import InvalidInputError
-from instantid.face_detail import FaceDetailOptions, refine_faces
-from instantid.settings import GenerationSettings
 
 SETTINGS = GenerationSettings(prompt="a portrait", steps=4)
 OPTIONS = FaceDetailOptions(strength=0.5, resolution=128)
@@ -45,7 +45,7 @@ def _far_from(size: tuple[int, int], ellipse: list[float], feather: float) -> np
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    from instantid.pipeline import StableDiffusionXLInstantIDImg2ImgPipeline as Pipe
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline as Pipe
 
     seen: list[tuple[int, int]] = []
     original = Pipe.__call__
@@ -96,9 +96,9 @@ def test_options_are_checked() -> None:
 
 
 def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, tmp_path, monkeypatch, capsys):
+    from instantid.api.model_settings import ModelSettings
     from instantid.cli import main
-    from instantid.model_settings import ModelSettings
-    from instantid.outputs import read_metadata
+    from instantid.io.outputs import read_metadata
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: app)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
@@ -118,7 +118,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert len(metadata["face_detail"]["faces"]) == 1
     assert metadata["face_detail"]["max_faces"] == 1 and metadata["face_detail"]["context"] == 1.5
     # One record format for the CLI, /v1/detail and the UI: what detail_picture writes for the same inputs.
-    from instantid.generator import prepare_identity
+    from instantid.api.generator import prepare_identity
     from instantid.service.detail import detail_picture
 
     identity = prepare_identity(app.analyzer, [str(FACES / "obama_1.jpg")])
@@ -160,7 +160,7 @@ def test_faces_the_caller_found_are_not_searched_again(app, person, monkeypatch)
 def test_generate_records_the_face_detail_pass(app, person):
     """The knob declared in settings.py reaches generate(); on the noise of the tiny stack no face is found,
     which is recorded rather than hidden."""
-    from instantid.settings import GenerationSettings
+    from instantid.api.settings import GenerationSettings
 
     result = app.generate(person, GenerationSettings(steps=2, seed=1, face_detail=True, face_detail_strength=0.5))
     info = result.metadata["face_detail"]
@@ -170,8 +170,8 @@ def test_generate_records_the_face_detail_pass(app, person):
 
 
 def test_detail_command_with_no_face_anywhere_stops_before_loading(tmp_path, monkeypatch, capsys):
+    from instantid.api.model_settings import ModelSettings
     from instantid.cli import main
-    from instantid.model_settings import ModelSettings
 
     loads = []
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append(1))

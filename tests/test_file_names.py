@@ -1,5 +1,5 @@
 """File names: slugs keep the letters of every script and are cut between words; the CLI and the web UI name an
-image with one function (``instantid.outputs.image_stem``)."""
+image with one function (``instantid.io.outputs.image_stem``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instantid.cli import main
-from instantid.outputs import image_stem, slug
+from instantid.io.outputs import image_stem, slug
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -63,7 +63,7 @@ def test_image_stem_names_prompts_and_pictures() -> None:
 
 @pytest.fixture
 def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)

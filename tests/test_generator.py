@@ -9,10 +9,10 @@ import pytest
 import torch
 from _demo import FACE, FACES, demo_model
 
-from instantid import generator
+from instantid.api import generator
+from instantid.api.generator import _prompt_arguments
+from instantid.api.settings import GenerationSettings, field_label, make_settings
 from instantid.errors import InvalidInputError
-from instantid.generator import _prompt_arguments
-from instantid.settings import GenerationSettings, field_label, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def _assert_same_encoding(pipe, prompt: str, negative: str, guidance: float, n: 
 @pytest.mark.parametrize("variant", ["text-to-image", "img2img", "inpaint"])
 @pytest.mark.parametrize(("prompt", "negative", "guidance", "n", "zeros"), _PROMPT_CASES)
 def test_plain_prompts_encode_exactly_as_diffusers(app, variant, prompt, negative, guidance, n, zeros):
-    from instantid.inpaint import img2img_pipeline, inpaint_pipeline
+    from instantid.pipelines.inpaint import img2img_pipeline, inpaint_pipeline
 
     pipe = {"text-to-image": app.pipe, "img2img": img2img_pipeline(app.pipe),
             "inpaint": inpaint_pipeline(app.pipe)}[variant]
@@ -183,9 +183,9 @@ def test_text_encoder_lora_encodes_exactly_as_diffusers(app, tmp_path):
     from peft.utils import get_peft_model_state_dict
 
     from instantid import InstantID
-    from instantid.loading import library_chatter
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
-    from instantid.prompts import encode_prompt_weighted
+    from instantid.io.loading import library_chatter
+    from instantid.pipelines.prompts import encode_prompt_weighted
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 
     torch.manual_seed(0)
     layers = {}

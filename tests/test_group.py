@@ -11,7 +11,7 @@ from _demo import FACES, demo_model
 
 from instantid.cli import main
 from instantid.errors import InvalidInputError
-from instantid.outputs import read_metadata
+from instantid.io.outputs import read_metadata
 
 GROUP = FACES / "group_two_people.jpg"
 
@@ -27,13 +27,13 @@ def _pixels(result) -> np.ndarray:
 
 def _without_keypoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every person's keypoint picture black (regions, face tokens and size kept): what IdentityNet alone sees."""
-    monkeypatch.setattr("instantid.generator.draw_kps", lambda canvas, kps: canvas.copy())
+    monkeypatch.setattr("instantid.api.generator.draw_kps", lambda canvas, kps: canvas.copy())
 
 
 @pytest.mark.parametrize("enhance", [False, True])
 def test_one_person_reduces_to_plain_generation(app, enhance: bool) -> None:
     """With the face-region rule on, a person's region is cut to their face box, as generate() masks one face."""
-    from instantid.settings import GenerationSettings
+    from instantid.api.settings import GenerationSettings
 
     person = app.prepare_identity(FACES / "obama_1.jpg")
 
@@ -82,7 +82,7 @@ def test_people_side_by_side_without_a_pose_photo(app, monkeypatch: pytest.Monke
 
 
 def test_cli_person_flags(app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: app)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from instantid.api.identity import face_quality, fuse
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, create_face_analyzer, load_image
-from instantid.identity import face_quality, fuse
 
 SAME = ["obama_1.jpg", "obama_2.jpg", "edge_obama_small.jpg", "edge_rgba_32bit.png"]
 INTRUDER = "alex_lacamoire_1.png"
@@ -91,7 +91,7 @@ def test_several_faces_say_which_was_used_and_how_many(analyzer, faces_dir):
     """A photo with several faces: the Identity's warnings (printed by the CLI, shown by the web UI, recorded in
     the metadata) say which face was used and how many were found; each reference records both (issue 18 item 4).
     """
-    from instantid.generator import prepare_identity
+    from instantid.api.generator import prepare_identity
 
     group = faces_dir / "group_two_people.jpg"
     largest = prepare_identity(analyzer, group)
@@ -131,7 +131,7 @@ def test_quality_terms_saturate_at_112_px_a_sharp_crop_and_a_sure_detection() ->
 def test_mix_interpolates_from_you_to_them_and_is_recorded() -> None:
     from dataclasses import replace
 
-    from instantid.identity import Identity
+    from instantid.api.identity import Identity
 
     a_emb, b_emb = np.full(128, 2.0, np.float32), np.full(128, 4.0, np.float32)
     me = Identity(embedding=a_emb, space="dlib-128", pose_face=_face(100, embedding=a_emb), pose_size=(200, 200),

@@ -9,9 +9,9 @@ import torch
 from _demo import FACE, demo_model
 from PIL import Image
 
+from instantid.core.keypoints import draw_kps
 from instantid.errors import InvalidInputError
-from instantid.inpaint import StableDiffusionXLInstantIDInpaintPipeline, img2img_pipeline, inpaint_pipeline
-from instantid.keypoints import draw_kps
+from instantid.pipelines.inpaint import StableDiffusionXLInstantIDInpaintPipeline, img2img_pipeline, inpaint_pipeline
 
 SIZE = 64
 KPS = np.array([[22, 24], [42, 24], [32, 34], [24, 46], [40, 46]], dtype=np.float64)
@@ -124,9 +124,9 @@ def test_an_inpainting_base_refuses_text_to_image_in_one_line(app, folder) -> No
     from diffusers import UNet2DConditionModel
 
     from instantid import GenerationSettings, InstantID
+    from instantid.apps.face_detail import refine_faces
     from instantid.errors import IncompatibleWeightsError
-    from instantid.face_detail import refine_faces
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config({**app.pipe.unet.config, "in_channels": 9, "encoder_hid_dim_type": None,
@@ -206,7 +206,7 @@ def test_padding_mask_crop_errors_are_one_line(app) -> None:
 
 
 def test_identitynet_cache_interval_reaches_the_inpainting_pipeline(app) -> None:
-    """The lossy lever of instantid.denoise works for swaps too: IdentityNet runs every N-th step only."""
+    """The lossy lever of instantid.core.denoise works for swaps too: IdentityNet runs every N-th step only."""
     pipe = inpaint_pipeline(app.pipe)
     calls: list[int] = []
     hook = pipe.controlnet.register_forward_pre_hook(lambda *a: calls.append(1))

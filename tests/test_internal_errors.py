@@ -32,7 +32,7 @@ def logged_traceback(caplog: pytest.LogCaptureFixture, error_id: str) -> logging
 
 @pytest.fixture
 def client(model: Any, tmp_path: Path) -> Iterator[httpx.Client]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     with serving(create_app(ServerSettings(out_dir=tmp_path, mount_ui=False), model=model)) as http:
         yield http
@@ -118,8 +118,8 @@ def test_web_ui_says_internal_error_with_the_logged_id(tmp_path: Path, caplog: p
 
 def test_a_web_ui_job_that_crashes_in_the_worker_names_the_id(crashing_model: Any, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from instantid.api.settings import GenerationSettings
     from instantid.service.core import InternalJobError, JobService, ServerSettings
-    from instantid.settings import GenerationSettings
 
     caplog.set_level(logging.ERROR)
     service = JobService.start(ServerSettings(out_dir=tmp_path, mount_ui=False), crashing_model)

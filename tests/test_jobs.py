@@ -96,7 +96,7 @@ def test_retention_deletes_old_finished_jobs_and_their_folders(tmp_path: Path) -
 def test_server_killed_mid_job_loses_nothing(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     import httpx
 
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     cache = tmp_path_factory.getbasetemp() / "demo"
     model = demo_model(cache)  # built here first, so the subprocess finds the weights ready
@@ -147,8 +147,8 @@ def test_server_killed_mid_job_loses_nothing(tmp_path: Path, tmp_path_factory: p
 
 
 def test_web_ui_generations_go_through_the_same_queue(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from instantid.api.settings import GenerationSettings
     from instantid.service.core import JobService, QueueFullError, ServerSettings
-    from instantid.settings import GenerationSettings
 
     model = demo_model(tmp_path_factory.getbasetemp() / "demo")
     service = JobService.start(ServerSettings(out_dir=tmp_path, mount_ui=False, max_queued_jobs=1), model)

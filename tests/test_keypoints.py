@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from instantid.keypoints import demo_resize_size
+from instantid.core.keypoints import demo_resize_size
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from instantid.api.identity import Identity
+from instantid.apps.layouts import get_layout, layout_names, layout_pose, with_layout
 from instantid.errors import InvalidInputError
 from instantid.faces import SPACE_DLIB, Face
-from instantid.identity import Identity
-from instantid.layouts import get_layout, layout_names, layout_pose, with_layout
 
 EXPECTED = ("frontal", "three-quarter-left", "three-quarter-right", "profile-left", "profile-right")
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from instantid import draw_kps
-from instantid.attention import FaceAttnProcessor
+from instantid.api.settings import GenerationSettings, field_label, make_settings
 from instantid.cli import main
+from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import InvalidInputError
-from instantid.settings import GenerationSettings, field_label, make_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 SIZE, STEPS = 64, 6
@@ -115,8 +115,8 @@ def test_the_cache_lives_and_dies_with_its_call(counted):
 
 def test_training_steps_never_reuse(fixture_pipe):
     """Without a per-call cache (the trainer's FaceCall), every step runs IdentityNet whatever the interval."""
-    from instantid.attention import FaceCall, FaceRegion
-    from instantid.denoise import StepInputs, denoise_step, face_tokens
+    from instantid.core.attention import FaceCall, FaceRegion
+    from instantid.core.denoise import StepInputs, denoise_step, face_tokens
 
     calls = Calls(fixture_pipe.identitynet)
     try:
@@ -168,7 +168,7 @@ def _face_weights(pipe) -> list[torch.Tensor]:
 @needs_torchao
 @pytest.mark.parametrize("scheme", ["int8-weights", "fp8-weights", "int8"])
 def test_quantization_keeps_the_identity_branch_exact_and_the_latents_near(fresh_fixture_pipe, scheme):
-    from instantid.quantize import quantize_pipeline
+    from instantid.speed.quantize import quantize_pipeline
 
     pipe = fresh_fixture_pipe
     exact, other = _latents(pipe), _latents(pipe, face=1)
@@ -190,7 +190,7 @@ def test_quantization_keeps_the_identity_branch_exact_and_the_latents_near(fresh
 
 @needs_torchao
 def test_fp8_compute_is_refused_without_an_fp8_gpu_in_one_line(fresh_fixture_pipe):
-    from instantid.quantize import quantize_pipeline
+    from instantid.speed.quantize import quantize_pipeline
 
     with pytest.raises(InvalidInputError, match=r"^quantize fp8 needs a CUDA GPU of compute capability 8\.9\+"):
         quantize_pipeline(fresh_fixture_pipe, "fp8")
@@ -200,7 +200,7 @@ def test_fp8_compute_is_refused_without_an_fp8_gpu_in_one_line(fresh_fixture_pip
                     or importlib.util.find_spec("torchao") is None,
                     reason="fp8 matmuls need torchao and a CUDA GPU of compute capability 8.9+ (Ada, Hopper)")
 def test_fp8_on_an_fp8_gpu_keeps_the_identity(fresh_fixture_pipe):
-    from instantid.quantize import quantize_pipeline
+    from instantid.speed.quantize import quantize_pipeline
 
     pipe = fresh_fixture_pipe.to("cuda", torch.bfloat16)
     exact, other = _latents(pipe).float(), _latents(pipe, face=1).float()
@@ -210,14 +210,14 @@ def test_fp8_on_an_fp8_gpu_keeps_the_identity(fresh_fixture_pipe):
 
 
 def test_quantization_rejects_an_unknown_scheme_naming_the_choices(fresh_fixture_pipe):
-    from instantid.quantize import quantize_pipeline
+    from instantid.speed.quantize import quantize_pipeline
 
     with pytest.raises(InvalidInputError, match=r"^quantize must be one of fp8, fp8-weights, int8, int8-weights, got"):
         quantize_pipeline(fresh_fixture_pipe, "fp4")
 
 
 def test_quantization_without_torchao_says_how_to_install_it(fresh_fixture_pipe, monkeypatch):
-    from instantid.quantize import quantize_pipeline
+    from instantid.speed.quantize import quantize_pipeline
 
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "torchao", None)
@@ -241,7 +241,7 @@ def test_the_knob_reaches_the_pipeline_through_generate_and_is_recorded(demo_app
 
 @needs_torchao
 def test_quantize_model_option_loads_quantized_and_records_it(tmp_path):
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     app = ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize="int8-weights").load()
     linear = [m for n, m in app.pipe.unet.named_modules() if n.endswith("attn1.to_q")][0]
@@ -254,8 +254,8 @@ def test_quantize_model_option_loads_quantized_and_records_it(tmp_path):
 ])
 def test_the_quantize_option_is_refused_before_any_weights_load(tmp_path, monkeypatch, scheme, hide_torchao,
                                                                   message):
-    import instantid.generator
-    from instantid.model_settings import ModelSettings
+    import instantid.api.generator
+    from instantid.api.model_settings import ModelSettings
 
     if hide_torchao:
         real = importlib.util.find_spec
@@ -264,6 +264,6 @@ def test_the_quantize_option_is_refused_before_any_weights_load(tmp_path, monkey
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded before the quantize option was checked")
 
-    monkeypatch.setattr(instantid.generator.InstantID, "demo", no_loading)
+    monkeypatch.setattr(instantid.api.generator.InstantID, "demo", no_loading)
     with pytest.raises(InvalidInputError, match=message):
         ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize=scheme, device="cpu").load()

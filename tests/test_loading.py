@@ -13,11 +13,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
-from instantid.adapter import load_adapter_state_dict
-from instantid.attention import face_processors
+from instantid.core.adapter import load_adapter_state_dict
+from instantid.core.attention import face_processors
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
-from instantid.models import ModelRefs, describe, resolve_adapter, resolve_base, resolve_identitynet
-from instantid.tiny import TinyConfig, build_tiny_instantid
+from instantid.io.models import ModelRefs, describe, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.io.tiny import TinyConfig, build_tiny_instantid
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -211,7 +211,7 @@ def test_adapter_goes_through_diffusers_public_loader(tiny_fixture_dir, monkeypa
 
 def test_bare_unet_loader_names_the_diffusers_it_needs():
     """Training installs into a bare UNet through diffusers' private loader; without it, one clear line."""
-    from instantid.adapter import install_face_adapter
+    from instantid.core.adapter import install_face_adapter
 
     with pytest.raises(IncompatibleWeightsError, match="install a diffusers release from 0.32 to 0.42"):
         install_face_adapter(torch.nn.Module(), {}, scale=1.0)
@@ -224,7 +224,7 @@ class _Code:
 def test_adapter_that_asks_to_run_code_is_refused_without_unsafe_advice(tmp_path):
     import torch
 
-    from instantid.adapter import load_adapter_state_dict
+    from instantid.core.adapter import load_adapter_state_dict
     from instantid.errors import IncompatibleWeightsError
 
     path = tmp_path / "ip-adapter.bin"

@@ -12,9 +12,9 @@ import pytest
 import torch
 from _demo import demo_model
 
-from instantid import loading
 from instantid.errors import InstantIDError, InvalidInputError, MissingWeightsError, WeightsError
-from instantid.loading import check_lora, describe_checkpoint, load_lora, load_pipeline, pick_device
+from instantid.io import loading
+from instantid.io.loading import check_lora, describe_checkpoint, load_lora, load_pipeline, pick_device
 
 
 class _RunsCode:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from instantid.errors import InvalidInputError
-from instantid.outputs import (
+from instantid.io.outputs import (
     METADATA_KEY,
     PARAMETERS_KEY,
     parameters_text,

@@ -10,7 +10,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDImg2ImgPipeline, StableDiffusionXLInstantIDPipeline, draw_kps
-from instantid.attention import face_processors
+from instantid.core.attention import face_processors
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

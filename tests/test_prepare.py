@@ -199,7 +199,7 @@ def test_accelerate_launch_gives_each_process_its_shard(photos: Path, tmp_path: 
 
 
 def test_instantid_train_runs_on_the_tar_shards(sharded: tuple[Path, list[dict]], tmp_path: Path) -> None:
-    from instantid.tiny import TinyConfig, build_tiny_instantid
+    from instantid.io.tiny import TinyConfig, build_tiny_instantid
     from instantid.training.trainer import LOG_FILE
 
     release = build_tiny_instantid(tmp_path / "tiny", TinyConfig(embedding_dim=128, embedding_space="dlib-128"))

@@ -9,14 +9,14 @@ import pytest
 from _demo import FACE, FACES
 
 from instantid.cli import main
-from instantid.outputs import read_metadata
+from instantid.io.outputs import read_metadata
 
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A demo cache folder and a random LCM-LoRA in the published key layout for its tiny UNet."""
     from instantid import InstantID
-    from instantid.presets import get_preset, write_stand_in
+    from instantid.speed.presets import get_preset, write_stand_in
 
     cache = tmp_path_factory.mktemp("preset-demo")
     app = InstantID.demo(cache)
@@ -32,7 +32,7 @@ def test_preset_sets_sampler_and_defaults_and_keeps_identity(stand_in: tuple[Pat
     person = app.prepare_identity(FACE)
     result = app.generate(person, steps=2, seed=1, guidance_scale=0.0)
     assert result.metadata["preset"] == "lcm-lora" and result.metadata["sampler"] == "LCM"
-    from instantid.attention import FaceAttnProcessor
+    from instantid.core.attention import FaceAttnProcessor
 
     assert any(isinstance(p, FaceAttnProcessor) for p in app.pipe.unet.attn_processors.values())
     other = app.prepare_identity(FACES / "lecun_1.jpg", pose=FACE)
@@ -66,7 +66,7 @@ def preset_app(stand_in: tuple[Path, Path]):
 
 
 def test_recorded_settings_keep_what_was_chosen() -> None:
-    from instantid.settings import GenerationSettings, settings_from_record
+    from instantid.api.settings import GenerationSettings, settings_from_record
 
     chosen = GenerationSettings(prompt="x", seed=3).updated(width=64, height=64)
     assert chosen.model_fields_set == {"prompt", "seed", "width", "height"}
@@ -79,11 +79,11 @@ def test_recorded_settings_keep_what_was_chosen() -> None:
 def test_preset_steps_and_guidance_reach_every_task(preset_app) -> None:
     """generate, group, swap and detail through the Python API: the preset's 4 steps and guidance 0 where the
     caller chose none, the caller's own values where they did; the metadata records what ran."""
-    from instantid.face_detail import FaceDetailOptions
+    from instantid.api.settings import GenerationSettings
+    from instantid.apps.face_detail import FaceDetailOptions
+    from instantid.apps.swap import SwapOptions, swap_face
     from instantid.faces import load_image
     from instantid.service.detail import detail_picture
-    from instantid.settings import GenerationSettings
-    from instantid.swap import SwapOptions, swap_face
 
     app = preset_app
     person = app.prepare_identity(FACE)
@@ -118,7 +118,7 @@ def test_preset_steps_and_guidance_reach_every_task(preset_app) -> None:
 def test_http_jobs_take_the_preset_unless_sent(preset_app, tmp_path: Path) -> None:
     from _service import serving
 
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     face = ("face", ("face.jpg", FACE.read_bytes(), "image/jpeg"))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from instantid.attention import FaceAttnProcessor
+from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
-from instantid.fast import enable_fast_inference
-from instantid.presets import PRESETS, apply_preset, random_lora_state_dict, write_stand_in
+from instantid.speed.fast import enable_fast_inference
+from instantid.speed.presets import PRESETS, apply_preset, random_lora_state_dict, write_stand_in
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 SIZE = 64

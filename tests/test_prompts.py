@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from instantid.errors import InvalidInputError
-from instantid.prompts import PromptFragment, apply_token_weights, encode_prompt_weighted, parse_prompt_weights
+from instantid.pipelines.prompts import (
+    PromptFragment,
+    apply_token_weights,
+    encode_prompt_weighted,
+    parse_prompt_weights,
+)
 
 PLAIN = "a portrait photo of a woman, soft light"
 # The fixture tokenizers are byte-level (about one token per character), so this is well over 77 tokens.
@@ -266,7 +271,7 @@ COMMA_PROMPT = "a " * 64 + ", " + "b " * 20
 
 
 def test_comma_padding_moves_the_words_after_the_last_comma_to_the_next_chunk(sdxl):
-    from instantid.prompts import _tokenize
+    from instantid.pipelines.prompts import _tokenize
 
     a, b = (sdxl.tokenizer(w, add_special_tokens=False).input_ids[0] for w in "ab")
     comma = sdxl.tokenizer(",", add_special_tokens=False).input_ids[0]

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from _demo import FACES
 from PIL import Image
 
+from instantid.api.generator import face_region_mask, group_poses
+from instantid.api.identity import fuse
+from instantid.api.settings import GenerationSettings
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, create_face_analyzer, load_image
-from instantid.generator import face_region_mask, group_poses
-from instantid.identity import fuse
-from instantid.settings import GenerationSettings
 
 DIM = 128  # dlib space
 
@@ -27,8 +27,8 @@ def analyzer():
 
 # ---- defaults: "Defaults are the published demo's" ---------------------------------------------------------------
 def test_defaults_are_the_published_demos() -> None:
-    from instantid.face_detail import FaceDetailOptions
-    from instantid.swap import SwapOptions
+    from instantid.apps.face_detail import FaceDetailOptions
+    from instantid.apps.swap import SwapOptions
 
     s = GenerationSettings()
     published = dict(steps=30, guidance_scale=5.0, identitynet_strength=0.8, adapter_strength=0.8,
@@ -135,8 +135,8 @@ def test_face_region_mask_clips_a_box_past_the_edges() -> None:
 
 # ---- masks resized: IdentityNet residuals bilinear (published), other-size control masks nearest ------------------
 def test_identitynet_residual_masks_are_resized_bilinear_as_published() -> None:
-    from instantid.attention import FaceCall
-    from instantid.denoise import _resized_mask
+    from instantid.core.attention import FaceCall
+    from instantid.core.denoise import _resized_mask
 
     mask = torch.zeros(40, 24)
     mask[10:27, 5:13] = 1.0
@@ -149,7 +149,7 @@ def test_identitynet_residual_masks_are_resized_bilinear_as_published() -> None:
 
 
 def test_a_control_mask_of_another_size_is_resized_nearest() -> None:
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline as Pipe
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline as Pipe
 
     mask = np.zeros((30, 50, 3), np.uint8)
     mask[7:19, 11:31] = 255
@@ -163,7 +163,7 @@ def test_a_control_mask_of_another_size_is_resized_nearest() -> None:
 @pytest.mark.parametrize("resolution", [64, 200, 1024])
 @pytest.mark.parametrize("feather", [0.0, 0.05, 0.3])
 def test_swap_repaint_mask_covers_every_pixel_the_blend_changes(resolution: int, feather: float) -> None:
-    from instantid.swap import crop_for_model, head_region, region_mask
+    from instantid.apps.swap import crop_for_model, head_region, region_mask
 
     face = Face(bbox=(150.0, 130.0, 270.0, 270.0), score=1.0, kps=np.zeros((5, 2), np.float32),
                 embedding=np.zeros(DIM, np.float32), space="dlib-128")
@@ -186,7 +186,7 @@ def test_swap_repaint_mask_covers_every_pixel_the_blend_changes(resolution: int,
 
 def test_the_metadata_names_every_reference_its_weight_and_who_was_left_out(analyzer) -> None:
     """README: robust fusion names the photos it drops, in a warning and in the metadata."""
-    from instantid.identity import Identity
+    from instantid.api.identity import Identity
 
     photos = _photos(analyzer, [0.0, 0.1, 0.2, 2 * analyzer.same_person_threshold])
     embedding, refs, used, warnings = fuse(analyzer, photos, "auto")
@@ -209,7 +209,7 @@ def test_the_metadata_names_every_reference_its_weight_and_who_was_left_out(anal
 
 
 def test_reference_details_are_rounded_to_four_digits() -> None:
-    from instantid.identity import Reference
+    from instantid.api.identity import Reference
 
     face = Face(bbox=(0.0, 0.0, 1.0, 1.0), score=1.0, kps=np.zeros((5, 2), np.float32),
                 embedding=np.zeros(DIM, np.float32), space="dlib-128")

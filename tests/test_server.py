@@ -17,8 +17,8 @@ from _demo import FACE, NO_FACE
 from _service import serving, until, wait_for
 from PIL import Image
 
-from instantid.outputs import METADATA_KEY
-from instantid.settings import GenerationSettings
+from instantid.api.settings import GenerationSettings
+from instantid.io.outputs import METADATA_KEY
 
 MAX_UPLOAD = 2_000_000
 MAX_QUEUED = 2
@@ -48,7 +48,7 @@ def calls(model: Any) -> Iterator[Calls]:
 
 @pytest.fixture(scope="module")
 def client(model: Any, calls: Calls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_bytes=MAX_UPLOAD,
                               max_queued_jobs=MAX_QUEUED)

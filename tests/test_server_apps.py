@@ -18,9 +18,9 @@ from _demo import FACE, FACES, NO_FACE
 from _service import serving, until
 from PIL import Image
 
-from instantid.layouts import layout_names, with_layout
+from instantid.api.settings import GenerationSettings, settings_from_record
+from instantid.apps.layouts import layout_names, with_layout
 from instantid.service.jobs import FINISHED
-from instantid.settings import GenerationSettings, settings_from_record
 
 OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
@@ -31,7 +31,7 @@ SETTINGS = GenerationSettings(steps=2, width=64, height=64, seed=5)
 
 @pytest.fixture(scope="module")
 def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), mount_ui=False, max_queued_jobs=4)
     with serving(create_app(settings, model=model)) as http:
@@ -142,7 +142,7 @@ SWAP = {"steps": "2", "seed": "3", "resolution": "64", "strength": "0.6", "head_
 
 
 def test_swap_is_the_python_api_call_and_keeps_the_rest_of_the_scene(client: httpx.Client, model: Any) -> None:
-    from instantid.swap import SwapOptions, swap_face
+    from instantid.apps.swap import SwapOptions, swap_face
 
     files = [upload("face", FACE, "me.jpg"), upload("scene", OTHER, "scene.jpg")]
     image, info = finished(client.post("/v1/swap?wait=true", files=files, data=SWAP))
@@ -198,8 +198,8 @@ def test_swap_bad_input_is_422_naming_the_field(
 
 
 def test_openapi_swap_fields_come_from_the_settings_and_swap_options(client: httpx.Client) -> None:
+    from instantid.apps.swap import SwapOptions
     from instantid.service.tasks import UNUSED_SETTINGS
-    from instantid.swap import SwapOptions
 
     content = client.get("/openapi.json").json()["paths"]["/v1/swap"]["post"]["requestBody"]["content"]
     assert not set(SwapOptions.model_fields) & set(GenerationSettings.model_fields)  # one namespace for both

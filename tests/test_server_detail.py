@@ -19,7 +19,7 @@ from _demo import FACE, FACES, NO_FACE
 from _service import serving, wait_for
 from PIL import Image
 
-from instantid.settings import GenerationSettings
+from instantid.api.settings import GenerationSettings
 
 OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
@@ -29,7 +29,7 @@ DETAIL = {"steps": "2", "seed": "3", "resolution": "64", "strength": "0.5"}
 
 @pytest.fixture(scope="module")
 def served(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     out = tmp_path_factory.mktemp("jobs")
     settings = ServerSettings(out_dir=out, mount_ui=False, max_queued_jobs=4)
@@ -63,7 +63,7 @@ def count_analyses(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 # ---- /v1/detail ----------------------------------------------------------------------------------------
 def test_detail_is_the_cli_pass_and_keeps_the_rest_of_the_picture(client: httpx.Client, model: Any) -> None:
-    from instantid.face_detail import FaceDetailOptions, refine_faces
+    from instantid.apps.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
 
     files = [upload("face", FACE, "me.jpg"), upload("picture", OTHER, "picture.jpg")]

@@ -17,7 +17,7 @@ EXAMPLES = 20  # per operation, media type and mode: the whole run stays well un
 
 @pytest.fixture(scope="module")
 def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     settings = ServerSettings(out_dir=tmp_path_factory.mktemp("fuzz-jobs"), max_upload_bytes=200_000,
                               max_queued_jobs=4, mount_ui=False)

@@ -24,7 +24,7 @@ def face_file() -> tuple[str, tuple[str, bytes, str]]:
 
 @pytest.fixture(scope="module")
 def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     settings = ServerSettings(out_dir=tmp_path_factory.mktemp("http-jobs"), mount_ui=False)
     with serving(create_app(settings, model=model)) as http:
@@ -50,7 +50,7 @@ def test_models_show_no_server_paths(client: httpx.Client, model: Any) -> None:
 
 
 def test_hub_ids_stay_and_local_paths_lose_their_folders(tmp_path: Path) -> None:
-    from instantid.server import public_ref
+    from instantid.service.server import public_ref
 
     assert public_ref("InstantX/InstantID") == "InstantX/InstantID"
     assert public_ref(str(tmp_path / "sdxl.safetensors")) == "sdxl.safetensors"
@@ -96,8 +96,8 @@ def test_openapi_version_summary_and_bodies(client: httpx.Client) -> None:
 
 def test_a_202_is_queued_with_a_position_or_says_what_it_is(model: Any, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from instantid.server import ServerSettings, create_app
     from instantid.service.jobs import SQLiteJobStore
+    from instantid.service.server import ServerSettings, create_app
 
     original = SQLiteJobStore.add
 
@@ -116,9 +116,9 @@ def test_a_202_is_queued_with_a_position_or_says_what_it_is(model: Any, tmp_path
 
 
 def test_a_job_rerun_after_a_restart_ends_done_without_the_retrying_error(model: Any, tmp_path: Path) -> None:
+    from instantid.api.settings import GenerationSettings
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.tasks import JobRequest
-    from instantid.settings import GenerationSettings
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     first = JobService.start(settings, model)
@@ -142,7 +142,7 @@ def test_readme_python_example_writes_pngs_that_keep_their_settings(model: Any, 
     from PIL import Image
 
     from instantid import InstantID
-    from instantid.outputs import METADATA_KEY
+    from instantid.io.outputs import METADATA_KEY
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("### High-level API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

@@ -82,7 +82,7 @@ def submit(client, steps: int, seed: int) -> str:  # noqa: ANN001
 
 def test_two_workers_a_kill_and_a_server_restart(redis_url: str, tmp_path: Path,
                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     cache = tmp_path_factory.getbasetemp() / "demo"
     model = demo_model(cache)  # builds the weights the workers load; the server uses its face analyzer only

@@ -38,7 +38,7 @@ def workers_ready(client: httpx.Client) -> int:
 
 def test_ready_counts_live_workers_and_sigterm_exits_promptly(tmp_path: Path,
                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     cache = tmp_path_factory.getbasetemp() / "demo"
     model = demo_model(cache)
@@ -94,7 +94,7 @@ def test_worker_has_no_pubsub_thread_to_wait_for(tmp_path: Path) -> None:
 
 
 def test_redis_down_is_503_json_with_retry_after(tmp_path: Path, model: object) -> None:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     with redis_server(tmp_path) as (url, process):
         settings = ServerSettings(out_dir=tmp_path / "jobs", queue=url, mount_ui=False)

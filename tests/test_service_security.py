@@ -28,7 +28,7 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     folder = tmp_path_factory.mktemp("secure")
     keys = folder / "keys.txt"

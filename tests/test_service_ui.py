@@ -46,7 +46,7 @@ def auth(key: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def keyed(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, httpx.Client]]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     folder = tmp_path_factory.mktemp("keyed")
     keys = folder / "keys.txt"
@@ -153,11 +153,11 @@ def test_gradio_hands_the_signed_in_name_to_job_handlers(tmp_path: Path) -> None
 
 
 def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) -> None:
+    from instantid.api.settings import settings_from_record
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.schema import Body, job_request
     from instantid.service.stored import load_prepared
     from instantid.service.tasks import FaceSide, prepare
-    from instantid.settings import settings_from_record
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     first = JobService.start(settings, model)
@@ -198,7 +198,7 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
 @pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (apt-get install -y redis-server)")
 def test_ui_job_through_redis_runs_on_a_worker_process(redis_url: str, tmp_path: Path,  # noqa: F811
                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     cache = tmp_path_factory.getbasetemp() / "demo"
     demo_model(cache)  # the weights the worker loads; the server itself loads only a face analyzer

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from instantid.errors import InvalidInputError
-from instantid.settings import (
+from instantid.api.settings import (
     MAX_IMAGES,
     MAX_SEED,
     SCHEDULERS,
@@ -17,6 +16,7 @@ from instantid.settings import (
     normalize,
     resolve_style,
 )
+from instantid.errors import InvalidInputError
 
 FIELDS = GenerationSettings.model_fields
 

@@ -16,7 +16,7 @@ from instantid.cli import main
 @pytest.fixture
 def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Every CLI model load returns the session's demo model."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
@@ -24,7 +24,7 @@ def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_few_step_toggle_says_when_no_few_step_model_is_loaded() -> None:
-    from instantid.presets import get_preset
+    from instantid.speed.presets import get_preset
     from instantid.webui import UIContext
     from instantid.webui.portrait import PortraitTab
     from instantid.webui.who import WhoPanel

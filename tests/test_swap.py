@@ -7,10 +7,10 @@ import pytest
 from _demo import FACE, FACES, NO_FACE
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
+from instantid.apps.swap import SwapOptions, head_region, paste_back, region_mask, swap_face
 from instantid.errors import InvalidInputError, NoFaceError
 from instantid.faces import SPACE_DLIB, Face
-from instantid.settings import GenerationSettings
-from instantid.swap import SwapOptions, head_region, paste_back, region_mask, swap_face
 
 FAST = GenerationSettings(prompt="a photo of a person", steps=4, seed=11)
 
@@ -107,7 +107,7 @@ def person(obama):
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Every inpainting call's picture and mask sizes."""
-    from instantid.inpaint import StableDiffusionXLInstantIDInpaintPipeline as Pipe
+    from instantid.pipelines.inpaint import StableDiffusionXLInstantIDInpaintPipeline as Pipe
 
     seen: list[dict] = []
     original = Pipe.__call__
@@ -163,7 +163,7 @@ def test_target_index_picks_the_face_and_errors_are_one_line(app, person) -> Non
 @pytest.fixture
 def loads(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """CLI model loads return the session's demo model; the list records each load."""
-    from instantid.model_settings import ModelSettings
+    from instantid.api.model_settings import ModelSettings
 
     seen: list[str] = []
     monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: seen.append("model") or app)
@@ -173,7 +173,7 @@ def loads(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_swap_command_writes_the_swapped_photo_with_its_settings(tmp_path, loads, capsys) -> None:
     from instantid.cli import main
-    from instantid.outputs import read_metadata
+    from instantid.io.outputs import read_metadata
 
     scene = tmp_path / "scene.png"
     _scene().save(scene)
@@ -194,8 +194,8 @@ def test_swap_command_writes_the_swapped_photo_with_its_settings(tmp_path, loads
 
 def test_swap_command_takes_num_images_as_the_api_does(tmp_path, loads, capsys) -> None:
     """num_images on a swap: one rule on every surface (issue 18 item 3); the CLI used to refuse it."""
+    from instantid.api.settings import UNUSED_SETTINGS
     from instantid.cli import main
-    from instantid.settings import UNUSED_SETTINGS
 
     assert "num_images" not in UNUSED_SETTINGS["swap"]
     scene = tmp_path / "scene.png"

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from instantid.faces.base import Face
-from instantid.tiny import TinyConfig, build_tiny_components, build_tiny_instantid
+from instantid.io.tiny import TinyConfig, build_tiny_components, build_tiny_instantid
 from instantid.training.config import TrainConfig, parse_args
 from instantid.training.data import FaceDataset, collate, read_manifest
 from instantid.training.export import adapter_state_dict, export_release
@@ -56,7 +56,7 @@ def test_export_inverts_diffusers_conversion_on_the_published_fixture() -> None:
     """Published file -> diffusers modules -> our export gives back every key and tensor of the fixture."""
     from diffusers import UNet2DConditionModel
 
-    from instantid.adapter import install_face_adapter, load_adapter_state_dict
+    from instantid.core.adapter import install_face_adapter, load_adapter_state_dict
 
     published, _ = load_adapter_state_dict(FIXTURE / "ip-adapter.bin")
     unet = UNet2DConditionModel.from_pretrained(FIXTURE / "base", subfolder="unet")
@@ -127,8 +127,8 @@ def test_exported_release_reproduces_the_in_memory_model(setup: dict, tmp_path: 
     """export -> load_ip_adapter_instantid: the pipeline's output equals the in-memory (trained) model's."""
     from diffusers import ControlNetModel
 
-    from instantid.adapter import inspect_adapter
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.core.adapter import inspect_adapter
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 
     modules = build_modules(_config(setup, "unused"))
     for p in modules.net.trainable_parameters():  # move away from the initialisation, as training does

@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instantid.tiny import TinyConfig, build_tiny_instantid
+from instantid.io.tiny import TinyConfig, build_tiny_instantid
 from instantid.training.model import TRAINABLE_FILE
 from instantid.training.synthetic import SPACE, make_identities, write_synthetic_dataset
 from instantid.training.trainer import LOG_FILE, main

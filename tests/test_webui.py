@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
 
-from instantid.presets import get_preset
+from instantid.speed.presets import get_preset
 
 pytestmark = [
     pytest.mark.browser,

@@ -7,8 +7,8 @@ import gradio as gr
 import pytest
 from annotated_types import Ge, Le
 
+from instantid.api.settings import SCHEDULERS, GenerationSettings, knob, make_settings
 from instantid.errors import InvalidInputError
-from instantid.settings import SCHEDULERS, GenerationSettings, knob, make_settings
 from instantid.webui import create_ui
 from instantid.webui.controls import UNSET, controls
 

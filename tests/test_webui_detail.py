@@ -16,9 +16,9 @@ from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, NO_FACE
 from _service import serving, until
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.outputs import read_metadata
-from instantid.settings import GenerationSettings
+from instantid.io.outputs import read_metadata
 from instantid.webui import UIContext
 from instantid.webui.detail_tab import DetailTab
 from instantid.webui.who import WhoPanel
@@ -35,7 +35,7 @@ def make_tab(model: Any, out: Path) -> DetailTab:
 
 
 def test_the_picture_faces_are_redrawn_as_the_person_into_the_folder(model: Any, tmp_path: Path) -> None:
-    from instantid.face_detail import FaceDetailOptions, refine_faces
+    from instantid.apps.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
 
     tab = make_tab(model, tmp_path)
@@ -101,7 +101,7 @@ def test_detail_errors_are_one_readable_line(model: Any, tmp_path: Path, caplog:
 # ---- the browser, on the UI that `instantid serve` mounts ------------------------------------------------
 @pytest.fixture(scope="module")
 def served_ui(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     app = create_app(ServerSettings(out_dir=tmp_path_factory.mktemp("jobs")), model=model)
     with serving(app) as http:

@@ -16,9 +16,9 @@ import pytest
 from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
 from instantid.errors import InvalidInputError
-from instantid.outputs import PARAMETERS_KEY, read_metadata
-from instantid.settings import GenerationSettings
+from instantid.io.outputs import PARAMETERS_KEY, read_metadata
 from instantid.webui import UIContext
 from instantid.webui.group_tab import GroupTab
 from instantid.webui.who import WhoPanel

@@ -12,9 +12,9 @@ import gradio as gr
 import pytest
 from _demo import FACES, NO_FACE
 
+from instantid.api.settings import SCHEDULERS, make_settings
 from instantid.errors import InvalidInputError
-from instantid.outputs import read_metadata
-from instantid.settings import SCHEDULERS, make_settings
+from instantid.io.outputs import read_metadata
 from instantid.webui import UIContext, prepare_out_dir
 from instantid.webui.portrait import PortraitTab
 from instantid.webui.who import WhoPanel
@@ -146,7 +146,7 @@ def test_bad_setting_names_the_control(model: Any, tmp_path: Path) -> None:
 def test_few_step_toggle_follows_the_loaded_preset_else_lcm_lora() -> None:
     from types import SimpleNamespace
 
-    from instantid.presets import get_preset
+    from instantid.speed.presets import get_preset
 
     lcm = get_preset("lcm-lora")
     ctx = UIContext(get_model=lambda: SimpleNamespace(preset=None, lora=None, demo=False), out_dir=Path("."),
@@ -181,8 +181,8 @@ def test_outputs_folder_problems_are_one_line(tmp_path: Path) -> None:
 
 def test_ui_command_checks_the_folder_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.api.model_settings import ModelSettings
     from instantid.cli import main
-    from instantid.model_settings import ModelSettings
 
     def no_load(self: Any) -> Any:
         raise AssertionError("loaded the model before checking --out")

@@ -21,7 +21,7 @@ from _demo import FACE, FACES
 from _service import serving, until, wait_for
 from PIL import Image
 
-from instantid.outputs import METADATA_KEY, read_metadata
+from instantid.io.outputs import METADATA_KEY, read_metadata
 
 OTHER = FACES / "obama_1.jpg"
 GROUP = FACES / "group_two_people.jpg"
@@ -30,7 +30,7 @@ GROUP = FACES / "group_two_people.jpg"
 
 @pytest.fixture(scope="module")
 def served(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, httpx.Client]]:
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     app = create_app(ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_queued_jobs=1), model=model)
     with serving(app) as http:
@@ -149,7 +149,7 @@ def test_served_ui_results_expire_with_the_jobs(model: Any, tmp_path: Path) -> N
     import os
     import time
 
-    from instantid.server import ServerSettings, create_app
+    from instantid.service.server import ServerSettings, create_app
 
     keep_hours = 2 / 3600  # two seconds: the cleaner runs every second
     app = create_app(ServerSettings(out_dir=tmp_path, keep_hours=keep_hours), model=model)

@@ -10,9 +10,9 @@ import pytest
 from _demo import FACES, NO_FACE
 from PIL import Image
 
+from instantid.api.settings import GenerationSettings
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.outputs import read_metadata
-from instantid.settings import GenerationSettings
+from instantid.io.outputs import read_metadata
 from instantid.webui import UIContext
 from instantid.webui.portrait import PortraitTab
 from instantid.webui.swap_tab import SwapTab
@@ -99,7 +99,7 @@ def test_mix_with_another_person_reaches_generation(model: Any, tmp_path: Path) 
 def test_outputs_record_the_face_chosen_in_the_who_panel(model: Any, tmp_path: Path) -> None:
     """Portrait, swap and detail: the Who panel's face choice and fusion are validated into the job's settings, so
     the metadata names the face that was used (issue 18 item 2) and remaking from it gives the same picture."""
-    from instantid.generator import prepare_identity
+    from instantid.api.generator import prepare_identity
     from instantid.webui.detail_tab import DetailTab
 
     who, portrait, swap = panels(model, tmp_path)

@@ -14,6 +14,8 @@ import importlib
 from importlib import metadata as _metadata
 from typing import Any
 
+from instantid._moved import install as _install_old_paths
+from instantid.core.keypoints import draw_kps
 from instantid.errors import (
     EmbeddingSpaceError,
     ImageReadError,
@@ -24,7 +26,8 @@ from instantid.errors import (
     NoFaceError,
     WeightsError,
 )
-from instantid.keypoints import draw_kps
+
+_install_old_paths()
 
 try:
     __version__ = _metadata.version("instantid")
@@ -32,17 +35,17 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 _LAZY = {
-    "StableDiffusionXLInstantIDPipeline": "instantid.pipeline",
-    "StableDiffusionXLInstantIDImg2ImgPipeline": "instantid.pipeline",
-    "average_embeddings": "instantid.pipeline",
-    "InstantID": "instantid.generator",
-    "GenerationSettings": "instantid.settings",
-    "Identity": "instantid.identity",
-    "Person": "instantid.pipeline",
-    "nearest_face_regions": "instantid.pipeline",
-    "StableDiffusionXLInstantIDInpaintPipeline": "instantid.inpaint",
-    "ModelSettings": "instantid.model_settings",
-    "build_tiny_instantid": "instantid.tiny",
+    "StableDiffusionXLInstantIDPipeline": "instantid.pipelines.sdxl",
+    "StableDiffusionXLInstantIDImg2ImgPipeline": "instantid.pipelines.sdxl",
+    "average_embeddings": "instantid.pipelines.sdxl",
+    "InstantID": "instantid.api.generator",
+    "GenerationSettings": "instantid.api.settings",
+    "Identity": "instantid.api.identity",
+    "Person": "instantid.pipelines.sdxl",
+    "nearest_face_regions": "instantid.pipelines.sdxl",
+    "StableDiffusionXLInstantIDInpaintPipeline": "instantid.pipelines.inpaint",
+    "ModelSettings": "instantid.api.model_settings",
+    "build_tiny_instantid": "instantid.io.tiny",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from instantid.api.settings import UNUSED_SETTINGS
 from instantid.cli import app
 from instantid.cli.generate import (
     check_model_options,
@@ -31,7 +32,6 @@ from instantid.cli.options import (
     with_model_options,
 )
 from instantid.errors import FaceIndexError, NoFaceError
-from instantid.settings import UNUSED_SETTINGS
 
 MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
@@ -60,16 +60,16 @@ def with_declared_options(declaration: Any, make: Callable[..., Any], parameter:
 
 
 def with_swap_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """One option per :class:`~instantid.swap.SwapOptions` field; the command receives ``swap``."""
-    from instantid.swap import SwapOptions, make_swap_options
+    """One option per :class:`~instantid.apps.swap.SwapOptions` field; the command receives ``swap``."""
+    from instantid.apps.swap import SwapOptions, make_swap_options
 
     return with_declared_options(SwapOptions, make_swap_options, "swap")(command)
 
 
 def with_detail_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """One option per :class:`~instantid.face_detail.FaceDetailOptions` field (``--strength``, ``--margin``,
+    """One option per :class:`~instantid.apps.face_detail.FaceDetailOptions` field (``--strength``, ``--margin``,
     ``--max-faces``...); the command receives ``detail``."""
-    from instantid.face_detail import FaceDetailOptions, make_detail_options
+    from instantid.apps.face_detail import FaceDetailOptions, make_detail_options
 
     return with_declared_options(FaceDetailOptions, make_detail_options, "detail")(command)
 
@@ -100,10 +100,10 @@ def swap_command(
     model: Any = None,
     swap: Any = None,
 ) -> None:
+    from instantid.api.generator import prepare_identity
+    from instantid.apps.swap import swap_face
     from instantid.faces import choose_face, load_image
-    from instantid.generator import prepare_identity
-    from instantid.outputs import image_stem, prepare_folder, write_image
-    from instantid.swap import swap_face
+    from instantid.io.outputs import image_stem, prepare_folder, write_image
 
     # 1. Cheap checks: the photos exist, model options, output folder.
     check_photos(*face, into, *(parse_mix(spec)[0] for spec in mix))
@@ -160,11 +160,11 @@ def detail_command(
 ) -> None:
     import random
 
+    from instantid.api.generator import prepare_identity
+    from instantid.api.settings import MAX_SEED
     from instantid.faces import load_image
-    from instantid.generator import prepare_identity
-    from instantid.outputs import image_stem, prepare_folder, write_image
+    from instantid.io.outputs import image_stem, prepare_folder, write_image
     from instantid.service.detail import detail_picture
-    from instantid.settings import MAX_SEED
 
     check_photos(*face, *pictures)
     check_model_options(model)
@@ -216,9 +216,9 @@ def layouts_command(
     """List the bundled keypoint layouts (for --layout: a pose without a pose photo)."""
     from PIL import Image
 
-    from instantid.keypoints import draw_kps
-    from instantid.layouts import get_layout, layout_names, layout_pose
-    from instantid.outputs import prepare_folder, save_png_atomically
+    from instantid.apps.layouts import get_layout, layout_names, layout_pose
+    from instantid.core.keypoints import draw_kps
+    from instantid.io.outputs import prepare_folder, save_png_atomically
 
     if draw is not None:
         prepare_folder(draw, "--draw")

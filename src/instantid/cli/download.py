@@ -44,7 +44,7 @@ def download_command(
     from instantid.errors import InvalidInputError
     from instantid.hub.catalog import antelopev2_repo, default_models, preset_model
     from instantid.hub.fetch import DownloadError, cached_path, fetch_file, plan, record_revision, verify_cached
-    from instantid.models import DEFAULT_BASE
+    from instantid.io.models import DEFAULT_BASE
 
     # 1. What to fetch (names checked before any network).
     unknown = [s for s in skip if s not in PARTS]

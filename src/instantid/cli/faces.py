@@ -14,7 +14,7 @@ from instantid.cli.options import model_option
 from instantid.errors import InstantIDError, InvalidInputError, NoFaceError
 from instantid.faces import Face, FaceAnalyzer, create_face_analyzer, load_image
 from instantid.faces.drawing import draw_faces
-from instantid.outputs import prepare_folder, write_bytes_atomically
+from instantid.io.outputs import prepare_folder, write_bytes_atomically
 
 # One declaration (ModelSettings) gives every command the same --face-backend and --antelopev2-root options;
 # --backend is the spelling faces/compare/prepare used before, kept working but hidden.

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from instantid.batch import FAILURES, PRECEDENCE
+from instantid.api.settings import MAX_SEED
+from instantid.apps.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import (
     apply_mixes,
@@ -21,7 +22,6 @@ from instantid.cli.options import (
     with_model_options,
 )
 from instantid.errors import FaceIndexError, InvalidInputError
-from instantid.settings import MAX_SEED
 
 # soft_wrap: never hard-wrap a line at 80 columns when stderr is a file or pipe (a log, CI) rather than a terminal.
 console = Console(stderr=True, soft_wrap=True)
@@ -44,7 +44,7 @@ def load_model(model: Any, analyzer: Any = None) -> Any:
 def preset_settings(instant: Any, settings: Any) -> Any:
     """``settings`` as the model runs them (:meth:`InstantID.call_settings`: a loaded preset's steps and guidance
     where no flag chose them), saying what the preset set."""
-    from instantid.settings import field_label
+    from instantid.api.settings import field_label
 
     fills = instant.preset_fills(settings)
     if fills:  # a typed --steps / --guidance still wins over the preset's
@@ -55,7 +55,7 @@ def preset_settings(instant: Any, settings: Any) -> Any:
 def check_model_options(model: Any) -> None:
     """What can be checked about the model options without loading the model (device and dtype, LoRA path,
     --demo, the preset's name and weights: fetched now when not cached, as the load would)."""
-    from instantid.loading import check_lora, pick_device, pick_dtype
+    from instantid.io.loading import check_lora, pick_device, pick_dtype
 
     pick_dtype(model.dtype, pick_device(model.device, "--device"), "--dtype")
     if model.lora:
@@ -64,7 +64,7 @@ def check_model_options(model: Any) -> None:
     if model.demo and given:
         raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
     if model.preset:
-        from instantid.presets import preset_weights_file
+        from instantid.speed.presets import preset_weights_file
 
         preset_weights_file(model.preset, model.preset_weights, ("--preset", "--preset-weights"))
 
@@ -81,7 +81,7 @@ def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | 
 
 def face_analyzer(model: Any) -> Any:
     """The face model alone (seconds), to check photos before the diffusion model loads (minutes)."""
-    from instantid.loading import library_chatter
+    from instantid.io.loading import library_chatter
 
     with library_chatter(model.verbose):
         return model.face_analyzer()
@@ -162,11 +162,11 @@ def generate_command(
     settings: Any = None,
     model: Any = None,
 ) -> None:
-    from instantid.generator import group_poses, prepare_identity, with_pose
-    from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
-    from instantid.loading import library_chatter
-    from instantid.outputs import image_stem, prepare_folder, write_image
-    from instantid.settings import check_people, field_label, make_settings
+    from instantid.api.generator import group_poses, prepare_identity, with_pose
+    from instantid.api.settings import check_people, field_label, make_settings
+    from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
+    from instantid.io.loading import library_chatter
+    from instantid.io.outputs import image_stem, prepare_folder, write_image
 
     # 1. Cheap checks first: the photos exist, seeds, settings, device, output folder.
     groups = [[Path(p.strip()) for p in spec.split(",") if p.strip()] for spec in person]
@@ -261,9 +261,9 @@ def batch_command(
     settings_given: set[str] | None = None,
     model: Any = None,
 ) -> None:
-    from instantid import batch
-    from instantid.outputs import prepare_folder
-    from instantid.settings import field_label
+    from instantid.api.settings import field_label
+    from instantid.apps import batch
+    from instantid.io.outputs import prepare_folder
     from instantid.sharding import resolve_shard
 
     # 1. Cheap checks: the job file, every row's settings, the device and the output folder.
@@ -351,14 +351,14 @@ def _made(bar: Progress, overall: Any, path: Path, demo: bool, made: list[Path])
 
 
 def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:
-    from instantid.generator import prepare_identity
+    from instantid.api.generator import prepare_identity
 
     return prepare_identity(analyzer, list(spec.photos), face_index=settings.face_index, fusion=settings.fusion,
                             full_paths=full_paths)
 
 
 def _chatter(model: Any) -> Any:
-    from instantid.loading import library_chatter
+    from instantid.io.loading import library_chatter
 
     return library_chatter(model.verbose)
 
@@ -379,7 +379,7 @@ def doctor_command(
     from instantid.errors import MissingWeightsError
     from instantid.faces.antelopev2 import candidate_folders, find_antelopev2
     from instantid.faces.dlib_backend import dlib_models_dir
-    from instantid.models import ANTELOPEV2_HINT, ModelRefs, describe
+    from instantid.io.models import ANTELOPEV2_HINT, ModelRefs, describe
 
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"

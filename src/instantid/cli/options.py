@@ -1,5 +1,5 @@
-"""Command-line options derived from the settings declarations (:mod:`instantid.settings`,
-:mod:`instantid.model_settings`), so a knob added there appears here with the same default, range and help.
+"""Command-line options derived from the settings declarations (:mod:`instantid.api.settings`,
+:mod:`instantid.api.model_settings`), so a knob added there appears here with the same default, range and help.
 
 ``with_generation_options`` / ``with_model_options`` give a typer command the options of every field; the command
 receives them as one validated settings object (``settings`` / ``model``). Errors name the flag the user typed
@@ -20,9 +20,9 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ValidationError
 
+from instantid.api.model_settings import ModelSettings
+from instantid.api.settings import GenerationSettings, field_label, make_settings
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.model_settings import ModelSettings
-from instantid.settings import GenerationSettings, field_label, make_settings
 
 
 def _flag(name: str, extra: dict[str, Any]) -> str:
@@ -229,7 +229,7 @@ def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_inde
     """``identity`` mixed with each ``PHOTO:WEIGHT`` in turn (:meth:`Identity.mix`; the pose stays the identity's).
 
     Every spec is parsed before any photo is analysed, so a typo is reported at once."""
-    from instantid.generator import prepare_identity
+    from instantid.api.generator import prepare_identity
 
     parsed = [parse_mix(spec, flag) for spec in specs]
     for path, weight in parsed:

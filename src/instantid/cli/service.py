@@ -56,8 +56,8 @@ def serve_command(
 
     import uvicorn
 
-    from instantid.server import ServerSettings, create_app
     from instantid.service.auth import load_api_keys
+    from instantid.service.server import ServerSettings, create_app
 
     if api_key_file is not None:
         load_api_keys(api_key_file)  # a bad key line is one error line before minutes of model loading

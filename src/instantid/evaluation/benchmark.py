@@ -18,7 +18,7 @@ from instantid.errors import InvalidInputError
 from instantid.evaluation.metrics import Sample
 from instantid.evaluation.protocol import Protocol
 from instantid.faces.images import IMAGE_SUFFIXES
-from instantid.outputs import png_bytes, write_bytes_atomically
+from instantid.io.outputs import png_bytes, write_bytes_atomically
 
 Progress = Callable[[str], None]
 

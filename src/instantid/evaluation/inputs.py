@@ -23,7 +23,7 @@ from PIL import Image
 from instantid.errors import InvalidInputError
 from instantid.evaluation.metrics import Sample
 from instantid.faces.images import IMAGE_SUFFIXES
-from instantid.outputs import METADATA_KEY
+from instantid.io.outputs import METADATA_KEY
 
 # Pictures our own commands write next to generations that are not generations themselves.
 NOT_GENERATIONS = {

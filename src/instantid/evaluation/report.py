@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from instantid.evaluation.metrics import Evaluation, ImageScore
 from instantid.faces import load_image
-from instantid.outputs import save_png_atomically, write_bytes_atomically
+from instantid.io.outputs import save_png_atomically, write_bytes_atomically
 
 THUMB = 160  # grid cell side and HTML thumbnail side, in pixels
 LABEL_HEIGHT = 30

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from instantid.core.keypoints import KPS_COLORS
 from instantid.faces.base import Face
-from instantid.keypoints import KPS_COLORS
 
 
 def draw_faces(image: Image.Image, faces: list[Face], numbers: Sequence[int | None] | None = None,

@@ -1,7 +1,7 @@
 """What ``instantid download`` fetches: each model's Hub repository, the files the loaders read, its licence,
 and the SHA-256 of published files where the real digest is known from public sources.
 
-The file patterns are the loaders' own (:mod:`instantid.models`, :mod:`instantid.presets`), so a download
+The file patterns are the loaders' own (:mod:`instantid.io.models`, :mod:`instantid.speed.presets`), so a download
 leaves exactly what ``generate`` later finds in the Hugging Face cache, and nothing more.
 """
 
@@ -14,7 +14,7 @@ from instantid.faces.antelopev2 import (
     RECOGNIZER_FILE,
     antelopev2_repo,
 )
-from instantid.models import (
+from instantid.io.models import (
     ADAPTER_FILENAME,
     BASE_PATTERNS,
     DEFAULT_BASE,
@@ -81,8 +81,8 @@ def default_models(base: str = DEFAULT_BASE, antelopev2: str | None = None) -> l
 
 
 def preset_model(name: str) -> HubModel:
-    """A few-step preset's weight file (:data:`instantid.presets.PRESETS`); its licence is its model card's."""
-    from instantid.presets import get_preset
+    """A few-step preset's weight file (:data:`instantid.speed.presets.PRESETS`); its licence is its model card's."""
+    from instantid.speed.presets import get_preset
 
     preset = get_preset(name)
     return HubModel(f"preset:{preset.name}", f"few-step preset {preset.name}", preset.repo, (preset.weight_name,),

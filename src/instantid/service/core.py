@@ -25,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from instantid.api.model_settings import ModelSettings
+from instantid.api.settings import MAX_SEED, GenerationSettings, settings_from_record
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE
-from instantid.model_settings import ModelSettings
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
 from instantid.service.tasks import FaceSide, JobRequest, Photo, Prepared, prepare
-from instantid.settings import MAX_SEED, GenerationSettings, settings_from_record
 
 if TYPE_CHECKING:
+    from instantid.api.generator import GenerationResult, InstantID
+    from instantid.api.identity import Identity
     from instantid.faces import FaceAnalyzer
-    from instantid.generator import GenerationResult, InstantID
-    from instantid.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class JobService:
         canceled job is one InvalidInputError line. Blocking."""
         from PIL import Image
 
-        from instantid.generator import GenerationResult
+        from instantid.api.generator import GenerationResult
 
         shown = (-1, -1)
         while (current := self.store.get(job_id)) is not None and current.state not in FINISHED:

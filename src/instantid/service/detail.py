@@ -1,9 +1,9 @@
 """Face detail on an existing picture as a job (``POST /v1/detail``, the web UI's "Face detail" tab): the faces
-of the picture redrawn as the person of the reference photos by :func:`instantid.face_detail.refine_faces`,
+of the picture redrawn as the person of the reference photos by :func:`instantid.apps.face_detail.refine_faces`,
 as ``instantid detail`` does on the command line (which writes its records with :func:`detail_picture` too).
 
-The pass's knobs are declared once, in :class:`instantid.face_detail.FaceDetailOptions` (``DetailOptions`` here,
-re-exported with :func:`~instantid.face_detail.make_detail_options` for the schema and the UI).
+The pass's knobs are declared once, in :class:`instantid.apps.face_detail.FaceDetailOptions` (``DetailOptions`` here,
+re-exported with :func:`~instantid.apps.face_detail.make_detail_options` for the schema and the UI).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from instantid.api.settings import MAX_SEED, GenerationSettings
+from instantid.apps.face_detail import DetailOptions, make_detail_options
 from instantid.errors import NoFaceError
-from instantid.face_detail import DetailOptions, make_detail_options
-from instantid.settings import MAX_SEED, GenerationSettings
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from PIL import Image
 
+    from instantid.api.generator import GenerationResult, InstantID
+    from instantid.api.identity import Identity
     from instantid.faces import Face
-    from instantid.generator import GenerationResult, InstantID
-    from instantid.identity import Identity
 
 
 def detail_picture(model: InstantID, identity: Identity, picture: Image.Image, name: str,
@@ -34,8 +34,8 @@ def detail_picture(model: InstantID, identity: Identity, picture: Image.Image, n
     ``face_detail``, the source picture's name, what the pass did), the one record format of ``instantid
     detail``, ``/v1/detail`` and the web UI. ``faces``: the picture's faces as already found (largest first),
     else found here. A picture without a face is a :class:`NoFaceError` (nothing is written)."""
-    from instantid.face_detail import refine_faces
-    from instantid.generator import GenerationResult
+    from instantid.api.generator import GenerationResult
+    from instantid.apps.face_detail import refine_faces
 
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
     settings = model.call_settings(settings, seed=seed)  # the loaded preset's steps and guidance where unset

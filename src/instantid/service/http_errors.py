@@ -25,7 +25,7 @@ from instantid.errors import InstantIDError
 from instantid.internal_errors import MESSAGE, report
 from instantid.service.jobs import UnknownJobError
 
-log = logging.getLogger("instantid.server")
+log = logging.getLogger("instantid.service.server")
 STORE_RETRY_S = 5  # Retry-After of a 503 while the job store is down
 
 _DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instantid.errors import InvalidInputError
-from instantid.outputs import write_bytes_atomically
+from instantid.io.outputs import write_bytes_atomically
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 SLOT = re.compile(r"[a-z]+(-[0-9]{1,3}){0,2}")  # an input photo's file name, built by the server (face-0, pose)

@@ -34,7 +34,7 @@ from instantid.service.redis_store import RedisJobStore
 from instantid.service.runner import JobRunner, worker_name
 
 if TYPE_CHECKING:
-    from instantid.generator import InstantID
+    from instantid.api.generator import InstantID
     from instantid.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)

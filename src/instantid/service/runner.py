@@ -17,15 +17,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from instantid.api.settings import settings_from_record
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE, report
-from instantid.outputs import write_image
+from instantid.io.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
 from instantid.service.tasks import FaceSide, JobRequest, Prepared, prepare
-from instantid.settings import settings_from_record
 
 if TYPE_CHECKING:
-    from instantid.generator import InstantID
+    from instantid.api.generator import InstantID
     from instantid.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The HTTP request and response shapes. The generation fields ARE :class:`GenerationSettings` (and the swap
-fields :class:`~instantid.swap.SwapOptions`, the face-detail fields
+fields :class:`~instantid.apps.swap.SwapOptions`, the face-detail fields
 :class:`~instantid.service.detail.DetailOptions`): the JSON bodies are built from their ``model_fields`` and the
 multipart forms from the JSON bodies, so OpenAPI shows every knob with its description, range and choices
 (styles, schedulers, layouts), and a knob added in ``settings.py``, ``swap.py`` or ``detail.py`` appears here.
@@ -24,13 +24,13 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 
+from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, GenerationSettings, check_people, make_settings
+from instantid.apps.layouts import layout_names
+from instantid.apps.swap import SwapOptions, make_swap_options
 from instantid.errors import InvalidInputError
-from instantid.layouts import layout_names
 from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.jobs import JobState
 from instantid.service.tasks import UNUSED_SETTINGS, JobRequest, Mix, Photo, TaskKind
-from instantid.settings import MAX_PEOPLE, MIN_PEOPLE, GenerationSettings, check_people, make_settings
-from instantid.swap import SwapOptions, make_swap_options
 
 MAX_FACES = 8  # photos of one person
 MAX_MIXES = 4

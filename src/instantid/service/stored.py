@@ -21,8 +21,8 @@ import numpy as np
 from instantid.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from instantid.api.identity import Identity
     from instantid.faces import Face
-    from instantid.identity import Identity
     from instantid.service.jobs import JobFiles
     from instantid.service.tasks import Prepared
 
@@ -54,7 +54,7 @@ def _identity(identity: Identity) -> dict[str, Any]:
 
 
 def _identity_back(data: dict[str, Any]) -> Identity:
-    from instantid.identity import Identity, Reference
+    from instantid.api.identity import Identity, Reference
 
     references = tuple(Reference(name=r["name"], face=_face_back(r["face"]), quality=r["quality"], weight=r["weight"],
                                  consensus_distance=r["consensus_distance"], rejected=r["rejected"])
@@ -96,9 +96,9 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
     or of another format."""
     from PIL import Image
 
-    from instantid.face_detail import DetailOptions
+    from instantid.apps.face_detail import DetailOptions
+    from instantid.apps.swap import SwapOptions
     from instantid.service.tasks import Prepared
-    from instantid.swap import SwapOptions
 
     try:
         data = json.loads(files.load_input(job_id, "prepared"))

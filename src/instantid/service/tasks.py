@@ -2,7 +2,7 @@
 
 * ``generate``: one person (face photos, optionally mixed with others), posed by a pose photo, a bundled layout
   or their own photo (:meth:`InstantID.generate`);
-* ``swap``: one person put into a scene photo (:func:`instantid.swap.swap_face`);
+* ``swap``: one person put into a scene photo (:func:`instantid.apps.swap.swap_face`);
 * ``group``: several people in one picture, placed by a group photo or side by side
   (:meth:`InstantID.generate_group`);
 * ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.service.detail`).
@@ -23,17 +23,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
 from instantid.errors import InvalidInputError, NoFaceError
-from instantid.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from instantid.api.generator import GenerationResult, InstantID
+    from instantid.api.identity import Identity
+    from instantid.apps.swap import SwapOptions
     from instantid.faces import Face
-    from instantid.generator import GenerationResult, InstantID
-    from instantid.identity import Identity
     from instantid.service.detail import DetailOptions
-    from instantid.swap import SwapOptions
 
 TaskKind = Literal["generate", "swap", "group", "detail"]
 Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
@@ -66,7 +66,7 @@ class JobRequest:
     detail: DetailOptions | None = None
 
     def __post_init__(self) -> None:
-        from instantid.layouts import get_layout
+        from instantid.apps.layouts import get_layout
 
         if self.task == "group":
             if any(not p for p in self.people):
@@ -145,8 +145,8 @@ class JobRequest:
     def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
         """The request again, from a job record and its photos (``load(slot)``); records written before tasks
         existed are generate jobs."""
+        from instantid.apps.swap import SwapOptions
         from instantid.service.detail import DetailOptions
-        from instantid.swap import SwapOptions
 
         def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
             return tuple((name, load(f"{slot}-{i}")) for i, name in enumerate(names))
@@ -176,7 +176,7 @@ class FaceSide:
         self.analyzer = analyzer if model is None else model.analyzer
 
     def identity(self, photos: Sequence[Photo], settings: GenerationSettings, pose: Photo | None = None) -> Identity:
-        from instantid.generator import prepare_identity
+        from instantid.api.generator import prepare_identity
 
         arguments = dict(pose=pose[1] if pose else None, pose_name=pose[0] if pose else None,
                          face_index=settings.face_index, fusion=settings.fusion, names=[n for n, _ in photos])
@@ -203,8 +203,8 @@ class FaceSide:
         return picture, self.analyzer.analyze(picture, photo[0])
 
     def group_poses(self, photo: Photo, count: int) -> Placement:
-        """Where ``count`` people stand in a group photo (:func:`instantid.generator.group_poses`)."""
-        from instantid.generator import group_poses
+        """Where ``count`` people stand in a group photo (:func:`instantid.api.generator.group_poses`)."""
+        from instantid.api.generator import group_poses
 
         try:
             if self.model is not None:
@@ -233,7 +233,7 @@ class Prepared:
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
         if self.task == "swap":
-            from instantid.swap import swap_face
+            from instantid.apps.swap import swap_face
 
             return swap_face(model, self.identity, self.scene, settings, self.swap, scene_name=self.scene_name,
                              target=self.target, progress=progress)
@@ -315,7 +315,7 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
     for mix in request.mixes:
         identity = identity.mix(faces.identity([mix.photo], settings), mix.weight, name=mix.photo[0])
     if request.layout is not None:
-        from instantid.layouts import DEFAULT_LAYOUT_SIZE, with_layout
+        from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, with_layout
 
         identity = with_layout(identity, request.layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)

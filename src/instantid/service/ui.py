@@ -24,13 +24,13 @@ from instantid.service.core import QueueFullError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from instantid.api.generator import GenerationResult
+    from instantid.api.identity import Identity
+    from instantid.api.settings import GenerationSettings
     from instantid.faces import Face, FaceAnalyzer
-    from instantid.generator import GenerationResult
-    from instantid.identity import Identity
     from instantid.service.auth import KeyRing, RateLimiter
     from instantid.service.core import ServerSettings
     from instantid.service.tasks import Prepared
-    from instantid.settings import GenerationSettings
 
 UI_OWNER = "ui"  # owner of UI jobs on a server without API keys
 UI_RESULTS = "ui-results"  # folder under the server's out_dir for the web UI's result files
@@ -42,7 +42,7 @@ class FaceOnlyModel:
     server of the many-machine setup holds no diffusion model; its workers do."""
 
     def __init__(self, analyzer: FaceAnalyzer, settings: ServerSettings, lock: threading.Lock | None = None) -> None:
-        from instantid.presets import get_preset
+        from instantid.speed.presets import get_preset
 
         self.analyzer = analyzer
         self.demo = settings.demo
@@ -71,13 +71,13 @@ class FaceOnlyModel:
             return picture, self.analyzer.get_face(picture, name, index)
 
     def prepare_identity(self, photos: Any, **options: Any) -> Identity:
-        from instantid.generator import prepare_identity
+        from instantid.api.generator import prepare_identity
 
         with self._lock:
             return prepare_identity(self.analyzer, photos, **options)
 
     def group_poses(self, pose: Any, count: int, name: str = "pose image") -> tuple[list[Face], tuple[int, int]]:
-        from instantid.generator import group_poses
+        from instantid.api.generator import group_poses
 
         with self._lock:
             return group_poses(self.analyzer, pose, count, name)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instantid.core.keypoints import draw_kps
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces.images import load_image
-from instantid.keypoints import draw_kps
 
 MANIFEST = "manifest.jsonl"
 REJECTS = "rejects.jsonl"

@@ -3,7 +3,7 @@
 ``InstantIDNet`` is the one ``nn.Module`` handed to ``accelerator.prepare`` (so DDP sees every trained
 parameter): the SDXL UNet with the face adapter installed exactly as inference installs it (diffusers'
 IP-Adapter machinery + our processors) and IdentityNet. Its forward is the pipeline's denoising step
-(:func:`instantid.denoise.denoise_step`) without guidance, so what is trained is what the pipeline runs.
+(:func:`instantid.core.denoise.denoise_step`) without guidance, so what is trained is what the pipeline runs.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 from diffusers.training_utils import compute_snr
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from instantid.adapter import (
+from instantid.core.adapter import (
     check_fits_unet,
     inspect_adapter,
     install_face_adapter,
     load_adapter_state_dict,
     random_adapter_state_dict,
 )
-from instantid.attention import FaceCall, FaceRegion
-from instantid.denoise import StepInputs, denoise_step, face_tokens
+from instantid.core.attention import FaceCall, FaceRegion
+from instantid.core.denoise import StepInputs, denoise_step, face_tokens
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, MissingWeightsError
 from instantid.training.config import TrainConfig
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from instantid.errors import ImageReadError, InvalidInputError
 from instantid.faces.images import IMAGE_SUFFIXES, load_image
-from instantid.outputs import write_bytes_atomically
+from instantid.io.outputs import write_bytes_atomically
 from instantid.sharding import shard_of
 from instantid.training.data import MANIFEST, REJECTS, SUMMARY, face_record, make_record, read_jsonl
 from instantid.training.shards import SAMPLES_PER_TAR, TarShardWriter, shard_name, tar_parts

@@ -133,8 +133,8 @@ def _validate(modules: TrainingModules, dataset: FaceDataset, config: TrainConfi
     """Sample images with our inference pipeline built around the in-training modules."""
     from diffusers import EulerDiscreteScheduler
 
-    from instantid.adapter import inspect_adapter
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.core.adapter import inspect_adapter
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
     from instantid.training.export import adapter_state_dict
 
     net = accelerator.unwrap_model(modules.net)

@@ -5,9 +5,9 @@ per task (Portrait, Face swap, Several people, Face detail: each a class taking 
 the Who panel, with a ``build()``). Every tab hands its job, analysed and ready
 (:class:`~instantid.service.tasks.Prepared`), to one hook, ``submit``: run on the model here, or, under
 ``instantid serve``, through the server's job queue and limits. Generation settings
-are derived from :class:`~instantid.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
+are derived from :class:`~instantid.api.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
 analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written
-by :mod:`instantid.outputs` into an announced folder, so a downloaded PNG carries its settings like a CLI output.
+by :mod:`instantid.io.outputs` into an announced folder, so a downloaded PNG carries its settings like a CLI output.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from instantid.api.settings import SCHEDULERS, GenerationSettings
 from instantid.errors import InstantIDError
 from instantid.internal_errors import report
-from instantid.outputs import prepare_folder
-from instantid.settings import SCHEDULERS, GenerationSettings
+from instantid.io.outputs import prepare_folder
 from instantid.webui.references import IdentityCache
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from instantid.generator import GenerationResult, InstantID
+    from instantid.api.generator import GenerationResult, InstantID
     from instantid.service.tasks import Prepared
 
 log = logging.getLogger("instantid.webui")
@@ -80,12 +80,12 @@ DEMO_NOTICE = (
 # Bundled with the source tree (examples/face.jpg); an installed wheel has none and shows no examples.
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[3] / "examples" / "face.jpg"
 TABS_WITHOUT_WHO = ("group",)
-# The few-step toggle uses this preset's published sampler, steps and guidance (instantid.presets).
+# The few-step toggle uses this preset's published sampler, steps and guidance (instantid.speed.presets).
 FEW_STEP_PRESET = "lcm-lora"
 
 
 def prepare_out_dir(out_dir: str | Path | None, label: str = "outputs folder") -> Path:
-    """The folder results are saved in (created and checked now, see :func:`instantid.outputs.prepare_folder`),
+    """The folder results are saved in (created and checked now, see :func:`instantid.io.outputs.prepare_folder`),
     or a fresh temporary folder when none is given."""
     if out_dir is None:
         return Path(tempfile.mkdtemp(prefix="instantid-ui-"))
@@ -139,7 +139,7 @@ class UIContext:
         the preset's) and the preset's steps and guidance; otherwise the LCM-LoRA preset's sampler, steps and
         guidance (it needs that LoRA: ``--preset lcm-lora`` or ``--lora``). The controls stay visible and
         editable; the toggle holds no hidden state."""
-        from instantid.presets import get_preset
+        from instantid.speed.presets import get_preset
 
         model = self.get_model()
         if getattr(model, "preset", None) is not None:

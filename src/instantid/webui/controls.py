@@ -1,4 +1,4 @@
-"""Web UI controls derived from the settings declaration (:class:`~instantid.settings.GenerationSettings`).
+"""Web UI controls derived from the settings declaration (:class:`~instantid.api.settings.GenerationSettings`).
 
 Each field's ``json_schema_extra`` names its control (``ui``: slider / number / text / checkbox / dropdown /
 hidden), slider ``step`` and whether it sits under "Advanced"; ``ge``/``le`` give the range, the default the
@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from instantid.api.settings import GenerationSettings, normalize
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.settings import GenerationSettings, normalize
 
 # Dropdowns hold strings; a field whose default is None gets this choice for "not set".
 UNSET = "(default)"

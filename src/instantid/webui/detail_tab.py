@@ -4,7 +4,7 @@ face-detail knob.
 
 The picture is analysed when it is uploaded (its faces drawn and numbered largest first; the pass redraws up to
 ``max_faces`` of them, the faces found then: :class:`~instantid.webui.picture_tab.PictureTab`). Controls:
-:class:`~instantid.face_detail.FaceDetailOptions` and the generation settings the pass uses.
+:class:`~instantid.apps.face_detail.FaceDetailOptions` and the generation settings the pass uses.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from instantid.api.settings import UNUSED_SETTINGS
 from instantid.faces import load_image
 from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.tasks import Prepared
-from instantid.settings import UNUSED_SETTINGS
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo
 
 if TYPE_CHECKING:
+    from instantid.api.identity import Identity
+    from instantid.api.settings import GenerationSettings
     from instantid.faces import Face
-    from instantid.identity import Identity
-    from instantid.settings import GenerationSettings
 
 
 class DetailTab(PictureTab):

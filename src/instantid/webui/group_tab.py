@@ -1,11 +1,11 @@
 """The "Several people" tab: 2 to 4 people in one picture (:meth:`InstantID.generate_group`; the limits are
-:data:`~instantid.settings.MIN_PEOPLE` / :data:`~instantid.settings.MAX_PEOPLE`, as on every surface).
+:data:`~instantid.api.settings.MIN_PEOPLE` / :data:`~instantid.api.settings.MAX_PEOPLE`, as on every surface).
 
 People are numbered from 0 as in the HTTP API (``person0``, ``person1``...) and faces from 0 as everywhere: person
 ``i`` takes face ``i``. Each person has a slot of their own photos, analysed once on upload through the shared
 :class:`~instantid.webui.references.IdentityCache` and previewed like the Who panel (face box and keypoints). An
 optional group photo places them: its faces are shown numbered left to right, and person ``i`` takes face ``i``
-(of the largest ones, as :func:`~instantid.generator.group_poses` picks them, from the faces found at upload);
+(of the largest ones, as :func:`~instantid.api.generator.group_poses` picks them, from the faces found at upload);
 without one the people stand side by side. The picture goes to the UI's ``submit`` hook like every tab's job
 (under ``instantid serve``: the server's job queue).
 Generation settings are the schema-derived controls (:mod:`instantid.webui.controls`) minus what a group picture
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, UNUSED_SETTINGS, check_people, make_settings
 from instantid.errors import InstantIDError, InvalidInputError
 from instantid.service.tasks import Placement, Prepared
-from instantid.settings import MAX_PEOPLE, MIN_PEOPLE, UNUSED_SETTINGS, check_people, make_settings
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import build_controls, result_column
 from instantid.webui.picture_tab import PICTURES_KEPT
@@ -38,7 +38,7 @@ from instantid.webui.references import (
 from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel, clear_error_mark
 
 if TYPE_CHECKING:
-    from instantid.identity import Identity
+    from instantid.api.identity import Identity
     from instantid.webui import UIContext
 
 # The face choice and fusion belong to the one-person Who panel: each slot here uses the largest face of each
@@ -113,7 +113,7 @@ class GroupTab:
     def placement(self, group: Photo, count: int) -> Placement:
         """Where ``count`` people stand in the group photo, chosen by :func:`group_poses` among the faces found
         at upload (so the photo is not analysed again)."""
-        from instantid.generator import group_poses
+        from instantid.api.generator import group_poses
 
         found = self.faces.largest_first(group)
         if len(found) < count:

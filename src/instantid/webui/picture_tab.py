@@ -18,9 +18,9 @@ from instantid.webui.references import Photo, PictureFaces
 from instantid.webui.who import ANALYSIS_CONCURRENCY, DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_error_mark
 
 if TYPE_CHECKING:
+    from instantid.api.identity import Identity
+    from instantid.api.settings import GenerationSettings
     from instantid.faces import Face
-    from instantid.identity import Identity
-    from instantid.settings import GenerationSettings
     from instantid.webui import UIContext
 
 PICTURES_KEPT = 16  # analysed pictures remembered per tab

@@ -1,7 +1,7 @@
 """The web UI's reference photos: uploads by content, one analysis per photo set, previews of what was found.
 
 Uploads are remembered as :class:`Photo` values (file name, content hash, gradio's temporary path). The
-:class:`IdentityCache` turns a set of photos into an :class:`~instantid.identity.Identity` once, when they are
+:class:`IdentityCache` turns a set of photos into an :class:`~instantid.api.identity.Identity` once, when they are
 uploaded, and generation reuses that Identity; the key is the content, so re-uploading the same file, or a
 second browser tab with the same photo, does not analyse it again.
 """
@@ -23,8 +23,8 @@ from instantid.faces import Face, load_image
 from instantid.faces.drawing import draw_faces
 
 if TYPE_CHECKING:
-    from instantid.generator import InstantID
-    from instantid.identity import Identity
+    from instantid.api.generator import InstantID
+    from instantid.api.identity import Identity
 
 PREVIEW_SIDE = 384  # thumbnails: enough to see the box and the five points, small to send
 CACHE_SIZE = 32  # identities kept; each holds a few faces and one embedding, so this is small

@@ -1,8 +1,8 @@
-"""The "Face swap" tab: the person from the Who panel painted into an existing picture (:mod:`instantid.swap`).
+"""The "Face swap" tab: the person from the Who panel painted into an existing picture (:mod:`instantid.apps.swap`).
 
 The picture is analysed when it is uploaded (every face drawn with its number, so the user can pick the target)
 and its faces are reused for the swap (:class:`~instantid.webui.picture_tab.PictureTab`). Controls:
-:class:`~instantid.swap.SwapOptions` and the generation settings; width and height are left out (the output is
+:class:`~instantid.apps.swap.SwapOptions` and the generation settings; width and height are left out (the output is
 the picture's size).
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from instantid.api.settings import UNUSED_SETTINGS
+from instantid.apps.swap import SwapOptions, make_swap_options
 from instantid.errors import InvalidInputError
 from instantid.faces import load_image
 from instantid.service.tasks import Prepared
-from instantid.settings import UNUSED_SETTINGS
-from instantid.swap import SwapOptions, make_swap_options
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo
 
 if TYPE_CHECKING:
+    from instantid.api.identity import Identity
+    from instantid.api.settings import GenerationSettings
     from instantid.faces import Face
-    from instantid.identity import Identity
-    from instantid.settings import GenerationSettings
 
 
 

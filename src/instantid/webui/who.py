@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from instantid.api.settings import make_settings
+from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
 from instantid.faces.drawing import draw_faces
-from instantid.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
-from instantid.settings import make_settings
 from instantid.webui.controls import Control, controls, labels
 from instantid.webui.references import Photo, merge, photos_from_uploads, preview, summary, warnings_text
 
 if TYPE_CHECKING:
-    from instantid.identity import Identity
-    from instantid.settings import GenerationSettings
+    from instantid.api.identity import Identity
+    from instantid.api.settings import GenerationSettings
     from instantid.webui import UIContext
 
 # Settings that decide which face is used and how photos are fused: they sit beside the photos and a change

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from instantid.attention import adopt_face_layers
+from instantid.core.attention import adopt_face_layers
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
 
 HEAD_DIM = 64

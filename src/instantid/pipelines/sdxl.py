@@ -11,7 +11,7 @@ Both are diffusers ControlNet pipelines plus what InstantID adds (paper section 
   residuals act only inside its own region.
 
 Every call is read into one frozen :class:`CallState` before the loop; one step is
-:func:`instantid.denoise.denoise_step`, the function the trainer also runs. Nothing per call is stored on
+:func:`instantid.core.denoise.denoise_step`, the function the trainer also runs. Nothing per call is stored on
 the processors or the UNet.
 
 Deliberate differences from the published code (its known defects): several reference embeddings are
@@ -44,8 +44,8 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffus
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import retrieve_timesteps
 from diffusers.utils import logging as diffusers_logging
 
-from instantid.adapter import AdapterSpec, check_fits_unet, inspect_adapter, load_adapter_state_dict
-from instantid.attention import (
+from instantid.core.adapter import AdapterSpec, check_fits_unet, inspect_adapter, load_adapter_state_dict
+from instantid.core.attention import (
     FaceAttnProcessor,
     FaceCall,
     FaceRegion,
@@ -54,7 +54,7 @@ from instantid.attention import (
     face_processors,
     prepare_faces,
 )
-from instantid.denoise import StepInputs, denoise_step, face_tokens
+from instantid.core.denoise import StepInputs, denoise_step, face_tokens
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
 
 EmbeddingInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
@@ -146,7 +146,7 @@ class CallRequest:
     clip_skip: int | None
     callback_on_step_end: Callable | None
     callback_on_step_end_tensor_inputs: list[str]
-    controlnet_cache_interval: int = 1  # lossy lever (instantid.denoise): ControlNets every N-th step
+    controlnet_cache_interval: int = 1  # lossy lever (instantid.core.denoise): ControlNets every N-th step
 
     @classmethod
     def of(cls, arguments: dict[str, Any], keypoints: Any) -> CallRequest:
@@ -315,7 +315,7 @@ class InstantIDMixin:
             # diffusers would stop inside the first UNet call with a shape error about 9 vs 4 channels.
             raise IncompatibleWeightsError(
                 f"the UNet is an SDXL inpainting model (9 input channels): {type(self).__name__} cannot run it; "
-                "use StableDiffusionXLInstantIDInpaintPipeline (instantid.inpaint.inpaint_pipeline) or a "
+                "use StableDiffusionXLInstantIDInpaintPipeline (instantid.pipelines.inpaint.inpaint_pipeline) or a "
                 "text-to-image SDXL base"
             )
         nets = len(self._nets())
@@ -408,7 +408,7 @@ class InstantIDMixin:
             )
         people = list(req.identities)
         if not people or not all(isinstance(p, Person) for p in people):
-            raise InvalidInputError("identities must be a non-empty list of instantid.pipeline.Person")
+            raise InvalidInputError("identities must be a non-empty list of instantid.pipelines.sdxl.Person")
         if any(p.keypoints is None for p in people):
             raise InvalidInputError("every Person needs its keypoint picture (keypoints)")
         if len(people) > 1 and any(p.mask is None for p in people):

@@ -15,7 +15,7 @@
   only a value other than the default counts as the user's own choice.)
 * **fused QKV** (``fuse_qkv``): the self-attention (``attn1``) projections become one matmul
   (``Attention.fuse_projections`` + ``FusedAttnProcessor2_0``). Cross-attention layers keep their processors,
-  so the InstantID face layers (:class:`~instantid.attention.FaceAttnProcessor`) stay where they are.
+  so the InstantID face layers (:class:`~instantid.core.attention.FaceAttnProcessor`) stay where they are.
 * **channels-last** memory format for the UNet, the ControlNets and the VAE (convolutions run in NHWC).
 * **fp16-safe VAE** (``vae_fp16``): swap in a VAE that decodes in fp16 without overflow (e.g.
   ``madebyollin/sdxl-vae-fp16-fix``), so decoding does not upcast the VAE to fp32 every call.
@@ -31,7 +31,7 @@ face-region mask contents and scheduler all reuse the compiled blocks.
 
 The face layers are traced into the compiled blocks (one graph per block shape, no graph break): the pipeline
 prepares each call's face keys/values (adapter scale folded into the values) and region weights before the
-loop (:func:`instantid.attention.prepare_faces`), so a block reads only tensors, and a compiled block finds its
+loop (:func:`instantid.core.attention.prepare_faces`), so a block reads only tensors, and a compiled block finds its
 own layer's keys/values by a tensor index. ``compile_face_layers=False`` keeps each face cross-attention eager
 (a graph break inside each UNet block), to measure what the break costs.
 """
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
 
-from instantid.attention import FaceAttnProcessor
+from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
 
 # Block classes compiled one by one; UNet2DConditionModel declares the same list as ``_repeated_blocks``.
@@ -73,7 +73,7 @@ class FastReport:
     face_layers: int = 0  # InstantID face processors installed after the changes (must not drop)
     vae_fp16: bool = False  # the VAE decodes in fp16 without upcasting
     vae_tiling: bool = False
-    quantized: str | None = None  # torchao scheme (lossy, instantid.quantize); None = exact weights
+    quantized: str | None = None  # torchao scheme (lossy, instantid.speed.quantize); None = exact weights
     recompiles_on: tuple[str, ...] = ()
 
     def summary(self) -> str:
@@ -244,7 +244,7 @@ def enable_fast_inference(
         vae_fp16: a path or Hub id of an fp16-safe VAE to swap in, or ``True`` when the pipeline's VAE already
             declares ``force_upcast=False``; the VAE is then kept in fp16.
         vae_tiling: decode pictures larger than the VAE's native size in tiles (changes their pixels slightly).
-        quantize: lossy and off by default: a scheme of :data:`instantid.quantize.SCHEMES` (``fp8`` on sm89+
+        quantize: lossy and off by default: a scheme of :data:`instantid.speed.quantize.SCHEMES` (``fp8`` on sm89+
             GPUs, ``fp8-weights``, ``int8``, ``int8-weights``) for the UNet's and ControlNets' linear layers
             (torchao); applied after fusing and before compiling.
         recompile_limit: dynamo's per-function recompile limit, raised because all blocks share one forward.
@@ -279,7 +279,7 @@ def enable_fast_inference(
 
     # 3. Lossy, opt-in: quantized linear layers (after fusing, which copies weights; before compiling).
     if quantize is not None:
-        from instantid.quantize import quantize_pipeline
+        from instantid.speed.quantize import quantize_pipeline
 
         report["quantized"] = quantize_pipeline(pipe, quantize).scheme
 

@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from instantid import __version__
+from instantid.api.settings import settings_from_record
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, QueueFullError, ServerSettings
 from instantid.service.http_errors import (
@@ -59,10 +60,9 @@ from instantid.service.schema import (
     read_body,
 )
 from instantid.service.tasks import TaskKind
-from instantid.settings import settings_from_record
 
 if TYPE_CHECKING:
-    from instantid.generator import InstantID
+    from instantid.api.generator import InstantID
 
 log = logging.getLogger(__name__)
 MAX_OFFSET = 2**31  # /v1/jobs paging: far past any store, and within what SQLite takes as an integer
@@ -180,9 +180,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
     @app.get("/v1/models", tags=["generation"], responses=READ_RESPONSES)
     async def models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-        from instantid.layouts import layout_names
-        from instantid.settings import SCHEDULERS
-        from instantid.styles import STYLES
+        from instantid.api.settings import SCHEDULERS
+        from instantid.api.styles import STYLES
+        from instantid.apps.layouts import layout_names
 
         service = service_of(request)
         info: dict[str, Any] = {"styles": list(STYLES), "schedulers": list(SCHEDULERS),

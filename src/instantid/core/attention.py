@@ -15,7 +15,7 @@ Everything that varies per call travels in one :class:`FaceCall` value:
   only runs one extra attention and one fused add per face layer: on a fast GPU SDXL is launch-bound, and
   fewer small operators per step is speed. Prepared data are plain tensors in a frozen value, read and never
   written inside the UNet, so ``torch.compile`` traces a face layer without a graph break, and a new face,
-  mask or scale is new tensor *values*, not a new graph (see :mod:`instantid.fast`).
+  mask or scale is new tensor *values*, not a new graph (see :mod:`instantid.speed.fast`).
 
 The value reaches the processors through diffusers' own channel for image conditioning: the pipeline passes
 it as ``added_cond_kwargs["image_embeds"]``, the UNet hands it to its image projection,
@@ -67,7 +67,7 @@ class FaceCall:
     ``prepared`` holds the per-call keys/values and region weights (the pipeline's sampling path); without it
     each layer projects the tokens itself (training: one UNet pass per step gains nothing from preparing, and
     gradients must flow into the projections). ``cache`` memoises the IdentityNet residual masks of the call
-    (:mod:`instantid.denoise`); ``None`` disables it.
+    (:mod:`instantid.core.denoise`); ``None`` disables it.
     """
 
     regions: tuple[FaceRegion, ...]

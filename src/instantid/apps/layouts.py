@@ -2,7 +2,7 @@
 
 A layout (``data/layouts.json``) is five face keypoints and a face box in a unit square; :func:`layout_pose`
 places it on an output of any size (the square is centred on the short side, so the face is never
-stretched), and :func:`with_layout` makes it the pose of an :class:`~instantid.identity.Identity`:
+stretched), and :func:`with_layout` makes it the pose of an :class:`~instantid.api.identity.Identity`:
 
     person = with_layout(app.prepare_identity("me.jpg"), "three-quarter-left", 1024, 1024)
     app.generate(person, prompt="a portrait")
@@ -20,9 +20,9 @@ from importlib import resources
 
 import numpy as np
 
+from instantid.api.identity import Identity
 from instantid.errors import InvalidInputError
 from instantid.faces import Face
-from instantid.identity import Identity
 
 DEFAULT_LAYOUT_SIZE = 1024  # the size a layout is placed at when no output size is given (SDXL's)
 

@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instantid.errors import InvalidInputError
 from instantid.faces import BACKENDS
-from instantid.quantize import SCHEMES as QUANTIZE_SCHEMES
+from instantid.speed.quantize import SCHEMES as QUANTIZE_SCHEMES
 
 if TYPE_CHECKING:
     import torch
 
+    from instantid.api.generator import InstantID
     from instantid.faces import FaceAnalyzer
-    from instantid.generator import InstantID
 
 # Our dtype names and the torch dtypes they stand for (resolved lazily: torch is slow to import).
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
@@ -83,7 +83,7 @@ class ModelSettings(BaseModel):
         with it first and pass it on to :meth:`load`."""
         from instantid.errors import EmbeddingSpaceError
         from instantid.faces import SPACE_ANTELOPEV2, create_face_analyzer
-        from instantid.models import DEFAULT_ADAPTER
+        from instantid.io.models import DEFAULT_ADAPTER
 
         if self.demo:
             return create_face_analyzer("dlib")  # what InstantID.demo uses
@@ -99,17 +99,17 @@ class ModelSettings(BaseModel):
 
     def load(self, analyzer: FaceAnalyzer | None = None) -> InstantID:
         """Load everything, without the libraries' loading bars and warnings unless ``verbose``."""
-        from instantid.loading import library_chatter
+        from instantid.io.loading import library_chatter
 
         with library_chatter(self.verbose):
             return self._load(analyzer)
 
     def _load(self, analyzer: FaceAnalyzer | None) -> InstantID:
-        from instantid.generator import InstantID
+        from instantid.api.generator import InstantID
 
         if self.quantize is not None:  # before minutes of loading: torchao missing or no fp8 GPU is one line
-            from instantid.loading import pick_device
-            from instantid.quantize import check_scheme, require_torchao
+            from instantid.io.loading import pick_device
+            from instantid.speed.quantize import check_scheme, require_torchao
 
             check_scheme(self.quantize, pick_device(self.device))
             require_torchao(self.quantize)

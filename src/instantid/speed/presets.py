@@ -19,7 +19,7 @@ provides to those schedulers (no sample clipping, ``set_alpha_to_one=False``) ar
 model whose scheduler config lacks them samples the same way.
 
 LoRAs are fused into the UNet and then unloaded: no LoRA layers stay behind to cost time each step, and the
-fast path (:func:`instantid.fast.enable_fast_inference`) can fuse projections and compile afterwards. Only
+fast path (:func:`instantid.speed.fast.enable_fast_inference`) can fuse projections and compile afterwards. Only
 the UNet changes: IdentityNet and the face adapter (the identity branch) are untouched.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from instantid.attention import FaceAttnProcessor
+from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
 
 # What stable-diffusion-xl-base-1.0's scheduler_config.json gives the schedulers below (see module docstring).

@@ -37,9 +37,10 @@ from typing import Any
 
 import yaml
 
+from instantid.api.settings import GenerationSettings, make_settings
 from instantid.errors import InstantIDError, InvalidInputError
 from instantid.faces.images import check_file
-from instantid.outputs import (
+from instantid.io.outputs import (
     contact_sheet,
     is_complete,
     save_png_atomically,
@@ -47,7 +48,6 @@ from instantid.outputs import (
     write_bytes_atomically,
     write_image,
 )
-from instantid.settings import GenerationSettings, make_settings
 from instantid.sharding import shard_of
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -62,7 +62,7 @@ SETTING_NAMES = tuple(n for n in GenerationSettings.model_fields if n not in NOT
 
 @dataclass(frozen=True)
 class IdentitySpec:
-    """A person as the job file names them; analysed once into an :class:`~instantid.identity.Identity`."""
+    """A person as the job file names them; analysed once into an :class:`~instantid.api.identity.Identity`."""
 
     name: str
     photos: tuple[Path, ...]

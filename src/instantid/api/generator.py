@@ -6,8 +6,8 @@
     result = app.generate(person, prompt="an astronaut", style="Watercolor", seed=7)
     result.images[0].save("astronaut.png")
 
-Data flows one way: photos -> :meth:`InstantID.prepare_identity` -> :class:`~instantid.identity.Identity` ->
-:meth:`InstantID.generate` with :class:`~instantid.settings.GenerationSettings` -> images. The CLI, the web UI,
+Data flows one way: photos -> :meth:`InstantID.prepare_identity` -> :class:`~instantid.api.identity.Identity` ->
+:meth:`InstantID.generate` with :class:`~instantid.api.settings.GenerationSettings` -> images. The CLI, the web UI,
 the server and the batch runner all build an Identity once and hand it on.
 """
 
@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instantid.api.identity import Identity, fuse
+from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
+from instantid.api.styles import get_style
+from instantid.core.keypoints import demo_resize_size, draw_kps
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
 from instantid.faces import (
     SPACE_ANTELOPEV2,
@@ -37,9 +41,7 @@ from instantid.faces import (
     load_image,
     several_faces,
 )
-from instantid.identity import Identity, fuse
-from instantid.keypoints import demo_resize_size, draw_kps
-from instantid.loading import (
+from instantid.io.loading import (
     describe_checkpoint,
     load_lora,
     load_pipeline,
@@ -48,11 +50,9 @@ from instantid.loading import (
     pick_dtype,
     sampler_label,
 )
-from instantid.loading import scheduler_name as _scheduler_name
-from instantid.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
-from instantid.prompts import encode_prompt_weighted
-from instantid.settings import MAX_SEED, GenerationSettings, check_people, make_settings
-from instantid.styles import get_style
+from instantid.io.loading import scheduler_name as _scheduler_name
+from instantid.io.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.pipelines.prompts import encode_prompt_weighted
 
 ImageInput = str | Path | bytes | Image.Image
 Progress = Callable[[int, int], None]
@@ -169,7 +169,7 @@ class InstantID:
         self.min_side = min_side
         self.allow_embedding_mismatch = allow_embedding_mismatch
         self.lora: str | None = None
-        self.preset: Any = None  # an instantid.presets.FewStepPreset once apply_preset() ran
+        self.preset: Any = None  # an instantid.speed.presets.FewStepPreset once apply_preset() ran
         self.quantize: str | None = None  # torchao scheme the weights were quantized with (lossy), if any
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
@@ -218,7 +218,7 @@ class InstantID:
         else:
             pipe.to(device)
         if compile or quantize:
-            from instantid.fast import enable_fast_inference
+            from instantid.speed.fast import enable_fast_inference
 
             # After the preset: its LoRA is fused, so changing nothing per call recompiles nothing.
             enable_fast_inference(pipe, compile=compile, cache_dir=compile_cache, quantize=quantize)
@@ -228,7 +228,7 @@ class InstantID:
     @classmethod
     def demo(cls, cache_dir: str | Path | None = None, **kwargs: Any) -> InstantID:
         """Tiny random weights + the offline dlib face model: runs anywhere in seconds, makes noise."""
-        from instantid.tiny import TinyConfig, build_tiny_instantid
+        from instantid.io.tiny import TinyConfig, build_tiny_instantid
 
         folder = Path(cache_dir or os.environ.get("INSTANTID_DEMO_DIR", "~/.cache/instantid/tiny-demo")).expanduser()
         build_tiny_instantid(folder, TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB))
@@ -238,10 +238,10 @@ class InstantID:
         )
 
     def apply_preset(self, name: str, weights: str | Path | None = None) -> None:
-        """A few-step preset (LCM-LoRA, SDXL-Lightning, Hyper-SD, TCD: :mod:`instantid.presets`): its weights are
+        """A few-step preset (LCM-LoRA, SDXL-Lightning, Hyper-SD, TCD: :mod:`instantid.speed.presets`): its weights are
         fused into the UNet and its sampler becomes the default; :meth:`preset_defaults` gives its steps and
         guidance for settings the user did not choose."""
-        from instantid.presets import apply_preset
+        from instantid.speed.presets import apply_preset
 
         self.preset = apply_preset(self.pipe, name, weights)
         self.default_scheduler = self.pipe.scheduler
@@ -300,7 +300,7 @@ class InstantID:
         face_index: int | None = None, fusion: str = "auto", weights: Sequence[float] | None = None,
         names: Sequence[str] | None = None, pose_name: str | None = None, full_paths: bool = False,
     ) -> Identity:
-        """Analyse the photos once: fused embedding (see :mod:`instantid.identity`), pose face and size.
+        """Analyse the photos once: fused embedding (see :mod:`instantid.api.identity`), pose face and size.
 
         ``pose`` takes keypoints and size from another photo (its largest face); otherwise the first photo's
         chosen face. ``names`` label in-memory photos (uploads) in messages and metadata; file photos are named
@@ -345,7 +345,7 @@ class InstantID:
         settings = settings.updated(seed=seeds[0])
         detail = None
         if settings.face_detail:
-            from instantid.face_detail import FaceDetailOptions, refine_faces
+            from instantid.apps.face_detail import FaceDetailOptions, refine_faces
 
             images, detail = refine_faces(self, identity, images, settings, seeds,
                                           FaceDetailOptions(strength=settings.face_detail_strength),
@@ -368,7 +368,8 @@ class InstantID:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
         pose); each person's face tokens and IdentityNet act only in the region nearest their face. Takes
-        :data:`~instantid.settings.MIN_PEOPLE` to :data:`~instantid.settings.MAX_PEOPLE` people, as every surface."""
+        :data:`~instantid.api.settings.MIN_PEOPLE` to :data:`~instantid.api.settings.MAX_PEOPLE` people, as every
+        surface."""
         check_people(len(people))
         return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
                                     pose_name=pose_name, progress=progress, pose_faces=pose_faces)
@@ -379,7 +380,7 @@ class InstantID:
     ) -> GenerationResult:
         """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
         tests check the group machinery that way)."""
-        from instantid.pipeline import Person, nearest_face_regions
+        from instantid.pipelines.sdxl import Person, nearest_face_regions
 
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")
@@ -474,7 +475,7 @@ class InstantID:
 
 def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float,
                       comma_padding: int = 0) -> dict[str, Any]:
-    """The call's text as embeddings from :func:`instantid.prompts.encode_prompt_weighted`, for every prompt:
+    """The call's text as embeddings from :func:`instantid.pipelines.prompts.encode_prompt_weighted`, for every prompt:
     A1111-style weights and prompts past CLIP's 77 tokens work, and a plain prompt gives bit for bit what
     ``pipe``'s own ``encode_prompt`` makes of the text (tests/test_generator.py checks empty prompts, zeroed
     negatives, guidance off, several images, a text-encoder LoRA, and the img2img/inpainting variants).
@@ -491,8 +492,8 @@ def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: flo
 def _check_unet_fits(pipe: Any) -> None:
     """An SDXL inpainting base (a UNet reading 9 channels: latents, mask, masked picture) works only in the
     inpainting pipeline; in the others diffusers would stop inside the first step with a shape error."""
-    from instantid.inpaint import INPAINT_UNET_CHANNELS, StableDiffusionXLInstantIDInpaintPipeline
-    from instantid.pipeline import StableDiffusionXLInstantIDImg2ImgPipeline
+    from instantid.pipelines.inpaint import INPAINT_UNET_CHANNELS, StableDiffusionXLInstantIDInpaintPipeline
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline
 
     inpainting = isinstance(pipe, StableDiffusionXLInstantIDInpaintPipeline)
     if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS or inpainting:
@@ -501,7 +502,8 @@ def _check_unet_fits(pipe: Any) -> None:
     task = "redraw a whole picture (face detail)" if image_to_image else "make a picture from text"
     raise IncompatibleWeightsError(
         f"the base model is an SDXL inpainting model (9-channel UNet): it repaints masked parts and cannot {task}; "
-        "use it with `instantid swap` (or instantid.inpaint.inpaint_pipeline), or load a text-to-image SDXL base"
+        "use it with `instantid swap` (or instantid.pipelines.inpaint.inpaint_pipeline), "
+        "or load a text-to-image SDXL base"
     )
 
 

@@ -9,7 +9,7 @@ call (pipeline) or per training step; the face tokens inside it were made by the
 Several identities (the paper's multi-identity synthesis): IdentityNet runs once per identity, with that
 identity's keypoint picture and face tokens, and its residuals are multiplied by the identity's region mask
 before they are summed (MultiControlNet-style); in the UNet each identity's tokens act only inside its
-region (:class:`instantid.attention.FaceAttnProcessor`). The text steers the whole picture.
+region (:class:`instantid.core.attention.FaceAttnProcessor`). The text steers the whole picture.
 
 Lossy lever, off by default: ``StepInputs.control_cache_interval = N > 1`` runs IdentityNet (and any extra
 ControlNet) on every N-th step only and adds its last residuals again on the steps in between. The residuals are
@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from instantid.attention import FaceCall
+from instantid.core.attention import FaceCall
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from instantid.adapter import random_adapter_state_dict
-from instantid.loading import library_chatter
+from instantid.core.adapter import random_adapter_state_dict
+from instantid.io.loading import library_chatter
 
 TINY_MARKER = "instantid-tiny.json"
 

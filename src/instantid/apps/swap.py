@@ -1,4 +1,4 @@
-"""Face swap: put a person (an :class:`~instantid.identity.Identity`) into an existing photo.
+"""Face swap: put a person (an :class:`~instantid.api.identity.Identity`) into an existing photo.
 
     person = app.prepare_identity("me.jpg")
     result = swap_face(app, person, "scene.jpg", GenerationSettings(prompt="a photo of a man"), SwapOptions())
@@ -7,7 +7,7 @@
 2. a head-shaped region around it (an ellipse from chin to crown, plus ``head_margin``; InstantID needs most of
    the head, not only the face box, to change a likeness) is cropped with some context and resized to the
    model's working resolution, so a 4000 px photo costs what a 1024 px one does;
-3. :class:`~instantid.inpaint.StableDiffusionXLInstantIDInpaintPipeline` repaints the head there, posed by the
+3. :class:`~instantid.pipelines.inpaint.StableDiffusionXLInstantIDInpaintPipeline` repaints the head there, posed by the
    target face's own keypoints, with the reference's identity;
 4. the result is scaled back and blended in with a feathered mask. Pixels outside the feathered mask are the
    input's, bit for bit.
@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from instantid.api.settings import GenerationSettings, knob
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, load_image
-from instantid.settings import GenerationSettings, knob
 
 # The head outline relative to a detector's face box (brows to chin): the crown sits about 0.45 box heights
 # above the box, the ears about 5 % outside it; measured on the shared photos with the dlib and SCRFD boxes.
@@ -193,7 +193,7 @@ def paste_back(photo: Image.Image, generated: Image.Image, region: Region, mask:
 
 def control_pictures(face: Face, region: Region, enhance_face_region: bool) -> tuple[Image.Image, Image.Image | None]:
     """The keypoint picture and (optionally) the face-region mask at the working resolution of ``region``."""
-    from instantid.keypoints import draw_kps
+    from instantid.core.keypoints import draw_kps
 
     ww, wh = region.work_size
     kps_image = draw_kps(Image.new("RGB", (ww, wh)), region.to_crop(face.kps))
@@ -217,7 +217,7 @@ def swap_face(
     scene is not analysed twice). ``pipe`` replaces the inpainting pipeline (tests); by default it shares the
     app's loaded components.
     """
-    from instantid.inpaint import inpaint_pipeline
+    from instantid.pipelines.inpaint import inpaint_pipeline
 
     settings = app.call_settings(settings)  # the loaded preset's steps and guidance where none were chosen
     options = options or SwapOptions()
@@ -247,7 +247,7 @@ def swap_face(
               "target_face": {"bbox": [float(v) for v in target.bbox], "kps": target.kps.tolist()},
               **region.to_dict()},
     )
-    from instantid.generator import GenerationResult
+    from instantid.api.generator import GenerationResult
 
     return GenerationResult(images=outputs, seeds=seeds, settings=settings.updated(seed=seeds[0]), metadata=metadata)
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from instantid.api.settings import FUSIONS
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, FaceAnalyzer
-from instantid.settings import FUSIONS
 
 # A face this many pixels wide (or more) counts as full quality; the recognisers work on 112-150 px crops.
 FULL_QUALITY_FACE_PX = 112.0

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from instantid.api.styles import STYLES, get_style
 from instantid.errors import InvalidInputError
-from instantid.styles import STYLES, get_style
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 16

@@ -1,7 +1,7 @@
 """InstantID inpainting for SDXL, and running the image-to-image / inpainting variants of a loaded model.
 
 :class:`StableDiffusionXLInstantIDInpaintPipeline` is diffusers' SDXL ControlNet inpainting pipeline plus what
-InstantID adds (:class:`~instantid.pipeline.InstantIDMixin`), drop-in style: ``image``, ``mask_image`` (white =
+InstantID adds (:class:`~instantid.pipelines.sdxl.InstantIDMixin`), drop-in style: ``image``, ``mask_image`` (white =
 repaint), ``strength``, ``control_image`` (the keypoint picture) and ``image_embeds``. It works with
 
 * an SDXL inpainting base (9-channel UNet): the UNet also reads the mask and the masked image's latents, as in
@@ -12,7 +12,7 @@ repaint), ``strength``, ``control_image`` (the keypoint picture) and ``image_emb
 ``padding_mask_crop=N`` (diffusers' argument) repaints only a box around the mask, padded by N pixels, at the
 model's size, and pastes it back: a small face in a large photo gets the model's full resolution.
 
-Each step is the shared :func:`instantid.denoise.denoise_step`; the inpainting parts travel with the call
+Each step is the shared :func:`instantid.core.denoise.denoise_step`; the inpainting parts travel with the call
 (a forward pre-hook on the UNet for the extra channels, the step-end blend), nothing is stored on the pipeline.
 
 :func:`inpaint_pipeline` / :func:`img2img_pipeline` make these variants from a loaded text-to-image pipeline
@@ -35,7 +35,7 @@ from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
 from instantid.errors import InvalidInputError
-from instantid.pipeline import (
+from instantid.pipelines.sdxl import (
     CallRequest,
     CallState,
     EmbeddingInput,
@@ -55,7 +55,7 @@ def _extra_unet_channels(unet: torch.nn.Module, extra: torch.Tensor) -> Iterator
     """While open, every UNet forward gets ``extra`` (B', 5, h, w) appended to its input channels.
 
     The ControlNets are separate modules and keep reading the plain latents, which is what an inpainting
-    UNet paired with IdentityNet needs and what :func:`~instantid.denoise.denoise_step` cannot tell apart.
+    UNet paired with IdentityNet needs and what :func:`~instantid.core.denoise.denoise_step` cannot tell apart.
     """
 
     def append(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -1,7 +1,7 @@
 """Lossy lever, off by default: quantize the UNet's and the ControlNets' linear layers with torchao.
 
 Pictures change (a little): this is a speed and memory lever, not one of the exact levers of
-:mod:`instantid.fast`. ``benchmarks/gpu_speed.py`` reports each scheme's speed next to how far its latents move
+:mod:`instantid.speed.fast`. ``benchmarks/gpu_speed.py`` reports each scheme's speed next to how far its latents move
 from the exact pipeline, beside the identity effect (the latent change from another face).
 
 Schemes (``SCHEMES``), each a torchao config applied with ``torchao.quantization.quantize_``:
@@ -142,7 +142,7 @@ def _linear_layers(model: torch.nn.Module, keep: Callable[[str, torch.nn.Module]
 
 
 def _face_layers(pipe: Any) -> int:
-    from instantid.attention import FaceAttnProcessor
+    from instantid.core.attention import FaceAttnProcessor
 
     return sum(isinstance(p, FaceAttnProcessor) for p in pipe.unet.attn_processors.values())
 
@@ -150,7 +150,7 @@ def _face_layers(pipe: Any) -> int:
 def quantize_pipeline(pipe: Any, scheme: str) -> QuantizeReport:
     """Quantize, in place, the linear layers of ``pipe``'s UNet and ControlNets (IdentityNet first) with
     ``scheme`` (a key of :data:`SCHEMES`). Lossy: see the module docstring for what stays exact."""
-    from instantid.fast import controlnets
+    from instantid.speed.fast import controlnets
 
     # Under CPU offload the weights wait on the CPU; the device that will run them is the execution device.
     check_scheme(scheme, getattr(pipe, "_execution_device", None) or pipe.unet.device)

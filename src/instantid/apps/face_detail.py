@@ -3,7 +3,7 @@
 A face that is small in a full-body picture gets few latent pixels and comes out blurred and unlike the
 person. As users do by hand with ADetailer-style tools, :func:`refine_faces` finds each face in the result,
 crops it with a margin, upscales the crop to the model's working size, re-denoises it with InstantID
-image-to-image at a moderate strength (the identity from the same :class:`~instantid.identity.Identity`, the
+image-to-image at a moderate strength (the identity from the same :class:`~instantid.api.identity.Identity`, the
 pose from the face's own keypoints) and blends it back with a feathered mask. Pixels outside each face's
 feathered mask are left exactly as they were.
 
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from instantid.api.settings import GenerationSettings, knob
+from instantid.apps.swap import control_pictures, head_region, paste_back, region_mask, steps_for_strength
 from instantid.errors import InvalidInputError
-from instantid.settings import GenerationSettings, knob
-from instantid.swap import control_pictures, head_region, paste_back, region_mask, steps_for_strength
 
 if TYPE_CHECKING:
     from instantid.faces import Face
@@ -32,7 +32,7 @@ DEFAULT_STRENGTH = 0.4
 
 class FaceDetailOptions(BaseModel):
     """How the second pass works, declared once (type, default, range, help) like
-    :class:`~instantid.swap.SwapOptions`: ``instantid detail``'s flags, the HTTP fields of ``/v1/detail`` and the
+    :class:`~instantid.apps.swap.SwapOptions`: ``instantid detail``'s flags, the HTTP fields of ``/v1/detail`` and the
     web UI's controls derive from it. The generation settings (prompt, steps, strengths) come with the call."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,7 +102,7 @@ def refine_faces(
     (largest first, e.g. when a job was checked at submit; None for an image: found here), so no picture is
     analysed twice.
     """
-    from instantid.inpaint import img2img_pipeline
+    from instantid.pipelines.inpaint import img2img_pipeline
 
     options = options or FaceDetailOptions()
     if seeds is not None and len(seeds) != len(images):

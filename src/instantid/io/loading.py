@@ -1,7 +1,7 @@
 """Loading the diffusion side of InstantID: SDXL base + IdentityNet + face adapter, device, dtype, sampler, LoRA.
 
-:func:`load_pipeline` turns model references (paths or Hub ids, see :mod:`instantid.models`) into a ready
-:class:`~instantid.pipeline.StableDiffusionXLInstantIDPipeline`; every failure is a typed one-line error.
+:func:`load_pipeline` turns model references (paths or Hub ids, see :mod:`instantid.io.models`) into a ready
+:class:`~instantid.pipelines.sdxl.StableDiffusionXLInstantIDPipeline`; every failure is a typed one-line error.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from instantid.api.model_settings import DEVICES, torch_dtype
+from instantid.api.settings import SCHEDULERS
 from instantid.errors import InstantIDError, InvalidInputError, MissingWeightsError, WeightsError
-from instantid.model_settings import DEVICES, torch_dtype
-from instantid.settings import SCHEDULERS
 
 DEVICE_CHOICES = "cuda, cuda:N, mps or cpu"
 
@@ -109,7 +109,7 @@ def load_pipeline(
     """
     from diffusers import ControlNetModel
 
-    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 
     with _reading("IdentityNet", identitynet_path):
         controlnet = ControlNetModel.from_pretrained(identitynet_path, dtype=dtype)
@@ -229,7 +229,7 @@ def file_hash(path: Path) -> str:
     cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
     cache[key] = digest.hexdigest()
     try:
-        from instantid.outputs import write_bytes_atomically
+        from instantid.io.outputs import write_bytes_atomically
 
         write_bytes_atomically(HASH_CACHE, json.dumps(cache, indent=1).encode())
     except OSError:

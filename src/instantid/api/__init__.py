@@ -1,0 +1,1 @@
+"""The high-level API: the InstantID object, an analysed Identity, the settings schemas, results and regions."""

@@ -1,0 +1,1 @@
+"""Applications built on the API: face swap, face detail, pose layouts, batch jobs."""

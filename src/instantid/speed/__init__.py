@@ -1,0 +1,1 @@
+"""Speed levers: the exact fast path, lossy quantization, few-step presets."""
