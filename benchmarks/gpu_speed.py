@@ -50,7 +50,7 @@ from gpu_lossy import lossy, lossy_table  # noqa: E402  (section 6)
 from pipeline_vs_stock import PeakMemory, load  # noqa: E402  (the shared builders)
 
 from instantid import draw_kps  # noqa: E402
-from instantid.api.model_settings import DTYPE_NAMES, torch_dtype  # noqa: E402
+from instantid.io.devices import DTYPE_NAMES, torch_dtype  # noqa: E402
 from instantid.speed.fast import enable_fast_inference, fuse_self_attention  # noqa: E402
 from instantid.speed.presets import PRESETS  # noqa: E402
 

@@ -42,7 +42,7 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
-from instantid.api.model_settings import DTYPE_NAMES, torch_dtype
+from instantid.io.devices import DTYPE_NAMES, torch_dtype
 from instantid.io.tiny import build_tiny_instantid
 
 

@@ -18,13 +18,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from instantid.api.face_detail import FaceDetailOptions, refine_faces
 from instantid.api.identity import Identity
+from instantid.api.regions import head_region, region_mask
 from instantid.api.settings import GenerationSettings
-from instantid.apps.face_detail import FaceDetailOptions, refine_faces
-from instantid.apps.swap import SwapOptions, head_region, region_mask, steps_for_strength, swap_face
+from instantid.apps.swap import SwapOptions, swap_face
 from instantid.core.attention import FaceAttnProcessor, grid_shape, mask_weights, region_weights, token_grids
 from instantid.errors import InvalidInputError
 from instantid.faces import Face
+from instantid.pipelines.schedulers import steps_for_strength
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy/torch numeric warnings are defects here
 

@@ -8,8 +8,8 @@ import pytest
 from _demo import FACE, FACES
 from PIL import Image
 
+from instantid.api.face_detail import FaceDetailOptions, refine_faces
 from instantid.api.settings import GenerationSettings
-from instantid.apps.face_detail import FaceDetailOptions, refine_faces
 from instantid.errors import InvalidInputError
 
 SETTINGS = GenerationSettings(prompt="a portrait", steps=4)
@@ -118,7 +118,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert len(metadata["face_detail"]["faces"]) == 1
     assert metadata["face_detail"]["max_faces"] == 1 and metadata["face_detail"]["context"] == 1.5
     # One record format for the CLI, /v1/detail and the UI: what detail_picture writes for the same inputs.
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
     from instantid.service.detail import detail_picture
 
     identity = prepare_identity(app.analyzer, [str(FACES / "obama_1.jpg")])

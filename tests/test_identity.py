@@ -91,7 +91,7 @@ def test_several_faces_say_which_was_used_and_how_many(analyzer, faces_dir):
     """A photo with several faces: the Identity's warnings (printed by the CLI, shown by the web UI, recorded in
     the metadata) say which face was used and how many were found; each reference records both (issue 18 item 4).
     """
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
 
     group = faces_dir / "group_two_people.jpg"
     largest = prepare_identity(analyzer, group)

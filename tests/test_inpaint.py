@@ -124,7 +124,7 @@ def test_an_inpainting_base_refuses_text_to_image_in_one_line(app, folder) -> No
     from diffusers import UNet2DConditionModel
 
     from instantid import GenerationSettings, InstantID
-    from instantid.apps.face_detail import refine_faces
+    from instantid.api.face_detail import refine_faces
     from instantid.errors import IncompatibleWeightsError
     from instantid.pipelines.sdxl import StableDiffusionXLInstantIDPipeline
 

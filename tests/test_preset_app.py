@@ -79,8 +79,8 @@ def test_recorded_settings_keep_what_was_chosen() -> None:
 def test_preset_steps_and_guidance_reach_every_task(preset_app) -> None:
     """generate, group, swap and detail through the Python API: the preset's 4 steps and guidance 0 where the
     caller chose none, the caller's own values where they did; the metadata records what ran."""
+    from instantid.api.face_detail import FaceDetailOptions
     from instantid.api.settings import GenerationSettings
-    from instantid.apps.face_detail import FaceDetailOptions
     from instantid.apps.swap import SwapOptions, swap_face
     from instantid.faces import load_image
     from instantid.service.detail import detail_picture

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from _demo import FACES
 from PIL import Image
 
-from instantid.api.generator import face_region_mask, group_poses
+from instantid.api.face_side import group_poses
 from instantid.api.identity import fuse
+from instantid.api.regions import face_region_mask
 from instantid.api.settings import GenerationSettings
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, create_face_analyzer, load_image
@@ -27,7 +28,7 @@ def analyzer():
 
 # ---- defaults: "Defaults are the published demo's" ---------------------------------------------------------------
 def test_defaults_are_the_published_demos() -> None:
-    from instantid.apps.face_detail import FaceDetailOptions
+    from instantid.api.face_detail import FaceDetailOptions
     from instantid.apps.swap import SwapOptions
 
     s = GenerationSettings()
@@ -163,7 +164,7 @@ def test_a_control_mask_of_another_size_is_resized_nearest() -> None:
 @pytest.mark.parametrize("resolution", [64, 200, 1024])
 @pytest.mark.parametrize("feather", [0.0, 0.05, 0.3])
 def test_swap_repaint_mask_covers_every_pixel_the_blend_changes(resolution: int, feather: float) -> None:
-    from instantid.apps.swap import crop_for_model, head_region, region_mask
+    from instantid.api.regions import crop_for_model, head_region, region_mask
 
     face = Face(bbox=(150.0, 130.0, 270.0, 270.0), score=1.0, kps=np.zeros((5, 2), np.float32),
                 embedding=np.zeros(DIM, np.float32), space="dlib-128")

@@ -63,7 +63,7 @@ def count_analyses(model: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 # ---- /v1/detail ----------------------------------------------------------------------------------------
 def test_detail_is_the_cli_pass_and_keeps_the_rest_of_the_picture(client: httpx.Client, model: Any) -> None:
-    from instantid.apps.face_detail import FaceDetailOptions, refine_faces
+    from instantid.api.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
 
     files = [upload("face", FACE, "me.jpg"), upload("picture", OTHER, "picture.jpg")]

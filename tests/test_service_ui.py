@@ -157,7 +157,7 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.schema import Body, job_request
     from instantid.service.stored import load_prepared
-    from instantid.service.tasks import FaceSide, prepare
+    from instantid.service.tasks import prepare
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     first = JobService.start(settings, model)
@@ -174,7 +174,7 @@ def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) ->
     jobs, expected = {}, {}
     for task, body in requests.items():
         request = job_request(task, body)  # type: ignore[arg-type]
-        prepared = prepare(FaceSide(model), request)
+        prepared = prepare(model.faces, request)
         jobs[task] = first.submit_prepared(prepared, request.settings).id
         expected[task] = pixels(prepared.run(model, request.settings))
         assert (tmp_path / "jobs" / jobs[task] / "inputs" / "prepared").is_file()

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from instantid import draw_kps
+from instantid.api.regions import nearest_face_regions
 from instantid.core.attention import face_processors
 from instantid.errors import InvalidInputError
-from instantid.pipelines.sdxl import Person, nearest_face_regions
+from instantid.pipelines.sdxl import Person
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 W, H = 192, 128  # two faces side by side; latents 24 x 16

@@ -7,8 +7,9 @@ import pytest
 from _demo import FACE, FACES, NO_FACE
 from PIL import Image
 
+from instantid.api.regions import head_region, paste_back, region_mask
 from instantid.api.settings import GenerationSettings
-from instantid.apps.swap import SwapOptions, head_region, paste_back, region_mask, swap_face
+from instantid.apps.swap import SwapOptions, swap_face
 from instantid.errors import InvalidInputError, NoFaceError
 from instantid.faces import SPACE_DLIB, Face
 

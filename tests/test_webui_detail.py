@@ -35,7 +35,7 @@ def make_tab(model: Any, out: Path) -> DetailTab:
 
 
 def test_the_picture_faces_are_redrawn_as_the_person_into_the_folder(model: Any, tmp_path: Path) -> None:
-    from instantid.apps.face_detail import FaceDetailOptions, refine_faces
+    from instantid.api.face_detail import FaceDetailOptions, refine_faces
     from instantid.faces import load_image
 
     tab = make_tab(model, tmp_path)

@@ -99,7 +99,7 @@ def test_mix_with_another_person_reaches_generation(model: Any, tmp_path: Path) 
 def test_outputs_record_the_face_chosen_in_the_who_panel(model: Any, tmp_path: Path) -> None:
     """Portrait, swap and detail: the Who panel's face choice and fusion are validated into the job's settings, so
     the metadata names the face that was used (issue 18 item 2) and remaking from it gives the same picture."""
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
     from instantid.webui.detail_tab import DetailTab
 
     who, portrait, swap = panels(model, tmp_path)

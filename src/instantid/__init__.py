@@ -42,7 +42,7 @@ _LAZY = {
     "GenerationSettings": "instantid.api.settings",
     "Identity": "instantid.api.identity",
     "Person": "instantid.pipelines.sdxl",
-    "nearest_face_regions": "instantid.pipelines.sdxl",
+    "nearest_face_regions": "instantid.api.regions",
     "StableDiffusionXLInstantIDInpaintPipeline": "instantid.pipelines.inpaint",
     "ModelSettings": "instantid.api.model_settings",
     "build_tiny_instantid": "instantid.io.tiny",

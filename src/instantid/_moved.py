@@ -29,7 +29,7 @@ MOVED = {
     "instantid.model_settings": "instantid.api.model_settings",
     "instantid.styles": "instantid.api.styles",
     "instantid.swap": "instantid.apps.swap",
-    "instantid.face_detail": "instantid.apps.face_detail",
+    "instantid.face_detail": "instantid.api.face_detail",
     "instantid.layouts": "instantid.apps.layouts",
     "instantid.batch": "instantid.apps.batch",
     "instantid.fast": "instantid.speed.fast",

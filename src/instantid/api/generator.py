@@ -13,12 +13,11 @@ the server and the batch runner all build an Identity once and hand it on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instantid.api.identity import Identity, fuse
+from instantid.api.face_side import FaceSide, prepare_identity
+from instantid.api.identity import Identity
+from instantid.api.regions import face_region_mask, nearest_face_regions, within_box
+from instantid.api.results import GenerationResult, ImageInput, Progress
 from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
@@ -36,122 +38,19 @@ from instantid.faces import (
     SPACE_DLIB,
     Face,
     FaceAnalyzer,
-    choose_face,
     create_face_analyzer,
-    load_image,
-    several_faces,
 )
 from instantid.io.loading import (
     describe_checkpoint,
     load_lora,
     load_pipeline,
-    make_scheduler,
     pick_device,
     pick_dtype,
-    sampler_label,
 )
-from instantid.io.loading import scheduler_name as _scheduler_name
 from instantid.io.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
 from instantid.pipelines.prompts import encode_prompt_weighted
-
-ImageInput = str | Path | bytes | Image.Image
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class GenerationResult:
-    """Images plus everything needed to reproduce them."""
-
-    images: list[Image.Image]
-    seeds: list[int]
-    settings: GenerationSettings
-    metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able; written beside every output
-
-    def image_metadata(self, index: int) -> dict[str, Any]:
-        """Metadata of one image (its own seed)."""
-        return {**self.metadata, "seed": self.seeds[index], "index": index}
-
-
-def face_region_mask(face: Face, size: tuple[int, int], scale: tuple[float, float]) -> Image.Image:
-    """White rectangle over the (rescaled) face box on black: the demo's 'enhance non-face region' mask."""
-    w, h = size
-    mask = np.zeros((h, w, 3), dtype=np.uint8)
-    x1, y1, x2, y2 = (int(v * s) for v, s in zip(face.bbox, scale * 2, strict=True))
-    mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 255
-    return Image.fromarray(mask)
-
-
-def content_hash(source: ImageInput) -> str | None:
-    """SHA-256 of a photo file's bytes (what `sha256sum` prints), or None for an in-memory picture."""
-    if isinstance(source, bytes):
-        return hashlib.sha256(source).hexdigest()
-    if isinstance(source, (str, Path)):
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
-    return None
-
-
-def _label(source: Any, index: int, full_paths: bool) -> str:
-    """How a photo is named in messages and metadata: its file name (full path only on request)."""
-    if isinstance(source, (str, Path)):
-        return str(Path(source).resolve()) if full_paths else Path(source).name
-    return f"face image {index + 1}"
-
-
-def prepare_identity(
-    analyzer: FaceAnalyzer, photos: ImageInput | Sequence[ImageInput], *, pose: ImageInput | None = None,
-    face_index: int | None = None, fusion: str = "auto", weights: Sequence[float] | None = None,
-    names: Sequence[str] | None = None, pose_name: str | None = None, full_paths: bool = False,
-) -> Identity:
-    """:meth:`InstantID.prepare_identity` with only a face analyzer: the face side needs no diffusion model, so a
-    surface can check photos (unreadable, faceless) before the slow model load and hand the Identity on."""
-    sources = [photos] if isinstance(photos, (str, Path, bytes, Image.Image)) else list(photos)
-    if not sources:
-        raise InvalidInputError("give at least one face photo")
-    if names is not None and len(names) != len(sources):
-        raise InvalidInputError(f"give one name per photo ({len(sources)}), got {len(names)}")
-    labels = list(names) if names is not None else [_label(s, i, full_paths) for i, s in enumerate(sources)]
-    found, counts, notes = [], [], []
-    for source, label in zip(sources, labels, strict=True):
-        picture = load_image(source, label)
-        faces = analyzer.analyze(picture, label)
-        found.append((label, picture, choose_face(faces, label, face_index)))
-        counts.append(len(faces))
-        notes.append(several_faces(label, len(faces), face_index))
-    embedding, references, used, warnings = fuse(analyzer, found, fusion, weights)
-    references = tuple(replace(r, face_index=face_index or 0, faces_found=n, sha256=content_hash(source))
-                       for r, n, source in zip(references, counts, sources, strict=True))
-    label, pose_picture, pose_face = found[0]
-    identity = Identity(
-        embedding=embedding, space=analyzer.space, pose_face=pose_face,
-        pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-        pose_name=label, warnings=(*(n for n in notes if n), *warnings),
-    )
-    return identity if pose is None else with_pose(analyzer, identity, pose, pose_name, full_paths)
-
-
-def with_pose(analyzer: FaceAnalyzer, identity: Identity, pose: ImageInput, pose_name: str | None = None,
-              full_paths: bool = False) -> Identity:
-    """``identity`` in the pose of the largest face of the photo ``pose`` (its keypoints and picture size)."""
-    label = pose_name or (_label(pose, 0, full_paths) if isinstance(pose, (str, Path)) else "pose image")
-    picture = load_image(pose, label)
-    faces = analyzer.analyze(picture, label)
-    face = choose_face(faces, label)
-    note = several_faces(label, len(faces), None, "the pose is taken from face 0 (the largest)")
-    return replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label,
-                   warnings=(*identity.warnings, *([note] if note else [])))
-
-
-def group_poses(
-    analyzer: FaceAnalyzer, pose: ImageInput, count: int, name: str = "pose image", people: str = "people",
-) -> tuple[list[Face], tuple[int, int]]:
-    """The ``count`` largest faces of a group photo, left to right, and the photo's size: where each person of
-    :meth:`InstantID.generate_group` stands. Needs only the face analyzer, so a surface can check it early."""
-    picture = load_image(pose, name)
-    faces = analyzer.analyze(picture, name)
-    if len(faces) < count:
-        raise InvalidInputError(f"{name} shows {len(faces)} face(s) but {count} {people} were given")
-    chosen = sorted(faces[:count], key=lambda f: f.bbox[0] + f.bbox[2])
-    return chosen, (picture.width, picture.height)
+from instantid.pipelines.schedulers import make_scheduler, sampler_label
+from instantid.pipelines.schedulers import scheduler_name as _scheduler_name
 
 
 class InstantID:
@@ -162,7 +61,7 @@ class InstantID:
         max_side: int = 1280, min_side: int = 1024, allow_embedding_mismatch: bool = False,
     ) -> None:
         self.pipe = pipe
-        self.analyzer = analyzer
+        self.faces = FaceSide(analyzer)  # photos -> Identity under its own lock; works without this model too
         self.refs = refs
         self.demo = demo  # random tiny weights: images are noise
         self.max_side = max_side
@@ -175,10 +74,13 @@ class InstantID:
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
         self._lock = threading.Lock()  # one generation at a time per model
-        self._face_lock = threading.Lock()  # the face models are not known to be thread-safe (dlib)
         spec = pipe.adapter_spec
         self.embedding_space = spec.embedding_space or (SPACE_ANTELOPEV2 if spec.embedding_dim == 512 else None)
         self._check_space()
+
+    @property
+    def analyzer(self) -> FaceAnalyzer:
+        return self.faces.analyzer
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -283,17 +185,13 @@ class InstantID:
     # ---- faces -> identity ---------------------------------------------------------------------
     def analyze(self, image: ImageInput, name: str | None = None) -> list[Face]:
         """Every face in a photo, largest first."""
-        picture = load_image(image, name)
-        with self._face_lock:
-            return self.analyzer.analyze(picture, name)
+        return self.faces.analyze(image, name)
 
     def find_face(
         self, image: ImageInput, name: str | None = None, index: int | None = None
     ) -> tuple[Image.Image, Face]:
         """The photo (upright RGB) and its largest (or ``index``-th) face; NoFaceError if there is none."""
-        picture = load_image(image, name)
-        with self._face_lock:
-            return picture, self.analyzer.get_face(picture, name, index)
+        return self.faces.find_face(image, name, index)
 
     def prepare_identity(
         self, photos: ImageInput | Sequence[ImageInput], *, pose: ImageInput | None = None,
@@ -306,9 +204,9 @@ class InstantID:
         chosen face. ``names`` label in-memory photos (uploads) in messages and metadata; file photos are named
         by their file name, or their full path with ``full_paths``.
         """
-        with self._face_lock:
-            return prepare_identity(self.analyzer, photos, pose=pose, face_index=face_index, fusion=fusion,
-                                    weights=weights, names=names, pose_name=pose_name, full_paths=full_paths)
+        return self.faces.prepare_identity(photos, pose=pose, face_index=face_index, fusion=fusion,
+                                           weights=weights, names=names, pose_name=pose_name,
+                                           full_paths=full_paths)
 
     # ---- generation ----------------------------------------------------------------------------
     def output_size(self, identity: Identity, settings: GenerationSettings) -> tuple[int, int]:
@@ -345,7 +243,7 @@ class InstantID:
         settings = settings.updated(seed=seeds[0])
         detail = None
         if settings.face_detail:
-            from instantid.apps.face_detail import FaceDetailOptions, refine_faces
+            from instantid.api.face_detail import FaceDetailOptions, refine_faces
 
             images, detail = refine_faces(self, identity, images, settings, seeds,
                                           FaceDetailOptions(strength=settings.face_detail_strength),
@@ -357,8 +255,7 @@ class InstantID:
 
     def group_poses(self, pose: ImageInput, count: int, name: str = "pose image") -> tuple[list[Face], tuple[int, int]]:
         """:func:`group_poses` with this model's face analyzer."""
-        with self._face_lock:
-            return group_poses(self.analyzer, pose, count, name)
+        return self.faces.group_poses(pose, count, name)
 
     def generate_group(
         self, people: Sequence[Identity], settings: GenerationSettings | None = None, *,
@@ -380,7 +277,7 @@ class InstantID:
     ) -> GenerationResult:
         """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
         tests check the group machinery that way)."""
-        from instantid.pipelines.sdxl import Person, nearest_face_regions
+        from instantid.pipelines.sdxl import Person
 
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")
@@ -398,7 +295,7 @@ class InstantID:
             kps, boxes = [k for k, _ in placed], [b for _, b in placed]
         regions = nearest_face_regions([k.mean(axis=0) for k in kps], (width, height))
         if settings.enhance_face_region:  # as for one person: identity acts on the face box, here within the region
-            regions = [_within_box(region, box) for region, box in zip(regions, boxes, strict=True)]
+            regions = [within_box(region, box) for region, box in zip(regions, boxes, strict=True)]
         canvas = Image.new("RGB", (width, height))
         persons = [Person(p.embedding, draw_kps(canvas, k), region) for p, k, region in zip(people, kps, regions,
                                                                                              strict=True)]
@@ -538,16 +435,6 @@ def _in_column(face: Face, index: int, count: int, width: int, height: int) -> t
         return (points - centre) * (target / side) + new_centre
 
     return move(face.kps), move(np.asarray(face.bbox, dtype=np.float64).reshape(2, 2))
-
-
-def _within_box(region: Image.Image, box: np.ndarray) -> Image.Image:
-    """``region`` (white inside) cut down to the face box, the single-person "enhance face region" rule."""
-    inside = np.zeros((region.height, region.width), dtype=bool)
-    (x1, y1), (x2, y2) = (int(v) for v in box[0]), (int(v) for v in box[1])
-    inside[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = True
-    pixels = np.asarray(region).copy()
-    pixels[~inside] = 0
-    return Image.fromarray(pixels)
 
 
 def _versions() -> dict[str, str]:

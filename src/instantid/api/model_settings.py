@@ -13,27 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instantid.errors import InvalidInputError
 from instantid.faces import BACKENDS
+from instantid.io.devices import DTYPE_NAMES
 from instantid.speed.quantize import SCHEMES as QUANTIZE_SCHEMES
 
 if TYPE_CHECKING:
-    import torch
 
     from instantid.api.generator import InstantID
     from instantid.faces import FaceAnalyzer
 
-# Our dtype names and the torch dtypes they stand for (resolved lazily: torch is slow to import).
-DTYPE_NAMES = ("fp16", "bf16", "fp32")
-DEVICES = ("cuda", "mps", "cpu")
 FaceBackend = Literal[BACKENDS]  # type: ignore[valid-type]
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if name not in table:
-        raise InvalidInputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    return table[name]
 
 
 def option(default: Any, help: str, *, env: str | None = None, flag: str | None = None, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from instantid.api.styles import STYLES, get_style
 from instantid.errors import InvalidInputError
+from instantid.pipelines.schedulers import SCHEDULERS
 
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 16
@@ -53,16 +54,6 @@ def check_people(count: int, how: str = "") -> None:
         raise InvalidInputError(f"a picture of several people takes {MIN_PEOPLE} to {MAX_PEOPLE} people"
                                 f"{f' ({how})' if how else ''}, got {count}{alone}")
 
-# Schedulers by our short name: diffusers class, extra config, and the name A1111-style metadata readers know.
-SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
-    "dpm++": ("DPMSolverMultistepScheduler", {}, "DPM++ 2M"),
-    "dpm++_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "DPM++ 2M Karras"),
-    "ddim": ("DDIMScheduler", {}, "DDIM"),
-    "unipc": ("UniPCMultistepScheduler", {}, "UniPC"),
-    "lcm": ("LCMScheduler", {}, "LCM"),
-}
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 StyleName = Literal[tuple(STYLES)]  # type: ignore[valid-type]
 FUSIONS = ("auto", "mean", "weighted", "robust")

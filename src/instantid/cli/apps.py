@@ -67,9 +67,9 @@ def with_swap_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def with_detail_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """One option per :class:`~instantid.apps.face_detail.FaceDetailOptions` field (``--strength``, ``--margin``,
+    """One option per :class:`~instantid.api.face_detail.FaceDetailOptions` field (``--strength``, ``--margin``,
     ``--max-faces``...); the command receives ``detail``."""
-    from instantid.apps.face_detail import FaceDetailOptions, make_detail_options
+    from instantid.api.face_detail import FaceDetailOptions, make_detail_options
 
     return with_declared_options(FaceDetailOptions, make_detail_options, "detail")(command)
 
@@ -100,7 +100,7 @@ def swap_command(
     model: Any = None,
     swap: Any = None,
 ) -> None:
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
     from instantid.apps.swap import swap_face
     from instantid.faces import choose_face, load_image
     from instantid.io.outputs import image_stem, prepare_folder, write_image
@@ -160,7 +160,7 @@ def detail_command(
 ) -> None:
     import random
 
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
     from instantid.api.settings import MAX_SEED
     from instantid.faces import load_image
     from instantid.io.outputs import image_stem, prepare_folder, write_image

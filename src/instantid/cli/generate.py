@@ -162,7 +162,7 @@ def generate_command(
     settings: Any = None,
     model: Any = None,
 ) -> None:
-    from instantid.api.generator import group_poses, prepare_identity, with_pose
+    from instantid.api.face_side import group_poses, prepare_identity, with_pose
     from instantid.api.settings import check_people, field_label, make_settings
     from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.io.loading import library_chatter
@@ -351,7 +351,7 @@ def _made(bar: Progress, overall: Any, path: Path, demo: bool, made: list[Path])
 
 
 def _prepare(analyzer: Any, spec: Any, settings: Any, full_paths: bool) -> Any:
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
 
     return prepare_identity(analyzer, list(spec.photos), face_index=settings.face_index, fusion=settings.fusion,
                             full_paths=full_paths)

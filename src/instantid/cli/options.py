@@ -229,7 +229,7 @@ def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_inde
     """``identity`` mixed with each ``PHOTO:WEIGHT`` in turn (:meth:`Identity.mix`; the pose stays the identity's).
 
     Every spec is parsed before any photo is analysed, so a typo is reported at once."""
-    from instantid.api.generator import prepare_identity
+    from instantid.api.face_side import prepare_identity
 
     parsed = [parse_mix(spec, flag) for spec in specs]
     for path, weight in parsed:

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from instantid.api.model_settings import DEVICES, torch_dtype
-from instantid.api.settings import SCHEDULERS
 from instantid.errors import InstantIDError, InvalidInputError, MissingWeightsError, WeightsError
+from instantid.io.devices import DEVICES, torch_dtype
+from instantid.pipelines.schedulers import set_scheduler
 
 DEVICE_CHOICES = "cuda, cuda:N, mps or cpu"
 
@@ -67,37 +67,6 @@ def pick_dtype(dtype: str | None, device: str, label: str = "dtype") -> torch.dt
         raise InvalidInputError(f"{label} fp16 needs a GPU (cuda or mps) and this runs on the CPU: use {label} fp32 "
                                 f"(the CPU default) or {label} bf16")
     return torch_dtype(dtype)
-
-
-def make_scheduler(config: Any, name: str) -> Any:
-    """A scheduler of the named kind on the base model's noise schedule (``config`` = a scheduler's config)."""
-    import diffusers
-
-    if name not in SCHEDULERS:
-        raise InvalidInputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls_name, extra, _ = SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config(config, **extra)
-
-
-def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap the pipeline's scheduler, keeping the base model's noise schedule."""
-    pipe.scheduler = make_scheduler(pipe.scheduler.config, name)
-
-
-def scheduler_name(scheduler: Any) -> str:
-    """Our short name of a scheduler instance (``dpm++_karras``), or its class name when it is not in the table."""
-    cls = type(scheduler).__name__
-    karras = bool(getattr(scheduler.config, "use_karras_sigmas", False))
-    for name, (cls_name, extra, _) in SCHEDULERS.items():
-        if cls_name == cls and bool(extra.get("use_karras_sigmas", False)) == karras:
-            return name
-    return cls
-
-
-def sampler_label(scheduler: Any) -> str:
-    """The sampler as A1111-style metadata names it (``DPM++ 2M Karras``), so image sites can read it."""
-    name = scheduler_name(scheduler)
-    return SCHEDULERS[name][2] if name in SCHEDULERS else name
 
 
 def load_pipeline(

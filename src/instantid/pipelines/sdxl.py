@@ -81,6 +81,14 @@ def average_embeddings(image_embeds: EmbeddingInput, weights: Sequence[float] | 
     return (w[:, None] * emb).sum(dim=0, keepdim=True) / w.sum()
 
 
+def controlnets(pipe: Any) -> list[torch.nn.Module]:
+    """IdentityNet and any further ControlNets of ``pipe`` (ours or any diffusers ControlNet pipeline)."""
+    net = getattr(pipe, "controlnet", None)
+    if net is None:
+        return []
+    return list(net.nets) if isinstance(net, MultiControlNetModel) else [net]
+
+
 @dataclass(frozen=True)
 class Person:
     """One person in a picture of several (paper: multi-identity synthesis), for ``identities=[...]``."""
@@ -89,20 +97,6 @@ class Person:
     keypoints: Any  # keypoint picture (draw_kps) at the output size: where and how this face is posed
     mask: MaskInput | None = None  # this person's region, white inside; required when there are several
     weights: Sequence[float] | None = None  # one per reference embedding (weighted mean)
-
-
-def nearest_face_regions(face_centres: Sequence[Sequence[float]], size: tuple[int, int]) -> list[PIL.Image.Image]:
-    """One region mask per face for ``Person.mask``: every pixel of the (width, height) picture goes to the
-    nearest face centre (x, y), so the regions are disjoint and cover the picture. White = inside."""
-    centres = np.asarray(face_centres, dtype=np.float64).reshape(-1, 2)
-    if len(centres) == 0:
-        raise InvalidInputError("nearest_face_regions needs at least one face centre")
-    width, height = size
-    ys, xs = np.mgrid[0:height, 0:width]
-    distance = (xs[None] - centres[:, 0, None, None]) ** 2 + (ys[None] - centres[:, 1, None, None]) ** 2
-    owner = distance.argmin(axis=0)
-    return [PIL.Image.fromarray(np.where(owner == i, 255, 0).astype(np.uint8)).convert("RGB")
-            for i in range(len(centres))]
 
 
 @dataclass(frozen=True)
@@ -271,8 +265,7 @@ class InstantIDMixin:
         return self._nets()[0]
 
     def _nets(self) -> list[torch.nn.Module]:
-        cn = self.controlnet
-        return list(cn.nets) if isinstance(cn, MultiControlNetModel) else [cn]
+        return controlnets(self)
 
     def _keep_face_layers(self, change: Callable[[], None]) -> None:
         """Run a diffusers attention switch without losing the identity branch.

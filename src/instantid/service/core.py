@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from instantid.api.face_side import FaceSide
 from instantid.api.model_settings import ModelSettings
 from instantid.api.settings import MAX_SEED, GenerationSettings, settings_from_record
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
-from instantid.service.tasks import FaceSide, JobRequest, Photo, Prepared, prepare
+from instantid.service.tasks import JobRequest, Photo, Prepared, prepare
 
 if TYPE_CHECKING:
     from instantid.api.generator import GenerationResult, InstantID
@@ -93,12 +93,13 @@ class JobService:
         self.metrics = ServiceMetrics(store)
         self.model = model
         self.analyzer = analyzer or (model.analyzer if model is not None else None)
+        # Photos are checked at submit by the model's face side, or, when workers run elsewhere, by a face side
+        # on the bare analyzer (shared with the web UI: one analysis at a time, as a loaded model does).
+        self.faces: FaceSide | None = (model.faces if model is not None
+                                      else FaceSide(self.analyzer) if self.analyzer is not None else None)
         self.dispatch = dispatch  # RQDispatch with a queue, else None (the local worker)
         self.runner: Any = None
         self.worker: Any = None
-        # The bare analyzer (a --queue server) is used by HTTP submits and the web UI: one analysis at a time,
-        # as InstantID's own face lock does for a loaded model.
-        self.face_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: ServerSettings, model: InstantID | None = None) -> JobService:
@@ -249,10 +250,7 @@ class JobService:
         elsewhere, by the face analyzer alone to refuse bad photos here (the worker prepares it again, but for
         what :meth:`Prepared.found` records)."""
         try:
-            if self.dispatch is None:
-                return prepare(FaceSide(self.model), request)
-            with self.face_lock:
-                return prepare(FaceSide(analyzer=self.analyzer), request)
+            return prepare(self.faces, request)
         except (NoFaceError, ImageReadError):
             self.metrics.face_failures.labels(stage="submit").inc()
             raise

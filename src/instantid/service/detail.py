@@ -1,9 +1,9 @@
 """Face detail on an existing picture as a job (``POST /v1/detail``, the web UI's "Face detail" tab): the faces
-of the picture redrawn as the person of the reference photos by :func:`instantid.apps.face_detail.refine_faces`,
+of the picture redrawn as the person of the reference photos by :func:`instantid.api.face_detail.refine_faces`,
 as ``instantid detail`` does on the command line (which writes its records with :func:`detail_picture` too).
 
-The pass's knobs are declared once, in :class:`instantid.apps.face_detail.FaceDetailOptions` (``DetailOptions`` here,
-re-exported with :func:`~instantid.apps.face_detail.make_detail_options` for the schema and the UI).
+The pass's knobs are declared once, in :class:`instantid.api.face_detail.FaceDetailOptions` (``DetailOptions`` here,
+re-exported with :func:`~instantid.api.face_detail.make_detail_options` for the schema and the UI).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from instantid.api.face_detail import DetailOptions, make_detail_options
 from instantid.api.settings import MAX_SEED, GenerationSettings
-from instantid.apps.face_detail import DetailOptions, make_detail_options
 from instantid.errors import NoFaceError
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ def detail_picture(model: InstantID, identity: Identity, picture: Image.Image, n
     ``face_detail``, the source picture's name, what the pass did), the one record format of ``instantid
     detail``, ``/v1/detail`` and the web UI. ``faces``: the picture's faces as already found (largest first),
     else found here. A picture without a face is a :class:`NoFaceError` (nothing is written)."""
+    from instantid.api.face_detail import refine_faces
     from instantid.api.generator import GenerationResult
-    from instantid.apps.face_detail import refine_faces
 
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
     settings = model.call_settings(settings, seed=seed)  # the loaded preset's steps and guidance where unset

@@ -22,7 +22,7 @@ from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, 
 from instantid.internal_errors import MESSAGE, report
 from instantid.io.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
-from instantid.service.tasks import FaceSide, JobRequest, Prepared, prepare
+from instantid.service.tasks import JobRequest, Prepared, prepare
 
 if TYPE_CHECKING:
     from instantid.api.generator import InstantID
@@ -66,7 +66,7 @@ class JobRunner:
         # but for what that analysis recorded (a group photo's placement).
         request = JobRequest.from_record(record.request, lambda slot: self.files.load_input(record.id, slot))
         try:
-            return prepare(FaceSide(self.model), request, record.request.get("found"))
+            return prepare(self.model.faces, request, record.request.get("found"))
         except (NoFaceError, ImageReadError):
             if self.metrics:
                 self.metrics.face_failures.labels(stage="worker").inc()

@@ -96,7 +96,7 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
     or of another format."""
     from PIL import Image
 
-    from instantid.apps.face_detail import DetailOptions
+    from instantid.api.face_detail import DetailOptions
     from instantid.apps.swap import SwapOptions
     from instantid.service.tasks import Prepared
 

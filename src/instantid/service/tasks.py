@@ -29,6 +29,7 @@ from instantid.errors import InvalidInputError, NoFaceError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from instantid.api.face_side import FaceSide
     from instantid.api.generator import GenerationResult, InstantID
     from instantid.api.identity import Identity
     from instantid.apps.swap import SwapOptions
@@ -167,51 +168,19 @@ class JobRequest:
         )
 
 
-class FaceSide:
-    """Face analysis for building jobs: the loaded model's (under its face lock) or a bare analyzer's (a server
-    whose workers run elsewhere checks the photos with it)."""
+def _identity(faces: FaceSide, photos: Sequence[Photo], settings: GenerationSettings,
+              pose: Photo | None = None) -> Identity:
+    return faces.prepare_identity([d for _, d in photos], pose=pose[1] if pose else None,
+                                  pose_name=pose[0] if pose else None, face_index=settings.face_index,
+                                  fusion=settings.fusion, names=[n for n, _ in photos])
 
-    def __init__(self, model: InstantID | None = None, analyzer: Any = None) -> None:
-        self.model = model
-        self.analyzer = analyzer if model is None else model.analyzer
 
-    def identity(self, photos: Sequence[Photo], settings: GenerationSettings, pose: Photo | None = None) -> Identity:
-        from instantid.api.generator import prepare_identity
-
-        arguments = dict(pose=pose[1] if pose else None, pose_name=pose[0] if pose else None,
-                         face_index=settings.face_index, fusion=settings.fusion, names=[n for n, _ in photos])
-        data = [d for _, d in photos]
-        if self.model is not None:
-            return self.model.prepare_identity(data, **arguments)
-        return prepare_identity(self.analyzer, data, **arguments)
-
-    def find_face(self, photo: Photo, index: int | None) -> tuple[Image.Image, Face]:
-        from instantid.faces import load_image
-
-        if self.model is not None:
-            return self.model.find_face(photo[1], photo[0], index)
-        picture = load_image(photo[1], photo[0])
-        return picture, self.analyzer.get_face(picture, photo[0], index)
-
-    def all_faces(self, photo: Photo) -> tuple[Image.Image, list[Face]]:
-        """The photo (upright RGB) and every face in it, largest first."""
-        from instantid.faces import load_image
-
-        picture = load_image(photo[1], photo[0])
-        if self.model is not None:
-            return picture, self.model.analyze(picture, photo[0])
-        return picture, self.analyzer.analyze(picture, photo[0])
-
-    def group_poses(self, photo: Photo, count: int) -> Placement:
-        """Where ``count`` people stand in a group photo (:func:`instantid.api.generator.group_poses`)."""
-        from instantid.api.generator import group_poses
-
-        try:
-            if self.model is not None:
-                return self.model.group_poses(photo[1], count, photo[0])
-            return group_poses(self.analyzer, photo[1], count, photo[0])
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"pose: {exc}") from None
+def _group_poses(faces: FaceSide, photo: Photo, count: int) -> Placement:
+    """Where ``count`` people stand in a group photo (:func:`instantid.api.face_side.group_poses`)."""
+    try:
+        return faces.group_poses(photo[1], count, photo[0])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"pose: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -306,14 +275,14 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
     ``found``: what an earlier analysis of the same request recorded (:meth:`Prepared.found`), not redone."""
     settings = request.settings
     if request.task == "group":
-        people = tuple(faces.identity(photos, settings) for photos in request.people)
+        people = tuple(_identity(faces, photos, settings) for photos in request.people)
         placement = placement_from(found)
         if request.pose is not None and placement is None:
-            placement = faces.group_poses(request.pose, len(people))
+            placement = _group_poses(faces, request.pose, len(people))
         return Prepared("group", people=people, pose=request.pose, placement=placement)
-    identity = faces.identity(request.faces, settings, pose=request.pose)
+    identity = _identity(faces, request.faces, settings, pose=request.pose)
     for mix in request.mixes:
-        identity = identity.mix(faces.identity([mix.photo], settings), mix.weight, name=mix.photo[0])
+        identity = identity.mix(_identity(faces, [mix.photo], settings), mix.weight, name=mix.photo[0])
     if request.layout is not None:
         from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, with_layout
 
@@ -333,7 +302,8 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         elif (found or {}).get("picture_checked"):  # a record from before the faces were kept: the pass finds them
             picture, picture_faces = load_image(request.picture[1], request.picture[0]), None
         else:  # cheap before slow: a picture without a face is refused here, not after the model ran
-            picture, every = faces.all_faces(request.picture)
+            picture = load_image(request.picture[1], request.picture[0])
+            every = faces.analyze(picture, request.picture[0])
             if not every:
                 raise NoFaceError(f"the picture {request.picture[0]}")
             picture_faces = tuple(every)
@@ -341,12 +311,12 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
                         detail=request.detail, picture_faces=picture_faces)
     assert request.scene is not None and request.swap is not None  # checked at construction
     try:
-        scene, target = faces.find_face(request.scene, request.swap.target_index)
+        scene, target = faces.find_face(request.scene[1], request.scene[0], request.swap.target_index)
     except NoFaceError:
         raise NoFaceError(f"the scene photo {request.scene[0]}") from None
     return Prepared("swap", identity=identity, scene=scene, scene_name=request.scene[0], target=target,
                     swap=request.swap)
 
 
-__all__ = ["FaceSide", "JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind", "UNUSED_SETTINGS",
+__all__ = ["JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind", "UNUSED_SETTINGS",
            "placement_from", "prepare"]

@@ -14,10 +14,10 @@ setups, under the same limits as the HTTP API.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from instantid.api.face_side import FaceSide
 from instantid.errors import InvalidInputError
 from instantid.service.core import QueueFullError
 
@@ -25,9 +25,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from instantid.api.generator import GenerationResult
-    from instantid.api.identity import Identity
     from instantid.api.settings import GenerationSettings
-    from instantid.faces import Face, FaceAnalyzer
     from instantid.service.auth import KeyRing, RateLimiter
     from instantid.service.core import ServerSettings
     from instantid.service.tasks import Prepared
@@ -37,50 +35,23 @@ UI_RESULTS = "ui-results"  # folder under the server's out_dir for the web UI's 
 LOGIN_MESSAGE = "Sign in with an API key: user name = the key's name, password = the key."
 
 
-class FaceOnlyModel:
+class FaceOnlyModel(FaceSide):
     """What the web UI asks of a model (face analysis, the banner's facts), from a face analyzer alone: the
     server of the many-machine setup holds no diffusion model; its workers do."""
 
-    def __init__(self, analyzer: FaceAnalyzer, settings: ServerSettings, lock: threading.Lock | None = None) -> None:
+    def __init__(self, faces: FaceSide, settings: ServerSettings) -> None:
         from instantid.speed.presets import get_preset
 
-        self.analyzer = analyzer
+        # One analysis at a time: the lock is the one the server's HTTP submits take.
+        super().__init__(faces.analyzer, faces.lock)
         self.demo = settings.demo
         self.lora = settings.lora
         self.preset = get_preset(settings.preset) if settings.preset else None
-        # One analysis at a time, like InstantID's face lock; the server passes the lock its HTTP submits take.
-        self._lock = lock or threading.Lock()
 
     def preset_defaults(self) -> dict[str, Any]:
         if self.preset is None:
             return {}
         return {"steps": self.preset.steps, "guidance_scale": self.preset.guidance_scale}
-
-    def analyze(self, image: Any, name: str | None = None) -> list[Face]:
-        from instantid.faces import load_image
-
-        picture = load_image(image, name)
-        with self._lock:
-            return self.analyzer.analyze(picture, name)
-
-    def find_face(self, image: Any, name: str | None = None, index: int | None = None) -> tuple[Any, Face]:
-        from instantid.faces import load_image
-
-        picture = load_image(image, name)
-        with self._lock:
-            return picture, self.analyzer.get_face(picture, name, index)
-
-    def prepare_identity(self, photos: Any, **options: Any) -> Identity:
-        from instantid.api.generator import prepare_identity
-
-        with self._lock:
-            return prepare_identity(self.analyzer, photos, **options)
-
-    def group_poses(self, pose: Any, count: int, name: str = "pose image") -> tuple[list[Face], tuple[int, int]]:
-        from instantid.api.generator import group_poses
-
-        with self._lock:
-            return group_poses(self.analyzer, pose, count, name)
 
 
 def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limiter: RateLimiter) -> None:
@@ -96,7 +67,7 @@ def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limit
         if service.model is not None:
             return service.model
         if not face_only:  # built once, on the first page load after startup
-            face_only.append(FaceOnlyModel(service.analyzer, settings, service.face_lock))
+            face_only.append(FaceOnlyModel(service.faces, settings))
         return face_only[0]
 
     def submit(job: Prepared, generation: GenerationSettings, progress: Any) -> GenerationResult:

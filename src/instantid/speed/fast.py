@@ -48,6 +48,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, Fu
 
 from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
+from instantid.pipelines.sdxl import controlnets
 
 # Block classes compiled one by one; UNet2DConditionModel declares the same list as ``_repeated_blocks``.
 REPEATED_BLOCKS = ("BasicTransformerBlock",)
@@ -95,14 +96,6 @@ class FastReport:
         if self.vae_tiling:
             parts.append("VAE tiling")
         return "fast path: " + ("; ".join(parts) or "nothing enabled") + f"; face layers kept: {self.face_layers}"
-
-
-def controlnets(pipe: Any) -> list[torch.nn.Module]:
-    """IdentityNet and any further ControlNets of ``pipe``."""
-    net = getattr(pipe, "controlnet", None)
-    if net is None:
-        return []
-    return list(net.nets) if hasattr(net, "nets") else [net]
 
 
 def _models(pipe: Any) -> dict[str, torch.nn.Module]:

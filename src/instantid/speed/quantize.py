@@ -150,7 +150,7 @@ def _face_layers(pipe: Any) -> int:
 def quantize_pipeline(pipe: Any, scheme: str) -> QuantizeReport:
     """Quantize, in place, the linear layers of ``pipe``'s UNet and ControlNets (IdentityNet first) with
     ``scheme`` (a key of :data:`SCHEMES`). Lossy: see the module docstring for what stays exact."""
-    from instantid.speed.fast import controlnets
+    from instantid.pipelines.sdxl import controlnets
 
     # Under CPU offload the weights wait on the CPU; the device that will run them is the execution device.
     check_scheme(scheme, getattr(pipe, "_execution_device", None) or pipe.unet.device)

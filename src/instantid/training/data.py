@@ -17,9 +17,7 @@ are moved with the resize and crop so the keypoint picture is drawn at training 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +77,10 @@ def make_record(
             **face_record(key, caption, embedding, space, kps, bbox, score, size)}
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Lines of a JSONL file; a torn last line (crash mid-write) is ignored so resume still works."""
-    if not path.is_file():
-        return
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
 def read_manifest(root: str | Path) -> list[dict[str, Any]]:
     """All kept records of a prepared data folder: its manifest, or else the records of its tar shards
     (``instantid prepare --shard``; any webdataset tar whose samples carry our JSON record)."""
-    from instantid.training.shards import read_tar_index
+    from instantid.training.shards import read_jsonl, read_tar_index
 
     root = Path(root)
     if (root / MANIFEST).is_file():

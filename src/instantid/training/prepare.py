@@ -30,8 +30,8 @@ from instantid.errors import ImageReadError, InvalidInputError
 from instantid.faces.images import IMAGE_SUFFIXES, load_image
 from instantid.io.outputs import write_bytes_atomically
 from instantid.sharding import shard_of
-from instantid.training.data import MANIFEST, REJECTS, SUMMARY, face_record, make_record, read_jsonl
-from instantid.training.shards import SAMPLES_PER_TAR, TarShardWriter, shard_name, tar_parts
+from instantid.training.data import MANIFEST, REJECTS, SUMMARY, face_record, make_record
+from instantid.training.shards import SAMPLES_PER_TAR, TarShardWriter, read_jsonl, shard_name, tar_parts
 
 
 @dataclass(frozen=True)

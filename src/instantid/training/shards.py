@@ -91,6 +91,18 @@ def tar_parts(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("data-*.tar") if _PART.match(p.name))
 
 
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Lines of a JSONL file; a torn last line (crash mid-write) is ignored so resume still works."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
 class TarShardWriter:
     """Writes one shard's kept samples into tar parts and its drops into a JSONL; resumes where it stopped."""
 
@@ -117,8 +129,6 @@ class TarShardWriter:
             yield from read_tar_index(part)
 
     def rejected(self) -> Iterator[dict[str, Any]]:
-        from instantid.training.data import read_jsonl
-
         yield from read_jsonl(self.rejects_path)
 
     def done_keys(self) -> set[str]:

@@ -4,7 +4,7 @@ face-detail knob.
 
 The picture is analysed when it is uploaded (its faces drawn and numbered largest first; the pass redraws up to
 ``max_faces`` of them, the faces found then: :class:`~instantid.webui.picture_tab.PictureTab`). Controls:
-:class:`~instantid.apps.face_detail.FaceDetailOptions` and the generation settings the pass uses.
+:class:`~instantid.api.face_detail.FaceDetailOptions` and the generation settings the pass uses.
 """
 
 from __future__ import annotations

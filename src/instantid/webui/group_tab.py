@@ -5,7 +5,7 @@ People are numbered from 0 as in the HTTP API (``person0``, ``person1``...) and 
 ``i`` takes face ``i``. Each person has a slot of their own photos, analysed once on upload through the shared
 :class:`~instantid.webui.references.IdentityCache` and previewed like the Who panel (face box and keypoints). An
 optional group photo places them: its faces are shown numbered left to right, and person ``i`` takes face ``i``
-(of the largest ones, as :func:`~instantid.api.generator.group_poses` picks them, from the faces found at upload);
+(of the largest ones, as :func:`~instantid.api.face_side.group_poses` picks them, from the faces found at upload);
 without one the people stand side by side. The picture goes to the UI's ``submit`` hook like every tab's job
 (under ``instantid serve``: the server's job queue).
 Generation settings are the schema-derived controls (:mod:`instantid.webui.controls`) minus what a group picture
@@ -39,7 +39,7 @@ from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel,
 
 if TYPE_CHECKING:
     from instantid.api.identity import Identity
-    from instantid.webui import UIContext
+    from instantid.webui.context import UIContext
 
 # The face choice and fusion belong to the one-person Who panel: each slot here uses the largest face of each
 # photo, fused by "auto"; the settings a group picture cannot honour are the ones every surface leaves out.
@@ -113,7 +113,7 @@ class GroupTab:
     def placement(self, group: Photo, count: int) -> Placement:
         """Where ``count`` people stand in the group photo, chosen by :func:`group_poses` among the faces found
         at upload (so the photo is not analysed again)."""
-        from instantid.api.generator import group_poses
+        from instantid.api.face_side import group_poses
 
         found = self.faces.largest_first(group)
         if len(found) < count:

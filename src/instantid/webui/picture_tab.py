@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from instantid.api.identity import Identity
     from instantid.api.settings import GenerationSettings
     from instantid.faces import Face
-    from instantid.webui import UIContext
+    from instantid.webui.context import UIContext
 
 PICTURES_KEPT = 16  # analysed pictures remembered per tab
 

@@ -20,7 +20,7 @@ from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_er
 
 if TYPE_CHECKING:
     from instantid.api.generator import GenerationResult
-    from instantid.webui import UIContext
+    from instantid.webui.context import UIContext
     from instantid.webui.references import Photo
 
 SIZES = {

@@ -21,7 +21,7 @@ from instantid.webui.references import Photo, merge, photos_from_uploads, previe
 if TYPE_CHECKING:
     from instantid.api.identity import Identity
     from instantid.api.settings import GenerationSettings
-    from instantid.webui import UIContext
+    from instantid.webui.context import UIContext
 
 # Settings that decide which face is used and how photos are fused: they sit beside the photos and a change
 # re-analyses (through the cache); the tabs leave them out of their own controls.

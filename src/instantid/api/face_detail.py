@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from instantid.api.regions import control_pictures, head_region, paste_back, region_mask
 from instantid.api.settings import GenerationSettings, knob
-from instantid.apps.swap import control_pictures, head_region, paste_back, region_mask, steps_for_strength
 from instantid.errors import InvalidInputError
+from instantid.pipelines.schedulers import steps_for_strength
 
 if TYPE_CHECKING:
     from instantid.faces import Face

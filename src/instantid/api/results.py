@@ -1,0 +1,29 @@
+"""What a generation call gives back, and the picture inputs every API call takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from instantid.api.settings import GenerationSettings
+
+ImageInput = str | Path | bytes | Image.Image
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class GenerationResult:
+    """Images plus everything needed to reproduce them."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    settings: GenerationSettings
+    metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able; written beside every output
+
+    def image_metadata(self, index: int) -> dict[str, Any]:
+        """Metadata of one image (its own seed)."""
+        return {**self.metadata, "seed": self.seeds[index], "index": index}
