@@ -119,7 +119,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     assert metadata["face_detail"]["max_faces"] == 1 and metadata["face_detail"]["context"] == 1.5
     # One record format for the CLI, /v1/detail and the UI: what detail_picture writes for the same inputs.
     from instantid.api.face_side import prepare_identity
-    from instantid.service.detail import detail_picture
+    from instantid.apps.detail import detail_picture
 
     identity = prepare_identity(app.analyzer, [str(FACES / "obama_1.jpg")])
     shared = detail_picture(app, identity, Image.open(picture).convert("RGB"), "full_body.png",

@@ -81,9 +81,9 @@ def test_preset_steps_and_guidance_reach_every_task(preset_app) -> None:
     caller chose none, the caller's own values where they did; the metadata records what ran."""
     from instantid.api.face_detail import FaceDetailOptions
     from instantid.api.settings import GenerationSettings
+    from instantid.apps.detail import detail_picture
     from instantid.apps.swap import SwapOptions, swap_face
     from instantid.faces import load_image
-    from instantid.service.detail import detail_picture
 
     app = preset_app
     person = app.prepare_identity(FACE)

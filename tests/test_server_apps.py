@@ -199,7 +199,7 @@ def test_swap_bad_input_is_422_naming_the_field(
 
 def test_openapi_swap_fields_come_from_the_settings_and_swap_options(client: httpx.Client) -> None:
     from instantid.apps.swap import SwapOptions
-    from instantid.service.tasks import UNUSED_SETTINGS
+    from instantid.apps.tasks import UNUSED_SETTINGS
 
     content = client.get("/openapi.json").json()["paths"]["/v1/swap"]["post"]["requestBody"]["content"]
     assert not set(SwapOptions.model_fields) & set(GenerationSettings.model_fields)  # one namespace for both

@@ -135,8 +135,8 @@ def test_detail_json_bad_picture_names_the_json_field(client: httpx.Client) -> N
 
 
 def test_openapi_detail_fields_come_from_the_settings_and_detail_options(client: httpx.Client) -> None:
-    from instantid.service.detail import DetailOptions
-    from instantid.service.tasks import UNUSED_SETTINGS
+    from instantid.apps.detail import DetailOptions
+    from instantid.apps.tasks import UNUSED_SETTINGS
 
     spec = client.get("/openapi.json").json()["paths"]["/v1/detail"]["post"]
     content = spec["requestBody"]["content"]

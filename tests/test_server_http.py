@@ -117,8 +117,8 @@ def test_a_202_is_queued_with_a_position_or_says_what_it_is(model: Any, tmp_path
 
 def test_a_job_rerun_after_a_restart_ends_done_without_the_retrying_error(model: Any, tmp_path: Path) -> None:
     from instantid.api.settings import GenerationSettings
+    from instantid.apps.tasks import JobRequest
     from instantid.service.core import JobService, ServerSettings
-    from instantid.service.tasks import JobRequest
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
     first = JobService.start(settings, model)

@@ -59,8 +59,8 @@ def test_the_picture_faces_are_redrawn_as_the_person_into_the_folder(model: Any,
 
 
 def test_controls_come_from_the_detail_options_and_the_settings_the_pass_uses(model: Any, tmp_path: Path) -> None:
-    from instantid.service.detail import DetailOptions
-    from instantid.service.tasks import UNUSED_SETTINGS
+    from instantid.apps.detail import DetailOptions
+    from instantid.apps.tasks import UNUSED_SETTINGS
 
     tab = make_tab(model, tmp_path)
     hidden = {name for name, info in GenerationSettings.model_fields.items()

@@ -40,6 +40,8 @@ MOVED = {
     "instantid.outputs": "instantid.io.outputs",
     "instantid.tiny": "instantid.io.tiny",
     "instantid.server": "instantid.service.server",
+    "instantid.service.tasks": "instantid.apps.tasks",
+    "instantid.service.detail": "instantid.apps.detail",
 }
 
 

@@ -162,9 +162,9 @@ def detail_command(
 
     from instantid.api.face_side import prepare_identity
     from instantid.api.settings import MAX_SEED
+    from instantid.apps.detail import detail_picture
     from instantid.faces import load_image
     from instantid.io.outputs import image_stem, prepare_folder, write_image
-    from instantid.service.detail import detail_picture
 
     check_photos(*face, *pictures)
     check_model_options(model)

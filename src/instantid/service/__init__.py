@@ -2,8 +2,8 @@
 
 * :mod:`~instantid.service.jobs`: job records, the job's own folder, the SQLite store (default);
 * :mod:`~instantid.service.redis_store`: the same store in Redis (``--queue redis://...``);
-* :mod:`~instantid.service.tasks`: what a job asks for (generate, swap, group, detail), stored and rebuilt;
-* :mod:`~instantid.service.detail`: face detail on an existing picture as a job, and its options;
+* :mod:`~instantid.apps.tasks`: what a job asks for (generate, swap, group, detail), stored and rebuilt;
+* :mod:`~instantid.apps.detail`: face detail on an existing picture as a job, and its options;
 * :mod:`~instantid.service.runner`: running one job; the in-process worker;
 * :mod:`~instantid.service.rq_worker`: many workers through RQ, recovery of a killed worker's job;
 * :mod:`~instantid.service.core`: :class:`JobService`, what the HTTP API and the web UI call;

@@ -8,7 +8,7 @@ refuse bad photos at submit, and the worker prepares the job again from the phot
 (``out_dir`` must be a path every worker sees), except what the analysis at submit found that the worker cannot
 get from the photos alone without analysing them again (where a group photo's people stand), which the record
 carries. Jobs are generations, face swaps, group pictures or face detail on a picture
-(:mod:`instantid.service.tasks`). Web UI jobs arrive analysed (:meth:`JobService.run_prepared`); their analysed
+(:mod:`instantid.apps.tasks`). Web UI jobs arrive analysed (:meth:`JobService.run_prepared`); their analysed
 form is saved in the job folder (:mod:`instantid.service.stored`) and they run like the others, in either setup.
 """
 
@@ -27,11 +27,11 @@ from pydantic import Field
 from instantid.api.face_side import FaceSide
 from instantid.api.model_settings import ModelSettings
 from instantid.api.settings import MAX_SEED, GenerationSettings, settings_from_record
+from instantid.apps.tasks import JobRequest, Photo, Prepared, prepare
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
-from instantid.service.tasks import JobRequest, Photo, Prepared, prepare
 
 if TYPE_CHECKING:
     from instantid.api.generator import GenerationResult, InstantID

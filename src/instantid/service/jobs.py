@@ -52,7 +52,7 @@ class JobRecord:
     """What the store keeps about one job (JSON-able; the photos and images stay on disk)."""
 
     id: str
-    request: dict[str, Any]  # instantid.service.tasks.JobRequest.record(): task, settings, photo names...
+    request: dict[str, Any]  # instantid.apps.tasks.JobRequest.record(): task, settings, photo names...
     state: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None

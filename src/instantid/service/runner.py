@@ -2,7 +2,7 @@
 
 The runner takes a job the store has just moved to ``running``: the job prepared when it was submitted (same
 process) or, for a remote worker or after a restart, one prepared again from the request and the photos saved
-in the job folder (:mod:`instantid.service.tasks`), or, for a web UI job, the analysed job saved there
+in the job folder (:mod:`instantid.apps.tasks`), or, for a web UI job, the analysed job saved there
 (:mod:`instantid.service.stored`); generates, swaps or draws the group; writes
 ``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds); then marks the job
 done. Every outcome, including a crash of the model, ends in a finished record.
@@ -18,11 +18,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from instantid.api.settings import settings_from_record
+from instantid.apps.tasks import JobRequest, Prepared, prepare
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE, report
 from instantid.io.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
-from instantid.service.tasks import JobRequest, Prepared, prepare
 
 if TYPE_CHECKING:
     from instantid.api.generator import InstantID

@@ -1,6 +1,6 @@
 """The HTTP request and response shapes. The generation fields ARE :class:`GenerationSettings` (and the swap
 fields :class:`~instantid.apps.swap.SwapOptions`, the face-detail fields
-:class:`~instantid.service.detail.DetailOptions`): the JSON bodies are built from their ``model_fields`` and the
+:class:`~instantid.apps.detail.DetailOptions`): the JSON bodies are built from their ``model_fields`` and the
 multipart forms from the JSON bodies, so OpenAPI shows every knob with its description, range and choices
 (styles, schedulers, layouts), and a knob added in ``settings.py``, ``swap.py`` or ``detail.py`` appears here.
 
@@ -8,7 +8,7 @@ Photos: multipart file fields (``face``, ``pose``, ``mix`` with one ``mix_weight
 ``person0``, ``person1``, ...) or base64 strings in JSON under the same names (``face`` a list, ``pose``,
 ``mix: [{photo, weight}]``, ``scene``, ``picture``; ``people: [[...], ...]`` for the ``personN`` fields). ``faces``,
 the JSON name before 0.2, is still read as ``face`` in both. :func:`job_request` turns either into a checked
-:class:`~instantid.service.tasks.JobRequest`."""
+:class:`~instantid.apps.tasks.JobRequest`."""
 
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 
 from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, GenerationSettings, check_people, make_settings
+from instantid.apps.detail import DetailOptions, make_detail_options
 from instantid.apps.layouts import layout_names
 from instantid.apps.swap import SwapOptions, make_swap_options
+from instantid.apps.tasks import UNUSED_SETTINGS, JobRequest, Mix, Photo, TaskKind
 from instantid.errors import InvalidInputError
-from instantid.service.detail import DetailOptions, make_detail_options
 from instantid.service.jobs import JobState
-from instantid.service.tasks import UNUSED_SETTINGS, JobRequest, Mix, Photo, TaskKind
 
 MAX_FACES = 8  # photos of one person
 MAX_MIXES = 4

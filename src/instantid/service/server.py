@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from instantid import __version__
 from instantid.api.settings import settings_from_record
+from instantid.apps.tasks import TaskKind
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, QueueFullError, ServerSettings
 from instantid.service.http_errors import (
@@ -59,7 +60,6 @@ from instantid.service.schema import (
     parse_multipart,
     read_body,
 )
-from instantid.service.tasks import TaskKind
 
 if TYPE_CHECKING:
     from instantid.api.generator import InstantID

@@ -1,4 +1,4 @@
-"""An analysed job (:class:`~instantid.service.tasks.Prepared`) kept in its job folder, for jobs that arrive
+"""An analysed job (:class:`~instantid.apps.tasks.Prepared`) kept in its job folder, for jobs that arrive
 analysed rather than as photos: the web UI's. The UI analyses each photo once, on upload, and may build an
 identity no request can spell (a face chosen per photo, a mix); what the model needs from that analysis
 (identities, the scene's chosen face, a group photo's placement, the picture) is written into the job's
@@ -22,9 +22,9 @@ from instantid.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from instantid.api.identity import Identity
+    from instantid.apps.tasks import Prepared
     from instantid.faces import Face
     from instantid.service.jobs import JobFiles
-    from instantid.service.tasks import Prepared
 
 FORMAT = 1  # bumped when the layout changes; a job of another format fails with a reason, never half-read
 
@@ -98,7 +98,7 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
 
     from instantid.api.face_detail import DetailOptions
     from instantid.apps.swap import SwapOptions
-    from instantid.service.tasks import Prepared
+    from instantid.apps.tasks import Prepared
 
     try:
         data = json.loads(files.load_input(job_id, "prepared"))

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
     from instantid.api.generator import GenerationResult
     from instantid.api.settings import GenerationSettings
+    from instantid.apps.tasks import Prepared
     from instantid.service.auth import KeyRing, RateLimiter
     from instantid.service.core import ServerSettings
-    from instantid.service.tasks import Prepared
 
 UI_OWNER = "ui"  # owner of UI jobs on a server without API keys
 UI_RESULTS = "ui-results"  # folder under the server's out_dir for the web UI's result files

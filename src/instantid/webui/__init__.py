@@ -3,7 +3,7 @@
 Layout: the "Who" panel (:mod:`instantid.webui.who`: reference photos, pose, face choice, mixing) beside one tab
 per task (Portrait, Face swap, Several people, Face detail: each a class taking the shared :class:`UIContext` and
 the Who panel, with a ``build()``). Every tab hands its job, analysed and ready
-(:class:`~instantid.service.tasks.Prepared`), to one hook, ``submit``: run on the model here, or, under
+(:class:`~instantid.apps.tasks.Prepared`), to one hook, ``submit``: run on the model here, or, under
 ``instantid serve``, through the server's job queue and limits. Generation settings
 are derived from :class:`~instantid.api.settings.GenerationSettings` (:mod:`instantid.webui.controls`); photos are
 analysed once, on upload, and the Identity is reused (:mod:`instantid.webui.references`). Results are written

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import gradio as gr
 
     from instantid.api.generator import GenerationResult, InstantID
-    from instantid.service.tasks import Prepared
+    from instantid.apps.tasks import Prepared
 
 log = logging.getLogger("instantid.webui")
 

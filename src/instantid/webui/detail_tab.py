@@ -1,5 +1,5 @@
 """The "Face detail" tab: the faces of an existing picture redrawn as the person from the Who panel (the pass of
-``instantid detail``, :mod:`instantid.service.detail`), for a picture made earlier, elsewhere, or without the
+``instantid detail``, :mod:`instantid.apps.detail`), for a picture made earlier, elsewhere, or without the
 face-detail knob.
 
 The picture is analysed when it is uploaded (its faces drawn and numbered largest first; the pass redraws up to
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from instantid.api.settings import UNUSED_SETTINGS
+from instantid.apps.detail import DetailOptions, make_detail_options
+from instantid.apps.tasks import Prepared
 from instantid.faces import load_image
-from instantid.service.detail import DetailOptions, make_detail_options
-from instantid.service.tasks import Prepared
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo

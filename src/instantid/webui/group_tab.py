@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, UNUSED_SETTINGS, check_people, make_settings
+from instantid.apps.tasks import Placement, Prepared
 from instantid.errors import InstantIDError, InvalidInputError
-from instantid.service.tasks import Placement, Prepared
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import build_controls, result_column
 from instantid.webui.picture_tab import PICTURES_KEPT

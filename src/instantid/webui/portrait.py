@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from instantid.apps.tasks import Prepared
 from instantid.io.outputs import image_stem, write_image
-from instantid.service.tasks import Prepared
 from instantid.webui.controls import controls, labels
 from instantid.webui.layout import result_column, who_and_values
 from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_error_mark, posed

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from instantid.api.settings import UNUSED_SETTINGS
 from instantid.apps.swap import SwapOptions, make_swap_options
+from instantid.apps.tasks import Prepared
 from instantid.errors import InvalidInputError
 from instantid.faces import load_image
-from instantid.service.tasks import Prepared
 from instantid.webui.picture_tab import PictureTab
 from instantid.webui.portrait import save_results
 from instantid.webui.references import Photo

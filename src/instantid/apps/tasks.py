@@ -5,7 +5,7 @@
 * ``swap``: one person put into a scene photo (:func:`instantid.apps.swap.swap_face`);
 * ``group``: several people in one picture, placed by a group photo or side by side
   (:meth:`InstantID.generate_group`);
-* ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.service.detail`).
+* ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.apps.detail`).
 
 A :class:`JobRequest` is stored as JSON in the job record (names, weights, layout, options) plus its photos in
 the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``picture``, ``person-1-0``, ``pose``),
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from instantid.api.face_side import FaceSide
     from instantid.api.generator import GenerationResult, InstantID
     from instantid.api.identity import Identity
+    from instantid.apps.detail import DetailOptions
     from instantid.apps.swap import SwapOptions
     from instantid.faces import Face
-    from instantid.service.detail import DetailOptions
 
 TaskKind = Literal["generate", "swap", "group", "detail"]
 Photo = tuple[str, bytes]  # (name shown in messages and metadata, bytes)
@@ -146,8 +146,8 @@ class JobRequest:
     def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
         """The request again, from a job record and its photos (``load(slot)``); records written before tasks
         existed are generate jobs."""
+        from instantid.apps.detail import DetailOptions
         from instantid.apps.swap import SwapOptions
-        from instantid.service.detail import DetailOptions
 
         def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
             return tuple((name, load(f"{slot}-{i}")) for i, name in enumerate(names))
@@ -212,7 +212,7 @@ class Prepared:
             return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
                                         pose_name=self.pose[0] if self.pose else "columns", progress=progress)
         if self.task == "detail":
-            from instantid.service.detail import detail_picture
+            from instantid.apps.detail import detail_picture
 
             assert self.scene is not None and self.detail is not None  # checked when prepared
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
