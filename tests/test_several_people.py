@@ -18,7 +18,7 @@ from instantid import draw_kps
 from instantid.api.regions import nearest_face_regions
 from instantid.core.attention import face_processors
 from instantid.errors import InvalidInputError
-from instantid.pipelines.sdxl import Person
+from instantid.pipelines.call import Person
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 W, H = 192, 128  # two faces side by side; latents 24 x 16

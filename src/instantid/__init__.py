@@ -37,11 +37,11 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 _LAZY = {
     "StableDiffusionXLInstantIDPipeline": "instantid.pipelines.sdxl",
     "StableDiffusionXLInstantIDImg2ImgPipeline": "instantid.pipelines.sdxl",
-    "average_embeddings": "instantid.pipelines.sdxl",
+    "average_embeddings": "instantid.pipelines.encoding",
     "InstantID": "instantid.api.generator",
     "GenerationSettings": "instantid.api.settings",
     "Identity": "instantid.api.identity",
-    "Person": "instantid.pipelines.sdxl",
+    "Person": "instantid.pipelines.call",
     "nearest_face_regions": "instantid.api.regions",
     "StableDiffusionXLInstantIDInpaintPipeline": "instantid.pipelines.inpaint",
     "ModelSettings": "instantid.api.model_settings",

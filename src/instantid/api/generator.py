@@ -277,7 +277,7 @@ class InstantID:
     ) -> GenerationResult:
         """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
         tests check the group machinery that way)."""
-        from instantid.pipelines.sdxl import Person
+        from instantid.pipelines.call import Person
 
         if len({p.space for p in people}) != 1:
             raise InvalidInputError("every person must come from the same face model")

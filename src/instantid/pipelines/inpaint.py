@@ -35,16 +35,8 @@ from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
 from instantid.errors import InvalidInputError
-from instantid.pipelines.sdxl import (
-    CallRequest,
-    CallState,
-    EmbeddingInput,
-    InstantIDMixin,
-    MaskInput,
-    Person,
-    StableDiffusionXLInstantIDImg2ImgPipeline,
-    _size,
-)
+from instantid.pipelines.call import CallRequest, CallState, EmbeddingInput, MaskInput, Person, size_or
+from instantid.pipelines.sdxl import InstantIDMixin, StableDiffusionXLInstantIDImg2ImgPipeline
 
 LATENT_CHANNELS = 4
 INPAINT_UNET_CHANNELS = 9  # latents + mask + masked-image latents
@@ -198,8 +190,8 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         )
 
         # 6. SDXL micro-conditioning (sizes, or aesthetic scores for refiner-style bases).
-        original = _size(original_size, (height, width))
-        target = _size(target_size, (height, width))
+        original = size_or(original_size, (height, width))
+        target = size_or(target_size, (height, width))
         add_time_ids, negative_time_ids = self._get_add_time_ids(
             original, tuple(crops_coords_top_left), target, aesthetic_score, negative_aesthetic_score,
             dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
