@@ -42,8 +42,8 @@ from instantid.service.http_errors import (
     JOB_RESPONSES,
     READ_RESPONSES,
     STORE_RETRY_S,
+    failed_job_response,
     install_error_handlers,
-    internal_error_response,
 )
 from instantid.service.jobs import JobRecord, JobState, check_job_id
 from instantid.service.schema import (
@@ -231,7 +231,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         (and `mix`) and blended back; every pixel outside the feathered face masks is kept. Settings and
         face-detail options as form fields (JSON: base64 `face`, `picture`).""")
 
-    async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
+    def admit(request: Request, who: Principal) -> str | None:
+        """The cheap checks of a submission, before its upload is read (rate limit, full queue, the key's jobs);
+        returns its Idempotency-Key. Every route that queues jobs (also the A1111 ones) comes through here."""
         service = service_of(request)
         key = request.headers.get("idempotency-key") or None
         if key is not None and len(key) > 200:
@@ -243,17 +245,19 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
                 if retry is not None:
                     raise QueueFullError(f"rate limit of {who.rate:g} submissions per minute reached", retry)
             service.check_capacity(who.name, who.max_jobs)
+        return key
+
+    async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
+        service = service_of(request)
+        key = admit(request, who)
         record, created = await _submit(request, service, who, key, task)
         wait = wait or request.headers.get("prefer", "").lower() == "wait"
         if wait:
             finished = await service.wait(record.id, settings.wait_timeout_s)
             if finished is not None and finished.state == "done":
                 return JSONResponse(_output(request, service, finished).model_dump())
-            if finished is not None and finished.error_id:  # the job hit a bug, not bad input
-                return internal_error_response(finished.error_id, job_id=record.id, status=finished.state)
-            if finished is not None and finished.state in ("failed", "canceled"):
-                return JSONResponse({"detail": finished.error, "job_id": record.id, "status": finished.state},
-                                    status_code=422 if finished.state == "failed" else 409)
+            if finished is not None and (failed := failed_job_response(finished)) is not None:
+                return failed
         url = str(request.url_for("job_status", job_id=record.id))
         record, position = where_is(service, record)
         body = JobCreated(job_id=record.id, status=record.state, status_url=url, position=position)
@@ -318,6 +322,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         headers = {"Content-Disposition": f'inline; filename="instantid-{job_id[:8]}-{n}.png"'}
         return Response(data, media_type="image/png", headers=headers)
 
+    from instantid.service.a1111 import a1111_router
+
+    app.include_router(a1111_router(settings, principal, admit))
     if settings.mount_ui:
         from instantid.service.ui import mount_ui
 
