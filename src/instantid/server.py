@@ -120,6 +120,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             presented = token.strip()
+        elif scheme.lower() == "basic":  # A1111 clients' --api-auth: any user name, the key as the password
+            presented = basic_password(token)
         if not presented:
             raise HTTPException(401, "send an API key: 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -330,6 +332,14 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
 
         mount_ui(app, settings, keys, limiter)
     return app
+
+
+def basic_password(token: str) -> str:
+    """The password of an HTTP Basic credential ("" when it is malformed: answered as no key)."""
+    try:
+        return base64.b64decode(token.strip(), validate=True).decode().partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 def where_is(service: JobService, record: JobRecord) -> tuple[JobRecord, int | None]:
