@@ -154,6 +154,21 @@ def test_img2img_starts_from_the_init_image(client: httpx.Client, api: Any, mode
     assert not np.array_equal(np.asarray(other.images[0]), np.asarray(result.images[0]))
 
 
+def test_an_img2img_job_is_rebuilt_from_its_record_as_a_remote_worker_does() -> None:
+    from instantid.service.tasks import InitImage, JobRequest
+    from instantid.settings import GenerationSettings
+    from instantid.swap import SwapOptions
+
+    job = JobRequest("generate", GenerationSettings(seed=1), faces=(("me.jpg", b"face"),),
+                     init=InitImage(("init_images[0]", b"start"), 0.6))
+    files = job.files()
+    assert files["init"] == b"start"
+    assert JobRequest.from_record(json.loads(json.dumps(job.record())), files.__getitem__) == job
+    with pytest.raises(InvalidInputError, match="an init image is for generate jobs, not swap"):
+        JobRequest("swap", GenerationSettings(), faces=job.faces, scene=("s", b"s"), swap=SwapOptions(),
+                   init=job.init)
+
+
 @pytest.mark.parametrize(
     ("path", "change", "message"),
     [
@@ -243,8 +258,9 @@ def test_same_keys_limits_and_queue_as_our_api(model: Any, tmp_path: Path) -> No
         api = webuiapi.WebUIApi(baseurl=str(http.base_url).rstrip("/") + "/sdapi/v1")
         api.set_auth("alice", KEY)  # A1111's --api-auth: HTTP Basic, the key as the password
         face = Image.open(FACE)
-        result = api.txt2img(prompt="x", width=64, height=64, steps=2, seed=1, controlnet_units=[
-            webuiapi.ControlNetUnit(image=face, module="instant_id_face_embedding", model="ip-adapter_instant_id_sdxl")])
+        embedding = webuiapi.ControlNetUnit(image=face, module="instant_id_face_embedding",
+                                            model="ip-adapter_instant_id_sdxl")
+        result = api.txt2img(prompt="x", width=64, height=64, steps=2, seed=1, controlnet_units=[embedding])
         assert result.info["all_seeds"] == [1] and result.info["instantid"]["settings"]["identitynet_strength"] == 0
         jobs = http.get("/v1/jobs", headers={"Authorization": f"Bearer {KEY}"}).json()
         assert [job["job_id"] for job in jobs["jobs"]] == [result.info["job_id"]]  # owned by the key
