@@ -142,6 +142,7 @@ def test_img2img_starts_from_the_init_image(client: httpx.Client, api: Any, mode
     # Units without an image take the init image, as in sd-webui-controlnet.
     assert instantid["references"] == ["init_images[0]"] and instantid["image_to_image"] == {
         "strength": 0.5, "denoising_steps": 2}
+    assert result.info["denoising_strength"] == 0.5
     settings = model.call_settings(None, prompt="a knight", width=64, height=64, seed=3, steps=4,
                                    guidance_scale=3.0, scheduler="euler", adapter_strength=1.0,
                                    identitynet_strength=1.0)

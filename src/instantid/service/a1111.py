@@ -14,6 +14,8 @@ job's status URL to poll).
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -30,13 +32,13 @@ from instantid.service.a1111_payload import (
     SAMPLERS,
     SCHEDULES,
     UNIT_MODELS,
-    answer,
     translate,
 )
 from instantid.service.http_errors import JOB_RESPONSES, READ_RESPONSES, failed_job_response
 from instantid.service.jobs import FINISHED
 from instantid.service.schema import Body, JobCreated, job_request, parse_json, read_body
 from instantid.service.tasks import InitImage
+from instantid.settings import GenerationSettings
 
 if TYPE_CHECKING:
     from instantid.service.core import JobService, ServerSettings
@@ -201,6 +203,50 @@ def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
     return router
 
 
+def answer(payload: dict[str, Any], pngs: list[bytes], seeds: list[int], metadata: dict[str, Any],
+           ignored: list[str], job_id: str) -> dict[str, Any]:
+    """A1111's txt2img / img2img answer: plain base64 PNGs, the request as ``parameters`` (photos left out, as
+    A1111 leaves out init images), and ``info`` as a JSON string with A1111's keys plus ours."""
+    from instantid.outputs import parameters_text
+
+    used = GenerationSettings.model_validate(
+        {k: v for k, v in (metadata.get("settings") or {}).items() if k in GenerationSettings.model_fields})
+    infotext = parameters_text(metadata)
+    width, height = metadata.get("width"), metadata.get("height")
+    prompt, negative = metadata.get("prompt", used.prompt), metadata.get("negative_prompt", used.negative_prompt)
+    info = {
+        "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative,
+        "all_negative_prompts": [negative] * len(seeds),
+        "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
+        "width": width, "height": height, "sampler_name": metadata.get("sampler"), "cfg_scale": used.guidance_scale,
+        "steps": used.steps, "batch_size": len(seeds), "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": metadata.get("model_name"), "sd_model_hash": metadata.get("model_hash"),
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": (metadata.get("image_to_image") or {}).get("strength"),
+        "extra_generation_params": {"IdentityNet strength": used.identitynet_strength,
+                                    "Adapter strength": used.adapter_strength},
+        "index_of_first_image": 0, "infotexts": [infotext.replace(f"Seed: {seeds[0]}", f"Seed: {s}", 1)
+                                                 for s in seeds],
+        "styles": [used.style] if used.style else [], "job_timestamp": None, "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": (metadata.get("versions") or {}).get("instantid"),
+        "job_id": job_id, "ignored": ignored, "instantid": metadata,
+    }
+    return {"images": [base64.b64encode(png).decode() for png in pngs], "parameters": without_photos(payload),
+            "info": json.dumps(info)}
+
+
+def without_photos(payload: dict[str, Any]) -> dict[str, Any]:
+    """The request as sent, each base64 photo replaced by None (the client has them)."""
+    def strip(node: Any, key: str = "") -> Any:
+        if key in ("image", "images", "input_image", "init_images", "mask") and node:
+            return None
+        if isinstance(node, dict):
+            return {k: strip(v, k) for k, v in node.items()}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    return strip(payload)
+
+
 def model_title(service: JobService, settings: ServerSettings) -> tuple[str, str, str | None]:
     """A1111's ``title`` ("name [hash]"), name and short hash of the base model: the loaded model's, or (workers
     run it elsewhere) the configured one's name without a hash."""
@@ -215,4 +261,4 @@ def model_title(service: JobService, settings: ServerSettings) -> tuple[str, str
     return (f"{name} [{short_hash}]" if short_hash else name), name, short_hash
 
 
-__all__ = ["EMBEDDING", "a1111_router", "model_title"]
+__all__ = ["A1111Answer", "Img2ImgRequest", "Txt2ImgRequest", "a1111_router", "answer", "model_title"]

@@ -1,6 +1,6 @@
 """A1111 / Forge txt2img and img2img payloads, as sd-webui-controlnet takes InstantID, turned into our own
 ``/v1/generate`` JSON body (then checked by the same :func:`~instantid.service.schema.job_request` as that
-endpoint; img2img adds the start picture), and a finished job turned into A1111's answer.
+endpoint; img2img adds the start picture).
 
 The InstantID units sit in ``alwayson_scripts.controlnet.args`` (the script key matched case-insensitively, as
 A1111 matches script titles): an ``instant_id_face_embedding`` unit (model ``ip-adapter_instant_id_sdxl``; its
@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from instantid.errors import InvalidInputError
-from instantid.settings import MAX_IMAGES, RANDOM_SEED, SCHEDULERS, GenerationSettings, make_settings
+from instantid.settings import MAX_IMAGES, RANDOM_SEED, SCHEDULERS, make_settings
 
 SCRIPT = "controlnet"
 EMBEDDING, KEYPOINTS = "instant_id_face_embedding", "instant_id_face_keypoints"
 UNIT_MODELS = {EMBEDDING: "ip-adapter_instant_id_sdxl", KEYPOINTS: "control_instant_id_sdxl"}
-NO_MODULE, NO_MODEL = ("none", ""), ("none", "")  # a placeholder unit (clients send a few): skipped
+PLACEHOLDER = ("none", "")  # module and model of an unused unit (clients send a few): skipped
 CONTROL_MODES = ("Balanced", 0, "0")
 DENOISING_STRENGTH = 0.75  # A1111's img2img default
 # A1111 field -> our setting; weights and the IdentityNet window come from the units.
@@ -126,8 +125,8 @@ def instantid_units(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         if not isinstance(unit, dict):
             raise InvalidInputError(f"{where} must be a ControlNet unit (an object)")
         module = str(unit.get("module") or "none")
-        if unit.get("enabled") is False or (module.lower() in NO_MODULE and _model_name(unit.get("model")).lower()
-                                            in (*NO_MODEL, "none")):
+        if unit.get("enabled") is False or (module.lower() in PLACEHOLDER
+                                            and _model_name(unit.get("model")).lower() in PLACEHOLDER):
             continue
         if module not in UNIT_MODELS:
             raise InvalidInputError(f"{where}.module: unknown module {module!r}; this server takes "
@@ -277,47 +276,5 @@ def _style(styles: Any) -> str | None:
     return styles[0]
 
 
-def answer(payload: dict[str, Any], pngs: list[bytes], seeds: list[int], metadata: dict[str, Any],
-           ignored: list[str], job_id: str) -> dict[str, Any]:
-    """A1111's txt2img answer: plain base64 PNGs, the request as ``parameters`` (photos left out, as A1111 leaves
-    out init images), and ``info`` as a JSON string with A1111's keys plus ours."""
-    from instantid.outputs import parameters_text
-
-    used = GenerationSettings.model_validate(
-        {k: v for k, v in (metadata.get("settings") or {}).items() if k in GenerationSettings.model_fields})
-    infotext = parameters_text(metadata)
-    width, height = metadata.get("width"), metadata.get("height")
-    prompt, negative = metadata.get("prompt", used.prompt), metadata.get("negative_prompt", used.negative_prompt)
-    info = {
-        "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative,
-        "all_negative_prompts": [negative] * len(seeds),
-        "seed": seeds[0], "all_seeds": seeds, "subseed": seeds[0], "all_subseeds": seeds, "subseed_strength": 0,
-        "width": width, "height": height, "sampler_name": metadata.get("sampler"), "cfg_scale": used.guidance_scale,
-        "steps": used.steps, "batch_size": len(seeds), "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": metadata.get("model_name"), "sd_model_hash": metadata.get("model_hash"),
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
-        "extra_generation_params": {"IdentityNet strength": used.identitynet_strength,
-                                    "Adapter strength": used.adapter_strength},
-        "index_of_first_image": 0, "infotexts": [infotext.replace(f"Seed: {seeds[0]}", f"Seed: {s}", 1)
-                                                 for s in seeds],
-        "styles": [used.style] if used.style else [], "job_timestamp": None, "clip_skip": 1,
-        "is_using_inpainting_conditioning": False, "version": (metadata.get("versions") or {}).get("instantid"),
-        "job_id": job_id, "ignored": ignored, "instantid": metadata,
-    }
-    return {"images": [base64.b64encode(png).decode() for png in pngs], "parameters": without_photos(payload),
-            "info": json.dumps(info)}
-
-
-def without_photos(payload: dict[str, Any]) -> dict[str, Any]:
-    """The request as sent, each base64 photo replaced by None (the client has them)."""
-    def strip(node: Any, key: str = "") -> Any:
-        if key in ("image", "images", "input_image", "init_images", "mask") and node:
-            return None
-        if isinstance(node, dict):
-            return {k: strip(v, k) for k, v in node.items()}
-        return [strip(v) for v in node] if isinstance(node, list) else node
-
-    return strip(payload)
-
-
-__all__ = ["EMBEDDING", "KEYPOINTS", "SAMPLERS", "SCHEDULES", "UNIT_MODELS", "Translated", "answer", "translate"]
+__all__ = ["EMBEDDING", "KEYPOINTS", "SAMPLERS", "SCHEDULES", "UNIT_MODELS", "Translated", "scheduler_of",
+           "translate"]
