@@ -10,6 +10,8 @@ nothing at import.
     GET    /v1/jobs/{id}              queued (with position) | running (step/total) | done | failed | canceled
     DELETE /v1/jobs/{id}              cancel a queued or running job; delete a finished one and its files
     GET    /v1/jobs/{id}/images/{n}   PNG with its settings inside
+    POST   /sdapi/v1/txt2img, img2img A1111 / Forge clients (sd-webui-controlnet's InstantID units), with the
+                                      read-only /sdapi/v1 and /controlnet routes they call: see service.a1111
     GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui,
                                       whose every tab submits its jobs through the same queue and limits
                                       (with API keys: behind a login, jobs owned by the key; see service.ui)
