@@ -132,6 +132,15 @@ def test_seeds_and_num_images_never_make_a_seed_twice(tmp_path: Path, capsys: py
 
 
 @pytest.mark.usefixtures("shared_model")
+def test_seed_minus_one_is_random_and_the_seed_used_is_recorded(tmp_path: Path) -> None:
+    assert main(["generate", str(FACE), "-p", "x", "--steps", "1", "--seed", "-1", "--seeds", "4,-1",
+                 "-o", str(tmp_path)]) == 0
+    seeds = sorted(read_metadata(png)["seed"] for png in tmp_path.glob("*.png"))
+    assert len(seeds) == 3 and 4 in seeds and all(0 <= s <= 2**32 - 1 for s in seeds)
+    assert main(["generate", str(FACE), "--seed", "-2", "-o", str(tmp_path)]) == 2
+
+
+@pytest.mark.usefixtures("shared_model")
 def test_empty_prompt_stays_empty_and_paths_stay_private(tmp_path: Path) -> None:
     assert main(["generate", str(FACE), "--steps", "1", "--seed", "2", "-o", str(tmp_path)]) == 0
     png = tmp_path / "portrait_s2.png"

@@ -50,7 +50,7 @@ def test_models_show_no_server_paths(client: httpx.Client, model: Any) -> None:
 
 
 def test_hub_ids_stay_and_local_paths_lose_their_folders(tmp_path: Path) -> None:
-    from instantid.service.server import public_ref
+    from instantid.io.models import public_ref
 
     assert public_ref("InstantX/InstantID") == "InstantX/InstantID"
     assert public_ref(str(tmp_path / "sdxl.safetensors")) == "sdxl.safetensors"

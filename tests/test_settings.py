@@ -51,7 +51,8 @@ def test_flags_are_the_field_names_hyphenated_unless_declared() -> None:
         ({"width": 72, "height": 60}, "height must be a multiple of 8 between 64 and 2048, got 60"),
         ({"width": 2056, "height": 64}, "width must be a multiple of 8 between 64 and 2048, got 2056"),
         ({"width": 100, "height": 64}, "width must be a multiple of 8 between 64 and 2048, got 100"),
-        ({"seed": MAX_SEED + 1}, f"seed must be between 0 and {MAX_SEED}, got {MAX_SEED + 1}"),
+        ({"seed": MAX_SEED + 1}, f"seed must be between -1 and {MAX_SEED}, got {MAX_SEED + 1}"),
+        ({"seed": -2}, f"seed must be between -1 and {MAX_SEED}, got -2"),
         ({"num_images": MAX_IMAGES + 1}, f"num_images must be between 1 and {MAX_IMAGES}, got {MAX_IMAGES + 1}"),
         ({"comma_padding": 75}, "comma_padding must be between 0 and 74, got 75"),
         ({"face_detail_strength": 0.01}, "face_detail_strength must be between 0.05 and 1, got 0.01"),
@@ -81,6 +82,7 @@ def test_updated_is_a_validated_copy_and_none_is_a_value() -> None:
     copy = base.updated(steps=12)
     assert (copy.steps, copy.seed, base.steps) == (12, 5, 10)
     assert base.updated(seed=None).seed is None
+    assert base.updated(seed=-1).seed is None and make_settings({"seed": "-1"}).seed is None  # -1 = random
     with pytest.raises(InvalidInputError, match="steps must be between 1 and 200, got 0"):
         base.updated(steps=0)
     with pytest.raises(pydantic.ValidationError):

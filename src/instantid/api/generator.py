@@ -39,6 +39,7 @@ from instantid.faces import (
     Face,
     FaceAnalyzer,
     create_face_analyzer,
+    load_image,
 )
 from instantid.io.loading import (
     describe_checkpoint,
@@ -220,10 +221,16 @@ class InstantID:
 
     def generate(
         self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
-        pose_image: ImageInput | None = None, progress: Progress | None = None, **overrides: Any,
+        pose_image: ImageInput | None = None, progress: Progress | None = None, init_image: ImageInput | None = None,
+        strength: float = 0.75, **overrides: Any,
     ) -> GenerationResult:
-        """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first)."""
+        """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first). With
+        ``init_image``: image-to-image, starting from that picture (resized to the output size) noised to
+        ``strength`` (1 = from noise); ``int(steps * strength)`` steps run, as in A1111 and diffusers."""
         settings = self.call_settings(settings, **overrides)
+        if init_image is not None and int(settings.steps * strength) < 1:
+            raise InvalidInputError(f"denoising strength {strength} of {settings.steps} steps runs no step; raise "
+                                    "the strength or the steps")
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -236,9 +243,17 @@ class InstantID:
         kps_image = draw_kps(Image.new("RGB", (width, height)), identity.pose_face.kps * np.array(scale))
         mask = face_region_mask(identity.pose_face, (width, height), scale) if settings.enhance_face_region else None
 
-        # 2. Generate (styled prompt, seeds, per-call sampler), then the optional face-detail pass.
+        # 2. Generate (styled prompt, seeds, per-call sampler) from noise or from the init image, then the
+        # optional face-detail pass.
+        pipe, start = self.pipe, {"image": kps_image}
+        if init_image is not None:
+            from instantid.pipelines.inpaint import img2img_pipeline
+
+            pipe = img2img_pipeline(self.pipe)
+            start = {"image": load_image(init_image, "init image").resize((width, height), Image.LANCZOS),
+                     "control_image": kps_image, "strength": strength, "width": width, "height": height}
         images, seeds, used_scheduler = self.run_pipeline(
-            self.pipe, settings, progress, image_embeds=identity.embedding, image=kps_image, control_mask=mask,
+            pipe, settings, progress, image_embeds=identity.embedding, control_mask=mask, **start,
         )
         settings = settings.updated(seed=seeds[0])
         detail = None
@@ -249,6 +264,8 @@ class InstantID:
                                           FaceDetailOptions(strength=settings.face_detail_strength),
                                           progress=progress)
         metadata = {**self.call_metadata(identity, settings, used_scheduler), "width": width, "height": height}
+        if init_image is not None:
+            metadata["image_to_image"] = {"strength": strength, "denoising_steps": int(settings.steps * strength)}
         if settings.face_detail:
             metadata["face_detail"] = detail
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)

@@ -17,15 +17,16 @@ Importing this module is cheap (no torch), so ``instantid --help`` stays fast.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from instantid.api.styles import STYLES, get_style
 from instantid.errors import InvalidInputError
 from instantid.pipelines.schedulers import SCHEDULERS
 
 MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1  # "random", as A1111, ComfyUI and Replicate clients send it: taken as no seed
 MAX_IMAGES = 16
 # People in one picture (InstantID.generate_group), the same on every surface: one person is a plain generation;
 # past four, a face in a 1024-1280 px picture gets under the face models' ~112 px working size.
@@ -88,7 +89,8 @@ class GenerationSettings(BaseModel):
     style: StyleName | None = knob(None, "Style preset (a template around the prompt).", ui="dropdown")
     num_images: int = knob(1, "Images per call (consecutive seeds).", ui="slider", step=1, advanced=True,
                            ge=1, le=MAX_IMAGES)
-    seed: int | None = knob(None, "Seed; empty = random (recorded in the output).", ge=0, le=MAX_SEED)
+    seed: Annotated[int | None, AfterValidator(lambda seed: None if seed == RANDOM_SEED else seed)] = knob(
+        None, "Seed; empty or -1 = random (the seed used is recorded in the output).", ge=RANDOM_SEED, le=MAX_SEED)
     steps: int = knob(30, "Denoising steps.", ui="slider", step=1, advanced=True, ge=1, le=200)
     guidance_scale: float = knob(5.0, "Classifier-free guidance scale (text adherence).", flag="--guidance",
                                  ui="slider", step=0.1, advanced=True, ge=0, le=30)

@@ -93,13 +93,17 @@ def progress_bar() -> Progress:
 
 
 def parse_seeds(seeds: list[int], seed_list: str | None) -> list[int | None]:
+    """The seeds asked for, checked by the settings' seed rule (-1 = random); None = random, recorded in the
+    output."""
+    from instantid.api.settings import field_label, make_settings
+
     values = list(seeds)
     for part in (seed_list or "").split(","):
         if part.strip():
-            if not part.strip().isdigit():
-                raise InvalidInputError(f"--seeds must be comma-separated non-negative integers, got {part.strip()!r}")
+            if not part.strip().removeprefix("-").isdigit():
+                raise InvalidInputError(f"--seeds must be comma-separated integers (-1 = random), got {part.strip()!r}")
             values.append(int(part))
-    return values or [None]  # None = random, recorded in the output
+    return [make_settings({"seed": value}, field_label).seed for value in values] or [None]
 
 
 def plan_seeds(starts: list[int | None], num_images: int) -> tuple[list[tuple[int | None, int]], list[int]]:
@@ -176,8 +180,6 @@ def generate_command(
                  *(parse_mix(spec)[0] for spec in mix))
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
-    for value in run_seeds:
-        make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
     if pose is not None and layout is not None:
         raise InvalidInputError("give --pose or --layout, not both")

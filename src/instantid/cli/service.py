@@ -32,7 +32,7 @@ def serve_command(
     max_attempts: int = typer.Option(2, help="Runs of a job whose worker died (or server restarted) before it "
                                      "fails."),
     api_key_file: Path | None = typer.Option(None, help="Hashed API keys, one 'NAME sha256:HEX [rate=N] [jobs=N]' "
-                                             "per line; every /v1 call then needs one."),
+                                             "per line; every /v1, /sdapi and /controlnet call then needs one."),
     new_api_key: str | None = typer.Option(None, help="Print a new key for NAME and its line for --api-key-file, "
                                            "then exit."),
     rate_limit: float | None = typer.Option(None, help="Submissions per minute per key (or client address)."),

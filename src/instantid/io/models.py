@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from instantid.errors import MissingWeightsError
 
@@ -142,3 +143,14 @@ def describe(refs: ModelRefs) -> list[tuple[str, str, str | None, str | None]]:
         except MissingWeightsError as exc:
             rows.append((kind, ref, None, str(exc)))
     return rows
+
+
+def public_ref(ref: Any) -> Any:
+    """A model reference as a stranger may see it (image metadata, the server's answers): a Hub id as is, a
+    local file or folder by its name only (paths tell about the user's disk and cache layout)."""
+    if not isinstance(ref, str) or not ref:
+        return ref
+    path = Path(ref).expanduser()
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
+        return ref  # owner/name on the Hub
+    return path.name or ref

@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from instantid.errors import InstantIDError, InvalidInputError
+from instantid.io.models import public_ref
 
 METADATA_KEY = "instantid"
 PARAMETERS_KEY = "parameters"
@@ -38,7 +39,7 @@ def parameters_text(metadata: dict[str, Any]) -> str:
         "Size": f"{metadata.get('width')}x{metadata.get('height')}",
         "Model hash": metadata.get("model_hash"),
         "Model": metadata.get("model_name"),
-        "Lora": _public_ref(metadata.get("lora")),
+        "Lora": public_ref(metadata.get("lora")),
         "IdentityNet strength": settings.get("identitynet_strength"),
         "Adapter strength": settings.get("adapter_strength"),
         "Style": settings.get("style") or "(No style)",
@@ -60,24 +61,14 @@ def _quote(value: Any) -> str:
     return json.dumps(text) if any(c in text for c in ",:\n") else text
 
 
-def _public_ref(ref: Any) -> Any:
-    """A model reference fit to share: a local path becomes its last part; Hub ids and names stay."""
-    if not isinstance(ref, str) or not ref:
-        return ref
-    path = Path(ref).expanduser()
-    if path.is_absolute() or ref.startswith((".", "~")) or (os.sep in ref and path.exists()):
-        return path.name
-    return ref
-
-
 def shareable(metadata: dict[str, Any]) -> dict[str, Any]:
     """Metadata without the local folders of the model files (names and Hub ids only): images get shared, and
     a path tells strangers about the user's disk. Photo names are file names already (``prepare_identity``)."""
     public = dict(metadata)
     if isinstance(public.get("models"), dict):
-        public["models"] = {kind: _public_ref(ref) for kind, ref in public["models"].items()}
+        public["models"] = {kind: public_ref(ref) for kind, ref in public["models"].items()}
     if "lora" in public:
-        public["lora"] = _public_ref(public["lora"])
+        public["lora"] = public_ref(public["lora"])
     return public
 
 

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instantid.errors import InstantIDError
 from instantid.internal_errors import MESSAGE, report
-from instantid.service.jobs import UnknownJobError
+from instantid.service.jobs import JobRecord, UnknownJobError
 
 log = logging.getLogger("instantid.service.server")
 STORE_RETRY_S = 5  # Retry-After of a 503 while the job store is down
@@ -62,6 +62,17 @@ JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def internal_error_response(error_id: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": MESSAGE, "error_id": error_id, **extra}, status_code=500)
+
+
+def failed_job_response(record: JobRecord) -> JSONResponse | None:
+    """The answer to a request that waited for its job, when the job did not end done: 500 with its error_id
+    (a bug), 422 with its error (failed on its input) or 409 (canceled); None while it is still running."""
+    if record.error_id:
+        return internal_error_response(record.error_id, job_id=record.id, status=record.state)
+    if record.state in ("failed", "canceled"):
+        return JSONResponse({"detail": record.error, "job_id": record.id, "status": record.state},
+                            status_code=422 if record.state == "failed" else 409)
+    return None
 
 
 class InternalErrorMiddleware:
@@ -126,4 +137,4 @@ def install_error_handlers(app: FastAPI, with_redis: bool) -> None:
 
 
 __all__ = ["INTERNAL_RESPONSES", "JOB_RESPONSES", "READ_RESPONSES", "InternalErrorMiddleware",
-           "install_error_handlers", "internal_error_response"]
+           "failed_job_response", "install_error_handlers", "internal_error_response"]

@@ -10,6 +10,8 @@ nothing at import.
     GET    /v1/jobs/{id}              queued (with position) | running (step/total) | done | failed | canceled
     DELETE /v1/jobs/{id}              cancel a queued or running job; delete a finished one and its files
     GET    /v1/jobs/{id}/images/{n}   PNG with its settings inside
+    POST   /sdapi/v1/txt2img, img2img A1111 / Forge clients (sd-webui-controlnet's InstantID units), with the
+                                      read-only /sdapi/v1 and /controlnet routes they call: see service.a1111
     GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui,
                                       whose every tab submits its jobs through the same queue and limits
                                       (with API keys: behind a login, jobs owned by the key; see service.ui)
@@ -27,7 +29,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -37,6 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from instantid import __version__
 from instantid.api.settings import settings_from_record
 from instantid.apps.tasks import TaskKind
+from instantid.io.models import public_ref
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, QueueFullError, ServerSettings
 from instantid.service.http_errors import (
@@ -44,8 +46,8 @@ from instantid.service.http_errors import (
     JOB_RESPONSES,
     READ_RESPONSES,
     STORE_RETRY_S,
+    failed_job_response,
     install_error_handlers,
-    internal_error_response,
 )
 from instantid.service.jobs import JobRecord, JobState, check_job_id
 from instantid.service.schema import (
@@ -120,6 +122,8 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             presented = token.strip()
+        elif scheme.lower() == "basic":  # A1111 clients' --api-auth: any user name, the key as the password
+            presented = basic_password(token)
         if not presented:
             raise HTTPException(401, "send an API key: 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -231,7 +235,9 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         (and `mix`) and blended back; every pixel outside the feathered face masks is kept. Settings and
         face-detail options as form fields (JSON: base64 `face`, `picture`).""")
 
-    async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
+    def admit(request: Request, who: Principal) -> str | None:
+        """The cheap checks of a submission, before its upload is read (rate limit, full queue, the key's jobs);
+        returns its Idempotency-Key. Every route that queues jobs (also the A1111 ones) comes through here."""
         service = service_of(request)
         key = request.headers.get("idempotency-key") or None
         if key is not None and len(key) > 200:
@@ -243,17 +249,19 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
                 if retry is not None:
                     raise QueueFullError(f"rate limit of {who.rate:g} submissions per minute reached", retry)
             service.check_capacity(who.name, who.max_jobs)
+        return key
+
+    async def queue_job(request: Request, who: Principal, wait: bool, task: TaskKind) -> Response:
+        service = service_of(request)
+        key = admit(request, who)
         record, created = await _submit(request, service, who, key, task)
         wait = wait or request.headers.get("prefer", "").lower() == "wait"
         if wait:
             finished = await service.wait(record.id, settings.wait_timeout_s)
             if finished is not None and finished.state == "done":
                 return JSONResponse(_output(request, service, finished).model_dump())
-            if finished is not None and finished.error_id:  # the job hit a bug, not bad input
-                return internal_error_response(finished.error_id, job_id=record.id, status=finished.state)
-            if finished is not None and finished.state in ("failed", "canceled"):
-                return JSONResponse({"detail": finished.error, "job_id": record.id, "status": finished.state},
-                                    status_code=422 if finished.state == "failed" else 409)
+            if finished is not None and (failed := failed_job_response(finished)) is not None:
+                return failed
         url = str(request.url_for("job_status", job_id=record.id))
         record, position = where_is(service, record)
         body = JobCreated(job_id=record.id, status=record.state, status_url=url, position=position)
@@ -318,11 +326,22 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
         headers = {"Content-Disposition": f'inline; filename="instantid-{job_id[:8]}-{n}.png"'}
         return Response(data, media_type="image/png", headers=headers)
 
+    from instantid.service.a1111 import a1111_router
+
+    app.include_router(a1111_router(settings, principal, admit))
     if settings.mount_ui:
         from instantid.service.ui import mount_ui
 
         mount_ui(app, settings, keys, limiter)
     return app
+
+
+def basic_password(token: str) -> str:
+    """The password of an HTTP Basic credential ("" when it is malformed: answered as no key)."""
+    try:
+        return base64.b64decode(token.strip(), validate=True).decode().partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 def where_is(service: JobService, record: JobRecord) -> tuple[JobRecord, int | None]:
@@ -338,15 +357,6 @@ def where_is(service: JobService, record: JobRecord) -> tuple[JobRecord, int | N
         if current.state != "queued":
             return current, None
     return current, 0  # re-queued as often as read (lost workers): it is at the front
-
-
-def public_ref(ref: str) -> str:
-    """A model reference as a client may see it: a hub id as is, a local file or folder by its name only (the
-    server's paths, its cache layout and user name included, are not the client's business)."""
-    path = Path(ref).expanduser()
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
-        return ref  # owner/name on the hub
-    return path.name or ref
 
 
 def _output(request: Request, service: JobService, record: JobRecord) -> GenerationOutput:
