@@ -13,6 +13,7 @@ from _demo import FACE, NO_FACE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from instantid.api.loader import load_model
 from instantid.apps.batch import load_job
 from instantid.cli import main
 from instantid.errors import ImageReadError, InvalidInputError
@@ -39,7 +40,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             raise AssertionError(f"{name} loaded before the check")
         return load
 
-    monkeypatch.setattr(ModelSettings, "load", refuse("model"))
+    monkeypatch.setattr("instantid.api.loader.load_model", refuse("model"))
     monkeypatch.setattr(ModelSettings, "face_analyzer", refuse("face model"))
     return seen
 
@@ -93,7 +94,7 @@ def test_fp16_on_the_cpu_is_refused_before_loading(loads: list[str], capsys: pyt
 def test_the_demo_honours_dtype(tmp_path: Path) -> None:
     from instantid.api.model_settings import ModelSettings
 
-    loaded = ModelSettings(demo=True, dtype="bf16", demo_cache_dir=tmp_path).load()
+    loaded = load_model(ModelSettings(demo=True, dtype="bf16", demo_cache_dir=tmp_path))
     assert loaded.pipe.unet.dtype.is_floating_point and str(loaded.pipe.unet.dtype) == "torch.bfloat16"
 
 
@@ -181,7 +182,7 @@ def face_model_only(model, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: AN
         raise AssertionError("the model loaded although a photo was bad")
 
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
-    monkeypatch.setattr(ModelSettings, "load", load)
+    monkeypatch.setattr("instantid.api.loader.load_model", load)
 
 
 @pytest.mark.usefixtures("face_model_only")

@@ -59,7 +59,7 @@ def test_stderr_lines_are_not_wrapped_and_the_demo_banner_shows_once(
         model: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from instantid.api.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda settings, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
     assert main(["generate", str(FACE), "--demo", "--steps", "1", "--seed", "1", "-o", str(tmp_path)]) == 0
     err = capsys.readouterr().err

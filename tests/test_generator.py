@@ -10,9 +10,9 @@ import torch
 from _demo import FACE, FACES, demo_model
 
 from instantid.api import generator
-from instantid.api.generator import _prompt_arguments
 from instantid.api.settings import GenerationSettings, field_label, make_settings
 from instantid.errors import InvalidInputError
+from instantid.pipelines.prompts import prompt_arguments
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def _as_the_pipeline_sees_it(pipe, arguments: dict, n: int, cfg: bool) -> tuple:
 
 def _assert_same_encoding(pipe, prompt: str, negative: str, guidance: float, n: int) -> None:
     cfg = guidance > 1
-    ours = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, prompt, negative, guidance), n, cfg)
+    ours = _as_the_pipeline_sees_it(pipe, prompt_arguments(pipe, prompt, negative, guidance), n, cfg)
     theirs = _as_the_pipeline_sees_it(pipe, _text_path(pipe, prompt, negative, guidance), n, cfg)
     for a, b in zip(ours, theirs, strict=True):
         assert (a is None and b is None) or (a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
@@ -198,9 +198,9 @@ def test_text_encoder_lora_encodes_exactly_as_diffusers(app, tmp_path):
     with library_chatter():
         model = InstantID.demo(_demo_folder(app))
     pipe = model.pipe
-    plain = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
+    plain = _as_the_pipeline_sees_it(pipe, prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
     model.load_lora(str(tmp_path), 0.5)
-    with_lora = _as_the_pipeline_sees_it(pipe, _prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
+    with_lora = _as_the_pipeline_sees_it(pipe, prompt_arguments(pipe, "a portrait", "blurry", 5.0), 1, True)
     assert (with_lora[0] - plain[0]).abs().max() > 1e-4  # the LoRA reaches the text embeddings
     for case in _PROMPT_CASES:
         _assert_same_encoding(pipe, *case[:4])
@@ -225,7 +225,7 @@ def test_generate_is_unchanged_by_the_single_prompt_path(app, monkeypatch, chang
                                   negative_prompt="blurry").updated(**changes)
     identity = app.prepare_identity(FACE)
     ours = app.generate(identity, settings).images
-    monkeypatch.setattr(generator, "_prompt_arguments", _text_path)
+    monkeypatch.setattr(generator, "prompt_arguments", _text_path)
     theirs = app.generate(identity, settings).images
     assert len(ours) == len(theirs) == settings.num_images
     for a, b in zip(ours, theirs, strict=True):

@@ -84,7 +84,7 @@ def test_people_side_by_side_without_a_pose_photo(app, monkeypatch: pytest.Monke
 def test_cli_person_flags(app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from instantid.api.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: app)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda settings, analyzer=None: app)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
     args = ["generate", "--person", f"{FACES / 'obama_1.jpg'},{FACES / 'obama_2.jpg'}",
             "--person", str(FACES / "lecun_1.jpg"), "--pose", str(GROUP), "--steps", "1", "--seed", "4"]

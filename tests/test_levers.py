@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from instantid import draw_kps
+from instantid.api.loader import load_model
 from instantid.api.settings import GenerationSettings, field_label, make_settings
 from instantid.cli import main
 from instantid.core.attention import FaceAttnProcessor
@@ -243,7 +244,7 @@ def test_the_knob_reaches_the_pipeline_through_generate_and_is_recorded(demo_app
 def test_quantize_model_option_loads_quantized_and_records_it(tmp_path):
     from instantid.api.model_settings import ModelSettings
 
-    app = ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize="int8-weights").load()
+    app = load_model(ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize="int8-weights"))
     linear = [m for n, m in app.pipe.unet.named_modules() if n.endswith("attn1.to_q")][0]
     assert type(linear.weight) is not torch.nn.Parameter and app.quantize == "int8-weights"
 
@@ -266,4 +267,4 @@ def test_the_quantize_option_is_refused_before_any_weights_load(tmp_path, monkey
 
     monkeypatch.setattr(instantid.api.generator.InstantID, "demo", no_loading)
     with pytest.raises(InvalidInputError, match=message):
-        ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize=scheme, device="cpu").load()
+        load_model(ModelSettings(demo=True, demo_cache_dir=tmp_path, quantize=scheme, device="cpu"))

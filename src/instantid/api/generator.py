@@ -26,13 +26,13 @@ import torch
 from PIL import Image
 
 from instantid.api.face_side import FaceSide, prepare_identity
-from instantid.api.identity import Identity
-from instantid.api.regions import face_region_mask, nearest_face_regions, within_box
-from instantid.api.results import GenerationResult, ImageInput, Progress
+from instantid.api.identity import Identity, everyone
+from instantid.api.regions import face_region_mask, in_column, nearest_face_regions, within_box
+from instantid.api.results import GenerationResult, ImageInput, Progress, versions
 from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
-from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
+from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces import (
     SPACE_ANTELOPEV2,
     SPACE_DLIB,
@@ -49,7 +49,8 @@ from instantid.io.loading import (
     pick_dtype,
 )
 from instantid.io.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
-from instantid.pipelines.prompts import encode_prompt_weighted
+from instantid.pipelines.inpaint import check_unet_fits
+from instantid.pipelines.prompts import prompt_arguments
 from instantid.pipelines.schedulers import make_scheduler, sampler_label
 from instantid.pipelines.schedulers import scheduler_name as _scheduler_name
 
@@ -308,7 +309,7 @@ class InstantID:
             boxes = [np.asarray(f.bbox).reshape(2, 2) * scale for f in faces]
         else:
             width, height = self._size(settings, (self.min_side * max(len(people), 2) // 2, self.min_side))
-            placed = [_in_column(p.pose_face, i, len(people), width, height) for i, p in enumerate(people)]
+            placed = [in_column(p.pose_face, i, len(people), width, height) for i, p in enumerate(people)]
             kps, boxes = [k for k, _ in placed], [b for _, b in placed]
         regions = nearest_face_regions([k.mean(axis=0) for k in kps], (width, height))
         if settings.enhance_face_region:  # as for one person: identity acts on the face box, here within the region
@@ -319,7 +320,7 @@ class InstantID:
         images, seeds, used = self.run_pipeline(self.pipe, settings, progress, identities=persons)
         settings = settings.updated(seed=seeds[0])
         metadata = {
-            **self.call_metadata(people[0], settings, used, task="group"), **_everyone(people), "width": width,
+            **self.call_metadata(people[0], settings, used, task="group"), **everyone(people), "width": width,
             "height": height, "people": [p.metadata() for p in people],
             "pose_from": pose_name if pose_faces is not None else "columns",
         }
@@ -339,7 +340,7 @@ class InstantID:
         settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
         model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...).
         Returns ``(images, seeds, the scheduler used)``."""
-        _check_unet_fits(pipe)
+        check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
         seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
@@ -355,7 +356,7 @@ class InstantID:
             pipe.scheduler = self.call_scheduler(settings)
             try:
                 images = pipe(
-                    **_prompt_arguments(pipe, prompt, negative, settings.guidance_scale, settings.comma_padding),
+                    **prompt_arguments(pipe, prompt, negative, settings.guidance_scale, settings.comma_padding),
                     controlnet_conditioning_scale=settings.identitynet_strength,
                     ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
                     guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
@@ -383,83 +384,14 @@ class InstantID:
             "scheduler": _scheduler_name(scheduler), "sampler": sampler_label(scheduler),
             "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),
-            "versions": _versions(), "demo_weights": self.demo,
+            "versions": versions(), "demo_weights": self.demo,
         }
-
-
-def _prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float,
-                      comma_padding: int = 0) -> dict[str, Any]:
-    """The call's text as embeddings from :func:`instantid.pipelines.prompts.encode_prompt_weighted`, for every prompt:
-    A1111-style weights and prompts past CLIP's 77 tokens work, and a plain prompt gives bit for bit what
-    ``pipe``'s own ``encode_prompt`` makes of the text (tests/test_generator.py checks empty prompts, zeroed
-    negatives, guidance off, several images, a text-encoder LoRA, and the img2img/inpainting variants).
-
-    An empty negative goes in as None so the model's ``force_zeros_for_empty_prompt`` zeroes it, as diffusers
-    does for a missing negative. Negatives are made whenever guidance > 1: a pipeline that skips guidance
-    anyway (diffusers' text-to-image with an LCM-distilled UNet) ignores them.
-    """
-    embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1,
-                                    comma_padding_backtrack=comma_padding)
-    return embeds._asdict()
-
-
-def _check_unet_fits(pipe: Any) -> None:
-    """An SDXL inpainting base (a UNet reading 9 channels: latents, mask, masked picture) works only in the
-    inpainting pipeline; in the others diffusers would stop inside the first step with a shape error."""
-    from instantid.pipelines.inpaint import INPAINT_UNET_CHANNELS, StableDiffusionXLInstantIDInpaintPipeline
-    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline
-
-    inpainting = isinstance(pipe, StableDiffusionXLInstantIDInpaintPipeline)
-    if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS or inpainting:
-        return
-    image_to_image = isinstance(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
-    task = "redraw a whole picture (face detail)" if image_to_image else "make a picture from text"
-    raise IncompatibleWeightsError(
-        f"the base model is an SDXL inpainting model (9-channel UNet): it repaints masked parts and cannot {task}; "
-        "use it with `instantid swap` (or instantid.pipelines.inpaint.inpaint_pipeline), "
-        "or load a text-to-image SDXL base"
-    )
 
 
 def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, Any]) -> GenerationSettings:
     """``settings`` (default: the defaults) with keyword overrides applied and validated."""
     settings = settings or GenerationSettings()
     return settings.updated(**overrides) if overrides else settings
-
-
-def _everyone(people: Sequence[Identity]) -> dict[str, Any]:
-    """The top-level reference fields of a group picture over every person (``people`` has each one's own)."""
-    each = [p.metadata() for p in people]
-    return {
-        "references": [name for m in each for name in m["references"]],
-        "reference_details": [d for m in each for d in m["reference_details"]],
-        "rejected_references": [name for m in each for name in m["rejected_references"]],
-        "warnings": [f"person {i}: {w}" for i, m in enumerate(each) for w in m["warnings"]],
-        "reference_faces": sum(len(p.kept) for p in people),
-    }
-
-
-def _in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """A person's own five keypoints and face box moved into column ``index`` of ``count``, the face half a
-    column wide: ``(kps (5, 2), box (2, 2) as [[x1, y1], [x2, y2]])``."""
-    x1, y1, x2, y2 = face.bbox
-    side = max(x2 - x1, y2 - y1, 1.0)
-    target = 0.5 * width / count
-    centre = np.array(((x1 + x2) / 2, (y1 + y2) / 2))
-    new_centre = np.array(((index + 0.5) * width / count, 0.4 * height))
-
-    def move(points: np.ndarray) -> np.ndarray:
-        return (points - centre) * (target / side) + new_centre
-
-    return move(face.kps), move(np.asarray(face.bbox, dtype=np.float64).reshape(2, 2))
-
-
-def _versions() -> dict[str, str]:
-    import diffusers
-
-    from instantid import __version__
-
-    return {"instantid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
 __all__ = ["GenerationResult", "GenerationSettings", "Identity", "InstantID", "make_settings", "prepare_identity"]

@@ -194,3 +194,15 @@ def _consensus(analyzer: FaceAnalyzer, embeddings: np.ndarray) -> tuple[np.ndarr
     if keep.sum() * 2 <= n:  # no majority agrees: do not guess who the "real" person is
         keep[:] = True
     return distances, keep
+
+
+def everyone(people: Sequence[Identity]) -> dict[str, Any]:
+    """The top-level reference fields of a group picture over every person (``people`` has each one's own)."""
+    each = [p.metadata() for p in people]
+    return {
+        "references": [name for m in each for name in m["references"]],
+        "reference_details": [d for m in each for d in m["reference_details"]],
+        "rejected_references": [name for m in each for name in m["rejected_references"]],
+        "warnings": [f"person {i}: {w}" for i, m in enumerate(each) for w in m["warnings"]],
+        "reference_faces": sum(len(p.kept) for p in people),
+    }

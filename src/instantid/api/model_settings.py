@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from instantid.errors import InvalidInputError
 from instantid.faces import BACKENDS
 from instantid.io.devices import DTYPE_NAMES
 from instantid.speed.quantize import SCHEMES as QUANTIZE_SCHEMES
 
 if TYPE_CHECKING:
 
-    from instantid.api.generator import InstantID
     from instantid.faces import FaceAnalyzer
 
 FaceBackend = Literal[BACKENDS]  # type: ignore[valid-type]
@@ -84,35 +82,3 @@ class ModelSettings(BaseModel):
                 f"{analyzer.space}: unpack antelopev2 (`instantid doctor` says where) or pass --antelopev2-root"
             )
         return analyzer
-
-    def load(self, analyzer: FaceAnalyzer | None = None) -> InstantID:
-        """Load everything, without the libraries' loading bars and warnings unless ``verbose``."""
-        from instantid.io.loading import library_chatter
-
-        with library_chatter(self.verbose):
-            return self._load(analyzer)
-
-    def _load(self, analyzer: FaceAnalyzer | None) -> InstantID:
-        from instantid.api.generator import InstantID
-
-        if self.quantize is not None:  # before minutes of loading: torchao missing or no fp8 GPU is one line
-            from instantid.io.loading import pick_device
-            from instantid.speed.quantize import check_scheme, require_torchao
-
-            check_scheme(self.quantize, pick_device(self.device))
-            require_torchao(self.quantize)
-
-        options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}
-        options = {k: v for k, v in options.items() if v is not None}
-        common = {"lora_scale": self.lora_scale, "compile": self.compile, "quantize": self.quantize,
-                  "preset": self.preset,
-                  "preset_weights": self.preset_weights, **options}
-        if self.demo:
-            given = [name for name in ("base", "identitynet", "adapter") if getattr(self, name)]
-            if given:
-                raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
-            return InstantID.demo(self.demo_cache_dir, **common, **({"dtype": self.dtype} if self.dtype else {}))
-        return InstantID.from_pretrained(
-            self.base, self.identitynet, self.adapter, face_backend=self.face_backend,
-            antelopev2_root=self.antelopev2_root, dtype=self.dtype, cpu_offload=self.cpu_offload, **common,
-        )

@@ -182,3 +182,18 @@ def control_pictures(face: Face, region: Region, enhance_face_region: bool) -> t
     face_mask = np.zeros((wh, ww, 3), dtype=np.uint8)
     face_mask[max(int(fy1), 0) : max(int(fy2), 0), max(int(fx1), 0) : max(int(fx2), 0)] = 255
     return kps_image, Image.fromarray(face_mask)
+
+
+def in_column(face: Face, index: int, count: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """A person's own five keypoints and face box moved into column ``index`` of ``count``, the face half a
+    column wide: ``(kps (5, 2), box (2, 2) as [[x1, y1], [x2, y2]])``."""
+    x1, y1, x2, y2 = face.bbox
+    side = max(x2 - x1, y2 - y1, 1.0)
+    target = 0.5 * width / count
+    centre = np.array(((x1 + x2) / 2, (y1 + y2) / 2))
+    new_centre = np.array(((index + 0.5) * width / count, 0.4 * height))
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return (points - centre) * (target / side) + new_centre
+
+    return move(face.kps), move(np.asarray(face.bbox, dtype=np.float64).reshape(2, 2))

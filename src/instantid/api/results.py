@@ -27,3 +27,13 @@ class GenerationResult:
     def image_metadata(self, index: int) -> dict[str, Any]:
         """Metadata of one image (its own seed)."""
         return {**self.metadata, "seed": self.seeds[index], "index": index}
+
+
+def versions() -> dict[str, str]:
+    """The library versions a picture was made with (its metadata records them)."""
+    import diffusers
+    import torch
+
+    from instantid import __version__
+
+    return {"instantid": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}

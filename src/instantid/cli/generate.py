@@ -31,10 +31,13 @@ DEMO_WARNING = (
 )
 
 def load_model(model: Any, analyzer: Any = None) -> Any:
-    """Load with a spinner (quietly unless ``--verbose``: ModelSettings.load); announce demo mode loudly, once."""
+    """Load with a spinner (quietly unless ``--verbose``: :func:`instantid.api.loader.load_model`); announce demo
+    mode loudly, once."""
+    from instantid.api import loader
+
     check_model_options(model)
     with console.status("loading models..."):
-        instant = model.load(analyzer) if analyzer is not None else model.load()
+        instant = loader.load_model(model, analyzer)
     instant.pipe.set_progress_bar_config(disable=True)  # our own bar shows the steps
     if instant.demo:
         console.print(f"[bold yellow]{DEMO_WARNING}[/]")

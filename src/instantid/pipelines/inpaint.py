@@ -34,7 +34,7 @@ import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
-from instantid.errors import InvalidInputError
+from instantid.errors import IncompatibleWeightsError, InvalidInputError
 from instantid.pipelines.call import CallRequest, CallState, EmbeddingInput, MaskInput, Person, size_or
 from instantid.pipelines.sdxl import InstantIDMixin, StableDiffusionXLInstantIDImg2ImgPipeline
 
@@ -303,3 +303,18 @@ def img2img_pipeline(pipe: Any) -> StableDiffusionXLInstantIDImg2ImgPipeline:
 
 
 __all__ = ["StableDiffusionXLInstantIDInpaintPipeline", "img2img_pipeline", "inpaint_pipeline"]
+
+
+def check_unet_fits(pipe: Any) -> None:
+    """An SDXL inpainting base (a UNet reading 9 channels: latents, mask, masked picture) works only in the
+    inpainting pipeline; in the others diffusers would stop inside the first step with a shape error."""
+    inpainting = isinstance(pipe, StableDiffusionXLInstantIDInpaintPipeline)
+    if pipe.unet.config.in_channels != INPAINT_UNET_CHANNELS or inpainting:
+        return
+    image_to_image = isinstance(pipe, StableDiffusionXLInstantIDImg2ImgPipeline)
+    task = "redraw a whole picture (face detail)" if image_to_image else "make a picture from text"
+    raise IncompatibleWeightsError(
+        f"the base model is an SDXL inpainting model (9-channel UNet): it repaints masked parts and cannot {task}; "
+        "use it with `instantid swap` (or instantid.pipelines.inpaint.inpaint_pipeline), "
+        "or load a text-to-image SDXL base"
+    )

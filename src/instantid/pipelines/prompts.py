@@ -359,3 +359,19 @@ def encode_prompt_weighted(
             prompt_embeds, torch.zeros_like(prompt_embeds), pooled_embeds, torch.zeros_like(pooled_embeds)
         )
     return PromptEmbeddings(prompt_embeds, repeat(hidden[1]), pooled_embeds, repeat(pooled[1]))
+
+
+def prompt_arguments(pipe: Any, prompt: str, negative: str, guidance_scale: float,
+                      comma_padding: int = 0) -> dict[str, Any]:
+    """The call's text as embeddings from :func:`instantid.pipelines.prompts.encode_prompt_weighted`, for every prompt:
+    A1111-style weights and prompts past CLIP's 77 tokens work, and a plain prompt gives bit for bit what
+    ``pipe``'s own ``encode_prompt`` makes of the text (tests/test_generator.py checks empty prompts, zeroed
+    negatives, guidance off, several images, a text-encoder LoRA, and the img2img/inpainting variants).
+
+    An empty negative goes in as None so the model's ``force_zeros_for_empty_prompt`` zeroes it, as diffusers
+    does for a missing negative. Negatives are made whenever guidance > 1: a pipeline that skips guidance
+    anyway (diffusers' text-to-image with an LCM-distilled UNet) ignores them.
+    """
+    embeds = encode_prompt_weighted(pipe, prompt, negative or None, do_classifier_free_guidance=guidance_scale > 1,
+                                    comma_padding_backtrack=comma_padding)
+    return embeds._asdict()

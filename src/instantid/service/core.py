@@ -113,10 +113,11 @@ class JobService:
                                   job_timeout_s=settings.job_timeout_s)
             analyzer = None if model is not None else _face_analyzer(settings)
             return cls(settings, RedisJobStore(connection), model=model, analyzer=analyzer, dispatch=dispatch)
+        from instantid.api import loader
         from instantid.service.runner import JobRunner, LocalWorker
 
         store = SQLiteJobStore(Path(settings.out_dir) / "jobs.sqlite3")
-        service = cls(settings, store, model=model or settings.load())
+        service = cls(settings, store, model=model or loader.load_model(settings))
         for job_id in store.running():
             state = store.lost(job_id, "interrupted by a server restart", settings.max_attempts)
             log.warning("job %s was running when the server stopped: now %s", job_id, state)
