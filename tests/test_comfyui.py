@@ -1,0 +1,377 @@
+"""The ComfyUI node pack against the pinned ComfyUI in ../shared/vendor/comfyui (read-only), offline, on CPU.
+
+The diffusion weights are a tiny SDXL-layout stack that both ComfyUI and diffusers can hold exactly: ComfyUI
+fixes SDXL's head size (64), its GroupNorm groups (32), its size embedding (256 per number) and IdentityNet's
+hint encoder (16, 32, 96, 256), so the tiny UNet uses those, with widths 64/128 and two transformers in the
+deepest level and the middle block (17 cross-attention layers). The files are written in the published layout
+(``ip-adapter.bin``, a diffusers ``ControlNetModel`` folder) into the test's own ComfyUI model folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+VENDOR = Path(__file__).resolve().parents[1].parent / "shared" / "vendor" / "comfyui"
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "instantid-tiny"
+missing = [m for m in ("torchsde", "einops", "av", "aiohttp", "sqlalchemy") if importlib.util.find_spec(m) is None]
+pytestmark = [
+    pytest.mark.skipif(not (VENDOR / "comfy").is_dir(), reason=f"pinned ComfyUI not found at {VENDOR}"),
+    pytest.mark.skipif(bool(missing), reason=f"ComfyUI's dependencies missing ({missing}): pip install -e .[comfyui]"),
+]
+
+SIZE = 128  # picture side; latents are 16 x 16
+POOLED = 32
+CONTEXT = 64
+UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": POOLED + 6 * 256, "in_channels": 4, "model_channels": 64,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2], "channel_mult": [1, 2, 2],
+    "transformer_depth_middle": 2, "use_linear_in_transformer": True, "context_dim": CONTEXT,
+    "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+KPS = np.array([[44.0, 50.0], [84.0, 50.0], [64.0, 70.0], [48.0, 92.0], [80.0, 92.0]])
+
+
+def _torchvision_stand_in(folder: Path) -> None:
+    """ComfyUI's cosmos model imports ``torchvision.transforms`` at import time; PyPI's torchvision does not load
+    beside the CPU torch used here, and nothing these tests run uses it."""
+    package = folder / "torchvision"
+    (package / "transforms" / "v2").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""Test-only stand-in (tests/test_comfyui.py)."""\n')
+    (package / "transforms" / "__init__.py").write_text("")
+    (package / "transforms" / "v2" / "__init__.py").write_text("class ToTensor:\n    pass\n")
+
+
+def _tiny_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(64, 128, 128), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(1, 2, 2),
+        transformer_layers_per_block=(1, 1, 2), cross_attention_dim=CONTEXT, norm_num_groups=32,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=POOLED + 6 * 256,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory: pytest.TempPathFactory):
+    """ComfyUI imported in CPU mode from the read-only copy, every folder it writes or searches in tmp."""
+    import instantid.pipeline  # noqa: F401  (diffusers and transformers decide about torchvision once, before the stand-in)
+    from instantid.faces.tiny import write_tiny_antelopev2
+
+    root = tmp_path_factory.mktemp("comfyui")
+    stand_in = None
+    try:
+        import torchvision.transforms  # noqa: F401
+    except Exception:
+        stand_in = str(root / "stand-ins")
+        _torchvision_stand_in(root / "stand-ins")
+        sys.modules.pop("torchvision", None)
+    sys.path[:0] = [str(VENDOR)] + ([stand_in] if stand_in else [])
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        import comfy.controlnet
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.sample
+        import comfy.samplers
+        import comfy.supported_models
+        import comfy.utils
+        import folder_paths
+        import nodes as comfy_nodes
+
+        if stand_in:  # imported by ComfyUI's cosmos model only; no other library may see it
+            sys.path.remove(stand_in)
+            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+                del sys.modules[name]
+        for kind in ("output", "temp", "input", "user"):
+            (root / kind).mkdir()
+        folder_paths.set_output_directory(str(root / "output"))
+        folder_paths.set_temp_directory(str(root / "temp"))
+        folder_paths.set_input_directory(str(root / "input"))
+        folder_paths.set_user_directory(str(root / "user"))
+        from instantid.comfyui import nodes as ours
+
+        models = root / "models"
+        for name in ("instantid", "controlnet", "insightface"):
+            (models / name).mkdir(parents=True)
+            folder_paths.add_model_folder_path(name, str(models / name), is_default=True)
+        write_tiny_antelopev2(models / "insightface" / "models" / "antelopev2")
+        yield SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, ours=ours, models=models)
+    finally:
+        sys.path.remove(str(VENDOR))
+
+
+@pytest.fixture(scope="module")
+def stack(comfy):
+    """The tiny stack in diffusers (for our pipeline) and in ComfyUI (for the nodes), the same weights."""
+    from diffusers import ControlNetModel
+
+    from instantid.adapter import random_adapter_state_dict
+    from instantid.tiny import draw_identitynet_weights
+
+    c = comfy.comfy
+    unet = _tiny_unet()
+    identitynet = ControlNetModel.from_unet(unet).eval()
+    draw_identitynet_weights(identitynet, seed=0)
+    identitynet.save_pretrained(comfy.models / "controlnet" / "instantid-tiny")
+    adapter = random_adapter_state_dict(unet, width=128, depth=2, num_queries=16, embedding_dim=512, std=0.1)
+    adapter["meta"] = {"embedding_space": "antelopev2-512"}
+    torch.save(adapter, comfy.models / "instantid" / "ip-adapter.bin")
+
+    config = c.supported_models.SDXL(UNET_CONFIG)
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    names = c.utils.unet_to_diffusers(UNET_CONFIG)
+    weights = {f"diffusion_model.{names[k]}": v for k, v in unet.state_dict().items()}
+    missing, unexpected = base.load_state_dict(weights, strict=False)
+    assert not unexpected and not [k for k in missing if k.startswith("diffusion_model.")]
+    model = c.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    ours = comfy.ours
+    loaded = SimpleNamespace(
+        adapter=ours.InstantIDAdapterLoader().load("ip-adapter.bin")[0],
+        identitynet=ours.InstantIDIdentityNetLoader().load("instantid-tiny/diffusion_pytorch_model.safetensors")[0],
+    )
+    return SimpleNamespace(unet=unet, identitynet=identitynet, model=model, loaded=loaded)
+
+
+def _identity(seed: int):
+    from instantid.faces import Face
+    from instantid.identity import Identity
+
+    embedding = np.random.default_rng(seed).standard_normal(512).astype(np.float32) * 5
+    face = Face(bbox=(32.0, 32.0, 96.0, 96.0), score=1.0, kps=KPS.astype(np.float32), embedding=embedding,
+                space="antelopev2-512")
+    return Identity(embedding=embedding, space="antelopev2-512", pose_face=face, pose_size=(SIZE, SIZE),
+                    references=(), fusion="mean")
+
+
+def _conditioning(seed: int) -> tuple[list, list, dict]:
+    gen = torch.Generator().manual_seed(seed)
+    size = {"width": SIZE, "height": SIZE}
+    text = {k: torch.randn(1, 77, CONTEXT, generator=gen) for k in ("positive", "negative")}
+    pooled = {k: torch.randn(1, POOLED, generator=gen) for k in ("positive", "negative")}
+    positive = [[text["positive"], {"pooled_output": pooled["positive"], **size}]]
+    negative = [[text["negative"], {"pooled_output": pooled["negative"], **size}]]
+    return positive, negative, {"text": text, "pooled": pooled}
+
+
+def _apply(comfy, stack, identity, ip_weight=0.8, cn_strength=0.8, mask=None):
+    positive, negative, _ = _conditioning(1)
+    kps = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)[0]
+    return comfy.ours.InstantIDApply().apply(
+        stack.loaded.adapter, stack.loaded.identitynet, identity, stack.model, positive, negative, ip_weight,
+        cn_strength, 0.0, 1.0, image_kps=kps, mask=mask,
+    )
+
+
+def _one_evaluation(comfy, model, positive, negative, sigma: float, cfg: float = 5.0):
+    """ComfyUI's own sampling path for exactly one model evaluation: (x it was given, guided denoised)."""
+    seen = {}
+
+    def once(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        seen["x"] = x.clone()
+        seen["denoised"] = model_k(x, sigmas[0] * x.new_ones(x.shape[0]), **(extra_args or {}))
+        return seen["denoised"]
+
+    c = comfy.comfy
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
+    c.sample.sample_custom(model, noise, cfg, c.samplers.KSAMPLER(once), torch.tensor([sigma, 0.0]), positive,
+                           negative, torch.zeros_like(noise), disable_pbar=True, seed=0)
+    return seen["x"], seen["denoised"]
+
+
+def _ksampler(comfy, model, positive, negative) -> torch.Tensor:
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    (out,) = comfy.nodes.KSampler().sample(model, 7, 2, 5.0, "euler", "normal", positive, negative, latent)
+    return out["samples"]
+
+
+def test_node_contracts(comfy, stack) -> None:
+    ours = comfy.ours
+    assert set(ours.NODE_CLASS_MAPPINGS) == set(ours.NODE_DISPLAY_NAME_MAPPINGS)
+    for cls in ours.NODE_CLASS_MAPPINGS.values():
+        inputs = cls.INPUT_TYPES()
+        assert set(inputs) <= {"required", "optional"} and inputs["required"]
+        assert callable(getattr(cls(), cls.FUNCTION)) and len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    apply = ours.InstantIDApply.INPUT_TYPES()
+    assert ours.InstantIDApply.RETURN_TYPES == ("MODEL", "CONDITIONING", "CONDITIONING")
+    assert {k: apply["required"][k][1]["default"] for k in ("ip_weight", "cn_strength", "start_at", "end_at")} == {
+        "ip_weight": 0.8, "cn_strength": 0.8, "start_at": 0.0, "end_at": 1.0}
+    assert set(apply["optional"]) == {"image_kps", "mask"}
+    assert "ip-adapter.bin" in ours.InstantIDAdapterLoader.INPUT_TYPES()["required"]["instantid_file"][0]
+    from comfyui_instantid import NODE_CLASS_MAPPINGS  # the custom-node entry folder exports the same nodes
+
+    assert NODE_CLASS_MAPPINGS is ours.NODE_CLASS_MAPPINGS
+
+
+def test_loads_the_tiny_published_files(comfy, stack) -> None:
+    from instantid.comfyui.adapter import load_face_adapter
+
+    spec = stack.loaded.adapter.spec
+    assert (spec.width, spec.num_queries, spec.output_dim, spec.num_layers) == (128, 16, CONTEXT, 17)
+    net = stack.loaded.identitynet
+    assert isinstance(net, comfy.comfy.controlnet.ControlNet)
+    assert len(net.control_model.zero_convs) == len(stack.identitynet.controlnet_down_blocks)
+    shared = load_face_adapter(FIXTURE / "ip-adapter.bin")  # the shared fixture's sizes, read from its tensors
+    assert (shared.spec.width, shared.spec.num_queries, shared.spec.embedding_dim) == (128, 16, 512)
+
+
+def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> None:
+    from instantid.comfyui.adapter import cross_attention_layers
+
+    before = stack.model.model_options["transformer_options"].copy()
+    patched, positive, negative = _apply(comfy, stack, _identity(0))
+    assert patched is not stack.model and patched.model is stack.model.model
+    assert stack.model.model_options["transformer_options"] == before and "patches_replace" not in before
+    replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    layers = {layer.key for layer in cross_attention_layers(stack.model.model.diffusion_model)}
+    assert set(replace) == layers and len(layers) == 17
+    assert {("middle", 0, 0), ("middle", 0, 1)} <= layers
+    calls: dict = {}
+
+    def counted(key, patch):
+        def run(q, k, v, extra):
+            calls[key] = calls.get(key, 0) + 1
+            return patch(q, k, v, extra)
+        return run
+
+    for key, patch in list(replace.items()):
+        replace[key] = counted(key, patch)
+    _one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
+    assert calls == {key: 1 for key in layers}, "every adapter layer once per evaluation (cond and uncond batched)"
+
+
+def test_identitynet_reads_the_face_tokens(comfy, stack) -> None:
+    patched, positive, negative = _apply(comfy, stack, _identity(0))
+    contexts = []
+    hook = stack.loaded.identitynet.control_model.register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["context"].clone()), with_kwargs=True)
+    try:
+        _one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
+    finally:
+        hook.remove()
+    (context,) = contexts
+    assert context.shape == (2, 16, CONTEXT)
+    cond, uncond = stack.loaded.adapter.face_tokens(torch.from_numpy(_identity(0).embedding)[None])
+    chunks = {tuple(c.flatten()[:4].tolist()) for c in context}
+    assert chunks == {tuple(cond.flatten()[:4].tolist()), tuple(uncond.flatten()[:4].tolist())}
+
+
+def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, stack) -> None:
+    positive, negative, _ = _conditioning(1)
+    plain = _ksampler(comfy, stack.model, positive, negative)
+    runs = [_ksampler(comfy, *_apply(comfy, stack, _identity(seed))) for seed in (0, 1)]
+    assert all(torch.isfinite(r).all() for r in runs)
+    assert not torch.allclose(runs[0], runs[1], atol=1e-4), "the identity changes the latents"
+    off = _ksampler(comfy, *_apply(comfy, stack, _identity(0), ip_weight=0.0, cn_strength=0.0))
+    assert torch.equal(off, plain)
+
+
+def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack) -> None:
+    """Same latents, timestep, text and identity: ComfyUI + our nodes == our pipeline's denoise step."""
+    from instantid.attention import FaceCall, FaceRegion
+    from instantid.denoise import StepInputs, denoise_step, face_tokens
+    from instantid.pipeline import StableDiffusionXLInstantIDPipeline
+
+    identity = _identity(4)
+    mask = torch.zeros(SIZE, SIZE)
+    mask[24:104, 32:96] = 1.0
+    patched, positive, negative = _apply(comfy, stack, identity, ip_weight=0.7, cn_strength=0.9, mask=mask[None])
+    _, _, text = _conditioning(1)
+    sampling = stack.model.model.model_sampling
+    t = 600
+    sigma = float(sampling.sigmas[t])
+    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
+
+    pipe = StableDiffusionXLInstantIDPipeline(
+        vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=_tiny_unet(),
+        controlnet=stack.identitynet, scheduler=None,
+    )
+    pipe.load_ip_adapter_instantid(comfy.models / "instantid" / "ip-adapter.bin", scale=0.7)
+    embedding = torch.from_numpy(identity.embedding)[None]
+    with torch.no_grad():
+        tokens = torch.cat([face_tokens(pipe.unet, torch.zeros_like(embedding)), face_tokens(pipe.unet, embedding)])
+        kps = torch.from_numpy(np.asarray(comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none",
+                                                                                 identity=identity)[0]))
+        image = kps.movedim(-1, 1).repeat(2, 1, 1, 1)
+        inputs = StepInputs(
+            prompt_embeds=torch.cat([text["text"]["negative"], text["text"]["positive"]]),
+            added_cond={"text_embeds": torch.cat([text["pooled"]["negative"], text["pooled"]["positive"]]),
+                        "time_ids": torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)},
+            faces=FaceCall((FaceRegion(tokens, mask),), scale=0.7), identity_images=(image,), guidance_scale=5.0,
+        )
+        eps = denoise_step(pipe.unet, [pipe.controlnet], x / (sigma**2 + 1) ** 0.5, torch.tensor(float(t)),
+                           inputs, [0.9])
+    expected = x - sigma * eps
+    assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), (denoised - expected).abs().max()
+    plain = _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1]
+    assert (denoised - plain).abs().max() > 100 * (denoised - expected).abs().max(), "the check is not vacuous"
+
+
+def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
+    ours = comfy.ours
+    (analyzer,) = ours.InstantIDFaceAnalyzerLoader().load("auto", "CPU")
+    assert analyzer.space == "antelopev2-512", "auto picks antelopev2 found in models/insightface"
+    pixels = np.zeros((640, 640, 3), np.float32)
+    pixels[320:352, 320:352] = 1.0
+    other = pixels.copy()
+    other[300:372, 290:320] = (0.9, 0.1, 0.3)
+    photos = torch.from_numpy(np.stack([pixels, pixels, other, pixels]))
+    identity, report = ours.InstantIDFaceIdentity().analyse(analyzer, photos, "robust", -1)
+    assert [r.name for r in identity.rejected] == ["photo 3"] and len(identity.kept) == 3
+    assert "photo 3: left out" in report
+    (kps,) = ours.InstantIDKeypoints().draw(256, 256, "none", identity=identity)
+    assert kps.shape == (1, 256, 256, 3) and kps.amax() == 1.0
+    (layout,) = ours.InstantIDKeypoints().draw(256, 128, "frontal")
+    assert layout.shape == (1, 128, 256, 3) and not torch.equal(layout[:, :, :128], layout[:, :, 128:])
+
+
+def test_errors_are_one_line(comfy, stack) -> None:
+    from instantid.errors import IncompatibleWeightsError, MissingWeightsError, NoFaceError
+
+    ours = comfy.ours
+    (analyzer,) = ours.InstantIDFaceAnalyzerLoader().load("antelopev2", "CPU")
+    with pytest.raises(NoFaceError) as no_face:
+        ours.InstantIDFaceIdentity().analyse(analyzer, torch.zeros(1, 640, 640, 3), "auto", -1)
+    (comfy.models / "instantid" / "not-an-adapter.bin").write_bytes(b"not a pickle at all")
+    torch.save({"image_proj": {}}, comfy.models / "instantid" / "half.bin")
+    errors = [no_face.value]
+    for name in ("not-an-adapter.bin", "half.bin"):
+        with pytest.raises(IncompatibleWeightsError) as wrong:
+            ours.InstantIDAdapterLoader().load(name)
+        errors.append(wrong.value)
+    from instantid.comfyui.adapter import load_face_adapter
+
+    other = load_face_adapter(FIXTURE / "ip-adapter.bin")  # made for another UNet
+    with pytest.raises(IncompatibleWeightsError, match="cross-attention layers") as misfit:
+        ours.InstantIDApply().apply(other, stack.loaded.identitynet, _identity(0), stack.model,
+                                    *_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
+    errors.append(misfit.value)
+    insightface = comfy.folder_paths.folder_names_and_paths["insightface"]
+    saved = list(insightface[0])
+    insightface[0][:] = [str(comfy.models / "empty")]
+    try:
+        with pytest.raises(MissingWeightsError, match="antelopev2 face model not found") as no_model:
+            ours.InstantIDFaceAnalyzerLoader().load("antelopev2", "CPU")
+    finally:
+        insightface[0][:] = saved
+    errors.append(no_model.value)
+    assert all("\n" not in str(e) and str(e) for e in errors), [str(e) for e in errors]
