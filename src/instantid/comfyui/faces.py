@@ -43,7 +43,7 @@ def load_face_analyzer(backend: str, provider: str = "CPU") -> FaceAnalyzer:
     if backend == "dlib":
         return create_face_analyzer("dlib")
     return create_face_analyzer("antelopev2", root=require_antelopev2_folder(),
-                                providers=[f"{provider}ExecutionProvider", "CPUExecutionProvider"])
+                                providers=list(dict.fromkeys([f"{provider}ExecutionProvider", "CPUExecutionProvider"])))
 
 
 def analyse_identity(analyzer: FaceAnalyzer, photos: torch.Tensor, fusion: str, face_index: int,
