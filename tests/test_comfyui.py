@@ -285,45 +285,100 @@ def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, s
     assert torch.equal(off, plain)
 
 
-def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack) -> None:
-    """Same latents, timestep, text and identity: ComfyUI + our nodes == our pipeline's denoise step."""
-    from instantid.attention import FaceCall, FaceRegion
-    from instantid.denoise import StepInputs, denoise_step, face_tokens
+@pytest.fixture(scope="module")
+def pipe(comfy, stack):
+    """Our diffusers pipeline on the same weights, its face adapter loaded by its own loader."""
     from instantid.pipeline import StableDiffusionXLInstantIDPipeline
-
-    identity = _identity(4)
-    mask = torch.zeros(SIZE, SIZE)
-    mask[24:104, 32:96] = 1.0
-    patched, positive, negative = _apply(comfy, stack, identity, ip_weight=0.7, cn_strength=0.9, mask=mask[None])
-    _, _, text = _conditioning(1)
-    sampling = stack.model.model.model_sampling
-    t = 600
-    sigma = float(sampling.sigmas[t])
-    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
 
     pipe = StableDiffusionXLInstantIDPipeline(
         vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=_tiny_unet(),
         controlnet=stack.identitynet, scheduler=None,
     )
-    pipe.load_ip_adapter_instantid(comfy.models / "instantid" / "ip-adapter.bin", scale=0.7)
-    embedding = torch.from_numpy(identity.embedding)[None]
+    pipe.load_ip_adapter_instantid(comfy.models / "instantid" / "ip-adapter.bin", scale=1.0)
+    return pipe
+
+
+def _pipeline_denoised(pipe, x: torch.Tensor, t: int, sigma: float, people: list, ip_weight: float,
+                       cn_strength: float) -> torch.Tensor:
+    """Our pipeline's guided denoise step as ComfyUI's denoised: ``x - sigma * eps`` (EPS model); ``people``
+    holds (embedding (E,), keypoint IMAGE at the picture size, mask at the picture size or None)."""
+    from instantid.attention import FaceCall, FaceRegion
+    from instantid.denoise import StepInputs, denoise_step, face_tokens
+
+    _, _, text = _conditioning(1)
+    regions, images = [], []
     with torch.no_grad():
-        tokens = torch.cat([face_tokens(pipe.unet, torch.zeros_like(embedding)), face_tokens(pipe.unet, embedding)])
-        kps = torch.from_numpy(np.asarray(comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none",
-                                                                                 identity=identity)[0]))
-        image = kps.movedim(-1, 1).repeat(2, 1, 1, 1)
+        for embedding, kps, mask in people:
+            embedding = embedding[None]
+            tokens = torch.cat([face_tokens(pipe.unet, torch.zeros_like(embedding)), face_tokens(pipe.unet, embedding)])
+            regions.append(FaceRegion(tokens, mask))
+            images.append(kps.movedim(-1, 1).repeat(2, 1, 1, 1))
         inputs = StepInputs(
             prompt_embeds=torch.cat([text["text"]["negative"], text["text"]["positive"]]),
             added_cond={"text_embeds": torch.cat([text["pooled"]["negative"], text["pooled"]["positive"]]),
                         "time_ids": torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)},
-            faces=FaceCall((FaceRegion(tokens, mask),), scale=0.7), identity_images=(image,), guidance_scale=5.0,
+            faces=FaceCall(tuple(regions), scale=ip_weight), identity_images=tuple(images), guidance_scale=5.0,
         )
-        eps = denoise_step(pipe.unet, [pipe.controlnet], x / (sigma**2 + 1) ** 0.5, torch.tensor(float(t)),
-                           inputs, [0.9])
-    expected = x - sigma * eps
-    assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), (denoised - expected).abs().max()
-    plain = _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1]
-    assert (denoised - plain).abs().max() > 100 * (denoised - expected).abs().max(), "the check is not vacuous"
+        eps = denoise_step(pipe.unet, [pipe.controlnet], x / (sigma**2 + 1) ** 0.5, torch.tensor(float(t)), inputs,
+                           [cn_strength])
+    return x - sigma * eps
+
+
+def _agree(denoised: torch.Tensor, expected: torch.Tensor, plain: torch.Tensor) -> None:
+    error = (denoised - expected).abs().max()
+    assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), error
+    assert (denoised - plain).abs().max() > 100 * error, "InstantID changes the step: the check is not vacuous"
+
+
+def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None:
+    """Same latents, timestep, text and identity, with a face-region mask: ComfyUI + our nodes == our pipeline."""
+    identity = _identity(4)
+    mask = torch.zeros(SIZE, SIZE)
+    mask[24:104, 32:96] = 1.0
+    patched, positive, negative = _apply(comfy, stack, identity, ip_weight=0.7, cn_strength=0.9, mask=mask[None])
+    t = 600
+    sigma = float(stack.model.model.model_sampling.sigmas[t])
+    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
+    (kps,) = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)
+    expected = _pipeline_denoised(pipe, x, t, sigma, [(torch.from_numpy(identity.embedding), kps, mask)], 0.7, 0.9)
+    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1])
+
+
+def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
+    """Two people posed by a group photo (640 px, fitted to the 128 px picture as ComfyUI fits ControlNet
+    pictures): each one's tokens and IdentityNet inside the region nearest their face, as our pipeline does."""
+    from instantid.generator import group_poses
+    from instantid.keypoints import draw_kps
+    from instantid.pipeline import nearest_face_regions
+
+    c, ours = comfy.comfy, comfy.ours
+    (analyzer,) = ours.InstantIDFaceAnalyzerLoader().load("antelopev2", "CPU")
+    photo = np.zeros((640, 640, 3), np.float32)
+    photo[320:352, 128:160] = photo[320:352, 448:480] = 1.0
+    pose = torch.from_numpy(photo)[None]
+    people = [_identity(5), _identity(6)]
+    positive, negative, _ = _conditioning(1)
+    patched, positive, negative, preview = ours.InstantIDApplyGroup().apply(
+        stack.loaded.adapter, stack.loaded.identitynet, analyzer, pose, stack.model, positive, negative, 0.6, 0.8,
+        0.0, 1.0, identity_1=people[0], identity_2=people[1],
+    )
+    assert preview.shape == (1, 640, 640, 3)
+    t = 400
+    sigma = float(stack.model.model.model_sampling.sigmas[t])
+    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
+
+    faces, size = group_poses(analyzer, Image.fromarray((photo * 255).astype(np.uint8)), 2)
+    regions = nearest_face_regions([f.kps.mean(axis=0) for f in faces], size)
+    assert [f.bbox[0] for f in faces] == sorted(f.bbox[0] for f in faces), "person 1 is the leftmost face"
+
+    def fitted(picture: Image.Image, mode: str) -> torch.Tensor:  # ComfyUI's centre-crop resize to the picture
+        pixels = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).movedim(-1, 0)[None]
+        return c.utils.common_upscale(pixels, SIZE, SIZE, mode, "center")[0].movedim(0, -1)
+
+    inputs = [(torch.from_numpy(p.embedding), fitted(draw_kps(Image.new("RGB", size), f.kps), "nearest-exact")[None],
+               fitted(r, "bilinear")[..., 0]) for p, f, r in zip(people, faces, regions, strict=True)]
+    expected = _pipeline_denoised(pipe, x, t, sigma, inputs, 0.6, 0.8)
+    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1])
 
 
 def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import comfy.utils
 import torch
 import torch.nn.functional as F
 from comfy.ldm.modules.attention import optimized_attention
@@ -26,13 +27,22 @@ from instantid.errors import InvalidInputError
 VAE_STRIDE = 8  # latent pixel -> picture pixels (SDXL's VAE): masks are resized to the picture first
 
 
+def picture_mask(mask: torch.Tensor, latent: tuple[int, int]) -> torch.Tensor:
+    """An (H, W) region mask on the picture of a ``latent`` = (h, w) latent, cropped and scaled as ComfyUI
+    fits a ControlNet's picture to the latent (centre crop, then resize), so that mask and keypoints agree."""
+    picture = (latent[0] * VAE_STRIDE, latent[1] * VAE_STRIDE)
+    if tuple(mask.shape) == picture:
+        return mask
+    return comfy.utils.common_upscale(mask[None, None].float(), picture[1], picture[0], "bilinear", "center")[0, 0]
+
+
 @dataclass(frozen=True)
 class FaceRegionTokens:
     """One identity's face tokens and where they act."""
 
     cond: torch.Tensor  # (1, Q, D): Resampler(face embedding)
     uncond: torch.Tensor  # (1, Q, D): Resampler(zero embedding), for the negative prompt
-    mask: torch.Tensor | None = None  # (H, W) in [0, 1], any size (stretched to the picture); None = everywhere
+    mask: torch.Tensor | None = None  # (H, W) in [0, 1], any size (fitted like the keypoints); None = everywhere
 
     def batch(self, cond_or_uncond: list[int], batch: int) -> torch.Tensor:
         """(batch, Q, D) tokens for ComfyUI's batch of chunks (0 = positive, 1 = negative)."""
@@ -71,10 +81,7 @@ class FaceConditioning:
             return None
         key = (index, tokens, latent, like.device, like.dtype)
         if key not in self.grids:
-            picture = (latent[0] * VAE_STRIDE, latent[1] * VAE_STRIDE)
-            if tuple(mask.shape) != picture:
-                mask = F.interpolate(mask[None, None].float(), picture, mode="bilinear")[0, 0]
-            self.grids[key] = mask_weights(mask, tokens, like).reshape(1, tokens, 1)
+            self.grids[key] = mask_weights(picture_mask(mask, latent), tokens, like).reshape(1, tokens, 1)
         return self.grids[key]
 
     def to(self, device: torch.device | str) -> FaceConditioning:
