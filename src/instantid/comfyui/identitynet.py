@@ -22,7 +22,7 @@ import comfy.utils
 import torch
 import torch.nn.functional as F
 
-from instantid.comfyui.patch import FaceRegionTokens
+from instantid.comfyui.patch import FaceRegionTokens, picture_mask
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
 
 HEAD_DIM = 64  # ComfyUI's SDXL attention head size (num_head_channels), and the published one
@@ -134,7 +134,9 @@ class IdentityNetControl(comfy.controlnet.ControlNet):
 
     def control_merge(self, control, control_prev, output_dtype):
         if self.faces.mask is not None:
-            mask = self.faces.mask.float()
+            # The largest residual has the latent's size; the mask goes to the picture first, as the keypoints do.
+            latent = max(tuple(x.shape[-2:]) for xs in control.values() for x in xs if x is not None)
+            mask = picture_mask(self.faces.mask, latent)
             control = {
                 key: [None if x is None else x * F.interpolate(mask[None, None], x.shape[-2:], mode="bilinear").to(x)
                       for x in outputs]
