@@ -345,7 +345,7 @@ def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None
 
 
 def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
-    """Two people posed by a group photo (640 px, fitted to the 128 px picture as ComfyUI fits ControlNet
+    """Two people posed by a group photo (800 x 640, fitted to the 128 px picture as ComfyUI fits ControlNet
     pictures): each one's tokens and IdentityNet inside the region nearest their face, as our pipeline does."""
     from instantid.generator import group_poses
     from instantid.keypoints import draw_kps
@@ -353,8 +353,8 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
 
     c, ours = comfy.comfy, comfy.ours
     (analyzer,) = ours.InstantIDFaceAnalyzerLoader().load("antelopev2", "CPU")
-    photo = np.zeros((640, 640, 3), np.float32)
-    photo[320:352, 128:160] = photo[320:352, 448:480] = 1.0
+    photo = np.zeros((640, 800, 3), np.float32)  # wider than the picture: ComfyUI crops its centre
+    photo[288:384, 96:192] = photo[288:384, 416:512] = 1.0
     pose = torch.from_numpy(photo)[None]
     people = [_identity(5), _identity(6)]
     positive, negative, _ = _conditioning(1)
@@ -362,7 +362,7 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
         stack.loaded.adapter, stack.loaded.identitynet, analyzer, pose, stack.model, positive, negative, 0.6, 0.8,
         0.0, 1.0, identity_1=people[0], identity_2=people[1],
     )
-    assert preview.shape == (1, 640, 640, 3)
+    assert preview.shape == (1, 640, 800, 3)
     t = 400
     sigma = float(stack.model.model.model_sampling.sigmas[t])
     x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
