@@ -259,8 +259,16 @@ def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> No
     assert calls == {key: 1 for key in layers}, "every adapter layer once per evaluation (cond and uncond batched)"
 
 
-def test_identitynet_reads_the_face_tokens(comfy, stack) -> None:
-    patched, positive, negative = _apply(comfy, stack, _identity(0))
+def test_identitynet_reads_the_face_tokens_and_other_controlnets_the_text(comfy, stack) -> None:
+    identity = _identity(0)
+    (kps,) = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)
+    positive, negative, _ = _conditioning(1)
+    other = stack.loaded.identitynet.copy().set_cond_hint(kps.movedim(-1, 1), 0.5)  # a ControlNet applied before
+    for conditioning in (positive, negative):
+        conditioning[0][1]["control"] = other
+    patched, positive, negative = comfy.ours.InstantIDApply().apply(
+        stack.loaded.adapter, stack.loaded.identitynet, identity, stack.model, positive, negative, 0.8, 0.8, 0.0,
+        1.0, image_kps=kps)
     contexts = []
     hook = stack.loaded.identitynet.control_model.register_forward_pre_hook(
         lambda module, args, kwargs: contexts.append(kwargs["context"].clone()), with_kwargs=True)
@@ -268,11 +276,11 @@ def test_identitynet_reads_the_face_tokens(comfy, stack) -> None:
         _one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
     finally:
         hook.remove()
-    (context,) = contexts
-    assert context.shape == (2, 16, CONTEXT)
-    cond, uncond = stack.loaded.adapter.face_tokens(torch.from_numpy(_identity(0).embedding)[None])
-    chunks = {tuple(c.flatten()[:4].tolist()) for c in context}
-    assert chunks == {tuple(cond.flatten()[:4].tolist()), tuple(uncond.flatten()[:4].tolist())}
+    text, faces = sorted(contexts, key=lambda context: -context.shape[1])
+    assert text.shape == (2, 77, CONTEXT) and faces.shape == (2, 16, CONTEXT)
+    cond, uncond = stack.loaded.adapter.face_tokens(torch.from_numpy(identity.embedding)[None])
+    rows = {tuple(c.flatten()[:4].tolist()) for c in faces}
+    assert rows == {tuple(cond.flatten()[:4].tolist()), tuple(uncond.flatten()[:4].tolist())}
 
 
 def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, stack) -> None:
@@ -431,3 +439,31 @@ def test_errors_are_one_line(comfy, stack) -> None:
         insightface[0][:] = saved
     errors.append(no_model.value)
     assert all("\n" not in str(e) and str(e) for e in errors), [str(e) for e in errors]
+
+
+def test_comfyui_loads_the_custom_node_folder_and_validates_the_readme_workflow(comfy, stack) -> None:
+    """ComfyUI's own custom-node loader takes ``comfyui_instantid/``, and ComfyUI's own prompt validation accepts
+    the README's workflow (node names, input names, link types, file choices) with the files in its folders."""
+    import asyncio
+    import json
+    import shutil
+
+    import execution
+
+    repo = Path(__file__).resolve().parents[1]
+    assert asyncio.run(comfy.nodes.load_custom_node(str(repo / "comfyui_instantid")))
+    assert set(comfy.ours.NODE_CLASS_MAPPINGS) <= set(comfy.nodes.NODE_CLASS_MAPPINGS)
+    identitynet = comfy.models / "controlnet" / "instantid"
+    identitynet.mkdir()
+    shutil.copy(comfy.models / "controlnet" / "instantid-tiny" / "diffusion_pytorch_model.safetensors", identitynet)
+    checkpoints = comfy.models / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "sd_xl_base_1.0.safetensors").write_bytes(b"")  # validation reads names, not weights
+    comfy.folder_paths.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
+    Image.new("RGB", (64, 64)).save(Path(comfy.folder_paths.get_input_directory()) / "face.png")
+    workflow = json.loads((repo / "comfyui_instantid" / "workflows" / "instantid_basic_api.json").read_text())
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("readme", workflow, None))
+    assert valid, (error, node_errors)
+    assert outputs == ["14"]
+    workflow["10"]["inputs"]["identity"] = ["9", 0]  # an IMAGE where an identity belongs
+    assert not asyncio.run(execution.validate_prompt("broken", workflow, None))[0]
