@@ -25,8 +25,6 @@ import torch.nn.functional as F
 from instantid.comfyui.patch import FaceRegionTokens, picture_mask
 from instantid.errors import IncompatibleWeightsError, MissingWeightsError
 
-HEAD_DIM = 64  # ComfyUI's SDXL attention head size (num_head_channels), and the published one
-
 
 def _diffusers_unet_config(sd: dict[str, torch.Tensor]) -> dict:
     """The ComfyUI ``unet_config`` of a diffusers-layout ControlNet, read from its tensor shapes."""
@@ -116,21 +114,19 @@ class IdentityNetControl(comfy.controlnet.ControlNet):
         return IdentityNetControl.adopt(self, self.faces)
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-        """This net's residuals with the face tokens as context, merged with the chained nets' (which read the
-        conditioning unchanged)."""
+        """This net's residuals with the face tokens as context, merged with those of the ControlNets chained
+        before it, which read the conditioning unchanged."""
         previous = self.previous_controlnet
         before = None if previous is None else previous.get_control(x_noisy, t, cond, batched_number,
                                                                      transformer_options)
         tokens = self.faces.batch(transformer_options.get("cond_or_uncond", [0]), x_noisy.shape[0])
-        self.previous_controlnet = None  # merged below, with the original conditioning
+        # ComfyUI's own call merges with the previous net's answer: hand it the one computed above.
+        self.previous_controlnet = None if before is None else _Computed(before)
         try:
-            own = super().get_control(x_noisy, t, {**cond, "crossattn_controlnet": tokens}, batched_number,
-                                      transformer_options)
+            return super().get_control(x_noisy, t, {**cond, "crossattn_controlnet": tokens}, batched_number,
+                                       transformer_options)
         finally:
             self.previous_controlnet = previous
-        if own is None or before is None:
-            return own if own is not None else before
-        return comfy.controlnet.ControlBase.control_merge(_Summed(), own, before, None)
 
     def control_merge(self, control, control_prev, output_dtype):
         if self.faces.mask is not None:
@@ -145,8 +141,15 @@ class IdentityNetControl(comfy.controlnet.ControlNet):
         return super().control_merge(control, control_prev, output_dtype)
 
 
-class _Summed(comfy.controlnet.ControlBase):
-    """A neutral ControlBase (strength 1) whose ``control_merge`` only sums two already-scaled outputs."""
+class _Computed(comfy.controlnet.ControlBase):
+    """Stands in for the chained ControlNets during one IdentityNet call: their residuals, already computed."""
+
+    def __init__(self, control: dict) -> None:
+        super().__init__()
+        self.control = control
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options) -> dict:
+        return self.control
 
 
 def with_identitynet(positive: list, negative: list, net: comfy.controlnet.ControlBase,
