@@ -173,12 +173,12 @@ def _conditioning(seed: int) -> tuple[list, list, dict]:
     return positive, negative, {"text": text, "pooled": pooled}
 
 
-def _apply(comfy, stack, identity, ip_weight=0.8, cn_strength=0.8, mask=None):
+def _apply(comfy, stack, identity, ip_weight=0.8, cn_strength=0.8, mask=None, window=(0.0, 1.0)):
     positive, negative, _ = _conditioning(1)
     kps = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)[0]
     return comfy.ours.InstantIDApply().apply(
         stack.loaded.adapter, stack.loaded.identitynet, identity, stack.model, positive, negative, ip_weight,
-        cn_strength, 0.0, 1.0, image_kps=kps, mask=mask,
+        cn_strength, *window, image_kps=kps, mask=mask,
     )
 
 
@@ -288,6 +288,10 @@ def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, s
     assert not torch.allclose(runs[0], runs[1], atol=1e-4), "the identity changes the latents"
     off = _ksampler(comfy, *_apply(comfy, stack, _identity(0), ip_weight=0.0, cn_strength=0.0))
     assert torch.equal(off, plain)
+    closed = _ksampler(comfy, *_apply(comfy, stack, _identity(0), window=(1.0, 1.0)))  # a window after the last step
+    assert torch.equal(closed, plain)
+    late = _ksampler(comfy, *_apply(comfy, stack, _identity(0), window=(0.5, 1.0)))  # the second step only
+    assert not torch.equal(late, plain) and not torch.allclose(late, runs[0], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +410,9 @@ def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
 
 
 def test_errors_are_one_line(comfy, stack) -> None:
-    from instantid.errors import IncompatibleWeightsError, MissingWeightsError, NoFaceError
+    from dataclasses import replace
+
+    from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, MissingWeightsError, NoFaceError
 
     ours = comfy.ours
     (analyzer,) = ours.InstantIDFaceAnalyzerLoader().load("antelopev2", "CPU")
@@ -426,6 +432,11 @@ def test_errors_are_one_line(comfy, stack) -> None:
         ours.InstantIDApply().apply(other, stack.loaded.identitynet, _identity(0), stack.model,
                                     *_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
     errors.append(misfit.value)
+    dlib = replace(_identity(0), embedding=np.zeros(128, np.float32), space="dlib-128")
+    with pytest.raises(EmbeddingSpaceError, match="antelopev2-512") as space:
+        ours.InstantIDApply().apply(stack.loaded.adapter, stack.loaded.identitynet, dlib, stack.model,
+                                    *_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
+    errors.append(space.value)
     insightface = comfy.folder_paths.folder_names_and_paths["insightface"]
     saved = list(insightface[0])
     insightface[0][:] = [str(comfy.models / "empty")]
