@@ -1,22 +1,20 @@
 """The ComfyUI node pack against the pinned ComfyUI in ../shared/vendor/comfyui (read-only), offline, on CPU.
 
-The diffusion weights are a tiny SDXL-layout stack that both ComfyUI and diffusers can hold exactly: ComfyUI
-fixes SDXL's head size (64), its GroupNorm groups (32), its size embedding (256 per number) and IdentityNet's
-hint encoder (16, 32, 96, 256), so the tiny UNet uses those, with widths 64/128 and two transformers in the
-deepest level and the middle block (17 cross-attention layers). The files are written in the published layout
-(``ip-adapter.bin``, a diffusers ``ControlNetModel`` folder) into the test's own ComfyUI model folders.
+The diffusion weights are a tiny SDXL-layout stack that ComfyUI and diffusers both hold exactly (tests/_comfyui.py),
+written in the published layout (``ip-adapter.bin``, a diffusers ``ControlNetModel`` folder) into the test's own
+ComfyUI model folders.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from _comfyui import CONTEXT, SIZE, UNET_CONFIG, comfyui, make_conditioning, make_identity, tiny_unet
 from PIL import Image
 
 VENDOR = Path(__file__).resolve().parents[1].parent / "shared" / "vendor" / "comfyui"
@@ -27,96 +25,12 @@ pytestmark = [
     pytest.mark.skipif(bool(missing), reason=f"ComfyUI's dependencies missing ({missing}): pip install -e .[comfyui]"),
 ]
 
-SIZE = 128  # picture side; latents are 16 x 16
-POOLED = 32
-CONTEXT = 64
-UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": POOLED + 6 * 256, "in_channels": 4, "model_channels": 64,
-    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2], "channel_mult": [1, 2, 2],
-    "transformer_depth_middle": 2, "use_linear_in_transformer": True, "context_dim": CONTEXT,
-    "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-KPS = np.array([[44.0, 50.0], [84.0, 50.0], [64.0, 70.0], [48.0, 92.0], [80.0, 92.0]])
-
-
-def _torchvision_stand_in(folder: Path) -> None:
-    """ComfyUI's cosmos model imports ``torchvision.transforms`` at import time; PyPI's torchvision does not load
-    beside the CPU torch used here, and nothing these tests run uses it."""
-    package = folder / "torchvision"
-    (package / "transforms" / "v2").mkdir(parents=True)
-    (package / "__init__.py").write_text('"""Test-only stand-in (tests/test_comfyui.py)."""\n')
-    (package / "transforms" / "__init__.py").write_text("")
-    (package / "transforms" / "v2" / "__init__.py").write_text("class ToTensor:\n    pass\n")
-
-
-def _tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(64, 128, 128), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(1, 2, 2),
-        transformer_layers_per_block=(1, 1, 2), cross_attention_dim=CONTEXT, norm_num_groups=32,
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=POOLED + 6 * 256,
-    ).eval()
-
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory: pytest.TempPathFactory):
     """ComfyUI imported in CPU mode from the read-only copy, every folder it writes or searches in tmp."""
-    import instantid.pipeline  # noqa: F401  (diffusers and transformers decide about torchvision once, before the stand-in)
-    from instantid.faces.tiny import write_tiny_antelopev2
-
-    root = tmp_path_factory.mktemp("comfyui")
-    stand_in = None
-    try:
-        import torchvision.transforms  # noqa: F401
-    except Exception:
-        stand_in = str(root / "stand-ins")
-        _torchvision_stand_in(root / "stand-ins")
-        sys.modules.pop("torchvision", None)
-    sys.path[:0] = [str(VENDOR)] + ([stand_in] if stand_in else [])
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
-        import comfy.controlnet
-        import comfy.model_management
-        import comfy.model_patcher
-        import comfy.sample
-        import comfy.samplers
-        import comfy.supported_models
-        import comfy.utils
-        import folder_paths
-        import nodes as comfy_nodes
-
-        if stand_in:  # imported by ComfyUI's cosmos model only; no other library may see it
-            sys.path.remove(stand_in)
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
-        for kind in ("output", "temp", "input", "user"):
-            (root / kind).mkdir()
-        folder_paths.set_output_directory(str(root / "output"))
-        folder_paths.set_temp_directory(str(root / "temp"))
-        folder_paths.set_input_directory(str(root / "input"))
-        folder_paths.set_user_directory(str(root / "user"))
-        from instantid.comfyui import nodes as ours
-
-        models = root / "models"
-        for name in ("instantid", "controlnet", "insightface"):
-            (models / name).mkdir(parents=True)
-            folder_paths.add_model_folder_path(name, str(models / name), is_default=True)
-        write_tiny_antelopev2(models / "insightface" / "models" / "antelopev2")
-        yield SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, ours=ours, models=models)
-    finally:
-        sys.path.remove(str(VENDOR))
+    with comfyui(VENDOR, tmp_path_factory.mktemp("comfyui")) as namespace:
+        yield namespace
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +42,7 @@ def stack(comfy):
     from instantid.tiny import draw_identitynet_weights
 
     c = comfy.comfy
-    unet = _tiny_unet()
+    unet = tiny_unet()
     identitynet = ControlNetModel.from_unet(unet).eval()
     draw_identitynet_weights(identitynet, seed=0)
     identitynet.save_pretrained(comfy.models / "controlnet" / "instantid-tiny")
@@ -152,29 +66,8 @@ def stack(comfy):
     return SimpleNamespace(unet=unet, identitynet=identitynet, model=model, loaded=loaded)
 
 
-def _identity(seed: int):
-    from instantid.faces import Face
-    from instantid.identity import Identity
-
-    embedding = np.random.default_rng(seed).standard_normal(512).astype(np.float32) * 5
-    face = Face(bbox=(32.0, 32.0, 96.0, 96.0), score=1.0, kps=KPS.astype(np.float32), embedding=embedding,
-                space="antelopev2-512")
-    return Identity(embedding=embedding, space="antelopev2-512", pose_face=face, pose_size=(SIZE, SIZE),
-                    references=(), fusion="mean")
-
-
-def _conditioning(seed: int) -> tuple[list, list, dict]:
-    gen = torch.Generator().manual_seed(seed)
-    size = {"width": SIZE, "height": SIZE}
-    text = {k: torch.randn(1, 77, CONTEXT, generator=gen) for k in ("positive", "negative")}
-    pooled = {k: torch.randn(1, POOLED, generator=gen) for k in ("positive", "negative")}
-    positive = [[text["positive"], {"pooled_output": pooled["positive"], **size}]]
-    negative = [[text["negative"], {"pooled_output": pooled["negative"], **size}]]
-    return positive, negative, {"text": text, "pooled": pooled}
-
-
 def _apply(comfy, stack, identity, ip_weight=0.8, cn_strength=0.8, mask=None, window=(0.0, 1.0)):
-    positive, negative, _ = _conditioning(1)
+    positive, negative, _ = make_conditioning(1)
     kps = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)[0]
     return comfy.ours.InstantIDApply().apply(
         stack.loaded.adapter, stack.loaded.identitynet, identity, stack.model, positive, negative, ip_weight,
@@ -235,7 +128,7 @@ def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> No
     from instantid.comfyui.adapter import cross_attention_layers
 
     before = stack.model.model_options["transformer_options"].copy()
-    patched, positive, negative = _apply(comfy, stack, _identity(0))
+    patched, positive, negative = _apply(comfy, stack, make_identity(0))
     assert patched is not stack.model and patched.model is stack.model.model
     assert stack.model.model_options["transformer_options"] == before and "patches_replace" not in before
     replace = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
@@ -257,9 +150,9 @@ def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> No
 
 
 def test_identitynet_reads_the_face_tokens_and_other_controlnets_the_text(comfy, stack) -> None:
-    identity = _identity(0)
+    identity = make_identity(0)
     (kps,) = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)
-    positive, negative, _ = _conditioning(1)
+    positive, negative, _ = make_conditioning(1)
     other = stack.loaded.identitynet.copy().set_cond_hint(kps.movedim(-1, 1), 0.5)  # a ControlNet applied before
     for conditioning in (positive, negative):
         conditioning[0][1]["control"] = other
@@ -281,16 +174,17 @@ def test_identitynet_reads_the_face_tokens_and_other_controlnets_the_text(comfy,
 
 
 def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, stack) -> None:
-    positive, negative, _ = _conditioning(1)
+    positive, negative, _ = make_conditioning(1)
     plain = _ksampler(comfy, stack.model, positive, negative)
-    runs = [_ksampler(comfy, *_apply(comfy, stack, _identity(seed))) for seed in (0, 1)]
+    runs = [_ksampler(comfy, *_apply(comfy, stack, make_identity(seed))) for seed in (0, 1)]
     assert all(torch.isfinite(r).all() for r in runs)
     assert not torch.allclose(runs[0], runs[1], atol=1e-4), "the identity changes the latents"
-    off = _ksampler(comfy, *_apply(comfy, stack, _identity(0), ip_weight=0.0, cn_strength=0.0))
+    off = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), ip_weight=0.0, cn_strength=0.0))
     assert torch.equal(off, plain)
-    closed = _ksampler(comfy, *_apply(comfy, stack, _identity(0), window=(1.0, 1.0)))  # a window after the last step
+    # a window after the last step, then one over the second step only
+    closed = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(1.0, 1.0)))
     assert torch.equal(closed, plain)
-    late = _ksampler(comfy, *_apply(comfy, stack, _identity(0), window=(0.5, 1.0)))  # the second step only
+    late = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(0.5, 1.0)))
     assert not torch.equal(late, plain) and not torch.allclose(late, runs[0], atol=1e-4)
 
 
@@ -300,7 +194,7 @@ def pipe(comfy, stack):
     from instantid.pipeline import StableDiffusionXLInstantIDPipeline
 
     pipe = StableDiffusionXLInstantIDPipeline(
-        vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=_tiny_unet(),
+        vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=tiny_unet(),
         controlnet=stack.identitynet, scheduler=None,
     )
     pipe.load_ip_adapter_instantid(comfy.models / "instantid" / "ip-adapter.bin", scale=1.0)
@@ -314,7 +208,7 @@ def _pipeline_denoised(pipe, x: torch.Tensor, t: int, sigma: float, people: list
     from instantid.attention import FaceCall, FaceRegion
     from instantid.denoise import StepInputs, denoise_step, face_tokens
 
-    _, _, text = _conditioning(1)
+    _, _, text = make_conditioning(1)
     regions, images = [], []
     with torch.no_grad():
         for embedding, kps, mask in people:
@@ -341,7 +235,7 @@ def _agree(denoised: torch.Tensor, expected: torch.Tensor, plain: torch.Tensor) 
 
 def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None:
     """Same latents, timestep, text and identity, with a face-region mask: ComfyUI + our nodes == our pipeline."""
-    identity = _identity(4)
+    identity = make_identity(4)
     mask = torch.zeros(SIZE, SIZE)
     mask[24:104, 32:96] = 1.0
     patched, positive, negative = _apply(comfy, stack, identity, ip_weight=0.7, cn_strength=0.9, mask=mask[None])
@@ -350,7 +244,7 @@ def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None
     x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
     (kps,) = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)
     expected = _pipeline_denoised(pipe, x, t, sigma, [(torch.from_numpy(identity.embedding), kps, mask)], 0.7, 0.9)
-    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1])
+    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
 
 
 def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
@@ -365,8 +259,8 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
     photo = np.zeros((640, 800, 3), np.float32)  # wider than the picture: ComfyUI crops its centre
     photo[288:384, 96:192] = photo[288:384, 416:512] = 1.0
     pose = torch.from_numpy(photo)[None]
-    people = [_identity(5), _identity(6)]
-    positive, negative, _ = _conditioning(1)
+    people = [make_identity(5), make_identity(6)]
+    positive, negative, _ = make_conditioning(1)
     patched, positive, negative, preview = ours.InstantIDApplyGroup().apply(
         stack.loaded.adapter, stack.loaded.identitynet, analyzer, pose, stack.model, positive, negative, 0.6, 0.8,
         0.0, 1.0, identity_1=people[0], identity_2=people[1],
@@ -387,7 +281,7 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
     inputs = [(torch.from_numpy(p.embedding), fitted(draw_kps(Image.new("RGB", size), f.kps), "nearest-exact")[None],
                fitted(r, "bilinear")[..., 0]) for p, f, r in zip(people, faces, regions, strict=True)]
     expected = _pipeline_denoised(pipe, x, t, sigma, inputs, 0.6, 0.8)
-    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *_conditioning(1)[:2], sigma)[1])
+    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
 
 
 def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
@@ -429,13 +323,13 @@ def test_errors_are_one_line(comfy, stack) -> None:
 
     other = load_face_adapter(FIXTURE / "ip-adapter.bin")  # made for another UNet
     with pytest.raises(IncompatibleWeightsError, match="needs") as misfit:
-        ours.InstantIDApply().apply(other, stack.loaded.identitynet, _identity(0), stack.model,
-                                    *_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
+        ours.InstantIDApply().apply(other, stack.loaded.identitynet, make_identity(0), stack.model,
+                                    *make_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
     errors.append(misfit.value)
-    dlib = replace(_identity(0), embedding=np.zeros(128, np.float32), space="dlib-128")
+    dlib = replace(make_identity(0), embedding=np.zeros(128, np.float32), space="dlib-128")
     with pytest.raises(EmbeddingSpaceError, match="antelopev2-512") as space:
         ours.InstantIDApply().apply(stack.loaded.adapter, stack.loaded.identitynet, dlib, stack.model,
-                                    *_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
+                                    *make_conditioning(1)[:2], 0.8, 0.8, 0.0, 1.0)
     errors.append(space.value)
     insightface = comfy.folder_paths.folder_names_and_paths["insightface"]
     saved = list(insightface[0])
