@@ -124,6 +124,23 @@ def test_loads_the_tiny_published_files(comfy, stack) -> None:
     assert (shared.spec.width, shared.spec.num_queries, shared.spec.embedding_dim) == (128, 16, 512)
 
 
+def test_identitynet_conversion_equals_comfyuis_own(comfy, stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A published-size IdentityNet goes through ComfyUI's own diffusers loader; ours, for sizes ComfyUI does not
+    list, must give the same network: made to list the tiny size, ComfyUI loads it itself, tensor for tensor."""
+    from instantid.comfyui.identitynet import load_identitynet
+
+    path = comfy.models / "controlnet" / "instantid-tiny" / "diffusion_pytorch_model.safetensors"
+    detection = comfy.comfy.model_detection
+    known = []
+    monkeypatch.setattr(detection, "unet_config_from_diffusers_unet",
+                        lambda sd, dtype=None: known.append(1) or {**UNET_CONFIG, "dtype": dtype})
+    native = load_identitynet(path)
+    assert known, "ComfyUI's own diffusers path was taken"
+    ours = stack.loaded.identitynet.control_model.state_dict()
+    theirs = native.control_model.state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> None:
     from instantid.comfyui.adapter import cross_attention_layers
 
@@ -306,6 +323,8 @@ def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
 def test_errors_are_one_line(comfy, stack) -> None:
     from dataclasses import replace
 
+    from safetensors.torch import save_file
+
     from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, MissingWeightsError, NoFaceError
 
     ours = comfy.ours
@@ -320,7 +339,12 @@ def test_errors_are_one_line(comfy, stack) -> None:
             ours.InstantIDAdapterLoader().load(name)
         errors.append(wrong.value)
     from instantid.comfyui.adapter import load_face_adapter
+    from instantid.comfyui.identitynet import load_identitynet
 
+    save_file({"weight": torch.zeros(2)}, comfy.models / "controlnet" / "not-a-controlnet.safetensors")
+    with pytest.raises(IncompatibleWeightsError, match="not an IdentityNet") as not_identitynet:
+        load_identitynet(comfy.models / "controlnet" / "not-a-controlnet.safetensors")
+    errors.append(not_identitynet.value)
     other = load_face_adapter(FIXTURE / "ip-adapter.bin")  # made for another UNet
     with pytest.raises(IncompatibleWeightsError, match="needs") as misfit:
         ours.InstantIDApply().apply(other, stack.loaded.identitynet, make_identity(0), stack.model,

@@ -93,16 +93,20 @@ def load_face_adapter(path: str | Path) -> FaceAdapter:
     state, metadata = load_adapter_state_dict(path)
     source = Path(path).name
     spec = inspect_adapter(state, source, metadata)
+    feed_forward = state["image_proj"].get("layers.0.1.1.weight")
+    if feed_forward is None:
+        raise IncompatibleWeightsError(f"face adapter {source}: its Resampler lacks 'layers.0.1.1.weight'")
     resampler = IPAdapterPlusImageProjection(
         embed_dims=spec.embedding_dim, output_dims=spec.output_dim, hidden_dims=spec.width, depth=spec.depth,
         dim_head=HEAD_DIM, heads=spec.heads, num_queries=spec.num_queries,
-        ffn_ratio=state["image_proj"]["layers.0.1.1.weight"].shape[0] / spec.width,
+        ffn_ratio=feed_forward.shape[0] / spec.width,
     )
     try:
         resampler.load_state_dict(_resampler_state(state["image_proj"], source), strict=True)
     except RuntimeError as exc:
         raise IncompatibleWeightsError(
-            f"face adapter {source}: its Resampler tensors do not fit together ({str(exc).splitlines()[0]})"
+            f"face adapter {source}: its Resampler tensors do not fit together "
+            f"({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
         ) from exc
     resampler.eval().requires_grad_(False)
     pairs: dict[int, dict[str, torch.Tensor]] = {}

@@ -74,13 +74,14 @@ def load_identitynet(path: str | Path) -> comfy.controlnet.ControlNet:
     try:
         sd = comfy.utils.load_torch_file(str(path), safe_load=True)
     except Exception as exc:  # safetensors and torch raise several types for a damaged file
-        raise IncompatibleWeightsError(f"cannot read IdentityNet {path.name}: {str(exc).splitlines()[0]}") from exc
-    if "controlnet_cond_embedding.conv_in.weight" in sd and comfy.model_detection.unet_config_from_diffusers_unet(
-        sd
-    ) is None:
-        sd = diffusers_to_ldm(sd)  # a size ComfyUI's own list of diffusers configurations lacks
-    net = comfy.controlnet.load_controlnet_state_dict(sd) if "zero_convs.0.0.weight" in sd else None
-    if not isinstance(net, comfy.controlnet.ControlNet):
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise IncompatibleWeightsError(f"cannot read IdentityNet {path.name}: {reason}") from exc
+    diffusers = "controlnet_cond_embedding.conv_in.weight" in sd
+    if diffusers and comfy.model_detection.unet_config_from_diffusers_unet(sd) is None:
+        sd, diffusers = diffusers_to_ldm(sd), False  # a size missing from ComfyUI's list of diffusers configurations
+    ldm = any(k in sd for k in ("zero_convs.0.0.weight", "control_model.zero_convs.0.0.weight"))
+    net = comfy.controlnet.load_controlnet_state_dict(sd) if diffusers or ldm else None
+    if not isinstance(net, comfy.controlnet.ControlNet) or not hasattr(net.control_model, "input_hint_block"):
         raise IncompatibleWeightsError(
             f"{path.name} is not an IdentityNet: expected an SDXL ControlNet (the published "
             "ControlNetModel/diffusion_pytorch_model.safetensors)"
