@@ -300,6 +300,17 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
     expected = _pipeline_denoised(pipe, x, t, sigma, inputs, 0.6, 0.8)
     _agree(denoised, expected, _one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
 
+    # Two Apply InstantID nodes in a row, each with its person's keypoints and region, stack into the same step.
+    model, positive, negative = stack.model, *make_conditioning(1)[:2]
+    for person, face, region in zip(people, faces, regions, strict=True):
+        kps = torch.from_numpy(np.asarray(draw_kps(Image.new("RGB", size), face.kps), dtype=np.float32) / 255)[None]
+        mask = torch.from_numpy(np.asarray(region.convert("L"), dtype=np.float32) / 255)[None]
+        model, positive, negative = ours.InstantIDApply().apply(
+            stack.loaded.adapter, stack.loaded.identitynet, person, model, positive, negative, 0.6, 0.8, 0.0, 1.0,
+            image_kps=kps, mask=mask)
+    chained = _one_evaluation(comfy, model, positive, negative, sigma)[1]
+    assert torch.allclose(chained, denoised, atol=1e-4, rtol=1e-4), (chained - denoised).abs().max()
+
 
 def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
     ours = comfy.ours

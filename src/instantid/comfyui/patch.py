@@ -13,6 +13,7 @@ hold only their own weights; ComfyUI moves patches between devices through their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import comfy.utils
@@ -89,18 +90,26 @@ class FaceConditioning:
 
 
 class FaceAttentionPatch:
-    """ComfyUI attn2 replace patch of one layer: text attention plus the face branch of each region."""
+    """ComfyUI attn2 replace patch of one layer: text attention plus the face branch of each region.
 
-    def __init__(self, layer: LayerKey, to_k: torch.Tensor, to_v: torch.Tensor, faces: FaceConditioning) -> None:
+    A patch already on the layer (an earlier Apply InstantID, another pack's IP-Adapter) is kept as ``previous``
+    and computes the first term, so patches stack rather than replace each other."""
+
+    def __init__(self, layer: LayerKey, to_k: torch.Tensor, to_v: torch.Tensor, faces: FaceConditioning,
+                 previous: Callable | None = None) -> None:
         self.layer = layer
         self.to_k = to_k  # (inner, D)
         self.to_v = to_v
         self.faces = faces
+        self.previous = previous
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
         precision = extra_options.get("attn_precision")
-        out = optimized_attention(q, k, v, heads, attn_precision=precision)
+        if self.previous is None:
+            out = optimized_attention(q, k, v, heads, attn_precision=precision)
+        else:
+            out = self.previous(q, k, v, extra_options)
         faces = self.faces
         if not faces.active(extra_options.get("sigmas")):
             return out
@@ -116,7 +125,9 @@ class FaceAttentionPatch:
         return out
 
     def to(self, device: torch.device | str) -> FaceAttentionPatch:
-        return FaceAttentionPatch(self.layer, self.to_k.to(device), self.to_v.to(device), self.faces.to(device))
+        previous = self.previous.to(device) if hasattr(self.previous, "to") else self.previous
+        return FaceAttentionPatch(self.layer, self.to_k.to(device), self.to_v.to(device), self.faces.to(device),
+                                  previous)
 
 
 def face_regions(adapter: FaceAdapter, embeddings: list[torch.Tensor], masks: list[torch.Tensor | None]
@@ -142,6 +153,8 @@ def patch_model(model, adapter: FaceAdapter, regions: tuple[FaceRegionTokens, ..
     faces = FaceConditioning(regions, float(strength), float(sampling.percent_to_sigma(start_at)),
                              float(sampling.percent_to_sigma(end_at)))
     patched = model.clone()
+    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for layer, (to_k, to_v) in zip(layers, adapter.weights, strict=True):
-        patched.set_model_attn2_replace(FaceAttentionPatch(layer.key, to_k, to_v, faces), *layer.key)
+        patch = FaceAttentionPatch(layer.key, to_k, to_v, faces, existing.get(layer.key))
+        patched.set_model_attn2_replace(patch, *layer.key)
     return patched
