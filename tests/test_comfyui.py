@@ -124,6 +124,41 @@ def test_loads_the_tiny_published_files(comfy, stack) -> None:
     assert (shared.spec.width, shared.spec.num_queries, shared.spec.embedding_dim) == (128, 16, 512)
 
 
+def test_published_sdxl_layers_pair_with_the_published_numbering(comfy) -> None:
+    """At SDXL's real size (built on the meta device): the adapter's checkpoint numbers (diffusers' processor
+    order, 1, 3, ..., 139) and ComfyUI's attn2 keys pair up as ComfyUI's own diffusers key map says."""
+    from diffusers import UNet2DConditionModel
+
+    from instantid.comfyui.adapter import cross_attention_layers
+
+    c = comfy.comfy
+    config = {**UNET_CONFIG, "model_channels": 320, "channel_mult": [1, 2, 4], "context_dim": 2048,
+              "adm_in_channels": 2816, "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+              "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10]}  # ComfyUI's SDXL
+    model = c.supported_models.SDXL(config)
+    model.set_inference_dtype(torch.float16, None)
+    ours = [layer.key for layer in cross_attention_layers(model.get_model({}, device="meta").diffusion_model)]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+        )
+    ldm = c.utils.unet_to_diffusers(config)
+    published = {}
+    for n, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            parts = ldm[name.replace(".processor", ".to_q.weight")].split(".")
+            if parts[0] == "middle_block":  # middle_block.1.transformer_blocks.<index>...
+                published[n] = ("middle", 0, int(parts[3]))
+            else:  # input_blocks.<id>.1.transformer_blocks.<index>...
+                published[n] = (parts[0].removesuffix("_blocks"), int(parts[1]), int(parts[4]))
+    assert sorted(published) == list(range(1, 140, 2))
+    assert [published[n] for n in sorted(published)] == ours
+
+
 def test_identitynet_conversion_equals_comfyuis_own(comfy, stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A published-size IdentityNet goes through ComfyUI's own diffusers loader; ours, for sizes ComfyUI does not
     list, must give the same network: made to list the tiny size, ComfyUI loads it itself, tensor for tensor."""
