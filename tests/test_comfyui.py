@@ -364,6 +364,20 @@ def test_face_identity_fuses_photos_and_reports_the_outlier(comfy) -> None:
     assert kps.shape == (1, 256, 256, 3) and kps.amax() == 1.0
     (layout,) = ours.InstantIDKeypoints().draw(256, 128, "frontal")
     assert layout.shape == (1, 128, 256, 3) and not torch.equal(layout[:, :, :128], layout[:, :, 128:])
+    pose = np.zeros_like(pixels)
+    pose[320:352, 448:480] = 1.0
+    pose = torch.from_numpy(pose)[None]
+    posed, _ = ours.InstantIDFaceIdentity().analyse(analyzer, photos[:1], "auto", -1, pose_image=pose)
+    assert posed.pose_face.bbox[0] > identity.pose_face.bbox[0], "the pose comes from the pose image"
+    assert np.array_equal(posed.embedding, identity.references[0].face.embedding), "the face from the photo"
+    (from_pose,) = ours.InstantIDKeypoints().draw(256, 256, "none", pose_image=pose, face_analyzer=analyzer)
+    assert torch.equal(from_pose, ours.InstantIDKeypoints().draw(256, 256, "none", identity=posed)[0])
+    assert not torch.equal(from_pose, kps)
+    from instantid.errors import InvalidInputError
+
+    for inputs in ({}, {"pose_image": pose}):
+        with pytest.raises(InvalidInputError):
+            ours.InstantIDKeypoints().draw(256, 256, "none", **inputs)
 
 
 def test_errors_are_one_line(comfy, stack) -> None:
