@@ -131,3 +131,57 @@ def comfyui(vendor: Path, root: Path) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(comfy=comfy, folder_paths=folder_paths, nodes=comfy_nodes, ours=ours, models=models)
     finally:
         sys.path.remove(str(vendor))
+
+
+def one_evaluation(comfy, model, positive, negative, sigma: float, cfg: float = 5.0):
+    """ComfyUI's own sampling path for exactly one model evaluation: (x it was given, guided denoised)."""
+    seen = {}
+
+    def once(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        seen["x"] = x.clone()
+        seen["denoised"] = model_k(x, sigmas[0] * x.new_ones(x.shape[0]), **(extra_args or {}))
+        return seen["denoised"]
+
+    c = comfy.comfy
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
+    c.sample.sample_custom(model, noise, cfg, c.samplers.KSAMPLER(once), torch.tensor([sigma, 0.0]), positive,
+                           negative, torch.zeros_like(noise), disable_pbar=True, seed=0)
+    return seen["x"], seen["denoised"]
+
+
+def ksampler(comfy, model, positive, negative) -> torch.Tensor:
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    (out,) = comfy.nodes.KSampler().sample(model, 7, 2, 5.0, "euler", "normal", positive, negative, latent)
+    return out["samples"]
+
+
+def pipeline_denoised(pipe, x: torch.Tensor, t: int, sigma: float, people: list, ip_weight: float,
+                       cn_strength: float) -> torch.Tensor:
+    """Our pipeline's guided denoise step as ComfyUI's denoised: ``x - sigma * eps`` (EPS model); ``people``
+    holds (embedding (E,), keypoint IMAGE at the picture size, mask at the picture size or None)."""
+    from instantid.attention import FaceCall, FaceRegion
+    from instantid.denoise import StepInputs, denoise_step, face_tokens
+
+    _, _, text = make_conditioning(1)
+    regions, images = [], []
+    with torch.no_grad():
+        for embedding, kps, mask in people:
+            embedding = embedding[None]
+            tokens = torch.cat([face_tokens(pipe.unet, torch.zeros_like(embedding)), face_tokens(pipe.unet, embedding)])
+            regions.append(FaceRegion(tokens, mask))
+            images.append(kps.movedim(-1, 1).repeat(2, 1, 1, 1))
+        inputs = StepInputs(
+            prompt_embeds=torch.cat([text["text"]["negative"], text["text"]["positive"]]),
+            added_cond={"text_embeds": torch.cat([text["pooled"]["negative"], text["pooled"]["positive"]]),
+                        "time_ids": torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)},
+            faces=FaceCall(tuple(regions), scale=ip_weight), identity_images=tuple(images), guidance_scale=5.0,
+        )
+        eps = denoise_step(pipe.unet, [pipe.controlnet], x / (sigma**2 + 1) ** 0.5, torch.tensor(float(t)), inputs,
+                           [cn_strength])
+    return x - sigma * eps
+
+
+def agree(denoised: torch.Tensor, expected: torch.Tensor, plain: torch.Tensor) -> None:
+    error = (denoised - expected).abs().max()
+    assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), error
+    assert (denoised - plain).abs().max() > 100 * error, "InstantID changes the step: the check is not vacuous"

@@ -14,7 +14,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _comfyui import CONTEXT, SIZE, UNET_CONFIG, comfyui, make_conditioning, make_identity, tiny_unet
+from _comfyui import (
+    CONTEXT,
+    SIZE,
+    UNET_CONFIG,
+    agree,
+    comfyui,
+    ksampler,
+    make_conditioning,
+    make_identity,
+    one_evaluation,
+    pipeline_denoised,
+    tiny_unet,
+)
 from PIL import Image
 
 VENDOR = Path(__file__).resolve().parents[1].parent / "shared" / "vendor" / "comfyui"
@@ -73,28 +85,6 @@ def _apply(comfy, stack, identity, ip_weight=0.8, cn_strength=0.8, mask=None, wi
         stack.loaded.adapter, stack.loaded.identitynet, identity, stack.model, positive, negative, ip_weight,
         cn_strength, *window, image_kps=kps, mask=mask,
     )
-
-
-def _one_evaluation(comfy, model, positive, negative, sigma: float, cfg: float = 5.0):
-    """ComfyUI's own sampling path for exactly one model evaluation: (x it was given, guided denoised)."""
-    seen = {}
-
-    def once(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
-        seen["x"] = x.clone()
-        seen["denoised"] = model_k(x, sigmas[0] * x.new_ones(x.shape[0]), **(extra_args or {}))
-        return seen["denoised"]
-
-    c = comfy.comfy
-    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3))
-    c.sample.sample_custom(model, noise, cfg, c.samplers.KSAMPLER(once), torch.tensor([sigma, 0.0]), positive,
-                           negative, torch.zeros_like(noise), disable_pbar=True, seed=0)
-    return seen["x"], seen["denoised"]
-
-
-def _ksampler(comfy, model, positive, negative) -> torch.Tensor:
-    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
-    (out,) = comfy.nodes.KSampler().sample(model, 7, 2, 5.0, "euler", "normal", positive, negative, latent)
-    return out["samples"]
 
 
 def test_node_contracts(comfy, stack) -> None:
@@ -197,7 +187,7 @@ def test_apply_clones_and_patches_exactly_the_adapter_layers(comfy, stack) -> No
 
     for key, patch in list(replace.items()):
         replace[key] = counted(key, patch)
-    _one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
+    one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
     assert calls == {key: 1 for key in layers}, "every adapter layer once per evaluation (cond and uncond batched)"
 
 
@@ -215,7 +205,7 @@ def test_identitynet_reads_the_face_tokens_and_other_controlnets_the_text(comfy,
     hook = stack.loaded.identitynet.control_model.register_forward_pre_hook(
         lambda module, args, kwargs: contexts.append(kwargs["context"].clone()), with_kwargs=True)
     try:
-        _one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
+        one_evaluation(comfy, patched, positive, negative, sigma=float(stack.model.model.model_sampling.sigmas[500]))
     finally:
         hook.remove()
     text, faces = sorted(contexts, key=lambda context: -context.shape[1])
@@ -227,16 +217,16 @@ def test_identitynet_reads_the_face_tokens_and_other_controlnets_the_text(comfy,
 
 def test_ksampler_runs_changes_with_identity_and_strength_zero_is_plain(comfy, stack) -> None:
     positive, negative, _ = make_conditioning(1)
-    plain = _ksampler(comfy, stack.model, positive, negative)
-    runs = [_ksampler(comfy, *_apply(comfy, stack, make_identity(seed))) for seed in (0, 1)]
+    plain = ksampler(comfy, stack.model, positive, negative)
+    runs = [ksampler(comfy, *_apply(comfy, stack, make_identity(seed))) for seed in (0, 1)]
     assert all(torch.isfinite(r).all() for r in runs)
     assert not torch.allclose(runs[0], runs[1], atol=1e-4), "the identity changes the latents"
-    off = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), ip_weight=0.0, cn_strength=0.0))
+    off = ksampler(comfy, *_apply(comfy, stack, make_identity(0), ip_weight=0.0, cn_strength=0.0))
     assert torch.equal(off, plain)
     # a window after the last step, then one over the second step only
-    closed = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(1.0, 1.0)))
+    closed = ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(1.0, 1.0)))
     assert torch.equal(closed, plain)
-    late = _ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(0.5, 1.0)))
+    late = ksampler(comfy, *_apply(comfy, stack, make_identity(0), window=(0.5, 1.0)))
     assert not torch.equal(late, plain) and not torch.allclose(late, runs[0], atol=1e-4)
 
 
@@ -253,38 +243,6 @@ def pipe(comfy, stack):
     return pipe
 
 
-def _pipeline_denoised(pipe, x: torch.Tensor, t: int, sigma: float, people: list, ip_weight: float,
-                       cn_strength: float) -> torch.Tensor:
-    """Our pipeline's guided denoise step as ComfyUI's denoised: ``x - sigma * eps`` (EPS model); ``people``
-    holds (embedding (E,), keypoint IMAGE at the picture size, mask at the picture size or None)."""
-    from instantid.attention import FaceCall, FaceRegion
-    from instantid.denoise import StepInputs, denoise_step, face_tokens
-
-    _, _, text = make_conditioning(1)
-    regions, images = [], []
-    with torch.no_grad():
-        for embedding, kps, mask in people:
-            embedding = embedding[None]
-            tokens = torch.cat([face_tokens(pipe.unet, torch.zeros_like(embedding)), face_tokens(pipe.unet, embedding)])
-            regions.append(FaceRegion(tokens, mask))
-            images.append(kps.movedim(-1, 1).repeat(2, 1, 1, 1))
-        inputs = StepInputs(
-            prompt_embeds=torch.cat([text["text"]["negative"], text["text"]["positive"]]),
-            added_cond={"text_embeds": torch.cat([text["pooled"]["negative"], text["pooled"]["positive"]]),
-                        "time_ids": torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]] * 2, dtype=torch.float32)},
-            faces=FaceCall(tuple(regions), scale=ip_weight), identity_images=tuple(images), guidance_scale=5.0,
-        )
-        eps = denoise_step(pipe.unet, [pipe.controlnet], x / (sigma**2 + 1) ** 0.5, torch.tensor(float(t)), inputs,
-                           [cn_strength])
-    return x - sigma * eps
-
-
-def _agree(denoised: torch.Tensor, expected: torch.Tensor, plain: torch.Tensor) -> None:
-    error = (denoised - expected).abs().max()
-    assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), error
-    assert (denoised - plain).abs().max() > 100 * error, "InstantID changes the step: the check is not vacuous"
-
-
 def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None:
     """Same latents, timestep, text and identity, with a face-region mask: ComfyUI + our nodes == our pipeline."""
     identity = make_identity(4)
@@ -293,10 +251,10 @@ def test_one_step_agrees_with_our_diffusers_pipeline(comfy, stack, pipe) -> None
     patched, positive, negative = _apply(comfy, stack, identity, ip_weight=0.7, cn_strength=0.9, mask=mask[None])
     t = 600
     sigma = float(stack.model.model.model_sampling.sigmas[t])
-    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
+    x, denoised = one_evaluation(comfy, patched, positive, negative, sigma)
     (kps,) = comfy.ours.InstantIDKeypoints().draw(SIZE, SIZE, "none", identity=identity)
-    expected = _pipeline_denoised(pipe, x, t, sigma, [(torch.from_numpy(identity.embedding), kps, mask)], 0.7, 0.9)
-    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
+    expected = pipeline_denoised(pipe, x, t, sigma, [(torch.from_numpy(identity.embedding), kps, mask)], 0.7, 0.9)
+    agree(denoised, expected, one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
 
 
 def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
@@ -320,7 +278,7 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
     assert preview.shape == (1, 640, 800, 3)
     t = 400
     sigma = float(stack.model.model.model_sampling.sigmas[t])
-    x, denoised = _one_evaluation(comfy, patched, positive, negative, sigma)
+    x, denoised = one_evaluation(comfy, patched, positive, negative, sigma)
 
     faces, size = group_poses(analyzer, Image.fromarray((photo * 255).astype(np.uint8)), 2)
     regions = nearest_face_regions([f.kps.mean(axis=0) for f in faces], size)
@@ -332,8 +290,8 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
 
     inputs = [(torch.from_numpy(p.embedding), fitted(draw_kps(Image.new("RGB", size), f.kps), "nearest-exact")[None],
                fitted(r, "bilinear")[..., 0]) for p, f, r in zip(people, faces, regions, strict=True)]
-    expected = _pipeline_denoised(pipe, x, t, sigma, inputs, 0.6, 0.8)
-    _agree(denoised, expected, _one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
+    expected = pipeline_denoised(pipe, x, t, sigma, inputs, 0.6, 0.8)
+    agree(denoised, expected, one_evaluation(comfy, stack.model, *make_conditioning(1)[:2], sigma)[1])
 
     # Two Apply InstantID nodes in a row, each with its person's keypoints and region, stack into the same step.
     model, positive, negative = stack.model, *make_conditioning(1)[:2]
@@ -343,7 +301,7 @@ def test_several_people_agree_with_our_pipeline(comfy, stack, pipe) -> None:
         model, positive, negative = ours.InstantIDApply().apply(
             stack.loaded.adapter, stack.loaded.identitynet, person, model, positive, negative, 0.6, 0.8, 0.0, 1.0,
             image_kps=kps, mask=mask)
-    chained = _one_evaluation(comfy, model, positive, negative, sigma)[1]
+    chained = one_evaluation(comfy, model, positive, negative, sigma)[1]
     assert torch.allclose(chained, denoised, atol=1e-4, rtol=1e-4), (chained - denoised).abs().max()
 
 
