@@ -51,8 +51,8 @@ else
   pip_install "torch==2.13.0"
 fi
 
-step "the project and its dev tools (pip install -e .[dev]; a few minutes on a fresh machine)"
-pip_install -e ".[dev]"
+step "the project, its dev tools and ComfyUI's dependencies (pip install -e .[dev,comfyui]; a few minutes on a fresh machine)"
+pip_install -e ".[dev,comfyui]"
 
 # Debian programs for the tests: installed where we may (root with apt-get), skipped quietly when present.
 step "Debian packages for the tests (chromium, redis-server)"
