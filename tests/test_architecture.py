@@ -173,7 +173,8 @@ print("FAILED", *failed)
 def test_every_module_imports_first_in_a_fresh_process():
     """No import order in which a circle would bite: each module imported before any other of the package."""
     modules = module_names()
-    names = sorted(m for m in modules if not m.endswith("__main__"))
+    # The ComfyUI nodes import ComfyUI's own modules: they load inside ComfyUI (tests/test_comfyui.py does that).
+    names = sorted(m for m in modules if not m.endswith("__main__") and not m.startswith("instantid.comfyui"))
     libraries: dict[str, set[str]] = {}
     for path in modules.values():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

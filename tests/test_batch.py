@@ -47,7 +47,7 @@ def loads(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts["model"] += 1
         return model
 
-    monkeypatch.setattr(ModelSettings, "load", load)
+    monkeypatch.setattr("instantid.api.loader.load_model", load)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: CountingAnalyzer())
     return counts
 

@@ -8,19 +8,10 @@ from pathlib import Path
 import pytest
 
 from instantid.api.settings import GenerationSettings
-from instantid.apps.batch import (
-    SETTING_NAMES,
-    BatchTask,
-    Failure,
-    IdentitySpec,
-    PromptSpec,
-    load_job,
-    plan,
-    read_text,
-    slug,
-    task_digest,
-)
+from instantid.apps.batch import load_job, plan, task_digest
+from instantid.apps.batch_file import SETTING_NAMES, BatchTask, Failure, IdentitySpec, PromptSpec, read_text
 from instantid.errors import InvalidInputError
+from instantid.io.outputs import slug
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

@@ -17,7 +17,7 @@ from instantid.cli import main
 def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     from instantid.api.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
     return model
 
@@ -58,7 +58,7 @@ def test_a_missing_photo_is_a_bad_row_before_any_model_loads(tmp_path: Path, mon
         raise AssertionError("a model loaded although no row can be made")
 
     monkeypatch.setattr(ModelSettings, "face_analyzer", refuse)
-    monkeypatch.setattr(ModelSettings, "load", refuse)
+    monkeypatch.setattr("instantid.api.loader.load_model", refuse)
     job = tmp_path / "job.csv"
     job.write_text(f"identity,photos,prompt\nme,{tmp_path / 'typo.jpg'},a portrait\n")
     assert main(["batch", str(job), "-o", str(tmp_path / "out")]) == 1

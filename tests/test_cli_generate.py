@@ -33,7 +33,7 @@ def shared_model(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         loads.append("model")
         return demo_model(demo_dir)
 
-    monkeypatch.setattr(ModelSettings, "load", load)
+    monkeypatch.setattr("instantid.api.loader.load_model", load)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: demo_model(demo_dir).analyzer)
     return loads
 
@@ -292,10 +292,9 @@ def test_every_command_module_is_registered() -> None:
 def test_face_model_the_published_adapter_cannot_use_is_refused_before_loading(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from instantid.api.model_settings import ModelSettings
 
     loads: list[str] = []
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append("model"))
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: loads.append("model"))
     assert main(["generate", str(FACE), "--face-backend", "dlib", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: the published face adapter needs antelopev2-512 face embeddings but the face model is "

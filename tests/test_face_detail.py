@@ -100,7 +100,7 @@ def test_detail_command_writes_refined_pictures_and_reports_faceless_ones(app, t
     from instantid.cli import main
     from instantid.io.outputs import read_metadata
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: app)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: app)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
     picture = tmp_path / "full_body.png"
     _picture_with_a_small_face().save(picture)
@@ -170,11 +170,10 @@ def test_generate_records_the_face_detail_pass(app, person):
 
 
 def test_detail_command_with_no_face_anywhere_stops_before_loading(tmp_path, monkeypatch, capsys):
-    from instantid.api.model_settings import ModelSettings
     from instantid.cli import main
 
     loads = []
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: loads.append(1))
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: loads.append(1))
     code = main(["detail", str(FACES / "edge_no_face_noise.png"), "--demo", "--face", str(FACES / "obama_1.jpg"),
                  "-o", str(tmp_path)])
     assert code == 2 and loads == [] and "no face found in edge_no_face_noise.png" in capsys.readouterr().err

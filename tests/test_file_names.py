@@ -65,7 +65,7 @@ def test_image_stem_names_prompts_and_pictures() -> None:
 def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     from instantid.api.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
     return model
 

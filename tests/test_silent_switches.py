@@ -18,7 +18,7 @@ def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Every CLI model load returns the session's demo model."""
     from instantid.api.model_settings import ModelSettings
 
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: model)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
     return model
 

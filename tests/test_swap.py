@@ -167,7 +167,7 @@ def loads(app, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from instantid.api.model_settings import ModelSettings
 
     seen: list[str] = []
-    monkeypatch.setattr(ModelSettings, "load", lambda self, analyzer=None: seen.append("model") or app)
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: seen.append("model") or app)
     monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: app.analyzer)
     return seen
 

@@ -181,13 +181,12 @@ def test_outputs_folder_problems_are_one_line(tmp_path: Path) -> None:
 
 def test_ui_command_checks_the_folder_before_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from instantid.api.model_settings import ModelSettings
     from instantid.cli import main
 
     def no_load(self: Any) -> Any:
         raise AssertionError("loaded the model before checking --out")
 
-    monkeypatch.setattr(ModelSettings, "load", no_load)
+    monkeypatch.setattr("instantid.api.loader.load_model", no_load)
     (tmp_path / "file").write_text("x")
     assert main(["ui", "--demo", "--out", str(tmp_path / "file" / "sub")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
