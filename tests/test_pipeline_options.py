@@ -387,3 +387,53 @@ def test_resampler_is_part_of_the_unet_for_offload_and_to(fixture_pipe):
     """CPU offload and .to() move the UNet's submodules; the published code kept the Resampler outside."""
     resampler = fixture_pipe.unet.encoder_hid_proj.image_projection_layers[0]
     assert any(m is resampler for m in fixture_pipe.unet.modules())
+
+
+def test_each_pipeline_takes_diffusers_arguments_in_diffusers_order():
+    """The arguments are declared once (CallRequest); each pipeline's signature is derived from it and keeps the
+    order of the diffusers pipeline it is a drop-in for, so positional calls mean the same; its own come last."""
+    import inspect
+
+    import diffusers
+
+    from instantid.pipelines.inpaint import StableDiffusionXLInstantIDInpaintPipeline
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline, StableDiffusionXLInstantIDPipeline
+
+    pairs = ((StableDiffusionXLInstantIDPipeline, diffusers.StableDiffusionXLControlNetPipeline),
+             (StableDiffusionXLInstantIDImg2ImgPipeline, diffusers.StableDiffusionXLControlNetImg2ImgPipeline),
+             (StableDiffusionXLInstantIDInpaintPipeline, diffusers.StableDiffusionXLControlNetInpaintPipeline))
+    for ours, theirs in pairs:
+        our = inspect.signature(ours.__call__).parameters
+        their = inspect.signature(theirs.__call__).parameters
+        shared = [name for name in their if name in our and name != "kwargs"]
+        assert [name for name in our if name in their and name != "kwargs"] == shared, ours.__name__
+        # what diffusers takes and these do not: CLIP-image IP-Adapters (the face adapter takes embeddings),
+        # custom schedules and refiner hand-over (denoising_start/end)
+        assert set(their) - set(our) <= {"ip_adapter_image", "ip_adapter_image_embeds", "denoising_start",
+                                         "denoising_end", "guidance_rescale", "timesteps", "sigmas"}, ours.__name__
+        for name in shared:
+            if name in ("controlnet_conditioning_scale", "strength", "guidance_scale", "image", "control_image"):
+                continue  # the published InstantID demo's defaults, not diffusers'
+            ours_default, theirs_default = our[name].default, their[name].default
+            if isinstance(theirs_default, list):  # a tuple here: a default is never a shared mutable list
+                ours_default = list(ours_default)
+            assert ours_default == theirs_default, (ours.__name__, name)
+    text_to_image = list(inspect.signature(StableDiffusionXLInstantIDPipeline.__call__).parameters)
+    assert text_to_image[-6:] == ["image_embeds_weights", "ip_adapter_scale", "control_mask", "identities",
+                                  "controlnet_cache_interval", "kwargs"]
+    image_to_image = inspect.signature(StableDiffusionXLInstantIDImg2ImgPipeline.__call__).parameters
+    assert image_to_image["controlnet_conditioning_scale"].default == 0.8
+    assert inspect.signature(StableDiffusionXLInstantIDPipeline.__call__).parameters[
+        "controlnet_conditioning_scale"].default == 1.0
+
+
+def test_positional_arguments_bind_as_in_the_published_pipeline(fixture_pipe, embedding):
+    """``pipe(prompt, prompt_2, image, height, width, steps, guidance, ...)`` positionally: each value lands where
+    the published pipeline puts it (a wrong order would run with the steps as the height, or fail)."""
+    by_name = run(fixture_pipe, embedding, num_inference_steps=2, guidance_scale=3.0, height=64, width=96,
+                  negative_prompt="blurry")
+    positional = fixture_pipe("a portrait", None, kps_image(), 64, 96, 2, 3.0, "blurry", None, 1, 0.0,
+                              torch.Generator("cpu").manual_seed(0), image_embeds=embedding, output_type="latent",
+                              controlnet_conditioning_scale=0.8, ip_adapter_scale=0.8).images
+    assert positional.shape == (1, 4, 8, 12)
+    assert torch.equal(by_name, positional)

@@ -23,9 +23,8 @@ without loading anything again (``from_pipe`` shares every module, the face adap
 from __future__ import annotations
 
 import dataclasses
-import math
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,7 +34,14 @@ from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
-from instantid.pipelines.call import CallRequest, CallState, EmbeddingInput, MaskInput, Person, size_or
+from instantid.pipelines.call import (
+    INPAINT,
+    CallRequest,
+    CallState,
+    check_strength,
+    instantid_call,
+    size_or,
+)
 from instantid.pipelines.sdxl import InstantIDMixin, StableDiffusionXLInstantIDImg2ImgPipeline
 
 LATENT_CHANNELS = 4
@@ -88,71 +94,23 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         )
 
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        prompt_2: str | list[str] | None = None,
-        image: Any = None,
-        mask_image: Any = None,
-        control_image: Any = None,
-        height: int | None = None,
-        width: int | None = None,
-        strength: float = 0.9999,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        negative_prompt: str | list[str] | None = None,
-        negative_prompt_2: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        image_embeds: EmbeddingInput | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 0.8,
-        guess_mode: bool = False,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        original_size: tuple[int, int] | None = None,
-        crops_coords_top_left: tuple[int, int] = (0, 0),
-        target_size: tuple[int, int] | None = None,
-        negative_original_size: tuple[int, int] | None = None,
-        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
-        negative_target_size: tuple[int, int] | None = None,
-        aesthetic_score: float = 6.0,
-        negative_aesthetic_score: float = 2.5,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        image_embeds_weights: Sequence[float] | None = None,
-        ip_adapter_scale: float | None = None,
-        control_mask: MaskInput | None = None,
-        identities: Sequence[Person] | None = None,
-        controlnet_cache_interval: int = 1,
-        padding_mask_crop: int | None = None,
-        **kwargs: Any,
-    ) -> StableDiffusionXLPipelineOutput | tuple:
+    @instantid_call(INPAINT)
+    def __call__(self, req: CallRequest, kwargs: dict[str, Any]) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint the masked part of ``image``; the rest keeps the image's content. Sizes default to the
         keypoint picture's; ``image`` and ``mask_image`` are resized to them. With ``padding_mask_crop`` (diffusers'
         argument) only a box around the mask is repainted, at the model's size, and pasted back: see
         :meth:`_call_in_mask_crop`. ``controlnet_cache_interval``: as text-to-image."""
         # 0. diffusers' padding_mask_crop: this call again on the box around the mask, then pasted back.
-        if padding_mask_crop is not None:
-            arguments = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "padding_mask_crop")}
-            return self._call_in_mask_crop(padding_mask_crop, arguments, kwargs)
+        if req.padding_mask_crop is not None:
+            arguments = req.arguments(INPAINT)
+            del arguments["padding_mask_crop"]
+            return self._call_in_mask_crop(req.padding_mask_crop, arguments, kwargs)
 
         # 1. Check inputs (cheap, before anything runs).
-        req = CallRequest.of(locals(), keypoints=control_image)
         self._check(req, kwargs)
-        if image is None or mask_image is None:
+        if req.init_image is None or req.mask_image is None:
             raise InvalidInputError("image (the picture to repaint) and mask_image (white = repaint) are required")
-        if not 0 < strength <= 1:
-            raise InvalidInputError(f"strength must be in (0, 1], got {strength}")
+        check_strength(req.strength)
         channels = self.unet.config.in_channels
         if channels not in (LATENT_CHANNELS, INPAINT_UNET_CHANNELS):
             raise InvalidInputError(f"the UNet has {channels} input channels; inpainting needs 4 or 9")
@@ -163,43 +121,35 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         # 3. Control images decide the size; the image and the mask are resized to it.
         images = self._prepare_control_images(req, enc)
         height, width = images[0][0].shape[-2:]
-        init = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
-        mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
+        init = self.image_processor.preprocess(req.init_image, height=height, width=width).to(torch.float32)
+        mask = self.mask_processor.preprocess(req.mask_image, height=height, width=width)
         masked_image = init * (mask < 0.5)
 
         # 4. Timesteps cut by strength; latents from the image noised to the first one (pure noise at 1).
-        self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
-        requested = num_inference_steps
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
-        if len(timesteps) == 0:
-            raise InvalidInputError(
-                f"strength {strength} leaves no denoising step at {requested} step(s): "
-                f"give at least {math.ceil(1 / strength)} steps or a higher strength"
-            )
-        self._num_timesteps = len(timesteps)
+        timesteps = self._strength_timesteps(req, enc.device)
         latents, noise, *image_latents = self.prepare_latents(
-            enc.total, LATENT_CHANNELS, height, width, enc.dtype, enc.device, generator, latents, image=init,
-            timestep=timesteps[:1].repeat(enc.total), is_strength_max=strength == 1.0, return_noise=True,
-            return_image_latents=channels == LATENT_CHANNELS,
+            enc.total, LATENT_CHANNELS, height, width, enc.dtype, enc.device, req.generator, req.latents,
+            image=init, timestep=timesteps[:1].repeat(enc.total), is_strength_max=req.strength == 1.0,
+            return_noise=True, return_image_latents=channels == LATENT_CHANNELS,
         )
 
         # 5. The mask at latent size (and the masked image's latents), doubled under guidance.
         mask, masked_latents = self.prepare_mask_latents(
-            mask, masked_image, enc.total, height, width, enc.dtype, enc.device, generator,
+            mask, masked_image, enc.total, height, width, enc.dtype, enc.device, req.generator,
             self.do_classifier_free_guidance,
         )
 
         # 6. SDXL micro-conditioning (sizes, or aesthetic scores for refiner-style bases).
-        original = size_or(original_size, (height, width))
-        target = size_or(target_size, (height, width))
+        original = size_or(req.original_size, (height, width))
+        target = size_or(req.target_size, (height, width))
         add_time_ids, negative_time_ids = self._get_add_time_ids(
-            original, tuple(crops_coords_top_left), target, aesthetic_score, negative_aesthetic_score,
+            original, tuple(req.crops_coords_top_left), target, req.aesthetic_score, req.negative_aesthetic_score,
             dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
         )
-        if negative_original_size is not None and negative_target_size is not None:
+        if req.negative_original_size is not None and req.negative_target_size is not None:
             _, negative_time_ids = self._get_add_time_ids(
-                tuple(negative_original_size), tuple(negative_crops_coords_top_left), tuple(negative_target_size),
-                aesthetic_score, negative_aesthetic_score, dtype=enc.dtype,
+                tuple(req.negative_original_size), tuple(req.negative_crops_coords_top_left),
+                tuple(req.negative_target_size), req.aesthetic_score, req.negative_aesthetic_score, dtype=enc.dtype,
                 text_encoder_projection_dim=enc.projection_dim,
             )
 
@@ -207,10 +157,10 @@ class StableDiffusionXLInstantIDInpaintPipeline(InstantIDMixin, StableDiffusionX
         state = self._call_state(req, enc, images, add_time_ids, negative_time_ids, len(timesteps), None, kwargs)
         if channels == INPAINT_UNET_CHANNELS:
             with _extra_unet_channels(self.unet, torch.cat([mask, masked_latents], dim=1)):
-                return self._finish(state, latents, timesteps, output_type, return_dict)
+                return self._finish(state, latents, timesteps, req.output_type, req.return_dict)
         keep = mask.chunk(2)[0] if self.do_classifier_free_guidance else mask
         state = self._with_blend(state, image_latents[0], noise, keep, timesteps)
-        return self._finish(state, latents, timesteps, output_type, return_dict)
+        return self._finish(state, latents, timesteps, req.output_type, req.return_dict)
 
     def _call_in_mask_crop(self, pad: int, arguments: dict[str, Any], kwargs: dict[str, Any]) -> Any:
         """diffusers' ``padding_mask_crop``, as its SDXL inpainting pipelines read it: the mask's bounding box,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from instantid.core.attention import (
     prepare_faces,
 )
 from instantid.core.denoise import StepInputs, denoise_step
+from instantid.errors import InvalidInputError
 from instantid.pipelines.call import CallRequest, CallState, Encoded
 
 
@@ -64,6 +66,19 @@ class SamplingMixin:
             callback_inputs=tuple(req.callback_on_step_end_tensor_inputs),
             legacy_callback=extra.get("callback"), legacy_callback_steps=extra.get("callback_steps") or 1,
         )
+
+    def _strength_timesteps(self, req: CallRequest, device: torch.device) -> torch.Tensor:
+        """The repainting pipelines' timesteps: the schedule cut by ``strength``, as diffusers cuts it; a cut that
+        leaves no step is one line naming the steps that would run one."""
+        self.scheduler.set_timesteps(req.num_inference_steps, device=device)
+        timesteps, _ = self.get_timesteps(req.num_inference_steps, req.strength, device)
+        if len(timesteps) == 0:
+            raise InvalidInputError(
+                f"strength {req.strength} leaves no denoising step at {req.num_inference_steps} step(s): "
+                f"give at least {math.ceil(1 / req.strength)} steps or a higher strength"
+            )
+        self._num_timesteps = len(timesteps)
+        return timesteps
 
     def _denoise(self, state: CallState, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The sampling loop shared by both pipelines: one :func:`denoise_step` per timestep."""

@@ -23,8 +23,7 @@ published ``_full`` pipeline does; its basic pipeline feeds them to every net).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,14 @@ from instantid.core.attention import (
     face_processors,
 )
 from instantid.errors import InvalidInputError
-from instantid.pipelines.call import CallRequest, EmbeddingInput, MaskInput, Person, size_or
+from instantid.pipelines.call import (
+    IMAGE_TO_IMAGE,
+    TEXT_TO_IMAGE,
+    CallRequest,
+    check_strength,
+    instantid_call,
+    size_or,
+)
 from instantid.pipelines.checks import CheckMixin
 from instantid.pipelines.control import ControlMixin
 from instantid.pipelines.encoding import EncodeMixin
@@ -160,55 +166,14 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
     """InstantID text-to-image for SDXL (drop-in for the published ``StableDiffusionXLInstantIDPipeline``)."""
 
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        prompt_2: str | list[str] | None = None,
-        image: Any = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        negative_prompt: str | list[str] | None = None,
-        negative_prompt_2: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        image_embeds: EmbeddingInput | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 1.0,
-        guess_mode: bool = False,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        original_size: tuple[int, int] | None = None,
-        crops_coords_top_left: tuple[int, int] = (0, 0),
-        target_size: tuple[int, int] | None = None,
-        negative_original_size: tuple[int, int] | None = None,
-        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
-        negative_target_size: tuple[int, int] | None = None,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        image_embeds_weights: Sequence[float] | None = None,
-        ip_adapter_scale: float | None = None,
-        control_mask: MaskInput | None = None,
-        identities: Sequence[Person] | None = None,
-        controlnet_cache_interval: int = 1,
-        **kwargs: Any,
-    ) -> StableDiffusionXLPipelineOutput | tuple:
+    @instantid_call(TEXT_TO_IMAGE)
+    def __call__(self, req: CallRequest, kwargs: dict[str, Any]) -> StableDiffusionXLPipelineOutput | tuple:
         """Generate images of the person whose embedding is ``image_embeds``, posed by the keypoint picture
         ``image`` (see :func:`instantid.draw_kps`); or of several people, ``identities=[Person(...), ...]``.
-        The published arguments keep their order and meaning; InstantID's own come last.
+        The published arguments keep their order and meaning; InstantID's own come last (the arguments are
+        declared once, in :class:`~instantid.pipelines.call.CallRequest`).
         ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only."""
         # 1. Check inputs (cheap, before anything runs).
-        req = CallRequest.of(locals(), keypoints=image)
         self._check(req, kwargs)
 
         # 2. Encode the prompt (or take the given embeddings) and the faces (embedding -> tokens, once).
@@ -219,14 +184,14 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
         height, width = images[0][0].shape[-2:]
 
         # 4. Timesteps and initial noise.
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, enc.device)
+        timesteps, _ = retrieve_timesteps(self.scheduler, req.num_inference_steps, enc.device)
         self._num_timesteps = len(timesteps)
         latents = self.prepare_latents(
-            enc.total, self.unet.config.in_channels, height, width, enc.dtype, enc.device, generator, latents
+            enc.total, self.unet.config.in_channels, height, width, enc.dtype, enc.device, req.generator, req.latents
         )
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
-            scale = torch.tensor(guidance_scale - 1).repeat(enc.total)
+            scale = torch.tensor(req.guidance_scale - 1).repeat(enc.total)
             timestep_cond = self.get_guidance_scale_embedding(
                 scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=enc.device, dtype=latents.dtype)
@@ -234,82 +199,35 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
         # 5. SDXL micro-conditioning, as diffusers: sizes default to the output's; the negative ones apply
         # only when both negative_original_size and negative_target_size are given.
         add_time_ids = self._get_add_time_ids(
-            size_or(original_size, (height, width)), tuple(crops_coords_top_left),
-            size_or(target_size, (height, width)), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
+            size_or(req.original_size, (height, width)), tuple(req.crops_coords_top_left),
+            size_or(req.target_size, (height, width)), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
         )
         negative_time_ids = add_time_ids
-        if negative_original_size is not None and negative_target_size is not None:
+        if req.negative_original_size is not None and req.negative_target_size is not None:
             negative_time_ids = self._get_add_time_ids(
-                tuple(negative_original_size), tuple(negative_crops_coords_top_left), tuple(negative_target_size),
-                dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
+                tuple(req.negative_original_size), tuple(req.negative_crops_coords_top_left),
+                tuple(req.negative_target_size), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
             )
 
         # 6. Freeze the call and denoise, 7. decode.
         state = self._call_state(req, enc, images, add_time_ids, negative_time_ids, len(timesteps), timestep_cond,
                                  kwargs)
-        return self._finish(state, latents, timesteps, output_type, return_dict)
+        return self._finish(state, latents, timesteps, req.output_type, req.return_dict)
 
 
 class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionXLControlNetImg2ImgPipeline):
     """InstantID image-to-image: start from ``image`` (noised to ``strength``), pose from ``control_image``."""
 
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        prompt_2: str | list[str] | None = None,
-        image: Any = None,
-        control_image: Any = None,
-        height: int | None = None,
-        width: int | None = None,
-        strength: float = 0.8,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        negative_prompt: str | list[str] | None = None,
-        negative_prompt_2: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        pooled_prompt_embeds: torch.Tensor | None = None,
-        negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        image_embeds: EmbeddingInput | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        controlnet_conditioning_scale: float | list[float] = 0.8,
-        guess_mode: bool = False,
-        control_guidance_start: float | list[float] = 0.0,
-        control_guidance_end: float | list[float] = 1.0,
-        original_size: tuple[int, int] | None = None,
-        crops_coords_top_left: tuple[int, int] = (0, 0),
-        target_size: tuple[int, int] | None = None,
-        negative_original_size: tuple[int, int] | None = None,
-        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
-        negative_target_size: tuple[int, int] | None = None,
-        aesthetic_score: float = 6.0,
-        negative_aesthetic_score: float = 2.5,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        image_embeds_weights: Sequence[float] | None = None,
-        ip_adapter_scale: float | None = None,
-        control_mask: MaskInput | None = None,
-        identities: Sequence[Person] | None = None,
-        controlnet_cache_interval: int = 1,
-        **kwargs: Any,
-    ) -> StableDiffusionXLPipelineOutput | tuple:
+    @instantid_call(IMAGE_TO_IMAGE)
+    def __call__(self, req: CallRequest, kwargs: dict[str, Any]) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint ``image`` as the person of ``image_embeds`` posed by ``control_image`` (keypoints), or as
         several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``: as text-to-image."""
         # 1. Check inputs (cheap, before anything runs).
-        req = CallRequest.of(locals(), keypoints=control_image)
         self._check(req, kwargs)
-        if image is None:
+        if req.init_image is None:
             raise InvalidInputError("image (the init image) is required")
-        if not 0 < strength <= 1:
-            raise InvalidInputError(f"strength must be in (0, 1], got {strength}")
+        check_strength(req.strength)
 
         # 2. Encode the prompt (or take the given embeddings) and the faces.
         enc = self._encode(req)
@@ -317,34 +235,27 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
         # 3. Control images decide the size; the init image is resized to it.
         images = self._prepare_control_images(req, enc)
         height, width = images[0][0].shape[-2:]
-        init = self.image_processor.preprocess(image, height=height, width=width).to(torch.float32)
+        init = self.image_processor.preprocess(req.init_image, height=height, width=width).to(torch.float32)
 
         # 4. Timesteps cut by strength, and the noised init latents.
-        self.scheduler.set_timesteps(num_inference_steps, device=enc.device)
-        requested = num_inference_steps
-        timesteps, num_inference_steps = self.get_timesteps(num_inference_steps, strength, enc.device)
-        if len(timesteps) == 0:
-            raise InvalidInputError(
-                f"strength {strength} leaves no denoising step at {requested} step(s): "
-                f"give at least {math.ceil(1 / strength)} steps or a higher strength"
-            )
-        self._num_timesteps = len(timesteps)
+        timesteps = self._strength_timesteps(req, enc.device)
+        latents = req.latents
         if latents is None:
             latents = self.prepare_latents(
-                init, timesteps[:1].repeat(enc.total), enc.batch, num_images_per_prompt, enc.dtype, enc.device,
-                generator, True,
+                init, timesteps[:1].repeat(enc.total), enc.batch, req.num_images_per_prompt, enc.dtype, enc.device,
+                req.generator, True,
             )
 
         # 5. SDXL micro-conditioning (sizes and aesthetic scores), as diffusers: the negative sizes default to
         # the positive ones.
-        original = size_or(original_size, (height, width))
-        target = size_or(target_size, (height, width))
+        original = size_or(req.original_size, (height, width))
+        target = size_or(req.target_size, (height, width))
         add_time_ids, negative_time_ids = self._get_add_time_ids(
-            original, tuple(crops_coords_top_left), target, aesthetic_score, negative_aesthetic_score,
-            size_or(negative_original_size, original), tuple(negative_crops_coords_top_left),
-            size_or(negative_target_size, target), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
+            original, tuple(req.crops_coords_top_left), target, req.aesthetic_score, req.negative_aesthetic_score,
+            size_or(req.negative_original_size, original), tuple(req.negative_crops_coords_top_left),
+            size_or(req.negative_target_size, target), dtype=enc.dtype, text_encoder_projection_dim=enc.projection_dim,
         )
 
         # 6. Freeze the call and denoise, 7. decode.
         state = self._call_state(req, enc, images, add_time_ids, negative_time_ids, len(timesteps), None, kwargs)
-        return self._finish(state, latents, timesteps, output_type, return_dict)
+        return self._finish(state, latents, timesteps, req.output_type, req.return_dict)
