@@ -323,3 +323,27 @@ def test_readme_generate_then_evaluate_finds_the_reference_by_content(tmp_path, 
         collect_samples([tmp_path / "outputs"], [other])
     (other / "renamed.jpg").write_bytes(FACE.read_bytes())
     assert collect_samples([tmp_path / "outputs"], [other])[0].references == (other / "renamed.jpg",)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (a decompression bomb as Pillow sees it), tiny on disk."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + end
+
+
+def test_cli_evaluate_names_a_huge_picture_in_one_line(tmp_path, capsys):
+    """A picture past Pillow's bomb limit (over 179 megapixels) is skipped with one line, not a traceback."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "huge.png").write_bytes(_png_claiming(20_000, 20_000))
+    status = main(["evaluate", str(outputs), "--refs", str(FACES / "obama_1.jpg"), "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DecompressionBomb" not in err
+    assert "huge.png" in err
+    assert status in (0, 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,11 @@ def read_generation_metadata(image: Path) -> dict[str, Any]:
     if meta or image.suffix.lower() != ".png":
         return meta
     try:
-        with Image.open(image) as png:
-            raw = getattr(png, "text", {}).get(METADATA_KEY)
-    except (OSError, ValueError):
+        with warnings.catch_warnings():  # a huge picture: scoring reports it with the image's own one-line error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(image) as png:
+                raw = getattr(png, "text", {}).get(METADATA_KEY)
+    except (OSError, ValueError, Image.DecompressionBombError):
         return {}  # unreadable: scoring reports it with the image's own error
     try:
         data = json.loads(raw) if raw else {}
