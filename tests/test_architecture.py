@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "comfyui": 9, "webui": 9, "service": 10, "cli": 11,  # surfaces (the server mounts the web UI; the CLI runs all)
 }
 # The package's own __init__ (lazy re-exports for users) and the old-path aliases may point anywhere.
-EXEMPT = {"instantid", "instantid._moved"}
+EXEMPT = {"instantid", "instantid._moved", "instantid.__main__"}
 
 
 def module_names() -> dict[str, Path]:
