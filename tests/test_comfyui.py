@@ -396,6 +396,12 @@ def test_comfyui_loads_the_custom_node_folder_and_validates_the_readme_workflow(
 
     repo = Path(__file__).resolve().parents[1]
     assert asyncio.run(comfy.nodes.load_custom_node(str(repo / "comfyui_instantid")))
+    # The registry's way: the whole repository cloned into custom_nodes, loaded through its root __init__.py.
+    assert asyncio.run(comfy.nodes.load_custom_node(str(repo)))
+    import sys
+
+    loaded = sys.modules[str(repo).replace(".", "_x_")]  # the name ComfyUI gives a custom-node folder
+    assert set(loaded.NODE_CLASS_MAPPINGS) == set(comfy.ours.NODE_CLASS_MAPPINGS) != set()
     assert set(comfy.ours.NODE_CLASS_MAPPINGS) <= set(comfy.nodes.NODE_CLASS_MAPPINGS)
     identitynet = comfy.models / "controlnet" / "instantid"
     identitynet.mkdir()
