@@ -13,7 +13,7 @@ feathered mask are left exactly as they were.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,7 +24,22 @@ from instantid.errors import InvalidInputError
 from instantid.pipelines.schedulers import steps_for_strength
 
 if TYPE_CHECKING:
+    from instantid.api.identity import Identity
+    from instantid.api.results import ImageInput, Progress
     from instantid.faces import Face
+
+
+class Model(Protocol):
+    """What the pass needs of a loaded model: an :class:`~instantid.InstantID` is one (a Protocol, so this module
+    stays below the one that calls it)."""
+
+    pipe: Any
+    min_side: int
+
+    def analyze(self, image: ImageInput, name: str | None = None) -> list[Face]: ...
+
+    def run_pipeline(self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None,
+                     **arguments: Any) -> tuple[list[Image.Image], list[int], Any]: ...
 
 # ADetailer's default denoising strength: enough to redraw a small face's features, little enough to keep
 # its colours, lighting and place in the picture.
@@ -89,7 +104,7 @@ def make_detail_options(values: dict[str, Any], name: Callable[[str], str] = lam
 
 
 def refine_faces(
-    app: Any, identity: Any, images: Sequence[Image.Image], settings: GenerationSettings,
+    app: Model, identity: Identity, images: Sequence[Image.Image], settings: GenerationSettings,
     seeds: Sequence[int] | None = None, options: FaceDetailOptions | None = None, *,
     progress: Callable[[int, int], None] | None = None, pipe: Any = None,
     faces: Sequence[Sequence[Face] | None] | None = None,

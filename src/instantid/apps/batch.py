@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instantid.api.settings import GenerationSettings, make_settings
 from instantid.apps.batch_file import (
@@ -57,6 +57,9 @@ CONTACT_SHEET = "contact_sheet.png"
 FAILURES = "failures.jsonl"
 DIGEST_KEY = "batch_digest"
 PRECEDENCE = "command-line flags > job file rows > job file 'settings' > defaults"
+
+if TYPE_CHECKING:
+    from instantid.api.generator import InstantID
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def prepare_identities(analyze: Callable[[IdentitySpec, GenerationSettings], Any
 
 
 def run_batch(
-    app: Any, todo: Iterable[PlannedTask], identities: dict[Any, Any], out_dir: str | Path, *,
+    app: InstantID, todo: Iterable[PlannedTask], identities: dict[Any, Any], out_dir: str | Path, *,
     on_image: Callable[[PlannedTask, Path], None] | None = None, progress: Callable[[int, int], None] | None = None,
     fail_fast: bool = False, full_paths: bool = False,
 ) -> list[Failure]:

@@ -19,15 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from instantid.api.regions import control_pictures, crop_for_model, head_region, paste_back, region_mask
+from instantid.api.results import GenerationResult, ImageInput
 from instantid.api.settings import GenerationSettings, knob
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, load_image
 from instantid.pipelines.schedulers import steps_for_strength
+
+if TYPE_CHECKING:
+    from instantid.api.generator import InstantID
+    from instantid.api.identity import Identity
 
 
 class SwapOptions(BaseModel):
@@ -63,10 +68,10 @@ def make_swap_options(values: dict[str, Any], name: Callable[[str], str] = lambd
 
 
 def swap_face(
-    app: Any, identity: Any, scene: Any, settings: GenerationSettings | None = None,
+    app: InstantID, identity: Identity, scene: ImageInput, settings: GenerationSettings | None = None,
     options: SwapOptions | None = None, *, scene_name: str | None = None,
     progress: Callable[[int, int], None] | None = None, pipe: Any = None, target: Face | None = None,
-) -> Any:
+) -> GenerationResult:
     """``scene`` with its ``options.target_index``-th face repainted as ``identity``; a GenerationResult.
 
     ``settings`` gives the prompt, steps, strengths, seed and sampler (``width``/``height`` are ignored: the
@@ -104,7 +109,6 @@ def swap_face(
               "target_face": {"bbox": [float(v) for v in target.bbox], "kps": target.kps.tolist()},
               **region.to_dict()},
     )
-    from instantid.api.generator import GenerationResult
 
     return GenerationResult(images=outputs, seeds=seeds, settings=settings.updated(seed=seeds[0]), metadata=metadata)
 
