@@ -75,7 +75,8 @@ class InstantID:
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
-        self._lock = threading.Lock()  # one generation at a time per model
+        # One call at a time per model: a call sets the pipeline's scheduler and (inpainting) hooks the shared UNet.
+        self._lock = threading.Lock()
         spec = pipe.adapter_spec
         self.embedding_space = spec.embedding_space or (SPACE_ANTELOPEV2 if spec.embedding_dim == 512 else None)
         self._check_space()
