@@ -65,7 +65,7 @@ def prepare_identity(
     identity = Identity(
         embedding=embedding, space=analyzer.space, pose_face=pose_face,
         pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-        pose_name=label, warnings=(*(n for n in notes if n), *warnings),
+        pose_name=label, warnings=(*(n for n in notes if n), *warnings), control_photo=pose_picture,
     )
     return identity if pose is None else with_pose(analyzer, identity, pose, pose_name, full_paths)
 
@@ -79,7 +79,7 @@ def with_pose(analyzer: FaceAnalyzer, identity: Identity, pose: ImageInput, pose
     face = choose_face(faces, label)
     note = several_faces(label, len(faces), None, "the pose is taken from face 0 (the largest)")
     return replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label,
-                   warnings=(*identity.warnings, *([note] if note else [])))
+                   control_photo=picture, warnings=(*identity.warnings, *([note] if note else [])))
 
 
 def group_poses(

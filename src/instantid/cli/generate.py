@@ -60,7 +60,10 @@ def check_model_options(model: Any) -> None:
     pick_dtype(model.dtype, pick_device(model.device, "--device"), "--dtype")
     if model.lora:
         check_lora(model.lora, "--lora")
-    given = [name for name in ("base", "identitynet", "adapter") if getattr(model, name)]
+    from instantid.io.models import ControlRefs
+
+    given = [name.replace("_", "-") for name in ("base", "identitynet", "adapter", *ControlRefs.__dataclass_fields__)
+             if getattr(model, name)]
     if model.demo and given:
         raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
     if model.preset:
