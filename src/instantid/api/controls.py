@@ -69,8 +69,8 @@ class ExtraControls:
         if not kinds:
             return []
         if identity.control_photo is None:
-            raise InvalidInputError("the pose / canny / depth ControlNets need the photo the pose comes from: build the "
-                                    "identity with prepare_identity()")
+            raise InvalidInputError("the pose / canny / depth ControlNets need the photo the pose comes from: "
+                                    "build the identity with prepare_identity()")
         photo = identity.control_photo.convert("RGB").resize(size, Image.LANCZOS)
         return [self.load(pipe, kind)[1](photo).resize(size, Image.LANCZOS) for kind in kinds]
 

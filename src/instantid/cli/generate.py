@@ -158,6 +158,9 @@ def generate_command(
                                       "(see `instantid layouts`), e.g. three-quarter-left."),
     mix: list[str] = typer.Option([], help="Mix in another person: PHOTO:WEIGHT (0 = this person, 1 = the "
                                   "other); repeatable."),
+    init_image: Path | None = typer.Option(None, "--init-image", help="Image-to-image: start from this picture "
+                                           "(resized to the output size); --denoising-strength says how much of "
+                                           "it is redrawn.", dir_okay=False),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
@@ -168,6 +171,7 @@ def generate_command(
     from instantid.api.face_side import group_poses, prepare_identity, with_pose
     from instantid.api.settings import check_people, field_label, make_settings
     from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
+    from instantid.faces import load_image
     from instantid.io.loading import library_chatter
     from instantid.io.outputs import image_stem, prepare_folder, write_image
 
@@ -176,7 +180,7 @@ def generate_command(
     if groups:  # a count needs no file: before the photos
         check_people(len(groups), "one --person per person")
     check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
-                 *(parse_mix(spec)[0] for spec in mix))
+                 *(parse_mix(spec)[0] for spec in mix), *([init_image] if init_image else []))
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
     for value in run_seeds:
@@ -191,6 +195,12 @@ def generate_command(
                                 if faces else "give at least one face photo (or --person for several people)")
     if groups and (layout is not None or mix or any(not g for g in groups)):
         raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
+    if groups and (init_image is not None or settings.control_strengths()):
+        raise InvalidInputError("--init-image and --pose/--canny/--depth-strength are for one person")
+    if init_image is None and "denoising_strength" in settings.model_fields_set:
+        raise InvalidInputError("--denoising-strength is for image-to-image: give --init-image too")
+    with naming("--init-image"):
+        init_picture = load_image(init_image, init_image.name) if init_image is not None else None
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
@@ -225,7 +235,8 @@ def generate_command(
             report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
             result = (instant.generate_group(people, call, pose_faces=placed,
                                              pose_name=pose.name if pose else "columns", progress=report)
-                      if people else instant.generate(identity, call, progress=report))
+                      if people else instant.generate(identity, call, progress=report, init_image=init_picture,
+                                                      init_name=init_image.name if init_image else "init image"))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = image_stem(metadata["seed"], prompt=settings.prompt)
