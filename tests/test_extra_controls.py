@@ -198,3 +198,26 @@ def test_cli_refuses_extra_controls_for_several_people(tmp_path: Path, capsys: p
     assert main(["generate", "--person", str(FACE), "--person", str(POSE), "--canny-strength", "0.3", "-o",
                  str(tmp_path)]) == 2
     assert "for one person" in capsys.readouterr().err
+
+
+def test_http_takes_the_strengths_and_refuses_bad_ones_with_422(model: Any, tmp_path: Path) -> None:
+    """No request-parsing code of its own: the fields derive from the settings, the maps from the pose photo."""
+    from _service import serving
+
+    from instantid.service.server import ServerSettings, create_app
+
+    fast = {"steps": "2", "width": "64", "height": "64", "seed": "4"}
+    files = [("face", ("me.jpg", FACE.read_bytes(), "image/jpeg")), ("pose", ("pose.jpg", POSE.read_bytes(),
+                                                                                "image/jpeg"))]
+    with serving(create_app(ServerSettings(out_dir=tmp_path), model=model)) as http:
+        done = http.post("/v1/generate?wait=true", files=files, data={**fast, "depth_strength": "0.5"})
+        assert done.status_code == 200, done.text
+        assert done.json()["info"]["settings"]["depth_strength"] == 0.5
+        assert done.json()["info"]["models"]["depth_controlnet"].endswith("controlnet-depth")
+        bad = http.post("/v1/generate", files=files, data={**fast, "canny_strength": "1.6"})
+        assert bad.status_code == 422 and "canny_strength must be between 0 and 1.5" in bad.json()["detail"]
+        group = http.post("/v1/group", files=[("person0", ("a.jpg", FACE.read_bytes(), "image/jpeg")),
+                                              ("person1", ("b.jpg", POSE.read_bytes(), "image/jpeg"))],
+                          data={**fast, "pose_strength": "0.4"})
+        assert group.status_code == 422 and "pose_strength is not used by /v1/group" in group.json()["detail"]
+        assert "pose_strength" in http.get("/openapi.json").text
