@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from instantid.cli import main
+from instantid.io.models import DEFAULT_CONTROLNETS, DEFAULT_MAPPERS
 from tests._hub_standin import Repo, StandInHub
 
 BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -52,7 +53,14 @@ def _repos(antelope: dict[str, bytes]) -> dict[str, Repo]:
     instantid = {"ControlNetModel/config.json": b'{"_class_name": "ControlNetModel"}',
                  "ControlNetModel/diffusion_pytorch_model.safetensors": _bytes("identitynet", 200_000),
                  "ip-adapter.bin": _bytes("adapter"), "README.md": b"# InstantID", "examples/0.png": b"png"}
-    return {BASE: Repo(base, "a" * 40, "openrail++"), "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
+    controls = {repo: Repo({"config.json": b'{"_class_name": "ControlNetModel"}',
+                            "diffusion_pytorch_model.safetensors": _bytes(repo),
+                            "diffusion_pytorch_model.bin": _bytes("not fetched"), "README.md": b"# card"},
+                           "e" * 40, "openrail++") for repo in DEFAULT_CONTROLNETS.values()}
+    maps = {repo: Repo({"config.json": b'{"model_type": "x"}', "preprocessor_config.json": b'{"size": 1}',
+                        "model.safetensors": _bytes(repo), "pytorch_model.bin": _bytes("not fetched either")}, "f" * 40, licence)
+            for repo, licence in zip(DEFAULT_MAPPERS.values(), ("apache-2.0", "cc-by-nc-4.0"), strict=True)}
+    return {**controls, **maps, BASE: Repo(base, "a" * 40, "openrail++"), "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
             ANTELOPE: Repo(antelope, "c" * 40), LCM: Repo({"pytorch_lora_weights.safetensors": _bytes("lcm")},
                                                            "d" * 40, "openrail++")}
 
@@ -257,3 +265,22 @@ def test_git_blob_digest_is_gits_own(tmp_path: Path) -> None:
     path.write_bytes(b'{"a": 1}\n')
     git = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
     assert digest_of(path, "git-sha1", path.stat().st_size) == git.stdout.strip()
+
+
+def test_controlnet_fetches_the_extra_nets_and_map_models_the_loaders_then_find(hub: StandInHub, capsys) -> None:
+    from instantid.io.models import resolve_controlnet, resolve_mapper
+
+    skip = ["--skip", "base", "--skip", "instantid", "--skip", "antelopev2"]
+    assert main(["download", "--accept-licences", *skip, "--controlnet", "pose", "--controlnet", "depth"]) == 0
+    out = capsys.readouterr().out
+    assert "cc-by-nc-4.0" in out and "apache-2.0" in out  # each card's licence is shown before the yes
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in hub.downloads()}
+    assert fetched == {"config.json", "diffusion_pytorch_model.safetensors", "preprocessor_config.json",
+                       "model.safetensors"}, f"only what the loaders read (no .bin twin, no card): {fetched}"
+    for kind in ("pose", "depth"):
+        assert (resolve_controlnet(kind, local_only=True) / "diffusion_pytorch_model.safetensors").is_file()
+        assert (resolve_mapper(kind, local_only=True) / "model.safetensors").is_file()
+    with pytest.raises(Exception, match="canny ControlNet.*instantid download --controlnet canny"):
+        resolve_controlnet("canny", local_only=True)
+    assert main(["download", "--accept-licences", "--controlnet", "openpose"]) == 2
+    assert "--controlnet 'openpose': choose one of pose, canny, depth" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from instantid.api.settings import CONTROL_KINDS
 from instantid.cli import app
 from instantid.faces.antelopev2 import ANTELOPEV2_REPO_ENV, DEFAULT_ANTELOPEV2_REPO
 
@@ -15,7 +16,7 @@ PARTS = ("base", "instantid", "antelopev2")
 
 @app.command("download", help=f"""\
 Fetch the published weights into the standard Hugging Face cache: the SDXL base, InstantID's IdentityNet and \
-face adapter, the antelopev2 face detector and recogniser, and with --preset a few-step preset's weights.
+face adapter, the antelopev2 face detector and recogniser, with --preset a few-step preset's weights and with --controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models.
 
 Each model's licence is shown first and needs a yes (--accept-licences for scripts). Every file is checked \
 after download: antelopev2's two files against their published SHA-256, the others against the SHA-256 the Hub \
@@ -27,6 +28,9 @@ copy (keep ${ANTELOPEV2_REPO_ENV} set for generate to find that copy).""")
 def download_command(
     preset: list[str] = typer.Option([], "--preset", help="Also fetch this few-step preset's weights "
                                      "(see `instantid generate --help`); repeatable."),
+    controlnet: list[str] = typer.Option([], "--controlnet", help="Also fetch an extra ControlNet and its map "
+                                         f"model, for --<kind>-strength: one of {', '.join(CONTROL_KINDS)}; "
+                                         "repeatable."),
     skip: list[str] = typer.Option([], "--skip", help=f"Leave out one of: {', '.join(PARTS)}; repeatable."),
     base: str | None = typer.Option(None, "--base", help="Another SDXL base repository in diffusers layout "
                                     "(default stabilityai/stable-diffusion-xl-base-1.0)."),
@@ -42,7 +46,7 @@ def download_command(
     from rich.filesize import decimal
 
     from instantid.errors import InvalidInputError
-    from instantid.hub.catalog import antelopev2_repo, default_models, preset_model
+    from instantid.hub.catalog import antelopev2_repo, controlnet_models, default_models, preset_model
     from instantid.hub.fetch import DownloadError, cached_path, fetch_file, plan, record_revision, verify_cached
     from instantid.io.models import DEFAULT_BASE
 
@@ -52,8 +56,12 @@ def download_command(
         raise InvalidInputError(f"--skip {unknown[0]!r}: choose one of {', '.join(PARTS)}")
     models = [m for m in default_models(base or DEFAULT_BASE, antelopev2_from) if m.key not in skip]
     models += [preset_model(name) for name in dict.fromkeys(preset)]
+    wrong = [k for k in controlnet if k not in CONTROL_KINDS]
+    if wrong:
+        raise InvalidInputError(f"--controlnet {wrong[0]!r}: choose one of {', '.join(CONTROL_KINDS)}")
+    models += [m for kind in dict.fromkeys(controlnet) for m in controlnet_models(kind)]
     if not models:
-        raise InvalidInputError("nothing to download: every part is skipped and no --preset given")
+        raise InvalidInputError("nothing to download: every part is skipped and no --preset or --controlnet given")
     # 2. Commits, files and sizes from the Hub (metadata only), then the licences and a yes.
     resolved = plan(models)
     for item in resolved:
