@@ -58,9 +58,11 @@ def _repos(antelope: dict[str, bytes]) -> dict[str, Repo]:
                             "diffusion_pytorch_model.bin": _bytes("not fetched"), "README.md": b"# card"},
                            "e" * 40, "openrail++") for repo in DEFAULT_CONTROLNETS.values()}
     maps = {repo: Repo({"config.json": b'{"model_type": "x"}', "preprocessor_config.json": b'{"size": 1}',
-                        "model.safetensors": _bytes(repo), "pytorch_model.bin": _bytes("not fetched either")}, "f" * 40, licence)
+                        "model.safetensors": _bytes(repo), "pytorch_model.bin": _bytes("not fetched either")},
+                       "f" * 40, licence)
             for repo, licence in zip(DEFAULT_MAPPERS.values(), ("apache-2.0", "cc-by-nc-4.0"), strict=True)}
-    return {**controls, **maps, BASE: Repo(base, "a" * 40, "openrail++"), "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
+    return {**controls, **maps, BASE: Repo(base, "a" * 40, "openrail++"),
+            "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
             ANTELOPE: Repo(antelope, "c" * 40), LCM: Repo({"pytorch_lora_weights.safetensors": _bytes("lcm")},
                                                            "d" * 40, "openrail++")}
 

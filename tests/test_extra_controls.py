@@ -65,7 +65,8 @@ def test_the_api_runs_exactly_the_multicontrolnet_pipeline_with_the_demo_maps(de
     kps = draw_kps(Image.new("RGB", (64, 64)), me.pose_face.kps * scale)
     images = pipe(
         prompt="", image=[kps, pose_map(photo), canny_map(photo)], image_embeds=me.embedding,
-        control_mask=face_region_mask(me.pose_face, (64, 64), tuple(scale)), controlnet_conditioning_scale=[0.7, 0.6, 0.4],
+        control_mask=face_region_mask(me.pose_face, (64, 64), tuple(scale)),
+        controlnet_conditioning_scale=[0.7, 0.6, 0.4],
         ip_adapter_scale=0.8, num_inference_steps=2, guidance_scale=5.0, height=64, width=64,
         generator=[torch.Generator().manual_seed(5)],
     ).images

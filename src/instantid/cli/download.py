@@ -16,7 +16,8 @@ PARTS = ("base", "instantid", "antelopev2")
 
 @app.command("download", help=f"""\
 Fetch the published weights into the standard Hugging Face cache: the SDXL base, InstantID's IdentityNet and \
-face adapter, the antelopev2 face detector and recogniser, with --preset a few-step preset's weights and with --controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models.
+face adapter, the antelopev2 face detector and recogniser, with --preset a few-step preset's weights and with \
+--controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models.
 
 Each model's licence is shown first and needs a yes (--accept-licences for scripts). Every file is checked \
 after download: antelopev2's two files against their published SHA-256, the others against the SHA-256 the Hub \
