@@ -286,3 +286,20 @@ def test_controlnet_fetches_the_extra_nets_and_map_models_the_loaders_then_find(
         resolve_controlnet("canny", local_only=True)
     assert main(["download", "--accept-licences", "--controlnet", "openpose"]) == 2
     assert "--controlnet 'openpose': choose one of pose, canny, depth" in capsys.readouterr().err
+
+
+def test_doctor_fix_downloads_what_is_missing_after_the_licence_yes(hub: StandInHub, tmp_path: Path, capsys) -> None:
+    assert main(["doctor", "--fix"]) == 2  # a script without --accept-licences: the question cannot be answered
+    assert _errors(capsys.readouterr().err) == [
+        "error: the licences above need an explicit yes: run interactively, or pass --accept-licences if you "
+        "accept them"]
+    assert not hub.downloads() and not _cache_files()
+    assert main(["doctor", "--fix", "--accept-licences"]) == 0
+    out = capsys.readouterr().out
+    assert "[MISSING] base" in out and "non-commercial research" in out and "checking again:" in out
+    assert out.rstrip().endswith("everything needed for real generation is present")
+    fetched = len(hub.downloads())
+    assert main(["doctor", "--fix"]) == 0 and len(hub.downloads()) == fetched, "nothing missing: nothing fetched"
+    assert main(["doctor", "--fix", "--base", str(tmp_path / "my-sdxl")]) == 1
+    assert f"--fix cannot fetch the base {tmp_path / 'my-sdxl'}: a local path" in capsys.readouterr().out
+    assert main(["doctor", "--accept-licences"]) == 2

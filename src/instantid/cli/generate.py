@@ -1,4 +1,4 @@
-"""``instantid generate`` (face photos -> PNGs), ``instantid batch`` (job file) and ``instantid doctor``."""
+"""``instantid generate`` (face photos -> PNGs) and ``instantid batch`` (job file)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from instantid.cli import app
 from instantid.cli.options import (
     apply_mixes,
     check_photos,
-    model_option,
     naming,
     parse_mix,
     with_generation_options,
@@ -375,44 +374,3 @@ def _chatter(model: Any) -> Any:
     from instantid.io.loading import library_chatter
 
     return library_chatter(model.verbose)
-
-
-@app.command("doctor")
-def doctor_command(
-    base: str | None = model_option("base"),
-    identitynet: str | None = model_option("identitynet"),
-    adapter: str | None = model_option("adapter"),
-    antelopev2_root: Path | None = model_option("antelopev2_root"),
-) -> None:
-    """Report what is installed, what is missing and where to get it; downloads nothing.
-
-    Exit 0 when everything for real generation is present, else 1.
-    """
-    import torch
-
-    from instantid.errors import MissingWeightsError
-    from instantid.faces.antelopev2 import candidate_folders, find_antelopev2
-    from instantid.faces.dlib_backend import dlib_models_dir
-    from instantid.io.models import ANTELOPEV2_HINT, ModelRefs, describe
-
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
-    typer.echo(f"torch {torch.__version__}: CUDA {cuda}, MPS {'yes' if mps else 'no'}")
-    refs = ModelRefs(**{k: v for k, v in (("base", base), ("identitynet", identitynet), ("adapter", adapter)) if v})
-    ok = True
-    for kind, _ref, path, problem in describe(refs):
-        ok &= problem is None
-        typer.echo(f"[{'ok' if problem is None else 'MISSING'}] {kind}: {path or problem}")
-    folder = find_antelopev2(antelopev2_root)
-    ok &= folder is not None
-    searched = ", ".join(str(f) for f in candidate_folders(antelopev2_root))
-    typer.echo(f"[ok] antelopev2: {folder}" if folder else f"[MISSING] antelopev2 (searched {searched}): "
-               f"{ANTELOPEV2_HINT}")
-    try:
-        typer.echo(f"[ok] dlib face models (for --face-backend dlib and --demo): {dlib_models_dir()}")
-    except MissingWeightsError as exc:
-        typer.echo(f"[info] dlib face models: {exc}")
-    typer.echo("everything needed for real generation is present" if ok else
-               "some files are missing (see above); `instantid generate --demo` works without them")
-    # main() runs click with standalone_mode=False, which returns an Exit's code rather than exiting.
-    raise typer.Exit(0 if ok else 1)

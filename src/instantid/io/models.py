@@ -81,7 +81,7 @@ def _missing(kind: str, ref: str, detail: str) -> MissingWeightsError:
                                f"(`{command}` fetches the published one)")
 
 
-def _looks_like_repo_id(ref: str) -> bool:
+def looks_like_repo_id(ref: str) -> bool:
     return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
 
 
@@ -96,7 +96,7 @@ def resolve_base(ref: str, local_only: bool = False) -> Path:
         if (path / "model_index.json").is_file():
             return path
         raise _missing("base", ref, "no model_index.json in that folder")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("base", ref, "no such file or folder")
     return _snapshot("base", ref, list(BASE_PATTERNS), local_only)
 
@@ -109,7 +109,7 @@ def resolve_identitynet(ref: str, local_only: bool = False) -> Path:
             if (candidate / "config.json").is_file():
                 return candidate
         raise _missing("identitynet", ref, f"no config.json in it or in {IDENTITYNET_SUBFOLDER}/")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("identitynet", ref, "no such folder")
     root = _snapshot("identitynet", ref, [f"{IDENTITYNET_SUBFOLDER}/*"], local_only)
     folder = root / IDENTITYNET_SUBFOLDER
@@ -128,7 +128,7 @@ def resolve_adapter(ref: str, local_only: bool = False) -> Path:
             if (path / name).is_file():
                 return path / name
         raise _missing("adapter", ref, f"no {ADAPTER_FILENAME} in that folder")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("adapter", ref, "no such file")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -155,7 +155,7 @@ def _model_folder(kind: str, ref: str, patterns: tuple[str, ...], local_only: bo
         if (path / "config.json").is_file():
             return path
         raise _missing(kind, ref, "no config.json in that folder")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing(kind, ref, "no such folder")
     folder = _snapshot(kind, ref, list(patterns), local_only)
     if not (folder / "config.json").is_file():
