@@ -222,3 +222,42 @@ def test_http_takes_the_strengths_and_refuses_bad_ones_with_422(model: Any, tmp_
                           data={**fast, "pose_strength": "0.4"})
         assert group.status_code == 422 and "pose_strength is not used by /v1/group" in group.json()["detail"]
         assert "pose_strength" in http.get("/openapi.json").text
+
+
+def test_web_ui_takes_an_init_image_and_the_strengths(model: Any, tmp_path: Path) -> None:
+    from instantid.io.outputs import read_metadata
+    from instantid.webui import UIContext
+    from instantid.webui.portrait import PortraitTab
+    from instantid.webui.who import WhoPanel
+
+    ctx = UIContext(get_model=lambda: model, out_dir=tmp_path)
+    tab = PortraitTab(ctx, WhoPanel(ctx))
+    assert {"pose_strength", "canny_strength", "depth_strength", "denoising_strength"} <= set(tab.by_name)
+    photos, *_ = tab.who.upload([str(FACE)], (), None, "", "auto")
+    values = {"steps": 2, "width": "64", "height": "64", "seed": "6", "canny_strength": 0.5,
+              "denoising_strength": 0.6}
+    gallery, _ = tab.generate(photos, None, values, init=Image.open(POSE))
+    metadata = read_metadata(Path(gallery[0][0]))
+    assert metadata["init_image"] == "init image" and metadata["settings"]["canny_strength"] == 0.5
+    with pytest.raises(InvalidInputError, match="denoising_strength is for image-to-image"):
+        tab.generate(photos, None, values)
+
+
+def test_an_analysed_job_keeps_the_control_photo_and_init_image(model: Any, tmp_path: Path) -> None:
+    """A UI job run by a worker elsewhere (or after a restart) reads both back from the job folder."""
+    from instantid.api.settings import make_settings
+    from instantid.service.jobs import JobFiles, new_job_id
+    from instantid.service.stored import load_prepared, save_prepared
+    from instantid.service.tasks import Prepared
+
+    identity = model.prepare_identity(FACE, pose=POSE)
+    init = Image.open(FACE).convert("RGB")
+    files, job_id = JobFiles(tmp_path), new_job_id()
+    save_prepared(files, job_id, Prepared("generate", identity=identity, init_image=init, init_name="start.png"))
+    back = load_prepared(files, job_id)
+    assert np.array_equal(np.asarray(back.identity.control_photo), np.asarray(identity.control_photo))
+    assert np.array_equal(np.asarray(back.init_image), np.asarray(init)) and back.init_name == "start.png"
+    settings = {"steps": 2, "width": 64, "height": 64, "seed": 2, "depth_strength": 0.5, "denoising_strength": 0.7}
+    ran = back.run(model, make_settings(settings))
+    direct = model.generate(identity, **settings, init_image=init)
+    assert np.array_equal(pixels(ran), pixels(direct))

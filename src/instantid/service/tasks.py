@@ -198,6 +198,8 @@ class Prepared:
     placement: Placement | None = None  # group: where the group photo's people stand (found once)
     detail: DetailOptions | None = None  # detail: the pass's options (``scene``: the picture redrawn)
     picture_faces: tuple[Face, ...] | None = None  # detail: the picture's faces, largest first (found once)
+    init_image: Image.Image | None = None  # generate: image-to-image from this picture (upright RGB)
+    init_name: str = ""
 
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
@@ -217,7 +219,8 @@ class Prepared:
             assert self.scene is not None and self.detail is not None  # checked when prepared
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
                                   progress, faces=self.picture_faces)
-        return model.generate(self.identity, settings, progress=progress)
+        return model.generate(self.identity, settings, progress=progress, init_image=self.init_image,
+                              init_name=self.init_name or "init image")
 
     def found(self) -> dict[str, Any]:
         """What the analysis found that a worker would otherwise find again, as JSON for the job record
