@@ -261,3 +261,35 @@ def test_an_analysed_job_keeps_the_control_photo_and_init_image(model: Any, tmp_
     ran = back.run(model, make_settings(settings))
     direct = model.generate(identity, **settings, init_image=init)
     assert np.array_equal(pixels(ran), pixels(direct))
+
+
+def test_http_image_to_image_multipart_and_json(model: Any, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from _service import serving
+
+    from instantid.service.server import ServerSettings, create_app
+
+    fast = {"steps": "2", "width": "64", "height": "64", "seed": "8", "denoising_strength": "0.6"}
+    face = ("face", ("me.jpg", FACE.read_bytes(), "image/jpeg"))
+    with serving(create_app(ServerSettings(out_dir=tmp_path), model=model)) as http:
+        form = http.post("/v1/generate?wait=true", files=[face, ("init_image", ("start.jpg", POSE.read_bytes(),
+                                                                                "image/jpeg"))], data=fast)
+        assert form.status_code == 200, form.text
+        assert form.json()["info"]["init_image"] == "start.jpg"
+        body = {"face": [base64.b64encode(FACE.read_bytes()).decode()], **{k: float(v) for k, v in fast.items()},
+                "init_image": base64.b64encode(POSE.read_bytes()).decode()}
+        body["steps"], body["width"], body["height"], body["seed"] = 2, 64, 64, 8
+        as_json = http.post("/v1/generate?wait=true", json=body)
+        assert as_json.status_code == 200, as_json.text
+        decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0].split(",", 1)[1]))))
+                   for r in (form, as_json)]
+        assert np.array_equal(*decoded), "the same picture either way"
+        refused = http.post("/v1/generate", files=[face], data=fast)
+        assert refused.status_code == 422 and "send an init_image too" in refused.json()["detail"]
+        swap = http.post("/v1/swap", files=[face, ("scene", ("s.jpg", POSE.read_bytes(), "image/jpeg")),
+                                            ("init_image", ("i.jpg", POSE.read_bytes(), "image/jpeg"))])
+        assert swap.status_code == 422 and "init_image" in swap.json()["detail"]
+        schema = http.get("/openapi.json").text
+        assert '"init_image"' in schema

@@ -65,6 +65,7 @@ class JobRequest:
     people: tuple[tuple[Photo, ...], ...] = ()  # one tuple of photos per person (group)
     picture: Photo | None = None  # the picture whose faces are redrawn (detail)
     detail: DetailOptions | None = None
+    init_image: Photo | None = None  # image-to-image from this picture (generate)
 
     def __post_init__(self) -> None:
         from instantid.apps.layouts import get_layout
@@ -98,6 +99,11 @@ class JobRequest:
             raise InvalidInputError("a swap takes its pose from the scene's face; do not send a pose photo")
         if self.task == "detail" and self.pose is not None:
             raise InvalidInputError("face detail keeps each face's own pose; do not send a pose photo")
+        if self.task != "generate" and self.init_image is not None:
+            raise InvalidInputError("init_image (image-to-image) is for /v1/generate")
+        default_strength = GenerationSettings.model_fields["denoising_strength"].default
+        if self.task == "generate" and self.init_image is None and self.settings.denoising_strength != default_strength:
+            raise InvalidInputError("denoising_strength is for image-to-image: send an init_image too")
         for i, mix in enumerate(self.mixes):
             if not 0 <= mix.weight <= 1:
                 raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
@@ -118,6 +124,8 @@ class JobRequest:
             slots["scene"] = self.scene[1]
         if self.picture is not None:
             slots["picture"] = self.picture[1]
+        if self.init_image is not None:
+            slots["init"] = self.init_image[1]
         return slots
 
     def record(self) -> dict[str, Any]:
@@ -131,6 +139,7 @@ class JobRequest:
             "people": [[n for n, _ in photos] for photos in self.people],
             "picture": self.picture[0] if self.picture else None,
             "detail": self.detail.model_dump() if self.detail is not None else None,
+            "init_image": self.init_image[0] if self.init_image else None,
         }
 
     def fingerprint(self) -> str:
@@ -165,6 +174,7 @@ class JobRequest:
             people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
             picture=(request["picture"], load("picture")) if request.get("picture") else None,
             detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
+            init_image=(request["init_image"], load("init")) if request.get("init_image") else None,
         )
 
 
@@ -292,7 +302,11 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         identity = with_layout(identity, request.layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)
     if request.task == "generate":
-        return Prepared("generate", identity=identity)
+        from instantid.faces import load_image
+
+        init = request.init_image
+        return Prepared("generate", identity=identity, init_image=load_image(init[1], init[0]) if init else None,
+                        init_name=init[0] if init else "")
     if request.task == "detail":
         from instantid.faces import load_image
 
