@@ -293,3 +293,12 @@ def test_http_image_to_image_multipart_and_json(model: Any, tmp_path: Path) -> N
         assert swap.status_code == 422 and "init_image" in swap.json()["detail"]
         schema = http.get("/openapi.json").text
         assert '"init_image"' in schema
+
+
+def test_an_identity_keeps_its_map_photo_at_most_the_largest_output_side() -> None:
+    from instantid.api.face_side import MAP_PHOTO_SIDE, for_maps
+
+    small = Image.new("RGB", (640, 480))
+    assert for_maps(small) is small
+    big = for_maps(Image.new("RGB", (4000, 3000)))
+    assert big.size == (MAP_PHOTO_SIDE, 1536)

@@ -35,13 +35,15 @@ class ExtraControls:
 
         with self._lock, library_chatter():
             if kind not in self._loaded:
-                identitynet = pipe.identitynet
-                net = load_controlnet(kind, self.refs.controlnet(kind), dtype=identitynet.dtype)
+                dtype = pipe.identitynet.dtype
+                # With CPU offload the modules rest on the CPU: the nets go where the steps run.
+                device = getattr(pipe, "_execution_device", pipe.device)
+                net = load_controlnet(kind, self.refs.controlnet(kind), dtype=dtype)
                 mapper = load_mapper(kind, self.refs.map_model(kind))
                 model = getattr(mapper, "model", None)
                 if model is not None:
-                    model.to(pipe.device)
-                self._loaded[kind] = (net.to(pipe.device), mapper)
+                    model.to(device, dtype)
+                self._loaded[kind] = (net.to(device), mapper)
             return self._loaded[kind]
 
     def pipeline(self, pipe: Any, kinds: tuple[str, ...], image_to_image: bool) -> Any:
