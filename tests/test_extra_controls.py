@@ -287,7 +287,7 @@ def test_http_image_to_image_multipart_and_json(model: Any, tmp_path: Path) -> N
                    for r in (form, as_json)]
         assert np.array_equal(*decoded), "the same picture either way"
         refused = http.post("/v1/generate", files=[face], data=fast)
-        assert refused.status_code == 422 and "send an init_image too" in refused.json()["detail"]
+        assert refused.status_code == 422 and "give an init_image too" in refused.json()["detail"]
         swap = http.post("/v1/swap", files=[face, ("scene", ("s.jpg", POSE.read_bytes(), "image/jpeg")),
                                             ("init_image", ("i.jpg", POSE.read_bytes(), "image/jpeg"))])
         assert swap.status_code == 422 and "init_image" in swap.json()["detail"]

@@ -54,8 +54,6 @@ from instantid.pipelines.prompts import encode_prompt_weighted
 from instantid.pipelines.schedulers import make_scheduler, sampler_label
 from instantid.pipelines.schedulers import scheduler_name as _scheduler_name
 
-DEFAULT_DENOISING_STRENGTH = GenerationSettings.model_fields["denoising_strength"].default
-
 
 class InstantID:
     """InstantID ready to generate: pipeline, face analyzer and model references together."""
@@ -250,8 +248,7 @@ class InstantID:
         mask = face_region_mask(identity.pose_face, (width, height), scale) if settings.enhance_face_region else None
 
         # 2. The extra ControlNets' maps and the init picture, if any, and the pipeline variant that takes them.
-        if init_image is None and settings.denoising_strength != DEFAULT_DENOISING_STRENGTH:
-            raise InvalidInputError("denoising_strength is for image-to-image: give an init image too")
+        settings.check_init_image(init_image is not None)
         init = load_image(init_image, init_name) if init_image is not None else None
         pipe, arguments = call_arguments(self.pipe, self.controls, identity, settings, kps_image, (width, height),
                                          init)

@@ -154,6 +154,12 @@ class GenerationSettings(BaseModel):
         return {kind: getattr(self, f"{kind}_strength") for kind in CONTROL_KINDS
                 if getattr(self, f"{kind}_strength") > 0}
 
+    def check_init_image(self, given: bool, name: str = "an init image") -> None:
+        """The one rule for image-to-image: a denoising strength away from its default needs an init image
+        (``name``: how the calling surface takes it), rather than being ignored."""
+        if not given and self.denoising_strength != GenerationSettings.model_fields["denoising_strength"].default:
+            raise InvalidInputError(f"denoising_strength is for image-to-image: give {name} too")
+
     def record(self) -> dict[str, Any]:
         """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""
         return {**self.model_dump(), CHOSEN_KEY: sorted(self.model_fields_set)}

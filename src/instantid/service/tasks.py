@@ -101,9 +101,8 @@ class JobRequest:
             raise InvalidInputError("face detail keeps each face's own pose; do not send a pose photo")
         if self.task != "generate" and self.init_image is not None:
             raise InvalidInputError("init_image (image-to-image) is for /v1/generate")
-        default_strength = GenerationSettings.model_fields["denoising_strength"].default
-        if self.task == "generate" and self.init_image is None and self.settings.denoising_strength != default_strength:
-            raise InvalidInputError("denoising_strength is for image-to-image: send an init_image too")
+        if self.task == "generate":
+            self.settings.check_init_image(self.init_image is not None, "an init_image")
         for i, mix in enumerate(self.mixes):
             if not 0 <= mix.weight <= 1:
                 raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
