@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from _demo import FACE, FACES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from instantid.api.regions import face_region_mask
@@ -302,3 +304,18 @@ def test_an_identity_keeps_its_map_photo_at_most_the_largest_output_side() -> No
     assert for_maps(small) is small
     big = for_maps(Image.new("RGB", (4000, 3000)))
     assert big.size == (MAP_PHOTO_SIDE, 1536)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(8, 40).map(lambda n: n * 8), height=st.integers(8, 40).map(lambda n: n * 8),
+       photo_w=st.integers(40, 400), photo_h=st.integers(40, 400))
+def test_every_map_has_the_output_size_and_is_made_at_it(demo_app: Any, me: Any, width: int, height: int,
+                                                          photo_w: int, photo_h: int) -> None:
+    from dataclasses import replace
+
+    photo = Image.open(FACE).convert("RGB").resize((photo_w, photo_h))
+    identity = replace(me, control_photo=photo)
+    maps = demo_app.controls.maps(demo_app.pipe, identity, ("canny", "pose"), (width, height))
+    assert [m.size for m in maps] == [(width, height)] * 2
+    expected = canny_map(photo.resize((width, height), Image.LANCZOS))
+    assert np.array_equal(np.asarray(maps[0]), np.asarray(expected))
