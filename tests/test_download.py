@@ -279,6 +279,9 @@ def test_controlnet_fetches_the_extra_nets_and_map_models_the_loaders_then_find(
     fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in hub.downloads()}
     assert fetched == {"config.json", "diffusion_pytorch_model.safetensors", "preprocessor_config.json",
                        "model.safetensors"}, f"only what the loaders read (no .bin twin, no card): {fetched}"
+    assert main(["doctor"]) == 1  # the extra nets are optional: doctor names them, the base is still missing
+    assert ("extra ControlNets (optional, for --<kind>-strength): pose ready; canny not downloaded (`instantid "
+            "download --controlnet canny`); depth ready") in capsys.readouterr().out
     for kind in ("pose", "depth"):
         assert (resolve_controlnet(kind, local_only=True) / "diffusion_pytorch_model.safetensors").is_file()
         assert (resolve_mapper(kind, local_only=True) / "model.safetensors").is_file()

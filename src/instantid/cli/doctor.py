@@ -79,7 +79,26 @@ def _report(refs: Any, antelopev2_root: Path | None) -> list[str]:
         typer.echo(f"[ok] dlib face models (for --face-backend dlib and --demo): {dlib_models_dir()}")
     except MissingWeightsError as exc:
         typer.echo(f"[info] dlib face models: {exc}")
+    typer.echo(f"[info] extra ControlNets (optional, for --<kind>-strength): {_extra_controlnets()}")
     return missing
+
+
+def _extra_controlnets() -> str:
+    """Which of the published demo's extra ControlNets (and their map models) the cache holds."""
+    from instantid.api.settings import CONTROL_KINDS
+    from instantid.errors import MissingWeightsError
+    from instantid.io.models import DEFAULT_MAPPERS, resolve_controlnet, resolve_mapper
+
+    states = []
+    for kind in CONTROL_KINDS:
+        try:
+            resolve_controlnet(kind, local_only=True)
+            if kind in DEFAULT_MAPPERS:
+                resolve_mapper(kind, local_only=True)
+            states.append(f"{kind} ready")
+        except MissingWeightsError:
+            states.append(f"{kind} not downloaded (`instantid download --controlnet {kind}`)")
+    return "; ".join(states)
 
 
 def _fixable(refs: Any, antelopev2_root: Path | None, missing: list[str]) -> tuple[list[Any], list[str]]:
