@@ -140,14 +140,14 @@ def test_img2img_starts_from_the_init_image(client: httpx.Client, api: Any, mode
                          denoising_strength=0.5, cfg_scale=3, sampler_name="Euler", controlnet_units=empty)
     instantid = result.info["instantid"]
     # Units without an image take the init image, as in sd-webui-controlnet.
-    assert instantid["references"] == ["init_images[0]"] and instantid["image_to_image"] == {
-        "strength": 0.5, "denoising_steps": 2}
+    assert instantid["references"] == ["init_images[0]"] and instantid["init_image"] == "init_image"
+    assert instantid["settings"]["denoising_strength"] == 0.5
     assert result.info["denoising_strength"] == 0.5
     settings = model.call_settings(None, prompt="a knight", width=64, height=64, seed=3, steps=4,
                                    guidance_scale=3.0, scheduler="euler", adapter_strength=1.0,
-                                   identitynet_strength=1.0)
+                                   identitynet_strength=1.0, denoising_strength=0.5)
     identity = model.prepare_identity([FACE.read_bytes()])
-    direct = model.generate(identity, settings, init_image=init, strength=0.5).images[0]
+    direct = model.generate(identity, settings, init_image=init).images[0]
     assert np.array_equal(np.asarray(result.images[0].convert("RGB")), np.asarray(direct))
     other = api.img2img(images=[init.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], prompt="a knight", width=64,
                         height=64, seed=3, steps=4, denoising_strength=0.5, cfg_scale=3, sampler_name="Euler",
@@ -158,16 +158,16 @@ def test_img2img_starts_from_the_init_image(client: httpx.Client, api: Any, mode
 def test_an_img2img_job_is_rebuilt_from_its_record_as_a_remote_worker_does() -> None:
     from instantid.api.settings import GenerationSettings
     from instantid.apps.swap import SwapOptions
-    from instantid.apps.tasks import InitImage, JobRequest
+    from instantid.apps.tasks import JobRequest
 
-    job = JobRequest("generate", GenerationSettings(seed=1), faces=(("me.jpg", b"face"),),
-                     init=InitImage(("init_images[0]", b"start"), 0.6))
+    job = JobRequest("generate", GenerationSettings(seed=1, denoising_strength=0.6), faces=(("me.jpg", b"face"),),
+                     init_image=("init_images[0]", b"start"))
     files = job.files()
     assert files["init"] == b"start"
     assert JobRequest.from_record(json.loads(json.dumps(job.record())), files.__getitem__) == job
-    with pytest.raises(InvalidInputError, match="an init image is for generate jobs, not swap"):
+    with pytest.raises(InvalidInputError, match="init_image"):
         JobRequest("swap", GenerationSettings(), faces=job.faces, scene=("s", b"s"), swap=SwapOptions(),
-                   init=job.init)
+                   init_image=job.init_image)
 
 
 @pytest.mark.parametrize(

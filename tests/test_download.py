@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from instantid.cli import main
+from instantid.io.models import DEFAULT_CONTROLNETS, DEFAULT_MAPPERS
 from tests._hub_standin import Repo, StandInHub
 
 BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -52,7 +53,16 @@ def _repos(antelope: dict[str, bytes]) -> dict[str, Repo]:
     instantid = {"ControlNetModel/config.json": b'{"_class_name": "ControlNetModel"}',
                  "ControlNetModel/diffusion_pytorch_model.safetensors": _bytes("identitynet", 200_000),
                  "ip-adapter.bin": _bytes("adapter"), "README.md": b"# InstantID", "examples/0.png": b"png"}
-    return {BASE: Repo(base, "a" * 40, "openrail++"), "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
+    controls = {repo: Repo({"config.json": b'{"_class_name": "ControlNetModel"}',
+                            "diffusion_pytorch_model.safetensors": _bytes(repo),
+                            "diffusion_pytorch_model.bin": _bytes("not fetched"), "README.md": b"# card"},
+                           "e" * 40, "openrail++") for repo in DEFAULT_CONTROLNETS.values()}
+    maps = {repo: Repo({"config.json": b'{"model_type": "x"}', "preprocessor_config.json": b'{"size": 1}',
+                        "model.safetensors": _bytes(repo), "pytorch_model.bin": _bytes("not fetched either")},
+                       "f" * 40, licence)
+            for repo, licence in zip(DEFAULT_MAPPERS.values(), ("apache-2.0", "cc-by-nc-4.0"), strict=True)}
+    return {**controls, **maps, BASE: Repo(base, "a" * 40, "openrail++"),
+            "InstantX/InstantID": Repo(instantid, "b" * 40, "apache-2.0"),
             ANTELOPE: Repo(antelope, "c" * 40), LCM: Repo({"pytorch_lora_weights.safetensors": _bytes("lcm")},
                                                            "d" * 40, "openrail++")}
 
@@ -257,3 +267,42 @@ def test_git_blob_digest_is_gits_own(tmp_path: Path) -> None:
     path.write_bytes(b'{"a": 1}\n')
     git = subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True)
     assert digest_of(path, "git-sha1", path.stat().st_size) == git.stdout.strip()
+
+
+def test_controlnet_fetches_the_extra_nets_and_map_models_the_loaders_then_find(hub: StandInHub, capsys) -> None:
+    from instantid.io.models import resolve_controlnet, resolve_mapper
+
+    skip = ["--skip", "base", "--skip", "instantid", "--skip", "antelopev2"]
+    assert main(["download", "--accept-licences", *skip, "--controlnet", "pose", "--controlnet", "depth"]) == 0
+    out = capsys.readouterr().out
+    assert "cc-by-nc-4.0" in out and "apache-2.0" in out  # each card's licence is shown before the yes
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in hub.downloads()}
+    assert fetched == {"config.json", "diffusion_pytorch_model.safetensors", "preprocessor_config.json",
+                       "model.safetensors"}, f"only what the loaders read (no .bin twin, no card): {fetched}"
+    assert main(["doctor"]) == 1  # the extra nets are optional: doctor names them, the base is still missing
+    assert ("extra ControlNets (optional, for --<kind>-strength): pose ready; canny not downloaded (`instantid "
+            "download --controlnet canny`); depth ready") in capsys.readouterr().out
+    for kind in ("pose", "depth"):
+        assert (resolve_controlnet(kind, local_only=True) / "diffusion_pytorch_model.safetensors").is_file()
+        assert (resolve_mapper(kind, local_only=True) / "model.safetensors").is_file()
+    with pytest.raises(Exception, match="canny ControlNet.*instantid download --controlnet canny"):
+        resolve_controlnet("canny", local_only=True)
+    assert main(["download", "--accept-licences", "--controlnet", "openpose"]) == 2
+    assert "--controlnet 'openpose': choose one of pose, canny, depth" in capsys.readouterr().err
+
+
+def test_doctor_fix_downloads_what_is_missing_after_the_licence_yes(hub: StandInHub, tmp_path: Path, capsys) -> None:
+    assert main(["doctor", "--fix"]) == 2  # a script without --accept-licences: the question cannot be answered
+    assert _errors(capsys.readouterr().err) == [
+        "error: the licences above need an explicit yes: run interactively, or pass --accept-licences if you "
+        "accept them"]
+    assert not hub.downloads() and not _cache_files()
+    assert main(["doctor", "--fix", "--accept-licences"]) == 0
+    out = capsys.readouterr().out
+    assert "[MISSING] base" in out and "non-commercial research" in out and "checking again:" in out
+    assert out.rstrip().endswith("everything needed for real generation is present")
+    fetched = len(hub.downloads())
+    assert main(["doctor", "--fix"]) == 0 and len(hub.downloads()) == fetched, "nothing missing: nothing fetched"
+    assert main(["doctor", "--fix", "--base", str(tmp_path / "my-sdxl")]) == 1
+    assert f"--fix cannot fetch the base {tmp_path / 'my-sdxl'}: a local path" in capsys.readouterr().out
+    assert main(["doctor", "--accept-licences"]) == 2

@@ -38,6 +38,19 @@ def _label(source: Any, index: int, full_paths: bool) -> str:
     return f"face image {index + 1}"
 
 
+MAP_PHOTO_SIDE = 2048  # the largest output side: an identity keeps its map photo no larger (batches hold many)
+
+
+def for_maps(picture: Image.Image) -> Image.Image:
+    """The photo the extra ControlNets' maps are made from, at most :data:`MAP_PHOTO_SIDE` on its long side (a
+    photo that size or smaller is kept as it is, so its maps are the published demo's exactly)."""
+    if max(picture.size) <= MAP_PHOTO_SIDE:
+        return picture
+    scale = MAP_PHOTO_SIDE / max(picture.size)
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                          Image.LANCZOS)
+
+
 def prepare_identity(
     analyzer: FaceAnalyzer, photos: ImageInput | Sequence[ImageInput], *, pose: ImageInput | None = None,
     face_index: int | None = None, fusion: str = "auto", weights: Sequence[float] | None = None,
@@ -65,7 +78,7 @@ def prepare_identity(
     identity = Identity(
         embedding=embedding, space=analyzer.space, pose_face=pose_face,
         pose_size=(pose_picture.width, pose_picture.height), references=references, fusion=used,
-        pose_name=label, warnings=(*(n for n in notes if n), *warnings),
+        pose_name=label, warnings=(*(n for n in notes if n), *warnings), control_photo=for_maps(pose_picture),
     )
     return identity if pose is None else with_pose(analyzer, identity, pose, pose_name, full_paths)
 
@@ -79,7 +92,7 @@ def with_pose(analyzer: FaceAnalyzer, identity: Identity, pose: ImageInput, pose
     face = choose_face(faces, label)
     note = several_faces(label, len(faces), None, "the pose is taken from face 0 (the largest)")
     return replace(identity, pose_face=face, pose_size=(picture.width, picture.height), pose_name=label,
-                   warnings=(*identity.warnings, *([note] if note else [])))
+                   control_photo=for_maps(picture), warnings=(*identity.warnings, *([note] if note else [])))
 
 
 def group_poses(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instantid.api.controls import ExtraControls, call_arguments, model_refs
 from instantid.api.face_side import FaceSide, prepare_identity
 from instantid.api.identity import Identity, everyone
 from instantid.api.regions import face_region_mask, in_column, nearest_face_regions, within_box
@@ -48,7 +49,7 @@ from instantid.io.loading import (
     pick_device,
     pick_dtype,
 )
-from instantid.io.models import ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.io.models import ControlRefs, ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
 from instantid.pipelines.inpaint import check_unet_fits
 from instantid.pipelines.prompts import prompt_arguments
 from instantid.pipelines.schedulers import make_scheduler, sampler_label
@@ -61,8 +62,10 @@ class InstantID:
     def __init__(
         self, pipe: Any, analyzer: FaceAnalyzer, refs: ModelRefs, *, demo: bool = False,
         max_side: int = 1280, min_side: int = 1024, allow_embedding_mismatch: bool = False,
+        controls: ControlRefs | None = None,
     ) -> None:
         self.pipe = pipe
+        self.controls = ExtraControls(controls)  # pose / canny / depth ControlNets, each loaded when first used
         self.faces = FaceSide(analyzer)  # photos -> Identity under its own lock; works without this model too
         self.refs = refs
         self.demo = demo  # random tiny weights: images are noise
@@ -94,10 +97,11 @@ class InstantID:
         lora: str | None = None, lora_scale: float = 1.0, allow_embedding_mismatch: bool = False,
         demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
         analyzer: FaceAnalyzer | None = None, preset: str | None = None, preset_weights: str | Path | None = None,
-        compile_cache: str | Path | None = None, quantize: str | None = None,
+        compile_cache: str | Path | None = None, quantize: str | None = None, controls: ControlRefs | None = None,
     ) -> InstantID:
         """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer (``analyzer``: one already made,
-        e.g. by a CLI that checked the photos with it before this slow load)."""
+        e.g. by a CLI that checked the photos with it before this slow load). ``controls``: where the extra
+        pose / canny / depth ControlNets come from (default: the published demo's), loaded when first used."""
         refs = ModelRefs(**{k: v for k, v in (("base", base), ("identitynet", identitynet), ("adapter", adapter)) if v})
         device = pick_device(device)
         torch_dtype = pick_dtype(dtype, device)
@@ -111,7 +115,7 @@ class InstantID:
             pipe.scheduler = make_scheduler(pipe.scheduler.config, scheduler)
         app = cls(
             pipe, analyzer, refs, demo=demo, max_side=max_side, min_side=min_side,
-            allow_embedding_mismatch=allow_embedding_mismatch,
+            allow_embedding_mismatch=allow_embedding_mismatch, controls=controls,
         )
         app.model_name, app.model_hash = model_name, model_hash
         if lora:
@@ -133,11 +137,12 @@ class InstantID:
     @classmethod
     def demo(cls, cache_dir: str | Path | None = None, **kwargs: Any) -> InstantID:
         """Tiny random weights + the offline dlib face model: runs anywhere in seconds, makes noise."""
-        from instantid.io.tiny import TinyConfig, build_tiny_instantid
+        from instantid.io.tiny import TinyConfig, build_tiny_controls, build_tiny_instantid
 
         folder = Path(cache_dir or os.environ.get("INSTANTID_DEMO_DIR", "~/.cache/instantid/tiny-demo")).expanduser()
         build_tiny_instantid(folder, TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB))
-        kwargs = {"face_backend": "dlib", "max_side": 256, "min_side": 256, "dtype": "fp32", **kwargs}
+        kwargs = {"face_backend": "dlib", "max_side": 256, "min_side": 256, "dtype": "fp32",
+                  "controls": build_tiny_controls(folder), **kwargs}
         return cls.from_pretrained(
             str(folder / "base"), str(folder / "ControlNetModel"), str(folder / "ip-adapter.bin"), demo=True, **kwargs
         )
@@ -223,16 +228,18 @@ class InstantID:
 
     def generate(
         self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
-        pose_image: ImageInput | None = None, progress: Progress | None = None, init_image: ImageInput | None = None,
-        strength: float = 0.75, **overrides: Any,
+        pose_image: ImageInput | None = None, init_image: ImageInput | None = None, init_name: str = "init image",
+        progress: Progress | None = None, **overrides: Any,
     ) -> GenerationResult:
-        """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first). With
-        ``init_image``: image-to-image, starting from that picture (resized to the output size) noised to
-        ``strength`` (1 = from noise); ``int(steps * strength)`` steps run, as in A1111 and diffusers."""
+        """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first).
+
+        With ``init_image`` the pictures start from it (image-to-image, ``settings.denoising_strength``), resized
+        to the output size. ``settings.pose_strength`` / ``canny_strength`` / ``depth_strength`` above 0 add the
+        published demo's extra ControlNets (:mod:`instantid.api.controls`)."""
         settings = self.call_settings(settings, **overrides)
-        if init_image is not None and int(settings.steps * strength) < 1:
-            raise InvalidInputError(f"denoising strength {strength} of {settings.steps} steps runs no step; raise "
-                                    "the strength or the steps")
+        if init_image is not None and int(settings.steps * settings.denoising_strength) < 1:
+            raise InvalidInputError(f"denoising strength {settings.denoising_strength} of {settings.steps} steps "
+                                    "runs no step; raise the strength or the steps")
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -245,17 +252,15 @@ class InstantID:
         kps_image = draw_kps(Image.new("RGB", (width, height)), identity.pose_face.kps * np.array(scale))
         mask = face_region_mask(identity.pose_face, (width, height), scale) if settings.enhance_face_region else None
 
-        # 2. Generate (styled prompt, seeds, per-call sampler) from noise or from the init image, then the
-        # optional face-detail pass.
-        pipe, start = self.pipe, {"image": kps_image}
-        if init_image is not None:
-            from instantid.pipelines.inpaint import img2img_pipeline
+        # 2. The extra ControlNets' maps and the init picture, if any, and the pipeline variant that takes them.
+        settings.check_init_image(init_image is not None)
+        init = load_image(init_image, init_name) if init_image is not None else None
+        pipe, arguments = call_arguments(self.pipe, self.controls, identity, settings, kps_image, (width, height),
+                                         init)
 
-            pipe = img2img_pipeline(self.pipe)
-            start = {"image": load_image(init_image, "init image").resize((width, height), Image.LANCZOS),
-                     "control_image": kps_image, "strength": strength, "width": width, "height": height}
+        # 3. Generate (styled prompt, seeds, per-call sampler), then the optional face-detail pass.
         images, seeds, used_scheduler = self.run_pipeline(
-            pipe, settings, progress, image_embeds=identity.embedding, control_mask=mask, **start,
+            pipe, settings, progress, image_embeds=identity.embedding, control_mask=mask, **arguments,
         )
         settings = settings.updated(seed=seeds[0])
         detail = None
@@ -266,8 +271,9 @@ class InstantID:
                                           FaceDetailOptions(strength=settings.face_detail_strength),
                                           progress=progress)
         metadata = {**self.call_metadata(identity, settings, used_scheduler), "width": width, "height": height}
-        if init_image is not None:
-            metadata["image_to_image"] = {"strength": strength, "denoising_steps": int(settings.steps * strength)}
+        metadata["models"].update(model_refs(self.controls, settings))
+        if init is not None:
+            metadata["init_image"] = init_name
         if settings.face_detail:
             metadata["face_detail"] = detail
         return GenerationResult(images=images, seeds=seeds, settings=settings, metadata=metadata)
@@ -353,20 +359,24 @@ class InstantID:
                 progress(step + 1, step_pipe.num_timesteps)
             return tensors
 
+        # The call's own arguments win (e.g. one strength and window per ControlNet when there are several).
+        call = {
+            "controlnet_conditioning_scale": settings.identitynet_strength,
+            "ip_adapter_scale": settings.adapter_strength, "num_inference_steps": settings.steps,
+            "guidance_scale": settings.guidance_scale, "num_images_per_prompt": settings.num_images,
+            "control_guidance_start": settings.control_guidance_start,
+            "control_guidance_end": settings.control_guidance_end,
+            "controlnet_cache_interval": settings.identitynet_cache_interval,
+            "generator": generators, "callback_on_step_end": on_step,
+            **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
+            **arguments,
+        }
         with self._lock:
             pipe.scheduler = self.call_scheduler(settings)
             try:
                 images = pipe(
                     **prompt_arguments(pipe, prompt, negative, settings.guidance_scale, settings.comma_padding),
-                    controlnet_conditioning_scale=settings.identitynet_strength,
-                    ip_adapter_scale=settings.adapter_strength, num_inference_steps=settings.steps,
-                    guidance_scale=settings.guidance_scale, num_images_per_prompt=settings.num_images,
-                    control_guidance_start=settings.control_guidance_start,
-                    control_guidance_end=settings.control_guidance_end,
-                    controlnet_cache_interval=settings.identitynet_cache_interval,
-                    generator=generators, callback_on_step_end=on_step,
-                    **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
-                    **arguments,
+                    **call,
                 ).images
                 used = pipe.scheduler
             finally:

@@ -67,6 +67,9 @@ class Identity:
     pose_name: str = ""
     warnings: tuple[str, ...] = ()
     mixed_with: tuple[tuple[str, float], ...] = ()  # (name, weight) of identities mixed in
+    # The photo the extra ControlNets' maps are made from (instantid.api.controls): the pose photo, else the first
+    # face photo; None for an identity built by hand.
+    control_photo: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def kept(self) -> tuple[Reference, ...]:

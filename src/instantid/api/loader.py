@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from instantid.api.generator import InstantID
 from instantid.errors import InvalidInputError
 from instantid.io.loading import library_chatter, pick_device
+from instantid.io.models import ControlRefs
 
 if TYPE_CHECKING:
     from instantid.api.model_settings import ModelSettings
@@ -29,13 +30,15 @@ def _load(settings: ModelSettings, analyzer: FaceAnalyzer | None) -> InstantID:
         check_scheme(settings.quantize, pick_device(settings.device))
         require_torchao(settings.quantize)
 
-    options = {"device": settings.device, "lora": settings.lora, "analyzer": analyzer}
+    options = {"device": settings.device, "lora": settings.lora, "analyzer": analyzer,
+               "controls": settings.control_refs()}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"lora_scale": settings.lora_scale, "compile": settings.compile, "quantize": settings.quantize,
               "preset": settings.preset,
               "preset_weights": settings.preset_weights, **options}
     if settings.demo:
-        given = [name for name in ("base", "identitynet", "adapter") if getattr(settings, name)]
+        given = [name.replace("_", "-") for name in ("base", "identitynet", "adapter",
+                                                     *ControlRefs.__dataclass_fields__) if getattr(settings, name)]
         if given:
             raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
         dtype = {"dtype": settings.dtype} if settings.dtype else {}

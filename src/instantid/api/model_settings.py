@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instantid.faces import BACKENDS
 from instantid.io.devices import DTYPE_NAMES
+from instantid.io.models import DEFAULT_CONTROLNETS, DEFAULT_MAPPERS, ControlRefs
 from instantid.speed.quantize import SCHEMES as QUANTIZE_SCHEMES
 
 if TYPE_CHECKING:
@@ -42,6 +43,16 @@ class ModelSettings(BaseModel):
                                      env="INSTANTID_IDENTITYNET")
     adapter: str | None = option(None, "Face adapter ip-adapter.bin / .safetensors or Hub id "
                                  "(default: InstantX/InstantID).", env="INSTANTID_ADAPTER")
+    pose_controlnet: str | None = option(None, f"OpenPose ControlNet for --pose-strength (default: "
+                                         f"{DEFAULT_CONTROLNETS['pose']}).", env="INSTANTID_POSE_CONTROLNET")
+    canny_controlnet: str | None = option(None, f"Canny ControlNet for --canny-strength (default: "
+                                          f"{DEFAULT_CONTROLNETS['canny']}).", env="INSTANTID_CANNY_CONTROLNET")
+    depth_controlnet: str | None = option(None, f"Depth ControlNet for --depth-strength (default: "
+                                          f"{DEFAULT_CONTROLNETS['depth']}).", env="INSTANTID_DEPTH_CONTROLNET")
+    pose_map_model: str | None = option(None, f"ViTPose model that finds the body pose for --pose-strength "
+                                        f"(default: {DEFAULT_MAPPERS['pose']}).", env="INSTANTID_POSE_MAP_MODEL")
+    depth_map_model: str | None = option(None, f"Depth model (Depth-Anything or DPT) for --depth-strength "
+                                         f"(default: {DEFAULT_MAPPERS['depth']}).", env="INSTANTID_DEPTH_MAP_MODEL")
     face_backend: FaceBackend = option("auto", "Face model: auto, antelopev2 (published) or dlib.")
     antelopev2_root: Path | None = option(None, "Folder with scrfd_10g_bnkps.onnx and glintr100.onnx.",
                                           env="INSTANTID_ANTELOPEV2")
@@ -63,6 +74,11 @@ class ModelSettings(BaseModel):
     demo_cache_dir: Path | None = option(None, "Where the demo weights are built (default ~/.cache/instantid).",
                                          flag="hidden")
     verbose: bool = option(False, "Show the libraries' own warnings and loading bars.")
+
+    def control_refs(self) -> ControlRefs | None:
+        """The extra ControlNets' references given, or None (the published demo's; --demo: its tiny ones)."""
+        given = {name: getattr(self, name) for name in ControlRefs.__dataclass_fields__ if getattr(self, name)}
+        return ControlRefs(**given) if given else None
 
     def face_analyzer(self) -> FaceAnalyzer:
         """The face model alone, seconds to load next to minutes for the diffusion model: surfaces check photos

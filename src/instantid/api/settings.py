@@ -32,16 +32,22 @@ MAX_IMAGES = 16
 # past four, a face in a 1024-1280 px picture gets under the face models' ~112 px working size.
 MIN_PEOPLE, MAX_PEOPLE = 2, 4
 
+CONTROL_KINDS = ("pose", "canny", "depth")  # the extra ControlNets; their strengths are `<kind>_strength`
+_ONE_PERSON_ONLY = {name: "the extra ControlNets and image-to-image are for one-person pictures"
+                    for name in ("pose_strength", "canny_strength", "depth_strength", "denoising_strength")}
 # Settings a task cannot honour, and why: every surface leaves them out (CLI, web UI) or refuses a value away from
 # the default (HTTP) rather than ignoring it silently.
 UNUSED_SETTINGS: dict[str, dict[str, str]] = {
     "generate": {},
-    "swap": {"width": "the output has the scene's size", "height": "the output has the scene's size",
+    "swap": {**_ONE_PERSON_ONLY, "width": "the output has the scene's size",
+             "height": "the output has the scene's size",
              "face_detail": "the swapped face is already drawn at the model's resolution",
              "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
-    "group": {"face_detail": "the face-detail pass is not available for group pictures",
+    "group": {**_ONE_PERSON_ONLY,
+              "face_detail": "the face-detail pass is not available for group pictures",
               "face_detail_strength": "the face-detail pass is not available for group pictures"},
-    "detail": {"width": "the output has the picture's size", "height": "the output has the picture's size",
+    "detail": {**_ONE_PERSON_ONLY, "width": "the output has the picture's size",
+               "height": "the output has the picture's size",
                "num_images": "one picture in, one picture out",
                "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
 }
@@ -118,6 +124,20 @@ class GenerationSettings(BaseModel):
                           "photo quality), robust (drops outliers); auto = robust for 3+ photos, else mean.",
                           ui="dropdown", advanced=True)
 
+    # The published demo's extra ControlNets (OpenPose, Canny, depth: instantid.core.control_maps), each fed a map
+    # made from the pose photo, else the face photo, beside IdentityNet; 0 = that net is not loaded or run.
+    pose_strength: float = knob(0.0, "Extra OpenPose ControlNet: body pose from the pose photo (else the face "
+                                "photo); 0 = off (the published demo uses 0.4).", ui="slider", step=0.05,
+                                advanced=True, ge=0, le=1.5)
+    canny_strength: float = knob(0.0, "Extra Canny ControlNet: edges of the pose photo (else the face photo); "
+                                 "0 = off (the published demo uses 0.4).", ui="slider", step=0.05, advanced=True,
+                                 ge=0, le=1.5)
+    depth_strength: float = knob(0.0, "Extra depth ControlNet: depth of the pose photo (else the face photo); "
+                                 "0 = off (the published demo uses 0.4).", ui="slider", step=0.05, advanced=True,
+                                 ge=0, le=1.5)
+    denoising_strength: float = knob(0.8, "Image-to-image (with an init image): how much of it is redrawn, 1 = "
+                                     "all of it.", ui="slider", step=0.05, advanced=True, ge=0.05, le=1)
+
     face_detail: bool = knob(False, "Second pass: find each face in the result and redraw it at the model's full "
                              "resolution (small faces, full-body pictures).", ui="checkbox", advanced=True)
     face_detail_strength: float = knob(0.4, "Denoising strength of the face-detail pass.", ui="slider", step=0.05,
@@ -130,6 +150,17 @@ class GenerationSettings(BaseModel):
         field left at its default still takes a loaded few-step preset's value (:meth:`InstantID.call_settings`).
         """
         return make_settings({**self.model_dump(exclude_unset=True), **changes})
+
+    def control_strengths(self) -> dict[str, float]:
+        """The extra ControlNets this call runs (strength above 0), by kind, in :data:`CONTROL_KINDS` order."""
+        return {kind: getattr(self, f"{kind}_strength") for kind in CONTROL_KINDS
+                if getattr(self, f"{kind}_strength") > 0}
+
+    def check_init_image(self, given: bool, name: str = "an init image") -> None:
+        """The one rule for image-to-image: a denoising strength away from its default needs an init image
+        (``name``: how the calling surface takes it), rather than being ignored."""
+        if not given and self.denoising_strength != GenerationSettings.model_fields["denoising_strength"].default:
+            raise InvalidInputError(f"denoising_strength is for image-to-image: give {name} too")
 
     def record(self) -> dict[str, Any]:
         """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""

@@ -50,12 +50,6 @@ class Mix:
     weight: float
 
 
-@dataclass(frozen=True)
-class InitImage:
-    """Image-to-image (generate): start from ``photo`` noised to ``strength`` (0 < strength <= 1; 1 = from noise)."""
-
-    photo: Photo
-    strength: float
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ class JobRequest:
     people: tuple[tuple[Photo, ...], ...] = ()  # one tuple of photos per person (group)
     picture: Photo | None = None  # the picture whose faces are redrawn (detail)
     detail: DetailOptions | None = None
-    init: InitImage | None = None  # image-to-image (generate)
+    init_image: Photo | None = None  # image-to-image from this picture (generate)
 
     def __post_init__(self) -> None:
         from instantid.apps.layouts import get_layout
@@ -107,11 +101,10 @@ class JobRequest:
             raise InvalidInputError("a swap takes its pose from the scene's face; do not send a pose photo")
         if self.task == "detail" and self.pose is not None:
             raise InvalidInputError("face detail keeps each face's own pose; do not send a pose photo")
-        if self.init is not None:
-            if self.task != "generate":
-                raise InvalidInputError(f"an init image is for generate jobs, not {self.task}")
-            if not 0 < self.init.strength <= 1:
-                raise InvalidInputError(f"denoising_strength must be above 0 and at most 1, got {self.init.strength}")
+        if self.task != "generate" and self.init_image is not None:
+            raise InvalidInputError("init_image (image-to-image) is for /v1/generate")
+        if self.task == "generate":
+            self.settings.check_init_image(self.init_image is not None, "an init_image")
         for i, mix in enumerate(self.mixes):
             if not 0 <= mix.weight <= 1:
                 raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
@@ -132,8 +125,8 @@ class JobRequest:
             slots["scene"] = self.scene[1]
         if self.picture is not None:
             slots["picture"] = self.picture[1]
-        if self.init is not None:
-            slots["init"] = self.init.photo[1]
+        if self.init_image is not None:
+            slots["init"] = self.init_image[1]
         return slots
 
     def record(self) -> dict[str, Any]:
@@ -147,7 +140,7 @@ class JobRequest:
             "people": [[n for n, _ in photos] for photos in self.people],
             "picture": self.picture[0] if self.picture else None,
             "detail": self.detail.model_dump() if self.detail is not None else None,
-            **({"init": {"name": self.init.photo[0], "strength": self.init.strength}} if self.init else {}),
+            "init_image": self.init_image[0] if self.init_image else None,
         }
 
     def fingerprint(self) -> str:
@@ -182,8 +175,7 @@ class JobRequest:
             people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
             picture=(request["picture"], load("picture")) if request.get("picture") else None,
             detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
-            init=InitImage((request["init"]["name"], load("init")), float(request["init"]["strength"]))
-            if request.get("init") else None,
+            init_image=(request["init_image"], load("init")) if request.get("init_image") else None,
         )
 
 
@@ -217,7 +209,8 @@ class Prepared:
     placement: Placement | None = None  # group: where the group photo's people stand (found once)
     detail: DetailOptions | None = None  # detail: the pass's options (``scene``: the picture redrawn)
     picture_faces: tuple[Face, ...] | None = None  # detail: the picture's faces, largest first (found once)
-    init: tuple[Image.Image, float] | None = None  # generate, image-to-image: the start picture and strength
+    init_image: Image.Image | None = None  # generate: image-to-image from this picture (upright RGB)
+    init_name: str = ""
 
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
@@ -237,10 +230,8 @@ class Prepared:
             assert self.scene is not None and self.detail is not None  # checked when prepared
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
                                   progress, faces=self.picture_faces)
-        if self.init is not None:
-            return model.generate(self.identity, settings, progress=progress, init_image=self.init[0],
-                                  strength=self.init[1])
-        return model.generate(self.identity, settings, progress=progress)
+        return model.generate(self.identity, settings, progress=progress, init_image=self.init_image,
+                              init_name=self.init_name or "init image")
 
     def found(self) -> dict[str, Any]:
         """What the analysis found that a worker would otherwise find again, as JSON for the job record
@@ -312,12 +303,11 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         identity = with_layout(identity, request.layout, settings.width or DEFAULT_LAYOUT_SIZE,
                                settings.height or DEFAULT_LAYOUT_SIZE)
     if request.task == "generate":
-        init = None
-        if request.init is not None:  # unreadable: refused here, before the model runs
-            from instantid.faces import load_image
+        from instantid.faces import load_image
 
-            init = (load_image(request.init.photo[1], request.init.photo[0]), request.init.strength)
-        return Prepared("generate", identity=identity, init=init)
+        init = request.init_image
+        return Prepared("generate", identity=identity, init_image=load_image(init[1], init[0]) if init else None,
+                        init_name=init[0] if init else "")
     if request.task == "detail":
         from instantid.faces import load_image
 
@@ -346,5 +336,5 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
                     swap=request.swap)
 
 
-__all__ = ["InitImage", "JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind",
+__all__ = ["JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind",
            "UNUSED_SETTINGS", "placement_from", "prepare"]

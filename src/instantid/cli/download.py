@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from instantid.api.settings import CONTROL_KINDS
 from instantid.cli import app
 from instantid.faces.antelopev2 import ANTELOPEV2_REPO_ENV, DEFAULT_ANTELOPEV2_REPO
+
+if TYPE_CHECKING:
+    from instantid.hub.catalog import HubModel
 
 PARTS = ("base", "instantid", "antelopev2")
 
 
 @app.command("download", help=f"""\
 Fetch the published weights into the standard Hugging Face cache: the SDXL base, InstantID's IdentityNet and \
-face adapter, the antelopev2 face detector and recogniser, and with --preset a few-step preset's weights.
+face adapter, the antelopev2 face detector and recogniser, with --preset a few-step preset's weights and with \
+--controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models.
 
 Each model's licence is shown first and needs a yes (--accept-licences for scripts). Every file is checked \
 after download: antelopev2's two files against their published SHA-256, the others against the SHA-256 the Hub \
@@ -27,6 +33,9 @@ copy (keep ${ANTELOPEV2_REPO_ENV} set for generate to find that copy).""")
 def download_command(
     preset: list[str] = typer.Option([], "--preset", help="Also fetch this few-step preset's weights "
                                      "(see `instantid generate --help`); repeatable."),
+    controlnet: list[str] = typer.Option([], "--controlnet", help="Also fetch an extra ControlNet and its map "
+                                         f"model, for --<kind>-strength: one of {', '.join(CONTROL_KINDS)}; "
+                                         "repeatable."),
     skip: list[str] = typer.Option([], "--skip", help=f"Leave out one of: {', '.join(PARTS)}; repeatable."),
     base: str | None = typer.Option(None, "--base", help="Another SDXL base repository in diffusers layout "
                                     "(default stabilityai/stable-diffusion-xl-base-1.0)."),
@@ -38,12 +47,8 @@ def download_command(
     verify: bool = typer.Option(False, "--verify", help="Also re-hash the files already in the cache (a bad one "
                                 "is removed; run again to fetch it)."),
 ) -> None:
-    from huggingface_hub import constants
-    from rich.filesize import decimal
-
     from instantid.errors import InvalidInputError
-    from instantid.hub.catalog import antelopev2_repo, default_models, preset_model
-    from instantid.hub.fetch import DownloadError, cached_path, fetch_file, plan, record_revision, verify_cached
+    from instantid.hub.catalog import antelopev2_repo, controlnet_models, default_models, preset_model
     from instantid.io.models import DEFAULT_BASE
 
     # 1. What to fetch (names checked before any network).
@@ -52,9 +57,26 @@ def download_command(
         raise InvalidInputError(f"--skip {unknown[0]!r}: choose one of {', '.join(PARTS)}")
     models = [m for m in default_models(base or DEFAULT_BASE, antelopev2_from) if m.key not in skip]
     models += [preset_model(name) for name in dict.fromkeys(preset)]
+    wrong = [k for k in controlnet if k not in CONTROL_KINDS]
+    if wrong:
+        raise InvalidInputError(f"--controlnet {wrong[0]!r}: choose one of {', '.join(CONTROL_KINDS)}")
+    models += [m for kind in dict.fromkeys(controlnet) for m in controlnet_models(kind)]
     if not models:
-        raise InvalidInputError("nothing to download: every part is skipped and no --preset given")
-    # 2. Commits, files and sizes from the Hub (metadata only), then the licences and a yes.
+        raise InvalidInputError("nothing to download: every part is skipped and no --preset or --controlnet given")
+    fetch_models(models, accept_licences=accept_licences, verify=verify)
+    if "antelopev2" not in skip and antelopev2_repo(antelopev2_from) != antelopev2_repo():
+        typer.echo(f"set {ANTELOPEV2_REPO_ENV}={antelopev2_from} so generate finds this antelopev2 copy")
+
+
+def fetch_models(models: list[HubModel], *, accept_licences: bool, verify: bool = False) -> None:
+    """Plan, show each licence and ask for a yes (or take ``accept_licences``), then fetch and verify what the
+    cache lacks: the steps of ``instantid download``, shared with ``instantid doctor --fix``."""
+    from huggingface_hub import constants
+    from rich.filesize import decimal
+
+    from instantid.hub.fetch import DownloadError, cached_path, fetch_file, plan, record_revision, verify_cached
+
+    # 1. Commits, files and sizes from the Hub (metadata only), then the licences and a yes.
     resolved = plan(models)
     for item in resolved:
         typer.echo(f"{item.model.title}: {item.model.repo}@{item.commit[:12]}, {len(item.files)} files, "
@@ -68,7 +90,7 @@ def download_command(
                                 "--accept-licences if you accept them")
         if not typer.confirm(f"Accept these licences and download up to {decimal(total)}?", default=False):
             raise DownloadError("licences not accepted; nothing downloaded")
-    # 3. Each file: cached, or downloaded (resuming a partial one) and verified before it enters the cache.
+    # 2. Each file: cached, or downloaded (resuming a partial one) and verified before it enters the cache.
     cache_dir = Path(constants.HF_HUB_CACHE)
     for item in resolved:
         for file in item.files:
@@ -86,5 +108,3 @@ def download_command(
                        f"{file.source}) -> {path}")
         record_revision(item, cache_dir)
     typer.echo(f"done: {len(resolved)} models at the commits shown, in {cache_dir}")
-    if "antelopev2" not in skip and antelopev2_repo(antelopev2_from) != antelopev2_repo():
-        typer.echo(f"set {ANTELOPEV2_REPO_ENV}={antelopev2_from} so generate finds this antelopev2 copy")

@@ -1,4 +1,4 @@
-"""``instantid generate`` (face photos -> PNGs), ``instantid batch`` (job file) and ``instantid doctor``."""
+"""``instantid generate`` (face photos -> PNGs) and ``instantid batch`` (job file)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from instantid.cli import app
 from instantid.cli.options import (
     apply_mixes,
     check_photos,
-    model_option,
     naming,
     parse_mix,
     with_generation_options,
@@ -63,7 +62,10 @@ def check_model_options(model: Any) -> None:
     pick_dtype(model.dtype, pick_device(model.device, "--device"), "--dtype")
     if model.lora:
         check_lora(model.lora, "--lora")
-    given = [name for name in ("base", "identitynet", "adapter") if getattr(model, name)]
+    from instantid.io.models import ControlRefs
+
+    given = [name.replace("_", "-") for name in ("base", "identitynet", "adapter", *ControlRefs.__dataclass_fields__)
+             if getattr(model, name)]
     if model.demo and given:
         raise InvalidInputError(f"--demo uses its own tiny weights; drop --{', --'.join(given)}")
     if model.preset:
@@ -162,6 +164,9 @@ def generate_command(
                                       "(see `instantid layouts`), e.g. three-quarter-left."),
     mix: list[str] = typer.Option([], help="Mix in another person: PHOTO:WEIGHT (0 = this person, 1 = the "
                                   "other); repeatable."),
+    init_image: Path | None = typer.Option(None, "--init-image", help="Image-to-image: start from this picture "
+                                           "(resized to the output size); --denoising-strength says how much of "
+                                           "it is redrawn.", dir_okay=False),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
@@ -172,6 +177,7 @@ def generate_command(
     from instantid.api.face_side import group_poses, prepare_identity, with_pose
     from instantid.api.settings import check_people, field_label, make_settings
     from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
+    from instantid.faces import load_image
     from instantid.io.loading import library_chatter
     from instantid.io.outputs import image_stem, prepare_folder, write_image
 
@@ -180,7 +186,7 @@ def generate_command(
     if groups:  # a count needs no file: before the photos
         check_people(len(groups), "one --person per person")
     check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
-                 *(parse_mix(spec)[0] for spec in mix))
+                 *(parse_mix(spec)[0] for spec in mix), *([init_image] if init_image else []))
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
@@ -193,6 +199,12 @@ def generate_command(
                                 if faces else "give at least one face photo (or --person for several people)")
     if groups and (layout is not None or mix or any(not g for g in groups)):
         raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
+    if groups and (init_image is not None or settings.control_strengths()):
+        raise InvalidInputError("--init-image and --pose/--canny/--depth-strength are for one person")
+    if init_image is None and "denoising_strength" in settings.model_fields_set:
+        raise InvalidInputError("--denoising-strength is for image-to-image: give --init-image too")
+    with naming("--init-image"):
+        init_picture = load_image(init_image, init_image.name) if init_image is not None else None
     check_model_options(model)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
@@ -227,7 +239,8 @@ def generate_command(
             report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
             result = (instant.generate_group(people, call, pose_faces=placed,
                                              pose_name=pose.name if pose else "columns", progress=report)
-                      if people else instant.generate(identity, call, progress=report))
+                      if people else instant.generate(identity, call, progress=report, init_image=init_picture,
+                                                      init_name=init_image.name if init_image else "init image"))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = image_stem(metadata["seed"], prompt=settings.prompt)
@@ -366,44 +379,3 @@ def _chatter(model: Any) -> Any:
     from instantid.io.loading import library_chatter
 
     return library_chatter(model.verbose)
-
-
-@app.command("doctor")
-def doctor_command(
-    base: str | None = model_option("base"),
-    identitynet: str | None = model_option("identitynet"),
-    adapter: str | None = model_option("adapter"),
-    antelopev2_root: Path | None = model_option("antelopev2_root"),
-) -> None:
-    """Report what is installed, what is missing and where to get it; downloads nothing.
-
-    Exit 0 when everything for real generation is present, else 1.
-    """
-    import torch
-
-    from instantid.errors import MissingWeightsError
-    from instantid.faces.antelopev2 import candidate_folders, find_antelopev2
-    from instantid.faces.dlib_backend import dlib_models_dir
-    from instantid.io.models import ANTELOPEV2_HINT, ModelRefs, describe
-
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
-    typer.echo(f"torch {torch.__version__}: CUDA {cuda}, MPS {'yes' if mps else 'no'}")
-    refs = ModelRefs(**{k: v for k, v in (("base", base), ("identitynet", identitynet), ("adapter", adapter)) if v})
-    ok = True
-    for kind, _ref, path, problem in describe(refs):
-        ok &= problem is None
-        typer.echo(f"[{'ok' if problem is None else 'MISSING'}] {kind}: {path or problem}")
-    folder = find_antelopev2(antelopev2_root)
-    ok &= folder is not None
-    searched = ", ".join(str(f) for f in candidate_folders(antelopev2_root))
-    typer.echo(f"[ok] antelopev2: {folder}" if folder else f"[MISSING] antelopev2 (searched {searched}): "
-               f"{ANTELOPEV2_HINT}")
-    try:
-        typer.echo(f"[ok] dlib face models (for --face-backend dlib and --demo): {dlib_models_dir()}")
-    except MissingWeightsError as exc:
-        typer.echo(f"[info] dlib face models: {exc}")
-    typer.echo("everything needed for real generation is present" if ok else
-               "some files are missing (see above); `instantid generate --demo` works without them")
-    # main() runs click with standalone_mode=False, which returns an Exit's code rather than exiting.
-    raise typer.Exit(0 if ok else 1)

@@ -17,9 +17,12 @@ from instantid.faces.antelopev2 import (
 from instantid.io.models import (
     ADAPTER_FILENAME,
     BASE_PATTERNS,
+    CONTROLNET_PATTERNS,
     DEFAULT_BASE,
     IDENTITYNET_SUBFOLDER,
     INSTANTID_REPO,
+    MAPPER_PATTERNS,
+    ControlRefs,
 )
 
 # SHA-256 of insightface's antelopev2.zip members (release v0.7), as pinned independently by several public
@@ -87,3 +90,15 @@ def preset_model(name: str) -> HubModel:
     preset = get_preset(name)
     return HubModel(f"preset:{preset.name}", f"few-step preset {preset.name}", preset.repo, (preset.weight_name,),
                     None)
+
+
+def controlnet_models(kind: str, refs: ControlRefs | None = None) -> list[HubModel]:
+    """An extra ControlNet (pose, canny, depth) and the model that makes its map (none for canny), with the
+    loaders' own file patterns; their licences are their model cards' (depth-anything-large's card, for one, says
+    non-commercial: read what the plan shows)."""
+    refs = refs or ControlRefs()
+    models = [HubModel(f"controlnet:{kind}", f"{kind} ControlNet", refs.controlnet(kind), CONTROLNET_PATTERNS, None)]
+    map_model = refs.map_model(kind)
+    if map_model is not None:
+        models.append(HubModel(f"map:{kind}", f"{kind} map model", map_model, MAPPER_PATTERNS, None))
+    return models

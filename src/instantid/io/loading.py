@@ -92,6 +92,29 @@ def load_pipeline(
     return pipe
 
 
+def load_controlnet(kind: str, ref: str | None, *, dtype: torch.dtype) -> Any:
+    """One of the published demo's extra ControlNets (``kind``: pose, canny, depth), on the CPU in ``dtype``."""
+    from diffusers import ControlNetModel
+
+    from instantid.io.models import resolve_controlnet
+
+    path = resolve_controlnet(kind, ref)
+    with _reading(f"{kind} ControlNet", path):
+        return ControlNetModel.from_pretrained(path, dtype=dtype)
+
+
+def load_mapper(kind: str, ref: str | None) -> Any:
+    """What makes ``kind``'s control map (:func:`instantid.core.control_maps.mapper`; canny loads nothing)."""
+    from instantid.core.control_maps import mapper
+    from instantid.io.models import resolve_mapper
+
+    if kind == "canny":
+        return mapper(kind, None)
+    path = resolve_mapper(kind, ref)
+    with _reading(f"{kind} map model", path):
+        return mapper(kind, path)
+
+
 def load_lora(pipe: Any, ref: str, scale: float = 1.0) -> None:
     """Load a LoRA (file, folder or Hub id), e.g. LCM-LoRA; a name containing 'lcm' also selects the LCM
     scheduler, which few-step LCM generation needs."""

@@ -26,10 +26,22 @@ ANTELOPEV2_HINT = (
     "`instantid download` fetches antelopev2 (scrfd_10g_bnkps.onnx + glintr100.onnx) into the Hugging Face cache; "
     "or unpack it by hand into ~/.insightface/models/antelopev2 or a folder named by INSTANTID_ANTELOPEV2"
 )
+# The published demo's extra ControlNets (instantid.api.settings.CONTROL_KINDS) and the models that make their maps
+# (instantid.core.control_maps; canny needs none). Full-precision safetensors only, as for the base.
+DEFAULT_CONTROLNETS = {
+    "pose": "thibaud/controlnet-openpose-sdxl-1.0",
+    "canny": "diffusers/controlnet-canny-sdxl-1.0",
+    "depth": "diffusers/controlnet-depth-sdxl-1.0-small",
+}
+DEFAULT_MAPPERS = {"pose": "usyd-community/vitpose-base-simple", "depth": "LiheYoung/depth-anything-large-hf"}
+CONTROLNET_PATTERNS = ("config.json", "diffusion_pytorch_model.safetensors")
+MAPPER_PATTERNS = ("config.json", "preprocessor_config.json", "model.safetensors")
 WHERE = {
     "base": f"an SDXL base in diffusers layout, e.g. {DEFAULT_BASE}, or a single .safetensors checkpoint",
     "identitynet": f"{INSTANTID_REPO} on the Hugging Face Hub, folder {IDENTITYNET_SUBFOLDER}/",
     "adapter": f"{INSTANTID_REPO} on the Hugging Face Hub, file {ADAPTER_FILENAME}",
+    **{f"{kind} ControlNet": f"{ref} on the Hugging Face Hub" for kind, ref in DEFAULT_CONTROLNETS.items()},
+    **{f"{kind} map model": f"{ref} on the Hugging Face Hub" for kind, ref in DEFAULT_MAPPERS.items()},
 }
 
 
@@ -42,16 +54,35 @@ class ModelRefs:
     adapter: str = DEFAULT_ADAPTER
 
 
+@dataclass(frozen=True)
+class ControlRefs:
+    """Where the extra ControlNets and their map models come from (None: the published demo's)."""
+
+    pose_controlnet: str | None = None
+    canny_controlnet: str | None = None
+    depth_controlnet: str | None = None
+    pose_map_model: str | None = None
+    depth_map_model: str | None = None
+
+    def controlnet(self, kind: str) -> str:
+        return getattr(self, f"{kind}_controlnet") or DEFAULT_CONTROLNETS[kind]
+
+    def map_model(self, kind: str) -> str | None:
+        return getattr(self, f"{kind}_map_model", None) or DEFAULT_MAPPERS.get(kind)
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def _missing(kind: str, ref: str, detail: str) -> MissingWeightsError:
+    extra = kind.split()[0] if kind.endswith(("ControlNet", "map model")) else None
+    command = f"instantid download --controlnet {extra}" if extra else "instantid download"
     return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]} "
-                               "(`instantid download` fetches the published one)")
+                               f"(`{command}` fetches the published one)")
 
 
-def _looks_like_repo_id(ref: str) -> bool:
+def looks_like_repo_id(ref: str) -> bool:
     return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
 
 
@@ -66,7 +97,7 @@ def resolve_base(ref: str, local_only: bool = False) -> Path:
         if (path / "model_index.json").is_file():
             return path
         raise _missing("base", ref, "no model_index.json in that folder")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("base", ref, "no such file or folder")
     return _snapshot("base", ref, list(BASE_PATTERNS), local_only)
 
@@ -79,7 +110,7 @@ def resolve_identitynet(ref: str, local_only: bool = False) -> Path:
             if (candidate / "config.json").is_file():
                 return candidate
         raise _missing("identitynet", ref, f"no config.json in it or in {IDENTITYNET_SUBFOLDER}/")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("identitynet", ref, "no such folder")
     root = _snapshot("identitynet", ref, [f"{IDENTITYNET_SUBFOLDER}/*"], local_only)
     folder = root / IDENTITYNET_SUBFOLDER
@@ -98,7 +129,7 @@ def resolve_adapter(ref: str, local_only: bool = False) -> Path:
             if (path / name).is_file():
                 return path / name
         raise _missing("adapter", ref, f"no {ADAPTER_FILENAME} in that folder")
-    if not _looks_like_repo_id(ref):
+    if not looks_like_repo_id(ref):
         raise _missing("adapter", ref, "no such file")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -107,6 +138,30 @@ def resolve_adapter(ref: str, local_only: bool = False) -> Path:
         return Path(hf_hub_download(ref, ADAPTER_FILENAME, local_files_only=_offline() or local_only))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         raise _missing("adapter", ref, _why(exc)) from exc
+
+
+def resolve_controlnet(kind: str, ref: str | None = None, local_only: bool = False) -> Path:
+    """An extra ControlNet's folder (``config.json`` + weights): ``ref`` or the published demo's for ``kind``."""
+    return _model_folder(f"{kind} ControlNet", ref or DEFAULT_CONTROLNETS[kind], CONTROLNET_PATTERNS, local_only)
+
+
+def resolve_mapper(kind: str, ref: str | None = None, local_only: bool = False) -> Path:
+    """The folder of the model that makes ``kind``'s control map (transformers layout)."""
+    return _model_folder(f"{kind} map model", ref or DEFAULT_MAPPERS[kind], MAPPER_PATTERNS, local_only)
+
+
+def _model_folder(kind: str, ref: str, patterns: tuple[str, ...], local_only: bool) -> Path:
+    path = Path(ref).expanduser()
+    if path.exists():
+        if (path / "config.json").is_file():
+            return path
+        raise _missing(kind, ref, "no config.json in that folder")
+    if not looks_like_repo_id(ref):
+        raise _missing(kind, ref, "no such folder")
+    folder = _snapshot(kind, ref, list(patterns), local_only)
+    if not (folder / "config.json").is_file():
+        raise _missing(kind, ref, "not in the Hugging Face cache")
+    return folder
 
 
 def _snapshot(kind: str, ref: str, patterns: list[str], local_only: bool) -> Path:

@@ -17,6 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from instantid.core.adapter import random_adapter_state_dict
 from instantid.io.loading import library_chatter
+from instantid.io.models import ControlRefs
 
 TINY_MARKER = "instantid-tiny.json"
 
@@ -179,3 +180,55 @@ def build_tiny_instantid(out_dir: str | Path, config: TinyConfig = TinyConfig(),
     torch.save(state, out / "ip-adapter.bin")
     marker.write_text(json.dumps(wanted))
     return out
+
+
+CONTROLS_MARKER = "instantid-tiny-controls.json"
+CONTROLS_VERSION = 2
+
+
+def build_tiny_controls(out_dir: str | Path, seed: int = 0) -> ControlRefs:
+    """Tiny random stand-ins for the extra ControlNets (pose, canny, depth) and their map models, beside a tiny
+    stack built by :func:`build_tiny_instantid` in ``out_dir``: the real classes (diffusers ``ControlNetModel``,
+    transformers ViTPose and Depth-Anything) in their published layouts, so the real loading code reads them.
+    Returns where they are. Reused when already built."""
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    out = Path(out_dir)
+    refs = ControlRefs(**{f"{kind}_controlnet": str(out / f"controlnet-{kind}") for kind in ("pose", "canny", "depth")},
+                       pose_map_model=str(out / "vitpose"), depth_map_model=str(out / "depth-anything"))
+    marker = out / CONTROLS_MARKER
+    wanted = {"version": CONTROLS_VERSION, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return refs
+    with library_chatter():
+        unet = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
+        for offset, kind in enumerate(("pose", "canny", "depth"), start=1):
+            net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+            draw_identitynet_weights(net, seed + 100 * offset)  # drawn, so each net changes the picture
+            net.save_pretrained(refs.controlnet(kind))
+        torch.manual_seed(seed)
+        backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, image_size=[64, 48], patch_size=[16, 16],
+                                         out_indices=[2])
+        pose = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17))
+        pose.save_pretrained(refs.pose_map_model)
+        VitPoseImageProcessor(size={"height": 64, "width": 48}).save_pretrained(refs.pose_map_model)
+        dinov2 = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                              image_size=56, patch_size=14, out_features=["stage1", "stage2"],
+                              reshape_hidden_states=False)
+        depth = DepthAnythingConfig(backbone_config=dinov2, neck_hidden_sizes=[16, 32], reassemble_factors=[2, 1],
+                                    reassemble_hidden_size=32, fusion_hidden_size=16, head_hidden_size=8)
+        DepthAnythingForDepthEstimation(depth).save_pretrained(refs.depth_map_model)
+        DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                          do_pad=False).save_pretrained(refs.depth_map_model)
+    marker.write_text(json.dumps(wanted))
+    return refs

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -27,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from instantid.api.settings import GenerationSettings
-from instantid.apps.tasks import InitImage
 from instantid.service.a1111_payload import (
     ALIASES,
     EMBEDDING,
@@ -130,8 +128,6 @@ def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
         payload = parse_json(raw).values
         translated = translate(payload, model_title(service, settings)[1], image_to_image)
         job = job_request("generate", Body(values=translated.body, json=True))
-        if translated.init is not None:
-            job = replace(job, init=InitImage(("init_images[0]", translated.init[0]), translated.init[1]))
         record, _ = await run_in_threadpool(service.submit_request, job, owner=who.name, key=key)
         finished = await service.wait(record.id, settings.wait_timeout_s) or record
         if finished.state not in FINISHED:
@@ -223,7 +219,7 @@ def answer(payload: dict[str, Any], pngs: list[bytes], seeds: list[int], metadat
         "steps": used.steps, "batch_size": len(seeds), "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": metadata.get("model_name"), "sd_model_hash": metadata.get("model_hash"),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": (metadata.get("image_to_image") or {}).get("strength"),
+        "denoising_strength": used.denoising_strength if metadata.get("init_image") else None,
         "extra_generation_params": {"IdentityNet strength": used.identitynet_strength,
                                     "Adapter strength": used.adapter_strength},
         "index_of_first_image": 0, "infotexts": [infotext.replace(f"Seed: {seeds[0]}", f"Seed: {s}", 1)

@@ -63,11 +63,10 @@ AUTOMATIC_KARRAS = {"DPM++ 2M"}  # A1111 1.9+ runs these with Karras sigmas unde
 
 @dataclass
 class Translated:
-    """A txt2img / img2img payload as our ``/v1/generate`` JSON body, the img2img start picture (bytes) and
-    strength, and what the answer reports back."""
+    """A txt2img / img2img payload as our ``/v1/generate`` JSON body (img2img: with its ``init_image`` and
+    ``denoising_strength``), and what the answer reports back."""
 
     body: dict[str, Any]
-    init: tuple[bytes, float] | None = None
     ignored: list[str] = field(default_factory=list)
 
 
@@ -234,8 +233,9 @@ def translate(payload: dict[str, Any], model_name: str, image_to_image: bool = F
                       if k != "sd_model_checkpoint")
     if not image_to_image and payload.get("init_images"):
         ignored.append("init_images")  # A1111's txt2img does not read them either
-    start = (decode(init, "init_images[0]"), _strength(payload)) if init is not None else None
-    return Translated(body, start, ignored)
+    if image_to_image and init is not None:  # our own image-to-image fields: the picture and the strength knob
+        body.update(init_image=init, denoising_strength=_strength(payload))
+    return Translated(body, ignored)
 
 
 def _init_image(payload: dict[str, Any]) -> str:

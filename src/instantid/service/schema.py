@@ -36,7 +36,7 @@ MAX_FACES = 8  # photos of one person
 MAX_MIXES = 4
 MAX_FILES = 32  # file parts in one multipart body
 PERSON_FIELD = re.compile(r"person([0-9]{1,2})")
-FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture")  # plus person0, person1, ...
+FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture", "init_image")  # plus person0, person1, ...
 LayoutName = Literal[layout_names()]  # type: ignore[valid-type]
 
 
@@ -56,6 +56,8 @@ class GenerateJSON(GenerationSettings):
     pose: str | None = Field(None, description="Base64-encoded pose photo (keypoints and size from here).")
     layout: LayoutName | None = Field(None, description="A bundled keypoint layout instead of a pose photo.")
     mix: list[MixJSON] | None = Field(None, max_length=MAX_MIXES, description="Other people mixed into this one.")
+    init_image: str | None = Field(None, description="Base64-encoded picture to start from (image-to-image; "
+                                   "denoising_strength says how much of it is redrawn).")
 
 
 def _settings_fields(task: TaskKind) -> dict[str, Any]:
@@ -324,8 +326,10 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
     else:
         faces = _faces(body)
         mixes = _mixes(body)
+    init = None
     if task == "generate":
         pose = _photo(body, "pose")
+        init = _photo(body, "init_image")
         layout = body.values.pop("layout", None)
         if layout is not None and not isinstance(layout, str):
             raise InvalidInputError("layout must be the name of a bundled layout")
@@ -343,11 +347,11 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
     if body.files:
         raise InvalidInputError(f"unexpected file field {next(iter(body.files))!r} for /v1/{task}")
     for name in ("face", "faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "picture",
-                 "picture_name", "people", "layout"):
+                 "picture_name", "people", "layout", "init_image"):
         if name in body.values:
             raise InvalidInputError(f"{kind} {name!r} is not used by /v1/{task}")
     return JobRequest(task, settings_from(body.values), faces=faces, mixes=mixes, pose=pose, layout=layout,
-                      scene=scene, swap=swap, people=people, picture=picture, detail=detail)
+                      scene=scene, swap=swap, people=people, picture=picture, detail=detail, init_image=init)
 
 
 def _b64(name: str, data: str) -> bytes:
@@ -374,6 +378,7 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
     "generate": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of one person."},
         "pose": {**_BINARY, "description": "Optional pose photo."},
+        "init_image": {**_BINARY, "description": "Optional picture to start from (image-to-image)."},
         **_MIX_FILES,
     },
     "swap": {
@@ -392,7 +397,8 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
         **_MIX_FILES,
     },
 }
-_JSON_ONLY = ("face", "faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people")
+_JSON_ONLY = ("face", "faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people",
+              "init_image")
 
 
 def json_schema(task: TaskKind = "generate") -> dict[str, Any]:

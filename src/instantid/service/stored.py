@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,6 +89,16 @@ def save_prepared(files: JobFiles, job_id: str, job: Prepared) -> None:
         files.save_input(job_id, "scene", png.getvalue())
     if job.pose is not None:
         files.save_input(job_id, "pose", job.pose[1])
+    # The extra ControlNets' source photo and the image-to-image start, lossless as the scene.
+    pictures = {"control": job.identity.control_photo if job.identity is not None else None,
+                "init": job.init_image}
+    for slot, picture in pictures.items():
+        if picture is not None:
+            png = io.BytesIO()
+            picture.save(png, format="PNG")
+            files.save_input(job_id, slot, png.getvalue())
+    description["pictures"] = [slot for slot, picture in pictures.items() if picture is not None]
+    description["init_name"] = job.init_name
     files.save_input(job_id, "prepared", json.dumps(description).encode())
 
 
@@ -110,12 +121,19 @@ def load_prepared(files: JobFiles, job_id: str) -> Prepared:
     if data["task"] in ("swap", "detail"):
         with Image.open(io.BytesIO(files.load_input(job_id, "scene"))) as png:
             scene = png.convert("RGB")
+    pictures = {}
+    for slot in data.get("pictures", ()):
+        with Image.open(io.BytesIO(files.load_input(job_id, slot))) as png:
+            pictures[slot] = png.convert("RGB")
+    identity = _identity_back(data["identity"]) if data["identity"] is not None else None
+    if identity is not None and "control" in pictures:
+        identity = replace(identity, control_photo=pictures["control"])
     placement = None
     if data["placement"] is not None:
         width, height = data["placement"]["size"]
         placement = ([_face_back(f) for f in data["placement"]["faces"]], (int(width), int(height)))
     return Prepared(
-        task=data["task"], identity=_identity_back(data["identity"]) if data["identity"] is not None else None,
+        task=data["task"], identity=identity, init_image=pictures.get("init"), init_name=data.get("init_name", ""),
         people=tuple(_identity_back(p) for p in data["people"]), scene=scene, scene_name=data["scene_name"],
         target=_face_back(data["target"]) if data["target"] is not None else None,
         swap=SwapOptions.model_validate(data["swap"]) if data["swap"] is not None else None,

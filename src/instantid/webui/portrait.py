@@ -66,14 +66,16 @@ class PortraitTab:
 
     def generate(self, photos: Sequence[Photo], pose: Photo | None, values: dict[str, Any],
                  progress: Any = None, layout: str | None = None, mix: Photo | None = None,
-                 mix_weight: float = DEFAULT_MIX) -> tuple[list[Any], str]:
+                 mix_weight: float = DEFAULT_MIX, init: Any = None) -> tuple[list[Any], str]:
         """Images into the outputs folder; ``values`` are raw control values (Who's face choice and fusion
-        included). Returns gallery items and the info text."""
+        included); ``init``: a picture to start from (image-to-image). Returns gallery items and the info text."""
         settings = self.who.settings(values, [self.by_name[name] for name in values if name in self.by_name],
                                      self.label)
         identity = posed(self.who.identity_for(photos, pose, settings, mix, mix_weight), layout, settings.width,
                          settings.height)
-        return save_results(self.ctx, self.ctx.submit(Prepared("generate", identity=identity), settings, progress))
+        job = Prepared("generate", identity=identity, init_image=None if init is None else init.convert("RGB"),
+                       init_name="init image")
+        return save_results(self.ctx, self.ctx.submit(job, settings, progress))
 
     def few_step(self, on: bool) -> list[Any]:
         """The Few-step toggle: its own info line, then the sampler, steps and guidance controls' values. Turned on
@@ -104,6 +106,8 @@ class PortraitTab:
             for control in self.controls:
                 if control.advanced:
                     self.widgets[control.name] = control.build()
+            self.init_image = gr.Image(type="pil", label="Init image (image-to-image: the picture starts from it; "
+                                       "Denoising strength says how much is redrawn)", elem_id="init-image")
         self.button = gr.Button("Generate", variant="primary", elem_id="generate")
         self._examples()
 
@@ -133,9 +137,10 @@ class PortraitTab:
             photos, values = who_and_values(who, widgets, data)
             return self.generate(photos, data[who.pose_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
-                                 data[who.mix_state], data[who.mix_weight])
+                                 data[who.mix_state], data[who.mix_weight], data[self.init_image])
 
         clear_error_mark(self.button.click(ctx.guard(run, job=True),
-                                           {*who.inputs, who.layout, *who.mix_inputs, *widgets.values()},
+                                           {*who.inputs, who.layout, *who.mix_inputs, self.init_image,
+                                            *widgets.values()},
                                            [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
                                            concurrency_id="generation"), self.gallery, self.info)
