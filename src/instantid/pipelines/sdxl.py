@@ -56,6 +56,7 @@ from instantid.core.attention import (
 )
 from instantid.core.denoise import StepInputs, denoise_step, face_tokens
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
+from instantid.pipelines.style import StyleMixin
 
 EmbeddingInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
 MaskInput = PIL.Image.Image | np.ndarray | torch.Tensor
@@ -141,6 +142,8 @@ class CallRequest:
     callback_on_step_end: Callable | None
     callback_on_step_end_tensor_inputs: list[str]
     controlnet_cache_interval: int = 1  # lossy lever (instantid.core.denoise): ControlNets every N-th step
+    style_image: Any = None  # style reference picture(s) (instantid.pipelines.style)
+    style_scale: float | dict | None = None  # its strength, or diffusers' per-block scales
 
     @classmethod
     def of(cls, arguments: dict[str, Any], keypoints: Any) -> CallRequest:
@@ -196,8 +199,8 @@ def _pair(name: str, value: Any) -> None:
         raise InvalidInputError(f"{name} must be a (height, width) or (top, left) pair of integers, got {value!r}")
 
 
-class InstantIDMixin:
-    """What InstantID adds to a diffusers SDXL ControlNet pipeline."""
+class InstantIDMixin(StyleMixin):
+    """What InstantID adds to a diffusers SDXL ControlNet pipeline (and a style reference: StyleMixin)."""
 
     repaints_masked = False  # True for the inpainting pipeline, the only one a 9-channel (inpainting) UNet fits
 
@@ -377,6 +380,7 @@ class InstantIDMixin:
             )
         if req.output_type not in ("pil", "np", "pt", "latent"):
             raise InvalidInputError(f"output_type must be pil, np, pt or latent, got {req.output_type!r}")
+        self._check_style(req.style_image, req.style_scale)
         unknown = [k for k in req.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise InvalidInputError(
@@ -541,6 +545,7 @@ class InstantIDMixin:
         faces = FaceCall(
             regions=tuple(FaceRegion(tokens, mask) for tokens, mask in zip(enc.tokens, masks, strict=True)),
             scale=req.ip_adapter_scale, cache={},
+            style=self._style_call(req.style_image, req.style_scale, enc.total, enc.device),
         )
         # Every face layer's keys/values and region weights, once for the whole loop.
         faces = prepare_faces(self.unet, faces, (height // self.vae_scale_factor, width // self.vae_scale_factor))
@@ -702,12 +707,16 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
         controlnet_cache_interval: int = 1,
+        style_image: Any = None,
+        style_scale: float | dict | None = None,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Generate images of the person whose embedding is ``image_embeds``, posed by the keypoint picture
         ``image`` (see :func:`instantid.draw_kps`); or of several people, ``identities=[Person(...), ...]``.
         The published arguments keep their order and meaning; InstantID's own come last.
-        ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only."""
+        ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only.
+        ``style_image`` (after :meth:`load_style_adapter`): the picture takes its style, at ``style_scale``
+        (see :mod:`instantid.pipelines.style`)."""
         # 1. Check inputs (cheap, before anything runs).
         req = CallRequest.of(locals(), keypoints=image)
         self._check(req, kwargs)
@@ -800,10 +809,13 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
         control_mask: MaskInput | None = None,
         identities: Sequence[Person] | None = None,
         controlnet_cache_interval: int = 1,
+        style_image: Any = None,
+        style_scale: float | dict | None = None,
         **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint ``image`` as the person of ``image_embeds`` posed by ``control_image`` (keypoints), or as
-        several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``: as text-to-image."""
+        several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``, ``style_image``: as
+        text-to-image."""
         # 1. Check inputs (cheap, before anything runs).
         req = CallRequest.of(locals(), keypoints=control_image)
         self._check(req, kwargs)
