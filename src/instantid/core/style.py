@@ -79,6 +79,16 @@ def expand_block_scales(unet: torch.nn.Module, scale: ScaleConfig) -> float | di
                                        "images use: install a diffusers release from 0.32 to 0.42") from None
     if isinstance(scale, bool) or not isinstance(scale, (int, float, dict)):
         raise InvalidInputError(f"a style scale is a number or a block dict such as {STYLE_BLOCK}, got {scale!r}")
+    # diffusers silently drops a block it does not know: a typo would switch the style off without a word.
+    for side, blocks in (scale.items() if isinstance(scale, dict) else ()):
+        if side not in ("down", "mid", "up"):
+            raise InvalidInputError(f"style scale {scale!r}: {side!r} is not down, mid or up")
+        if side != "mid" and isinstance(blocks, dict):
+            have = [f"block_{i}" for i, b in enumerate(getattr(unet, f"{side}_blocks")) if hasattr(b, "attentions")]
+            unknown = sorted(set(blocks) - set(have))
+            if unknown:
+                raise InvalidInputError(f"style scale {scale!r}: {side} has no attention block {unknown[0]} "
+                                        f"(it has {', '.join(have)})")
     try:
         (expanded,) = _maybe_expand_lora_scales(unet, [scale], default_scale=0.0)
     except (ValueError, TypeError, AttributeError) as exc:

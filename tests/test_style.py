@@ -1,0 +1,190 @@
+"""Style reference images (InstantStyle) on tiny stand-ins with the real key layouts.
+
+The stand-in is h94/IP-Adapter's ``sdxl_models`` folder for the tiny stack (io/tiny.build_tiny_style_adapter):
+``ip-adapter_sdxl.safetensors`` / ``.bin`` with ``image_proj`` (proj + norm) and ``ip_adapter`` keys for every
+cross-attention layer, and ``image_encoder/`` (CLIPVisionModelWithProjection). What only the real download can
+show: that ViT-bigG's 1280-d embeddings and the published weights load (the shapes are checked by the same code).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_fixture_pipe
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from instantid import draw_kps
+from instantid.core.style import STYLE_BLOCKS, block_scales
+from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
+from instantid.io.tiny import build_tiny_style_adapter
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+KPS = [[22, 25], [42, 25], [32, 36], [24, 47], [40, 47]]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def style_dir(tmp_path_factory):
+    return build_tiny_style_adapter(tmp_path_factory.mktemp("style")) / "sdxl_models"
+
+
+@pytest.fixture(scope="module")
+def styled(tiny_fixture_dir, style_dir):
+    pipe = load_fixture_pipe(tiny_fixture_dir)
+    pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.safetensors")
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def reference():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((40 + 8 * i, 56, 3)) * 255).astype(np.uint8)) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipe(tiny_fixture_dir, style_dir):
+    """diffusers' own SDXL pipeline with the same IP-Adapter, loaded its way."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_fixture_dir / "base")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(str(style_dir.parent), subfolder="sdxl_models", weight_name="ip-adapter_sdxl.safetensors")
+    return pipe
+
+
+def _run(pipe, tiny_fixture_dir, steps=2, **kwargs):
+    emb = np.load(tiny_fixture_dir / "face_embedding.npy")
+    kps = draw_kps(Image.new("RGB", (SIZE, SIZE)), KPS)
+    return pipe("a photo", image_embeds=emb, image=kps, num_inference_steps=steps, output_type="np",
+                generator=torch.Generator().manual_seed(3), **kwargs).images
+
+
+def test_strength_zero_and_no_style_image_are_plain_instantid_bit_for_bit(fixture_pipe, styled, reference,
+                                                                         tiny_fixture_dir):
+    plain = _run(fixture_pipe, tiny_fixture_dir)
+    assert np.array_equal(_run(styled, tiny_fixture_dir), plain)
+    assert np.array_equal(_run(styled, tiny_fixture_dir, style_image=reference[0], style_scale=0.0), plain)
+    zero_blocks = block_scales("style+layout", 0.0)
+    assert np.array_equal(_run(styled, tiny_fixture_dir, style_image=reference, style_scale=zero_blocks), plain)
+    # ...and a style image at strength 1 does change the picture (the branch is not inert).
+    assert np.abs(_run(styled, tiny_fixture_dir, style_image=reference[0]) - plain).max() > 1e-3
+
+
+def _diffusers(pipe, image, scale, guidance=5.0):
+    pipe.set_ip_adapter_scale(scale)
+    return pipe("a photo", ip_adapter_image=image, height=SIZE, width=SIZE, num_inference_steps=2, output_type="np",
+                guidance_scale=guidance, generator=torch.Generator().manual_seed(3)).images
+
+
+@pytest.mark.parametrize("blocks", sorted(STYLE_BLOCKS))
+def test_without_face_and_identitynet_it_is_diffusers_instantstyle_exactly(styled, diffusers_pipe, reference,
+                                                                            tiny_fixture_dir, blocks):
+    scale = block_scales(blocks, 0.9)
+    ours = _run(styled, tiny_fixture_dir, style_image=reference[0], style_scale=scale, ip_adapter_scale=0.0,
+                controlnet_conditioning_scale=0.0)
+    assert np.array_equal(ours, _diffusers(diffusers_pipe, reference[0], scale))
+
+
+def test_several_style_images_and_no_guidance_match_diffusers(styled, diffusers_pipe, reference, tiny_fixture_dir):
+    scale = STYLE_BLOCKS["style"]
+    ours = _run(styled, tiny_fixture_dir, style_image=reference, style_scale=scale, ip_adapter_scale=0.0,
+                controlnet_conditioning_scale=0.0, guidance_scale=1.0)
+    # diffusers takes several images of one adapter as a nested list: their tokens side by side.
+    assert np.array_equal(ours, _diffusers(diffusers_pipe, [reference], scale, guidance=1.0))
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(style=st.floats(0, 2, allow_nan=False), layout=st.floats(0, 2, allow_nan=False))
+def test_any_block_scales_match_diffusers(styled, diffusers_pipe, reference, tiny_fixture_dir, style, layout):
+    scale = {"down": {"block_2": [0.0, layout]}, "up": {"block_0": [0.0, style, 0.0]}}
+    ours = _run(styled, tiny_fixture_dir, style_image=reference[1], style_scale=scale, ip_adapter_scale=0.0,
+                controlnet_conditioning_scale=0.0)
+    assert np.array_equal(ours, _diffusers(diffusers_pipe, reference[1], scale))
+
+
+def test_style_acts_only_in_its_blocks_beside_the_face(styled):
+    spec = styled.style_spec
+    assert all(".attentions.1." in name and name.startswith(("up_blocks.0", "down_blocks.2")) for name in spec.layers)
+    for name, proc in styled.unet.attn_processors.items():
+        if name.endswith("attn2.processor"):
+            assert len(proc.to_k_ip) == (2 if name in spec.layers else 1), name
+    assert len(styled.unet.encoder_hid_proj.image_projection_layers) == 2
+
+
+def test_face_and_style_together_and_loading_twice(tiny_fixture_dir, style_dir, styled, reference):
+    both = _run(styled, tiny_fixture_dir, style_image=reference[0], ip_adapter_scale=0.6)
+    pipe = load_fixture_pipe(tiny_fixture_dir)
+    pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.bin", style_dir / "image_encoder")
+    pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.bin")  # replaces, never stacks
+    assert sum(len(p.to_k_ip) for p in pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip")) == sum(
+        len(p.to_k_ip) for p in styled.unet.attn_processors.values() if hasattr(p, "to_k_ip"))
+    assert np.array_equal(_run(pipe, tiny_fixture_dir, style_image=reference[0], ip_adapter_scale=0.6), both)
+    assert not np.array_equal(_run(pipe, tiny_fixture_dir, style_image=reference[0], ip_adapter_scale=0.0), both)
+
+
+REF = "<the reference picture>"
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"style_scale": 0.5}, "style_scale needs style_image"),
+    ({"style_image": "ref.jpg"}, "style_image must be a PIL image"),
+    ({"style_image": []}, "style_image must be a PIL image"),
+    ({"style_image": REF, "style_scale": {"up": {"block_1": [1.0, 0.0, 0.0]}}}, "not loaded into"),
+    ({"style_image": REF, "style_scale": {"up": {"block_7": 1.0}}}, "style scale"),
+    ({"style_image": REF, "style_scale": {"up": {"block_0": [0.0, -1.0, 0.0]}}}, ">= 0"),
+    ({"style_image": REF, "style_scale": "strong"}, "a style scale is a number or a block dict"),
+])
+def test_bad_style_arguments_are_one_line_before_any_step(styled, reference, tiny_fixture_dir, arguments, message):
+    arguments = {k: reference[0] if v is REF else v for k, v in arguments.items()}
+    calls = []
+    handle = styled.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(InvalidInputError, match=message):
+            _run(styled, tiny_fixture_dir, **arguments)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_style_image_without_a_style_adapter(fixture_pipe, reference, tiny_fixture_dir):
+    with pytest.raises(InvalidInputError, match="load_style_adapter"):
+        _run(fixture_pipe, tiny_fixture_dir, style_image=reference[0])
+
+
+def _write(path, state):
+    torch.save(state, path)
+    return path
+
+
+def test_mismatched_style_weights_are_refused_before_installing(tiny_fixture_dir, style_dir, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    pipe = load_fixture_pipe(tiny_fixture_dir)
+    good = torch.load(style_dir / "ip-adapter_sdxl.bin", weights_only=True)
+    with pytest.raises(MissingWeightsError, match="style adapter file not found"):
+        pipe.load_style_adapter(tmp_path / "nope.bin")
+    with pytest.raises(MissingWeightsError, match="style image encoder not found"):
+        pipe.load_style_adapter(_write(tmp_path / "alone.bin", good))
+    plus = {"image_proj": {"latents": torch.zeros(1, 16, 64), "proj_in.weight": torch.zeros(64, 48)},
+            "ip_adapter": good["ip_adapter"]}
+    with pytest.raises(IncompatibleWeightsError, match="Resampler"):
+        pipe.load_style_adapter(_write(tmp_path / "plus.bin", plus), style_dir / "image_encoder")
+    wide = {"image_proj": {**good["image_proj"], "norm.weight": torch.ones(32), "norm.bias": torch.zeros(32)},
+            "ip_adapter": good["ip_adapter"]}
+    with pytest.raises(IncompatibleWeightsError, match="32-d tokens but this UNet's cross-attention is 64-d"):
+        pipe.load_style_adapter(_write(tmp_path / "wide.bin", wide), style_dir / "image_encoder")
+    short = {"image_proj": good["image_proj"],
+             "ip_adapter": {k: v for k, v in good["ip_adapter"].items() if not k.startswith(("1.", "3."))}}
+    with pytest.raises(IncompatibleWeightsError, match="missing"):
+        pipe.load_style_adapter(_write(tmp_path / "short.bin", short), style_dir / "image_encoder",
+                                blocks={"down": 1.0, "up": 1.0, "mid": 1.0})
+    other = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                                           num_hidden_layers=1, image_size=32, patch_size=8,
+                                                           projection_dim=24))
+    with pytest.raises(IncompatibleWeightsError, match="reads 48-d image embeddings but the image encoder makes 24-d"):
+        pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.safetensors", other)
+    assert pipe.style_spec is None  # nothing was installed by any refused load
+    assert all(len(p.to_k_ip) == 1 for p in pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip"))
