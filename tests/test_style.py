@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from instantid import draw_kps
-from instantid.core.style import STYLE_BLOCKS, block_scales
+from instantid.core.style_blocks import STYLE_BLOCKS, block_scales
 from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
 from instantid.io.tiny import build_tiny_style_adapter
 

@@ -44,6 +44,10 @@ class ModelSettings(BaseModel):
                                      env="INSTANTID_IDENTITYNET")
     adapter: str | None = option(None, "Face adapter ip-adapter.bin / .safetensors or Hub id "
                                  "(default: InstantX/InstantID).", env="INSTANTID_ADAPTER")
+    style_adapter: str | None = option(
+        None, "Style adapter for --style-image (InstantStyle): h94/IP-Adapter's sdxl_models folder, an "
+        "ip-adapter_sdxl file with image_encoder/ beside it, or a Hub id (default: h94/IP-Adapter, loaded with the "
+        "first style image).", env="INSTANTID_STYLE_ADAPTER")
     face_backend: FaceBackend = option("auto", "Face model: auto, antelopev2 (published) or dlib.")
     antelopev2_root: Path | None = option(None, "Folder with scrfd_10g_bnkps.onnx and glintr100.onnx.",
                                           env="INSTANTID_ANTELOPEV2")
@@ -102,7 +106,7 @@ class ModelSettings(BaseModel):
             check_scheme(self.quantize, pick_device(self.device))
             require_torchao(self.quantize)
 
-        options = {"device": self.device, "lora": self.lora, "analyzer": analyzer}
+        options = {"device": self.device, "lora": self.lora, "analyzer": analyzer, "style_adapter": self.style_adapter}
         options = {k: v for k, v in options.items() if v is not None}
         common = {"lora_scale": self.lora_scale, "compile": self.compile, "quantize": self.quantize,
                   "preset": self.preset,

@@ -18,7 +18,6 @@ means here what it means there. The scales, like the tokens, are per call (:clas
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,20 +26,13 @@ from diffusers.models.embeddings import ImageProjection
 
 from instantid.core.adapter import _cross_attention_layers
 from instantid.core.attention import FaceAttnProcessor, PreparedStyle, _project, face_processors
+from instantid.core.style_blocks import STYLE_BLOCK, STYLE_BLOCKS
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
+from instantid.io.models import IMAGE_ENCODER_FOLDER, STYLE_FILENAMES, STYLE_SUBFOLDER, WHERE
 
-STYLE_REPO = "h94/IP-Adapter"  # the published SDXL IP-Adapter
-STYLE_SUBFOLDER = "sdxl_models"
-STYLE_WEIGHTS = ("ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.bin")
-IMAGE_ENCODER_FOLDER = "image_encoder"
-STYLE_WHERE = (f"the published one is {STYLE_SUBFOLDER}/{STYLE_WEIGHTS[1]} with "
-               f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/ in {STYLE_REPO}")
+STYLE_WHERE = f"the published one is {WHERE['style adapter']}"
 
-# InstantStyle's blocks, as diffusers' set_ip_adapter_scale takes them (a 1.0 marks the attention that is used).
-STYLE_BLOCK = {"up": {"block_0": [0.0, 1.0, 0.0]}}
-LAYOUT_BLOCK = {"down": {"block_2": [0.0, 1.0]}}
-STYLE_BLOCKS: dict[str, dict[str, Any]] = {"style": STYLE_BLOCK, "style+layout": {**LAYOUT_BLOCK, **STYLE_BLOCK}}
-# Installed by default: both, so that a call can choose either without loading again.
+# Installed by default: both of InstantStyle's blocks, so that a call can choose either without loading again.
 INSTALLED_BLOCKS = STYLE_BLOCKS["style+layout"]
 
 ScaleConfig = float | dict[str, Any]  # diffusers' set_ip_adapter_scale format for one adapter
@@ -54,17 +46,6 @@ class StyleSpec:
     num_tokens: int  # tokens per reference image (4)
     layers: tuple[str, ...]  # the processors (unet.attn_processors names) that carry its branch
     source: str
-
-
-def block_scales(blocks: str, strength: float) -> dict[str, Any]:
-    """InstantStyle's ``blocks`` ("style" or "style+layout") at ``strength``, in set_ip_adapter_scale's format."""
-    if blocks not in STYLE_BLOCKS:
-        raise InvalidInputError(f"unknown style blocks {blocks!r}; choose {', '.join(STYLE_BLOCKS)}")
-    scaled = copy.deepcopy(STYLE_BLOCKS[blocks])
-    for side in scaled.values():
-        for name, values in side.items():
-            side[name] = [v * strength for v in values]
-    return scaled
 
 
 def expand_block_scales(unet: torch.nn.Module, scale: ScaleConfig) -> float | dict[str, float]:
@@ -155,7 +136,7 @@ def check_image_encoder(encoder: torch.nn.Module, embed_dim: int, source: str) -
         raise IncompatibleWeightsError(
             f"style adapter {source} reads {embed_dim}-d image embeddings but the image encoder makes {produced}-d "
             f"ones: give the encoder it was trained with ({STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER} for "
-            f"{STYLE_WEIGHTS[1]})"
+            f"{STYLE_FILENAMES[1]})"
         )
 
 

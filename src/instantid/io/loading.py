@@ -92,6 +92,16 @@ def load_pipeline(
     return pipe
 
 
+def load_style_adapter(pipe: Any, ref: str) -> None:
+    """Load the style adapter for style images (InstantStyle) with its image encoder: a folder (h94's
+    ``sdxl_models``), an ``ip-adapter_sdxl`` file with ``image_encoder/`` beside it, or a Hub id."""
+    from instantid.io.models import resolve_style_adapter
+
+    weights, encoder = resolve_style_adapter(ref)
+    with _reading("style adapter", ref):
+        pipe.load_style_adapter(weights, encoder)
+
+
 def load_lora(pipe: Any, ref: str, scale: float = 1.0) -> None:
     """Load a LoRA (file, folder or Hub id), e.g. LCM-LoRA; a name containing 'lcm' also selects the LCM
     scheduler, which few-step LCM generation needs."""

@@ -21,12 +21,10 @@ import torch
 from instantid.core.adapter import load_adapter_state_dict
 from instantid.core.attention import PreparedStyle
 from instantid.core.style import (
-    IMAGE_ENCODER_FOLDER,
     INSTALLED_BLOCKS,
     STYLE_WHERE,
     ScaleConfig,
     StyleSpec,
-    block_scales,
     check_image_encoder,
     check_style_scale,
     inspect_style_adapter,
@@ -34,7 +32,9 @@ from instantid.core.style import (
     prepare_style,
     style_spec,
 )
+from instantid.core.style_blocks import block_scales
 from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
+from instantid.io.models import IMAGE_ENCODER_FOLDER
 
 
 def load_image_encoder(folder: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
