@@ -8,6 +8,8 @@ show: that ViT-bigG's 1280-d embeddings and the published weights load (the shap
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,66 @@ def test_mismatched_style_weights_are_refused_before_installing(tiny_fixture_dir
         pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.safetensors", other)
     assert pipe.style_spec is None  # nothing was installed by any refused load
     assert all(len(p.to_k_ip) == 1 for p in pipe.unet.attn_processors.values() if hasattr(p, "to_k_ip"))
+
+
+# ---- surfaces ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def style_picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    Image.fromarray((np.random.default_rng(5).random((48, 40, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from _demo import demo_model
+
+    folder = tmp_path_factory.mktemp("style-demo")
+    demo_model(folder)
+    return folder
+
+
+FAST = ["-p", "a portrait", "--steps", "2", "--width", "64", "--height", "64", "--seed", "4"]
+
+
+def test_cli_style_image_is_used_and_recorded(demo_dir, style_picture, tmp_path, monkeypatch, capsys):
+    import hashlib
+    import json
+
+    from _demo import FACE
+
+    from instantid.cli import main
+
+    monkeypatch.setenv("INSTANTID_DEMO_DIR", str(demo_dir))
+    assert main(["generate", str(FACE), "--demo", *FAST, "-o", str(tmp_path / "plain")]) == 0
+    code = main(["generate", str(FACE), "--demo", *FAST, "--style-image", str(style_picture), "--style-strength",
+                 "0.7", "--style-blocks", "style+layout", "-o", str(tmp_path / "styled")])
+    assert code == 0, capsys.readouterr().err
+    (plain,), (styled,) = (sorted((tmp_path / d).glob("*.png")) for d in ("plain", "styled"))
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(styled)))
+    recorded = json.loads(styled.with_suffix(".json").read_text())["style_reference"]
+    assert recorded["images"] == [{"name": "ref.png", "sha256": hashlib.sha256(style_picture.read_bytes()).hexdigest()}]
+    assert (recorded["strength"], recorded["blocks"], recorded["adapter"]) == (0.7, "style+layout", "sdxl_models")
+    assert recorded["block_scales"] == {"down": {"block_2": [0.0, 0.7]}, "up": {"block_0": [0.0, 0.7, 0.0]}}
+    assert "style_reference" not in json.loads(plain.with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--demo", "--style-strength", "0.5"], "--style-strength needs --style-image"),
+    (["--style-image", "{ref}"], "--style-adapter: style adapter 'h94/IP-Adapter' not found"),
+    (["--demo", "--style-image", "{ref}", "--style-adapter", "{tmp}/nope"], "style adapter '.*nope' not found"),
+    (["--demo", "--style-image", "{tmp}/missing.png"], "cannot read image .*missing.png: no such file"),
+])
+def test_cli_style_errors_are_one_line_before_the_model_loads(style_picture, tmp_path, monkeypatch, capsys,
+                                                              arguments, message):
+    from _demo import FACE
+
+    from instantid.api.model_settings import ModelSettings
+    from instantid.cli import main
+
+    monkeypatch.setattr(ModelSettings, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: pytest.fail("the face model was loaded"))
+    arguments = [a.format(ref=style_picture, tmp=tmp_path) for a in arguments]
+    assert main(["generate", str(FACE), *FAST, "-o", str(tmp_path / "out"), *arguments]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err

@@ -34,8 +34,8 @@ WHERE = {
     "base": f"an SDXL base in diffusers layout, e.g. {DEFAULT_BASE}, or a single .safetensors checkpoint",
     "identitynet": f"{INSTANTID_REPO} on the Hugging Face Hub, folder {IDENTITYNET_SUBFOLDER}/",
     "adapter": f"{INSTANTID_REPO} on the Hugging Face Hub, file {ADAPTER_FILENAME}",
-    "style adapter": f"{DEFAULT_STYLE_ADAPTER} on the Hugging Face Hub, {STYLE_SUBFOLDER}/{STYLE_FILENAMES[1]} "
-                     f"with {STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/",
+    "style adapter": f"{DEFAULT_STYLE_ADAPTER} on the Hugging Face Hub, {STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]} "
+                     f"(or .bin) with {STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/",
 }
 
 
