@@ -253,3 +253,58 @@ def test_cli_style_errors_are_one_line_before_the_model_loads(style_picture, tmp
     assert main(["generate", str(FACE), *FAST, "-o", str(tmp_path / "out"), *arguments]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
+
+
+@pytest.fixture(scope="module")
+def client(demo_dir, tmp_path_factory):
+    from _demo import demo_model
+    from _service import serving
+
+    from instantid.service.server import ServerSettings, create_app
+
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_bytes=2_000_000)
+    with serving(create_app(settings, model=demo_model(demo_dir))) as http:
+        yield http
+
+
+def test_http_style_image_fields_multipart_and_json(client, style_picture):
+    import base64
+    import hashlib
+
+    from _demo import FACE
+    from _service import wait_for
+
+    fast = {"steps": "2", "width": "64", "height": "64", "seed": "4"}
+    files = [("face", ("me.jpg", FACE.read_bytes(), "image/jpeg")),
+             *[("style_image", (f"s{i}.png", style_picture.read_bytes(), "image/png")) for i in range(2)]]
+    response = client.post("/v1/generate", files=files, data={**fast, "style_strength": "0.6"})
+    assert response.status_code == 202, response.text
+    status = wait_for(client, response.json()["job_id"])
+    assert status["status"] == "done", status
+    recorded = status["metadata"]["style_reference"]
+    digest = hashlib.sha256(style_picture.read_bytes()).hexdigest()
+    assert recorded["images"] == [{"name": "s0.png", "sha256": digest}, {"name": "s1.png", "sha256": digest}]
+    assert recorded["strength"] == 0.6 and recorded["blocks"] == "style"
+    body = {"face": [base64.b64encode(FACE.read_bytes()).decode()], "steps": 2, "width": 64, "height": 64,
+            "style_image": base64.b64encode(style_picture.read_bytes()).decode(), "style_blocks": "style+layout"}
+    response = client.post("/v1/generate?wait=true", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["info"]["style_reference"]["blocks"] == "style+layout"
+
+
+@pytest.mark.parametrize(("path", "fields", "message"), [
+    ("/v1/generate", {"style_image": ["bm90IGFuIGltYWdl"]}, "cannot read image style_image[0]"),
+    ("/v1/generate", {"style_image": ["eA=="] * 5}, "at most 4"),
+    ("/v1/generate", {"style_image": 3}, "style_image must be"),
+    ("/v1/swap", {"scene": "eA==", "style_image": "eA=="}, "'style_image' is not used by /v1/swap"),
+    ("/v1/swap", {"scene": "eA==", "style_strength": 0.5}, "style_strength is not used by /v1/swap"),
+])
+def test_http_style_errors_are_422_naming_the_field(client, path, fields, message):
+    import base64
+
+    from _demo import FACE
+
+    body = {"face": [base64.b64encode(FACE.read_bytes()).decode()], "steps": 2, **fields}
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
