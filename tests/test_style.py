@@ -308,3 +308,27 @@ def test_http_style_errors_are_422_naming_the_field(client, path, fields, messag
     response = client.post(path, json=body)
     assert response.status_code == 422, response.text
     assert message in response.json()["detail"]
+
+
+def test_ui_portrait_tab_takes_a_style_image(demo_dir, style_picture, tmp_path):
+    from _demo import FACE, demo_model
+
+    from instantid.io.outputs import read_metadata
+    from instantid.webui import UIContext, create_ui
+    from instantid.webui.portrait import PortraitTab
+    from instantid.webui.who import WhoPanel
+
+    model = demo_model(demo_dir)
+    ctx = UIContext(get_model=lambda: model, out_dir=tmp_path)
+    tab = PortraitTab(ctx, WhoPanel(ctx))
+    photos, *_ = tab.who.upload([str(FACE)], (), None, "", "auto")
+    values = {"steps": 2, "width": "64", "height": "64", "seed": "4", "style_strength": "0.5"}
+    plain, _ = tab.generate(photos, None, values)
+    styled, _ = tab.generate(photos, None, values, style_image=str(style_picture))
+    recorded = read_metadata(styled[0][0])["style_reference"]
+    assert recorded["images"][0]["name"] == "ref.png" and recorded["strength"] == 0.5
+    assert "style_reference" not in read_metadata(plain[0][0])
+    ids = {getattr(b, "elem_id", None) for b in create_ui(lambda: model).blocks.values()}
+    for tab in ("", "group-"):  # the tabs that make new pictures; swap and detail have no style knobs
+        assert {f"{tab}style-image", f"{tab}style_strength", f"{tab}style_blocks"} <= ids, tab
+    assert not {"swap-style_strength", "detail-style_strength"} & ids
