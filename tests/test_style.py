@@ -332,3 +332,40 @@ def test_ui_portrait_tab_takes_a_style_image(demo_dir, style_picture, tmp_path):
     for tab in ("", "group-"):  # the tabs that make new pictures; swap and detail have no style knobs
         assert {f"{tab}style-image", f"{tab}style_strength", f"{tab}style_blocks"} <= ids, tab
     assert not {"swap-style_strength", "detail-style_strength"} & ids
+
+
+def test_style_adapter_references_resolve_in_every_published_shape(style_dir, tmp_path):
+    import shutil
+
+    from instantid.io.models import resolve_style_adapter
+
+    encoder = style_dir / "image_encoder"
+    for ref in (style_dir, style_dir.parent, style_dir / "ip-adapter_sdxl.bin"):
+        weights, found = resolve_style_adapter(str(ref))
+        assert found == encoder and weights.parent == style_dir and weights.name.startswith("ip-adapter_sdxl")
+    alone = tmp_path / "ip-adapter_sdxl.bin"
+    shutil.copy(style_dir / "ip-adapter_sdxl.bin", alone)
+    with pytest.raises(MissingWeightsError, match="no image_encoder/config.json beside ip-adapter_sdxl.bin"):
+        resolve_style_adapter(str(alone))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingWeightsError, match="no ip-adapter_sdxl.safetensors or ip-adapter_sdxl.bin in it"):
+        resolve_style_adapter(str(tmp_path / "empty"))
+    with pytest.raises(MissingWeightsError, match="'someone/not-cached' not found .*Hugging Face cache"):
+        resolve_style_adapter("someone/not-cached")
+
+
+def test_group_pictures_take_a_style_image_too(demo_dir, style_picture, faces_dir):
+    from _demo import demo_model
+
+    model = demo_model(demo_dir)
+    people = [model.prepare_identity(faces_dir / "obama_1.jpg"), model.prepare_identity(faces_dir / "obama_1.jpg")]
+    fast = {"steps": 2, "width": 96, "height": 64, "seed": 2}
+    plain = model.generate_group(people, **fast)
+    picture = Image.open(style_picture)
+    styled = model.generate_group(people, style=picture, **fast)
+    assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(styled.images[0]))
+    (recorded,) = styled.metadata["style_reference"]["images"]
+    # An in-memory picture is named by its place and hashed by its decoded pixels.
+    assert recorded["name"] == "style image 1" and len(recorded["sha256"]) == 64
+    assert model.generate_group(people, style=picture.copy(), **fast).metadata["style_reference"]["images"] == [
+        recorded]
