@@ -362,10 +362,10 @@ def test_group_pictures_take_a_style_image_too(demo_dir, style_picture, faces_di
     fast = {"steps": 2, "width": 96, "height": 64, "seed": 2}
     plain = model.generate_group(people, **fast)
     picture = Image.open(style_picture)
-    styled = model.generate_group(people, style=picture, **fast)
+    styled = model.generate_group(people, style_images=picture, **fast)
     assert not np.array_equal(np.asarray(plain.images[0]), np.asarray(styled.images[0]))
     (recorded,) = styled.metadata["style_reference"]["images"]
     # An in-memory picture is named by its place and hashed by its decoded pixels.
     assert recorded["name"] == "style image 1" and len(recorded["sha256"]) == 64
-    assert model.generate_group(people, style=picture.copy(), **fast).metadata["style_reference"]["images"] == [
+    assert model.generate_group(people, style_images=picture.copy(), **fast).metadata["style_reference"]["images"] == [
         recorded]

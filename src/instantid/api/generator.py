@@ -255,12 +255,12 @@ class InstantID:
     def generate(
         self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
         pose_image: ImageInput | None = None, progress: Progress | None = None,
-        style: StyleImages | ImageInput | Sequence[ImageInput] | None = None, **overrides: Any,
+        style_images: StyleImages | ImageInput | Sequence[ImageInput] | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first), in the style of
-        the ``style`` picture(s) when given (InstantStyle: ``style_strength``, ``style_blocks``)."""
+        the ``style_images`` when given (InstantStyle: ``style_strength``, ``style_blocks``)."""
         settings = self.call_settings(settings, **overrides)
-        style = load_style_images(style) if style is not None else None
+        style = load_style_images(style_images) if style_images is not None else None
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -275,7 +275,7 @@ class InstantID:
 
         # 2. Generate (styled prompt, seeds, per-call sampler), then the optional face-detail pass.
         images, seeds, used_scheduler = self.run_pipeline(
-            self.pipe, settings, progress, style=style, image_embeds=identity.embedding, image=kps_image,
+            self.pipe, settings, progress, style_images=style, image_embeds=identity.embedding, image=kps_image,
             control_mask=mask,
         )
         settings = settings.updated(seed=seeds[0])
@@ -300,7 +300,7 @@ class InstantID:
         self, people: Sequence[Identity], settings: GenerationSettings | None = None, *,
         pose: ImageInput | None = None, pose_name: str = "pose image", progress: Progress | None = None,
         pose_faces: tuple[list[Face], tuple[int, int]] | None = None,
-        style: StyleImages | ImageInput | Sequence[ImageInput] | None = None, **overrides: Any,
+        style_images: StyleImages | ImageInput | Sequence[ImageInput] | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
@@ -310,7 +310,7 @@ class InstantID:
         check_people(len(people))
         return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
                                     pose_name=pose_name, progress=progress, pose_faces=pose_faces,
-                                    style=load_style_images(style) if style is not None else None)
+                                    style=load_style_images(style_images) if style_images is not None else None)
 
     def _generate_group(
         self, people: list[Identity], settings: GenerationSettings, *, pose: ImageInput | None, pose_name: str,
@@ -341,7 +341,8 @@ class InstantID:
         canvas = Image.new("RGB", (width, height))
         persons = [Person(p.embedding, draw_kps(canvas, k), region) for p, k, region in zip(people, kps, regions,
                                                                                              strict=True)]
-        images, seeds, used = self.run_pipeline(self.pipe, settings, progress, style=style, identities=persons)
+        images, seeds, used = self.run_pipeline(self.pipe, settings, progress, style_images=style,
+                                                identities=persons)
         settings = settings.updated(seed=seeds[0])
         metadata = {
             **self.call_metadata(people[0], settings, used, task="group", style=style), **_everyone(people),
@@ -360,12 +361,12 @@ class InstantID:
 
     def run_pipeline(
         self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None, *,
-        style: StyleImages | None = None, **arguments: Any,
+        style_images: StyleImages | None = None, **arguments: Any,
     ) -> tuple[list[Image.Image], list[int], Any]:
         """One call of ``pipe`` (``self.pipe`` or a variant sharing its weights: img2img, inpainting) with the
         settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
         model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...);
-        ``style``: style pictures at the settings' strength and blocks (the style adapter is loaded on first use).
+        ``style_images``: style pictures at the settings' strength and blocks (the style adapter is loaded on first use).
         Returns ``(images, seeds, the scheduler used)``."""
         _check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
@@ -380,10 +381,10 @@ class InstantID:
             return tensors
 
         with self._lock:
-            if style is not None:
+            if style_images is not None:
                 if self.style_adapter is None:
                     self._load_style(None)
-                arguments = {**arguments, "style_image": list(style.images),
+                arguments = {**arguments, "style_image": list(style_images.images),
                              "style_scale": block_scales(settings.style_blocks, settings.style_strength)}
             pipe.scheduler = self.call_scheduler(settings)
             try:

@@ -249,9 +249,9 @@ def generate_command(
             task = bar.add_task(f"seed {start if start is not None else 'random'}", total=settings.steps)
             call = settings.updated(seed=start, num_images=count)
             report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
-            result = (instant.generate_group(people, call, pose_faces=placed, style=style,
+            result = (instant.generate_group(people, call, pose_faces=placed, style_images=style,
                                              pose_name=pose.name if pose else "columns", progress=report)
-                      if people else instant.generate(identity, call, progress=report, style=style))
+                      if people else instant.generate(identity, call, progress=report, style_images=style))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = image_stem(metadata["seed"], prompt=settings.prompt)

@@ -197,7 +197,7 @@ def build_tiny_style_adapter(out_dir: str | Path, config: TinyConfig = TinyConfi
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from instantid.core.adapter import _cross_attention_layers
-    from instantid.core.style import IMAGE_ENCODER_FOLDER, STYLE_SUBFOLDER, STYLE_WEIGHTS
+    from instantid.io.models import IMAGE_ENCODER_FOLDER, STYLE_FILENAMES, STYLE_SUBFOLDER
 
     out = Path(out_dir)
     marker = out / STYLE_MARKER
@@ -223,7 +223,7 @@ def build_tiny_style_adapter(out_dir: str | Path, config: TinyConfig = TinyConfi
         for kind in ("k", "v"):
             state["ip_adapter"][f"{n}.to_{kind}_ip.weight"] = torch.randn(hidden, width, generator=gen) * width**-0.5
     save_file({f"{group}.{k}": v.contiguous() for group, part in state.items() for k, v in part.items()},
-              str(folder / STYLE_WEIGHTS[0]))
-    torch.save(state, folder / STYLE_WEIGHTS[1])
+              str(folder / STYLE_FILENAMES[0]))
+    torch.save(state, folder / STYLE_FILENAMES[1])
     marker.write_text(json.dumps(wanted))
     return out

@@ -227,14 +227,14 @@ class Prepared:
             photo = self.pose[1] if self.pose and self.placement is None else None
             return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
                                         pose_name=self.pose[0] if self.pose else "columns", progress=progress,
-                                        style=self.style)
+                                        style_images=self.style)
         if self.task == "detail":
             from instantid.service.detail import detail_picture
 
             assert self.scene is not None and self.detail is not None  # checked when prepared
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
                                   progress, faces=self.picture_faces)
-        return model.generate(self.identity, settings, progress=progress, style=self.style)
+        return model.generate(self.identity, settings, progress=progress, style_images=self.style)
 
     def found(self) -> dict[str, Any]:
         """What the analysis found that a worker would otherwise find again, as JSON for the job record
