@@ -366,7 +366,8 @@ class InstantID:
         """One call of ``pipe`` (``self.pipe`` or a variant sharing its weights: img2img, inpainting) with the
         settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
         model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...);
-        ``style_images``: style pictures at the settings' strength and blocks (the style adapter is loaded on first use).
+        ``style_images``: style pictures at the settings' strength and blocks (the style adapter loads on first
+        use).
         Returns ``(images, seeds, the scheduler used)``."""
         _check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
