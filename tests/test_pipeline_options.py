@@ -419,8 +419,8 @@ def test_each_pipeline_takes_diffusers_arguments_in_diffusers_order():
                 ours_default = list(ours_default)
             assert ours_default == theirs_default, (ours.__name__, name)
     text_to_image = list(inspect.signature(StableDiffusionXLInstantIDPipeline.__call__).parameters)
-    assert text_to_image[-6:] == ["image_embeds_weights", "ip_adapter_scale", "control_mask", "identities",
-                                  "controlnet_cache_interval", "kwargs"]
+    assert text_to_image[-8:] == ["image_embeds_weights", "ip_adapter_scale", "control_mask", "identities",
+                                  "controlnet_cache_interval", "style_image", "style_scale", "kwargs"]
     image_to_image = inspect.signature(StableDiffusionXLInstantIDImg2ImgPipeline.__call__).parameters
     assert image_to_image["controlnet_conditioning_scale"].default == 0.8
     assert inspect.signature(StableDiffusionXLInstantIDPipeline.__call__).parameters[

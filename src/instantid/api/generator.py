@@ -31,8 +31,10 @@ from instantid.api.identity import Identity, everyone
 from instantid.api.regions import face_region_mask, in_column, nearest_face_regions, within_box
 from instantid.api.results import GenerationResult, ImageInput, Progress, versions
 from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
+from instantid.api.style_images import StyleImages, load_style_images, style_metadata
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
+from instantid.core.style_blocks import block_scales
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces import (
     SPACE_ANTELOPEV2,
@@ -49,7 +51,15 @@ from instantid.io.loading import (
     pick_device,
     pick_dtype,
 )
-from instantid.io.models import ControlRefs, ModelRefs, resolve_adapter, resolve_base, resolve_identitynet
+from instantid.io.models import (
+    DEFAULT_STYLE_ADAPTER,
+    STYLE_SUBFOLDER,
+    ControlRefs,
+    ModelRefs,
+    resolve_adapter,
+    resolve_base,
+    resolve_identitynet,
+)
 from instantid.pipelines.inpaint import check_unet_fits
 from instantid.pipelines.prompts import prompt_arguments
 from instantid.pipelines.schedulers import make_scheduler, sampler_label
@@ -78,6 +88,9 @@ class InstantID:
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
+        self.style_adapter: str | None = None  # the style adapter loaded (load_style_adapter), if any
+        self.default_style_adapter = DEFAULT_STYLE_ADAPTER  # what a first style image loads
+        self._offload_device: str | None = None  # CPU offload's device: a later load re-arms it
         # One call at a time per model: a call sets the pipeline's scheduler and (inpainting) hooks the shared UNet.
         self._lock = threading.Lock()
         spec = pipe.adapter_spec
@@ -98,6 +111,7 @@ class InstantID:
         demo: bool = False, max_side: int = 1280, min_side: int = 1024, compile: bool = False,
         analyzer: FaceAnalyzer | None = None, preset: str | None = None, preset_weights: str | Path | None = None,
         compile_cache: str | Path | None = None, quantize: str | None = None, controls: ControlRefs | None = None,
+        style_adapter: str | None = None,
     ) -> InstantID:
         """Load base + IdentityNet + adapter (paths or Hub ids) and a face analyzer (``analyzer``: one already made,
         e.g. by a CLI that checked the photos with it before this slow load). ``controls``: where the extra
@@ -122,8 +136,11 @@ class InstantID:
             app.load_lora(lora, lora_scale)
         if preset:
             app.apply_preset(preset, preset_weights)
+        if style_adapter:  # else loaded by the first style image
+            app.load_style_adapter(style_adapter)
         if cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
+            app._offload_device = device
         else:
             pipe.to(device)
         if compile or quantize:
@@ -137,15 +154,19 @@ class InstantID:
     @classmethod
     def demo(cls, cache_dir: str | Path | None = None, **kwargs: Any) -> InstantID:
         """Tiny random weights + the offline dlib face model: runs anywhere in seconds, makes noise."""
-        from instantid.io.tiny import TinyConfig, build_tiny_controls, build_tiny_instantid
+        from instantid.io.tiny import TinyConfig, build_tiny_controls, build_tiny_instantid, build_tiny_style_adapter
 
         folder = Path(cache_dir or os.environ.get("INSTANTID_DEMO_DIR", "~/.cache/instantid/tiny-demo")).expanduser()
-        build_tiny_instantid(folder, TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB))
+        config = TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB)
+        build_tiny_instantid(folder, config)
         kwargs = {"face_backend": "dlib", "max_side": 256, "min_side": 256, "dtype": "fp32",
                   "controls": build_tiny_controls(folder), **kwargs}
-        return cls.from_pretrained(
+        app = cls.from_pretrained(
             str(folder / "base"), str(folder / "ControlNetModel"), str(folder / "ip-adapter.bin"), demo=True, **kwargs
         )
+        # A tiny style adapter in h94/IP-Adapter's layout, for style images in demo mode.
+        app.default_style_adapter = str(build_tiny_style_adapter(folder / "style", config) / STYLE_SUBFOLDER)
+        return app
 
     def apply_preset(self, name: str, weights: str | Path | None = None) -> None:
         """A few-step preset (LCM-LoRA, SDXL-Lightning, Hyper-SD, TCD: :mod:`instantid.speed.presets`): its weights are
@@ -175,6 +196,21 @@ class InstantID:
         settings = _with_overrides(settings, overrides)
         fills = self.preset_fills(settings)
         return settings.updated(**fills) if fills else settings
+
+    def load_style_adapter(self, ref: str | None = None) -> None:
+        """Load the style adapter for style images (InstantStyle): a folder, an ``ip-adapter_sdxl`` file or a Hub id
+        (default :attr:`default_style_adapter`); without this call the first style image loads the default."""
+        with self._lock:
+            self._load_style(ref)
+
+    def _load_style(self, ref: str | None) -> None:
+        from instantid.io.loading import load_style_adapter
+
+        ref = ref or self.default_style_adapter
+        load_style_adapter(self.pipe, ref)
+        self.style_adapter = ref
+        if self._offload_device is not None:  # the image encoder joins the offload sequence
+            self.pipe.enable_model_cpu_offload(device=self._offload_device)
 
     def load_lora(self, ref: str, scale: float = 1.0) -> None:
         """Load a LoRA (file, folder or Hub id); a name containing 'lcm' also selects the LCM sampler."""
@@ -229,17 +265,20 @@ class InstantID:
     def generate(
         self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
         pose_image: ImageInput | None = None, init_image: ImageInput | None = None, init_name: str = "init image",
-        progress: Progress | None = None, **overrides: Any,
+        progress: Progress | None = None, style_images: StyleImages | ImageInput | Sequence[ImageInput] | None = None,
+        **overrides: Any,
     ) -> GenerationResult:
         """Images of ``identity`` (an :class:`Identity`; photos are accepted and analysed first).
 
         With ``init_image`` the pictures start from it (image-to-image, ``settings.denoising_strength``), resized
         to the output size. ``settings.pose_strength`` / ``canny_strength`` / ``depth_strength`` above 0 add the
-        published demo's extra ControlNets (:mod:`instantid.api.controls`)."""
+        published demo's extra ControlNets (:mod:`instantid.api.controls`). ``style_images``: the pictures take
+        their style (InstantStyle: ``style_strength``, ``style_blocks``)."""
         settings = self.call_settings(settings, **overrides)
         if init_image is not None and int(settings.steps * settings.denoising_strength) < 1:
             raise InvalidInputError(f"denoising strength {settings.denoising_strength} of {settings.steps} steps "
                                     "runs no step; raise the strength or the steps")
+        style = load_style_images(style_images) if style_images is not None else None
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,
                                              fusion=settings.fusion)
@@ -260,7 +299,8 @@ class InstantID:
 
         # 3. Generate (styled prompt, seeds, per-call sampler), then the optional face-detail pass.
         images, seeds, used_scheduler = self.run_pipeline(
-            pipe, settings, progress, image_embeds=identity.embedding, control_mask=mask, **arguments,
+            pipe, settings, progress, style_images=style, image_embeds=identity.embedding, control_mask=mask,
+            **arguments,
         )
         settings = settings.updated(seed=seeds[0])
         detail = None
@@ -270,7 +310,8 @@ class InstantID:
             images, detail = refine_faces(self, identity, images, settings, seeds,
                                           FaceDetailOptions(strength=settings.face_detail_strength),
                                           progress=progress)
-        metadata = {**self.call_metadata(identity, settings, used_scheduler), "width": width, "height": height}
+        metadata = {**self.call_metadata(identity, settings, used_scheduler, style=style), "width": width,
+                    "height": height}
         metadata["models"].update(model_refs(self.controls, settings))
         if init is not None:
             metadata["init_image"] = init_name
@@ -285,7 +326,8 @@ class InstantID:
     def generate_group(
         self, people: Sequence[Identity], settings: GenerationSettings | None = None, *,
         pose: ImageInput | None = None, pose_name: str = "pose image", progress: Progress | None = None,
-        pose_faces: tuple[list[Face], tuple[int, int]] | None = None, **overrides: Any,
+        pose_faces: tuple[list[Face], tuple[int, int]] | None = None,
+        style_images: StyleImages | ImageInput | Sequence[ImageInput] | None = None, **overrides: Any,
     ) -> GenerationResult:
         """Several people in one picture (the paper's multi-identity synthesis): person ``i`` takes the ``i``-th
         face from the left of the group photo ``pose`` (or, without one, column ``i`` of the picture in their own
@@ -294,11 +336,13 @@ class InstantID:
         surface."""
         check_people(len(people))
         return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
-                                    pose_name=pose_name, progress=progress, pose_faces=pose_faces)
+                                    pose_name=pose_name, progress=progress, pose_faces=pose_faces,
+                                    style=load_style_images(style_images) if style_images is not None else None)
 
     def _generate_group(
         self, people: list[Identity], settings: GenerationSettings, *, pose: ImageInput | None, pose_name: str,
         progress: Progress | None, pose_faces: tuple[list[Face], tuple[int, int]] | None,
+        style: StyleImages | None = None,
     ) -> GenerationResult:
         """:meth:`generate_group` for any number of people (one person gives what :meth:`generate` gives: the
         tests check the group machinery that way)."""
@@ -324,10 +368,12 @@ class InstantID:
         canvas = Image.new("RGB", (width, height))
         persons = [Person(p.embedding, draw_kps(canvas, k), region) for p, k, region in zip(people, kps, regions,
                                                                                              strict=True)]
-        images, seeds, used = self.run_pipeline(self.pipe, settings, progress, identities=persons)
+        images, seeds, used = self.run_pipeline(self.pipe, settings, progress, style_images=style,
+                                                identities=persons)
         settings = settings.updated(seed=seeds[0])
         metadata = {
-            **self.call_metadata(people[0], settings, used, task="group"), **everyone(people), "width": width,
+            **self.call_metadata(people[0], settings, used, task="group", style=style), **everyone(people),
+            "width": width,
             "height": height, "people": [p.metadata() for p in people],
             "pose_from": pose_name if pose_faces is not None else "columns",
         }
@@ -341,11 +387,14 @@ class InstantID:
         return self.default_scheduler
 
     def run_pipeline(
-        self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None, **arguments: Any,
+        self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None, *,
+        style_images: StyleImages | None = None, **arguments: Any,
     ) -> tuple[list[Image.Image], list[int], Any]:
         """One call of ``pipe`` (``self.pipe`` or a variant sharing its weights: img2img, inpainting) with the
         settings' styled prompt, strengths, steps, guidance window, seeds and sampler, one call at a time per
-        model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...).
+        model. ``arguments`` are the call's own (identity embedding, keypoint picture, mask, init image...);
+        ``style_images``: style pictures at the settings' strength and blocks (the style adapter loads on first
+        use).
         Returns ``(images, seeds, the scheduler used)``."""
         check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
@@ -372,6 +421,11 @@ class InstantID:
             **arguments,
         }
         with self._lock:
+            if style_images is not None:
+                if self.style_adapter is None:
+                    self._load_style(None)
+                call.update(style_image=list(style_images.images),
+                            style_scale=block_scales(settings.style_blocks, settings.style_strength))
             pipe.scheduler = self.call_scheduler(settings)
             try:
                 images = pipe(
@@ -384,9 +438,12 @@ class InstantID:
         return images, seeds, used
 
     def call_metadata(self, identity: Identity, settings: GenerationSettings, scheduler: Any,
-                      task: str = "generate") -> dict[str, Any]:
-        """What every output records: task, prompt as used, settings, models, sampler, identity, versions."""
+                      task: str = "generate", style: StyleImages | None = None) -> dict[str, Any]:
+        """What every output records: task, prompt as used, settings, models, sampler, identity, versions, and the
+        style reference pictures when there are some."""
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
+        if style is not None:
+            reference = style_metadata(style, settings.style_strength, settings.style_blocks, self.style_adapter)
         return {
             "task": task, "prompt": prompt, "negative_prompt": negative, "user_prompt": settings.prompt,
             "settings": settings.model_dump(), "models": asdict(self.refs), "lora": self.lora,
@@ -396,6 +453,7 @@ class InstantID:
             "embedding_space": self.analyzer.space, "reference_faces": len(identity.kept), **identity.metadata(),
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."), "device": str(self.pipe.device),
             "versions": versions(), "demo_weights": self.demo,
+            **({"style_reference": reference} if style is not None else {}),
         }
 
 

@@ -31,7 +31,7 @@ def _load(settings: ModelSettings, analyzer: FaceAnalyzer | None) -> InstantID:
         require_torchao(settings.quantize)
 
     options = {"device": settings.device, "lora": settings.lora, "analyzer": analyzer,
-               "controls": settings.control_refs()}
+               "controls": settings.control_refs(), "style_adapter": settings.style_adapter}
     options = {k: v for k, v in options.items() if v is not None}
     common = {"lora_scale": settings.lora_scale, "compile": settings.compile, "quantize": settings.quantize,
               "preset": settings.preset,

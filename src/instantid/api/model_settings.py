@@ -53,6 +53,10 @@ class ModelSettings(BaseModel):
                                         f"(default: {DEFAULT_MAPPERS['pose']}).", env="INSTANTID_POSE_MAP_MODEL")
     depth_map_model: str | None = option(None, f"Depth model (Depth-Anything or DPT) for --depth-strength "
                                          f"(default: {DEFAULT_MAPPERS['depth']}).", env="INSTANTID_DEPTH_MAP_MODEL")
+    style_adapter: str | None = option(
+        None, "Style adapter for --style-image (InstantStyle): h94/IP-Adapter's sdxl_models folder, an "
+        "ip-adapter_sdxl file with image_encoder/ beside it, or a Hub id (default: h94/IP-Adapter, loaded with the "
+        "first style image).", env="INSTANTID_STYLE_ADAPTER")
     face_backend: FaceBackend = option("auto", "Face model: auto, antelopev2 (published) or dlib.")
     antelopev2_root: Path | None = option(None, "Folder with scrfd_10g_bnkps.onnx and glintr100.onnx.",
                                           env="INSTANTID_ANTELOPEV2")

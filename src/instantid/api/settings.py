@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from instantid.api.styles import STYLES, get_style
+from instantid.core.style_blocks import STYLE_BLOCKS
 from instantid.errors import InvalidInputError
 from instantid.pipelines.schedulers import SCHEDULERS
 
@@ -37,18 +38,19 @@ _ONE_PERSON_ONLY = {name: "the extra ControlNets and image-to-image are for one-
                     for name in ("pose_strength", "canny_strength", "depth_strength", "denoising_strength")}
 # Settings a task cannot honour, and why: every surface leaves them out (CLI, web UI) or refuses a value away from
 # the default (HTTP) rather than ignoring it silently.
+_NO_STYLE = "style images are for generate and group pictures"
 UNUSED_SETTINGS: dict[str, dict[str, str]] = {
     "generate": {},
-    "swap": {**_ONE_PERSON_ONLY, "width": "the output has the scene's size",
-             "height": "the output has the scene's size",
+    "swap": {**_ONE_PERSON_ONLY, "style_strength": _NO_STYLE, "style_blocks": _NO_STYLE,
+             "width": "the output has the scene's size", "height": "the output has the scene's size",
              "face_detail": "the swapped face is already drawn at the model's resolution",
              "face_detail_strength": "the swapped face is already drawn at the model's resolution"},
     "group": {**_ONE_PERSON_ONLY,
               "face_detail": "the face-detail pass is not available for group pictures",
               "face_detail_strength": "the face-detail pass is not available for group pictures"},
     "detail": {**_ONE_PERSON_ONLY, "width": "the output has the picture's size",
-               "height": "the output has the picture's size",
-               "num_images": "one picture in, one picture out",
+               "height": "the output has the picture's size", "num_images": "one picture in, one picture out",
+               "style_strength": _NO_STYLE, "style_blocks": _NO_STYLE,
                "face_detail": "this is the face-detail pass", "face_detail_strength": "use strength"},
 }
 
@@ -63,6 +65,7 @@ def check_people(count: int, how: str = "") -> None:
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 StyleName = Literal[tuple(STYLES)]  # type: ignore[valid-type]
+StyleBlocks = Literal[tuple(STYLE_BLOCKS)]  # type: ignore[valid-type]
 FUSIONS = ("auto", "mean", "weighted", "robust")
 Fusion = Literal[FUSIONS]  # type: ignore[valid-type]
 
@@ -104,6 +107,11 @@ class GenerationSettings(BaseModel):
                                        step=0.05, ge=0, le=2)
     adapter_strength: float = knob(0.8, "Image adapter strength: identity detail.", ui="slider", step=0.05,
                                    ge=0, le=2)
+    style_strength: float = knob(1.0, "How much of the style image(s) the picture takes (InstantStyle; with a style "
+                                 "image only); 0 = none.", ui="slider", step=0.05, ge=0, le=2)
+    style_blocks: StyleBlocks = knob("style", "Where the style image acts: style (InstantStyle's style block: "
+                                     "colours, textures) or style+layout (its composition too).", ui="dropdown",
+                                     advanced=True)
     width: int | None = knob(None, "Output width, multiple of 8 (default: from the face or pose photo).",
                              advanced=True, ge=64, le=2048, multiple_of=8)
     height: int | None = knob(None, "Output height, multiple of 8.", advanced=True, ge=64, le=2048, multiple_of=8)

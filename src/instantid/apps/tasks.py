@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from instantid.api.face_side import FaceSide
     from instantid.api.generator import GenerationResult, InstantID
     from instantid.api.identity import Identity
+    from instantid.api.style_images import StyleImages
     from instantid.apps.detail import DetailOptions
     from instantid.apps.swap import SwapOptions
     from instantid.faces import Face
@@ -68,6 +69,7 @@ class JobRequest:
     picture: Photo | None = None  # the picture whose faces are redrawn (detail)
     detail: DetailOptions | None = None
     init_image: Photo | None = None  # image-to-image from this picture (generate)
+    style: tuple[Photo, ...] = ()  # style reference pictures (generate, group)
 
     def __post_init__(self) -> None:
         from instantid.apps.layouts import get_layout
@@ -105,6 +107,9 @@ class JobRequest:
             raise InvalidInputError("init_image (image-to-image) is for /v1/generate")
         if self.task == "generate":
             self.settings.check_init_image(self.init_image is not None, "an init_image")
+        if self.style and self.task not in ("generate", "group"):
+            why = UNUSED_SETTINGS[self.task]["style_strength"]
+            raise InvalidInputError(f"style_image is not used by /v1/{self.task}: {why}")
         for i, mix in enumerate(self.mixes):
             if not 0 <= mix.weight <= 1:
                 raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
@@ -127,6 +132,7 @@ class JobRequest:
             slots["picture"] = self.picture[1]
         if self.init_image is not None:
             slots["init"] = self.init_image[1]
+        slots.update({f"style-{i}": data for i, (_, data) in enumerate(self.style)})
         return slots
 
     def record(self) -> dict[str, Any]:
@@ -141,6 +147,7 @@ class JobRequest:
             "picture": self.picture[0] if self.picture else None,
             "detail": self.detail.model_dump() if self.detail is not None else None,
             "init_image": self.init_image[0] if self.init_image else None,
+            **({"style": [n for n, _ in self.style]} if self.style else {}),
         }
 
     def fingerprint(self) -> str:
@@ -176,6 +183,7 @@ class JobRequest:
             picture=(request["picture"], load("picture")) if request.get("picture") else None,
             detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
             init_image=(request["init_image"], load("init")) if request.get("init_image") else None,
+            style=named(request.get("style") or (), "style"),
         )
 
 
@@ -184,6 +192,13 @@ def _identity(faces: FaceSide, photos: Sequence[Photo], settings: GenerationSett
     return faces.prepare_identity([d for _, d in photos], pose=pose[1] if pose else None,
                                   pose_name=pose[0] if pose else None, face_index=settings.face_index,
                                   fusion=settings.fusion, names=[n for n, _ in photos])
+
+
+def _style(photos: Sequence[Photo]) -> StyleImages | None:
+    """The style pictures decoded once (an unreadable one is an ImageReadError naming it)."""
+    from instantid.api.style_images import load_style_images
+
+    return load_style_images([d for _, d in photos], names=[n for n, _ in photos]) if photos else None
 
 
 def _group_poses(faces: FaceSide, photo: Photo, count: int) -> Placement:
@@ -211,6 +226,7 @@ class Prepared:
     picture_faces: tuple[Face, ...] | None = None  # detail: the picture's faces, largest first (found once)
     init_image: Image.Image | None = None  # generate: image-to-image from this picture (upright RGB)
     init_name: str = ""
+    style: StyleImages | None = None  # generate, group: style reference pictures (decoded once)
 
     def run(self, model: InstantID, settings: GenerationSettings, progress: Progress | None = None
             ) -> GenerationResult:
@@ -223,7 +239,8 @@ class Prepared:
             # The group photo itself only when its placement is unknown (a record from before placements).
             photo = self.pose[1] if self.pose and self.placement is None else None
             return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
-                                        pose_name=self.pose[0] if self.pose else "columns", progress=progress)
+                                        pose_name=self.pose[0] if self.pose else "columns", progress=progress,
+                                        style_images=self.style)
         if self.task == "detail":
             from instantid.apps.detail import detail_picture
 
@@ -231,7 +248,7 @@ class Prepared:
             return detail_picture(model, self.identity, self.scene, self.scene_name, settings, self.detail,
                                   progress, faces=self.picture_faces)
         return model.generate(self.identity, settings, progress=progress, init_image=self.init_image,
-                              init_name=self.init_name or "init image")
+                              init_name=self.init_name or "init image", style_images=self.style)
 
     def found(self) -> dict[str, Any]:
         """What the analysis found that a worker would otherwise find again, as JSON for the job record
@@ -257,6 +274,7 @@ class Prepared:
             "people": [[r.name for r in p.references] for p in self.people],
             "picture": self.scene_name if self.task == "detail" else None,
             "detail": self.detail.model_dump() if self.detail is not None else None,
+            **({"style": list(self.style.names)} if self.style is not None else {}),
         }
 
 
@@ -288,12 +306,13 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
     """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field.
     ``found``: what an earlier analysis of the same request recorded (:meth:`Prepared.found`), not redone."""
     settings = request.settings
+    style = _style(request.style)
     if request.task == "group":
         people = tuple(_identity(faces, photos, settings) for photos in request.people)
         placement = placement_from(found)
         if request.pose is not None and placement is None:
             placement = _group_poses(faces, request.pose, len(people))
-        return Prepared("group", people=people, pose=request.pose, placement=placement)
+        return Prepared("group", people=people, pose=request.pose, placement=placement, style=style)
     identity = _identity(faces, request.faces, settings, pose=request.pose)
     for mix in request.mixes:
         identity = identity.mix(_identity(faces, [mix.photo], settings), mix.weight, name=mix.photo[0])
@@ -307,7 +326,7 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
 
         init = request.init_image
         return Prepared("generate", identity=identity, init_image=load_image(init[1], init[0]) if init else None,
-                        init_name=init[0] if init else "")
+                        init_name=init[0] if init else "", style=style)
     if request.task == "detail":
         from instantid.faces import load_image
 

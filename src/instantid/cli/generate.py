@@ -74,6 +74,30 @@ def check_model_options(model: Any) -> None:
         preset_weights_file(model.preset, model.preset_weights, ("--preset", "--preset-weights"))
 
 
+def style_references(paths: list[Path], settings: Any, model: Any, full_paths: bool) -> tuple[Any, Any]:
+    """The --style-image pictures, read now, and the model options with the style adapter to load: its files are
+    found (or fetched) before the slow model load, as the load would. Style knobs without a picture are refused."""
+    from instantid.api.settings import field_label
+
+    if not paths:
+        chosen = [field_label(k) for k in ("style_strength", "style_blocks") if k in settings.model_fields_set]
+        if chosen:
+            verb = "needs" if len(chosen) == 1 else "need"
+            raise InvalidInputError(f"{' and '.join(chosen)} {verb} --style-image (the style reference picture)")
+        return None, model  # a --style-adapter (or INSTANTID_STYLE_ADAPTER) alone is loaded, as asked
+    from instantid.api.style_images import load_style_images
+    from instantid.io.models import DEFAULT_STYLE_ADAPTER, resolve_style_adapter
+
+    with naming("--style-image"):
+        style = load_style_images(paths, full_paths=full_paths)
+    if model.demo and not model.style_adapter:
+        return style, model  # the demo's own tiny style adapter
+    ref = model.style_adapter or DEFAULT_STYLE_ADAPTER
+    with naming("--style-adapter"):
+        resolve_style_adapter(ref)
+    return style, model.model_copy(update={"style_adapter": ref})
+
+
 def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
     """The line saying the face-detail pass skipped this image (it found no face to redraw), else None."""
     reports = (metadata.get("face_detail") or {}).get("images") or []
@@ -167,6 +191,10 @@ def generate_command(
     init_image: Path | None = typer.Option(None, "--init-image", help="Image-to-image: start from this picture "
                                            "(resized to the output size); --denoising-strength says how much of "
                                            "it is redrawn.", dir_okay=False),
+    style_image: list[Path] = typer.Option([], "--style-image", dir_okay=False, help="Style reference picture "
+                                           "(InstantStyle): the picture takes its style, the face keeps the "
+                                           "identity; repeatable. See --style-strength, --style-blocks, "
+                                           "--style-adapter."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
@@ -186,7 +214,7 @@ def generate_command(
     if groups:  # a count needs no file: before the photos
         check_people(len(groups), "one --person per person")
     check_photos(*(faces or []), *(p for g in groups for p in g), *([pose] if pose else []),
-                 *(parse_mix(spec)[0] for spec in mix), *([init_image] if init_image else []))
+                 *(parse_mix(spec)[0] for spec in mix), *([init_image] if init_image else []), *style_image)
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
@@ -206,6 +234,7 @@ def generate_command(
     with naming("--init-image"):
         init_picture = load_image(init_image, init_image.name) if init_image is not None else None
     check_model_options(model)
+    style, model = style_references(style_image, settings, model, full_paths)
     prepare_folder(out, "--out")
     # 2. Faces, with the face model only: a faceless photo is found in seconds, not after the model load.
     with console.status("checking the photos..."):
@@ -237,10 +266,11 @@ def generate_command(
             task = bar.add_task(f"seed {start if start is not None else 'random'}", total=settings.steps)
             call = settings.updated(seed=start, num_images=count)
             report = lambda step, total, task=task: bar.update(task, completed=step, total=total)  # noqa: E731
-            result = (instant.generate_group(people, call, pose_faces=placed,
+            result = (instant.generate_group(people, call, pose_faces=placed, style_images=style,
                                              pose_name=pose.name if pose else "columns", progress=report)
                       if people else instant.generate(identity, call, progress=report, init_image=init_picture,
-                                                      init_name=init_image.name if init_image else "init image"))
+                                                      init_name=init_image.name if init_image else "init image",
+                                                      style_images=style))
             for i, image in enumerate(result.images):
                 metadata = result.image_metadata(i)
                 stem = image_stem(metadata["seed"], prompt=settings.prompt)

@@ -43,14 +43,17 @@ class AdapterSpec:
     embedding_space: str | None  # e.g. "antelopev2-512", when the checkpoint records it
 
 
-def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
-    """Read an adapter file into ``({"image_proj": ..., "ip_adapter": ...}, metadata)``.
+def load_adapter_state_dict(
+    path: str | Path, kind: str = "face adapter", where: str = PUBLISHED_FILES,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Read an adapter file into ``({"image_proj": ..., "ip_adapter": ...}, metadata)``; ``kind`` and ``where``
+    name the adapter and its published files in errors (the style adapter has the same layout).
 
     Pickles are opened with ``weights_only=True``: an adapter is data, never code.
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingWeightsError(f"face adapter file not found: {path} ({PUBLISHED_FILES})")
+        raise MissingWeightsError(f"{kind} file not found: {path} ({where})")
     metadata: dict[str, str] = {}
     try:
         if path.suffix == ".safetensors":
@@ -70,7 +73,7 @@ def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch
                 raw = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(raw, dict):
                 raise IncompatibleWeightsError(
-                    f"face adapter {path} holds a {type(raw).__name__}, expected a dict with "
+                    f"{kind} {path} holds a {type(raw).__name__}, expected a dict with "
                     "'image_proj' and 'ip_adapter'"
                 )
             meta = raw.get("meta", {})
@@ -79,17 +82,17 @@ def load_adapter_state_dict(path: str | Path) -> tuple[dict[str, dict[str, torch
     except pickle.UnpicklingError as exc:
         # PyTorch's message advises retrying with weights_only=False; never pass that advice on.
         raise IncompatibleWeightsError(
-            f"cannot load face adapter {path}: not a plain weights file (it asks to run pickled code, which is "
+            f"cannot load {kind} {path}: not a plain weights file (it asks to run pickled code, which is "
             "never done)"
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IncompatibleWeightsError(f"cannot load face adapter {path}: {reason}") from exc
+        raise IncompatibleWeightsError(f"cannot load {kind} {path}: {reason}") from exc
     missing = [k for k in ("image_proj", "ip_adapter") if not state.get(k)]
     if missing:
         raise IncompatibleWeightsError(
-            f"face adapter {path} lacks {', '.join(repr(m) for m in missing)}: expected the published layout "
-            "with 'image_proj' (Resampler) and 'ip_adapter' (to_k_ip/to_v_ip weights)"
+            f"{kind} {path} lacks {', '.join(repr(m) for m in missing)}: expected the published layout "
+            "with 'image_proj' (image projection) and 'ip_adapter' (to_k_ip/to_v_ip weights)"
         )
     return state, metadata
 

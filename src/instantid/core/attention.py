@@ -61,6 +61,16 @@ class PreparedFaces:
 
 
 @dataclass(frozen=True)
+class PreparedStyle:
+    """A style reference's keys and values at every style layer for one call (InstantStyle, made by
+    :func:`instantid.core.style.prepare_style`): a standard IP-Adapter's branch,
+    ``out + scale * Attn(q, to_k_ip[1](style tokens), to_v_ip[1](style tokens))``, as diffusers computes it."""
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor] | None, ...]  # per style layer: (B', H, T, d) keys, values; None at 0
+    scales: tuple[float, ...]  # per style layer, this call's scale; 0 = the branch is skipped there
+
+
+@dataclass(frozen=True)
 class FaceCall:
     """The face conditioning of one call (or one training step), handed to every face processor.
 
@@ -74,6 +84,7 @@ class FaceCall:
     scale: float | None = None  # adapter strength for this call; None = the processors' own (set_ip_adapter_scale)
     cache: dict | None = None
     prepared: PreparedFaces | None = None
+    style: PreparedStyle | None = None  # a style reference image's branch (InstantStyle); None = no style
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -141,6 +152,9 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
 
     face_index: int  # this layer's place in its group's stacks (eager reads this)
     face_slot: torch.Tensor  # the same as a (1,) buffer (compiled graphs read this: no constant per block)
+    # With a style adapter installed here (core/style.py): its place in PreparedStyle; its weights are the
+    # second IP-Adapter of this layer (to_k_ip[1], to_v_ip[1]), diffusers' layout for several adapters.
+    style_index: int | None = None
 
     @classmethod
     def adopt(cls, processor: IPAdapterAttnProcessor2_0) -> FaceAttnProcessor:
@@ -177,12 +191,12 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
         ip_adapter_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         call = None
-        if isinstance(encoder_hidden_states, tuple) and len(self.scale) == 1 and ip_adapter_masks is None:
-            text_states, (face,) = encoder_hidden_states
-            if isinstance(face, FaceCall):
-                call = face
-            elif face.ndim == 4 and face.shape[1] == 1:  # raw embeddings projected by the UNet, one image each
-                call = FaceCall((FaceRegion(face[:, 0]),))
+        if isinstance(encoder_hidden_states, tuple) and ip_adapter_masks is None:
+            text_states, images = encoder_hidden_states
+            if len(images) == 1 and isinstance(images[0], FaceCall):
+                call = images[0]
+            elif len(images) == len(self.scale) == 1 and images[0].ndim == 4 and images[0].shape[1] == 1:
+                call = FaceCall((FaceRegion(images[0][:, 0]),))  # raw embeddings projected by the UNet, one image each
         # Anything but InstantID's own single-adapter call goes to diffusers unchanged.
         if call is None:
             return super().__call__(
@@ -230,6 +244,10 @@ class FaceAttnProcessor(IPAdapterAttnProcessor2_0):
                     if w is None:  # a grid prepare_faces did not foresee: resize here (same result)
                         w = mask_weights(call.regions[index].mask, num_queries, face)
                     out = torch.addcmul(out, face, w)  # one fused multiply-add
+        if call.style is not None and self.style_index is not None and call.style.scales[self.style_index]:
+            # diffusers' IP-Adapter term, `hidden + scale * Attn(q, K, V)`, summed per head (the same elements).
+            keys, values = call.style.kv[self.style_index]
+            out = out + call.style.scales[self.style_index] * F.scaled_dot_product_attention(q, keys, values)
 
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -261,12 +279,12 @@ def face_processors(unet: torch.nn.Module) -> list[FaceAttnProcessor]:
 
 
 def _face_layers(unet: torch.nn.Module) -> dict[LayerGroup, list[FaceAttnProcessor]]:
-    """The single-adapter face layers of ``unet`` by group, in module order; numbers each layer in its group
-    (the numbers only change when the processors were swapped since the last call)."""
+    """The face layers of ``unet`` by group, in module order (the face adapter is each one's first adapter); numbers
+    each layer in its group (the numbers only change when the processors were swapped since the last call)."""
     groups: dict[LayerGroup, list[FaceAttnProcessor]] = {}
     for module in unet.modules():
         proc = getattr(module, "processor", None) if isinstance(module, Attention) else None
-        if isinstance(proc, FaceAttnProcessor) and len(proc.scale) == 1:
+        if isinstance(proc, FaceAttnProcessor):
             members = groups.setdefault(proc.group(module), [])
             if proc.face_index != len(members):
                 proc.face_index = len(members)

@@ -113,6 +113,14 @@ def load_mapper(kind: str, ref: str | None) -> Any:
     path = resolve_mapper(kind, ref)
     with _reading(f"{kind} map model", path):
         return mapper(kind, path)
+def load_style_adapter(pipe: Any, ref: str) -> None:
+    """Load the style adapter for style images (InstantStyle) with its image encoder: a folder (h94's
+    ``sdxl_models``), an ``ip-adapter_sdxl`` file with ``image_encoder/`` beside it, or a Hub id."""
+    from instantid.io.models import resolve_style_adapter
+
+    weights, encoder = resolve_style_adapter(ref)
+    with _reading("style adapter", ref):
+        pipe.load_style_adapter(weights, encoder)
 
 
 def load_lora(pipe: Any, ref: str, scale: float = 1.0) -> None:

@@ -20,6 +20,11 @@ DEFAULT_IDENTITYNET = INSTANTID_REPO  # its ControlNetModel/ folder
 DEFAULT_ADAPTER = INSTANTID_REPO  # its ip-adapter.bin
 IDENTITYNET_SUBFOLDER = "ControlNetModel"
 ADAPTER_FILENAME = "ip-adapter.bin"
+# Style reference images (InstantStyle): h94/IP-Adapter's SDXL adapter and its image encoder.
+DEFAULT_STYLE_ADAPTER = "h94/IP-Adapter"
+STYLE_SUBFOLDER = "sdxl_models"
+STYLE_FILENAMES = ("ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.bin")
+IMAGE_ENCODER_FOLDER = "image_encoder"
 # Full-precision weights only: the fp16 variants would double the download.
 BASE_PATTERNS = ("*.json", "*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors")
 ANTELOPEV2_HINT = (
@@ -42,7 +47,12 @@ WHERE = {
     "adapter": f"{INSTANTID_REPO} on the Hugging Face Hub, file {ADAPTER_FILENAME}",
     **{f"{kind} ControlNet": f"{ref} on the Hugging Face Hub" for kind, ref in DEFAULT_CONTROLNETS.items()},
     **{f"{kind} map model": f"{ref} on the Hugging Face Hub" for kind, ref in DEFAULT_MAPPERS.items()},
+    "style adapter": f"{DEFAULT_STYLE_ADAPTER} on the Hugging Face Hub, {STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]} "
+                     f"(or .bin) with {STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/",
 }
+
+
+DOWNLOADED = ("base", "identitynet", "adapter")  # what `instantid download` fetches
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,33 @@ def _model_folder(kind: str, ref: str, patterns: tuple[str, ...], local_only: bo
     if not (folder / "config.json").is_file():
         raise _missing(kind, ref, "not in the Hugging Face cache")
     return folder
+def resolve_style_adapter(ref: str, local_only: bool = False) -> tuple[Path, Path]:
+    """The style adapter file and its image encoder folder for ``ref``: an ``ip-adapter_sdxl`` file (encoder in
+    ``image_encoder/`` beside it), a folder holding them (h94's ``sdxl_models``, or a copy of the repository with
+    ``sdxl_models/`` inside), or a Hub id with that repository's layout."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_file():
+            weights = path
+        else:
+            folders = (path, path / STYLE_SUBFOLDER)
+            weights = next((f / n for f in folders for n in STYLE_FILENAMES if (f / n).is_file()), None)
+            if weights is None:
+                names = " or ".join(STYLE_FILENAMES)
+                raise _missing("style adapter", ref, f"no {names} in it or in {STYLE_SUBFOLDER}/")
+        encoder = weights.parent / IMAGE_ENCODER_FOLDER
+        if not (encoder / "config.json").is_file():
+            raise _missing("style adapter", ref, f"no {IMAGE_ENCODER_FOLDER}/config.json beside {weights.name}")
+        return weights, encoder
+    if not looks_like_repo_id(ref):
+        raise _missing("style adapter", ref, "no such file or folder")
+    patterns = [f"{STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]}", f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/*.json",
+                f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/model.safetensors"]
+    root = _snapshot("style adapter", ref, patterns, local_only) / STYLE_SUBFOLDER
+    if not (root / STYLE_FILENAMES[0]).is_file() or not (root / IMAGE_ENCODER_FOLDER / "config.json").is_file():
+        raise _missing("style adapter", ref, f"the repository lacks {STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]} or "
+                                             f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/")
+    return root / STYLE_FILENAMES[0], root / IMAGE_ENCODER_FOLDER
 
 
 def _snapshot(kind: str, ref: str, patterns: list[str], local_only: bool) -> Path:

@@ -69,6 +69,9 @@ def shareable(metadata: dict[str, Any]) -> dict[str, Any]:
         public["models"] = {kind: public_ref(ref) for kind, ref in public["models"].items()}
     if "lora" in public:
         public["lora"] = public_ref(public["lora"])
+    if isinstance(public.get("style_reference"), dict):
+        public["style_reference"] = {**public["style_reference"],
+                                     "adapter": public_ref(public["style_reference"].get("adapter"))}
     return public
 
 

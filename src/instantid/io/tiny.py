@@ -77,10 +77,9 @@ def draw_identitynet_weights(controlnet: ControlNetModel, seed: int = 0) -> None
             conv.bias.normal_(0.0, 0.05, generator=gen)
 
 
-def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> dict:
-    """Random tiny components in memory: unet, controlnet, vae, text encoders, tokenizers, scheduler."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+def tiny_unet(config: TinyConfig = TinyConfig()) -> UNet2DConditionModel:
+    """The tiny stack's UNet (weights from torch's global generator)."""
+    return UNet2DConditionModel(
         block_out_channels=config.block_out_channels,
         layers_per_block=2,
         sample_size=config.sample_size,
@@ -97,6 +96,12 @@ def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> d
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + config.projection_dim,
     )
+
+
+def build_tiny_components(config: TinyConfig = TinyConfig(), seed: int = 0) -> dict:
+    """Random tiny components in memory: unet, controlnet, vae, text encoders, tokenizers, scheduler."""
+    torch.manual_seed(seed)
+    unet = tiny_unet(config)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
     draw_identitynet_weights(controlnet, seed)
     vae = AutoencoderKL(
@@ -232,3 +237,44 @@ def build_tiny_controls(out_dir: str | Path, seed: int = 0) -> ControlRefs:
                           do_pad=False).save_pretrained(refs.depth_map_model)
     marker.write_text(json.dumps(wanted))
     return refs
+STYLE_MARKER = "instantid-tiny-style.json"
+
+
+def build_tiny_style_adapter(out_dir: str | Path, config: TinyConfig = TinyConfig(), seed: int = 0) -> Path:
+    """Write a tiny standard SDXL IP-Adapter for the tiny stack in the h94/IP-Adapter layout: ``sdxl_models/``
+    with ``ip-adapter_sdxl.safetensors`` and ``.bin`` (``image_proj``: proj + norm, 4 tokens; ``ip_adapter``: every
+    cross-attention layer) and ``image_encoder/`` (a CLIPVisionModelWithProjection). Returns ``out_dir``."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from instantid.core.adapter import _cross_attention_layers
+    from instantid.io.models import IMAGE_ENCODER_FOLDER, STYLE_FILENAMES, STYLE_SUBFOLDER
+
+    out = Path(out_dir)
+    marker = out / STYLE_MARKER
+    wanted = {"config": config.__dict__ | {"block_out_channels": list(config.block_out_channels)}, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return out
+    folder = out / STYLE_SUBFOLDER
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, image_size=32,
+        patch_size=8, projection_dim=48,
+    ))
+    with library_chatter():
+        encoder.save_pretrained(folder / IMAGE_ENCODER_FOLDER)
+    gen = torch.Generator().manual_seed(seed + 2)
+    width, embed_dim, tokens = config.cross_attention_dim, encoder.config.projection_dim, 4
+    state = {"image_proj": {
+        "proj.weight": torch.randn(tokens * width, embed_dim, generator=gen) * embed_dim**-0.5,
+        "proj.bias": torch.randn(tokens * width, generator=gen) * 0.1,
+        "norm.weight": torch.ones(width), "norm.bias": torch.zeros(width),
+    }, "ip_adapter": {}}
+    for n, _, hidden in _cross_attention_layers(tiny_unet(config)):
+        for kind in ("k", "v"):
+            state["ip_adapter"][f"{n}.to_{kind}_ip.weight"] = torch.randn(hidden, width, generator=gen) * width**-0.5
+    save_file({f"{group}.{k}": v.contiguous() for group, part in state.items() for k, v in part.items()},
+              str(folder / STYLE_FILENAMES[0]))
+    torch.save(state, folder / STYLE_FILENAMES[1])
+    marker.write_text(json.dumps(wanted))
+    return out

@@ -96,6 +96,9 @@ class CallRequest:
     control_mask: MaskInput | None = arg()
     identities: Sequence[Person] | None = arg()
     controlnet_cache_interval: int = arg(1)  # lossy lever (instantid.core.denoise): ControlNets every N-th step
+    # style reference picture(s) and their strength or diffusers' per-block scales (instantid.pipelines.style)
+    style_image: Any = arg(pipelines=(TEXT_TO_IMAGE, IMAGE_TO_IMAGE))
+    style_scale: float | dict | None = arg(pipelines=(TEXT_TO_IMAGE, IMAGE_TO_IMAGE))
 
     def arguments(self, pipeline: str) -> dict[str, Any]:
         """The call again as ``pipeline``'s keyword arguments (its own names)."""

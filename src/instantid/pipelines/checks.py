@@ -102,6 +102,7 @@ class CheckMixin:
             )
         if req.output_type not in ("pil", "np", "pt", "latent"):
             raise InvalidInputError(f"output_type must be pil, np, pt or latent, got {req.output_type!r}")
+        self._check_style(req.style_image, req.style_scale)
         unknown = [k for k in req.callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise InvalidInputError(

@@ -39,6 +39,7 @@ class SamplingMixin:
         faces = FaceCall(
             regions=tuple(FaceRegion(tokens, mask) for tokens, mask in zip(enc.tokens, masks, strict=True)),
             scale=req.ip_adapter_scale, cache={},
+            style=self._style_call(req.style_image, req.style_scale, enc.total, enc.device),
         )
         # Every face layer's keys/values and region weights, once for the whole loop.
         faces = prepare_faces(self.unet, faces, (height // self.vae_scale_factor, width // self.vae_scale_factor))

@@ -62,6 +62,7 @@ from instantid.pipelines.checks import CheckMixin
 from instantid.pipelines.control import ControlMixin
 from instantid.pipelines.encoding import EncodeMixin
 from instantid.pipelines.sampling import SamplingMixin
+from instantid.pipelines.style import StyleMixin
 
 
 def controlnets(pipe: Any) -> list[torch.nn.Module]:
@@ -72,8 +73,8 @@ def controlnets(pipe: Any) -> list[torch.nn.Module]:
     return list(net.nets) if isinstance(net, MultiControlNetModel) else [net]
 
 
-class InstantIDMixin(CheckMixin, EncodeMixin, ControlMixin, SamplingMixin):
-    """What InstantID adds to a diffusers SDXL ControlNet pipeline."""
+class InstantIDMixin(StyleMixin, CheckMixin, EncodeMixin, ControlMixin, SamplingMixin):
+    """What InstantID adds to a diffusers SDXL ControlNet pipeline (and a style reference: StyleMixin)."""
 
     repaints_masked = False  # True for the inpainting pipeline, the only one a 9-channel (inpainting) UNet fits
 
@@ -176,7 +177,9 @@ class StableDiffusionXLInstantIDPipeline(InstantIDMixin, StableDiffusionXLContro
         ``image`` (see :func:`instantid.draw_kps`); or of several people, ``identities=[Person(...), ...]``.
         The published arguments keep their order and meaning; InstantID's own come last (the arguments are
         declared once, in :class:`~instantid.pipelines.call.CallRequest`).
-        ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only."""
+        ``controlnet_cache_interval=N > 1`` is a lossy speed lever: IdentityNet runs every N-th step only.
+        ``style_image`` (after :meth:`load_style_adapter`): the picture takes its style, at ``style_scale``
+        (see :mod:`instantid.pipelines.style`)."""
         # 1. Check inputs (cheap, before anything runs).
         self._check(req, kwargs)
 
@@ -226,7 +229,8 @@ class StableDiffusionXLInstantIDImg2ImgPipeline(InstantIDMixin, StableDiffusionX
     @instantid_call(IMAGE_TO_IMAGE)
     def __call__(self, req: CallRequest, kwargs: dict[str, Any]) -> StableDiffusionXLPipelineOutput | tuple:
         """Repaint ``image`` as the person of ``image_embeds`` posed by ``control_image`` (keypoints), or as
-        several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``: as text-to-image."""
+        several people (``identities=[Person(...), ...]``). ``controlnet_cache_interval``, ``style_image``: as
+        text-to-image."""
         # 1. Check inputs (cheap, before anything runs).
         self._check(req, kwargs)
         if req.init_image is None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, create_model
 from starlette.datastructures import UploadFile
 
 from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, GenerationSettings, check_people, make_settings
+from instantid.api.style_images import MAX_STYLE_IMAGES
 from instantid.apps.detail import DetailOptions, make_detail_options
 from instantid.apps.layouts import layout_names
 from instantid.apps.swap import SwapOptions, make_swap_options
@@ -36,8 +37,10 @@ MAX_FACES = 8  # photos of one person
 MAX_MIXES = 4
 MAX_FILES = 32  # file parts in one multipart body
 PERSON_FIELD = re.compile(r"person([0-9]{1,2})")
-FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture", "init_image")  # plus person0, person1, ...
+FILE_FIELDS = ("face", "faces", "pose", "mix", "scene", "picture", "init_image", "style_image")  # plus person<i>
 LayoutName = Literal[layout_names()]  # type: ignore[valid-type]
+STYLE_IMAGE_HELP = (f"Style reference picture(s), at most {MAX_STYLE_IMAGES} (InstantStyle; base64 in JSON): the "
+                    "picture takes their style at style_strength, the face keeps the identity.")
 
 
 class MixJSON(BaseModel):
@@ -58,6 +61,7 @@ class GenerateJSON(GenerationSettings):
     mix: list[MixJSON] | None = Field(None, max_length=MAX_MIXES, description="Other people mixed into this one.")
     init_image: str | None = Field(None, description="Base64-encoded picture to start from (image-to-image; "
                                    "denoising_strength says how much of it is redrawn).")
+    style_image: str | list[str] | None = Field(None, description=STYLE_IMAGE_HELP)
 
 
 def _settings_fields(task: TaskKind) -> dict[str, Any]:
@@ -82,6 +86,7 @@ GroupJSON = create_model(
                                    description="Per person, base64-encoded photo(s); left to right.")),
     pose=(str | None, Field(None, description="Base64-encoded group photo: person i takes its i-th face from "
                                              "the left (without it: side by side).")),
+    style_image=(str | list[str] | None, Field(None, description=STYLE_IMAGE_HELP)),
     **_settings_fields("group"),
 )
 DetailJSON = create_model(
@@ -313,6 +318,19 @@ def _people(body: Body) -> tuple[tuple[Photo, ...], ...]:
     return tuple(people)
 
 
+def _style_images(body: Body) -> tuple[Photo, ...]:
+    """The style reference picture(s): repeated file fields, or a base64 string or list in JSON."""
+    if body.json:
+        raw = body.values.pop("style_image", None)
+        raw = [raw] if isinstance(raw, str) else raw
+        photos = [] if raw is None else _json_photos({"style_image": raw}, "style_image", None, MAX_STYLE_IMAGES)
+    else:
+        photos = body.files.pop("style_image", [])
+    if len(photos) > MAX_STYLE_IMAGES:
+        raise InvalidInputError(f"style_image: at most {MAX_STYLE_IMAGES} pictures, got {len(photos)}")
+    return tuple(photos)
+
+
 def job_request(task: TaskKind, body: Body) -> JobRequest:
     """The checked request of a ``task`` endpoint; errors name the field as the client spelled it."""
     kind = "JSON field" if body.json else "field"
@@ -320,6 +338,7 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
     faces: tuple[Photo, ...] = ()
     mixes: tuple[Mix, ...] = ()
     people: tuple[tuple[Photo, ...], ...] = ()
+    style = _style_images(body) if task in ("generate", "group") else ()
     if task == "group":
         people = _people(body)
         pose = _photo(body, "pose")
@@ -347,11 +366,12 @@ def job_request(task: TaskKind, body: Body) -> JobRequest:
     if body.files:
         raise InvalidInputError(f"unexpected file field {next(iter(body.files))!r} for /v1/{task}")
     for name in ("face", "faces", "face_names", "pose", "mix", "mix_weight", "scene", "scene_name", "picture",
-                 "picture_name", "people", "layout", "init_image"):
+                 "picture_name", "people", "layout", "init_image", "style_image"):
         if name in body.values:
             raise InvalidInputError(f"{kind} {name!r} is not used by /v1/{task}")
     return JobRequest(task, settings_from(body.values), faces=faces, mixes=mixes, pose=pose, layout=layout,
-                      scene=scene, swap=swap, people=people, picture=picture, detail=detail, init_image=init)
+                      scene=scene, swap=swap, people=people, picture=picture, detail=detail, init_image=init,
+                      style=style)
 
 
 def _b64(name: str, data: str) -> bytes:
@@ -380,6 +400,7 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
         "pose": {**_BINARY, "description": "Optional pose photo."},
         "init_image": {**_BINARY, "description": "Optional picture to start from (image-to-image)."},
         **_MIX_FILES,
+        "style_image": {"type": "array", "items": _BINARY, "description": STYLE_IMAGE_HELP},
     },
     "swap": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of the person put in."},
@@ -390,6 +411,7 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
         **{f"person{i}": {"type": "array", "items": _BINARY, "description": f"Photo(s) of person {i} (left to "
                           "right); send person0, person1, ... as needed."} for i in range(2)},
         "pose": {**_BINARY, "description": "Optional group photo: person i takes its i-th face from the left."},
+        "style_image": {"type": "array", "items": _BINARY, "description": STYLE_IMAGE_HELP},
     },
     "detail": {
         "face": {"type": "array", "items": _BINARY, "description": "Face photo(s) of the person."},
@@ -398,7 +420,7 @@ _FORM_FILES: dict[str, dict[str, Any]] = {
     },
 }
 _JSON_ONLY = ("face", "faces", "face_names", "pose", "mix", "scene", "scene_name", "picture", "picture_name", "people",
-              "init_image")
+              "init_image", "style_image")
 
 
 def json_schema(task: TaskKind = "generate") -> dict[str, Any]:

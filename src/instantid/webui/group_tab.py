@@ -24,7 +24,7 @@ from instantid.api.settings import MAX_PEOPLE, MIN_PEOPLE, UNUSED_SETTINGS, chec
 from instantid.apps.tasks import Placement, Prepared
 from instantid.errors import InstantIDError, InvalidInputError
 from instantid.webui.controls import controls, labels
-from instantid.webui.layout import build_controls, result_column
+from instantid.webui.layout import build_controls, result_column, style_image_box, style_of
 from instantid.webui.picture_tab import PICTURES_KEPT
 from instantid.webui.portrait import save_results
 from instantid.webui.references import (
@@ -94,7 +94,7 @@ class GroupTab:
         return picture, drawn, text
 
     def generate(self, people: Sequence[Sequence[Photo]], group: Photo | None, values: dict[str, Any],
-                 progress: Any = None) -> tuple[list[Any], str]:
+                 progress: Any = None, style_image: str | None = None) -> tuple[list[Any], str]:
         """One picture of everyone into the outputs folder. ``people``: each slot's photos in slot order (empty
         slots are skipped); ``values``: raw control values. Returns gallery items and the info text."""
         filled = [(number, photos) for number, photos in enumerate(people) if photos]
@@ -107,7 +107,7 @@ class GroupTab:
         identities = [self.person(photos, number) for number, photos in filled]
         placement = self.placement(group, len(identities)) if group is not None else None
         job = Prepared("group", people=tuple(identities), pose=(group.name, group.read()) if group else None,
-                       placement=placement)
+                       placement=placement, style=style_of(style_image))
         return save_results(self.ctx, self.ctx.submit(job, settings, progress))
 
     def placement(self, group: Photo, count: int) -> Placement:
@@ -139,6 +139,7 @@ class GroupTab:
                                             height=200, elem_id=f"{PREFIX}faces")
                 self.group_text = gr.Markdown("No group photo: the people stand side by side.",
                                               elem_id=f"{PREFIX}count")
+                self.style_image = style_image_box(f"{PREFIX}style-image")
                 self.widgets = build_controls(self.controls, PREFIX)
                 self.button = gr.Button("Generate", variant="primary", elem_id=f"{PREFIX}run")
             self.gallery, self.info = result_column(PREFIX)
@@ -186,9 +187,9 @@ class GroupTab:
         def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[list[Any], str]:
             values = {name: data[widget] for name, widget in self.widgets.items()}
             return self.generate([data[state] for state in self.states], data[self.group_state], values,
-                                 lambda step, total: progress((step, total), desc="denoising"))
+                                 lambda step, total: progress((step, total), desc="denoising"), data[self.style_image])
 
-        clear_error_mark(self.button.click(guard(run, job=True), {*self.states, self.group_state,
+        clear_error_mark(self.button.click(guard(run, job=True), {*self.states, self.group_state, self.style_image,
                                                                   *self.widgets.values()},
                                            [self.gallery, self.info], concurrency_limit=self.ctx.generation_concurrency,
                                            concurrency_id="generation"), self.gallery, self.info)

@@ -43,3 +43,16 @@ def who_and_values(who: WhoPanel, widgets: dict[str, Any], data: dict[Any, Any])
         raise gr.Error("upload at least one face photo first", print_exception=False)
     named = {**dict(zip(IDENTITY_FIELDS, who.options, strict=True)), **widgets}
     return photos, {name: data[widget] for name, widget in named.items()}
+
+
+def style_image_box(elem_id: str) -> Any:
+    """The optional style reference picture (InstantStyle) of a tab that makes new pictures."""
+    return gr.Image(label="Style image (optional): the picture takes its style (Style strength), the face keeps the "
+                    "identity", type="filepath", sources=["upload"], height=160, elem_id=elem_id)
+
+
+def style_of(file: str | None) -> Any:
+    """The uploaded style picture as the API takes it (None without one)."""
+    from instantid.api.style_images import load_style_images
+
+    return load_style_images([file]) if file else None

@@ -15,7 +15,7 @@ import gradio as gr
 from instantid.apps.tasks import Prepared
 from instantid.io.outputs import image_stem, write_image
 from instantid.webui.controls import controls, labels
-from instantid.webui.layout import result_column, who_and_values
+from instantid.webui.layout import result_column, style_image_box, style_of, who_and_values
 from instantid.webui.who import DEFAULT_MIX, IDENTITY_FIELDS, WhoPanel, clear_error_mark, posed
 
 if TYPE_CHECKING:
@@ -66,15 +66,17 @@ class PortraitTab:
 
     def generate(self, photos: Sequence[Photo], pose: Photo | None, values: dict[str, Any],
                  progress: Any = None, layout: str | None = None, mix: Photo | None = None,
-                 mix_weight: float = DEFAULT_MIX, init: Any = None) -> tuple[list[Any], str]:
+                 mix_weight: float = DEFAULT_MIX, init: Any = None, style_image: str | None = None
+                 ) -> tuple[list[Any], str]:
         """Images into the outputs folder; ``values`` are raw control values (Who's face choice and fusion
-        included); ``init``: a picture to start from (image-to-image). Returns gallery items and the info text."""
+        included); ``init``: a picture to start from (image-to-image); ``style_image``: the uploaded style
+        reference's file, if any. Returns gallery items and the info text."""
         settings = self.who.settings(values, [self.by_name[name] for name in values if name in self.by_name],
                                      self.label)
         identity = posed(self.who.identity_for(photos, pose, settings, mix, mix_weight), layout, settings.width,
                          settings.height)
         job = Prepared("generate", identity=identity, init_image=None if init is None else init.convert("RGB"),
-                       init_name="init image")
+                       init_name="init image", style=style_of(style_image))
         return save_results(self.ctx, self.ctx.submit(job, settings, progress))
 
     def few_step(self, on: bool) -> list[Any]:
@@ -100,6 +102,7 @@ class PortraitTab:
         for control in self.controls:
             if not control.advanced:
                 self.widgets[control.name] = control.build()
+        self.style_image = style_image_box("style-image")
         self.fast = gr.Checkbox(False, label="Few-step", info=self.ctx.few_step_info(), elem_id="few-step")
         with gr.Accordion("Advanced", open=False):
             self.size = gr.Dropdown(list(SIZES), value=None, label="Size preset (sets width and height)")
@@ -137,10 +140,11 @@ class PortraitTab:
             photos, values = who_and_values(who, widgets, data)
             return self.generate(photos, data[who.pose_state], values,
                                  lambda step, total: progress((step, total), desc="denoising"), data[who.layout],
-                                 data[who.mix_state], data[who.mix_weight], data[self.init_image])
+                                 data[who.mix_state], data[who.mix_weight], data[self.init_image],
+                                 data[self.style_image])
 
         clear_error_mark(self.button.click(ctx.guard(run, job=True),
                                            {*who.inputs, who.layout, *who.mix_inputs, self.init_image,
-                                            *widgets.values()},
+                                            *widgets.values(), self.style_image},
                                            [self.gallery, self.info], concurrency_limit=ctx.generation_concurrency,
                                            concurrency_id="generation"), self.gallery, self.info)
