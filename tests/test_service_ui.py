@@ -153,9 +153,10 @@ def test_gradio_hands_the_signed_in_name_to_job_handlers(tmp_path: Path) -> None
 
 
 def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) -> None:
+    from _service import Body, job_request
+
     from instantid.api.settings import settings_from_record
     from instantid.service.core import JobService, ServerSettings
-    from instantid.service.schema import Body, job_request
     from instantid.service.stored import load_prepared
     from instantid.service.tasks import prepare
 

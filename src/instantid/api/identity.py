@@ -14,16 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from instantid.api.settings import FUSIONS
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, FaceAnalyzer
 
 # A face this many pixels wide (or more) counts as full quality; the recognisers work on 112-150 px crops.
+# The weight of a person mixed in (Identity.mix), declared once: the HTTP body, the CLI's PHOTO:WEIGHT and the web
+# UI's sliders take its range and words from here.
+MIX_WEIGHT_RANGE = (0.0, 1.0)
+MIX_WEIGHT_HELP = "How much of the other person: 0 = this person, 1 = the other."
+MixWeight = Annotated[float, Field(ge=MIX_WEIGHT_RANGE[0], le=MIX_WEIGHT_RANGE[1], description=MIX_WEIGHT_HELP)]
 FULL_QUALITY_FACE_PX = 112.0
 # Variance of the Laplacian of a sharp 8-bit face crop is in the hundreds; below this the crop is blurry.
 SHARP_LAPLACIAN_VAR = 100.0
@@ -89,8 +95,9 @@ class Identity:
 
     def mix(self, other: Identity, weight: float, name: str = "other") -> Identity:
         """Interpolate towards ``other`` (``weight`` 0 = self, 1 = other); pose stays this identity's."""
-        if not 0 <= weight <= 1:
-            raise InvalidInputError(f"mix weight must be between 0 and 1, got {weight}")
+        low, high = MIX_WEIGHT_RANGE
+        if not low <= weight <= high:
+            raise InvalidInputError(f"mix weight must be between {low:g} and {high:g}, got {weight}")
         if other.space != self.space:
             raise InvalidInputError(f"cannot mix {self.space} and {other.space} embeddings")
         embedding = ((1 - weight) * self.embedding + weight * other.embedding).astype(np.float32)

@@ -7,6 +7,8 @@
 * :mod:`~instantid.service.runner`: running one job; the in-process worker;
 * :mod:`~instantid.service.rq_worker`: many workers through RQ, recovery of a killed worker's job;
 * :mod:`~instantid.service.core`: :class:`JobService`, what the HTTP API and the web UI call;
-* :mod:`~instantid.service.schema`: HTTP request and response shapes, derived from GenerationSettings;
+* :mod:`~instantid.service.requests`: the HTTP request bodies, one model per task that parses multipart and JSON
+  alike (:mod:`~instantid.service.openapi` documents both from it); :mod:`~instantid.service.responses`: answers;
+* :mod:`~instantid.service.server`: ``create_app``, which includes the routers of :mod:`~instantid.service.routes`;
 * :mod:`~instantid.service.auth`, :mod:`~instantid.service.metrics`: API keys and limits; Prometheus.
 """
