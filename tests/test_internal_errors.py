@@ -120,13 +120,15 @@ def test_a_web_ui_job_that_crashes_in_the_worker_names_the_id(crashing_model: An
                                                               caplog: pytest.LogCaptureFixture) -> None:
     from instantid.api.settings import GenerationSettings
     from instantid.service.core import InternalJobError, JobService, ServerSettings
+    from instantid.service.tasks import Prepared
 
     caplog.set_level(logging.ERROR)
     service = JobService.start(ServerSettings(out_dir=tmp_path, mount_ui=False), crashing_model)
     try:
         identity = crashing_model.prepare_identity(FACE.read_bytes())
         with pytest.raises(InternalJobError) as raised:
-            service.submit_identity(identity, GenerationSettings(steps=2, width=64, height=64))
+            service.run_prepared(Prepared("generate", identity=identity),
+                                 GenerationSettings(steps=2, width=64, height=64))
     finally:
         service.stop()
     assert ID.match(str(raised.value)) and CRASH not in str(raised.value)

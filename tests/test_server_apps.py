@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from _demo import FACE, FACES, NO_FACE
-from _service import serving, until
+from _service import Body, job_request, serving, until
 from PIL import Image
 
 from instantid.api.settings import GenerationSettings, settings_from_record
@@ -270,7 +270,6 @@ def test_group_json_needs_people(client: httpx.Client) -> None:
 
 # ---- restart: a job is rebuilt from its record and the photos in its folder ---------------------------------
 def test_queued_jobs_of_every_task_run_after_a_restart(model: Any, tmp_path: Path) -> None:
-    from _service import Body, job_request
 
     from instantid.service.core import JobService, ServerSettings
 
@@ -309,6 +308,42 @@ def test_queued_jobs_of_every_task_run_after_a_restart(model: Any, tmp_path: Pat
         second.stop()
 
 
+def test_the_analysed_job_is_kept_exactly(model: Any, tmp_path: Path) -> None:
+    """The one form a job waits in (HTTP and web UI jobs alike): every field of every identity and face comes
+    back from the job folder as analysed, so a worker elsewhere runs what was checked at submit."""
+    from dataclasses import fields
+
+    from instantid.service.jobs import JobFiles
+    from instantid.service.stored import load_prepared, save_prepared
+    from instantid.service.tasks import prepare
+
+    body = Body(dict(FAST), {"face": [photo_of(FACE, "me.jpg"), photo_of(OTHER, "obama.jpg")],
+                             "mix": [photo_of(FACES / "obama_2.jpg")]})
+    body.fields.append(("mix_weight", "0.3"))
+    prepared = prepare(model.faces, job_request("generate", body))
+    files = JobFiles(tmp_path)
+    job_id = "0" * 32
+    save_prepared(files, job_id, prepared)
+    kept, analysed = load_prepared(files, job_id).identity, prepared.identity
+    assert analysed.references[0].sha256 and analysed.mixed_with  # the fields below are not trivially empty
+    for field in fields(analysed):
+        a, b = getattr(kept, field.name), getattr(analysed, field.name)
+        if field.name == "references":
+            for ka, kb in zip(a, b, strict=True):
+                assert all(getattr(ka, f.name) == getattr(kb, f.name) for f in fields(ka) if f.name != "face")
+                assert ka.face.to_dict() == kb.face.to_dict()
+        elif field.name == "pose_face":
+            assert a.to_dict() == b.to_dict()
+        elif field.name == "embedding":
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        else:
+            assert a == b, field.name
+
+
+def photo_of(path: Path, name: str | None = None) -> tuple[str, bytes]:
+    return (name or path.name, path.read_bytes())
+
+
 class Dispatched:
     """Stands in for the RQ dispatch of a ``--queue`` server: records which jobs were handed to the workers."""
 
@@ -321,7 +356,6 @@ class Dispatched:
 
 def test_queue_server_checks_faces_with_the_analyzer_and_a_worker_rebuilds_the_job(model: Any, tmp_path: Path
                                                                                     ) -> None:
-    from _service import Body, job_request
 
     from instantid.errors import InvalidInputError, NoFaceError
     from instantid.service.core import JobService, ServerSettings

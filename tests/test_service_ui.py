@@ -217,7 +217,7 @@ def test_ui_job_through_redis_runs_on_a_worker_process(redis_url: str, tmp_path:
             store = app.state.service.store
             gallery, _ = tab.swap(photos, None, scene, SWAP)
             (record,) = store.list(limit=10)[0]
-            assert record.state == "done" and record.request["prepared_saved"], record.error
+            assert record.state == "done" and (out / "jobs" / record.id / "inputs" / "prepared").is_file(), record.error
             assert record.worker.endswith(f":{worker.pid}")  # run by the worker process, not the server
             made = pixels(out / "jobs" / record.id / "image-0.png")
             assert np.array_equal(made, pixels(Path(gallery[0][0])))

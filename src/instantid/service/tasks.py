@@ -7,12 +7,9 @@
   (:meth:`InstantID.generate_group`);
 * ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.service.detail`).
 
-A :class:`JobRequest` is stored as JSON in the job record (names, weights, layout, options) plus its photos in
-the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``picture``, ``person-1-0``, ``pose``),
-so a restarted server or a worker on another machine rebuilds the same request (:meth:`JobRequest.from_record`).
-:func:`prepare` analyses the photos once into a :class:`Prepared` job; :meth:`Prepared.run` makes the images.
-What the analysis at submit found that a worker would otherwise have to find again (where the people of a group
-photo stand) goes into the record too (:meth:`Prepared.found`), and :func:`prepare` takes it back.
+:func:`prepare` analyses a :class:`JobRequest`'s photos, each once, into a :class:`Prepared` job, the form in which
+every job is kept in its job folder (:mod:`instantid.service.stored`) until a worker runs it
+(:meth:`Prepared.run`): no worker analyses a photo again.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
+from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people
 from instantid.errors import InvalidInputError, NoFaceError
 
 if TYPE_CHECKING:
@@ -142,31 +139,6 @@ class JobRequest:
             digest.update(data)
         return digest.hexdigest()
 
-    @classmethod
-    def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
-        """The request again, from a job record and its photos (``load(slot)``); records written before tasks
-        existed are generate jobs."""
-        from instantid.apps.swap import SwapOptions
-        from instantid.service.detail import DetailOptions
-
-        def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
-            return tuple((name, load(f"{slot}-{i}")) for i, name in enumerate(names))
-
-        return cls(
-            task=request.get("task", "generate"),
-            settings=settings_from_record(request["settings"]),
-            faces=named(request.get("faces") or (), "face"),
-            mixes=tuple(Mix((m["name"], load(f"mix-{i}")), float(m["weight"]))
-                        for i, m in enumerate(request.get("mix") or ())),
-            pose=(request["pose"], load("pose")) if request.get("pose") else None,
-            layout=request.get("layout"),
-            scene=(request["scene"], load("scene")) if request.get("scene") else None,
-            swap=SwapOptions.model_validate(request["swap"]) if request.get("swap") is not None else None,
-            people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
-            picture=(request["picture"], load("picture")) if request.get("picture") else None,
-            detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
-        )
-
 
 def _identity(faces: FaceSide, photos: Sequence[Photo], settings: GenerationSettings,
               pose: Photo | None = None) -> Identity:
@@ -207,9 +179,8 @@ class Prepared:
             return swap_face(model, self.identity, self.scene, settings, self.swap, scene_name=self.scene_name,
                              target=self.target, progress=progress)
         if self.task == "group":
-            # The group photo itself only when its placement is unknown (a record from before placements).
-            photo = self.pose[1] if self.pose and self.placement is None else None
-            return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
+            # Where the group photo's people stand was found when the job was prepared: not looked for again.
+            return model.generate_group(list(self.people), settings, pose_faces=self.placement,
                                         pose_name=self.pose[0] if self.pose else "columns", progress=progress)
         if self.task == "detail":
             from instantid.service.detail import detail_picture
@@ -219,22 +190,9 @@ class Prepared:
                                   progress, faces=self.picture_faces)
         return model.generate(self.identity, settings, progress=progress)
 
-    def found(self) -> dict[str, Any]:
-        """What the analysis found that a worker would otherwise find again, as JSON for the job record
-        (:func:`prepare` takes it back as ``found``)."""
-        if self.task == "detail":  # the faces the pass redraws (largest first), so no worker looks again
-            assert self.detail is not None
-            faces = list(self.picture_faces or ())[: self.detail.max_faces]
-            return {"picture_checked": True, "picture_faces": [_position(f) for f in faces]}
-        if self.placement is None:
-            return {}
-        faces, size = self.placement
-        # The faces' positions only: a group photo's embeddings are never used (each person has their own).
-        return {"placement": {"size": list(size), "faces": [_position(f) for f in faces]}}
-
     def names(self) -> dict[str, Any]:
-        """The job as a request record names it (photo names, options), for a job whose photos are not kept
-        (a web UI job, see :meth:`instantid.service.core.JobService.run_prepared`)."""
+        """What the job record says of the job (task, photo names, options); the job itself waits in the job
+        folder (:mod:`instantid.service.stored`)."""
         return {
             "task": self.task, "faces": [r.name for r in self.identity.references] if self.identity else [],
             "pose": self.pose[0] if self.pose else None,
@@ -246,39 +204,12 @@ class Prepared:
         }
 
 
-def _position(face: Face) -> dict[str, Any]:
-    """Where a face is (box, keypoints), without its embedding: what placing or redrawing it needs."""
-    return {"bbox": [float(v) for v in face.bbox], "kps": face.kps.tolist(), "score": float(face.score),
-            "space": face.space}
-
-
-def _position_back(data: dict[str, Any]) -> Face:
-    import numpy as np
-
-    from instantid.faces import Face
-
-    return Face(bbox=tuple(data["bbox"]), score=data["score"], kps=np.asarray(data["kps"], dtype=np.float32),
-                embedding=np.zeros(0, np.float32), space=data["space"])
-
-
-def placement_from(found: dict[str, Any] | None) -> Placement | None:
-    """The placement :meth:`Prepared.found` recorded, as :meth:`InstantID.generate_group` takes it."""
-    recorded = (found or {}).get("placement")
-    if not recorded:
-        return None
-    width, height = recorded["size"]
-    return [_position_back(f) for f in recorded["faces"]], (int(width), int(height))
-
-
-def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None = None) -> Prepared:
-    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field.
-    ``found``: what an earlier analysis of the same request recorded (:meth:`Prepared.found`), not redone."""
+def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
+    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field."""
     settings = request.settings
     if request.task == "group":
         people = tuple(_identity(faces, photos, settings) for photos in request.people)
-        placement = placement_from(found)
-        if request.pose is not None and placement is None:
-            placement = _group_poses(faces, request.pose, len(people))
+        placement = _group_poses(faces, request.pose, len(people)) if request.pose is not None else None
         return Prepared("group", people=people, pose=request.pose, placement=placement)
     identity = _identity(faces, request.faces, settings, pose=request.pose)
     for mix in request.mixes:
@@ -294,19 +225,11 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         from instantid.faces import load_image
 
         assert request.picture is not None  # checked at construction
-        recorded = (found or {}).get("picture_faces")
-        picture_faces: tuple[Face, ...] | None
-        if recorded:  # found at submit: the worker redraws those faces without looking again
-            picture = load_image(request.picture[1], request.picture[0])
-            picture_faces = tuple(_position_back(f) for f in recorded)
-        elif (found or {}).get("picture_checked"):  # a record from before the faces were kept: the pass finds them
-            picture, picture_faces = load_image(request.picture[1], request.picture[0]), None
-        else:  # cheap before slow: a picture without a face is refused here, not after the model ran
-            picture = load_image(request.picture[1], request.picture[0])
-            every = faces.analyze(picture, request.picture[0])
-            if not every:
-                raise NoFaceError(f"the picture {request.picture[0]}")
-            picture_faces = tuple(every)
+        # Cheap before slow: a picture without a face is refused here, not after the model ran.
+        picture = load_image(request.picture[1], request.picture[0])
+        picture_faces = tuple(faces.analyze(picture, request.picture[0]))
+        if not picture_faces:
+            raise NoFaceError(f"the picture {request.picture[0]}")
         return Prepared("detail", identity=identity, scene=picture, scene_name=request.picture[0],
                         detail=request.detail, picture_faces=picture_faces)
     assert request.scene is not None and request.swap is not None  # checked at construction
@@ -319,4 +242,4 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
 
 
 __all__ = ["JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind", "UNUSED_SETTINGS",
-           "placement_from", "prepare"]
+           "prepare"]
