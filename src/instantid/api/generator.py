@@ -29,11 +29,12 @@ from instantid.api.face_side import FaceSide, prepare_identity
 from instantid.api.identity import Identity
 from instantid.api.regions import face_region_mask, nearest_face_regions, within_box
 from instantid.api.results import GenerationResult, ImageInput, Progress
-from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
+from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, check_used, make_settings
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
 from instantid.errors import EmbeddingSpaceError, IncompatibleWeightsError, InvalidInputError
 from instantid.faces import (
+    DEMO_BACKEND,
     SPACE_ANTELOPEV2,
     SPACE_DLIB,
     Face,
@@ -134,7 +135,7 @@ class InstantID:
 
         folder = Path(cache_dir or os.environ.get("INSTANTID_DEMO_DIR", "~/.cache/instantid/tiny-demo")).expanduser()
         build_tiny_instantid(folder, TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB))
-        kwargs = {"face_backend": "dlib", "max_side": 256, "min_side": 256, "dtype": "fp32", **kwargs}
+        kwargs = {"face_backend": DEMO_BACKEND, "max_side": 256, "min_side": 256, "dtype": "fp32", **kwargs}
         return cls.from_pretrained(
             str(folder / "base"), str(folder / "ControlNetModel"), str(folder / "ip-adapter.bin"), demo=True, **kwargs
         )
@@ -268,7 +269,9 @@ class InstantID:
         :data:`~instantid.api.settings.MIN_PEOPLE` to :data:`~instantid.api.settings.MAX_PEOPLE` people, as every
         surface."""
         check_people(len(people))
-        return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
+        settings = self.call_settings(settings, **overrides)
+        check_used(settings, "group", "a picture of several people")
+        return self._generate_group(list(people), settings, pose=pose,
                                     pose_name=pose_name, progress=progress, pose_faces=pose_faces)
 
     def _generate_group(

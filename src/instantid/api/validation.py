@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+
+from instantid.errors import InvalidInputError
 
 Location = tuple[int | str, ...]
 _RANGE_ERRORS = ("greater_than_equal", "less_than_equal", "greater_than", "less_than", "multiple_of")
@@ -94,8 +96,9 @@ def one_line(exc: ValidationError, model: type[BaseModel], name: Callable[[Locat
         choices = [str(c) for c in typing.get_args(_literal(info.annotation))] if info is not None else []
         if choices:
             return f"{label} must be one of {', '.join(choices)}{given}"
-    if kind == "value_error":
-        return f"{label} {first['ctx']['error']}"
+    if kind == "value_error":  # a validator's own words; a whole line when it raised one of ours
+        error = first["ctx"]["error"]
+        return str(error) if isinstance(error, InvalidInputError) else f"{label} {error}"
     message = first["msg"][0].lower() + first["msg"][1:]
     return f"{label} {message}{given}"
 
@@ -110,4 +113,45 @@ def _literal(annotation: Any) -> Any:
     return None
 
 
-__all__ = ["field_at", "json_path", "one_line", "rule"]
+class CheckedError(InvalidInputError):
+    """A bad value given to a :class:`Checked` model, with pydantic's errors kept so :func:`validated` can name
+    the field the calling surface's way."""
+
+    def __init__(self, message: str, validation: ValidationError) -> None:
+        super().__init__(message)
+        self.validation = validation
+
+
+class Checked(BaseModel):
+    """A model whose bad values are one :class:`InvalidInputError` line also when Python code builds it
+    directly (``FaceDetailOptions(strength=0)``); ``what`` is how an unknown field is called."""
+
+    what: ClassVar[str] = "option"
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise CheckedError(one_line(exc, type(self), what=self.what), exc) from None
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], values: dict[str, Any], name: Callable[[str], str] = str,
+              what: str | None = None) -> Model:
+    """``values`` validated into ``model``; errors are one :class:`InvalidInputError` line naming the field as
+    the calling surface spells it (``name``: a CLI flag, a UI label)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        error = exc
+    # pydantic runs a Checked model's __init__ when validating it, and wraps its CheckedError (a ValueError)
+    cause = error.errors()[0].get("ctx", {}).get("error")
+    if isinstance(cause, CheckedError):
+        error = cause.validation
+    kind = what or getattr(model, "what", "setting")
+    raise InvalidInputError(one_line(error, model, lambda loc: name(str(loc[0])) if loc else kind, what=kind))
+
+
+__all__ = ["Checked", "CheckedError", "field_at", "json_path", "one_line", "rule", "validated"]

@@ -13,6 +13,7 @@ from instantid.api.settings import MAX_SEED
 from instantid.apps.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import (
+    MIX_HELP,
     apply_mixes,
     check_photos,
     model_option,
@@ -153,8 +154,7 @@ def generate_command(
     pose: Path | None = typer.Option(None, help="Take pose (keypoints) and size from this photo.", dir_okay=False),
     layout: str | None = typer.Option(None, help="Pose from a bundled keypoint layout instead of a photo "
                                       "(see `instantid layouts`), e.g. three-quarter-left."),
-    mix: list[str] = typer.Option([], help="Mix in another person: PHOTO:WEIGHT (0 = this person, 1 = the "
-                                  "other); repeatable."),
+    mix: list[str] = typer.Option([], help=MIX_HELP),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files instead of numbering."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record full paths of photos and model folders "
@@ -163,7 +163,7 @@ def generate_command(
     model: Any = None,
 ) -> None:
     from instantid.api.face_side import group_poses, prepare_identity, with_pose
-    from instantid.api.settings import check_people, field_label, make_settings
+    from instantid.api.settings import check_people, check_used, field_label, make_settings
     from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.io.loading import library_chatter
     from instantid.io.outputs import image_stem, prepare_folder, write_image
@@ -176,6 +176,8 @@ def generate_command(
                  *(parse_mix(spec)[0] for spec in mix))
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
+    if groups:
+        check_used(settings, "group", "--person", field_label)
     for value in run_seeds:
         make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)

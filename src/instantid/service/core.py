@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from instantid.api.face_side import FaceSide
-from instantid.api.model_settings import ModelSettings
 from instantid.api.settings import MAX_SEED, GenerationSettings, settings_from_record
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
+from instantid.service.settings import ServerSettings
 from instantid.service.tasks import JobRequest, Prepared, prepare
 
 if TYPE_CHECKING:
@@ -35,25 +33,6 @@ if TYPE_CHECKING:
     from instantid.faces import FaceAnalyzer
 
 log = logging.getLogger(__name__)
-
-
-class ServerSettings(ModelSettings):
-    """The server's options on top of the model's (``instantid serve --help`` shows them with these words)."""
-
-    out_dir: Path = Field(Path("instantid-jobs"), description="Job store and job folders (images, photos).")
-    queue: str | None = Field(None, description="redis://host:port/db: jobs go to `instantid worker` processes.")
-    max_upload_bytes: int = Field(20 * 2**20, gt=0, description="Largest request body (413 above).")
-    max_queued_jobs: int = Field(16, gt=0, description="Waiting jobs beyond this are refused with 429.")
-    keep_hours: float = Field(24.0, gt=0, description="Finished jobs and their images are deleted after this.")
-    max_attempts: int = Field(2, ge=1, le=10, description="Runs of a job whose worker died before it gives up.")
-    wait_timeout_s: float = Field(600.0, gt=0, description="Longest ?wait=true call; then 202 and polling.")
-    job_timeout_s: int = Field(3600, gt=0, description="A worker stops a job running longer than this.")
-    api_key_file: Path | None = Field(None, description="Hashed API keys (see instantid.service.auth).")
-    rate_limit: float | None = Field(None, gt=0, description="Submissions per minute per key (or client address).")
-    max_jobs_per_key: int | None = Field(None, gt=0, description="Queued + running jobs per key.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none: CORS off).")
-    mount_ui: bool = Field(True, description="The web UI at /ui; its jobs join this queue (with API keys: "
-                                             "sign in with a key's name and the key).")
 
 
 class QueueFullError(InstantIDError):
@@ -107,7 +86,7 @@ class JobService:
             connection = connect(settings.queue)
             dispatch = RQDispatch(connection, max_attempts=settings.max_attempts,
                                   job_timeout_s=settings.job_timeout_s)
-            analyzer = None if model is not None else _face_analyzer(settings)
+            analyzer = None if model is not None else settings.face_analyzer()  # the workers' face model
             return cls(settings, RedisJobStore(connection), model=model, analyzer=analyzer, dispatch=dispatch)
         from instantid.service.runner import JobRunner, LocalWorker
 
@@ -260,10 +239,3 @@ class JobService:
                 return record
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-
-
-def _face_analyzer(settings: ServerSettings) -> FaceAnalyzer:
-    from instantid.faces import create_face_analyzer
-
-    backend = "dlib" if settings.demo else settings.face_backend  # the demo weights pair with dlib
-    return create_face_analyzer(backend, root=settings.antelopev2_root)

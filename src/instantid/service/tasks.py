@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people
+from instantid.api.identity import check_mix_weight
+from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people, check_used
 from instantid.errors import InvalidInputError, NoFaceError
 
 if TYPE_CHECKING:
@@ -96,11 +97,8 @@ class JobRequest:
         if self.task == "detail" and self.pose is not None:
             raise InvalidInputError("face detail keeps each face's own pose; do not send a pose photo")
         for i, mix in enumerate(self.mixes):
-            if not 0 <= mix.weight <= 1:
-                raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
-        for name, why in UNUSED_SETTINGS[self.task].items():
-            if getattr(self.settings, name) != GenerationSettings.model_fields[name].default:
-                raise InvalidInputError(f"{name} is not used by /v1/{self.task}: {why}")
+            check_mix_weight(mix.weight, f"mix_weight of mix photo {i}")
+        check_used(self.settings, self.task, f"/v1/{self.task}")
 
     # ---- storage -------------------------------------------------------------------------------
     def files(self) -> dict[str, bytes]:
