@@ -74,7 +74,10 @@ class InstantID:
         self.model_name: str | None = None  # A1111's 'Model' / 'Model hash' (loading.describe_checkpoint)
         self.model_hash: str | None = None
         self.default_scheduler = pipe.scheduler
-        self._lock = threading.Lock()  # one generation at a time per model
+        # One pipeline call at a time per model: a call sets its sampler on the pipeline (run_pipeline) and an
+        # inpainting call hooks the shared UNet; the lock keeps those from reaching another call, and both are
+        # undone before it is released. (Face state travels with each call and needs no lock.)
+        self._lock = threading.Lock()
         spec = pipe.adapter_spec
         self.embedding_space = spec.embedding_space or (SPACE_ANTELOPEV2 if spec.embedding_dim == 512 else None)
         self._check_space()

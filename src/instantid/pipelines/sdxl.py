@@ -11,8 +11,12 @@ Both are diffusers ControlNet pipelines plus what InstantID adds (paper section 
   residuals act only inside its own region.
 
 Every call is read into one frozen :class:`CallState` before the loop; one step is
-:func:`instantid.core.denoise.denoise_step`, the function the trainer also runs. Nothing per call is stored on
-the processors or the UNet.
+:func:`instantid.core.denoise.denoise_step`, the function the trainer also runs. The face state of a call (face
+tokens, face mask, adapter scale) travels with it and is never stored on the attention processors. The shared
+modules are not untouched, though: the inpainting variant hooks the UNet for its call and
+:meth:`InstantID.run_pipeline <instantid.api.generator.InstantID.run_pipeline>` sets the call's sampler on the
+pipeline; both are undone when the call ends, and the model's lock (``InstantID._lock``) lets one call at a time
+do so. Pipelines that share modules (``from_pipe``) must therefore not run at once outside that lock.
 
 Deliberate differences from the published code (its known defects): several reference embeddings are
 averaged into one identity instead of becoming extra Resampler inputs; ``ip_adapter_scale`` is honoured by

@@ -100,9 +100,9 @@ class JobRequest:
             check_mix_weight(mix.weight, f"mix_weight of mix photo {i}")
         check_used(self.settings, self.task, f"/v1/{self.task}")
 
-    # ---- storage -------------------------------------------------------------------------------
+    # ---- identity of a request (Idempotency-Key) ----------------------------------------------------
     def files(self) -> dict[str, bytes]:
-        """The photos by slot name (the file names inside the job's ``inputs`` folder)."""
+        """The photos by slot name (what :meth:`fingerprint` digests beside :meth:`record`)."""
         slots = {f"face-{i}": data for i, (_, data) in enumerate(self.faces)}
         slots.update({f"mix-{i}": m.photo[1] for i, m in enumerate(self.mixes)})
         slots.update({f"person-{p}-{i}": data for p, photos in enumerate(self.people)
@@ -116,7 +116,7 @@ class JobRequest:
         return slots
 
     def record(self) -> dict[str, Any]:
-        """The JSON kept in the job record: everything but the photos' bytes."""
+        """Everything the request asks but the photos' bytes, as JSON (what :meth:`fingerprint` digests)."""
         return {
             "task": self.task, "settings": self.settings.record(), "faces": [n for n, _ in self.faces],
             "pose": self.pose[0] if self.pose else None, "layout": self.layout,
