@@ -2,7 +2,9 @@
 
 * :mod:`~instantid.service.jobs`: job records, the job's own folder, the SQLite store (default);
 * :mod:`~instantid.service.redis_store`: the same store in Redis (``--queue redis://...``);
-* :mod:`~instantid.service.tasks`: what a job asks for (generate, swap, group, detail), stored and rebuilt;
+* :mod:`~instantid.service.settings`: :class:`ServerSettings`, the server's options (``serve``'s flags);
+* :mod:`~instantid.service.tasks`: what a job asks for (generate, swap, group, detail) and its photos analysed,
+  once, into the job a worker runs; :mod:`~instantid.service.stored`: that analysed job kept in its job folder;
 * :mod:`~instantid.service.detail`: face detail on an existing picture as a job, and its options;
 * :mod:`~instantid.service.runner`: running one job; the in-process worker;
 * :mod:`~instantid.service.rq_worker`: many workers through RQ, recovery of a killed worker's job;
