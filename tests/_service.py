@@ -90,3 +90,18 @@ def redis_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+class Body:
+    """A multipart body as the server receives it: text fields and file parts ``{field: [(name, bytes), ...]}``."""
+
+    def __init__(self, values: dict[str, Any], files: dict[str, list[tuple[str, bytes]]]) -> None:
+        self.fields = [(k, v) for k, value in values.items() for v in (value if isinstance(value, list) else [value])]
+        self.files = [(k, photo) for k, photos in files.items() for photo in photos]
+
+
+def job_request(task: str, body: Body) -> Any:
+    """The checked request the server builds from ``body`` (the path an HTTP multipart request takes)."""
+    from instantid.service import requests
+
+    return requests.job_request(task, requests.form_values(task, body.fields, body.files), form=True)  # type: ignore

@@ -55,7 +55,7 @@ def pixels(b64: str) -> np.ndarray:
 def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     from instantid.service.server import ServerSettings, create_app
 
-    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("a1111-jobs"), max_upload_bytes=2_000_000,
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("a1111-jobs"), max_upload_mb=2,
                               mount_ui=False)
     with serving(create_app(settings, model=model)) as http:
         yield http
@@ -155,16 +155,26 @@ def test_img2img_starts_from_the_init_image(client: httpx.Client, api: Any, mode
     assert not np.array_equal(np.asarray(other.images[0]), np.asarray(result.images[0]))
 
 
-def test_an_img2img_job_is_rebuilt_from_its_record_as_a_remote_worker_does() -> None:
+def test_an_img2img_job_keeps_its_start_picture_in_the_job_folder(model: Any, tmp_path: Any) -> None:
+    """A worker elsewhere runs the analysed job from the job folder: the start picture and its name come back
+    exactly (the strength is a setting, kept with the settings)."""
+    import io
+
     from instantid.api.settings import GenerationSettings
     from instantid.apps.swap import SwapOptions
-    from instantid.apps.tasks import JobRequest
+    from instantid.apps.tasks import JobRequest, prepare
+    from instantid.service.jobs import JobFiles
+    from instantid.service.stored import load_prepared, save_prepared
 
-    job = JobRequest("generate", GenerationSettings(seed=1, denoising_strength=0.6), faces=(("me.jpg", b"face"),),
-                     init_image=("init_images[0]", b"start"))
-    files = job.files()
-    assert files["init"] == b"start"
-    assert JobRequest.from_record(json.loads(json.dumps(job.record())), files.__getitem__) == job
+    start = Image.open(FACE).convert("RGB").resize((48, 40))
+    png = io.BytesIO()
+    start.save(png, format="PNG")
+    job = JobRequest("generate", GenerationSettings(seed=1, denoising_strength=0.6),
+                     faces=(("me.jpg", FACE.read_bytes()),), init_image=("init_images[0]", png.getvalue()))
+    files = JobFiles(tmp_path)
+    save_prepared(files, "0" * 32, prepare(model.faces, job))
+    kept = load_prepared(files, "0" * 32)
+    assert kept.init_name == "init_images[0]" and np.array_equal(np.asarray(kept.init_image), np.asarray(start))
     with pytest.raises(InvalidInputError, match="init_image"):
         JobRequest("swap", GenerationSettings(), faces=job.faces, scene=("s", b"s"), swap=SwapOptions(),
                    init_image=job.init_image)

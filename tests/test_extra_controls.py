@@ -200,7 +200,7 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], message: str, tmp_pat
 def test_cli_refuses_extra_controls_for_several_people(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--person", str(FACE), "--person", str(POSE), "--canny-strength", "0.3", "-o",
                  str(tmp_path)]) == 2
-    assert "for one person" in capsys.readouterr().err
+    assert "one-person pictures" in capsys.readouterr().err
 
 
 def test_http_takes_the_strengths_and_refuses_bad_ones_with_422(model: Any, tmp_path: Path) -> None:

@@ -89,9 +89,9 @@ def test_nothing_found_is_recorded_not_an_error(app, person) -> None:
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(InvalidInputError, match="^strength: input should be greater than or equal to 0.05, got 0$"):
+    with pytest.raises(InvalidInputError, match="^strength must be between 0.05 and 1, got 0$"):
         FaceDetailOptions(strength=0)
-    with pytest.raises(InvalidInputError, match="^resolution: input should be a multiple of 8, got 100$"):
+    with pytest.raises(InvalidInputError, match="^resolution must be a multiple of 8 between 64 and 2048, got 100$"):
         FaceDetailOptions(resolution=100)
 
 

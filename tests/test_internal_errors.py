@@ -119,6 +119,7 @@ def test_web_ui_says_internal_error_with_the_logged_id(tmp_path: Path, caplog: p
 def test_a_web_ui_job_that_crashes_in_the_worker_names_the_id(crashing_model: Any, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     from instantid.api.settings import GenerationSettings
+    from instantid.apps.tasks import Prepared
     from instantid.service.core import InternalJobError, JobService, ServerSettings
 
     caplog.set_level(logging.ERROR)
@@ -126,7 +127,8 @@ def test_a_web_ui_job_that_crashes_in_the_worker_names_the_id(crashing_model: An
     try:
         identity = crashing_model.prepare_identity(FACE.read_bytes())
         with pytest.raises(InternalJobError) as raised:
-            service.submit_identity(identity, GenerationSettings(steps=2, width=64, height=64))
+            service.run_prepared(Prepared("generate", identity=identity),
+                                 GenerationSettings(steps=2, width=64, height=64))
     finally:
         service.stop()
     assert ID.match(str(raised.value)) and CRASH not in str(raised.value)

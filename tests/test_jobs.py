@@ -148,6 +148,7 @@ def test_server_killed_mid_job_loses_nothing(tmp_path: Path, tmp_path_factory: p
 
 def test_web_ui_generations_go_through_the_same_queue(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     from instantid.api.settings import GenerationSettings
+    from instantid.apps.tasks import JobRequest, Prepared
     from instantid.service.core import JobService, QueueFullError, ServerSettings
 
     model = demo_model(tmp_path_factory.getbasetemp() / "demo")
@@ -155,18 +156,18 @@ def test_web_ui_generations_go_through_the_same_queue(tmp_path: Path, tmp_path_f
     try:
         identity = model.prepare_identity(FACE.read_bytes(), names=["me.jpg"])
         settings = GenerationSettings(steps=2, width=64, height=64, seed=3)
-        result = service.submit_identity(identity, settings)
+        result = service.run_prepared(Prepared("generate", identity=identity), settings)
         assert result.seeds == [3] and result.images[0].size == (64, 64)
         assert result.metadata["references"] == ["me.jpg"] and result.settings.seed == 3
         records, total = service.store.list(owner="ui")
         assert total == 1 and records[0].state == "done" and records[0].outputs == ["image-0.png"]
-        photo = [("me.jpg", FACE.read_bytes())]
+        http_job = JobRequest("generate", settings, faces=(("me.jpg", FACE.read_bytes()),))
         with model._lock:  # one job waits on the model, one is queued: the UI is refused like an HTTP client
-            running, _ = service.submit(photo, None, settings)
+            running, _ = service.submit_request(http_job)
             until(lambda: service.store.get(running.id).state == "running", 30, "the first job to start")
-            queued, _ = service.submit(photo, None, settings)
+            queued, _ = service.submit_request(http_job)
             with pytest.raises(QueueFullError):
-                service.submit_identity(identity, settings)
+                service.run_prepared(Prepared("generate", identity=identity), settings)
         until(lambda: service.store.get(queued.id).state == "done", 60, "the queued job")
     finally:
         service.stop()

@@ -50,7 +50,7 @@ def calls(model: Any) -> Iterator[Calls]:
 def client(model: Any, calls: Calls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     from instantid.service.server import ServerSettings, create_app
 
-    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_bytes=MAX_UPLOAD,
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_mb=MAX_UPLOAD / 2**20,
                               max_queued_jobs=MAX_QUEUED)
     with serving(create_app(settings, model=model)) as http:
         yield http

@@ -99,9 +99,9 @@ def test_detail_json_names_the_picture_and_the_job_task(client: httpx.Client) ->
     [
         ([("picture", NO_FACE)], {}, ["no face found in the picture edge_no_face_noise.png"]),
         ([], {}, ["'picture' field"]),
-        ([("picture", OTHER)], {"strength": "0"}, ["strength: input should be greater than or equal to 0.05"]),
-        ([("picture", OTHER)], {"max_faces": "0"}, ["max_faces: input should be greater than or equal to 1"]),
-        ([("picture", OTHER)], {"resolution": "100"}, ["resolution: input should be a multiple of 8"]),
+        ([("picture", OTHER)], {"strength": "0"}, ["strength must be between 0.05 and 1"]),
+        ([("picture", OTHER)], {"max_faces": "0"}, ["max_faces must be between 1 and 16"]),
+        ([("picture", OTHER)], {"resolution": "100"}, ["resolution must be a multiple of 8"]),
         ([("picture", OTHER)], {"width": "64", "height": "64"}, ["width is not used by /v1/detail"]),
         ([("picture", OTHER)], {"num_images": "2"}, ["num_images is not used by /v1/detail"]),
         ([("picture", OTHER)], {"face_detail_strength": "0.3"}, ["face_detail_strength is not used by /v1/detail"]),
@@ -166,10 +166,12 @@ def test_group_photo_is_analysed_once_per_job(client: httpx.Client, model: Any,
 
 def test_a_worker_elsewhere_places_the_group_from_the_record(model: Any, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from _service import Body, job_request
+
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.jobs import SQLiteJobStore
     from instantid.service.runner import JobRunner
-    from instantid.service.schema import Body, job_request
+    from instantid.service.stored import load_prepared
 
     class Dispatched:  # stands in for RQ: the job goes to a worker process that has only the store and folder
         def __init__(self) -> None:
@@ -185,11 +187,12 @@ def test_a_worker_elsewhere_places_the_group_from_the_record(model: Any, tmp_pat
                 {"person0": [("me.jpg", FACE.read_bytes())], "person1": [("obama.jpg", OTHER.read_bytes())],
                  "pose": [("group.jpg", GROUP.read_bytes())]})
     record, _ = server.submit_request(job_request("group", body))
-    placement = store.get(record.id).request["found"]["placement"]
-    assert placement["size"] == list(Image.open(GROUP).size) and len(placement["faces"]) == 2
+    faces, size = load_prepared(server.files, record.id).placement  # what a worker elsewhere reads
+    assert size == Image.open(GROUP).size and len(faces) == 2
     worker = JobRunner(model, store, server.files)  # nothing in memory from the submit
+    seen.clear()
     assert worker.run(store.start(record.id, "elsewhere")) == "done", store.get(record.id).error
-    assert seen.count("group.jpg") == 1, seen
+    assert seen == [], seen  # the worker analyses no photo: people and placement come from the job folder
     with Image.open(server.files.image_path(record.id, 0)) as png:
         made = np.asarray(png.convert("RGB"))
     people = [model.prepare_identity(p.read_bytes()) for p in (FACE, OTHER)]
@@ -202,10 +205,12 @@ def test_detail_picture_is_analysed_once_per_job_here_and_in_a_worker_elsewhere(
         client: httpx.Client, model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The faces found at submit are the faces the pass redraws: the worker (this process's, or another one that
     has only the record and the job folder) never looks at the picture again, and draws the same pixels."""
+    from _service import Body, job_request
+
     from instantid.service.core import JobService, ServerSettings
     from instantid.service.jobs import SQLiteJobStore
     from instantid.service.runner import JobRunner
-    from instantid.service.schema import Body, job_request
+    from instantid.service.stored import load_prepared
 
     seen = count_analyses(model, monkeypatch)
     files = [upload("face", FACE, "me.jpg"), upload("picture", OTHER, "pic.jpg")]
@@ -221,7 +226,7 @@ def test_detail_picture_is_analysed_once_per_job_here_and_in_a_worker_elsewhere(
     server = JobService(ServerSettings(out_dir=tmp_path), store, analyzer=model.analyzer, dispatch=Dispatched())
     body = Body(dict(DETAIL), {"face": [("me.jpg", FACE.read_bytes())], "picture": [("pic.jpg", OTHER.read_bytes())]})
     record, _ = server.submit_request(job_request("detail", body))
-    assert len(store.get(record.id).request["found"]["picture_faces"]) == 1
+    assert len(load_prepared(server.files, record.id).picture_faces) == 1
     worker = JobRunner(model, store, server.files)  # nothing in memory from the submit
     assert worker.run(store.start(record.id, "elsewhere")) == "done", store.get(record.id).error
     assert seen.count("pic.jpg") == 1 and "generated image 1" not in seen, seen

@@ -19,7 +19,7 @@ EXAMPLES = 20  # per operation, media type and mode: the whole run stays well un
 def client(model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     from instantid.service.server import ServerSettings, create_app
 
-    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("fuzz-jobs"), max_upload_bytes=200_000,
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("fuzz-jobs"), max_upload_mb=200_000 / 2**20,
                               max_queued_jobs=4, mount_ui=False)
     with serving(create_app(settings, model=model)) as http:
         yield http

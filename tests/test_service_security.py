@@ -115,7 +115,7 @@ def test_upload_names_never_become_paths(server: tuple[httpx.Client, Path]) -> N
     assert not list(jobs.parent.rglob("escape*"))
     folder = jobs / "jobs" / status["job_id"]
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
-        "image-0.json", "image-0.png", "inputs/face-0"]
+        "image-0.json", "image-0.png", "inputs/prepared"]
 
 
 def test_key_file_is_hashed_and_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -153,10 +153,11 @@ def test_gradio_hands_the_signed_in_name_to_job_handlers(tmp_path: Path) -> None
 
 
 def test_ui_job_queued_at_a_restart_runs_after_it(model: Any, tmp_path: Path) -> None:
+    from _service import Body, job_request
+
     from instantid.api.settings import settings_from_record
     from instantid.apps.tasks import prepare
     from instantid.service.core import JobService, ServerSettings
-    from instantid.service.schema import Body, job_request
     from instantid.service.stored import load_prepared
 
     settings = ServerSettings(out_dir=tmp_path, mount_ui=False)
@@ -216,7 +217,7 @@ def test_ui_job_through_redis_runs_on_a_worker_process(redis_url: str, tmp_path:
             store = app.state.service.store
             gallery, _ = tab.swap(photos, None, scene, SWAP)
             (record,) = store.list(limit=10)[0]
-            assert record.state == "done" and record.request["prepared_saved"], record.error
+            assert record.state == "done" and (out / "jobs" / record.id / "inputs" / "prepared").is_file(), record.error
             assert record.worker.endswith(f":{worker.pid}")  # run by the worker process, not the server
             made = pixels(out / "jobs" / record.id / "image-0.png")
             assert np.array_equal(made, pixels(Path(gallery[0][0])))

@@ -58,7 +58,7 @@ def test_flags_are_the_field_names_hyphenated_unless_declared() -> None:
         ({"face_detail_strength": 0.01}, "face_detail_strength must be between 0.05 and 1, got 0.01"),
         ({"steps": "many"}, "steps input should be a valid integer, unable to parse string as an integer, got 'many'"),
         ({"scheduler": "heun"}, f"scheduler must be one of {', '.join(SCHEDULERS)}, got 'heun'"),
-        ({"fusion": "median"}, "fusion input should be 'auto', 'mean', 'weighted' or 'robust', got 'median'"),
+        ({"fusion": "median"}, "fusion must be one of auto, mean, weighted, robust, got 'median'"),
         ({"width": 512}, "give both width and height, or neither"),
         ({"height": 512}, "give both width and height, or neither"),
         ({"control_guidance_start": 0.6, "control_guidance_end": 0.5},

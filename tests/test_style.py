@@ -262,7 +262,7 @@ def client(demo_dir, tmp_path_factory):
 
     from instantid.service.server import ServerSettings, create_app
 
-    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_bytes=2_000_000)
+    settings = ServerSettings(out_dir=tmp_path_factory.mktemp("jobs"), max_upload_mb=2)
     with serving(create_app(settings, model=demo_model(demo_dir))) as http:
         yield http
 

@@ -229,7 +229,7 @@ def test_swap_command_checks_everything_before_loading_the_model(tmp_path, loads
         ([*base, "--into", str(scene), "--target-index", "3"], "face index 3 is out of range"),
         ([*base, "--into", str(scene), "--mix", "lecun.jpg"], "--mix takes PHOTO:WEIGHT"),
         ([*base, "--into", str(scene), "--mix", "lecun.jpg:1.5"], "--mix weight must be between 0 and 1"),
-        ([*base, "--into", str(scene), "--head-margin", "5"], "--head-margin: input should be less than"),
+        ([*base, "--into", str(scene), "--head-margin", "5"], "--head-margin must be between 0 and 2"),
     ]
     for argv, message in cases:
         assert main(argv) == 2

@@ -77,8 +77,7 @@ def test_detail_errors_are_one_readable_line(model: Any, tmp_path: Path, caplog:
     detail = tab.ctx.guard(tab.detail)
     cases = [
         ((photos, None, None, FAST), "upload the picture whose faces are redrawn"),
-        ((photos, None, picture, {**FAST, "strength": 0.0}), "Strength: input should be greater than or equal "
-                                                             "to 0.05, got 0.0"),
+        ((photos, None, picture, {**FAST, "strength": 0.0}), "Strength must be between 0.05 and 1, got 0.0"),
         ((photos, None, picture, {**FAST, "steps": 0}), "Steps must be between 1 and 200, got 0"),
     ]
     with caplog.at_level(logging.INFO, logger="instantid.webui"):

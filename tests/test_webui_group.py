@@ -21,7 +21,6 @@ from instantid.errors import InvalidInputError
 from instantid.io.outputs import PARAMETERS_KEY, read_metadata
 from instantid.webui import UIContext
 from instantid.webui.group_tab import GroupTab
-from instantid.webui.who import WhoPanel
 
 GROUP = FACES / "group_two_people.jpg"
 FAST = {"steps": 2, "seed": "5"}
@@ -31,7 +30,7 @@ WAIT = 90_000  # ms: analysis and a 2-step demo generation on a shared CPU
 
 def make_tab(model: Any, out: Path) -> GroupTab:
     ctx = UIContext(get_model=lambda: model, out_dir=out)  # jobs run on the model here (the standalone UI)
-    return GroupTab(ctx, WhoPanel(ctx))
+    return GroupTab(ctx)
 
 
 def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces(
@@ -68,7 +67,7 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
     cached = [tab.ctx.identities.get(a), tab.ctx.identities.get(b)]  # the cached identities, in slot order
     assert len(people) == 2 and all(p is c for p, c in zip(people, cached, strict=True))
     faces, size = kw["pose_faces"]  # the faces found at upload, as group_poses places them
-    assert kw["pose"] is None and kw["pose_name"] == "group_two_people.jpg" and size == Image.open(GROUP).size
+    assert kw.get("pose") is None and kw["pose_name"] == "group_two_people.jpg" and size == Image.open(GROUP).size
     assert [f.bbox for f in faces] == [f.bbox for f in model.group_poses(GROUP, 2, "g")[0]]
     saved = Path(gallery[0][0])
     assert saved.parent == tmp_path and saved.name.startswith("portrait_s5") and saved.name in info

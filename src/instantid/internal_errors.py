@@ -5,7 +5,8 @@ Every surface turns an exception that is not one of :mod:`instantid.errors` (a b
 names the id (HTTP 500 ``{"detail": "internal error", "error_id": ...}``, the web UI's "internal error <id>",
 the CLI's one line naming a log file). Whoever reads the log finds the traceback by the id the user quotes.
 
-The CLI has no server log to write to: :func:`log_file` keeps one traceback per file in ``$INSTANTID_LOG_DIR``,
+The CLI has no server log to write to: ``report(..., to_file=True)`` keeps one traceback per file in :func:`log_dir`:
+``$INSTANTID_LOG_DIR``,
 else ``$XDG_STATE_HOME/instantid/logs``, else ``~/.local/state/instantid/logs`` (a temporary folder when none
 of them can be written).
 """

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict
 
 from instantid.api.regions import control_pictures, head_region, paste_back, region_mask
-from instantid.api.settings import GenerationSettings, knob
+from instantid.api.settings import GenerationSettings, face_detail_strength_knob, knob
+from instantid.api.validation import Checked, validated
 from instantid.errors import InvalidInputError
 from instantid.pipelines.schedulers import steps_for_strength
 
@@ -41,20 +42,19 @@ class Model(Protocol):
     def run_pipeline(self, pipe: Any, settings: GenerationSettings, progress: Progress | None = None,
                      **arguments: Any) -> tuple[list[Image.Image], list[int], Any]: ...
 
-# ADetailer's default denoising strength: enough to redraw a small face's features, little enough to keep
-# its colours, lighting and place in the picture.
-DEFAULT_STRENGTH = 0.4
+
+DEFAULT_STRENGTH = GenerationSettings.model_fields["face_detail_strength"].default
 
 
-class FaceDetailOptions(BaseModel):
+class FaceDetailOptions(Checked):
     """How the second pass works, declared once (type, default, range, help) like
     :class:`~instantid.apps.swap.SwapOptions`: ``instantid detail``'s flags, the HTTP fields of ``/v1/detail`` and the
     web UI's controls derive from it. The generation settings (prompt, steps, strengths) come with the call."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    what = "face detail option"
 
-    strength: float = knob(DEFAULT_STRENGTH, "How much each face is re-denoised (1 = redrawn from scratch).",
-                           ui="slider", step=0.05, ge=0.05, le=1)
+    strength: float = face_detail_strength_knob()
     margin: float = knob(0.25, "Room around each face box, as a fraction of the face size.", ui="slider",
                          step=0.05, ge=0, le=2)
     feather: float = knob(0.1, "Width of the soft edge, as a fraction of the face size.", ui="slider",
@@ -66,41 +66,14 @@ class FaceDetailOptions(BaseModel):
     resolution: int | None = knob(None, "Working resolution of each face crop (default: the model's, 1024 for "
                                   "SDXL).", advanced=True, ge=64, le=2048, multiple_of=8)
 
-    def __init__(self, **values: Any) -> None:
-        # Built directly (Python callers): a bad value is one InvalidInputError line naming the field.
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise _OptionsError(_one_line(exc, lambda n: n), exc) from None
-
-
-class _OptionsError(InvalidInputError):
-    """A bad option, with pydantic's errors kept so :func:`make_detail_options` can name the field its way."""
-
-    def __init__(self, message: str, validation: ValidationError) -> None:
-        super().__init__(message)
-        self.validation = validation
-
 
 DetailOptions = FaceDetailOptions  # the name the job service, the web UI and the HTTP schema use
-
-
-def _one_line(exc: ValidationError, name: Callable[[str], str]) -> str:
-    first = exc.errors()[0]
-    field = str(first["loc"][0]) if first["loc"] else "face detail options"
-    if first["type"] == "extra_forbidden":
-        return f"unknown face detail option {name(field)!r}; known: {', '.join(FaceDetailOptions.model_fields)}"
-    message = first["msg"][0].lower() + first["msg"][1:]
-    return f"{name(field)}: {message}, got {first.get('input')!r}"
 
 
 def make_detail_options(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> FaceDetailOptions:
     """Validate ``values`` into :class:`FaceDetailOptions`; errors are one :class:`InvalidInputError` line naming
     the field as the calling surface spells it (``name``: a CLI flag, a UI label)."""
-    try:  # through __init__ (pydantic runs an overridden __init__ on validation too): one place that checks
-        return FaceDetailOptions(**values)
-    except _OptionsError as exc:
-        raise InvalidInputError(_one_line(exc.validation, name)) from None
+    return validated(FaceDetailOptions, values, name)
 
 
 def refine_faces(

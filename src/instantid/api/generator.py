@@ -30,13 +30,14 @@ from instantid.api.face_side import FaceSide, prepare_identity
 from instantid.api.identity import Identity, everyone
 from instantid.api.regions import face_region_mask, in_column, nearest_face_regions, within_box
 from instantid.api.results import GenerationResult, ImageInput, Progress, versions
-from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, make_settings
+from instantid.api.settings import MAX_SEED, GenerationSettings, check_people, check_used, make_settings
 from instantid.api.style_images import StyleImages, load_style_images, style_metadata
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
 from instantid.core.style_blocks import block_scales
 from instantid.errors import EmbeddingSpaceError, InvalidInputError
 from instantid.faces import (
+    DEMO_BACKEND,
     SPACE_ANTELOPEV2,
     SPACE_DLIB,
     Face,
@@ -91,7 +92,9 @@ class InstantID:
         self.style_adapter: str | None = None  # the style adapter loaded (load_style_adapter), if any
         self.default_style_adapter = DEFAULT_STYLE_ADAPTER  # what a first style image loads
         self._offload_device: str | None = None  # CPU offload's device: a later load re-arms it
-        # One call at a time per model: a call sets the pipeline's scheduler and (inpainting) hooks the shared UNet.
+        # One pipeline call at a time per model: a call sets its sampler on the pipeline (run_pipeline) and an
+        # inpainting call hooks the shared UNet; the lock keeps those from reaching another call, and both are
+        # undone before it is released. (Face state travels with each call and needs no lock.)
         self._lock = threading.Lock()
         spec = pipe.adapter_spec
         self.embedding_space = spec.embedding_space or (SPACE_ANTELOPEV2 if spec.embedding_dim == 512 else None)
@@ -159,7 +162,7 @@ class InstantID:
         folder = Path(cache_dir or os.environ.get("INSTANTID_DEMO_DIR", "~/.cache/instantid/tiny-demo")).expanduser()
         config = TinyConfig(embedding_dim=128, embedding_space=SPACE_DLIB)
         build_tiny_instantid(folder, config)
-        kwargs = {"face_backend": "dlib", "max_side": 256, "min_side": 256, "dtype": "fp32",
+        kwargs = {"face_backend": DEMO_BACKEND, "max_side": 256, "min_side": 256, "dtype": "fp32",
                   "controls": build_tiny_controls(folder), **kwargs}
         app = cls.from_pretrained(
             str(folder / "base"), str(folder / "ControlNetModel"), str(folder / "ip-adapter.bin"), demo=True, **kwargs
@@ -335,8 +338,10 @@ class InstantID:
         :data:`~instantid.api.settings.MIN_PEOPLE` to :data:`~instantid.api.settings.MAX_PEOPLE` people, as every
         surface."""
         check_people(len(people))
-        return self._generate_group(list(people), self.call_settings(settings, **overrides), pose=pose,
-                                    pose_name=pose_name, progress=progress, pose_faces=pose_faces,
+        settings = self.call_settings(settings, **overrides)
+        check_used(settings, "group", "a picture of several people")
+        return self._generate_group(list(people), settings, pose=pose, pose_name=pose_name, progress=progress,
+                                    pose_faces=pose_faces,
                                     style=load_style_images(style_images) if style_images is not None else None)
 
     def _generate_group(

@@ -14,16 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from instantid.api.settings import FUSIONS
 from instantid.errors import InvalidInputError
 from instantid.faces import Face, FaceAnalyzer
 
 # A face this many pixels wide (or more) counts as full quality; the recognisers work on 112-150 px crops.
+# The weight of a person mixed in (Identity.mix), declared once: the HTTP body, the CLI's PHOTO:WEIGHT and the web
+# UI's slider take its range, default and words from here, and check it with check_mix_weight.
+MIX_WEIGHT_RANGE = (0, 1)
+MIX_WEIGHT_DEFAULT = 0.3  # the web UI's starting value and the CLI's example
+MIX_WEIGHT_HELP = "How much of the other person: 0 = this person, 1 = the other."
+MixWeight = Annotated[float, Field(ge=MIX_WEIGHT_RANGE[0], le=MIX_WEIGHT_RANGE[1], description=MIX_WEIGHT_HELP)]
+
+
+def check_mix_weight(weight: float, label: str = "mix weight") -> float:
+    """``weight`` if it is in :data:`MIX_WEIGHT_RANGE`, else one :class:`InvalidInputError` line naming ``label``."""
+    low, high = MIX_WEIGHT_RANGE
+    if not low <= weight <= high:
+        raise InvalidInputError(f"{label} must be between {low} and {high}, got {weight}")
+    return weight
+
 FULL_QUALITY_FACE_PX = 112.0
 # Variance of the Laplacian of a sharp 8-bit face crop is in the hundreds; below this the crop is blurry.
 SHARP_LAPLACIAN_VAR = 100.0
@@ -92,8 +108,7 @@ class Identity:
 
     def mix(self, other: Identity, weight: float, name: str = "other") -> Identity:
         """Interpolate towards ``other`` (``weight`` 0 = self, 1 = other); pose stays this identity's."""
-        if not 0 <= weight <= 1:
-            raise InvalidInputError(f"mix weight must be between 0 and 1, got {weight}")
+        check_mix_weight(weight)
         if other.space != self.space:
             raise InvalidInputError(f"cannot mix {self.space} and {other.space} embeddings")
         embedding = ((1 - weight) * self.embedding + weight * other.embedding).astype(np.float32)

@@ -88,11 +88,11 @@ class ModelSettings(BaseModel):
         """The face model alone, seconds to load next to minutes for the diffusion model: surfaces check photos
         with it first and pass it on to :meth:`load`."""
         from instantid.errors import EmbeddingSpaceError
-        from instantid.faces import SPACE_ANTELOPEV2, create_face_analyzer
+        from instantid.faces import DEMO_BACKEND, SPACE_ANTELOPEV2, create_face_analyzer
         from instantid.io.models import DEFAULT_ADAPTER
 
         if self.demo:
-            return create_face_analyzer("dlib")  # what InstantID.demo uses
+            return create_face_analyzer(DEMO_BACKEND)
         analyzer = create_face_analyzer(self.face_backend, root=self.antelopev2_root)
         # The published adapter is known to take antelopev2 embeddings: say so now, not after minutes of loading
         # (another adapter's space is only known once it is read; InstantID checks it then).

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from instantid.api.styles import STYLES, get_style
+from instantid.api.validation import validated
 from instantid.core.style_blocks import STYLE_BLOCKS
 from instantid.errors import InvalidInputError
 from instantid.pipelines.schedulers import SCHEDULERS
@@ -55,6 +56,15 @@ UNUSED_SETTINGS: dict[str, dict[str, str]] = {
 }
 
 
+def check_used(settings: GenerationSettings, task: str, where: str, name: Callable[[str], str] = lambda n: n
+               ) -> None:
+    """Refuse a value away from the default for a setting ``task`` cannot use (:data:`UNUSED_SETTINGS`): the one
+    check behind every surface that takes such a setting at all; ``where`` names the call (``/v1/swap``)."""
+    for field, why in UNUSED_SETTINGS[task].items():
+        if getattr(settings, field) != GenerationSettings.model_fields[field].default:
+            raise InvalidInputError(f"{name(field)} is not used by {where}: {why}")
+
+
 def check_people(count: int, how: str = "") -> None:
     """The one rule on the number of people in a group picture; ``how`` says how the calling surface takes
     people (e.g. "one --person per person")."""
@@ -81,6 +91,14 @@ def knob(default: Any, help: str, *, flag: str | None = None, short: str | None 
     if step is not None:
         extra["step"] = step
     return Field(default, description=help, json_schema_extra=extra, **limits)
+
+
+def face_detail_strength_knob(**shown: Any) -> Any:
+    """The face-detail pass's denoising strength, declared once: the ``face_detail_strength`` setting and
+    :class:`~instantid.api.face_detail.FaceDetailOptions`' ``strength`` (0.4: ADetailer's default, enough to
+    redraw a small face's features, little enough to keep its colours, lighting and place in the picture)."""
+    return knob(0.4, "How much each face is re-denoised by the face-detail pass (1 = redrawn from scratch).",
+                ui="slider", step=0.05, ge=0.05, le=1, **shown)
 
 
 class GenerationSettings(BaseModel):
@@ -148,8 +166,7 @@ class GenerationSettings(BaseModel):
 
     face_detail: bool = knob(False, "Second pass: find each face in the result and redraw it at the model's full "
                              "resolution (small faces, full-body pictures).", ui="checkbox", advanced=True)
-    face_detail_strength: float = knob(0.4, "Denoising strength of the face-detail pass.", ui="slider", step=0.05,
-                                       advanced=True, ge=0.05, le=1)
+    face_detail_strength: float = face_detail_strength_knob(advanced=True)
 
     def updated(self, **changes: Any) -> GenerationSettings:
         """A validated copy with ``changes`` applied (``None`` values are real values, e.g. a random seed).
@@ -194,45 +211,10 @@ def field_label(name: str) -> str:
     return str(extra.get("flag") or "--" + name.replace("_", "-"))
 
 
-def _rule(name: str) -> str:
-    info = GenerationSettings.model_fields[name]
-    low = high = None
-    multiple = None
-    for item in info.metadata:
-        low = getattr(item, "ge", low)
-        high = getattr(item, "le", high)
-        multiple = getattr(item, "multiple_of", multiple)
-    parts = []
-    if multiple:
-        parts.append(f"a multiple of {multiple}")
-    if low is not None and high is not None:
-        parts.append(f"between {low} and {high}")
-    elif low is not None:
-        parts.append(f">= {low}")
-    return " ".join(parts)
-
-
 def make_settings(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> GenerationSettings:
     """Validate ``values`` into settings; errors are one :class:`InvalidInputError` line that names the field as
     the user typed it (``name`` maps a field to its spelling on the calling surface, e.g. :func:`field_label`)."""
-    try:
-        settings = GenerationSettings.model_validate(normalize(values))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
-        if first["type"] == "extra_forbidden":
-            known = ", ".join(GenerationSettings.model_fields)
-            raise InvalidInputError(f"unknown setting {name(field)!r}; known: {known}") from None
-        if field == "style":
-            get_style(str(first.get("input")))  # raises the friendly "unknown style ...; choose one of" line
-        rule = _rule(field) if field in GenerationSettings.model_fields else ""
-        if rule and first["type"] in ("greater_than_equal", "less_than_equal", "multiple_of"):
-            message = f"must be {rule}"
-        elif field == "scheduler":
-            message = f"must be one of {', '.join(SCHEDULERS)}"
-        else:
-            message = first["msg"][0].lower() + first["msg"][1:]
-        raise InvalidInputError(f"{name(field)} {message}, got {first.get('input')!r}") from None
+    settings = validated(GenerationSettings, normalize(values), name)  # style names resolved first (friendly)
     if (settings.width is None) != (settings.height is None):
         raise InvalidInputError(f"give both {name('width')} and {name('height')}, or neither")
     if not settings.control_guidance_start < settings.control_guidance_end:

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict
 
 from instantid.api.regions import control_pictures, crop_for_model, head_region, paste_back, region_mask
 from instantid.api.results import GenerationResult, ImageInput
 from instantid.api.settings import GenerationSettings, knob
-from instantid.errors import InvalidInputError
+from instantid.api.validation import Checked, validated
 from instantid.faces import Face, load_image
 from instantid.pipelines.schedulers import steps_for_strength
 
@@ -35,10 +35,11 @@ if TYPE_CHECKING:
     from instantid.api.identity import Identity
 
 
-class SwapOptions(BaseModel):
+class SwapOptions(Checked):
     """The face-swap knobs (besides the generation settings: prompt, steps, strengths, seed...)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    what = "swap option"
 
     target_index: int = knob(0, "Which face of the scene to replace, 0 = largest.", ge=0, le=63)
     head_margin: float = knob(0.3, "Extra room around the head outline, as a fraction of the face size "
@@ -55,16 +56,7 @@ class SwapOptions(BaseModel):
 def make_swap_options(values: dict[str, Any], name: Callable[[str], str] = lambda n: n) -> SwapOptions:
     """Validate ``values`` into :class:`SwapOptions`; errors are one :class:`InvalidInputError` line naming the
     field as the calling surface spells it (``name``: e.g. the CLI flag)."""
-    try:
-        return SwapOptions.model_validate(values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "swap options"
-        if first["type"] == "extra_forbidden":
-            raise InvalidInputError(f"unknown swap option {name(field)!r}; known: {', '.join(SwapOptions.model_fields)}"
-                                    ) from None
-        message = first["msg"][0].lower() + first["msg"][1:]
-        raise InvalidInputError(f"{name(field)}: {message}, got {first.get('input')!r}") from None
+    return validated(SwapOptions, values, name)
 
 
 def swap_face(

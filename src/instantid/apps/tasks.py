@@ -7,12 +7,9 @@
   (:meth:`InstantID.generate_group`);
 * ``detail``: the faces of an existing picture redrawn as one person (:mod:`instantid.apps.detail`).
 
-A :class:`JobRequest` is stored as JSON in the job record (names, weights, layout, options) plus its photos in
-the job folder under fixed slot names (``face-0``, ``mix-0``, ``scene``, ``picture``, ``person-1-0``, ``pose``),
-so a restarted server or a worker on another machine rebuilds the same request (:meth:`JobRequest.from_record`).
-:func:`prepare` analyses the photos once into a :class:`Prepared` job; :meth:`Prepared.run` makes the images.
-What the analysis at submit found that a worker would otherwise have to find again (where the people of a group
-photo stand) goes into the record too (:meth:`Prepared.found`), and :func:`prepare` takes it back.
+:func:`prepare` analyses a :class:`JobRequest`'s photos, each once, into a :class:`Prepared` job, the form in which
+every job is kept in its job folder (:mod:`instantid.service.stored`) until a worker runs it
+(:meth:`Prepared.run`): no worker analyses a photo again.
 """
 
 from __future__ import annotations
@@ -23,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people, settings_from_record
+from instantid.api.identity import check_mix_weight
+from instantid.api.settings import UNUSED_SETTINGS, GenerationSettings, check_people, check_used
 from instantid.errors import InvalidInputError, NoFaceError
 
 if TYPE_CHECKING:
@@ -111,15 +109,12 @@ class JobRequest:
             why = UNUSED_SETTINGS[self.task]["style_strength"]
             raise InvalidInputError(f"style_image is not used by /v1/{self.task}: {why}")
         for i, mix in enumerate(self.mixes):
-            if not 0 <= mix.weight <= 1:
-                raise InvalidInputError(f"mix_weight must be between 0 and 1, got {mix.weight} for mix photo {i}")
-        for name, why in UNUSED_SETTINGS[self.task].items():
-            if getattr(self.settings, name) != GenerationSettings.model_fields[name].default:
-                raise InvalidInputError(f"{name} is not used by /v1/{self.task}: {why}")
+            check_mix_weight(mix.weight, f"mix_weight of mix photo {i}")
+        check_used(self.settings, self.task, f"/v1/{self.task}")
 
-    # ---- storage -------------------------------------------------------------------------------
+    # ---- identity of a request (Idempotency-Key) ----------------------------------------------------
     def files(self) -> dict[str, bytes]:
-        """The photos by slot name (the file names inside the job's ``inputs`` folder)."""
+        """The photos by slot name (what :meth:`fingerprint` digests beside :meth:`record`)."""
         slots = {f"face-{i}": data for i, (_, data) in enumerate(self.faces)}
         slots.update({f"mix-{i}": m.photo[1] for i, m in enumerate(self.mixes)})
         slots.update({f"person-{p}-{i}": data for p, photos in enumerate(self.people)
@@ -136,7 +131,7 @@ class JobRequest:
         return slots
 
     def record(self) -> dict[str, Any]:
-        """The JSON kept in the job record: everything but the photos' bytes."""
+        """Everything the request asks but the photos' bytes, as JSON (what :meth:`fingerprint` digests)."""
         return {
             "task": self.task, "settings": self.settings.record(), "faces": [n for n, _ in self.faces],
             "pose": self.pose[0] if self.pose else None, "layout": self.layout,
@@ -158,33 +153,6 @@ class JobRequest:
             digest.update(f"\0{slot}\0{len(data)}\0".encode())
             digest.update(data)
         return digest.hexdigest()
-
-    @classmethod
-    def from_record(cls, request: dict[str, Any], load: Callable[[str], bytes]) -> JobRequest:
-        """The request again, from a job record and its photos (``load(slot)``); records written before tasks
-        existed are generate jobs."""
-        from instantid.apps.detail import DetailOptions
-        from instantid.apps.swap import SwapOptions
-
-        def named(names: Sequence[str], slot: str) -> tuple[Photo, ...]:
-            return tuple((name, load(f"{slot}-{i}")) for i, name in enumerate(names))
-
-        return cls(
-            task=request.get("task", "generate"),
-            settings=settings_from_record(request["settings"]),
-            faces=named(request.get("faces") or (), "face"),
-            mixes=tuple(Mix((m["name"], load(f"mix-{i}")), float(m["weight"]))
-                        for i, m in enumerate(request.get("mix") or ())),
-            pose=(request["pose"], load("pose")) if request.get("pose") else None,
-            layout=request.get("layout"),
-            scene=(request["scene"], load("scene")) if request.get("scene") else None,
-            swap=SwapOptions.model_validate(request["swap"]) if request.get("swap") is not None else None,
-            people=tuple(named(names, f"person-{p}") for p, names in enumerate(request.get("people") or ())),
-            picture=(request["picture"], load("picture")) if request.get("picture") else None,
-            detail=DetailOptions.model_validate(request["detail"]) if request.get("detail") is not None else None,
-            init_image=(request["init_image"], load("init")) if request.get("init_image") else None,
-            style=named(request.get("style") or (), "style"),
-        )
 
 
 def _identity(faces: FaceSide, photos: Sequence[Photo], settings: GenerationSettings,
@@ -236,9 +204,8 @@ class Prepared:
             return swap_face(model, self.identity, self.scene, settings, self.swap, scene_name=self.scene_name,
                              target=self.target, progress=progress)
         if self.task == "group":
-            # The group photo itself only when its placement is unknown (a record from before placements).
-            photo = self.pose[1] if self.pose and self.placement is None else None
-            return model.generate_group(list(self.people), settings, pose=photo, pose_faces=self.placement,
+            # Where the group photo's people stand was found when the job was prepared: not looked for again.
+            return model.generate_group(list(self.people), settings, pose_faces=self.placement,
                                         pose_name=self.pose[0] if self.pose else "columns", progress=progress,
                                         style_images=self.style)
         if self.task == "detail":
@@ -250,22 +217,9 @@ class Prepared:
         return model.generate(self.identity, settings, progress=progress, init_image=self.init_image,
                               init_name=self.init_name or "init image", style_images=self.style)
 
-    def found(self) -> dict[str, Any]:
-        """What the analysis found that a worker would otherwise find again, as JSON for the job record
-        (:func:`prepare` takes it back as ``found``)."""
-        if self.task == "detail":  # the faces the pass redraws (largest first), so no worker looks again
-            assert self.detail is not None
-            faces = list(self.picture_faces or ())[: self.detail.max_faces]
-            return {"picture_checked": True, "picture_faces": [_position(f) for f in faces]}
-        if self.placement is None:
-            return {}
-        faces, size = self.placement
-        # The faces' positions only: a group photo's embeddings are never used (each person has their own).
-        return {"placement": {"size": list(size), "faces": [_position(f) for f in faces]}}
-
     def names(self) -> dict[str, Any]:
-        """The job as a request record names it (photo names, options), for a job whose photos are not kept
-        (a web UI job, see :meth:`instantid.service.core.JobService.run_prepared`)."""
+        """What the job record says of the job (task, photo names, options); the job itself waits in the job
+        folder (:mod:`instantid.service.stored`)."""
         return {
             "task": self.task, "faces": [r.name for r in self.identity.references] if self.identity else [],
             "pose": self.pose[0] if self.pose else None,
@@ -278,40 +232,13 @@ class Prepared:
         }
 
 
-def _position(face: Face) -> dict[str, Any]:
-    """Where a face is (box, keypoints), without its embedding: what placing or redrawing it needs."""
-    return {"bbox": [float(v) for v in face.bbox], "kps": face.kps.tolist(), "score": float(face.score),
-            "space": face.space}
-
-
-def _position_back(data: dict[str, Any]) -> Face:
-    import numpy as np
-
-    from instantid.faces import Face
-
-    return Face(bbox=tuple(data["bbox"]), score=data["score"], kps=np.asarray(data["kps"], dtype=np.float32),
-                embedding=np.zeros(0, np.float32), space=data["space"])
-
-
-def placement_from(found: dict[str, Any] | None) -> Placement | None:
-    """The placement :meth:`Prepared.found` recorded, as :meth:`InstantID.generate_group` takes it."""
-    recorded = (found or {}).get("placement")
-    if not recorded:
-        return None
-    width, height = recorded["size"]
-    return [_position_back(f) for f in recorded["faces"]], (int(width), int(height))
-
-
-def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None = None) -> Prepared:
-    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field.
-    ``found``: what an earlier analysis of the same request recorded (:meth:`Prepared.found`), not redone."""
+def prepare(faces: FaceSide, request: JobRequest) -> Prepared:
+    """Analyse the request's photos: NoFaceError / ImageReadError / InvalidInputError name the photo or field."""
     settings = request.settings
     style = _style(request.style)
     if request.task == "group":
         people = tuple(_identity(faces, photos, settings) for photos in request.people)
-        placement = placement_from(found)
-        if request.pose is not None and placement is None:
-            placement = _group_poses(faces, request.pose, len(people))
+        placement = _group_poses(faces, request.pose, len(people)) if request.pose is not None else None
         return Prepared("group", people=people, pose=request.pose, placement=placement, style=style)
     identity = _identity(faces, request.faces, settings, pose=request.pose)
     for mix in request.mixes:
@@ -331,19 +258,11 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
         from instantid.faces import load_image
 
         assert request.picture is not None  # checked at construction
-        recorded = (found or {}).get("picture_faces")
-        picture_faces: tuple[Face, ...] | None
-        if recorded:  # found at submit: the worker redraws those faces without looking again
-            picture = load_image(request.picture[1], request.picture[0])
-            picture_faces = tuple(_position_back(f) for f in recorded)
-        elif (found or {}).get("picture_checked"):  # a record from before the faces were kept: the pass finds them
-            picture, picture_faces = load_image(request.picture[1], request.picture[0]), None
-        else:  # cheap before slow: a picture without a face is refused here, not after the model ran
-            picture = load_image(request.picture[1], request.picture[0])
-            every = faces.analyze(picture, request.picture[0])
-            if not every:
-                raise NoFaceError(f"the picture {request.picture[0]}")
-            picture_faces = tuple(every)
+        # Cheap before slow: a picture without a face is refused here, not after the model ran.
+        picture = load_image(request.picture[1], request.picture[0])
+        picture_faces = tuple(faces.analyze(picture, request.picture[0]))
+        if not picture_faces:
+            raise NoFaceError(f"the picture {request.picture[0]}")
         return Prepared("detail", identity=identity, scene=picture, scene_name=request.picture[0],
                         detail=request.detail, picture_faces=picture_faces)
     assert request.scene is not None and request.swap is not None  # checked at construction
@@ -355,5 +274,5 @@ def prepare(faces: FaceSide, request: JobRequest, found: dict[str, Any] | None =
                     swap=request.swap)
 
 
-__all__ = ["JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind",
-           "UNUSED_SETTINGS", "placement_from", "prepare"]
+__all__ = ["JobRequest", "Mix", "Photo", "Placement", "Prepared", "TaskKind", "UNUSED_SETTINGS",
+           "prepare"]

@@ -23,6 +23,7 @@ from instantid.cli.generate import (
     progress_bar,
 )
 from instantid.cli.options import (
+    MIX_HELP,
     apply_mixes,
     check_photos,
     naming,
@@ -32,8 +33,6 @@ from instantid.cli.options import (
     with_model_options,
 )
 from instantid.errors import FaceIndexError, NoFaceError
-
-MIX_HELP = "Mix in another person: PHOTO:WEIGHT, weight 0..1 towards them (e.g. b.jpg:0.3); repeatable."
 
 
 # ---- identity mixing -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from instantid.api.settings import MAX_SEED
 from instantid.apps.batch import FAILURES, PRECEDENCE
 from instantid.cli import app
 from instantid.cli.options import (
+    MIX_HELP,
     apply_mixes,
     check_photos,
     naming,
@@ -186,8 +187,7 @@ def generate_command(
     pose: Path | None = typer.Option(None, help="Take pose (keypoints) and size from this photo.", dir_okay=False),
     layout: str | None = typer.Option(None, help="Pose from a bundled keypoint layout instead of a photo "
                                       "(see `instantid layouts`), e.g. three-quarter-left."),
-    mix: list[str] = typer.Option([], help="Mix in another person: PHOTO:WEIGHT (0 = this person, 1 = the "
-                                  "other); repeatable."),
+    mix: list[str] = typer.Option([], help=MIX_HELP),
     init_image: Path | None = typer.Option(None, "--init-image", help="Image-to-image: start from this picture "
                                            "(resized to the output size); --denoising-strength says how much of "
                                            "it is redrawn.", dir_okay=False),
@@ -203,7 +203,7 @@ def generate_command(
     model: Any = None,
 ) -> None:
     from instantid.api.face_side import group_poses, prepare_identity, with_pose
-    from instantid.api.settings import check_people, field_label, make_settings
+    from instantid.api.settings import check_people, check_used, field_label, make_settings
     from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, with_layout
     from instantid.faces import load_image
     from instantid.io.loading import library_chatter
@@ -217,6 +217,10 @@ def generate_command(
                  *(parse_mix(spec)[0] for spec in mix), *([init_image] if init_image else []), *style_image)
     run_seeds = parse_seeds(seed, seeds)
     settings = make_settings({**settings.model_dump(exclude_unset=True), "num_images": num_images}, field_label)
+    if groups:
+        check_used(settings, "group", "--person", field_label)
+    for value in run_seeds:
+        make_settings({"seed": value}, field_label)
     runs, repeated = plan_seeds(run_seeds, num_images)
     if pose is not None and layout is not None:
         raise InvalidInputError("give --pose or --layout, not both")

@@ -20,8 +20,10 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ValidationError
 
+from instantid.api.identity import MIX_WEIGHT_DEFAULT, MIX_WEIGHT_HELP, MIX_WEIGHT_RANGE, check_mix_weight
 from instantid.api.model_settings import ModelSettings
 from instantid.api.settings import GenerationSettings, field_label, make_settings
+from instantid.api.validation import one_line
 from instantid.errors import InstantIDError, InvalidInputError
 
 
@@ -75,9 +77,9 @@ def option_parameters(model: type[BaseModel], names: Iterable[str], defaults: di
     return params
 
 
-def model_option(name: str) -> Any:
-    """The typer option of one :class:`ModelSettings` field, for commands that take only a few of them."""
-    return option_parameters(ModelSettings, [name])[0].default
+def model_option(name: str, model: type[BaseModel] = ModelSettings) -> Any:
+    """The typer option of one field of ``model``, for commands that take only a few of them."""
+    return option_parameters(model, [name])[0].default
 
 
 def _attach(command: Callable[..., Any], extra: list[inspect.Parameter],
@@ -93,22 +95,36 @@ def _attach(command: Callable[..., Any], extra: list[inspect.Parameter],
     return wrapper
 
 
+Command = Callable[..., Any]
+
+
+def with_settings_options(model: type[BaseModel], receive_as: str) -> Callable[[Command], Command]:
+    """Give a command one option per field of the settings ``model`` (:class:`ModelSettings`,
+    :class:`~instantid.service.core.ServerSettings`); it receives them validated, as one object named
+    ``receive_as``. A bad value is one line naming the flag."""
+    names = list(model.model_fields)
+
+    def flag_of(loc: tuple[int | str, ...]) -> str:
+        field = str(loc[0]) if loc else ""
+        return _flag(field, model.model_fields[field].json_schema_extra or {}) if field in names else "options"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        def build(kwargs: dict[str, Any]) -> dict[str, Any]:
+            values = {name: kwargs.pop(name) for name in names}
+            try:
+                built = model(**values)
+            except ValidationError as exc:
+                raise InvalidInputError(one_line(exc, model, flag_of, what="option")) from None
+            return {**kwargs, receive_as: built}
+
+        return _attach(command, option_parameters(model, names), build)
+
+    return decorate
+
+
 def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command every :class:`ModelSettings` option; it receives them as ``model``."""
-    names = list(ModelSettings.model_fields)
-
-    def build(kwargs: dict[str, Any]) -> dict[str, Any]:
-        values = {name: kwargs.pop(name) for name in names}
-        try:
-            model = ModelSettings(**values)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = str(first["loc"][0])
-            flag = _flag(field, ModelSettings.model_fields[field].json_schema_extra or {})
-            raise InvalidInputError(f"{flag}: {first['msg']}, got {first.get('input')!r}") from None
-        return {**kwargs, "model": model}
-
-    return _attach(command, option_parameters(ModelSettings, names), build)
+    return with_settings_options(ModelSettings, "model")(command)
 
 
 _CONTEXT = "_generation_options_context"  # typer passes its Context to a parameter annotated typer.Context
@@ -209,6 +225,10 @@ def check_port(host: str, port: int) -> None:
 
 
 # ---- identity mixing on the command line -------------------------------------------------------------
+MIX_HELP = (f"Mix in another person: PHOTO:WEIGHT, e.g. b.jpg:{MIX_WEIGHT_DEFAULT} (weight: "
+            f"{MIX_WEIGHT_HELP[0].lower()}{MIX_WEIGHT_HELP[1:].rstrip('.')}); repeatable.")
+
+
 def parse_mix(spec: str, flag: str = "--mix") -> tuple[Path, float]:
     """``"b.jpg:0.3"`` -> ``(Path("b.jpg"), 0.3)``; the weight is after the last colon, so paths may hold colons."""
     path, sep, weight = spec.rpartition(":")
@@ -216,12 +236,11 @@ def parse_mix(spec: str, flag: str = "--mix") -> tuple[Path, float]:
         value = float(weight) if sep and path else None
     except ValueError:
         value = None
+    low, high = MIX_WEIGHT_RANGE
     if value is None:
-        raise InvalidInputError(f"{flag} takes PHOTO:WEIGHT with a weight between 0 and 1, e.g. b.jpg:0.3; "
-                                f"got {spec!r}")
-    if not 0 <= value <= 1:
-        raise InvalidInputError(f"{flag} weight must be between 0 and 1, got {value} in {spec!r}")
-    return Path(path), value
+        raise InvalidInputError(f"{flag} takes PHOTO:WEIGHT with a weight between {low} and {high}, e.g. "
+                                f"b.jpg:{MIX_WEIGHT_DEFAULT}; got {spec!r}")
+    return Path(path), check_mix_weight(value, f"{flag} weight")
 
 
 def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_index: int | None = None,
@@ -239,6 +258,6 @@ def apply_mixes(analyzer: Any, identity: Any, specs: Sequence[str], *, face_inde
 
 
 __all__ = [
-    "apply_mixes", "check_photos", "check_port", "model_option", "naming", "option_parameters", "parse_mix",
-    "with_generation_options", "with_model_options",
+    "MIX_HELP", "apply_mixes", "check_photos", "check_port", "model_option", "naming", "option_parameters", "parse_mix",
+    "with_generation_options", "with_model_options", "with_settings_options",
 ]

@@ -27,9 +27,12 @@ from instantid.faces.base import (
 from instantid.faces.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
 BACKENDS = ("auto", "dlib", "antelopev2")
+# The demo's tiny weights take dlib's 128-d embeddings (it runs offline, from PyPI): its face model on every surface.
+DEMO_BACKEND = "dlib"
 
 __all__ = [
     "BACKENDS",
+    "DEMO_BACKEND",
     "EMBEDDING_DIMS",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",

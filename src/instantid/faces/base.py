@@ -41,7 +41,8 @@ class Face:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (lists and floats)."""
+        """Plain JSON-able values (lists and floats); :meth:`from_dict` reads them back exactly (float32 values
+        survive JSON as Python floats)."""
         return {
             "bbox": [float(v) for v in self.bbox],
             "score": float(self.score),
@@ -49,6 +50,13 @@ class Face:
             "embedding": [float(v) for v in self.embedding],
             "space": self.space,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Face:
+        """The face :meth:`to_dict` wrote."""
+        x1, y1, x2, y2 = (float(v) for v in data["bbox"])
+        return cls(bbox=(x1, y1, x2, y2), score=float(data["score"]), kps=np.asarray(data["kps"], dtype=np.float32),
+                   embedding=np.asarray(data["embedding"], dtype=np.float32), space=data["space"])
 
 
 def pad_image(rgb: np.ndarray, fraction: float) -> tuple[np.ndarray, int, int]:

@@ -1,8 +1,8 @@
 """Fetch Hub files into the standard Hugging Face cache, verified and resumable.
 
 Two steps, so the licences and sizes can be shown before any weight moves: :func:`plan` asks the Hub for each
-repository's commit and file metadata (one request per repository), :func:`fetch` downloads what the cache
-lacks at that commit.
+repository's commit and file metadata (one request per repository), :func:`fetch_file` downloads each file the
+cache lacks at that commit.
 
 Why not ``hf_hub_download``: since huggingface_hub 1.x it downloads to a process-unique temporary file that it
 deletes when the call fails, so an interrupted 10 GB download restarts from zero. Here each file goes to

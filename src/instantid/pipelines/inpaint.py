@@ -13,11 +13,14 @@ repaint), ``strength``, ``control_image`` (the keypoint picture) and ``image_emb
 model's size, and pastes it back: a small face in a large photo gets the model's full resolution.
 
 Each step is the shared :func:`instantid.core.denoise.denoise_step`; the inpainting parts travel with the call
-(a forward pre-hook on the UNet for the extra channels, the step-end blend), nothing is stored on the pipeline.
+(the step-end blend) or last exactly as long as it (a forward pre-hook on the UNet for the extra channels: the
+UNet is shared with the other variants, so one call at a time per model, as the model's lock in
+:meth:`InstantID.run_pipeline <instantid.api.generator.InstantID.run_pipeline>` guarantees).
 
 :func:`inpaint_pipeline` / :func:`img2img_pipeline` make these variants from a loaded text-to-image pipeline
 without loading anything again (``from_pipe`` shares every module, the face adapter included), and
-:func:`run_pipeline` runs one with an :class:`~instantid.InstantID`'s settings, lock and sampler.
+:meth:`InstantID.run_pipeline <instantid.api.generator.InstantID.run_pipeline>` runs one with an
+:class:`~instantid.InstantID`'s settings, lock and sampler.
 """
 
 from __future__ import annotations

@@ -11,12 +11,12 @@ Both are diffusers ControlNet pipelines plus what InstantID adds (paper section 
   residuals act only inside its own region.
 
 Every call is read into one frozen :class:`CallState` before the loop; one step is
-:func:`instantid.core.denoise.denoise_step`, the function the trainer also runs. The face state of a call (tokens,
-regions, scales) is handed to the processors at each step, never stored on them. Two things do touch shared
-modules for the length of one call: the inpainting pipeline with a 9-channel UNet hooks the UNet's input (undone
-when the call ends, also on an error), and :meth:`instantid.InstantID.run_pipeline` sets the call's scheduler.
-So one pipeline object runs one call at a time: ``InstantID``'s model lock guarantees that for every surface;
-code that calls a pipeline from several threads itself must hold a lock of its own.
+:func:`instantid.core.denoise.denoise_step`, the function the trainer also runs. The face state of a call (face
+tokens, face mask, adapter scale) travels with it and is never stored on the attention processors. The shared
+modules are not untouched, though: the inpainting variant hooks the UNet for its call and
+:meth:`InstantID.run_pipeline <instantid.api.generator.InstantID.run_pipeline>` sets the call's sampler on the
+pipeline; both are undone when the call ends, and the model's lock (``InstantID._lock``) lets one call at a time
+do so. Pipelines that share modules (``from_pipe``) must therefore not run at once outside that lock.
 
 Deliberate differences from the published code (its known defects): several reference embeddings are
 averaged into one identity instead of becoming extra Resampler inputs; ``ip_adapter_scale`` is honoured by

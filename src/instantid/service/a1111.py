@@ -6,7 +6,7 @@
     GET  /controlnet/version, /controlnet/module_list, /controlnet/model_list
 
 A request becomes our ``/v1/generate`` JSON body (:mod:`instantid.service.a1111_payload`), checked by the
-same :func:`~instantid.service.schema.job_request`, admitted by the same API keys, rate and job limits
+same :func:`~instantid.service.requests.job_request`, admitted by the same API keys, rate and job limits
 (``admit``, from :func:`instantid.service.server.create_app`) and queued like any job: it shows up in
 ``/v1/jobs``. A1111
 answers when the picture is done, so these routes wait (up to the server's ``wait_timeout_s``; then 202 with the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -37,7 +36,10 @@ from instantid.service.a1111_payload import (
 )
 from instantid.service.http_errors import JOB_RESPONSES, READ_RESPONSES, failed_job_response
 from instantid.service.jobs import FINISHED
-from instantid.service.schema import Body, JobCreated, job_request, parse_json, read_body
+from instantid.service.requests import job_request
+from instantid.service.responses import JobCreated
+from instantid.service.routes.deps import principal, service_of, settings_of
+from instantid.service.routes.submit import admit, json_object, read_body
 
 if TYPE_CHECKING:
     from instantid.service.core import JobService, ServerSettings
@@ -94,13 +96,9 @@ class A1111Answer(BaseModel):
                                   "(fields not used), instantid (our metadata).")
 
 
-def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
-                 admit: Callable[[Request, Any], str | None]) -> APIRouter:
-    """The routes above; ``principal`` and ``admit`` are the server's own key check and submission limits."""
+def a1111_router() -> APIRouter:
+    """The routes above, behind the server's own key check (``principal``) and submission limits (``admit``)."""
     router = APIRouter(tags=["A1111 compatible"])
-
-    def service_of(request: Request) -> JobService:
-        return request.app.state.service
 
     answers: dict[int | str, dict[str, Any]] = {
         202: {"model": JobCreated, "description": "Still running after the server's wait limit: poll status_url."},
@@ -122,12 +120,13 @@ def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
     async def generate(request: Request, who: Any, image_to_image: bool) -> Response:
         service = service_of(request)
         key = admit(request, who)
+        settings = settings_of(request)
         raw = await read_body(request, settings.max_upload_bytes)
         if not request.headers.get("content-type", "application/json").startswith("application/json"):
             raise HTTPException(415, "send the A1111 payload as application/json")
-        payload = parse_json(raw).values
+        payload = json_object(raw)
         translated = translate(payload, model_title(service, settings)[1], image_to_image)
-        job = job_request("generate", Body(values=translated.body, json=True))
+        job = job_request("generate", translated.body)
         record, _ = await run_in_threadpool(service.submit_request, job, owner=who.name, key=key)
         finished = await service.wait(record.id, settings.wait_timeout_s) or record
         if finished.state not in FINISHED:
@@ -155,14 +154,14 @@ def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
     @router.get("/sdapi/v1/sd-models", responses=READ_RESPONSES)
     async def sd_models(request: Request, who: Any = Depends(principal)) -> list[dict[str, Any]]:
         """The one model this server runs."""
-        title, name, short_hash = model_title(service_of(request), settings)
+        title, name, short_hash = model_title(service_of(request), settings_of(request))
         return [{"title": title, "model_name": name, "hash": short_hash, "sha256": None, "filename": name,
                  "config": None}]
 
     @router.get("/sdapi/v1/options", responses=READ_RESPONSES)
     async def options(request: Request, who: Any = Depends(principal)) -> dict[str, Any]:
         """The options a client reads (read-only: the model is chosen when the server starts)."""
-        title, _, short_hash = model_title(service_of(request), settings)
+        title, _, short_hash = model_title(service_of(request), settings_of(request))
         return {"sd_model_checkpoint": title, "sd_checkpoint_hash": short_hash, "samples_format": "png",
                 "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
 
@@ -172,7 +171,7 @@ def a1111_router(settings: ServerSettings, principal: Callable[..., Any],
                        ) -> dict[str, Any]:
         """The caller's running job (any job on a server without keys), as A1111 reports its current one."""
         service = service_of(request)
-        owner = who.name if settings.api_key_file else None
+        owner = who.name if settings_of(request).api_key_file else None
         running, _ = await run_in_threadpool(service.store.list, 0, 1, owner, "running")
         queued = (await run_in_threadpool(service.store.counts))["queued"]
         job = running[0] if running else None
@@ -258,3 +257,6 @@ def model_title(service: JobService, settings: ServerSettings) -> tuple[str, str
 
 
 __all__ = ["A1111Answer", "Img2ImgRequest", "Txt2ImgRequest", "a1111_router", "answer", "model_title"]
+
+
+router = a1111_router()

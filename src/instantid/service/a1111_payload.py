@@ -1,5 +1,5 @@
 """A1111 / Forge txt2img and img2img payloads, as sd-webui-controlnet takes InstantID, turned into our own
-``/v1/generate`` JSON body (then checked by the same :func:`~instantid.service.schema.job_request` as that
+``/v1/generate`` JSON body (then checked by the same :func:`~instantid.service.requests.job_request` as that
 endpoint; img2img adds the start picture).
 
 The InstantID units sit in ``alwayson_scripts.controlnet.args`` (the script key matched case-insensitively, as

@@ -1,15 +1,13 @@
 """The job service behind the HTTP API (and the web UI mounted on it): check, store, queue, cancel, clean up.
 
 Two setups, one interface. Without ``queue``: records in SQLite under ``out_dir``, one worker thread in this
-process on the model this process loaded; the photos are analysed once, at submit, and the prepared job
-(Identity, scene face...) is handed to the worker in memory. With ``queue="redis://..."``: records in Redis,
-jobs through RQ to any number of ``instantid worker`` processes; this process loads only a face analyzer to
-refuse bad photos at submit, and the worker prepares the job again from the photos saved in the job folder
-(``out_dir`` must be a path every worker sees), except what the analysis at submit found that the worker cannot
-get from the photos alone without analysing them again (where a group photo's people stand), which the record
-carries. Jobs are generations, face swaps, group pictures or face detail on a picture
-(:mod:`instantid.apps.tasks`). Web UI jobs arrive analysed (:meth:`JobService.run_prepared`); their analysed
-form is saved in the job folder (:mod:`instantid.service.stored`) and they run like the others, in either setup.
+process on the model this process loaded. With ``queue="redis://..."``: records in Redis, jobs through RQ to any
+number of ``instantid worker`` processes; this process loads only a face analyzer (``out_dir`` must be a path
+every worker sees). Either way a job's photos are analysed once, at submit (an HTTP job here, a web UI job on
+upload), and the analysed job (:class:`~instantid.apps.tasks.Prepared`: identities, the scene's face, where
+a group photo's people stand) is what is kept in the job folder (:mod:`instantid.service.stored`) and run: no
+worker, local, remote or after a restart, analyses a photo again (this process's worker takes it from memory).
+Jobs are generations, face swaps, group pictures or face detail on a picture (:mod:`instantid.apps.tasks`).
 """
 
 from __future__ import annotations
@@ -18,46 +16,23 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
 from instantid.api.face_side import FaceSide
-from instantid.api.model_settings import ModelSettings
 from instantid.api.settings import MAX_SEED, GenerationSettings, settings_from_record
-from instantid.apps.tasks import JobRequest, Photo, Prepared, prepare
+from instantid.apps.tasks import JobRequest, Prepared, prepare
 from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
 from instantid.internal_errors import MESSAGE
 from instantid.service.jobs import FINISHED, JobFiles, JobRecord, JobStore, SQLiteJobStore, new_job_id
 from instantid.service.metrics import ServiceMetrics
+from instantid.service.settings import ServerSettings
 
 if TYPE_CHECKING:
     from instantid.api.generator import GenerationResult, InstantID
-    from instantid.api.identity import Identity
     from instantid.faces import FaceAnalyzer
 
 log = logging.getLogger(__name__)
-
-
-class ServerSettings(ModelSettings):
-    """The server's options on top of the model's (``instantid serve --help`` shows them with these words)."""
-
-    out_dir: Path = Field(Path("instantid-jobs"), description="Job store and job folders (images, photos).")
-    queue: str | None = Field(None, description="redis://host:port/db: jobs go to `instantid worker` processes.")
-    max_upload_bytes: int = Field(20 * 2**20, gt=0, description="Largest request body (413 above).")
-    max_queued_jobs: int = Field(16, gt=0, description="Waiting jobs beyond this are refused with 429.")
-    keep_hours: float = Field(24.0, gt=0, description="Finished jobs and their images are deleted after this.")
-    max_attempts: int = Field(2, ge=1, le=10, description="Runs of a job whose worker died before it gives up.")
-    wait_timeout_s: float = Field(600.0, gt=0, description="Longest ?wait=true call; then 202 and polling.")
-    job_timeout_s: int = Field(3600, gt=0, description="A worker stops a job running longer than this.")
-    api_key_file: Path | None = Field(None, description="Hashed API keys (see instantid.service.auth).")
-    rate_limit: float | None = Field(None, gt=0, description="Submissions per minute per key (or client address).")
-    max_jobs_per_key: int | None = Field(None, gt=0, description="Queued + running jobs per key.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none: CORS off).")
-    mount_ui: bool = Field(True, description="The web UI at /ui; its jobs join this queue (with API keys: "
-                                             "sign in with a key's name and the key).")
 
 
 class QueueFullError(InstantIDError):
@@ -111,7 +86,7 @@ class JobService:
             connection = connect(settings.queue)
             dispatch = RQDispatch(connection, max_attempts=settings.max_attempts,
                                   job_timeout_s=settings.job_timeout_s)
-            analyzer = None if model is not None else _face_analyzer(settings)
+            analyzer = None if model is not None else settings.face_analyzer()  # the workers' face model
             return cls(settings, RedisJobStore(connection), model=model, analyzer=analyzer, dispatch=dispatch)
         from instantid.api import loader
         from instantid.service.runner import JobRunner, LocalWorker
@@ -140,15 +115,9 @@ class JobService:
             raise QueueFullError(f"this API key already has {max_jobs} jobs queued or running; wait for one "
                                  "to finish", retry_after=10.0)
 
-    def submit(self, faces: list[Photo], pose: Photo | None, settings: GenerationSettings, *, owner: str = "",
-               key: str | None = None) -> tuple[JobRecord, bool]:
-        """A generate job of one person's photos (see :meth:`submit_request`)."""
-        return self.submit_request(JobRequest("generate", settings, faces=tuple(faces), pose=pose), owner=owner,
-                                   key=key)
-
     def submit_request(self, request: JobRequest, *, owner: str = "", key: str | None = None
                        ) -> tuple[JobRecord, bool]:
-        """Analyse the photos once, store them and the request, queue the job; ``(record, created)``.
+        """Analyse the photos once, keep the analysed job, queue it; ``(record, created)``.
 
         Blocking (face analysis): call it from a worker thread in async code.
         """
@@ -157,32 +126,9 @@ class JobService:
             earlier = self.store.by_key(owner, key)
             if earlier is not None:
                 return _same_request(earlier, fingerprint, key), False
-        if request.settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
-            request = replace(request, settings=request.settings.updated(seed=random.randint(0, MAX_SEED)))
-        job_id = new_job_id()
         prepared = self._prepare(request)
-        for slot, data in request.files().items():
-            self.files.save_input(job_id, slot, data)
-        stored = {**request.record(), "found": prepared.found(), "fingerprint": fingerprint}
-        if self.dispatch is None:  # handed over before the record exists: the worker may claim it at once
-            self.runner.prepared_jobs[job_id] = prepared
-        record, created = self.store.add(JobRecord(id=job_id, request=stored, owner=owner, idempotency_key=key))
-        if not created:  # the same key raced in from another request: keep that job, drop these files
-            self.files.delete(job_id)
-            if self.dispatch is None:
-                self.runner.prepared_jobs.pop(job_id, None)
-            return _same_request(record, fingerprint, key), False
-        if self.dispatch is not None:
-            self.dispatch.submit(job_id)
-        else:
-            self.worker.wake()
-        return record, True
-
-    def submit_identity(self, identity: Identity, settings: GenerationSettings, progress: Any = None, *,
-                        owner: str = "ui") -> GenerationResult:
-        """One generation of an already built Identity through the same queue and limits as the HTTP API,
-        waiting for it (see :meth:`run_prepared`). Blocking; errors are :class:`InstantIDError` lines."""
-        return self.run_prepared(Prepared("generate", identity=identity), settings, progress, owner=owner)
+        record, created = self._queue(prepared, request.settings, owner=owner, key=key, fingerprint=fingerprint)
+        return (record, True) if created else (_same_request(record, fingerprint, key or ""), False)
 
     def run_prepared(self, prepared: Prepared, settings: GenerationSettings, progress: Any = None, *,
                      owner: str = "ui", max_jobs: int | None = None) -> GenerationResult:
@@ -197,28 +143,36 @@ class JobService:
         metadata). The analysed job is saved in the job folder (:mod:`instantid.service.stored`), so a worker on
         another machine runs it, and a job queued or running when the server stopped is run again after a
         restart. ``owner`` / ``max_jobs``: the API key it counts against (QueueFullError when over)."""
+        self.check_capacity(owner, max_jobs)
+        return self._queue(prepared, settings, owner=owner)[0]
+
+    def _queue(self, prepared: Prepared, settings: GenerationSettings, *, owner: str, key: str | None = None,
+               fingerprint: str | None = None) -> tuple[JobRecord, bool]:
+        """Store an analysed job and queue it; ``(record, created)``: not created when another request with the
+        same Idempotency-Key raced in first (that job's record, these files dropped)."""
         from instantid.service.stored import save_prepared
 
-        self.check_capacity(owner, max_jobs)
         if settings.seed is None:  # fixed now, so a re-run after a lost worker makes the same images
             settings = settings.updated(seed=random.randint(0, MAX_SEED))
-        request = {**prepared.names(), "settings": settings.record(), "prepared_saved": True}
-        job_id = new_job_id()
+        request = {**prepared.names(), "settings": settings.record(), "fingerprint": fingerprint}
+        job_id, created = new_job_id(), False
         try:
             save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it at once
             if self.dispatch is None:  # this process's worker takes it from memory, not from the folder
                 self.runner.prepared_jobs[job_id] = prepared
-            record, _ = self.store.add(JobRecord(id=job_id, request=request, owner=owner))
-        except BaseException:
-            self.files.delete(job_id)  # nothing half-written: no folder without its record
-            if self.dispatch is None:
-                self.runner.prepared_jobs.pop(job_id, None)
-            raise
+            record, created = self.store.add(JobRecord(id=job_id, request=request, owner=owner, idempotency_key=key))
+        finally:
+            if not created:  # nothing half-written: no folder without its record
+                self.files.delete(job_id)
+                if self.dispatch is None:
+                    self.runner.prepared_jobs.pop(job_id, None)
+        if not created:
+            return record, False
         if self.dispatch is not None:
             self.dispatch.submit(job_id)
         else:
             self.worker.wake()
-        return record
+        return record, True
 
     def result(self, job_id: str, progress: Any = None, poll_s: float = 0.1) -> GenerationResult:
         """Wait for a job (reporting its steps to ``progress(step, total)``) and return its images; a failed or
@@ -247,9 +201,8 @@ class JobService:
         return GenerationResult(images=images, seeds=current.seeds, settings=used, metadata=metadata)
 
     def _prepare(self, request: JobRequest) -> Prepared:
-        """The job's photos analysed: by the model that will run it (kept for the worker), or, when workers run
-        elsewhere, by the face analyzer alone to refuse bad photos here (the worker prepares it again, but for
-        what :meth:`Prepared.found` records)."""
+        """The job's photos analysed, once: by the model's face side, or, when workers run elsewhere, by a face
+        side on the bare analyzer (the same face model as theirs)."""
         try:
             return prepare(self.faces, request)
         except (NoFaceError, ImageReadError):
@@ -287,10 +240,3 @@ class JobService:
                 return record
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-
-
-def _face_analyzer(settings: ServerSettings) -> FaceAnalyzer:
-    from instantid.faces import create_face_analyzer
-
-    backend = "dlib" if settings.demo else settings.face_backend  # the demo weights pair with dlib
-    return create_face_analyzer(backend, root=settings.antelopev2_root)

@@ -52,7 +52,7 @@ class JobRecord:
     """What the store keeps about one job (JSON-able; the photos and images stay on disk)."""
 
     id: str
-    request: dict[str, Any]  # instantid.apps.tasks.JobRequest.record(): task, settings, photo names...
+    request: dict[str, Any]  # Prepared.names() (task, photo names, options), settings, Idempotency fingerprint
     state: str = "queued"
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -91,7 +91,7 @@ COLUMNS = tuple(f.name for f in fields(JobRecord))
 
 
 class JobFiles:
-    """The job folders under ``root``: the uploaded photos in, the images and sidecars out."""
+    """The job folders under ``root``: the analysed job in (``inputs/``), the images and sidecars out."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

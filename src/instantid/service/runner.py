@@ -1,9 +1,8 @@
 """Running one job, and the in-process worker that runs the SQLite queue one job at a time.
 
-The runner takes a job the store has just moved to ``running``: the job prepared when it was submitted (same
-process) or, for a remote worker or after a restart, one prepared again from the request and the photos saved
-in the job folder (:mod:`instantid.apps.tasks`), or, for a web UI job, the analysed job saved there
-(:mod:`instantid.service.stored`); generates, swaps or draws the group; writes
+The runner takes a job the store has just moved to ``running``: the job analysed when it was submitted, from
+memory (same process) or, for a remote worker or after a restart, from the job folder
+(:mod:`instantid.service.stored`); generates, swaps, draws the group or redraws the faces; writes
 ``image-<n>.png`` + sidecar atomically under fixed names (a re-run replaces, never adds); then marks the job
 done. Every outcome, including a crash of the model, ends in a finished record.
 """
@@ -18,8 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from instantid.api.settings import settings_from_record
-from instantid.apps.tasks import JobRequest, Prepared, prepare
-from instantid.errors import ImageReadError, InstantIDError, InvalidInputError, NoFaceError
+from instantid.apps.tasks import Prepared
+from instantid.errors import InstantIDError
 from instantid.internal_errors import MESSAGE, report
 from instantid.io.outputs import write_image
 from instantid.service.jobs import JobFiles, JobRecord, JobStore
@@ -40,8 +39,8 @@ def worker_name() -> str:
 
 
 class JobRunner:
-    """Runs jobs on one loaded model; ``prepared_jobs`` holds the jobs whose photos this process analysed at
-    submit (so each photo is analysed once)."""
+    """Runs jobs on one loaded model; ``prepared_jobs`` holds the jobs this process analysed at submit (the job
+    folder holds the same, for any other process)."""
 
     def __init__(self, model: InstantID, store: JobStore, files: JobFiles,
                  metrics: ServiceMetrics | None = None, name: str | None = None) -> None:
@@ -53,24 +52,11 @@ class JobRunner:
         self.prepared_jobs: dict[str, Prepared] = {}
 
     def prepared(self, record: JobRecord) -> Prepared:
-        cached = self.prepared_jobs.pop(record.id, None)
-        if cached is not None:
-            return cached
-        if record.request.get("prepared_saved"):  # a web UI job: its analysed form is in the job folder
-            from instantid.service.stored import load_prepared
+        """The analysed job: from memory when this process analysed it, else from the job folder."""
+        from instantid.service.stored import load_prepared
 
-            return load_prepared(self.files, record.id)
-        if not record.request.get("photos_saved", True):  # a UI job recorded before UI jobs were kept
-            raise InvalidInputError("this web UI job cannot be re-run after a restart: its photos were not kept")
-        # Another process analysed these photos at submit (or this one before a restart): do it here, once,
-        # but for what that analysis recorded (a group photo's placement).
-        request = JobRequest.from_record(record.request, lambda slot: self.files.load_input(record.id, slot))
-        try:
-            return prepare(self.model.faces, request, record.request.get("found"))
-        except (NoFaceError, ImageReadError):
-            if self.metrics:
-                self.metrics.face_failures.labels(stage="worker").inc()
-            raise
+        cached = self.prepared_jobs.pop(record.id, None)
+        return cached if cached is not None else load_prepared(self.files, record.id)
 
     def run(self, record: JobRecord) -> str:
         """Run a job that is already ``running`` in the store; returns its final state."""

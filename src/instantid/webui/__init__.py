@@ -57,7 +57,8 @@ def create_ui(
     keep_s = None if keep_hours is None else keep_hours * 3600
     ctx = UIContext(get_model=get_model, out_dir=prepare_out_dir(out_dir), submit=submit,
                     generation_concurrency=1 if submit is None else None, keep_s=keep_s)
-    # One tab per task, each ``Tab(ctx, who)`` with a ``build()``; further tasks are added here the same way.
+    # One tab per task, each ``Tab(ctx, who)`` (``Tab(ctx)`` for a tab without the Who panel) with a ``build()``;
+    # further tasks are added here the same way.
     tabs = (("Portrait", "portrait", PortraitTab), ("Face swap", "swap", SwapTab),
             ("Several people", "group", GroupTab), ("Face detail", "detail", DetailTab))
     # gradio keeps its own copy of every result shown: it expires with ours.
@@ -73,7 +74,7 @@ def create_ui(
             with gr.Column(scale=9), gr.Tabs():
                 for title, key, tab_class in tabs:
                     with gr.Tab(title, id=key, elem_id=f"tab-{key}") as tab:
-                        ctx.tabs[key] = tab_class(ctx, who)
+                        ctx.tabs[key] = tab_class(ctx) if key in TABS_WITHOUT_WHO else tab_class(ctx, who)
                         ctx.tabs[key].build()
                     # The Several people tab has a slot per person and does not use the Who panel: hide it there.
                     tab.select(lambda key=key: gr.update(visible=key not in TABS_WITHOUT_WHO), None, who_column,

@@ -35,7 +35,7 @@ from instantid.webui.references import (
     summary,
     warnings_text,
 )
-from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, WhoPanel, clear_error_mark
+from instantid.webui.who import ANALYSIS_CONCURRENCY, IDENTITY_FIELDS, clear_error_mark
 
 if TYPE_CHECKING:
     from instantid.api.identity import Identity
@@ -54,9 +54,8 @@ def no_person_yet(number: int) -> str:
 class GroupTab:
     """Handlers (state travels in gr.State, so tests call them directly) plus layout."""
 
-    def __init__(self, ctx: UIContext, who: WhoPanel) -> None:
+    def __init__(self, ctx: UIContext) -> None:  # no Who panel: each person has their own slot
         self.ctx = ctx
-        self.who = who  # unused by this tab's handlers: each person has their own slot
         self.controls = [c for c in controls() if c.name not in NOT_FOR_GROUP]
         self.by_name = {c.name: c for c in self.controls}
         names = labels(self.controls)

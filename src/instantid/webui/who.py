@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from instantid.api.identity import MIX_WEIGHT_DEFAULT, MIX_WEIGHT_HELP, MIX_WEIGHT_RANGE
 from instantid.api.settings import make_settings
 from instantid.apps.layouts import DEFAULT_LAYOUT_SIZE, get_layout, layout_names, with_layout
 from instantid.faces.drawing import draw_faces
@@ -29,7 +30,7 @@ IDENTITY_FIELDS = ("face_index", "fusion")
 FROM_PHOTOS = "(from the photos)"
 ANALYSIS_CONCURRENCY = 4  # face analysis must not queue behind a long generation
 LAYOUT_PREVIEW = 256
-DEFAULT_MIX = 0.3
+DEFAULT_MIX = MIX_WEIGHT_DEFAULT  # the name the tabs use
 
 
 def clear_error_mark(event: Any, *components: Any) -> Any:
@@ -159,8 +160,8 @@ class WhoPanel:
         with gr.Accordion("Mix with another person", open=False):
             self.mix = gr.Image(label="Photo of the other person (optional)", type="filepath", sources=["upload"],
                                 height=160, elem_id="mix")
-            self.mix_weight = gr.Slider(0, 1, DEFAULT_MIX, step=0.05, elem_id="mix-weight", label="Mix weight",
-                                        info="0 = your photos only, 1 = the other person only.")
+            self.mix_weight = gr.Slider(*MIX_WEIGHT_RANGE, MIX_WEIGHT_DEFAULT, step=0.05, elem_id="mix-weight",
+                                        label="Mix weight", info=MIX_WEIGHT_HELP)
         self.mix_state = gr.State(None)
         # What a tab needs for the Identity, in WhoPanel.identity's order after the photos and pose.
         self.inputs = [self.photos_state, self.pose_state, *self.options]
