@@ -45,15 +45,29 @@ MODULES: dict[str, list[str]] = {
     "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
                 "tests/test_levers.py", "tests/test_several_people.py", "tests/test_readme_promises.py"],
+    # SDXL's UNet takes few of the processor's branches (4-D input, norms, masks, diffusers' fallback): the contract
+    # test drives them on lone Attention layers against diffusers' own processor, in milliseconds.
     # torch.compile cannot trace mutmut's trampolines: the one-graph test fails on the unmutated code there.
-    "attention": ["tests/test_attention.py", "--deselect", "tests/test_attention.py::test_a_face_block_compiles_in_"
-                  "one_graph_shared_by_its_shape_and_kept_across_calls", "tests/test_several_people.py",
-                  "tests/test_exactness.py", "tests/test_readme_promises.py", "tests/test_any_size.py", "-m",
-                  "not slow"],
-    "swap": ["tests/test_swap.py", "tests/test_readme_promises.py"],
-    "face_detail": ["tests/test_face_detail.py"],
+    "attention": ["tests/test_attention_contract.py", "tests/test_attention.py", "--deselect",
+                  "tests/test_attention.py::test_a_face_block_compiles_in_one_graph_shared_by_its_shape_and_kept_"
+                  "across_calls", "tests/test_any_size.py", "-m", "not slow"],
+    "swap": ["tests/test_swap_contract.py", *(f"tests/test_swap.py::test_{name}" for name in (
+        "head_region_covers_the_head_and_the_crop_holds_the_feathered_mask",
+        "crop_stays_inside_the_photo_and_keeps_the_mask_near_an_edge", "a_big_photo_costs_what_a_small_one_does",
+        "paste_back_is_exact_outside_the_mask", "swap_repaints_the_head_and_leaves_every_other_pixel",
+        "the_model_works_at_its_resolution_whatever_the_photo_size",
+        "target_index_picks_the_face_and_errors_are_one_line")),
+        "tests/test_readme_promises.py::test_swap_repaint_mask_covers_every_pixel_the_blend_changes",
+        "tests/test_any_size.py::test_strength_always_leaves_a_denoising_step"],
+    "face_detail": ["tests/test_face_detail_contract.py", *(f"tests/test_face_detail.py::test_{name}" for name in (
+        "faces_are_redrawn_at_working_size_and_the_rest_is_untouched", "nothing_found_is_recorded_not_an_error",
+        "options_are_checked", "faces_the_caller_found_are_not_searched_again",
+        "generate_records_the_face_detail_pass"))],
     "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
 }
+# Modules whose tests share the tiny demo model and whose code its build does not run: the model is built once per
+# mutmut fork server (benchmarks/mutation_demo.py), not once per mutant.
+PREBUILT_DEMO = {"swap", "face_detail"}
 STATUS = {1: "killed", 3: "killed", 0: "survived", 24: "timeout", -24: "timeout", 36: "timeout", 152: "timeout",
           255: "timeout", None: "not checked", 5: "no tests", 33: "no tests", 34: "skipped"}
 
@@ -84,7 +98,9 @@ def prepare(module: str, work: Path) -> Path:
     section = {
         "source_paths": ["src"], "only_mutate": [source_of(module)], "also_copy": extra,
         "pytest_add_cli_args_test_selection": MODULES[module],
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0"],  # one process: mutmut runs the tests itself
+        # one process: mutmut runs the tests itself
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0",
+                                *(["-p", "mutation_demo"] if module in PREBUILT_DEMO else [])],
         "timeout_multiplier": 5.0, "timeout_constant": 20.0,
     }
     pyproject = (REPO / "pyproject.toml").read_text()
@@ -95,8 +111,10 @@ def prepare(module: str, work: Path) -> Path:
 
 def run_mutmut(root: Path, budget_s: float, names: list[str]) -> None:
     """``mutmut run`` one worker at a time; stopped like Ctrl-C at the budget (mutmut saves each result as it
-    goes, so the finished mutants count and a later run resumes)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "", "MKL_NUM_THREADS": "1"}
+    goes, so the finished mutants count and a later run resumes). Only the copy's benchmarks/ is importable
+    besides mutmut's own paths (the pytest plugin there; no instantid package to shadow the mutants)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "mutants" / "benchmarks"),
+           "MKL_NUM_THREADS": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names], cwd=root, env=env,
                                start_new_session=True)
