@@ -63,7 +63,8 @@ MODULES: dict[str, list[str]] = {
         "faces_are_redrawn_at_working_size_and_the_rest_is_untouched", "nothing_found_is_recorded_not_an_error",
         "options_are_checked", "faces_the_caller_found_are_not_searched_again",
         "generate_records_the_face_detail_pass"))],
-    "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
+    "pipeline": ["tests/test_pipeline_contract.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
+                 "tests/test_several_people.py"],
 }
 # Modules whose tests share the tiny demo model and whose code its build does not run: the model is built once per
 # mutmut fork server (benchmarks/mutation_demo.py), not once per mutant.
