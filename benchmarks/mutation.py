@@ -114,8 +114,9 @@ def run_mutmut(root: Path, budget_s: float, names: list[str]) -> None:
     """``mutmut run`` one worker at a time; stopped like Ctrl-C at the budget (mutmut saves each result as it
     goes, so the finished mutants count and a later run resumes). Only the copy's benchmarks/ is importable
     besides mutmut's own paths (the pytest plugin there; no instantid package to shadow the mutants)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "mutants" / "benchmarks"),
-           "MKL_NUM_THREADS": "1"}
+    # The tree's own benchmarks/ (mutants/ does not exist yet when a fresh run starts, and Python drops a
+    # missing sys.path folder for good).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "benchmarks"), "MKL_NUM_THREADS": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names], cwd=root, env=env,
                                start_new_session=True)
@@ -197,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="check every mutant not killed yet again (survivors, unreached, unchecked), after "
-                             "adding tests; the earlier kills stand")
+                        help="check every mutant not killed yet again (survivors, unreached, unchecked; not the "
+                             "ones listed as equivalent), after adding tests; the earlier kills stand")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
             names = [n for n, s in results(module, root).items() if s in ("survived", "no tests", "not checked")
-                     ] if args.rerun_survivors else []
+                     and n not in equivalent.get(module, {})] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
             start = time.monotonic()

@@ -253,7 +253,7 @@ def test_prepared_regions_in_any_order_and_dtype_give_the_per_layer_numbers(firs
     attn, data = _layer("plain").double(), _inputs("plain")
     face = FaceAttnProcessor.adopt(_diffusers_processor().double())
     attn.set_processor(face)
-    mask = torch.zeros(24, 40, dtype=torch.float64)
+    mask = torch.zeros(24, 40)  # float32, as masks come: the weights follow the tokens
     mask[:, 20:] = 1
     tokens = data["tokens"].double()
     regions = [FaceRegion(tokens), FaceRegion(tokens.flip(0), mask)]
