@@ -18,7 +18,7 @@ from PIL import Image
 
 from instantid import StableDiffusionXLInstantIDPipeline, draw_kps
 from instantid.attention import face_processors
-from instantid.errors import InvalidInputError
+from instantid.errors import IncompatibleWeightsError, InvalidInputError
 from instantid.pipeline import CallRequest, InstantIDMixin, Person, nearest_face_regions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -114,6 +114,57 @@ def test_the_loader_checks_sizes_against_the_file_and_defaults_to_the_published_
     assert (bare_pipe.feature_extractor is not None) == had_extractor  # no CLIP extractor registered for us
 
 
+def test_the_loader_keeps_a_users_feature_extractor(bare_pipe, tiny_fixture_dir):
+    from transformers import CLIPImageProcessor
+
+    mine = CLIPImageProcessor()
+    bare_pipe.register_modules(feature_extractor=mine)
+    bare_pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    assert bare_pipe.feature_extractor is mine
+
+
+def test_adapter_errors_name_the_file(bare_pipe, tiny_fixture_dir, tmp_path):
+    published = torch.load(tiny_fixture_dir / "ip-adapter.bin", map_location="cpu", weights_only=True)
+    no_latents = tmp_path / "no-latents.bin"  # not a Resampler: found while reading the file
+    torch.save({"image_proj": {k: v for k, v in published["image_proj"].items() if k != "latents"},
+                "ip_adapter": published["ip_adapter"]}, no_latents)
+    with pytest.raises(IncompatibleWeightsError,
+                       match=f"^face adapter {re.escape(str(no_latents))}: 'image_proj' lacks"):
+        bare_pipe.load_ip_adapter_instantid(no_latents)
+    short = tmp_path / "short.bin"  # a layer missing: found against this UNet
+    torch.save({"image_proj": published["image_proj"],
+                "ip_adapter": {k: v for k, v in published["ip_adapter"].items() if not k.startswith("1.")}}, short)
+    with pytest.raises(IncompatibleWeightsError, match=f"^face adapter {re.escape(str(short))} has no '1.to_k_ip"):
+        bare_pipe.load_ip_adapter_instantid(short)
+
+
+def test_attention_slicing_slices_every_other_layer_and_keeps_the_face_layers(bare_pipe, tiny_fixture_dir):
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    bare_pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    faces = {name for name, p in bare_pipe.unet.attn_processors.items() if p in face_processors(bare_pipe.unet)}
+    bare_pipe.enable_attention_slicing()  # "auto": half of each layer's heads at a time, as diffusers does
+    processors = bare_pipe.unet.attn_processors
+    others = [p for name, p in processors.items() if name not in faces]
+    assert {name for name, p in processors.items() if p in face_processors(bare_pipe.unet)} == faces
+    assert others and all(isinstance(p, SlicedAttnProcessor) for p in others)
+    heads = {m.processor: m.sliceable_head_dim for m in bare_pipe.unet.modules() if hasattr(m, "sliceable_head_dim")}
+    assert all(p.slice_size == heads[p] // 2 for p in others)
+
+
+def test_xformers_is_diffusers_own_switch(bare_pipe, tiny_fixture_dir):
+    """Without xformers installed, diffusers' own refusal comes through (the face layers need no xformers)."""
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("xformers is installed here")
+    bare_pipe.load_ip_adapter_instantid(tiny_fixture_dir / "ip-adapter.bin")
+    with pytest.raises((ModuleNotFoundError, ValueError, ImportError), match="xformers"):
+        bare_pipe.enable_xformers_memory_efficient_attention()
+
+
 # ---- callback_on_step_end ------------------------------------------------------------------------------------
 ALL = ["latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds", "add_time_ids",
        "negative_pooled_prompt_embeds", "negative_add_time_ids", "image"]  # text-to-image's, as diffusers names them
@@ -124,11 +175,11 @@ def embedding(tiny_fixture_dir):
     return np.load(tiny_fixture_dir / "face_embedding.npy")
 
 
-def _run(pipe, embedding, callback, guidance: float = 5.0, image=None, names=ALL, steps: int = 2):
+def _run(pipe, embedding, callback, guidance: float = 5.0, image=None, names=ALL, steps: int = 2, **more):
     return pipe(prompt="a portrait", image_embeds=embedding, image=image or draw_kps(Image.new("RGB", (64, 64)), KPS),
                 num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
                 generator=torch.Generator().manual_seed(0), callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=names).images
+                callback_on_step_end_tensor_inputs=names, **more).images
 
 
 def test_the_callback_gets_every_named_tensor_halved_by_guidance(fixture_pipe, embedding) -> None:
@@ -142,6 +193,17 @@ def test_the_callback_gets_every_named_tensor_halved_by_guidance(fixture_pipe, e
                            ("add_time_ids", "negative_add_time_ids")):
         assert torch.equal(tensors[negative], tensors[full][:1]), negative
     assert tensors["add_time_ids"].shape == (2, 6) and tensors["image"].shape == (2, 3, 64, 64)
+    seen.clear()
+    # Three images and a negative size of their own: the negative halves are the first half, exactly.
+    _run(fixture_pipe, embedding, lambda pipe, i, t, tensors: seen.append(tensors), num_images_per_prompt=3,
+         negative_original_size=(32, 48), negative_target_size=(48, 32))
+    tensors = seen[0]
+    assert tensors["prompt_embeds"].shape[0] == 6
+    for full, negative in (("prompt_embeds", "negative_prompt_embeds"),
+                           ("add_text_embeds", "negative_pooled_prompt_embeds"),
+                           ("add_time_ids", "negative_add_time_ids")):
+        assert torch.equal(tensors[negative], tensors[full][:3]), negative
+    assert not torch.equal(tensors["add_time_ids"][:3], tensors["add_time_ids"][3:])
     seen.clear()
     _run(fixture_pipe, embedding, lambda pipe, i, t, tensors: seen.append(tensors), guidance=1.0)
     assert seen[0]["prompt_embeds"].shape[0] == 1
@@ -199,3 +261,22 @@ def test_with_two_controlnets_the_images_are_a_list_identitynet_first(two_nets, 
     first, second = seen
     assert isinstance(first, list) and len(first) == 2 and not torch.equal(first[0], first[1])
     assert second[0] is first[1] and second[1] is first[0]  # swapped by the callback, in that order
+
+
+def test_img2img_names_its_callback_tensors_as_diffusers_does(fixture_pipe, embedding) -> None:
+    from instantid import StableDiffusionXLInstantIDImg2ImgPipeline
+
+    pipe = StableDiffusionXLInstantIDImg2ImgPipeline.from_pipe(fixture_pipe)
+    names = pipe._callback_tensor_inputs
+    assert "add_neg_time_ids" in names and "control_image" in names
+    seen: list[dict] = []
+    kps = draw_kps(Image.new("RGB", (64, 64)), KPS)
+    pipe(prompt="a portrait", image_embeds=embedding, image=Image.new("RGB", (64, 64), "gray"), control_image=kps,
+         strength=1.0, num_inference_steps=2, guidance_scale=5.0, output_type="latent",
+         negative_original_size=(32, 48), negative_target_size=(48, 32), generator=torch.Generator().manual_seed(0),
+         callback_on_step_end=lambda p, i, t, tensors: seen.append(tensors), callback_on_step_end_tensor_inputs=names)
+    tensors = seen[0]
+    assert list(tensors) == names
+    assert torch.equal(tensors["add_neg_time_ids"], tensors["add_time_ids"][:1])
+    assert not torch.equal(tensors["add_time_ids"][:1], tensors["add_time_ids"][1:])
+    assert tensors["control_image"].shape == (2, 3, 64, 64)
