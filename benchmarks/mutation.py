@@ -103,6 +103,10 @@ def prepare(module: str, work: Path) -> Path:
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0",
                                 *(["-p", "mutation_demo"] if module in PREBUILT_DEMO else [])],
         "timeout_multiplier": 5.0, "timeout_constant": 20.0,
+        # Workers fork from a server that only collected the tests, not from mutmut's main process, which ran
+        # them: dlib's thread pool, started there by a face detection, is gone in a fork, and every worker that
+        # called dlib hung until its timeout, which counted as a kill.
+        "process_isolation": "forkserver",
     }
     pyproject = (REPO / "pyproject.toml").read_text()
     lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in section.items()]
@@ -200,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="check every mutant not killed yet again (survivors, unreached, unchecked; not the "
                              "ones listed as equivalent), after adding tests; the earlier kills stand")
+    parser.add_argument("--rerun-timeouts", action="store_true",
+                        help="with --rerun-survivors: the timeouts too (a worker that hung rather than a mutant "
+                             "that loops)")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
-            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests", "not checked")
+            again = ("survived", "no tests", "not checked", *(("timeout",) if args.rerun_timeouts else ()))
+            names = [n for n, s in results(module, root).items() if s in again
                      and n not in equivalent.get(module, {})] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
