@@ -168,11 +168,11 @@ def test_the_blend_mixes_by_the_mask_weight_and_copies_the_rest() -> None:
 
 @pytest.mark.parametrize("enhance", [True, False])
 def test_the_control_pictures_are_the_targets_keypoints_and_face_box_in_the_crop(enhance: bool) -> None:
-    face = _face((-20, 30, 60, 130))  # past the photo's left edge: the box is clipped at the crop's
-    region = Region(face_box=(-20, 30, 60, 130), ellipse=(20, 80, 60, 70), feather=5, crop=(0, 10, 100, 160),
+    face = _face((-20, -15, 60, 130))  # past the photo's left and top edges: the box is clipped at the crop's
+    region = Region(face_box=(-20, -15, 60, 130), ellipse=(20, 60, 60, 70), feather=5, crop=(0, 0, 100, 150),
                     work_size=(64, 96))
     kps_image, face_mask = control_pictures(face, region, enhance)
-    expected = draw_kps(Image.new("RGB", (64, 96)), (face.kps - (0, 10)) * (0.64, 0.64))
+    expected = draw_kps(Image.new("RGB", (64, 96)), face.kps * (0.64, 0.64))
     assert np.array_equal(np.asarray(kps_image), np.asarray(expected))
     if not enhance:
         assert face_mask is None
@@ -180,7 +180,7 @@ def test_the_control_pictures_are_the_targets_keypoints_and_face_box_in_the_crop
     pixels = np.asarray(face_mask)
     assert pixels.shape == (96, 64, 3)
     expected_mask = np.zeros((96, 64, 3), np.uint8)
-    expected_mask[int(20 * 0.64) : int(120 * 0.64), : int(60 * 0.64)] = 255
+    expected_mask[: int(130 * 0.64), : int(60 * 0.64)] = 255
     assert np.array_equal(pixels, expected_mask)
 
 
@@ -263,6 +263,7 @@ def test_swap_face_feeds_the_model_the_region_and_records_it(demo_app, obama, ca
     assert metadata["task"] == "swap" and (metadata["width"], metadata["height"]) == scene.size
     assert metadata["pose_from"] == "scene image (face 2)" and result.seeds == [7]
     assert metadata["settings"]["steps"] == 2 and result.settings.seed == 7  # as asked: reruns raise it alike
+    assert metadata["settings"]["seed"] == 7
     assert metadata["swap"] == {**options.model_dump(), "scene": "scene image", "denoising_steps": 1,
                                 "target_face": {"bbox": [100.0, 70.0, 160.0, 140.0], "kps": target.kps.tolist()},
                                 **region.to_dict()}
@@ -277,3 +278,11 @@ def test_swap_face_finds_the_target_by_index_and_names_the_file(demo_app, obama,
     assert result.metadata["swap"]["scene"] == "my scene.png"
     assert result.metadata["pose_from"] == "my scene.png (face 0)"
     assert result.metadata["swap"]["target_face"]["bbox"] == [float(v) for v in found.bbox]
+
+
+def test_an_unreadable_scene_is_named_as_the_caller_named_it(demo_app, obama) -> None:
+    from instantid.errors import ImageReadError
+
+    with pytest.raises(ImageReadError, match="upload.jpg"):
+        swap_face(demo_app, obama, b"not a picture", GenerationSettings(prompt="x", steps=1),
+                  SwapOptions(resolution=64), scene_name="upload.jpg", target=_face((10.0, 10.0, 40.0, 50.0)))
