@@ -158,7 +158,7 @@ def test_the_blend_mixes_by_the_mask_weight_and_copies_the_rest() -> None:
     region = Region(face_box=(0, 0, 1, 1), ellipse=(30, 25, 8, 8), feather=6.0, crop=(10, 5, 50, 45),
                     work_size=(16, 16))
     mask = region_mask(region)
-    result = paste_back(photo, Image.new("RGB", (16, 16), (200, 20, 100)), region, mask)
+    result = paste_back(photo, Image.new("RGBA", (16, 16), (200, 20, 100, 30)), region, mask)  # any mode, any size
     assert result.mode == "RGB" and result.size == photo.size and photo.getpixel((30, 25)) == 100
     out = np.asarray(result, dtype=np.float64)[5:45, 10:50]
     for channel, painted in enumerate((200, 20, 100)):
