@@ -62,7 +62,8 @@ def test_each_face_pass_gets_its_crop_pose_strength_and_seed(demo_app, obama, ca
     faces = [[_face((20.0, 30.0, 80.0, 100.0), obama), _face((150.0, 60.0, 200.0, 120.0), obama),
               _face((100.0, 120.0, 130.0, 160.0), obama)], [_face((90.0, 40.0, 150.0, 110.0), obama)]]
     options = FaceDetailOptions(strength=0.3, margin=0.3, feather=0.2, context=1.5, max_faces=2, resolution=64)
-    settings = GenerationSettings(prompt="x", steps=2, seed=99, enhance_face_region=enhance)
+    # num_images: the generation's count; each face pass paints one picture whatever it was.
+    settings = GenerationSettings(prompt="x", steps=2, seed=99, enhance_face_region=enhance, num_images=2)
     steps: list[tuple[int, int]] = []
     images, info = refine_faces(demo_app, obama, pictures, settings, [5, 8], options, faces=faces,
                                 progress=lambda step, total: steps.append((step, total)))
