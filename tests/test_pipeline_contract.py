@@ -184,7 +184,10 @@ def _run(pipe, embedding, callback, guidance: float = 5.0, image=None, names=ALL
 
 def test_the_callback_gets_every_named_tensor_halved_by_guidance(fixture_pipe, embedding) -> None:
     seen: list[dict] = []
-    _run(fixture_pipe, embedding, lambda pipe, i, t, tensors: seen.append(tensors))
+    calls: list[tuple] = []
+    _run(fixture_pipe, embedding, lambda pipe, i, t, tensors: calls.append((pipe, i, t)) or seen.append(tensors))
+    assert [(pipe, i) for pipe, i, _ in calls] == [(fixture_pipe, 0), (fixture_pipe, 1)]
+    assert [float(t) for *_, t in calls] == [float(t) for t in fixture_pipe.scheduler.timesteps]
     tensors = seen[0]
     assert fixture_pipe._callback_tensor_inputs == ALL and list(tensors) == ALL and len(seen) == 2
     assert tensors["latents"].shape[0] == 1 and tensors["prompt_embeds"].shape[0] == 2
@@ -280,3 +283,23 @@ def test_img2img_names_its_callback_tensors_as_diffusers_does(fixture_pipe, embe
     assert torch.equal(tensors["add_neg_time_ids"], tensors["add_time_ids"][:1])
     assert not torch.equal(tensors["add_time_ids"][:1], tensors["add_time_ids"][1:])
     assert tensors["control_image"].shape == (2, 3, 64, 64)
+
+
+# ---- region masks as the pipeline reads them -----------------------------------------------------------------
+def test_a_control_mask_is_read_from_its_first_channel_whatever_its_type() -> None:
+    read = InstantIDMixin._face_mask_tensor
+    rng = np.random.RandomState(0)
+    pixels = rng.randint(0, 256, (6, 10, 3)).astype(np.uint8)
+    expected = torch.from_numpy(pixels[..., 0].astype(np.float32)) / 255
+    for mask in (pixels, Image.fromarray(pixels)):
+        out = read(mask, 6, 10, torch.device("cpu"), torch.float64)
+        assert out.dtype == torch.float64 and torch.equal(out, expected.double())
+    channels = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255  # (C, H, W): the first channel
+    assert torch.equal(read(channels, 6, 10, torch.device("cpu"), torch.float32), channels[0])
+    assert torch.equal(read(channels[1], 6, 10, torch.device("cpu"), torch.float32), channels[1])  # (H, W)
+    small = Image.fromarray(pixels).resize((5, 3), Image.NEAREST)  # another size: resized nearest, as published
+    again = np.asarray(small.resize((10, 6), Image.NEAREST))[..., 0].astype(np.float32) / 255
+    assert torch.equal(read(small, 6, 10, torch.device("cpu"), torch.float32), torch.from_numpy(again))
+    with pytest.raises(InvalidInputError, match=r"^control_mask is \(6, 9\), expected \(6, 10\)$"):
+        read(channels[0, :, :9], 6, 10, torch.device("cpu"), torch.float32)
+    assert read(None, 6, 10, torch.device("cpu"), torch.float32) is None
