@@ -286,3 +286,17 @@ def test_an_unreadable_scene_is_named_as_the_caller_named_it(demo_app, obama) ->
     with pytest.raises(ImageReadError, match="upload.jpg"):
         swap_face(demo_app, obama, b"not a picture", GenerationSettings(prompt="x", steps=1),
                   SwapOptions(resolution=64), scene_name="upload.jpg", target=_face((10.0, 10.0, 40.0, 50.0)))
+
+
+@pytest.mark.parametrize(("steps", "strength", "count"), [(1, 0.19999999999999998, 6), (7, 0.09999999999999999, 11),
+                                                          (1, 0.2, 5), (30, 0.85, 30)])
+def test_strengths_just_below_one_over_n_still_run_one_step(steps: int, strength: float, count: int) -> None:
+    """0.3 - 0.1 is 0.19999999999999998: 5 steps of it run int(0.9999999999999999) = 0 in diffusers."""
+    assert steps_for_strength(steps, strength) == count and int(count * strength) >= 1
+
+
+def test_a_pixel_centre_on_the_outline_is_inside() -> None:
+    region = Region(face_box=(0, 0, 1, 1), ellipse=(10.5, 10.5, 3.0, 2.0), feather=0.0, crop=(0, 0, 21, 21),
+                    work_size=(8, 8))
+    mask = region_mask(region)
+    assert mask[10, 13] == 1 and mask[12, 10] == 1 and mask[10, 14] == 0  # (13.5, 10.5) and (10.5, 12.5): r = 1
