@@ -283,6 +283,18 @@ def test_img2img_names_its_callback_tensors_as_diffusers_does(fixture_pipe, embe
     assert torch.equal(tensors["add_neg_time_ids"], tensors["add_time_ids"][:1])
     assert not torch.equal(tensors["add_time_ids"][:1], tensors["add_time_ids"][1:])
     assert tensors["control_image"].shape == (2, 3, 64, 64)
+    for guidance, images in ((5.0, 3), (1.0, 1)):  # three images: the first half of six rows; no guidance: none
+        seen.clear()
+        pipe(prompt="a portrait", image_embeds=embedding, image=Image.new("RGB", (64, 64), "gray"),
+             control_image=kps, strength=1.0, num_inference_steps=1, guidance_scale=guidance, output_type="latent",
+             num_images_per_prompt=images, negative_original_size=(32, 48), negative_target_size=(48, 32),
+             callback_on_step_end=lambda p, i, t, tensors: seen.append(tensors),
+             callback_on_step_end_tensor_inputs=["add_time_ids", "add_neg_time_ids"])
+        time_ids = seen[0]["add_time_ids"]
+        if guidance > 1:
+            assert time_ids.shape[0] == 6 and torch.equal(seen[0]["add_neg_time_ids"], time_ids[:3])
+        else:
+            assert time_ids.shape[0] == 1 and seen[0]["add_neg_time_ids"] is None
 
 
 # ---- region masks as the pipeline reads them -----------------------------------------------------------------
