@@ -30,7 +30,7 @@ EQUIVALENT = REPO / "benchmarks" / "reference" / "mutation-equivalent.json"
 
 # module -> the tests that exercise it and run in seconds (no browser, no training, no full-size model).
 MODULES: dict[str, list[str]] = {
-    "settings": ["tests/test_settings.py", "tests/test_readme_promises.py::test_defaults_are_the_published_demos",
+    "api.settings": ["tests/test_settings.py", "tests/test_readme_promises.py::test_defaults_are_the_published_demos",
                  "tests/test_generator.py::test_settings_errors_name_what_the_user_typed"],
     "service.auth": ["tests/test_service_auth.py", "tests/test_service_security.py"],
     "service.jobs": ["tests/test_job_store.py",
@@ -38,22 +38,43 @@ MODULES: dict[str, list[str]] = {
                      "tests/test_jobs.py::test_position_cancel_list_and_lost_worker",
                      "tests/test_jobs.py::test_job_ids_are_the_only_way_to_a_path",
                      "tests/test_jobs.py::test_retention_deletes_old_finished_jobs_and_their_folders"],
-    "batch": ["tests/test_batch_jobs.py", *(f"tests/test_batch.py::test_{name}" for name in (
+    "apps.batch": ["tests/test_batch_jobs.py", *(f"tests/test_batch.py::test_{name}" for name in (
         "excel_csv_with_bom_crlf_and_missing_cells", "windows_1252_job_file_is_read", "binary_job_file_is_one_line",
         "precedence_flag_over_row_over_job_settings", "every_bad_row_is_found_before_anything_runs",
         "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins"))],
-    "identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
-    "denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
+    "api.identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
+    "core.denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
                 "tests/test_levers.py", "tests/test_several_people.py", "tests/test_readme_promises.py"],
+    # SDXL's UNet takes few of the processor's branches (4-D input, norms, masks, diffusers' fallback): the contract
+    # test drives them on lone Attention layers against diffusers' own processor, in milliseconds.
     # torch.compile cannot trace mutmut's trampolines: the one-graph test fails on the unmutated code there.
-    "attention": ["tests/test_attention.py", "--deselect", "tests/test_attention.py::test_a_face_block_compiles_in_"
-                  "one_graph_shared_by_its_shape_and_kept_across_calls", "tests/test_several_people.py",
-                  "tests/test_exactness.py", "tests/test_readme_promises.py", "tests/test_any_size.py", "-m",
-                  "not slow"],
-    "swap": ["tests/test_swap.py", "tests/test_readme_promises.py"],
-    "face_detail": ["tests/test_face_detail.py"],
-    "pipeline": ["tests/test_exactness.py", "tests/test_pipeline_options.py", "tests/test_several_people.py"],
+    "core.attention": ["tests/test_attention_contract.py", "tests/test_attention.py", "--deselect",
+                  "tests/test_attention.py::test_a_face_block_compiles_in_one_graph_shared_by_its_shape_and_kept_"
+                  "across_calls", "tests/test_any_size.py", "-m", "not slow"],
+    "apps.swap": ["tests/test_swap_contract.py", *(f"tests/test_swap.py::test_{name}" for name in (
+        "head_region_covers_the_head_and_the_crop_holds_the_feathered_mask",
+        "crop_stays_inside_the_photo_and_keeps_the_mask_near_an_edge", "a_big_photo_costs_what_a_small_one_does",
+        "paste_back_is_exact_outside_the_mask", "swap_repaints_the_head_and_leaves_every_other_pixel",
+        "the_model_works_at_its_resolution_whatever_the_photo_size",
+        "target_index_picks_the_face_and_errors_are_one_line")),
+        "tests/test_readme_promises.py::test_swap_repaint_mask_covers_every_pixel_the_blend_changes",
+        "tests/test_any_size.py::test_strength_always_leaves_a_denoising_step"],
+    "api.face_detail": ["tests/test_face_detail_contract.py", *(f"tests/test_face_detail.py::test_{name}" for name in
+                                                                (
+        "faces_are_redrawn_at_working_size_and_the_rest_is_untouched", "nothing_found_is_recorded_not_an_error",
+        "options_are_checked", "faces_the_caller_found_are_not_searched_again",
+        "generate_records_the_face_detail_pass"))],
+    # The region helpers moved out of swap.py (api/regions.py): swap's tests drive them.
+    "api.regions": ["tests/test_swap_contract.py", "tests/test_readme_promises.py::test_swap_repaint_mask_covers_"
+                    "every_pixel_the_blend_changes", "tests/test_face_detail_contract.py"],
+    # The pipeline, split as diffusers splits one: each part mutated against the same tests.
+    **{f"pipelines.{part}": ["tests/test_pipeline_contract.py", "tests/test_exactness.py",
+                             "tests/test_pipeline_options.py", "tests/test_several_people.py"]
+       for part in ("sdxl", "call", "checks", "encoding", "control", "sampling")},
 }
+# Modules whose tests share the tiny demo model and whose code its build does not run: the model is built once per
+# mutmut fork server (benchmarks/mutation_demo.py), not once per mutant.
+PREBUILT_DEMO = {"apps.swap", "api.regions", "api.face_detail"}
 STATUS = {1: "killed", 3: "killed", 0: "survived", 24: "timeout", -24: "timeout", 36: "timeout", 152: "timeout",
           255: "timeout", None: "not checked", 5: "no tests", 33: "no tests", 34: "skipped"}
 
@@ -84,8 +105,14 @@ def prepare(module: str, work: Path) -> Path:
     section = {
         "source_paths": ["src"], "only_mutate": [source_of(module)], "also_copy": extra,
         "pytest_add_cli_args_test_selection": MODULES[module],
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0"],  # one process: mutmut runs the tests itself
+        # one process: mutmut runs the tests itself
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-n", "0",
+                                *(["-p", "mutation_demo"] if module in PREBUILT_DEMO else [])],
         "timeout_multiplier": 5.0, "timeout_constant": 20.0,
+        # Workers fork from a server that only collected the tests, not from mutmut's main process, which ran
+        # them: dlib's thread pool, started there by a face detection, is gone in a fork, and every worker that
+        # called dlib hung until its timeout, which counted as a kill.
+        "process_isolation": "forkserver",
     }
     pyproject = (REPO / "pyproject.toml").read_text()
     lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in section.items()]
@@ -95,8 +122,11 @@ def prepare(module: str, work: Path) -> Path:
 
 def run_mutmut(root: Path, budget_s: float, names: list[str]) -> None:
     """``mutmut run`` one worker at a time; stopped like Ctrl-C at the budget (mutmut saves each result as it
-    goes, so the finished mutants count and a later run resumes)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "", "MKL_NUM_THREADS": "1"}
+    goes, so the finished mutants count and a later run resumes). Only the copy's benchmarks/ is importable
+    besides mutmut's own paths (the pytest plugin there; no instantid package to shadow the mutants)."""
+    # The tree's own benchmarks/ (mutants/ does not exist yet when a fresh run starts, and Python drops a
+    # missing sys.path folder for good).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "benchmarks"), "MKL_NUM_THREADS": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *names], cwd=root, env=env,
                                start_new_session=True)
@@ -178,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/instantid-mutation"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results of these modules")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="check every mutant not killed yet again (survivors, unreached, unchecked), after "
-                             "adding tests; the earlier kills stand")
+                        help="check every mutant not killed yet again (survivors, unreached, unchecked; not the "
+                             "ones listed as equivalent), after adding tests; the earlier kills stand")
+    parser.add_argument("--rerun-timeouts", action="store_true",
+                        help="with --rerun-survivors: the timeouts too (a worker that hung rather than a mutant "
+                             "that loops)")
     parser.add_argument("--report-only", action="store_true", help="table of what earlier runs found")
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
@@ -195,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only:
             prepare(module, args.work)
             earlier = exit_codes(module, root)
-            names = [n for n, s in results(module, root).items() if s in ("survived", "no tests", "not checked")
-                     ] if args.rerun_survivors else []
+            again = ("survived", "no tests", "not checked", *(("timeout",) if args.rerun_timeouts else ()))
+            names = [n for n, s in results(module, root).items() if s in again
+                     and n not in equivalent.get(module, {})] if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
             start = time.monotonic()
