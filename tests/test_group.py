@@ -27,7 +27,7 @@ def _pixels(result) -> np.ndarray:
 
 def _without_keypoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every person's keypoint picture black (regions, face tokens and size kept): what IdentityNet alone sees."""
-    monkeypatch.setattr("instantid.api.generator.draw_kps", lambda canvas, kps: canvas.copy())
+    monkeypatch.setattr("instantid.api.group.draw_kps", lambda canvas, kps: canvas.copy())
 
 
 @pytest.mark.parametrize("enhance", [False, True])

@@ -86,7 +86,11 @@ def test_people_are_analysed_once_and_generated_in_slot_order_at_the_group_faces
 
 def test_controls_come_from_the_settings_without_face_detail(model: Any, tmp_path: Path) -> None:
     tab = make_tab(model, tmp_path)
-    expected = set(GenerationSettings.model_fields) - {"face_index", "fusion", "face_detail", "face_detail_strength"}
+    from instantid.api.settings import UNUSED_SETTINGS
+
+    # face detail, the extra ControlNets and image-to-image are for one person: not offered here
+    expected = set(GenerationSettings.model_fields) - {"face_index", "fusion"} - set(UNUSED_SETTINGS["group"])
+    assert {"face_detail", "pose_strength", "denoising_strength"} <= set(UNUSED_SETTINGS["group"])
     hidden = {name for name, info in GenerationSettings.model_fields.items()
               if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("ui") == "hidden"}
     assert set(tab.by_name) == expected - hidden

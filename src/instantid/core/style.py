@@ -26,11 +26,15 @@ from diffusers.models.embeddings import ImageProjection
 
 from instantid.core.adapter import _cross_attention_layers
 from instantid.core.attention import FaceAttnProcessor, PreparedStyle, _project, face_processors
-from instantid.core.style_blocks import STYLE_BLOCK, STYLE_BLOCKS
+from instantid.core.style_blocks import (
+    IMAGE_ENCODER_FOLDER,
+    STYLE_BLOCK,
+    STYLE_BLOCKS,
+    STYLE_FILENAMES,
+    STYLE_SUBFOLDER,
+    STYLE_WHERE,
+)
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
-from instantid.io.models import IMAGE_ENCODER_FOLDER, STYLE_FILENAMES, STYLE_SUBFOLDER, WHERE
-
-STYLE_WHERE = f"the published one is {WHERE['style adapter']}"
 
 # Installed by default: both of InstantStyle's blocks, so that a call can choose either without loading again.
 INSTALLED_BLOCKS = STYLE_BLOCKS["style+layout"]

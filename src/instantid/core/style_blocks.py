@@ -7,6 +7,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# The published style adapter (h94/IP-Adapter, SDXL): where its weights and image encoder are.
+DEFAULT_STYLE_ADAPTER = "h94/IP-Adapter"
+STYLE_SUBFOLDER = "sdxl_models"
+STYLE_FILENAMES = ("ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.bin")
+IMAGE_ENCODER_FOLDER = "image_encoder"
+STYLE_WHERE = (f"the published one is {DEFAULT_STYLE_ADAPTER} on the Hugging Face Hub, {STYLE_SUBFOLDER}/"
+               f"{STYLE_FILENAMES[0]} (or .bin) with {STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/")
+
 STYLE_BLOCK: dict[str, Any] = {"up": {"block_0": [0.0, 1.0, 0.0]}}  # a 1.0 marks the attention that is used
 LAYOUT_BLOCK: dict[str, Any] = {"down": {"block_2": [0.0, 1.0]}}
 STYLE_BLOCKS: dict[str, dict[str, Any]] = {"style": STYLE_BLOCK, "style+layout": {**LAYOUT_BLOCK, **STYLE_BLOCK}}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from instantid.core.style_blocks import DEFAULT_STYLE_ADAPTER, IMAGE_ENCODER_FOLDER, STYLE_FILENAMES, STYLE_SUBFOLDER
 from instantid.errors import MissingWeightsError
 
 INSTANTID_REPO = "InstantX/InstantID"
@@ -21,10 +22,6 @@ DEFAULT_ADAPTER = INSTANTID_REPO  # its ip-adapter.bin
 IDENTITYNET_SUBFOLDER = "ControlNetModel"
 ADAPTER_FILENAME = "ip-adapter.bin"
 # Style reference images (InstantStyle): h94/IP-Adapter's SDXL adapter and its image encoder.
-DEFAULT_STYLE_ADAPTER = "h94/IP-Adapter"
-STYLE_SUBFOLDER = "sdxl_models"
-STYLE_FILENAMES = ("ip-adapter_sdxl.safetensors", "ip-adapter_sdxl.bin")
-IMAGE_ENCODER_FOLDER = "image_encoder"
 # Full-precision weights only: the fp16 variants would double the download.
 BASE_PATTERNS = ("*.json", "*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors")
 ANTELOPEV2_HINT = (

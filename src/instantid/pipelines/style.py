@@ -32,9 +32,8 @@ from instantid.core.style import (
     prepare_style,
     style_spec,
 )
-from instantid.core.style_blocks import block_scales
+from instantid.core.style_blocks import IMAGE_ENCODER_FOLDER, block_scales
 from instantid.errors import IncompatibleWeightsError, InvalidInputError, MissingWeightsError
-from instantid.io.models import IMAGE_ENCODER_FOLDER
 
 
 def load_image_encoder(folder: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
