@@ -69,9 +69,12 @@ def option_parameters(model: type[BaseModel], names: Iterable[str], defaults: di
             spellings = [f"{spellings[0]}/--no-{spellings[0][2:]}"]
         if extra.get("short"):
             spellings.append(extra["short"])
+        # A repeatable flag takes one value per use: show that value's type, not the list's.
+        repeated = typing.get_args(annotation) if typing.get_origin(annotation) is list else ()
         option = typer.Option(
             default, *spellings, help=_help(info, info.annotation), envvar=extra.get("env"),
             hidden=extra.get("flag") == "hidden", show_default=default is not None,
+            metavar=f"<{repeated[0].__name__}>" if repeated else None,
         )
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
