@@ -157,7 +157,8 @@ class JobService:
         request = {**prepared.names(), "settings": settings.record(), "fingerprint": fingerprint}
         job_id, created = new_job_id(), False
         try:
-            save_prepared(self.files, job_id, prepared)  # before the record: a worker may claim it at once
+            # Before the record: a worker may claim it at once.
+            save_prepared(self.files, job_id, prepared, controls=bool(settings.control_strengths()))
             if self.dispatch is None:  # this process's worker takes it from memory, not from the folder
                 self.runner.prepared_jobs[job_id] = prepared
             record, created = self.store.add(JobRecord(id=job_id, request=request, owner=owner, idempotency_key=key))

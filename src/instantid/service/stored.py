@@ -62,9 +62,10 @@ def identity_from_dict(data: dict[str, Any]) -> Identity:
                        "mixed_with": tuple((n, float(w)) for n, w in data["mixed_with"])})
 
 
-def save_prepared(files: JobFiles, job_id: str, job: Prepared) -> None:
+def save_prepared(files: JobFiles, job_id: str, job: Prepared, controls: bool = True) -> None:
     """Write ``job`` into the job's ``inputs`` folder (each file atomically; the record that points at them is
-    stored after this returns, so no worker ever sees half of it)."""
+    stored after this returns, so no worker ever sees half of it). ``controls``: the job uses the extra
+    ControlNets, so the photo their maps come from is kept too (else it is not written)."""
     description: dict[str, Any] = {
         "format": FORMAT, "task": job.task,
         "identity": identity_to_dict(job.identity) if job.identity is not None else None,
@@ -85,7 +86,7 @@ def save_prepared(files: JobFiles, job_id: str, job: Prepared) -> None:
     if job.pose is not None:
         files.save_input(job_id, "pose", job.pose[1])
     # The extra ControlNets' source photo and the image-to-image start, lossless as the scene.
-    pictures = {"control": job.identity.control_photo if job.identity is not None else None,
+    pictures = {"control": job.identity.control_photo if job.identity is not None and controls else None,
                 "init": job.init_image,
                 **{f"style-{i}": image for i, image in enumerate(job.style.images if job.style else ())}}
     for slot, picture in pictures.items():
