@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _demo import FACE
+from _demo import FACE, FACES
 from _service import serving
 from PIL import Image
 
@@ -111,6 +111,31 @@ def test_same_pixels_as_our_own_api_and_the_answer_shape(client: httpx.Client) -
     assert client.get(f"/v1/jobs/{info['job_id']}").json()["status"] == "done"  # a job like any other
 
 
+def test_extra_controlnet_units_are_the_extra_controlnets_of_our_api(client: httpx.Client) -> None:
+    """sd-webui-controlnet's canny / openpose / depth units add the published demo's extra ControlNets at the
+    unit's weight, as our own ``canny_strength`` does: the same pixels; a unit with another source photo is 422."""
+    with_canny = units()
+    with_canny["controlnet"]["args"].append({"enabled": True, "module": "canny", "model": "diffusers_xl_canny_full",
+                                             "weight": 0.7, "image": None})
+    answer = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=with_canny))
+    assert answer.status_code == 200, answer.text
+    ours = client.post("/v1/generate?wait=true", json={
+        "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
+        "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
+        "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8,
+        "canny_strength": 0.7})
+    assert ours.status_code == 200, ours.text
+    assert np.array_equal(pixels(answer.json()["images"][0]), pixels(ours.json()["images"][0]))
+    plain = client.post("/sdapi/v1/txt2img", json=txt2img()).json()
+    assert not np.array_equal(pixels(plain["images"][0]), pixels(answer.json()["images"][0]))
+    other = units()
+    other["controlnet"]["args"].append({"module": "depth_midas", "model": "x", "image": base64.b64encode(
+        (FACES / "biden_1.jpg").read_bytes()).decode()})
+    refused = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=other))
+    assert refused.status_code == 422 and "made from the pose photo" in refused.json()["detail"]
+    assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
+
+
 def test_sd_webui_controlnet_unit_shapes_and_weights_reach_the_model(client: httpx.Client) -> None:
     """Several faces as a list of {image, mask} dicts, a data: URI, the old input_image name, a "ControlNet" key:
     all the same person; a different keypoints weight changes the picture, so the unit's weight is used."""
@@ -195,8 +220,8 @@ def test_an_img2img_job_keeps_its_start_picture_in_the_job_folder(model: Any, tm
         ("txt2img", {"override_settings": {"sd_model_checkpoint": "sd_xl_turbo"}},
          "override_settings.sd_model_checkpoint: unknown model 'sd_xl_turbo'; this server runs 'base'"),
         ("txt2img", {"alwayson_scripts": {}}, "send the face photo in an instant_id_face_embedding unit"),
-        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "control_canny"}]}}},
-         "args[0].module: unknown module 'canny'"),
+        ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [{"module": "lineart", "model": "control_lineart"}]}}},
+         "args[0].module: unknown module 'lineart'"),
         ("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
             {"module": "instant_id_face_embedding", "model": "control_instant_id_sdxl", "image": FACE_B64}]}}},
          "args[0].model: module instant_id_face_embedding takes model ip-adapter_instant_id_sdxl"),
@@ -244,8 +269,8 @@ def test_read_only_endpoints_clients_call_first(client: httpx.Client) -> None:
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == checkpoint["title"]
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
     assert client.get("/controlnet/version").json() == {"version": 2}
-    assert client.get("/controlnet/module_list").json()["module_list"] == ["instant_id_face_embedding",
-                                                                           "instant_id_face_keypoints"]
+    assert client.get("/controlnet/module_list").json()["module_list"][:2] == ["instant_id_face_embedding",
+                                                                               "instant_id_face_keypoints"]
     assert client.get("/controlnet/model_list").json() == {"model_list": ["ip-adapter_instant_id_sdxl",
                                                                           "control_instant_id_sdxl"]}
     named = client.post("/sdapi/v1/txt2img", json=txt2img(override_settings={

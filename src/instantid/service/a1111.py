@@ -28,6 +28,7 @@ from instantid.api.settings import GenerationSettings
 from instantid.service.a1111_payload import (
     ALIASES,
     EMBEDDING,
+    EXTRA_MODULES,
     KEYPOINTS,
     SAMPLERS,
     SCHEDULES,
@@ -189,8 +190,9 @@ def a1111_router() -> APIRouter:
     @router.get("/controlnet/module_list", responses=READ_RESPONSES)
     async def module_list(who: Any = Depends(principal), alias_names: bool = Query(False)) -> dict[str, Any]:
         """The two InstantID preprocessors (no sliders)."""
-        return {"module_list": list(UNIT_MODELS),
-                "module_detail": {m: {"model_free": False, "sliders": []} for m in UNIT_MODELS}}
+        modules = [*UNIT_MODELS, *EXTRA_MODULES]
+        return {"module_list": modules,
+                "module_detail": {m: {"model_free": False, "sliders": []} for m in modules}}
 
     @router.get("/controlnet/model_list", responses=READ_RESPONSES)
     async def model_list(who: Any = Depends(principal), update: bool = Query(True)) -> dict[str, list[str]]:

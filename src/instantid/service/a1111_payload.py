@@ -27,6 +27,10 @@ from instantid.errors import InvalidInputError
 SCRIPT = "controlnet"
 EMBEDDING, KEYPOINTS = "instant_id_face_embedding", "instant_id_face_keypoints"
 UNIT_MODELS = {EMBEDDING: "ip-adapter_instant_id_sdxl", KEYPOINTS: "control_instant_id_sdxl"}
+# sd-webui-controlnet's preprocessors for the published demo's extra ControlNets: a unit with one of these adds that
+# net at the unit's weight (the server's own pose/canny/depth ControlNet, whatever model name the unit gives).
+EXTRA_MODULES = {"openpose": "pose", "openpose_full": "pose", "dw_openpose_full": "pose", "canny": "canny",
+                 "depth_midas": "depth", "depth_anything": "depth", "depth_anything_v2": "depth", "depth_zoe": "depth"}
 PLACEHOLDER = ("none", "")  # module and model of an unused unit (clients send a few): skipped
 CONTROL_MODES = ("Balanced", 0, "0")
 DENOISING_STRENGTH = 0.75  # A1111's img2img default
@@ -36,7 +40,8 @@ SETTINGS_FROM = {"prompt": "prompt", "negative_prompt": "negative_prompt", "step
 SPELLING = {ours: theirs for theirs, ours in SETTINGS_FROM.items()} | {
     "num_images": "batch_size * n_iter", "adapter_strength": f"{EMBEDDING} unit weight",
     "identitynet_strength": f"{KEYPOINTS} unit weight", "control_guidance_start": f"{KEYPOINTS} unit guidance_start",
-    "control_guidance_end": f"{KEYPOINTS} unit guidance_end", "style": "styles", "scheduler": "sampler_name"}
+    "control_guidance_end": f"{KEYPOINTS} unit guidance_end", "style": "styles", "scheduler": "sampler_name",
+    **{f"{kind}_strength": f"{kind} unit weight" for kind in ("pose", "canny", "depth")}}
 # A1111 fields that change the picture when set, and their "off" values: anything else is refused (one line).
 UNSUPPORTED = {"enable_hr": (False, None), "restore_faces": (False, None), "tiling": (False, None),
                "subseed_strength": (0, None), "script_name": (None, ""), "mask": (None, ""),
@@ -107,8 +112,10 @@ def _model_name(value: Any) -> str:
     return str(value or "").split(" [", 1)[0].strip()
 
 
-def instantid_units(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
-    """The embedding unit, the keypoints unit (or None) and the other scripts' names (ignored)."""
+def instantid_units(payload: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str], dict[str, dict[str, Any]]]:
+    """The embedding unit, the keypoints unit (or None), the other scripts' names (ignored) and the extra
+    ControlNet units by kind (pose, canny, depth)."""
     scripts = payload.get("alwayson_scripts") or {}
     if not isinstance(scripts, dict):
         raise InvalidInputError("alwayson_scripts must be an object of {script name: {args: [...]}}")
@@ -127,9 +134,18 @@ def instantid_units(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         if unit.get("enabled") is False or (module.lower() in PLACEHOLDER
                                             and _model_name(unit.get("model")).lower() in PLACEHOLDER):
             continue
+        if module in EXTRA_MODULES:
+            kind = EXTRA_MODULES[module]
+            if kind in units:
+                raise InvalidInputError(f"{where}: one {kind} unit per request")
+            if (unit.get("guidance_start") or 0) != 0 or unit.get("guidance_end", 1) not in (1, None):
+                raise InvalidInputError(f"{where}: the extra ControlNets act on every step; leave guidance_start 0 "
+                                        "and guidance_end 1")
+            units[kind] = {**unit, "where": where, "index": i}
+            continue
         if module not in UNIT_MODELS:
             raise InvalidInputError(f"{where}.module: unknown module {module!r}; this server takes "
-                                    f"{EMBEDDING} and {KEYPOINTS}")
+                                    f"{EMBEDDING}, {KEYPOINTS} and {', '.join(EXTRA_MODULES)}")
         if _model_name(unit.get("model")) != UNIT_MODELS[module]:
             raise InvalidInputError(f"{where}.model: module {module} takes model {UNIT_MODELS[module]}, got "
                                     f"{unit.get('model')!r}")
@@ -145,7 +161,8 @@ def instantid_units(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     if (embedding.get("guidance_start") or 0) != 0 or embedding.get("guidance_end", 1) not in (1, None):
         raise InvalidInputError(f"{embedding['where']}: the face adapter acts on every step; leave guidance_start 0 "
                                 "and guidance_end 1 (IdentityNet's window is the keypoints unit's)")
-    return embedding, units.get(KEYPOINTS), others
+    extra = {kind: units[kind] for kind in ("pose", "canny", "depth") if kind in units}
+    return embedding, units.get(KEYPOINTS), others, extra
 
 
 def scheduler_of(payload: dict[str, Any]) -> str | None:
@@ -194,7 +211,7 @@ def translate(payload: dict[str, Any], model_name: str, image_to_image: bool = F
     for name, allowed in UNSUPPORTED.items():
         if name in payload and payload[name] not in allowed:
             raise InvalidInputError(f"{name}: not supported by this server (send {allowed[0]!r} or leave it out)")
-    embedding, keypoints, ignored = instantid_units(payload)
+    embedding, keypoints, ignored, extra = instantid_units(payload)
     check_model(payload, model_name)
     init = _init_image(payload) if image_to_image else None
     faces = unit_photos(embedding, embedding["where"])
@@ -225,6 +242,12 @@ def translate(payload: dict[str, Any], model_name: str, image_to_image: bool = F
             raise InvalidInputError(f"{keypoints['where']}.image: one pose photo, got {len(poses)}")
         poses = poses or ([init] if init is not None else [])
         pose = poses[0] if poses and poses[0] != faces[0] else None  # the face's own pose without a second look
+    for kind, unit in extra.items():  # their maps come from the pose photo, else the face: ours has one source
+        values[f"{kind}_strength"] = unit.get("weight", 1.0)
+        sources = unit_photos(unit, unit["where"])
+        if sources and sources[0] not in (pose or faces[0], faces[0]):
+            raise InvalidInputError(f"{unit['where']}.image: the extra ControlNets' maps are made from the pose "
+                                    f"photo (the {KEYPOINTS} unit's) or the face photo; send one of those or none")
     settings = make_settings({k: v for k, v in values.items() if v is not None}, lambda f: SPELLING.get(f, f))
     body = {**settings.model_dump(exclude_unset=True), "face": faces, "face_names": names,
             **({"pose": pose} if pose else {})}
