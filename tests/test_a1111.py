@@ -136,6 +136,29 @@ def test_extra_controlnet_units_are_the_extra_controlnets_of_our_api(client: htt
     assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
 
 
+def test_an_ip_adapter_unit_is_a_style_reference(client: httpx.Client) -> None:
+    """sd-webui-controlnet's IP-Adapter unit (``ip-adapter_clip_sdxl``) is InstantStyle's style picture at the
+    unit's weight: the same pixels as our own ``style_image`` + ``style_strength``."""
+    style = base64.b64encode((FACES / "biden_1.jpg").read_bytes()).decode()
+    with_style = units()
+    with_style["controlnet"]["args"].append({"module": "ip-adapter_clip_sdxl", "model": "ip-adapter_sdxl [7d943a46]",
+                                             "weight": 0.8, "image": style})
+    answer = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=with_style))
+    assert answer.status_code == 200, answer.text
+    ours = client.post("/v1/generate?wait=true", json={
+        "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
+        "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
+        "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8,
+        "style_image": [style], "style_strength": 0.8})
+    assert ours.status_code == 200, ours.text
+    assert np.array_equal(pixels(answer.json()["images"][0]), pixels(ours.json()["images"][0]))
+    assert json.loads(answer.json()["info"])["instantid"]["style_reference"]["strength"] == 0.8
+    without = units()
+    without["controlnet"]["args"].append({"module": "ip-adapter_clip_sdxl", "model": "ip-adapter_sdxl"})
+    refused = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=without))
+    assert refused.status_code == 422 and "style reference picture" in refused.json()["detail"]
+
+
 def test_sd_webui_controlnet_unit_shapes_and_weights_reach_the_model(client: httpx.Client) -> None:
     """Several faces as a list of {image, mask} dicts, a data: URI, the old input_image name, a "ControlNet" key:
     all the same person; a different keypoints weight changes the picture, so the unit's weight is used."""

@@ -32,6 +32,7 @@ from instantid.service.a1111_payload import (
     KEYPOINTS,
     SAMPLERS,
     SCHEDULES,
+    STYLE_MODULES,
     UNIT_MODELS,
     translate,
 )
@@ -190,7 +191,7 @@ def a1111_router() -> APIRouter:
     @router.get("/controlnet/module_list", responses=READ_RESPONSES)
     async def module_list(who: Any = Depends(principal), alias_names: bool = Query(False)) -> dict[str, Any]:
         """The two InstantID preprocessors (no sliders)."""
-        modules = [*UNIT_MODELS, *EXTRA_MODULES]
+        modules = [*UNIT_MODELS, *EXTRA_MODULES, *STYLE_MODULES]
         return {"module_list": modules,
                 "module_detail": {m: {"model_free": False, "sliders": []} for m in modules}}
 

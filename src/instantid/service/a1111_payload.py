@@ -31,6 +31,9 @@ UNIT_MODELS = {EMBEDDING: "ip-adapter_instant_id_sdxl", KEYPOINTS: "control_inst
 # net at the unit's weight (the server's own pose/canny/depth ControlNet, whatever model name the unit gives).
 EXTRA_MODULES = {"openpose": "pose", "openpose_full": "pose", "dw_openpose_full": "pose", "canny": "canny",
                  "depth_midas": "depth", "depth_anything": "depth", "depth_anything_v2": "depth", "depth_zoe": "depth"}
+# sd-webui-controlnet's IP-Adapter preprocessors: a unit with one of these is a style reference (InstantStyle),
+# its image(s) the style pictures and its weight the style strength (the server's own SDXL IP-Adapter).
+STYLE_MODULES = ("ip-adapter_clip_sdxl", "ip-adapter_clip_g", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-auto")
 PLACEHOLDER = ("none", "")  # module and model of an unused unit (clients send a few): skipped
 CONTROL_MODES = ("Balanced", 0, "0")
 DENOISING_STRENGTH = 0.75  # A1111's img2img default
@@ -41,7 +44,7 @@ SPELLING = {ours: theirs for theirs, ours in SETTINGS_FROM.items()} | {
     "num_images": "batch_size * n_iter", "adapter_strength": f"{EMBEDDING} unit weight",
     "identitynet_strength": f"{KEYPOINTS} unit weight", "control_guidance_start": f"{KEYPOINTS} unit guidance_start",
     "control_guidance_end": f"{KEYPOINTS} unit guidance_end", "style": "styles", "scheduler": "sampler_name",
-    **{f"{kind}_strength": f"{kind} unit weight" for kind in ("pose", "canny", "depth")}}
+    **{f"{kind}_strength": f"{kind} unit weight" for kind in ("pose", "canny", "depth", "style")}}
 # A1111 fields that change the picture when set, and their "off" values: anything else is refused (one line).
 UNSUPPORTED = {"enable_hr": (False, None), "restore_faces": (False, None), "tiling": (False, None),
                "subseed_strength": (0, None), "script_name": (None, ""), "mask": (None, ""),
@@ -134,6 +137,11 @@ def instantid_units(payload: dict[str, Any]
         if unit.get("enabled") is False or (module.lower() in PLACEHOLDER
                                             and _model_name(unit.get("model")).lower() in PLACEHOLDER):
             continue
+        if module in STYLE_MODULES:
+            if "style" in units:
+                raise InvalidInputError(f"{where}: one style unit per request (it takes several images)")
+            units["style"] = {**unit, "where": where, "index": i}
+            continue
         if module in EXTRA_MODULES:
             kind = EXTRA_MODULES[module]
             if kind in units:
@@ -161,7 +169,7 @@ def instantid_units(payload: dict[str, Any]
     if (embedding.get("guidance_start") or 0) != 0 or embedding.get("guidance_end", 1) not in (1, None):
         raise InvalidInputError(f"{embedding['where']}: the face adapter acts on every step; leave guidance_start 0 "
                                 "and guidance_end 1 (IdentityNet's window is the keypoints unit's)")
-    extra = {kind: units[kind] for kind in ("pose", "canny", "depth") if kind in units}
+    extra = {kind: units[kind] for kind in ("pose", "canny", "depth", "style") if kind in units}
     return embedding, units.get(KEYPOINTS), others, extra
 
 
@@ -242,6 +250,9 @@ def translate(payload: dict[str, Any], model_name: str, image_to_image: bool = F
             raise InvalidInputError(f"{keypoints['where']}.image: one pose photo, got {len(poses)}")
         poses = poses or ([init] if init is not None else [])
         pose = poses[0] if poses and poses[0] != faces[0] else None  # the face's own pose without a second look
+    style = extra.pop("style", None)
+    if style is not None:
+        values["style_strength"] = style.get("weight", 1.0)
     for kind, unit in extra.items():  # their maps come from the pose photo, else the face: ours has one source
         values[f"{kind}_strength"] = unit.get("weight", 1.0)
         sources = unit_photos(unit, unit["where"])
@@ -256,6 +267,11 @@ def translate(payload: dict[str, Any], model_name: str, image_to_image: bool = F
                       if k != "sd_model_checkpoint")
     if not image_to_image and payload.get("init_images"):
         ignored.append("init_images")  # A1111's txt2img does not read them either
+    if style is not None:
+        pictures = unit_photos(style, style["where"])
+        if not pictures:
+            raise InvalidInputError(f"{style['where']}.image: send the style reference picture(s)")
+        body["style_image"] = pictures
     if image_to_image and init is not None:  # our own image-to-image fields: the picture and the strength knob
         body.update(init_image=init, denoising_strength=_strength(payload))
     return Translated(body, ignored)
