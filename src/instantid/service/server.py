@@ -32,13 +32,13 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from instantid import __version__
+from instantid.io.models import public_ref
 from instantid.service import a1111
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, ServerSettings
 from instantid.service.http_errors import install_error_handlers
 from instantid.service.routes import info, jobs, submit
 from instantid.service.routes.deps import where_is
-from instantid.service.routes.info import public_ref
 
 if TYPE_CHECKING:
     from instantid.api.generator import InstantID

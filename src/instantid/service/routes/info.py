@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from instantid.io.models import public_ref
 from instantid.service.http_errors import INTERNAL_RESPONSES, READ_RESPONSES, STORE_RETRY_S
 from instantid.service.routes.deps import Principal, principal, service_of, settings_of
 
@@ -64,13 +64,4 @@ async def models(request: Request, who: Principal = Depends(principal)) -> dict[
     return info
 
 
-def public_ref(ref: str) -> str:
-    """A model reference as a client may see it: a hub id as is, a local file or folder by its name only (the
-    server's paths, its cache layout and user name included, are not the client's business)."""
-    path = Path(ref).expanduser()
-    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not path.exists():
-        return ref  # owner/name on the hub
-    return path.name or ref
-
-
-__all__ = ["public_ref", "router"]
+__all__ = ["router"]
