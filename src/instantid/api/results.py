@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from instantid.api.settings import GenerationSettings
+from instantid.faces.images import ImageSource
 
-ImageInput = str | Path | bytes | Image.Image
+ImageInput = ImageSource  # a path, the bytes of a file or a picture: what every API call reads photos from
 Progress = Callable[[int, int], None]
 
 

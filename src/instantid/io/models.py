@@ -49,7 +49,6 @@ WHERE = {
 }
 
 
-DOWNLOADED = ("base", "identitynet", "adapter")  # what `instantid download` fetches
 
 
 @dataclass(frozen=True)
