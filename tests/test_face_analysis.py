@@ -315,3 +315,63 @@ def test_thin_strips_skip_the_cnn_instead_of_crashing(detector: str) -> None:
     analyzer = create_face_analyzer("dlib", detector=detector)
     assert analyzer.analyze(Image.new("RGB", (20, 3000), (120, 100, 90))) == []
     assert analyzer.analyze(Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), (120, 100, 90))) == []
+
+
+class _Counting(FaceAnalyzer):
+    """A backend whose answer is a function of the pixels, counting how often it really looks."""
+
+    space, embedding_dim, metric, same_person_threshold = SPACE_DLIB, 128, "test", None
+
+    def __init__(self, key: tuple | None = ("counting",)) -> None:
+        self.key, self.looked = key, 0
+
+    def _memo_key(self) -> tuple | None:
+        return self.key
+
+    def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
+        return 0.0
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        self.looked += 1
+        value = float(rgb.mean())
+        return [Face(bbox=(0.0, 0.0, 10.0, 10.0), score=value, kps=np.full((5, 2), value, np.float32),
+                     embedding=np.full(128, value, np.float32), space=SPACE_DLIB)]
+
+
+def _photo(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 40, 3), dtype=np.uint8))
+
+
+def test_a_photo_is_analysed_once_per_weights_and_settings() -> None:
+    from instantid.faces.base import MEMO_PHOTOS
+
+    first, second, other = _Counting(), _Counting(), _Counting(("counting", "other settings"))
+    photo = _photo(1)
+    found = first.analyze(photo)
+    found[0].kps[:] = -1  # a caller changing what it got does not change what the next caller gets
+    again = second.analyze(photo.copy())  # same pixels, another analyser on the same weights
+    assert (first.looked, second.looked) == (1, 0)
+    assert again[0].score == found[0].score and again[0].kps.min() >= 0
+    other.analyze(photo)
+    assert other.looked == 1  # other settings: looked again
+    changed = np.asarray(photo).copy()
+    changed[0, 0, 0] ^= 1  # one bit of one pixel
+    first.analyze(Image.fromarray(changed))
+    assert first.looked == 2
+    for seed in range(100, 100 + MEMO_PHOTOS):  # more photos than are remembered: the oldest is forgotten
+        first.analyze(_photo(seed))
+    first.analyze(photo)
+    assert first.looked == 2 + MEMO_PHOTOS + 1
+    unkeyed = _Counting(key=None)
+    unkeyed.analyze(photo), unkeyed.analyze(photo)
+    assert unkeyed.looked == 2  # a backend without a key always looks
+
+
+@needs_photos
+def test_dlib_analysers_share_their_models_and_answers(dlib_analyzer: FaceAnalyzer) -> None:
+    from instantid.faces.dlib_backend import DlibAnalyzer
+
+    twin = DlibAnalyzer()
+    assert twin._predictor is dlib_analyzer._predictor and twin._encoder is dlib_analyzer._encoder
+    assert twin._memo_key() == dlib_analyzer._memo_key() != DlibAnalyzer(num_jitters=2)._memo_key()
+    assert DlibAnalyzer(detector="cnn")._memo_key() != twin._memo_key()

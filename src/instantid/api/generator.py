@@ -344,7 +344,8 @@ class InstantID(GroupMixin):
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
         seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
-        gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+        device = pipe.device  # diffusers walks every module to answer: ask once
+        gen_device = "cpu" if device.type == "mps" else device
         generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
 
         def on_step(step_pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:

@@ -122,6 +122,10 @@ class AntelopeV2Analyzer(FaceAnalyzer):
             )
         # A single detector size: without it insightface 2.x also runs a 128x128 pass and merges boxes.
         self.detector.prepare(0, input_size=det_size, det_thresh=det_thresh)
+        self._settings = (tuple(det_size), float(det_thresh))
+
+    def _memo_key(self) -> tuple:
+        return ("antelopev2", str(self.folder.resolve()), *self._settings)
 
     def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
         return cosine_distance(a, b)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,12 @@ EMBEDDING_DIMS: dict[str, int] = {SPACE_ANTELOPEV2: 512, SPACE_DLIB: 128}
 # them), so a thinner image cannot show one; refusing it up front also keeps such images away from dlib's
 # CNN, which aborts (or corrupts memory) when its filters do not fit the image.
 MIN_IMAGE_SIDE = 20
+# Photos whose analysis is remembered, process-wide (see FaceAnalyzer._memo_key). A photo is often analysed
+# again in one process: the web UI's preview and then its Generate click, a pose photo that is also the face
+# photo, a reference photo on every row of a batch file, the same upload sent to the server twice.
+MEMO_PHOTOS = 32
+_memo: OrderedDict[tuple, list[Face]] = OrderedDict()
+_memo_lock = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +126,30 @@ class FaceAnalyzer(ABC):
     def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
         """Identity distance between two checked embeddings of this space."""
 
+    def _memo_key(self) -> tuple | None:
+        """Everything besides the pixels that decides what :meth:`_detect` finds (model files, detector
+        settings), or None to analyse every call afresh. Two analysers with the same key share remembered
+        photos, so the key must name the weights, not the instance."""
+        return None
+
+    def _detect_remembered(self, rgb: np.ndarray) -> list[Face]:
+        key = self._memo_key()
+        if key is None:
+            return self._detect(rgb)
+        photo = (key, rgb.shape, hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).digest())
+        with _memo_lock:
+            faces = _memo.get(photo)
+            if faces is not None:
+                _memo.move_to_end(photo)
+        if faces is None:
+            faces = self._detect(rgb)
+            with _memo_lock:
+                _memo[photo] = faces
+                while len(_memo) > MEMO_PHOTOS:
+                    _memo.popitem(last=False)
+        # Copies: a caller that scales keypoints in place must not change what the next caller gets.
+        return [replace(f, kps=f.kps.copy(), embedding=f.embedding.copy()) for f in faces]
+
     def analyze(self, image: ImageSource, name: str | None = None) -> list[Face]:
         """All faces, largest box first; ``[]`` when there is none.
 
@@ -130,7 +163,7 @@ class FaceAnalyzer(ABC):
                 label, f"the image is too small ({width}x{height}); a face needs at least {MIN_IMAGE_SIDE} "
                 f"pixels on each side"
             )
-        return sorted(self._detect(rgb), key=lambda face: face.area, reverse=True)
+        return sorted(self._detect_remembered(rgb), key=lambda face: face.area, reverse=True)
 
     def get_face(self, image: ImageSource, name: str | None = None, index: int | None = None) -> Face:
         """The largest face (as the published pipeline uses), or the ``index``-th by size."""

@@ -9,8 +9,11 @@ on the downscale. When the HOG detector finds nothing, a ladder of retries follo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import dlib
@@ -62,6 +65,20 @@ def _model_file(folder: Path, filename: str) -> str:
     return str(path)
 
 
+@functools.lru_cache(maxsize=8)
+def _loaded(kind: str, path: str = "") -> Any:
+    """One copy per process of each dlib model (reading the landmark and descriptor files takes ~0.8 s):
+    every analyser built on the same files shares it."""
+    if kind == "hog":
+        return dlib.get_frontal_face_detector()
+    return {"cnn": dlib.cnn_face_detection_model_v1, "landmarks": dlib.shape_predictor,
+            "descriptor": dlib.face_recognition_model_v1}[kind](path)
+
+
+# dlib releases the GIL while it computes, but its detectors and networks keep per-call buffers in the model
+# object ("concurrent access ... is not safe", dlib's docs): the shared models are used by one thread at a time.
+_in_use = threading.Lock()
+
 Box = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score in original pixels
 
 
@@ -83,18 +100,24 @@ class DlibAnalyzer(FaceAnalyzer):
         folder = Path(models_dir) if models_dir is not None else dlib_models_dir()
         self.detector = detector
         self.num_jitters = num_jitters
-        self._hog = dlib.get_frontal_face_detector()
+        self._hog = _loaded("hog")
         self._cnn_path = _model_file(folder, CNN_FILE)
         self._cnn: dlib.cnn_face_detection_model_v1 | None = None  # loaded on first use (about 1 s)
-        self._predictor = dlib.shape_predictor(_model_file(folder, PREDICTOR_FILE))
-        self._encoder = dlib.face_recognition_model_v1(_model_file(folder, DESCRIPTOR_FILE))
+        self._predictor_path = _model_file(folder, PREDICTOR_FILE)
+        self._encoder_path = _model_file(folder, DESCRIPTOR_FILE)
+        self._predictor = _loaded("landmarks", self._predictor_path)
+        self._encoder = _loaded("descriptor", self._encoder_path)
+
+    def _memo_key(self) -> tuple:
+        return ("dlib", self.detector, self.num_jitters, self._cnn_path, self._predictor_path, self._encoder_path)
 
     def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
         # dlib's vectors are not centred, so cosine would compress distances: it was trained on Euclidean.
         return float(np.linalg.norm(a - b))
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
-        return [self._describe(rgb, box) for box in self._find_boxes(rgb)]
+        with _in_use:
+            return [self._describe(rgb, box) for box in self._find_boxes(rgb)]
 
     def _find_boxes(self, rgb: np.ndarray) -> list[Box]:
         """Retry ladder: HOG; HOG on a bordered copy (tight crops); CNN (small, tilted, profile faces)."""
@@ -116,7 +139,7 @@ class DlibAnalyzer(FaceAnalyzer):
         if min(small.shape[:2]) < CNN_MIN_SIDE:  # e.g. a 20x3000 strip, downscaled to 7 px across
             return []
         if self._cnn is None:
-            self._cnn = dlib.cnn_face_detection_model_v1(self._cnn_path)
+            self._cnn = _loaded("cnn", self._cnn_path)
         # Small photos are upsampled once so faces reach the CNN's ~40 px minimum.
         upsample = 1 if max(small.shape[:2]) < CNN_MAX_SIDE // 2 else 0
         return [_scaled(d.rect, d.confidence, scale) for d in self._cnn(small, upsample)]
