@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 # Before torch/gradio/huggingface_hub are imported by any test module.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -37,3 +41,16 @@ def demo_model(cache_dir: Path) -> object:
         with library_chatter():
             _models[cache_dir] = InstantID.demo(cache_dir)
     return _models[cache_dir]
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, pipeline: type, keep: Callable[[dict], Any] = dict) -> list:
+    """What each call of ``pipeline`` was given (``keep`` of its keyword arguments), the call itself unchanged."""
+    seen: list = []
+    original = pipeline.__call__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(keep(kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "__call__", spy)
+    return seen

@@ -84,3 +84,4 @@ def model(tmp_path_factory: pytest.TempPathFactory):
 def obama(demo_app, faces_dir: Path):
     """One prepared identity for application tests."""
     return demo_app.prepare_identity(faces_dir / "obama_1.jpg")
+

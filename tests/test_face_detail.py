@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _demo import FACE, FACES
+from _demo import FACE, FACES, record_calls
 from PIL import Image
 
 from instantid.api.face_detail import FaceDetailOptions, refine_faces
@@ -47,15 +47,7 @@ def _far_from(size: tuple[int, int], ellipse: list[float], feather: float) -> np
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline as Pipe
 
-    seen: list[tuple[int, int]] = []
-    original = Pipe.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs["image"].size)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipe, "__call__", spy)
-    return seen
+    return record_calls(monkeypatch, Pipe, lambda kwargs: kwargs["image"].size)
 
 
 def test_faces_are_redrawn_at_working_size_and_the_rest_is_untouched(app, person, calls) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _demo import record_calls
 from PIL import Image
 
 from instantid.api.face_detail import FaceDetailOptions, make_detail_options, refine_faces
@@ -37,15 +38,7 @@ def _picture(seed: int = 0) -> Image.Image:
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline as Pipe
 
-    seen: list[dict] = []
-    original = Pipe.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipe, "__call__", spy)
-    return seen
+    return record_calls(monkeypatch, Pipe)
 
 
 def _covered(size: tuple[int, int], regions) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _demo import FACE, FACES, NO_FACE
+from _demo import FACE, FACES, NO_FACE, record_calls
 from PIL import Image
 
 from instantid.api.regions import head_region, paste_back, region_mask
@@ -110,16 +110,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Every inpainting call's picture and mask sizes."""
     from instantid.pipelines.inpaint import StableDiffusionXLInstantIDInpaintPipeline as Pipe
 
-    seen: list[dict] = []
-    original = Pipe.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append({"image": kwargs["image"].size, "mask": kwargs["mask_image"].size,
-                     "size": (kwargs["width"], kwargs["height"])})
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipe, "__call__", spy)
-    return seen
+    return record_calls(monkeypatch, Pipe, lambda kwargs: {"image": kwargs["image"].size, "mask":
+                        kwargs["mask_image"].size, "size": (kwargs["width"], kwargs["height"])})
 
 
 def test_swap_repaints_the_head_and_leaves_every_other_pixel(app, person, calls) -> None:

@@ -11,7 +11,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from _demo import FACE
+from _demo import FACE, record_calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -208,15 +208,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Every inpainting call's arguments."""
     from instantid.pipelines.inpaint import StableDiffusionXLInstantIDInpaintPipeline as Pipe
 
-    seen: list[dict] = []
-    original = Pipe.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Pipe, "__call__", spy)
-    return seen
+    return record_calls(monkeypatch, Pipe)
 
 
 def _scene() -> Image.Image:

@@ -77,6 +77,20 @@ def _scene_name(path: Path, full_paths: bool) -> str:
     return str(path.resolve()) if full_paths else path.name
 
 
+def _person(analyzer: Any, face: list[Path], settings: Any, full_paths: bool) -> Any:
+    """The person of ``--face`` (photos fused), analysed with the face model alone, before the slow model load."""
+    from instantid.api.face_side import prepare_identity
+
+    with naming("--face-index", FaceIndexError):
+        return prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
+                                fusion=settings.fusion, full_paths=full_paths)
+
+
+def _warn(identity: Any) -> None:
+    for warning in identity.warnings:
+        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
+
+
 # ---- commands ------------------------------------------------------------------------------------------
 @app.command("swap", short_help="Put the person of --face into the picture --into (face swap).", help="""\
 Put the person of --face into the picture --into: the target face's head is repainted with that identity, \
@@ -99,7 +113,6 @@ def swap_command(
     model: Any = None,
     swap: Any = None,
 ) -> None:
-    from instantid.api.face_side import prepare_identity
     from instantid.apps.swap import swap_face
     from instantid.faces import choose_face, load_image
     from instantid.io.outputs import image_stem, prepare_folder, write_image
@@ -111,17 +124,13 @@ def swap_command(
     # 2. Faces with the face model only: the reference(s), the mixes and the target face.
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        with naming("--face-index", FaceIndexError):
-            identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
-                                        fusion=settings.fusion, full_paths=full_paths)
-        identity = apply_mixes(analyzer, identity, mix, full_paths=full_paths)
+        identity = apply_mixes(analyzer, _person(analyzer, face, settings, full_paths), mix, full_paths=full_paths)
         name = _scene_name(into, full_paths)
         scene = load_image(str(into), name)
         with naming("--target-index", FaceIndexError), naming("--into", NoFaceError):
             in_scene = analyzer.analyze(scene, name)
             target = choose_face(in_scene, name, swap.target_index)
-    for warning in identity.warnings:
-        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
+    _warn(identity)
     if len(in_scene) > 1:  # which face is replaced, in the numbering of `instantid faces` (largest first)
         console.print(f"{name}: {len(in_scene)} faces found, replacing face {swap.target_index}"
                       f"{' (the largest)' if swap.target_index == 0 else ''}; --target-index picks another",
@@ -159,7 +168,6 @@ def detail_command(
 ) -> None:
     import random
 
-    from instantid.api.face_side import prepare_identity
     from instantid.api.settings import MAX_SEED
     from instantid.apps.detail import detail_picture
     from instantid.faces import load_image
@@ -170,9 +178,7 @@ def detail_command(
     prepare_folder(out, "--out")
     with console.status("checking the photos..."):
         analyzer = face_analyzer(model)
-        with naming("--face-index", FaceIndexError):
-            identity = prepare_identity(analyzer, [str(f) for f in face], face_index=settings.face_index,
-                                        fusion=settings.fusion, full_paths=full_paths)
+        identity = _person(analyzer, face, settings, full_paths)
         names = [_scene_name(p, full_paths) for p in pictures]
         images = [load_image(str(p), name) for p, name in zip(pictures, names, strict=True)]
         # Each picture analysed once, here: the pass redraws these faces (no second look after the model load).
@@ -180,8 +186,7 @@ def detail_command(
         # Cheap before slow: a run in which no picture shows a face would load the model for nothing.
         if not any(found):
             raise NoFaceError(", ".join(p.name for p in pictures))
-    for warning in identity.warnings:
-        console.print(f"[yellow]warning: {warning}[/]", highlight=False)
+    _warn(identity)
     instant = load_model(model, analyzer)
     settings = preset_settings(instant, settings)
     seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
