@@ -157,7 +157,7 @@ import json, sys
 import torch
 import torch._inductor.config  # noqa: F401  (writes torch's default cache folder into the environment)
 from torch._dynamo.utils import counters
-from instantid.speed.fast import use_compile_cache
+from instantid.speed.compile_cache import use_compile_cache
 
 use_compile_cache(sys.argv[1])
 block = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))

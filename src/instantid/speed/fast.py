@@ -38,7 +38,6 @@ own layer's keys/values by a tensor index. ``compile_face_layers=False`` keeps e
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, Fu
 from instantid.core.attention import FaceAttnProcessor
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
 from instantid.pipelines.sdxl import controlnets
+from instantid.speed.compile_cache import use_compile_cache
 
 # Block classes compiled one by one; UNet2DConditionModel declares the same list as ``_repeated_blocks``.
 REPEATED_BLOCKS = ("BasicTransformerBlock",)
@@ -107,28 +107,6 @@ def _models(pipe: Any) -> dict[str, torch.nn.Module]:
 
 def _count_face_layers(pipe: Any) -> int:
     return sum(isinstance(p, FaceAttnProcessor) for p in pipe.unet.attn_processors.values())
-
-
-def use_compile_cache(cache_dir: str | Path) -> str:
-    """Point torch's on-disk compile caches (FX graph + AOTAutograd + Triton) at ``cache_dir``.
-
-    Must run before the first compile of the process. A ``TORCHINDUCTOR_CACHE_DIR`` the user set wins; torch's
-    own default, which importing inductor writes into that variable, does not.
-    """
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    explicit = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if explicit and Path(explicit).resolve() == Path(default_cache_dir()).resolve():
-        explicit = None
-    folder = Path(explicit or cache_dir).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
-    return str(folder)
 
 
 def fuse_self_attention(model: torch.nn.Module, *, skip_lora: bool = False) -> int:
