@@ -14,7 +14,6 @@ the server and the batch runner all build an Identity once and hand it on.
 from __future__ import annotations
 
 import os
-import random
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from instantid.api.controls import ExtraControls, call_arguments, model_refs
 from instantid.api.face_side import FaceSide, prepare_identity
 from instantid.api.group import GroupMixin
 from instantid.api.identity import Identity
+from instantid.api.pipeline_call import call_seeds, settings_arguments
 from instantid.api.regions import face_region_mask
 from instantid.api.results import GenerationResult, ImageInput, Progress, versions
-from instantid.api.settings import MAX_SEED, GenerationSettings, make_settings
+from instantid.api.settings import GenerationSettings, make_settings
 from instantid.api.style_images import StyleImages, load_style_images, style_metadata
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
@@ -342,29 +341,10 @@ class InstantID(GroupMixin):
         Returns ``(images, seeds, the scheduler used)``."""
         check_unet_fits(pipe)
         prompt, negative = get_style(settings.style).apply(settings.prompt, settings.negative_prompt)
-        seed = settings.seed if settings.seed is not None else random.randint(0, MAX_SEED)
-        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(settings.num_images)]
-        device = pipe.device  # diffusers walks every module to answer: ask once
-        gen_device = "cpu" if device.type == "mps" else device
-        generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
-
-        def on_step(step_pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            if progress is not None:
-                progress(step + 1, step_pipe.num_timesteps)
-            return tensors
-
+        seeds = call_seeds(settings)
+        eta = self.preset.eta if self.preset is not None else None
         # The call's own arguments win (e.g. one strength and window per ControlNet when there are several).
-        call = {
-            "controlnet_conditioning_scale": settings.identitynet_strength,
-            "ip_adapter_scale": settings.adapter_strength, "num_inference_steps": settings.steps,
-            "guidance_scale": settings.guidance_scale, "num_images_per_prompt": settings.num_images,
-            "control_guidance_start": settings.control_guidance_start,
-            "control_guidance_end": settings.control_guidance_end,
-            "controlnet_cache_interval": settings.identitynet_cache_interval,
-            "generator": generators, "callback_on_step_end": on_step,
-            **({"eta": self.preset.eta} if self.preset is not None and self.preset.eta is not None else {}),
-            **arguments,
-        }
+        call = {**settings_arguments(settings, seeds, pipe.device, progress, eta), **arguments}
         with self._lock:
             if style_images is not None:
                 if self.style_adapter is None:
