@@ -437,3 +437,31 @@ def test_positional_arguments_bind_as_in_the_published_pipeline(fixture_pipe, em
                               controlnet_conditioning_scale=0.8, ip_adapter_scale=0.8).images
     assert positional.shape == (1, 4, 8, 12)
     assert torch.equal(by_name, positional)
+
+
+def test_cross_attention_kwargs_scale_a_loaded_lora(fresh_fixture_pipe, embedding):
+    """``cross_attention_kwargs={"scale": s}`` reaches the UNet as in diffusers: at 0 a loaded LoRA is off (the
+    run equals the one before it was loaded), at 1 it is on."""
+    from instantid.speed.presets import random_lora_state_dict
+
+    pipe = fresh_fixture_pipe
+    before = run(pipe, embedding, num_inference_steps=2)
+    pipe.load_lora_weights(random_lora_state_dict(pipe.unet, std=0.2), adapter_name="style")
+    off = run(pipe, embedding, num_inference_steps=2, cross_attention_kwargs={"scale": 0.0})
+    on = run(pipe, embedding, num_inference_steps=2, cross_attention_kwargs={"scale": 1.0})
+    assert torch.allclose(off, before, atol=1e-5)
+    assert (on - before).abs().max() > 1e-3
+
+
+def test_a_guidance_embedding_unet_gets_its_timestep_cond(fresh_fixture_pipe, embedding):
+    """A UNet with a guidance embedding (``time_cond_proj_dim``, LCM-distilled models) gets the embedding of the
+    guidance scale every step, as in diffusers: zeroing its projection changes the latents."""
+    unet = fresh_fixture_pipe.unet  # what from_config(time_cond_proj_dim=8) builds, on the loaded UNet
+    unet.register_to_config(time_cond_proj_dim=8)
+    torch.manual_seed(0)
+    unet.time_embedding.cond_proj = torch.nn.Linear(8, unet.time_embedding.linear_1.in_features, bias=False)
+    pipe = fresh_fixture_pipe
+    guided = run(pipe, embedding, num_inference_steps=2, guidance_scale=1.0)
+    torch.nn.init.zeros_(unet.time_embedding.cond_proj.weight)
+    unguided = run(pipe, embedding, num_inference_steps=2, guidance_scale=1.0)
+    assert (guided - unguided).abs().max() > 1e-4
