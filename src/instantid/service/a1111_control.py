@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from instantid.service.a1111 import body_schema
@@ -38,6 +39,37 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: READ_RESPONSES[422] | {"description": "Not application/json."}}
 
 
+class ProgressState(BaseModel):
+    """A1111's ``shared.state``, as far as a job here has it."""
+
+    skipped: bool = False
+    interrupted: bool = Field(description="An interrupt or skip was asked; the job stops at its next step.")
+    stopping_generation: bool = False
+    job: str = Field(description="The running job's id; empty when idle.")
+    job_count: int = Field(description="The caller's running and queued jobs.")
+    job_timestamp: str = Field(description="When the job started, %Y%m%d%H%M%S (server time); 0 when idle.")
+    job_no: int = 0
+    sampling_step: int
+    sampling_steps: int
+
+
+class ProgressAnswer(BaseModel):
+    progress: float = Field(ge=0, le=1, description="Steps done / steps; 0 when idle.")
+    eta_relative: float = Field(description="Seconds left, from the time spent so far.")
+    state: ProgressState
+    current_image: str | None = Field(None, description="Always null: no live previews here.")
+    textinfo: str | None = None
+
+
+class OptionsAnswer(BaseModel):
+    ignored: list[str] = Field(description="The options sent that this server does not have (A1111 answers null).")
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
 def options_of(request: Request) -> A1111Options:
     return request.app.state.a1111_options
 
@@ -56,20 +88,20 @@ async def get_options(request: Request, who: Principal = Depends(principal)) -> 
 
 
 @router.post("/sdapi/v1/options", responses=BODY_RESPONSES, openapi_extra=body_schema(OptionsUpdate))
-async def set_options(request: Request, who: Principal = Depends(principal)) -> dict[str, list[str]]:
+async def set_options(request: Request, who: Principal = Depends(principal)) -> OptionsAnswer:
     """Set this key's options: all or, when one is refused (422), none. Options this server does not have are
     ignored, as A1111 ignores them, and named in ``ignored`` (A1111 answers null)."""
     raw = await read_body(request, OPTIONS_MAX_BYTES)
     if not request.headers.get("content-type", "application/json").startswith("application/json"):
         raise HTTPException(415, "send the options as application/json")
     model = model_title(service_of(request), settings_of(request))
-    return {"ignored": options_of(request).update(who.name, json_object(raw), model)}
+    return OptionsAnswer(ignored=options_of(request).update(who.name, json_object(raw), model))
 
 
 @router.get("/sdapi/v1/progress", responses=READ_RESPONSES)
 async def progress(request: Request, who: Principal = Depends(principal),
                    skip_current_image: bool = Query(False, description="Ignored (no preview images).")
-                   ) -> dict[str, Any]:
+                   ) -> ProgressAnswer:
     """The caller's running job (the newest, if several), as A1111 reports its current one."""
     store = service_of(request).store
     owner = owner_of(request, who)
@@ -79,12 +111,10 @@ async def progress(request: Request, who: Principal = Depends(principal),
     step, total = (job.step, job.total) if job is not None else (0, 0)
     done = min(step / total, 1.0) if total else 0.0
     elapsed = time.time() - job.started if job is not None and job.started else 0.0
-    return {"progress": done, "eta_relative": elapsed / done - elapsed if done else 0.0, "current_image": None,
-            "textinfo": None, "state": {
-                "skipped": False, "interrupted": bool(job and job.cancel_requested), "stopping_generation": False,
-                "job": job.id if job else "", "job_count": count + queued, "job_no": 0,
-                "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started)) if job and job.started
-                else "0", "sampling_step": step, "sampling_steps": total}}
+    started = time.strftime("%Y%m%d%H%M%S", time.localtime(job.started)) if job and job.started else "0"
+    return ProgressAnswer(progress=done, eta_relative=elapsed / done - elapsed if done else 0.0, state=ProgressState(
+        interrupted=bool(job and job.cancel_requested), job=job.id if job else "", job_count=count + queued,
+        job_timestamp=started, sampling_step=step, sampling_steps=total))
 
 
 async def stop_running(request: Request, who: Principal) -> list[JobRecord]:
@@ -109,9 +139,9 @@ async def skip(request: Request, who: Principal = Depends(principal)) -> None:
 
 
 @router.get("/sdapi/v1/scripts", responses=READ_RESPONSES)
-async def scripts(who: Principal = Depends(principal)) -> dict[str, list[str]]:
+async def scripts(who: Principal = Depends(principal)) -> ScriptsList:
     """The scripts txt2img and img2img take, by A1111's lower-case names: sd-webui-controlnet's alwayson one."""
-    return {"txt2img": [SCRIPT], "img2img": [SCRIPT]}
+    return ScriptsList(txt2img=[SCRIPT], img2img=[SCRIPT])
 
 
-__all__ = ["owner_of", "router", "stop_running"]
+__all__ = ["OptionsAnswer", "ProgressAnswer", "ScriptsList", "owner_of", "router", "stop_running"]
