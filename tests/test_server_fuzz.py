@@ -49,7 +49,9 @@ def test_every_operation_answers_only_what_its_openapi_declares(client: httpx.Cl
     assert {op.path for op in operations} >= {"/v1/generate", "/v1/swap", "/v1/group", "/v1/detail", "/v1/jobs",
                                               "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/images/{n}", "/v1/models",
                                               "/health", "/ready", "/metrics", "/sdapi/v1/txt2img",
-                                              "/sdapi/v1/img2img", "/sdapi/v1/progress", "/controlnet/module_list"}
+                                              "/sdapi/v1/img2img", "/sdapi/v1/progress", "/controlnet/module_list",
+                                              "/sdapi/v1/options", "/sdapi/v1/interrupt", "/sdapi/v1/skip",
+                                              "/sdapi/v1/scripts"}
     tried: dict[str, int] = {}
     failures: list[str] = []
 

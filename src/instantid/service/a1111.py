@@ -2,8 +2,10 @@
 
     POST /sdapi/v1/txt2img        A1111's payload with sd-webui-controlnet's InstantID units -> A1111's answer
     POST /sdapi/v1/img2img        the same plus init_images and denoising_strength (image-to-image)
-    GET  /sdapi/v1/samplers, /sdapi/v1/schedulers, /sdapi/v1/sd-models, /sdapi/v1/options, /sdapi/v1/progress
+    GET  /sdapi/v1/samplers, /sdapi/v1/schedulers, /sdapi/v1/sd-models
     GET  /controlnet/version, /controlnet/module_list, /controlnet/model_list
+
+(Options, progress, interrupt / skip and the scripts list: :mod:`instantid.service.a1111_control`.)
 
 A request becomes our ``/v1/generate`` JSON body (:mod:`instantid.service.a1111_payload`), checked by the
 same :func:`~instantid.service.requests.job_request`, admitted by the same API keys, rate and job limits
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from instantid.api.settings import GenerationSettings
+from instantid.service.a1111_options import encode_image, model_title
 from instantid.service.a1111_payload import (
     ALIASES,
     EMBEDDING,
@@ -42,9 +45,6 @@ from instantid.service.requests import job_request
 from instantid.service.responses import JobCreated
 from instantid.service.routes.deps import principal, service_of, settings_of
 from instantid.service.routes.submit import admit, json_object, read_body
-
-if TYPE_CHECKING:
-    from instantid.service.core import JobService, ServerSettings
 
 CONTROLNET_API_VERSION = 2  # sd-webui-controlnet's /controlnet/version for the unit shapes taken here
 
@@ -92,7 +92,8 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 class A1111Answer(BaseModel):
-    images: list[str] = Field(description="Plain base64 PNGs (settings inside).")
+    images: list[str] = Field(description="Plain base64 PNGs (settings inside), or JPEG / WebP as the key's "
+                                    "samples_format option asks (settings in EXIF UserComment).")
     parameters: dict[str, Any] = Field(description="The request as sent, photos left out.")
     info: str = Field(description="JSON: A1111's keys (seed, all_seeds, prompt, infotexts, ...), job_id, ignored "
                                   "(fields not used), instantid (our metadata).")
@@ -137,9 +138,10 @@ def a1111_router() -> APIRouter:
                                 status_code=202, headers={"Location": url})
         if (failed := failed_job_response(finished)) is not None:
             return failed
-        pngs = await run_in_threadpool(
-            lambda: [service.files.image_path(record.id, n).read_bytes() for n in range(len(finished.outputs))])
-        return JSONResponse(answer(payload, pngs, finished.seeds, finished.metadata or {}, translated.ignored,
+        options = request.app.state.a1111_options.values(who.name)
+        images = await run_in_threadpool(lambda: [encode_image(service.files.image_path(record.id, n).read_bytes(),
+                                                               options) for n in range(len(finished.outputs))])
+        return JSONResponse(answer(payload, images, finished.seeds, finished.metadata or {}, translated.ignored,
                                    record.id))
 
     @router.get("/sdapi/v1/samplers", responses=READ_RESPONSES)
@@ -160,30 +162,6 @@ def a1111_router() -> APIRouter:
         return [{"title": title, "model_name": name, "hash": short_hash, "sha256": None, "filename": name,
                  "config": None}]
 
-    @router.get("/sdapi/v1/options", responses=READ_RESPONSES)
-    async def options(request: Request, who: Any = Depends(principal)) -> dict[str, Any]:
-        """The options a client reads (read-only: the model is chosen when the server starts)."""
-        title, _, short_hash = model_title(service_of(request), settings_of(request))
-        return {"sd_model_checkpoint": title, "sd_checkpoint_hash": short_hash, "samples_format": "png",
-                "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0}
-
-    @router.get("/sdapi/v1/progress", responses=READ_RESPONSES)
-    async def progress(request: Request, who: Any = Depends(principal),
-                       skip_current_image: bool = Query(False, description="Ignored (no preview images).")
-                       ) -> dict[str, Any]:
-        """The caller's running job (any job on a server without keys), as A1111 reports its current one."""
-        service = service_of(request)
-        owner = who.name if settings_of(request).api_key_file else None
-        running, _ = await run_in_threadpool(service.store.list, 0, 1, owner, "running")
-        queued = (await run_in_threadpool(service.store.counts))["queued"]
-        job = running[0] if running else None
-        step, total = (job.step, job.total) if job is not None else (0, 0)
-        return {"progress": step / total if total else 0.0, "eta_relative": 0.0, "current_image": None,
-                "textinfo": None, "state": {
-                    "skipped": False, "interrupted": False, "job": job.id if job else "",
-                    "job_count": queued + (1 if job else 0), "job_timestamp": "0", "job_no": 0,
-                    "sampling_step": step, "sampling_steps": total}}
-
     @router.get("/controlnet/version", responses=READ_RESPONSES)
     async def controlnet_version(who: Any = Depends(principal)) -> dict[str, int]:
         return {"version": CONTROLNET_API_VERSION}
@@ -202,9 +180,9 @@ def a1111_router() -> APIRouter:
     return router
 
 
-def answer(payload: dict[str, Any], pngs: list[bytes], seeds: list[int], metadata: dict[str, Any],
+def answer(payload: dict[str, Any], images: list[bytes], seeds: list[int], metadata: dict[str, Any],
            ignored: list[str], job_id: str) -> dict[str, Any]:
-    """A1111's txt2img / img2img answer: plain base64 PNGs, the request as ``parameters`` (photos left out, as
+    """A1111's txt2img / img2img answer: the images in plain base64, the request as ``parameters`` (photos left out, as
     A1111 leaves out init images), and ``info`` as a JSON string with A1111's keys plus ours."""
     from instantid.io.outputs import parameters_text
 
@@ -230,7 +208,7 @@ def answer(payload: dict[str, Any], pngs: list[bytes], seeds: list[int], metadat
         "is_using_inpainting_conditioning": False, "version": (metadata.get("versions") or {}).get("instantid"),
         "job_id": job_id, "ignored": ignored, "instantid": metadata,
     }
-    return {"images": [base64.b64encode(png).decode() for png in pngs], "parameters": without_photos(payload),
+    return {"images": [base64.b64encode(image).decode() for image in images], "parameters": without_photos(payload),
             "info": json.dumps(info)}
 
 
@@ -246,20 +224,7 @@ def without_photos(payload: dict[str, Any]) -> dict[str, Any]:
     return strip(payload)
 
 
-def model_title(service: JobService, settings: ServerSettings) -> tuple[str, str, str | None]:
-    """A1111's ``title`` ("name [hash]"), name and short hash of the base model: the loaded model's, or (workers
-    run it elsewhere) the configured one's name without a hash."""
-    from instantid.io.models import DEFAULT_BASE, public_ref
-
-    model = service.model
-    if model is not None and not settings.queue and model.model_name:
-        name, short_hash = model.model_name, model.model_hash
-    else:
-        name, short_hash = public_ref(settings.base or DEFAULT_BASE), None
-    return (f"{name} [{short_hash}]" if short_hash else name), name, short_hash
-
-
-__all__ = ["A1111Answer", "Img2ImgRequest", "Txt2ImgRequest", "a1111_router", "answer", "model_title"]
+__all__ = ["A1111Answer", "Img2ImgRequest", "Txt2ImgRequest", "a1111_router", "answer", "body_schema"]
 
 
 router = a1111_router()

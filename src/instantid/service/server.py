@@ -11,7 +11,8 @@ nothing at import. The routes live in :mod:`instantid.service.routes`, one route
     DELETE /v1/jobs/{id}              cancel a queued or running job; delete a finished one and its files
     GET    /v1/jobs/{id}/images/{n}   PNG with its settings inside
     POST   /sdapi/v1/txt2img, img2img A1111 / Forge clients (sd-webui-controlnet's InstantID units), with the
-                                      read-only /sdapi/v1 and /controlnet routes they call: see service.a1111
+                                      /sdapi/v1 and /controlnet routes they call: see service.a1111 and
+                                      service.a1111_control (options, progress, interrupt, skip, scripts)
     GET    /v1/models, /health, /ready, /metrics (Prometheus), /docs (offline), /openapi.json; the web UI at /ui,
                                       whose every tab submits its jobs through the same queue and limits
                                       (with API keys: behind a login, jobs owned by the key; see service.ui)
@@ -33,7 +34,8 @@ from starlette.concurrency import run_in_threadpool
 
 from instantid import __version__
 from instantid.io.models import public_ref
-from instantid.service import a1111
+from instantid.service import a1111, a1111_control
+from instantid.service.a1111_options import A1111Options
 from instantid.service.auth import KeyRing, RateLimiter, load_api_keys
 from instantid.service.core import JobService, ServerSettings
 from instantid.service.http_errors import install_error_handlers
@@ -77,6 +79,7 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
     app.state.settings = settings
     app.state.keys = KeyRing(load_api_keys(settings.api_key_file)) if settings.api_key_file else None
     app.state.limiter = RateLimiter()
+    app.state.a1111_options = A1111Options()  # each key's /sdapi/v1/options, in this process's memory
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -88,6 +91,7 @@ def create_app(settings: ServerSettings | None = None, model: InstantID | None =
     app.include_router(submit.router)
     app.include_router(jobs.router)
     app.include_router(a1111.router)
+    app.include_router(a1111_control.router)
     if settings.mount_ui:
         from instantid.service.ui import mount_ui
 
