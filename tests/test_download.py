@@ -306,3 +306,96 @@ def test_doctor_fix_downloads_what_is_missing_after_the_licence_yes(hub: StandIn
     assert main(["doctor", "--fix", "--base", str(tmp_path / "my-sdxl")]) == 1
     assert f"--fix cannot fetch the base {tmp_path / 'my-sdxl'}: a local path" in capsys.readouterr().out
     assert main(["doctor", "--accept-licences"]) == 2
+
+
+STYLE = "h94/IP-Adapter"
+STYLE_FILES = {"sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder/config.json",
+               "sdxl_models/image_encoder/model.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def style_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """h94/IP-Adapter's layout with a tiny SDXL style adapter for the tiny pipeline (io/tiny), beside what the
+    style loader must not fetch: the .bin twins, the other adapters, the SD1.5 encoder, the card."""
+    from instantid.io.tiny import build_tiny_style_adapter
+
+    root = build_tiny_style_adapter(tmp_path_factory.mktemp("style"))
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "sdxl_models").rglob("*") if p.is_file()}
+    decoys = ("sdxl_models/image_encoder/pytorch_model.bin", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+              "models/ip-adapter_sd15.safetensors", "models/image_encoder/model.safetensors")
+    return Repo({**files, **{name: _bytes(name) for name in decoys}, "README.md": b"# IP-Adapter"}, "9" * 40,
+                "apache-2.0")
+
+
+@pytest.fixture
+def style_hub(hub: StandInHub, style_repo: Repo) -> StandInHub:
+    hub.repos[STYLE] = style_repo
+    return hub
+
+
+ONLY_STYLE = ["download", "--accept-licences", "--skip", "base", "--skip", "instantid", "--skip", "antelopev2",
+              "--style-adapter"]
+
+
+def test_style_adapter_download_is_what_a_style_image_loads_offline(style_hub: StandInHub, fresh_fixture_pipe,
+                                                                    tiny_fixture_dir: Path, capsys,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import torch
+    from huggingface_hub import constants
+    from PIL import Image
+
+    from instantid import draw_kps
+    from instantid.io.loading import load_style_adapter
+    from instantid.io.models import resolve_style_adapter
+
+    assert main(["doctor"]) == 1
+    assert ("[info] style adapter (optional, for --style-image): h94/IP-Adapter not downloaded (`instantid download "
+            "--style-adapter`)") in capsys.readouterr().out
+    assert main(ONLY_STYLE) == 0
+    out = capsys.readouterr().out
+    assert "style adapter (IP-Adapter SDXL + image encoder): h94/IP-Adapter@999999999999, 3 files" in out
+    assert "licence: apache-2.0" in out and "verified: sha256 hub-lfs" in out and "git-sha1 hub-git" in out
+    fetched = {p.split("/resolve/")[1].split("/", 1)[1] for p in style_hub.downloads()}
+    assert fetched == STYLE_FILES, f"exactly what the style loader reads: {fetched}"
+    assert main(["doctor"]) == 1  # optional: the base is still missing, the style adapter is named ready
+    assert "style adapter (optional, for --style-image): h94/IP-Adapter ready (" in capsys.readouterr().out
+    # Offline, the loader a style image goes through finds the files in the cache, and they act.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(style_hub.log)
+    weights, encoder = resolve_style_adapter(STYLE)
+    assert weights.read_bytes() == style_hub.repos[STYLE].files["sdxl_models/ip-adapter_sdxl.safetensors"]
+    assert encoder.parts[-4:-2] == ("snapshots", "9" * 40) and (encoder / "model.safetensors").is_file()
+    load_style_adapter(fresh_fixture_pipe, STYLE)
+    face = np.load(tiny_fixture_dir / "face_embedding.npy")
+    kps = draw_kps(Image.new("RGB", (64, 64)), [[22, 25], [42, 25], [32, 36], [24, 47], [40, 47]])
+    picture = Image.fromarray((np.random.default_rng(1).random((48, 40, 3)) * 255).astype(np.uint8))
+    runs = [fresh_fixture_pipe("a photo", image_embeds=face, image=kps, num_inference_steps=1, output_type="np",
+                               style_image=picture, style_scale=scale, generator=torch.Generator().manual_seed(0),
+                               ).images for scale in (0.0, 1.0)]
+    assert np.abs(runs[1] - runs[0]).max() > 1e-3
+    assert len(style_hub.log) == asked, "nothing was asked of the Hub offline"
+
+
+def test_style_adapter_bad_download_is_one_line(style_hub: StandInHub, capsys,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from instantid.errors import MissingWeightsError
+    from instantid.io.models import resolve_style_adapter
+
+    key = (STYLE, "sdxl_models/image_encoder/model.safetensors")
+    style_hub.corrupt[key] = _bytes("not the encoder", len(style_hub.repos[STYLE].files[key[1]]))
+    assert main(ONLY_STYLE) == 2
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and key[1] in err[0] and "the file was deleted" in err[0], err
+    assert not list(_cache().rglob(f"snapshots/*/{key[1]}"))
+    with pytest.raises(MissingWeightsError, match=r"style adapter 'h94/IP-Adapter' not found .*`instantid download "
+                                                  r"--style-adapter` fetches the published one"):
+        resolve_style_adapter(STYLE, local_only=True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(ONLY_STYLE) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: offline (HF_HUB_OFFLINE is set)")

@@ -86,7 +86,9 @@ def _run_case(pipe, root, case, output_type, image_embeds=None):
         kwargs["ip_adapter_scale"] = case["ip_adapter_scale"]
     elif via != "set_ip_adapter_scale":
         raise AssertionError(f"cases.json sets the adapter scale in a way this test does not know: {via!r}")
-    previous = [p.scale for p in face_processors(pipe.unet)]
+    # Copies: diffusers' set_ip_adapter_scale writes into each processor's scale list in place, so keeping the
+    # lists themselves would restore nothing and leave the shared pipe at this case's scale for later tests.
+    previous = [list(p.scale) for p in face_processors(pipe.unet)]
     if via == "set_ip_adapter_scale":
         pipe.set_ip_adapter_scale(case["ip_adapter_scale"])
     try:

@@ -80,6 +80,7 @@ def _report(refs: Any, antelopev2_root: Path | None) -> list[str]:
     except MissingWeightsError as exc:
         typer.echo(f"[info] dlib face models: {exc}")
     typer.echo(f"[info] extra ControlNets (optional, for --<kind>-strength): {_extra_controlnets()}")
+    typer.echo(f"[info] style adapter (optional, for --style-image): {_style_adapter()}")
     return missing
 
 
@@ -99,6 +100,18 @@ def _extra_controlnets() -> str:
         except MissingWeightsError:
             states.append(f"{kind} not downloaded (`instantid download --controlnet {kind}`)")
     return "; ".join(states)
+
+
+def _style_adapter() -> str:
+    """Whether the cache holds the published style adapter (what a style image loads by default)."""
+    from instantid.errors import MissingWeightsError
+    from instantid.io.models import DEFAULT_STYLE_ADAPTER, resolve_style_adapter
+
+    try:
+        weights, _ = resolve_style_adapter(DEFAULT_STYLE_ADAPTER, local_only=True)
+    except MissingWeightsError:
+        return f"{DEFAULT_STYLE_ADAPTER} not downloaded (`instantid download --style-adapter`)"
+    return f"{DEFAULT_STYLE_ADAPTER} ready ({weights.parent})"
 
 
 def _fixable(refs: Any, antelopev2_root: Path | None, missing: list[str]) -> tuple[list[Any], list[str]]:

@@ -21,7 +21,8 @@ PARTS = ("base", "instantid", "antelopev2")
 @app.command("download", help=f"""\
 Fetch the published weights into the standard Hugging Face cache: the SDXL base, InstantID's IdentityNet and \
 face adapter, the antelopev2 face detector and recogniser, with --preset a few-step preset's weights and with \
---controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models.
+--controlnet the published demo's extra ControlNets (pose, canny, depth) and their map models, with \
+--style-adapter the style adapter for --style-image (h94/IP-Adapter's SDXL adapter and its image encoder).
 
 Each model's licence is shown first and needs a yes (--accept-licences for scripts). Every file is checked \
 after download: antelopev2's two files against their published SHA-256, the others against the SHA-256 the Hub \
@@ -36,6 +37,9 @@ def download_command(
     controlnet: list[str] = typer.Option([], "--controlnet", help="Also fetch an extra ControlNet and its map "
                                          f"model, for --<kind>-strength: one of {', '.join(CONTROL_KINDS)}; "
                                          "repeatable."),
+    style_adapter: bool = typer.Option(False, "--style-adapter", help="Also fetch the style adapter for "
+                                       "--style-image (InstantStyle): h94/IP-Adapter's sdxl_models/"
+                                       "ip-adapter_sdxl.safetensors and its image_encoder/."),
     skip: list[str] = typer.Option([], "--skip", help=f"Leave out one of: {', '.join(PARTS)}; repeatable."),
     base: str | None = typer.Option(None, "--base", help="Another SDXL base repository in diffusers layout "
                                     "(default stabilityai/stable-diffusion-xl-base-1.0)."),
@@ -48,7 +52,13 @@ def download_command(
                                 "is removed; run again to fetch it)."),
 ) -> None:
     from instantid.errors import InvalidInputError
-    from instantid.hub.catalog import antelopev2_repo, controlnet_models, default_models, preset_model
+    from instantid.hub.catalog import (
+        antelopev2_repo,
+        controlnet_models,
+        default_models,
+        preset_model,
+        style_adapter_model,
+    )
     from instantid.io.models import DEFAULT_BASE
 
     # 1. What to fetch (names checked before any network).
@@ -61,8 +71,11 @@ def download_command(
     if wrong:
         raise InvalidInputError(f"--controlnet {wrong[0]!r}: choose one of {', '.join(CONTROL_KINDS)}")
     models += [m for kind in dict.fromkeys(controlnet) for m in controlnet_models(kind)]
+    if style_adapter:
+        models.append(style_adapter_model())
     if not models:
-        raise InvalidInputError("nothing to download: every part is skipped and no --preset or --controlnet given")
+        raise InvalidInputError("nothing to download: every part is skipped and no --preset, --controlnet or "
+                                "--style-adapter given")
     fetch_models(models, accept_licences=accept_licences, verify=verify)
     if "antelopev2" not in skip and antelopev2_repo(antelopev2_from) != antelopev2_repo():
         typer.echo(f"set {ANTELOPEV2_REPO_ENV}={antelopev2_from} so generate finds this antelopev2 copy")

@@ -19,9 +19,11 @@ from instantid.io.models import (
     BASE_PATTERNS,
     CONTROLNET_PATTERNS,
     DEFAULT_BASE,
+    DEFAULT_STYLE_ADAPTER,
     IDENTITYNET_SUBFOLDER,
     INSTANTID_REPO,
     MAPPER_PATTERNS,
+    STYLE_PATTERNS,
     ControlRefs,
 )
 
@@ -64,7 +66,8 @@ ANTELOPEV2_LICENCE = Licence(
 class HubModel:
     """One model to fetch: a repository, the files the loader reads from it, and its terms."""
 
-    key: str  # how the CLI names it: base, instantid, antelopev2, preset:<name>
+    key: str  # how the CLI names it: base, instantid, antelopev2, preset:<name>, controlnet:<kind>,
+    # map:<kind>, style-adapter
     title: str
     repo: str
     patterns: tuple[str, ...]  # huggingface_hub allow_patterns, as the loader passes them
@@ -102,3 +105,11 @@ def controlnet_models(kind: str, refs: ControlRefs | None = None) -> list[HubMod
     if map_model is not None:
         models.append(HubModel(f"map:{kind}", f"{kind} map model", map_model, MAPPER_PATTERNS, None))
     return models
+
+
+def style_adapter_model() -> HubModel:
+    """The style adapter for style reference images (InstantStyle): h94/IP-Adapter's SDXL adapter and its CLIP
+    image encoder, exactly the files :func:`instantid.io.models.resolve_style_adapter` reads (not the ``.bin``
+    twins, nor the repository's other adapters); its licence is its model card's."""
+    return HubModel("style-adapter", "style adapter (IP-Adapter SDXL + image encoder)", DEFAULT_STYLE_ADAPTER,
+                    STYLE_PATTERNS, None)

@@ -21,7 +21,10 @@ DEFAULT_IDENTITYNET = INSTANTID_REPO  # its ControlNetModel/ folder
 DEFAULT_ADAPTER = INSTANTID_REPO  # its ip-adapter.bin
 IDENTITYNET_SUBFOLDER = "ControlNetModel"
 ADAPTER_FILENAME = "ip-adapter.bin"
-# Style reference images (InstantStyle): h94/IP-Adapter's SDXL adapter and its image encoder.
+# Style reference images (InstantStyle): h94/IP-Adapter's SDXL adapter and its image encoder, the files
+# resolve_style_adapter reads from a Hub id and `instantid download --style-adapter` fetches (not the .bin twins).
+STYLE_PATTERNS = (f"{STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]}", f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/*.json",
+                  f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/model.safetensors")
 # Full-precision weights only: the fp16 variants would double the download.
 BASE_PATTERNS = ("*.json", "*.txt", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors")
 ANTELOPEV2_HINT = (
@@ -82,8 +85,10 @@ def _offline() -> bool:
 
 
 def _missing(kind: str, ref: str, detail: str) -> MissingWeightsError:
-    extra = kind.split()[0] if kind.endswith(("ControlNet", "map model")) else None
-    command = f"instantid download --controlnet {extra}" if extra else "instantid download"
+    if kind.endswith(("ControlNet", "map model")):
+        command = f"instantid download --controlnet {kind.split()[0]}"
+    else:
+        command = "instantid download --style-adapter" if kind == "style adapter" else "instantid download"
     return MissingWeightsError(f"{kind} '{ref}' not found ({detail}); get it from {WHERE[kind]} "
                                f"(`{command}` fetches the published one)")
 
@@ -188,9 +193,7 @@ def resolve_style_adapter(ref: str, local_only: bool = False) -> tuple[Path, Pat
         return weights, encoder
     if not looks_like_repo_id(ref):
         raise _missing("style adapter", ref, "no such file or folder")
-    patterns = [f"{STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]}", f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/*.json",
-                f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/model.safetensors"]
-    root = _snapshot("style adapter", ref, patterns, local_only) / STYLE_SUBFOLDER
+    root = _snapshot("style adapter", ref, list(STYLE_PATTERNS), local_only) / STYLE_SUBFOLDER
     if not (root / STYLE_FILENAMES[0]).is_file() or not (root / IMAGE_ENCODER_FOLDER / "config.json").is_file():
         raise _missing("style adapter", ref, f"the repository lacks {STYLE_SUBFOLDER}/{STYLE_FILENAMES[0]} or "
                                              f"{STYLE_SUBFOLDER}/{IMAGE_ENCODER_FOLDER}/")
