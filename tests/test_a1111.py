@@ -46,6 +46,13 @@ def txt2img(**fields: Any) -> dict[str, Any]:
             "n_iter": 1, "alwayson_scripts": units(), **fields}
 
 
+# What txt2img() with units() asks, in our own API's words: the same pixels are expected.
+OUR_CALL = {
+    "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
+    "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
+    "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8}
+
+
 def pixels(b64: str) -> np.ndarray:
     with Image.open(io.BytesIO(base64.b64decode(b64.split(",", 1)[-1]))) as png:
         return np.asarray(png.convert("RGB"))
@@ -102,10 +109,7 @@ def test_same_pixels_as_our_own_api_and_the_answer_shape(client: httpx.Client) -
     assert info["seed"] == 7 and info["all_seeds"] == [7] and info["prompt"] == "a knight"
     assert info["negative_prompt"] == "blurry" and info["ignored"] == ["my_field"]
     assert body["parameters"]["alwayson_scripts"]["controlnet"]["args"][0]["image"] is None  # photos left out
-    ours = client.post("/v1/generate?wait=true", json={
-        "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
-        "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
-        "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8})
+    ours = client.post("/v1/generate?wait=true", json=OUR_CALL)
     assert ours.status_code == 200, ours.text
     assert np.array_equal(pixels(body["images"][0]), pixels(ours.json()["images"][0]))
     assert client.get(f"/v1/jobs/{info['job_id']}").json()["status"] == "done"  # a job like any other
@@ -119,11 +123,7 @@ def test_extra_controlnet_units_are_the_extra_controlnets_of_our_api(client: htt
                                              "weight": 0.7, "image": None})
     answer = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=with_canny))
     assert answer.status_code == 200, answer.text
-    ours = client.post("/v1/generate?wait=true", json={
-        "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
-        "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
-        "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8,
-        "canny_strength": 0.7})
+    ours = client.post("/v1/generate?wait=true", json={**OUR_CALL, "canny_strength": 0.7})
     assert ours.status_code == 200, ours.text
     assert np.array_equal(pixels(answer.json()["images"][0]), pixels(ours.json()["images"][0]))
     plain = client.post("/sdapi/v1/txt2img", json=txt2img()).json()
@@ -145,11 +145,7 @@ def test_an_ip_adapter_unit_is_a_style_reference(client: httpx.Client) -> None:
                                              "weight": 0.8, "image": style})
     answer = client.post("/sdapi/v1/txt2img", json=txt2img(alwayson_scripts=with_style))
     assert answer.status_code == 200, answer.text
-    ours = client.post("/v1/generate?wait=true", json={
-        "face": [FACE_B64], "prompt": "a knight", "negative_prompt": "blurry", "steps": 4, "guidance_scale": 3.0,
-        "width": 64, "height": 64, "seed": 7, "scheduler": "euler_a", "adapter_strength": 0.6,
-        "identitynet_strength": 0.9, "control_guidance_start": 0.2, "control_guidance_end": 0.8,
-        "style_image": [style], "style_strength": 0.8})
+    ours = client.post("/v1/generate?wait=true", json={**OUR_CALL, "style_image": [style], "style_strength": 0.8})
     assert ours.status_code == 200, ours.text
     assert np.array_equal(pixels(answer.json()["images"][0]), pixels(ours.json()["images"][0]))
     assert json.loads(answer.json()["info"])["instantid"]["style_reference"]["strength"] == 0.8
