@@ -98,6 +98,28 @@ def test_a_style_row_is_the_apis_style_call(tmp_path: Path, model: Any, loads: d
     assert read_metadata(made)["style_reference"]["images"][0]["name"] == "ink.png"
 
 
+def test_an_init_row_before_an_init_and_style_row(tmp_path: Path, model: Any, adapter: list[str],
+                                                  tmp_path_factory: pytest.TempPathFactory,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose first style picture comes after an image-to-image row (its style adapter loads then, after the
+    image-to-image pipeline was made): the row with both is the API's call with both."""
+    from instantid import InstantID
+    from instantid.api.model_settings import ModelSettings
+
+    fresh = InstantID.demo(tmp_path_factory.getbasetemp() / "demo")  # the session model's weights, nothing loaded
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: fresh)
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: fresh.analyzer)
+    room, ink = _picture(tmp_path / "room.png", 1), _picture(tmp_path / "ink.png", 2)
+    job = _csv(tmp_path, f"ex,{FACE},a,1,room.png,0.6,", f"ex,{FACE},b,1,room.png,0.6,ink.png",
+               header="identity,photos,prompt,seed,init_image,denoising_strength,style_image")
+    assert main(["batch", str(job), "-o", str(tmp_path / "out"), *adapter]) == 0
+    expected = model.generate(model.prepare_identity(FACE), prompt="b", seed=1, **FAST, init_image=room,
+                              denoising_strength=0.6, style_images=[ink])
+    made = tmp_path / "out" / "ex" / "002-b_s1.png"
+    assert np.array_equal(_pixels(made), _pixels(expected.images[0]))
+    assert read_metadata(made)["init_image"] == "room.png" and "style_reference" in read_metadata(made)
+
+
 def test_a_rerun_skips_until_a_picture_or_its_strength_changes(tmp_path: Path, loads: dict[str, int],
                                                                adapter: list[str], capsys: pytest.CaptureFixture
                                                                ) -> None:
