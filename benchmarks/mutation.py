@@ -41,7 +41,10 @@ MODULES: dict[str, list[str]] = {
     "apps.batch": ["tests/test_batch_jobs.py", *(f"tests/test_batch.py::test_{name}" for name in (
         "excel_csv_with_bom_crlf_and_missing_cells", "windows_1252_job_file_is_read", "binary_job_file_is_one_line",
         "precedence_flag_over_row_over_job_settings", "every_bad_row_is_found_before_anything_runs",
-        "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins"))],
+        "output_folder_that_is_a_file", "example_job_file_is_valid_and_a_typed_flag_wins")),
+        *(f"tests/test_batch_pictures.py::test_{name}" for name in (
+            "a_row_without_pictures_digests_as_before_and_the_style_adapter_counts_for_style_rows",
+            "yaml_picture_keys_are_paths_beside_the_job_file"))],
     "api.identity": ["tests/test_identity.py", "tests/test_layouts.py", "tests/test_readme_promises.py"],
     "core.denoise": ["tests/test_denoise.py", "tests/test_exactness.py", "tests/test_pipeline_options.py",
                 "tests/test_levers.py", "tests/test_several_people.py", "tests/test_readme_promises.py"],

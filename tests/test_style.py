@@ -151,6 +151,24 @@ def test_bad_style_arguments_are_one_line_before_any_step(styled, reference, tin
     assert calls == []
 
 
+def test_an_image_to_image_variant_made_before_the_style_adapter_takes_style_images(
+        fresh_fixture_pipe, style_dir, reference, tiny_fixture_dir):
+    from instantid.pipelines.inpaint import img2img_pipeline
+    from instantid.pipelines.sdxl import StableDiffusionXLInstantIDImg2ImgPipeline
+
+    early = img2img_pipeline(fresh_fixture_pipe)  # e.g. an image-to-image call before any style picture
+    fresh_fixture_pipe.load_style_adapter(style_dir / "ip-adapter_sdxl.safetensors")
+    assert img2img_pipeline(fresh_fixture_pipe) is early
+    late = StableDiffusionXLInstantIDImg2ImgPipeline.from_pipe(fresh_fixture_pipe)
+    emb = np.load(tiny_fixture_dir / "face_embedding.npy")
+    kps = draw_kps(Image.new("RGB", (SIZE, SIZE)), KPS)
+    init = Image.fromarray((np.random.default_rng(1).random((SIZE, SIZE, 3)) * 255).astype(np.uint8))
+    made = [pipe("a photo", image_embeds=emb, image=init, control_image=kps, strength=0.6, num_inference_steps=2,
+                 output_type="np", generator=torch.Generator().manual_seed(3), style_image=reference[0]).images
+            for pipe in (early, late)]
+    assert np.array_equal(*made)
+
+
 def test_style_image_without_a_style_adapter(fixture_pipe, reference, tiny_fixture_dir):
     with pytest.raises(InvalidInputError, match="load_style_adapter"):
         _run(fixture_pipe, tiny_fixture_dir, style_image=reference[0])

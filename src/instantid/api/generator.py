@@ -65,6 +65,7 @@ from instantid.pipelines.inpaint import check_unet_fits
 from instantid.pipelines.prompts import prompt_arguments
 from instantid.pipelines.schedulers import make_scheduler, sampler_label
 from instantid.pipelines.schedulers import scheduler_name as _scheduler_name
+from instantid.pipelines.style import share_style_modules
 
 
 class InstantID(GroupMixin):
@@ -349,6 +350,7 @@ class InstantID(GroupMixin):
             if style_images is not None:
                 if self.style_adapter is None:
                     self._load_style(None)
+                share_style_modules(pipe, self.pipe)  # a variant (image-to-image...) made before the adapter loaded
                 call.update(style_image=list(style_images.images),
                             style_scale=block_scales(settings.style_blocks, settings.style_strength))
             pipe.scheduler = self.call_scheduler(settings)

@@ -8,19 +8,24 @@ YAML/JSON::
     prompts:
       - a watercolor portrait          # a plain string, or a mapping with any settings for this row:
       - {prompt: an astronaut, style: Mars, negative_prompt: helmet, steps: 20}
+      - {prompt: an oil painting, init_image: room.jpg, denoising_strength: 0.6}   # image-to-image
+      - {prompt: a portrait, style_image: [ink1.jpg, ink2.jpg], style_strength: 0.8}  # style references
     seeds: [1, 2]                      # default [0]; fixed seeds keep output names deterministic
     settings: {steps: 30, guidance_scale: 5}   # any generation setting, for every row
 
 CSV (UTF-8, also as Excel saves it: with a BOM and CRLF line ends; Windows-1252 is read too): one image per
-row, columns ``identity, photos`` (``;``-separated), ``prompt`` and optionally ``style, negative_prompt, seed``
-and any generation setting by its field name (``steps``, ``guidance_scale``...). Empty cells mean "not set".
+row, columns ``identity, photos`` (``;``-separated), ``prompt`` and optionally ``style, negative_prompt, seed``,
+``init_image``, ``style_image`` (``;``-separated) and any generation setting by its field name (``steps``,
+``guidance_scale``, ``denoising_strength``, ``style_strength``...). Empty cells mean "not set". Picture paths are
+relative to the job file.
 
 Precedence, highest first (see :data:`PRECEDENCE`): a flag typed on the command line, the row (prompt entry or
 CSV row), the job file's ``settings``, the defaults.
 
 Each output is ``<identity>/<prompt-number>-<prompt-slug>_s<seed>.png`` (+ ``.json``). The sidecar holds a
-digest of everything that made the image (settings, photos, models); a rerun skips an output only when its
-PNG and sidecar are there with the same digest, so an interrupted or re-tuned batch redoes exactly what changed.
+digest of everything that made the image (settings, photos, init and style pictures, models); a rerun skips an
+output only when its PNG and sidecar are there with the same digest, so an interrupted or re-tuned batch redoes
+exactly what changed.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ from instantid.apps.batch_file import (
     IdentitySpec,
     load_job,
 )
-from instantid.errors import InstantIDError
-from instantid.faces.images import check_file
+from instantid.errors import InstantIDError, InvalidInputError
+from instantid.faces.images import check_file, check_image
 from instantid.io.outputs import (
     contact_sheet,
     is_complete,
@@ -57,6 +62,7 @@ CONTACT_SHEET = "contact_sheet.png"
 FAILURES = "failures.jsonl"
 DIGEST_KEY = "batch_digest"
 PRECEDENCE = "command-line flags > job file rows > job file 'settings' > defaults"
+STYLE_ADAPTER = "style_adapter"  # the model option that only rows with a style picture depend on
 
 if TYPE_CHECKING:
     from instantid.api.generator import InstantID
@@ -85,12 +91,16 @@ def task_settings(job: BatchJob, task: BatchTask, cli: GenerationSettings, given
 
 
 def task_digest(task: BatchTask, settings: GenerationSettings, model: dict[str, Any]) -> str:
-    """A digest of what makes the image: settings, the photos' bytes, the models. Changes -> regenerate."""
+    """A digest of what makes the image: settings, the photos' bytes, the models, and the row's init and style
+    pictures (names and bytes; a row without them digests as it did before they existed). Changes -> regenerate."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"settings": settings.model_dump(), "model": model}, sort_keys=True,
                              default=str).encode())
     for photo in task.identity.photos:
         digest.update(_file_digest(photo).encode())
+    for key, pictures in task.prompt.pictures().items():
+        for picture in pictures:
+            digest.update(f"{key}:{picture.name}:{_file_digest(picture)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -138,22 +148,44 @@ def is_done(planned: PlannedTask, out_dir: Path) -> bool:
 def plan(job: BatchJob, cli: GenerationSettings, given: Iterable[str], model: dict[str, Any], out_dir: Path
          ) -> tuple[list[PlannedTask], list[Failure]]:
     """Every task's settings and digest, plus every bad row (the job file's own problems first). A row whose photo
-    is missing is a bad row here, before any face model loads."""
+    or picture is missing, or whose strengths need a picture it does not name, is a bad row here, before any face
+    model loads. ``model[STYLE_ADAPTER]`` counts for the digests of rows with a style picture only."""
     given = set(given)
-    files = model_files(model)
-    if files:  # only then, so that digests made with Hub models alone stay valid
-        model = {**model, "files": files}
+    keys = {styled: _model_key({k: v for k, v in model.items() if styled or k != STYLE_ADAPTER})
+            for styled in (False, True)}
     planned, problems = [], list(job.problems)
     for task in job.tasks:
         try:
             for photo in task.identity.photos:
                 check_file(photo, photo.name)
+            for key, pictures in task.prompt.pictures().items():
+                for picture in pictures:
+                    check_image(picture, f"{picture.name} ({key})")
             settings = task_settings(job, task, cli, given)
+            check_pictures(task, settings)
         except InstantIDError as exc:
             problems.append(Failure(task.where, str(exc), str(task.output(out_dir))))
             continue
-        planned.append(PlannedTask(task, settings, task_digest(task, settings, model)))
+        model_key = keys[bool(task.prompt.style_image)]
+        planned.append(PlannedTask(task, settings, task_digest(task, settings, model_key)))
     return planned, problems
+
+
+def _model_key(model: dict[str, Any]) -> dict[str, Any]:
+    files = model_files(model)
+    # "files" only when there are some, so that digests made with Hub models alone stay valid.
+    return {**model, "files": files} if files else model
+
+
+def check_pictures(task: BatchTask, settings: GenerationSettings) -> None:
+    """The strengths a row's settings give need its pictures: ``denoising_strength`` an init image (the API's one
+    rule), ``style_strength`` / ``style_blocks`` a style image (as ``generate``'s flags), rather than being
+    ignored or failing at generation."""
+    settings.check_init_image(task.prompt.init_image is not None, "an init_image")
+    if not task.prompt.style_image:
+        for name in ("style_strength", "style_blocks"):
+            if getattr(settings, name) != GenerationSettings.model_fields[name].default:
+                raise InvalidInputError(f"{name} is for style references: give a style_image too")
 
 
 def identity_key(planned: PlannedTask) -> tuple[str, int | None, str]:
@@ -188,12 +220,21 @@ def run_batch(
 ) -> list[Failure]:
     """Generate every task in ``todo`` with one loaded model; a task that fails is recorded and the rest go on
     (``fail_fast``: the first failure stops the batch)."""
+    from instantid.api.style_images import StyleImages, load_style_images
+
     out_dir = Path(out_dir)
     failures = []
+    styles: dict[tuple[Path, ...], StyleImages] = {}  # each set of style pictures read once
     for planned in todo:
         task = planned.task
+        init, style_paths = task.prompt.init_image, task.prompt.style_image
         try:
-            result = app.generate(identities[identity_key(planned)], planned.settings, progress=progress)
+            if style_paths and style_paths not in styles:
+                styles[style_paths] = load_style_images(list(style_paths), full_paths=full_paths)
+            # The pictures are named in the metadata as `instantid generate` names them.
+            result = app.generate(identities[identity_key(planned)], planned.settings, progress=progress,
+                                  init_image=init, init_name=init.name if init else "init image",
+                                  style_images=styles.get(style_paths))
             metadata = {**result.image_metadata(0), "identity": task.identity.name, DIGEST_KEY: planned.digest}
             # Deterministic names: an output with other settings, or without its sidecar, is replaced.
             png = write_image(result.images[0], metadata, out_dir / task.identity.name, task.stem, overwrite=True,
@@ -264,8 +305,8 @@ def write_contact_sheet(planned: list[PlannedTask], out_dir: Path) -> Path | Non
 
 # The job file's reader is re-exported: callers read and run a batch through this one module.
 __all__ = [
-    "CONTACT_SHEET", "DIGEST_KEY", "FAILURES", "PRECEDENCE", "BatchJob", "BatchTask", "Failure", "IdentitySpec",
-    "PlannedTask", "failures_path", "finished", "identity_key", "in_file_order", "is_done", "load_job", "model_files",
-    "plan", "prepare_identities", "run_batch", "shard_failures", "shard_tasks", "task_digest", "task_settings",
-    "write_contact_sheet", "write_failures",
+    "CONTACT_SHEET", "DIGEST_KEY", "FAILURES", "PRECEDENCE", "STYLE_ADAPTER", "BatchJob", "BatchTask", "Failure",
+    "IdentitySpec", "PlannedTask", "check_pictures", "failures_path", "finished", "identity_key", "in_file_order",
+    "is_done", "load_job", "model_files", "plan", "prepare_identities", "run_batch", "shard_failures", "shard_tasks",
+    "task_digest", "task_settings", "write_contact_sheet", "write_failures",
 ]

@@ -7,35 +7,21 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from instantid.api.settings import GenerationSettings
+from instantid.api.style_images import MAX_STYLE_IMAGES
 from instantid.errors import InvalidInputError
 from instantid.io.outputs import (
     slug,
 )
 
-CONTACT_SHEET = "contact_sheet.png"
-FAILURES = "failures.jsonl"
-DIGEST_KEY = "batch_digest"
-PRECEDENCE = "command-line flags > job file rows > job file 'settings' > defaults"
 # Fields a row or the job's settings cannot set: the prompt and seed have their own keys, one image per row.
-ROW_KEYS = ("prompt", "style", "negative_prompt")
 NOT_SETTINGS = ("prompt", "seed", "num_images")
-SETTING_NAMES = tuple(n for n in GenerationSettings.model_fields if n not in NOT_SETTINGS)
-
-
-# Fields a row or the job's settings cannot set: the prompt and seed have their own keys, one image per row.
-ROW_KEYS = ("prompt", "style", "negative_prompt")
-
-
-NOT_SETTINGS = ("prompt", "seed", "num_images")
-
-
 SETTING_NAMES = tuple(n for n in GenerationSettings.model_fields if n not in NOT_SETTINGS)
 
 
@@ -49,10 +35,24 @@ class IdentitySpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
+    """A row's own keys (a prompt entry's keys, CSV columns), named as the settings and ``generate``'s flags."""
+
     prompt: str
     style: str | None = None
     negative_prompt: str | None = None  # None = the job's default negative prompt
     settings: tuple[tuple[str, Any], ...] = ()  # this row's own settings (hashable, in file order)
+    # Pictures besides the person's photos (--init-image, --style-image), resolved from the job file's folder.
+    init_image: Path | None = None  # image-to-image from this picture, at the row's denoising_strength
+    style_image: tuple[Path, ...] = ()  # style references (InstantStyle), at its style_strength and style_blocks
+
+    def pictures(self) -> dict[str, tuple[Path, ...]]:
+        """The row's pictures by key, those it names only."""
+        found = {"init_image": (self.init_image,) if self.init_image else (), "style_image": self.style_image}
+        return {key: paths for key, paths in found.items() if paths}
+
+
+# A row's keys besides settings, declared once: the fields above.
+ROW_KEYS = tuple(f.name for f in fields(PromptSpec) if f.name != "settings")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def _from_mapping(path: Path, data: dict[str, Any]) -> BatchJob:
     _check_setting_names(path, "settings", settings)
     problems: list[Failure] = []
     identities = _collect(problems, "identity", _list(path, data, "identities"), lambda e: _identity(path, e))
-    prompts = _collect(problems, "prompt", _list(path, data, "prompts"), _prompt)
+    prompts = _collect(problems, "prompt", _list(path, data, "prompts"), lambda e: _prompt(path, e))
     names = [identity.name for _, identity in identities]
     for name in {n for n in names if names.count(n) > 1}:
         raise InvalidInputError(f"job file {path}: identity name {name!r} is used twice; names are folder names")
@@ -202,11 +202,10 @@ def _make_identity(path: Path, name: str, photos: list[str]) -> IdentitySpec:
         raise InvalidInputError(f"identity name {name!r} must use only letters, digits and '-'")
     if not photos:
         raise InvalidInputError(f"identity {name} has no photos")
-    # "~/x.jpg" is the home folder's, not a "~" folder beside the job file.
-    return IdentitySpec(name, tuple((path.parent / Path(p).expanduser()).resolve() for p in photos))
+    return IdentitySpec(name, tuple(_resolve(path, p) for p in photos))
 
 
-def _prompt(entry: Any) -> PromptSpec:
+def _prompt(path: Path, entry: Any) -> PromptSpec:
     if isinstance(entry, str):
         return PromptSpec(entry)
     if isinstance(entry, dict) and isinstance(entry.get("prompt"), str):
@@ -214,8 +213,27 @@ def _prompt(entry: Any) -> PromptSpec:
         if unknown:
             raise InvalidInputError(f"unknown key(s) {', '.join(unknown)}")
         own = tuple((k, v) for k, v in entry.items() if k not in ROW_KEYS)
-        return PromptSpec(entry["prompt"], entry.get("style"), entry.get("negative_prompt"), own)
+        init, styles = entry.get("init_image"), entry.get("style_image")
+        if init is not None and not isinstance(init, str):
+            raise InvalidInputError(f"init_image is one picture's path, got {init!r}")
+        styles = [styles] if isinstance(styles, str) else [] if styles is None else styles
+        if not isinstance(styles, list) or not all(isinstance(s, str) for s in styles):
+            raise InvalidInputError(f"style_image is a path or a list of paths, got {entry['style_image']!r}")
+        return PromptSpec(entry["prompt"], entry.get("style"), entry.get("negative_prompt"), own,
+                          *_pictures(path, init, styles))
     raise InvalidInputError(f"a prompt is a string or a mapping with 'prompt', got {entry!r}")
+
+
+def _pictures(path: Path, init: str | None, styles: list[str]) -> tuple[Path | None, tuple[Path, ...]]:
+    """A row's init and style pictures as paths (relative to the job file, like photos), their count checked."""
+    if len(styles) > MAX_STYLE_IMAGES:
+        raise InvalidInputError(f"style_image takes 1 to {MAX_STYLE_IMAGES} pictures, got {len(styles)}")
+    return (_resolve(path, init) if init else None), tuple(_resolve(path, s) for s in styles)
+
+
+def _resolve(path: Path, photo: str) -> Path:
+    # "~/x.jpg" is the home folder's, not a "~" folder beside the job file.
+    return (path.parent / Path(photo).expanduser()).resolve()
 
 
 def _from_csv(path: Path, text: str) -> BatchJob:
@@ -227,7 +245,7 @@ def _from_csv(path: Path, text: str) -> BatchJob:
         raise InvalidInputError(f"job file {path}: CSV needs the column(s) {', '.join(sorted(missing))}")
     extra = [c for c in reader.fieldnames if c and c not in {"identity", "photos", "seed", *ROW_KEYS}]
     _check_setting_names(path, "header", dict.fromkeys(extra))
-    prompts: dict[str, int] = {}
+    prompts: dict[tuple[str, Path | None, tuple[Path, ...]], int] = {}
     tasks, problems = [], []
     for row in reader:
         line = reader.line_num
@@ -240,12 +258,15 @@ def _from_csv(path: Path, text: str) -> BatchJob:
             if not cells.get("seed", "0").isdigit() and cells.get("seed"):
                 raise InvalidInputError(f"seed must be a non-negative integer, got {cells['seed']!r}")
             own = tuple((k, cells[k]) for k in extra if cells.get(k))
+            styles = [p.strip() for p in cells.get("style_image", "").split(";") if p.strip()]
             spec = PromptSpec(cells.get("prompt", ""), cells.get("style") or None,
-                              cells.get("negative_prompt") or None, own)
+                              cells.get("negative_prompt") or None, own,
+                              *_pictures(path, cells.get("init_image") or None, styles))
         except InvalidInputError as exc:
             problems.append(Failure(f"line {line}", str(exc)))
             continue
-        number = prompts.setdefault(spec.prompt, len(prompts) + 1)
+        # One number per prompt and pictures: rows that differ in their init or style picture are other outputs.
+        number = prompts.setdefault((spec.prompt, spec.init_image, spec.style_image), len(prompts) + 1)
         tasks.append(BatchTask(identity, number, spec, int(cells.get("seed") or 0), f"line {line}"))
     if not tasks and not problems:
         raise InvalidInputError(f"job file {path}: no rows")

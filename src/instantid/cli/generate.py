@@ -87,16 +87,23 @@ def style_references(paths: list[Path], settings: Any, model: Any, full_paths: b
             raise InvalidInputError(f"{' and '.join(chosen)} {verb} --style-image (the style reference picture)")
         return None, model  # a --style-adapter (or INSTANTID_STYLE_ADAPTER) alone is loaded, as asked
     from instantid.api.style_images import load_style_images
-    from instantid.io.models import DEFAULT_STYLE_ADAPTER, resolve_style_adapter
 
     with naming("--style-image"):
         style = load_style_images(paths, full_paths=full_paths)
+    return style, with_style_adapter(model)
+
+
+def with_style_adapter(model: Any) -> Any:
+    """The model options with the style adapter that style images need: its files are found (or fetched) now,
+    before the slow model load, as the load would."""
+    from instantid.io.models import DEFAULT_STYLE_ADAPTER, resolve_style_adapter
+
     if model.demo and not model.style_adapter:
-        return style, model  # the demo's own tiny style adapter
+        return model  # the demo's own tiny style adapter
     ref = model.style_adapter or DEFAULT_STYLE_ADAPTER
     with naming("--style-adapter"):
         resolve_style_adapter(ref)
-    return style, model.model_copy(update={"style_adapter": ref})
+    return model.model_copy(update={"style_adapter": ref})
 
 
 def face_detail_note(metadata: dict[str, Any], path: Path, demo: bool) -> str | None:
@@ -290,10 +297,10 @@ BATCH_HELP = (
     "Run a job file (YAML, JSON or CSV: identities x prompts x seeds) with one model load; rerun to resume. Ends "
     "with a labelled contact sheet.\n\n"
     f"Settings precedence: {PRECEDENCE}.\n\n"
-    "Every row is checked first (settings, photos, faces) and all bad rows are reported at once; the good rows are "
-    f"then made, the bad ones listed in {FAILURES} in the output folder, and the exit code is 1. With --fail-fast a "
-    "bad row stops the batch before anything is generated (exit 2).\n\n"
-    "An output counts as done only when its sidecar records the same settings, photos and models, so a rerun redoes "
+    "Every row is checked first (settings, photos, init and style pictures, faces) and all bad rows are reported at "
+    f"once; the good rows are then made, the bad ones listed in {FAILURES} in the output folder, and the exit code is "
+    "1. With --fail-fast a bad row stops the batch before anything is generated (exit 2).\n\n"
+    "An output counts as done only when its sidecar records the same settings, pictures and models, so a rerun redoes "
     "exactly what changed."
 )
 
@@ -324,9 +331,11 @@ def batch_command(
     from_cli = ", ".join(f"{field_label(n)} {getattr(settings, n)}" for n in given)
     typer.echo(f"settings: {batch.PRECEDENCE}" + (f" (from the command line: {from_cli})" if from_cli else ""))
     check_model_options(model)
+    if any(task.prompt.style_image for task in job.tasks):
+        model = with_style_adapter(model)
     prepare_folder(out, "--out")
     model_key = model.model_dump(include={"base", "identitynet", "adapter", "lora", "lora_scale", "demo", "preset",
-                                          "preset_weights"})
+                                          "preset_weights", batch.STYLE_ADAPTER})
     planned, problems = batch.plan(job, settings, given, model_key, out)
     chosen = resolve_shard(shard)
     mine = batch.shard_tasks(planned, out, chosen)

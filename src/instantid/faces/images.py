@@ -74,6 +74,15 @@ def _too_large(size: str) -> str:
     return f"{size}, over the {MAX_PIXELS // 1_000_000}-megapixel limit; downscale it first"
 
 
+def check_image(path: str | Path, name: str | None = None) -> Path:
+    """``path`` opens as an image of an allowed size: its header is read, its pixels are not decoded (a check before
+    a long run, cheap enough for every row of a batch); returns it as a Path."""
+    label = describe_source(path, name)
+    with _open(path, label) as image:
+        _check_size(image, label)
+    return Path(path)
+
+
 def _check_size(image: Image.Image, label: str) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:

@@ -46,6 +46,7 @@ from instantid.pipelines.call import (
     size_or,
 )
 from instantid.pipelines.sdxl import InstantIDMixin, StableDiffusionXLInstantIDImg2ImgPipeline
+from instantid.pipelines.style import share_style_modules
 
 LATENT_CHANNELS = 4
 INPAINT_UNET_CHANNELS = 9  # latents + mask + masked-image latents
@@ -242,7 +243,7 @@ def _variant(pipe: Any, cls: type) -> Any:
         variant = cls.from_pipe(pipe)
         variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         variants[cls] = variant
-    return variants[cls]
+    return share_style_modules(variants[cls], pipe)
 
 
 def inpaint_pipeline(pipe: Any) -> StableDiffusionXLInstantIDInpaintPipeline:

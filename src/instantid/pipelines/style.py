@@ -67,6 +67,20 @@ def call_scale(style_scale: ScaleConfig | None) -> ScaleConfig:
     return style_scale
 
 
+STYLE_MODULES = ("image_encoder", "feature_extractor")  # what load_style_adapter registers on a pipeline
+
+
+def share_style_modules(variant: Any, pipe: Any) -> Any:
+    """``variant`` (made from ``pipe`` by ``from_pipe``: image-to-image, extra ControlNets) with ``pipe``'s style
+    image encoder: a variant made before the style adapter loaded has none, though the adapter's layers are in the
+    UNet they share. Returns ``variant``."""
+    for name in STYLE_MODULES:
+        module = getattr(pipe, name, None)
+        if module is not None and getattr(variant, name, None) is not module:
+            variant.register_modules(**{name: module})
+    return variant
+
+
 class StyleMixin:
     """What a style reference image adds to an InstantID pipeline."""
 
