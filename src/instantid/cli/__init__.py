@@ -48,7 +48,7 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 
 # Command modules register themselves on `app` when imported (each imports its heavy libraries lazily, inside
 # its commands, so `instantid --help` stays fast).
-_COMMAND_MODULES = ("faces", "generate", "doctor", "serve", "service", "train", "evaluate", "apps", "download")
+_COMMAND_MODULES = ("faces", "generate", "batch", "doctor", "serve", "service", "train", "evaluate", "apps", "download")
 
 
 def _register_commands() -> None:
