@@ -19,6 +19,8 @@ from _comfyui import (
     SIZE,
     UNET_CONFIG,
     agree,
+    check_ui_layout,
+    check_ui_slots_and_links,
     comfyui,
     ksampler,
     make_conditioning,
@@ -26,6 +28,7 @@ from _comfyui import (
     one_evaluation,
     pipeline_denoised,
     tiny_unet,
+    ui_to_api,
 )
 from PIL import Image
 
@@ -417,3 +420,21 @@ def test_comfyui_loads_the_custom_node_folder_and_validates_the_readme_workflow(
     assert outputs == ["14"]
     workflow["10"]["inputs"]["identity"] = ["9", 0]  # an IMAGE where an identity belongs
     assert not asyncio.run(execution.validate_prompt("broken", workflow, None))[0]
+
+
+def test_ui_workflow_queues_the_api_workflow(comfy) -> None:
+    """The workflow users drop on the canvas (UI format) queues exactly the API workflow the previous test validates
+    (the frontend's conversion: tests/_comfyui.py), its sockets and link types are the pinned ComfyUI's classes'
+    with our nodes, and it reads left to right without overlapping nodes."""
+    import json
+
+    from comfy_execution.validation import validate_node_input
+
+    folder = Path(__file__).resolve().parents[1] / "comfyui_instantid" / "workflows"
+    ui = json.loads((folder / "instantid_basic.json").read_text())
+    api = json.loads((folder / "instantid_basic_api.json").read_text())
+    classes = {**comfy.nodes.NODE_CLASS_MAPPINGS, **comfy.ours.NODE_CLASS_MAPPINGS}
+    assert ui["version"] == 0.4 and not ui["groups"]
+    assert ui_to_api(ui, classes) == api
+    check_ui_slots_and_links(ui, classes, validate_node_input)
+    check_ui_layout(ui)
