@@ -8,6 +8,7 @@ transformers in the deepest level and the middle block (17 cross-attention layer
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,9 @@ def comfyui(vendor: Path, root: Path) -> Iterator[SimpleNamespace]:
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True
+        # main.py imports ComfyUI's utils package (its server's routes need it) before nodes.py puts comfy/ first on
+        # sys.path, where comfy/utils.py would shadow it
+        importlib.import_module("utils.json_util")
         import comfy.controlnet
         import comfy.model_management
         import comfy.model_patcher
