@@ -8,6 +8,7 @@ transformers in the deepest level and the middle block (17 cross-attention layer
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,9 @@ def comfyui(vendor: Path, root: Path) -> Iterator[SimpleNamespace]:
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True
+        # main.py imports ComfyUI's utils package (its server's routes need it) before nodes.py puts comfy/ first on
+        # sys.path, where comfy/utils.py would shadow it
+        importlib.import_module("utils.json_util")
         import comfy.controlnet
         import comfy.model_management
         import comfy.model_patcher
@@ -185,3 +189,92 @@ def agree(denoised: torch.Tensor, expected: torch.Tensor, plain: torch.Tensor) -
     error = (denoised - expected).abs().max()
     assert torch.allclose(denoised, expected, atol=1e-4, rtol=1e-4), error
     assert (denoised - plain).abs().max() > 100 * error, "InstantID changes the step: the check is not vacuous"
+
+
+# The UI ("workflow") format the ComfyUI frontend loads from a dropped file, and what it queues from it
+# (Comfy-Org/ComfyUI_frontend: widgets built per INPUT_TYPES input in order, graphToPrompt in executionUtil.ts).
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its ``pos``
+
+
+def input_slots(cls) -> list[tuple[str, object, dict, bool]]:
+    """A node class's inputs in the frontend's order: (name, type, options, is it a widget)."""
+    spec = cls.INPUT_TYPES()
+    slots = []
+    for section in ("required", "optional"):
+        for name, (kind, *rest) in spec.get(section, {}).items():
+            options = rest[0] if rest else {}
+            widget = (isinstance(kind, list | tuple) or kind in WIDGET_TYPES) and not options.get("forceInput")
+            slots.append((name, kind, options, widget))
+    return slots
+
+
+def unsent_widgets(name: str, kind: object, options: dict) -> int:
+    """Widgets the frontend adds after this one and keeps in ``widgets_values`` but never queues: the seed's
+    ``control_after_generate`` combo (useIntWidget) and an image input's upload button (useImageUploadWidget)."""
+    control = options.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed"))
+    return int(bool(control)) + int(bool(options.get("image_upload")))
+
+
+def ui_to_api(workflow: dict, classes: dict) -> dict:
+    """The API prompt the frontend queues for a UI-format workflow: widget values mapped onto each class's widget
+    inputs in order, linked inputs as ``[origin id, origin slot]``, a node's own title as ``_meta``."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        assert node["mode"] == 0, f"node {node['id']} is muted or bypassed: the frontend would not queue it"
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name, kind, options, widget in input_slots(classes[node["type"]]):
+            if widget:
+                assert values, f"node {node['id']} ({node['type']}): no widget value for {name}"
+                inputs[name] = values.pop(0)
+                unsent = unsent_widgets(name, kind, options)
+                assert len(values) >= unsent, f"node {node['id']}: the frontend saves {unsent} more after {name}"
+                del values[:unsent]
+        assert not values, f"node {node['id']} ({node['type']}): widget values left over: {values}"
+        for slot in node["inputs"]:
+            if slot["link"] is not None:  # a link wins over a widget of the same name
+                _, origin, origin_slot, *_ = links[slot["link"]]
+                inputs[slot["name"]] = [str(origin), origin_slot]
+        meta = {"_meta": {"title": node["title"]}} if "title" in node else {}
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, **meta}
+    return prompt
+
+
+def check_ui_slots_and_links(workflow: dict, classes: dict, validate_node_input) -> None:
+    """Each node's sockets and outputs are its class's, and every link joins matching types at both ends."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert workflow["last_node_id"] == max(nodes)
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+    for node in nodes.values():
+        cls = classes[node["type"]]
+        sockets = [(name, kind) for name, kind, _, widget in input_slots(cls) if not widget]
+        assert [(s["name"], s["type"]) for s in node["inputs"]] == sockets, node["id"]
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        assert [(o["name"], o["type"]) for o in node["outputs"]] == list(zip(names, cls.RETURN_TYPES, strict=True))
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        output, slot = nodes[origin]["outputs"][origin_slot], nodes[target]["inputs"][target_slot]
+        assert link_id in output["links"] and slot["link"] == link_id, link_id
+        assert kind == output["type"] == classes[nodes[origin]["type"]].RETURN_TYPES[origin_slot], link_id
+        wanted = {name: kind for name, kind, _, _ in input_slots(classes[nodes[target]["type"]])}[slot["name"]]
+        assert validate_node_input(kind, wanted), f"link {link_id}: {kind} into {slot['name']} ({wanted})"
+    ends = sorted(s["link"] for n in nodes.values() for s in n["inputs"] if s["link"] is not None)
+    starts = sorted(i for n in nodes.values() for o in n["outputs"] for i in o["links"] or [])
+    assert ends == starts == sorted(link[0] for link in workflow["links"]), "links listed once at each end"
+
+
+def check_ui_layout(workflow: dict) -> None:
+    """Readable on the canvas: no two nodes (title bar included) overlap, every link runs left to right, and the
+    stored execution order puts each node after its inputs."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    boxes = {i: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for i, n in nodes.items()}
+    for a in boxes:
+        for b in boxes:
+            x0, y0, x1, y1 = boxes[a]
+            u0, v0, u1, v1 = boxes[b]
+            assert a == b or x1 <= u0 or u1 <= x0 or y1 <= v0 or v1 <= y0, f"nodes {a} and {b} overlap"
+    for _, origin, _, target, _, _ in workflow["links"]:
+        assert boxes[origin][2] < boxes[target][0], f"link {origin} -> {target} runs right to left"
+        assert nodes[origin]["order"] < nodes[target]["order"], f"order puts {target} before {origin}"

@@ -19,6 +19,8 @@ from _comfyui import (
     SIZE,
     UNET_CONFIG,
     agree,
+    check_ui_layout,
+    check_ui_slots_and_links,
     comfyui,
     ksampler,
     make_conditioning,
@@ -26,6 +28,7 @@ from _comfyui import (
     one_evaluation,
     pipeline_denoised,
     tiny_unet,
+    ui_to_api,
 )
 from PIL import Image
 
@@ -411,9 +414,54 @@ def test_comfyui_loads_the_custom_node_folder_and_validates_the_readme_workflow(
     (checkpoints / "sd_xl_base_1.0.safetensors").write_bytes(b"")  # validation reads names, not weights
     comfy.folder_paths.add_model_folder_path("checkpoints", str(checkpoints), is_default=True)
     Image.new("RGB", (64, 64)).save(Path(comfy.folder_paths.get_input_directory()) / "face.png")
-    workflow = json.loads((repo / "comfyui_instantid" / "workflows" / "instantid_basic_api.json").read_text())
+    workflow = json.loads((repo / "comfyui_instantid" / "api_workflows" / "instantid_basic_api.json").read_text())
     valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("readme", workflow, None))
     assert valid, (error, node_errors)
     assert outputs == ["14"]
     workflow["10"]["inputs"]["identity"] = ["9", 0]  # an IMAGE where an identity belongs
     assert not asyncio.run(execution.validate_prompt("broken", workflow, None))[0]
+
+
+def test_ui_workflow_queues_the_api_workflow(comfy) -> None:
+    """The workflow users drop on the canvas (UI format) queues exactly the API workflow the previous test validates
+    (the frontend's conversion: tests/_comfyui.py), its sockets and link types are the pinned ComfyUI's classes'
+    with our nodes, and it reads left to right without overlapping nodes."""
+    import json
+
+    from comfy_execution.validation import validate_node_input
+
+    pack = Path(__file__).resolve().parents[1] / "comfyui_instantid"
+    ui = json.loads((pack / "workflows" / "instantid_basic.json").read_text())
+    api = json.loads((pack / "api_workflows" / "instantid_basic_api.json").read_text())
+    classes = {**comfy.nodes.NODE_CLASS_MAPPINGS, **comfy.ours.NODE_CLASS_MAPPINGS}
+    assert ui["version"] == 0.4 and not ui["groups"]
+    assert ui_to_api(ui, classes) == api
+    check_ui_slots_and_links(ui, classes, validate_node_input)
+    check_ui_layout(ui)
+
+
+def test_templates_browser_lists_only_ui_workflows(comfy, tmp_path: Path) -> None:
+    """ComfyUI's Templates browser lists the JSON files in a custom node's ``workflows/`` (and similar) folders and
+    loads each as a UI workflow (an API-format file there fails with "nodes is not iterable"): ComfyUI's own routes
+    list our pack's UI workflow and nothing else."""
+    import asyncio
+    import json
+
+    from aiohttp import web
+    from app.custom_node_manager import CustomNodeManager
+
+    pack = Path(__file__).resolve().parents[1] / "comfyui_instantid"
+    (tmp_path / pack.name).symlink_to(pack)
+    custom_nodes = comfy.folder_paths.folder_names_and_paths["custom_nodes"][0]
+    custom_nodes.append(str(tmp_path))
+    try:
+        routes, webapp = web.RouteTableDef(), web.Application()
+        CustomNodeManager().add_routes(routes, webapp, [(pack.name, str(pack))])
+        listing = next(route.handler for route in routes if route.path == "/workflow_templates")
+        listed = json.loads(asyncio.run(listing(None)).text)
+    finally:
+        custom_nodes.remove(str(tmp_path))
+    assert listed == {pack.name: ["instantid_basic"]}
+    (served,) = [Path(r.get_info()["directory"]) for r in webapp.router.resources()
+                 if r.canonical == f"/api/workflow_templates/{pack.name}"]
+    assert "nodes" in json.loads((served / "instantid_basic.json").read_text())
