@@ -457,7 +457,8 @@ def test_a_guidance_embedding_unet_gets_its_timestep_cond(fresh_fixture_pipe, em
     """A UNet with a guidance embedding (``time_cond_proj_dim``, LCM-distilled models) gets the embedding of the
     guidance scale every step, as in diffusers: zeroing its projection changes the latents."""
     unet = fresh_fixture_pipe.unet  # what from_config(time_cond_proj_dim=8) builds, on the loaded UNet
-    unet.register_to_config(time_cond_proj_dim=8)
+    # register_to_config rebuilds the config from its keys, and the face adapter's "ip_image_proj" is no key.
+    unet.register_to_config(time_cond_proj_dim=8, encoder_hid_dim_type=unet.config.encoder_hid_dim_type)
     torch.manual_seed(0)
     unet.time_embedding.cond_proj = torch.nn.Linear(8, unet.time_embedding.linear_1.in_features, bias=False)
     pipe = fresh_fixture_pipe
