@@ -147,7 +147,7 @@ class GroupTab:
     def _slot(self, number: int) -> None:
         with gr.Column(visible=number < MIN_PEOPLE, elem_id=f"{PREFIX}slot-{number}") as column:
             box = gr.File(label=f"Person {number}: face photo(s)", file_count="multiple", file_types=["image"],
-                          type="filepath", height=100, elem_id=f"{PREFIX}person-{number}")
+                          type="filepath", height=150, elem_id=f"{PREFIX}person-{number}")
             shown = gr.Gallery(label=f"Person {number}: the face used", columns=4, height=140,
                                object_fit="contain", interactive=False, elem_id=f"{PREFIX}preview-{number}")
             count = gr.Markdown(no_person_yet(number), elem_id=f"{PREFIX}person-count-{number}")
