@@ -165,6 +165,9 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         assert layout_defects(page) == []  # each person's preview shows the whole photo, not a cut of it
         page.locator("#group-pose input[type=file]").set_input_files(str(GROUP))
         page.locator("#group-count").get_by_text("2 faces").wait_for(timeout=WAIT)
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the group photo's label clear of its buttons
+        assert layout_defects(page) == []
+        page.set_viewport_size({"width": 1400, "height": 1000})
         page.locator("#tab-group").get_by_text("Advanced").click()
         page.locator("#group-steps input[type=number]").fill("2")
         page.locator("#group-run").click()
