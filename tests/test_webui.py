@@ -143,6 +143,9 @@ def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser:
     # On a phone the result follows Generate; the examples come after it, not between them.
     generate, result, examples = (page.locator(s).bounding_box()["y"] for s in ("#generate", "#gallery", "#examples"))
     assert generate < result < examples
+    # Every tab in sight, none folded into gradio's "more tabs" menu.
+    assert [tab.inner_text() for tab in page.get_by_role("tab").all() if tab.is_visible()] == [
+        "Portrait", "Face swap", "Several people", "Face detail"]
     page.locator("#examples").get_by_text("a portrait in the snow, soft light").click()
     page.locator("#references").get_by_text("face.jpg").wait_for(timeout=WAIT)
     wait_for_count(page, "1 reference photo")

@@ -28,6 +28,8 @@ CSS = """
 /* An empty drop zone's text starts below the label (its icon sat under the label; in a small box its last line
    was cut off). */
 .block .upload-container .wrap { min-height: 0; padding-top: 26px; }
+/* On a phone (360 px and up) the four tabs fit in one row: with gradio's spacing two of them hid in a "more" menu. */
+@media (max-width: 480px) { .tab-wrapper .tab-container button { padding: 0 6px; font-size: 13px; } }
 """
 
 
