@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, demo_model, layout_defects
 
 from instantid.speed.presets import get_preset
 
@@ -49,8 +49,11 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-def open_page(browser: object, url: str) -> object:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+NARROW = {"width": 390, "height": 844}  # a phone: the columns stack
+
+
+def open_page(browser: object, url: str, viewport: dict[str, int] | None = None) -> object:
+    page = browser.new_page(viewport=viewport or {"width": 1400, "height": 1000})
     page.goto(url)
     page.wait_for_selector("#generate")
     return page
@@ -78,10 +81,12 @@ def test_upload_previews_the_face_then_generates_into_the_folder(browser: object
     page = open_page(browser, ui_url)
     page.locator("#notice").get_by_text("images are noise").wait_for(timeout=WAIT)  # demo banner
     assert str(out_dir) in page.locator("#out-dir").inner_text()
+    assert layout_defects(page) == []  # no label over a drop zone's icon, no drop zone text cut off
     upload(page, FACES / "obama_1.jpg")
     page.locator("#references img").first.wait_for(timeout=WAIT)  # the detected face, before generating
     wait_for_count(page, "1 reference photo")
     assert page.locator("#references img").first.evaluate("img => img.naturalWidth") > 0
+    assert layout_defects(page) == []  # the one reference thumbnail whole, not cut at the bottom
     page.get_by_label("Prompt").fill("a portrait in the snow")
     page.get_by_text("Advanced").click()
     page.locator("#steps input[type=number]").fill("2")
@@ -96,6 +101,7 @@ def test_upload_previews_the_face_then_generates_into_the_folder(browser: object
                            "return i !== null && i.complete && i.naturalWidth > 0; }", timeout=WAIT)
     page.screenshot(path=SCREENSHOT, full_page=True)
     assert image.evaluate("img => img.naturalWidth") > 0
+    assert layout_defects(page) == []  # the result whole, under its label
     saved = sorted(out_dir.glob("a-portrait-in-the-snow_s*.png"))  # named as the CLI names it
     assert saved and saved[0].with_suffix(".json").is_file()
     page.close()
@@ -133,7 +139,13 @@ def test_no_face_shows_readable_error_and_keeps_the_set(browser: object, ui_url:
 
 
 def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser: object, ui_url: str) -> None:
-    page = open_page(browser, ui_url)
+    page = open_page(browser, ui_url, NARROW)
+    # On a phone the result follows Generate; the examples come after it, not between them.
+    generate, result, examples = (page.locator(s).bounding_box()["y"] for s in ("#generate", "#gallery", "#examples"))
+    assert generate < result < examples
+    # Every tab in sight, none folded into gradio's "more tabs" menu.
+    assert [tab.inner_text() for tab in page.get_by_role("tab").all() if tab.is_visible()] == [
+        "Portrait", "Face swap", "Several people", "Face detail"]
     page.locator("#examples").get_by_text("a portrait in the snow, soft light").click()
     page.locator("#references").get_by_text("face.jpg").wait_for(timeout=WAIT)
     wait_for_count(page, "1 reference photo")
@@ -153,7 +165,7 @@ def test_example_loads_the_bundled_photo_and_few_step_sets_the_controls(browser:
 
 
 def test_pose_photo_layout_and_mix_are_previewed_and_a_faceless_pose_is_refused(browser: object, ui_url: str) -> None:
-    page = open_page(browser, ui_url)
+    page = open_page(browser, ui_url, NARROW)
     upload(page, FACES / "obama_1.jpg")
     wait_for_count(page, "1 reference photo")
     page.get_by_text("Pose and face choice").click()
@@ -161,6 +173,7 @@ def test_pose_photo_layout_and_mix_are_previewed_and_a_faceless_pose_is_refused(
     page.locator("#references").get_by_text("pose: pose_1.jpg").wait_for(timeout=WAIT)
     assert "Pose from pose_1.jpg" in page.locator("#reference-count").inner_text()
     assert page.locator("#references img").count() == 2
+    assert layout_defects(page) == []  # at phone width: the pose photo's label clear of its picture and buttons
     page.locator("#pose button[aria-label='Remove Image']").click()
     page.wait_for_function("!document.querySelector('#reference-count').innerText.includes('Pose from')",
                            timeout=WAIT)
@@ -186,6 +199,7 @@ def test_face_swap_tab_numbers_the_faces_and_swaps(browser: object, ui_url: str,
     page.locator("#swap-scene input[type=file]").set_input_files(str(FACES / "group_two_people.jpg"))
     page.locator("#swap-count").get_by_text("2 faces").wait_for(timeout=WAIT)
     assert page.locator("#swap-faces img").count() == 1
+    assert layout_defects(page) == []  # the labels clear of the picture and its numbered faces
     page.get_by_text("Advanced").last.click()
     page.locator("#swap-steps input[type=number]").fill("2")
     page.locator("#swap-run").click()
@@ -193,6 +207,8 @@ def test_face_swap_tab_numbers_the_faces_and_swaps(browser: object, ui_url: str,
     assert page.locator("#swap-info").get_by_text("Saved as swap_group-two-people_s").count() == 1
     # The wide result is shown whole, not cut to the tile (issue 18 item 14).
     assert page.evaluate("getComputedStyle(document.querySelector('#swap-gallery img')).objectFit") == "contain"
+    page.locator("#swap-gallery img").first.scroll_into_view_if_needed()
+    assert layout_defects(page) == []
     page.screenshot(path=SCREENSHOT.replace(".png", "_swap.png"), full_page=True)
     assert list(out_dir.glob("swap_group-two-people_s*.png"))
     page.close()

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, NO_FACE
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACE, FACES, NO_FACE, layout_defects
 from _service import serving, until
 from PIL import Image
 
@@ -124,6 +124,7 @@ def test_browser_face_detail_on_serve_becomes_a_job(served_ui: tuple[Any, str]) 
         page.get_by_role("tab", name="Face detail").click()
         page.locator("#detail-picture input[type=file]").set_input_files(str(OTHER))
         page.locator("#detail-count").get_by_text("1 face").wait_for(timeout=WAIT)
+        assert layout_defects(page) == []  # the UI's CSS reaches the mounted page too
         page.locator("#tab-detail").get_by_text("Advanced").click()
         page.locator("#detail-steps input[type=number]").fill("2")
         page.locator("#detail-resolution textarea, #detail-resolution input").first.fill("64")

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE
+from _demo import CHROMIUM, CHROMIUM_ARGS, FACES, NO_FACE, layout_defects
 from PIL import Image
 
 from instantid.api.settings import GenerationSettings
@@ -156,13 +156,18 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page.get_by_role("tab", name="Several people").click()
         page.locator("#who").wait_for(state="hidden", timeout=WAIT)  # each person has a slot here: no Who panel
         assert page.locator("#group-person-2").count() == 0  # two slots (person 0, person 1) until one is added
+        assert layout_defects(page) == []  # each slot's drop zone: its text in the box, clear of the label
         page.locator("#group-add-person").click()
         page.locator("#group-person-2").wait_for(timeout=WAIT)
         for number, photo in ((0, "obama_1.jpg"), (1, "lecun_1.jpg")):
             page.locator(f"#group-person-{number} input[type=file]").set_input_files(str(FACES / photo))
             page.locator(f"#group-person-count-{number}").get_by_text("1 reference photo").wait_for(timeout=WAIT)
+        assert layout_defects(page) == []  # each person's preview shows the whole photo, not a cut of it
         page.locator("#group-pose input[type=file]").set_input_files(str(GROUP))
         page.locator("#group-count").get_by_text("2 faces").wait_for(timeout=WAIT)
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the group photo's label clear of its buttons
+        assert layout_defects(page) == []
+        page.set_viewport_size({"width": 1400, "height": 1000})
         page.locator("#tab-group").get_by_text("Advanced").click()
         page.locator("#group-steps input[type=number]").fill("2")
         page.locator("#group-run").click()

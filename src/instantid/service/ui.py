@@ -59,6 +59,7 @@ def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limit
     import gradio as gr
 
     from instantid.webui import create_ui, current_caller
+    from instantid.webui.layout import CSS
 
     face_only: list[FaceOnlyModel] = []
 
@@ -93,7 +94,7 @@ def mount_ui(app: FastAPI, settings: ServerSettings, keys: KeyRing | None, limit
     results = Path(settings.out_dir) / UI_RESULTS
     app.state.ui = create_ui(get_model, results, submit=submit, keep_hours=settings.keep_hours)  # tests reach it here
     auth = None if keys is None else keys.sign_in
-    gr.mount_gradio_app(app, app.state.ui, path="/ui", auth=auth, auth_message=LOGIN_MESSAGE if auth else None,
+    gr.mount_gradio_app(app, app.state.ui, path="/ui", css=CSS, auth=auth, auth_message=LOGIN_MESSAGE if auth else None,
                         allowed_paths=[str(app.state.ui.instantid.out_dir)])
 
 

@@ -49,6 +49,7 @@ def create_ui(
 
     from instantid.webui.detail_tab import DetailTab
     from instantid.webui.group_tab import GroupTab
+    from instantid.webui.layout import Page
     from instantid.webui.portrait import PortraitTab
     from instantid.webui.swap_tab import SwapTab
     from instantid.webui.who import WhoPanel
@@ -63,7 +64,7 @@ def create_ui(
             ("Several people", "group", GroupTab), ("Face detail", "detail", DetailTab))
     # gradio keeps its own copy of every result shown: it expires with ours.
     delete_cache = None if keep_s is None else (int(min(3600, max(60, keep_s / 4))), int(keep_s))
-    with gr.Blocks(title="InstantID", delete_cache=delete_cache) as ui:
+    with Page(title="InstantID", delete_cache=delete_cache) as ui:
         gr.Markdown("# InstantID\nOne face photo in, the same person in any style out (arXiv 2401.07519). "
                     f"Images and their settings (PNG + JSON) are saved to `{ctx.out_dir}`.", elem_id="out-dir")
         banner = gr.Markdown(elem_id="notice")

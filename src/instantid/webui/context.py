@@ -65,7 +65,7 @@ def calling_as(caller: Caller) -> Iterator[None]:
 
 DEMO_NOTICE = (
     "**Demo mode:** tiny random weights, no download. The pipeline runs for real, but the images are noise. "
-    "Start with real weights (`instantid ui` without `--demo`) for actual portraits."
+    "Start it again without `--demo` (real weights) for actual portraits."  # `instantid ui` or `serve`
 )
 # Bundled with the source tree (examples/face.jpg); an installed wheel has none and shows no examples.
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[3] / "examples" / "face.jpg"

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 # photo, fused by "auto"; the settings a group picture cannot honour are the ones every surface leaves out.
 NOT_FOR_GROUP = (*IDENTITY_FIELDS, *UNUSED_SETTINGS["group"])
 PREFIX = "group-"
+NO_GROUP_PHOTO = "No group photo: the people stand side by side. With one, person i takes face i, left to right."
 
 
 def no_person_yet(number: int) -> str:
@@ -132,12 +133,13 @@ class GroupTab:
                 for number in range(MAX_PEOPLE):
                     self._slot(number)
                 self.add_button = gr.Button("+ Add a person", size="sm", elem_id=f"{PREFIX}add-person")
-                self.group = gr.Image(label="Group photo (optional): person i takes face i, left to right",
-                                      type="filepath", sources=["upload"], height=200, elem_id=f"{PREFIX}pose")
+                # A short label (a long one ran under the picture's buttons on a phone); the line below the faces
+                # says how the group photo places the people.
+                self.group = gr.Image(label="Group photo (optional)", type="filepath", sources=["upload"], height=200,
+                                      elem_id=f"{PREFIX}pose")
                 self.group_faces = gr.Image(label="Faces found (numbered left to right)", interactive=False,
                                             height=200, elem_id=f"{PREFIX}faces")
-                self.group_text = gr.Markdown("No group photo: the people stand side by side.",
-                                              elem_id=f"{PREFIX}count")
+                self.group_text = gr.Markdown(NO_GROUP_PHOTO, elem_id=f"{PREFIX}count")
                 self.style_image = style_image_box(f"{PREFIX}style-image")
                 self.widgets = build_controls(self.controls, PREFIX)
                 self.button = gr.Button("Generate", variant="primary", elem_id=f"{PREFIX}run")
@@ -147,7 +149,7 @@ class GroupTab:
     def _slot(self, number: int) -> None:
         with gr.Column(visible=number < MIN_PEOPLE, elem_id=f"{PREFIX}slot-{number}") as column:
             box = gr.File(label=f"Person {number}: face photo(s)", file_count="multiple", file_types=["image"],
-                          type="filepath", height=100, elem_id=f"{PREFIX}person-{number}")
+                          type="filepath", height=150, elem_id=f"{PREFIX}person-{number}")
             shown = gr.Gallery(label=f"Person {number}: the face used", columns=4, height=140,
                                object_fit="contain", interactive=False, elem_id=f"{PREFIX}preview-{number}")
             count = gr.Markdown(no_person_yet(number), elem_id=f"{PREFIX}person-count-{number}")
@@ -180,8 +182,7 @@ class GroupTab:
         uploaded = self.group.upload(guard(self.set_group), self.group, group_out, **events)
         uploaded.failure(lambda: None, None, self.group, queue=False)
         clear_error_mark(uploaded, self.group_faces, self.group_text)
-        self.group.clear(lambda: (None, None, "No group photo: the people stand side by side."), None, group_out,
-                         queue=False)
+        self.group.clear(lambda: (None, None, NO_GROUP_PHOTO), None, group_out, queue=False)
 
         def run(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> tuple[list[Any], str]:
             values = {name: data[widget] for name, widget in self.widgets.items()}

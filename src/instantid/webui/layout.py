@@ -14,6 +14,33 @@ from instantid.webui.who import IDENTITY_FIELDS
 if TYPE_CHECKING:
     from instantid.webui.who import WhoPanel
 
+# gradio floats a component's label over its top-left corner and sizes thumbnails and drop zones for bigger boxes;
+# in this page's small boxes that hid or cut what the user needs to see. Each rule says what it fixes.
+CSS = """
+/* A lone picture in a gallery is a full-width square thumbnail, taller than the gallery: the result and the
+   previews were cut at the bottom (a preview of one face showed only hair). A thumbnail is at most the gallery's
+   visible height, and the pictures start below the label. */
+.block .gallery-container .grid-wrap { container-type: size; padding-top: 30px; }
+.block .grid-wrap .thumbnail-item { max-height: 100cqh; }
+/* A shown picture starts below its label (the label hid the top of the picture, a numbered face included). */
+.block .image-container .image-frame { padding-top: 28px; box-sizing: border-box; height: 100%; }
+.block .image-container .image-frame img { max-height: 100%; object-fit: contain; }
+/* An empty drop zone's text starts below the label (its icon sat under the label; in a small box its last line
+   was cut off). */
+.block .upload-container .wrap { min-height: 0; padding-top: 26px; }
+/* On a phone (360 px and up) the four tabs fit in one row: with gradio's spacing two of them hid in a "more" menu. */
+@media (max-width: 480px) { .tab-wrapper .tab-container button { padding: 0 6px; font-size: 13px; } }
+"""
+
+
+class Page(gr.Blocks):
+    """The UI's gr.Blocks: since gradio 6 a page's CSS is given to ``launch`` (or ``gr.mount_gradio_app``), not to
+    the constructor; this one brings :data:`CSS` to every ``launch``. A mount passes ``css=CSS`` itself."""
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("css", CSS)
+        return super().launch(*args, **kwargs)
+
 
 def build_controls(items: Iterable[Control], prefix: str = "") -> dict[str, Any]:
     """Each control's widget, the basic ones here and the advanced ones under an "Advanced" accordion."""
@@ -47,8 +74,8 @@ def who_and_values(who: WhoPanel, widgets: dict[str, Any], data: dict[Any, Any])
 
 def style_image_box(elem_id: str) -> Any:
     """The optional style reference picture (InstantStyle) of a tab that makes new pictures."""
-    return gr.Image(label="Style image (optional): the picture takes its style (Style strength), the face keeps the "
-                    "identity", type="filepath", sources=["upload"], height=160, elem_id=elem_id)
+    # A short label: a long one ran under the picture's buttons (Style strength's note says what it does).
+    return gr.Image(label="Style image (optional)", type="filepath", sources=["upload"], height=160, elem_id=elem_id)
 
 
 def style_of(file: str | None) -> Any:

@@ -89,12 +89,15 @@ class PortraitTab:
 
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
-        """Two columns (what, result), then the events."""
+        """Two columns (what, result), the examples under both, then the events."""
         self.widgets: dict[str, Any] = {}
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
                 self._what()
             self.gallery, self.info = result_column()
+        # Under the result, not under Generate: on a phone the columns stack, and the examples between Generate and
+        # the result hid the result (and its progress) below the fold.
+        self._examples()
         self._wire()
 
     def _what(self) -> None:
@@ -109,10 +112,9 @@ class PortraitTab:
             for control in self.controls:
                 if control.advanced:
                     self.widgets[control.name] = control.build()
-            self.init_image = gr.Image(type="pil", label="Init image (image-to-image: the picture starts from it; "
-                                       "Denoising strength says how much is redrawn)", elem_id="init-image")
+            # A short label (a long one ran under the picture's buttons); Denoising strength's note says the rest.
+            self.init_image = gr.Image(type="pil", label="Init image (optional, image-to-image)", elem_id="init-image")
         self.button = gr.Button("Generate", variant="primary", elem_id="generate")
-        self._examples()
 
     def _examples(self) -> None:
         """An example gallery from the bundled example photo (absent from an installed wheel: then none).

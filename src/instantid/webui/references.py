@@ -131,7 +131,8 @@ def preview(identity: Identity, photos: Sequence[Photo], pose: Photo | None) -> 
 def summary(identity: Identity | None) -> str:
     """The count line under the thumbnails."""
     if identity is None:
-        return "No face photo yet: upload one (several photos of the same person work better)."
+        return ("No face photo yet: upload one (several photos of the same person work better). A new upload "
+                "replaces the set; \"+ Add another photo\" adds to it.")
     count = len(identity.references)
     text = f"**{count} reference photo{'s' if count != 1 else ''}** of one person"
     if count > 1:

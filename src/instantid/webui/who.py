@@ -134,9 +134,10 @@ class WhoPanel:
     # ---- layout ----------------------------------------------------------------------------------
     def build(self) -> None:
         gr.Markdown("### 1. Who")
-        self.upload_box = gr.File(label="Face photo(s) of one person: a new upload replaces the set",
-                                  file_count="multiple", file_types=["image"], type="filepath", elem_id="faces",
-                                  height=120)
+        # A short label (a long one wrapped over the drop zone on a phone); the count line says that a new upload
+        # replaces the set.
+        self.upload_box = gr.File(label="Face photo(s) of one person", file_count="multiple", file_types=["image"],
+                                  type="filepath", elem_id="faces", height=150)
         with gr.Row():
             self.add_button = gr.UploadButton("+ Add another photo of the same person", file_count="multiple",
                                               file_types=["image"], elem_id="add-photo", size="sm")
@@ -150,8 +151,10 @@ class WhoPanel:
         self.pending = gr.State(None)  # files just dropped into the box, on their way to analysis
         self.pose_state = gr.State(None)
         with gr.Accordion("Pose and face choice", open=False):
-            self.pose = gr.Image(label="Pose photo (optional): keypoints and size from here", type="filepath",
-                                 sources=["upload"], height=180, elem_id="pose")
+            # A short label: a long one ran under the picture's buttons on a phone.
+            self.pose = gr.Image(label="Pose photo (optional)", type="filepath", sources=["upload"], height=180,
+                                 elem_id="pose")
+            gr.Markdown("The keypoints and the output size are taken from the pose photo.", elem_id="pose-note")
             self.layout = gr.Dropdown(
                 [FROM_PHOTOS, *layout_names()], value=FROM_PHOTOS, elem_id="layout",
                 label="Or a bundled pose layout", info="; ".join(f"{n}: {get_layout(n).description}"
