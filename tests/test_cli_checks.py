@@ -68,6 +68,24 @@ def test_an_unknown_preset_is_refused_before_loading(loads: list[str], capsys: p
     assert _error_line(capsys).startswith("error: --preset 'turbo': unknown few-step preset; choose one of lcm-lora,")
 
 
+@pytest.mark.parametrize(("command", "line"), [
+    (["--init-image", str(FACE), "--steps", "1"],
+     "error: denoising strength 0.8 of 1 steps runs no step; raise the strength or the steps"),
+    (["--init-image", str(FACE), "--steps", "4", "--denoising-strength", "0.2"],
+     "error: denoising strength 0.2 of 4 steps runs no step; raise the strength or the steps"),
+])
+def test_an_image_to_image_run_of_no_step_is_refused_before_loading(
+        command: list[str], line: str, loads: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", str(FACE), "--demo", *command, "-o", str(tmp_path)]) == 2 and loads == []
+    assert _error_line(capsys) == line
+
+
+@pytest.mark.parametrize("person", [",", " "])
+def test_an_empty_person_is_named_as_such(person: str, loads: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--demo", "--person", person, "--person", str(FACE)]) == 2 and loads == []
+    assert _error_line(capsys) == "error: --person takes the photo paths of one person (comma-separated), got none"
+
+
 def test_an_unreachable_preset_names_both_flags(loads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import huggingface_hub

@@ -187,6 +187,13 @@ class GenerationSettings(BaseModel):
         if not given and self.denoising_strength != GenerationSettings.model_fields["denoising_strength"].default:
             raise InvalidInputError(f"denoising_strength is for image-to-image: give {name} too")
 
+    def check_init_steps(self) -> None:
+        """Image-to-image runs int(steps x denoising strength) steps (diffusers' img2img rule): refuse zero, a
+        picture returned unchanged, before the model load rather than after it."""
+        if int(self.steps * self.denoising_strength) < 1:
+            raise InvalidInputError(f"denoising strength {self.denoising_strength} of {self.steps} steps "
+                                    "runs no step; raise the strength or the steps")
+
     def record(self) -> dict[str, Any]:
         """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""
         return {**self.model_dump(), CHOSEN_KEY: sorted(self.model_fields_set)}
