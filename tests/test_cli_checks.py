@@ -232,3 +232,13 @@ def test_swap_with_one_step_still_runs_a_denoising_step(tmp_path: Path, capsys: 
     (written,) = tmp_path.glob("*.png")
     metadata = read_metadata(written)
     assert metadata["swap"]["denoising_steps"] == 1 and metadata["settings"]["steps"] == 1
+
+
+def test_ctrl_c_says_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """typer turns a KeyboardInterrupt into a silent exit 130: the user must see why the run stopped."""
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("instantid.cli.generate.parse_seeds", interrupt)
+    assert main(["generate", str(FACE), "--demo"]) == 130
+    assert _error_line(capsys) == "interrupted"
