@@ -243,8 +243,7 @@ def generate_command(
         raise InvalidInputError("--init-image and --pose/--canny/--depth-strength are for one person")
     if init_image is None and "denoising_strength" in settings.model_fields_set:
         raise InvalidInputError("--denoising-strength is for image-to-image: give --init-image too")
-    if init_image is not None and (model.preset is None or "steps" in settings.model_fields_set):
-        settings.check_init_steps()  # a preset's steps (when no --steps chose them) are known after the load
+    settings.check_init_image(init_image is not None, "--init-image")
     with naming("--init-image"):
         init_picture = load_image(init_image, init_image.name) if init_image is not None else None
     check_model_options(model)
