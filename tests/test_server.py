@@ -146,6 +146,8 @@ def test_json_errors_name_the_json_field(client: httpx.Client) -> None:
     assert response.status_code == 422
     assert response.json()["detail"].startswith("guidance_scale must be between 0 and 30")  # not the CLI's --guidance
     assert client.post("/v1/generate", json={"faces": []}).status_code == 422
+    mix = client.post("/v1/generate", json={"faces": [face], "mix": [face[:8]]})
+    assert mix.status_code == 422 and mix.json()["detail"] == f"mix[0] must be a JSON object, got {face[:8]!r}"
     assert client.post("/v1/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
 
 

@@ -96,6 +96,8 @@ def one_line(exc: ValidationError, model: type[BaseModel], name: Callable[[Locat
         choices = [str(c) for c in typing.get_args(_literal(info.annotation))] if info is not None else []
         if choices:
             return f"{label} must be one of {', '.join(choices)}{given}"
+    if kind == "model_type":  # pydantic's "a valid dictionary or instance of <our class name>"
+        return f"{label} must be a JSON object{given}"
     if kind == "value_error":  # a validator's own words; a whole line when it raised one of ours
         error = first["ctx"]["error"]
         return str(error) if isinstance(error, InvalidInputError) else f"{label} {error}"
