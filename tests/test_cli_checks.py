@@ -148,6 +148,15 @@ def test_a_180_megapixel_photo_is_one_line_on_the_command_line(tmp_path: Path, l
 
 # ---- item 8: one line, never a traceback ---------------------------------------------------------------------
 @pytest.mark.parametrize("command", [["ui"], ["serve"]])
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_a_port_out_of_range_is_named_before_loading(command: list[str], port: int, loads: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """getaddrinfo blamed the host for -1 and wrapped 70000 round to a port uvicorn then failed on."""
+    assert main([*command, "--demo", "--port", str(port)]) == 2 and loads == []
+    assert _error_line(capsys) == f"error: --port must be between 0 and 65535, got {port}"
+
+
+@pytest.mark.parametrize("command", [["ui"], ["serve"]])
 def test_a_busy_port_is_one_line_before_loading(command: list[str], loads: list[str],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as busy:
