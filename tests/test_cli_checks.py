@@ -251,3 +251,15 @@ def test_ctrl_c_says_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     monkeypatch.setattr("instantid.cli.generate.parse_seeds", interrupt)
     assert main(["generate", str(FACE), "--demo"]) == 130
     assert _error_line(capsys) == "interrupted"
+
+
+@pytest.mark.parametrize(("flag", "value", "line"), [
+    ("--job-timeout-s", "0", "error: --job-timeout-s must be > 0, got 0"),
+    ("--max-upload-mb", "0", "error: --max-upload-mb must be > 0, got 0.0"),
+    ("--max-attempts", "0", "error: --max-attempts must be between 1 and 10, got 0"),
+])
+def test_a_server_bound_is_named_as_it_is_checked(flag: str, value: str, line: str, loads: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A strict bound (gt=0) read '>= 0, got 0': the line contradicted itself."""
+    assert main(["serve", "--demo", flag, value]) == 2 and loads == []
+    assert _error_line(capsys) == line
