@@ -263,3 +263,11 @@ def test_a_server_bound_is_named_as_it_is_checked(flag: str, value: str, line: s
     """A strict bound (gt=0) read '>= 0, got 0': the line contradicted itself."""
     assert main(["serve", "--demo", flag, value]) == 2 and loads == []
     assert _error_line(capsys) == line
+
+
+def test_serve_into_a_folder_under_a_file_is_one_line_before_loading(tmp_path: Path, loads: list[str],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["serve", "--demo", "--port", "0", "--out", str(blocker / "jobs")]) == 2 and loads == []
+    assert _error_line(capsys) == f"error: --out {blocker / 'jobs'}: {blocker} is a file, not a folder; give another folder"
