@@ -270,4 +270,5 @@ def test_serve_into_a_folder_under_a_file_is_one_line_before_loading(tmp_path: P
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert main(["serve", "--demo", "--port", "0", "--out", str(blocker / "jobs")]) == 2 and loads == []
-    assert _error_line(capsys) == f"error: --out {blocker / 'jobs'}: {blocker} is a file, not a folder; give another folder"
+    assert _error_line(capsys) == (f"error: --out {blocker / 'jobs'}: {blocker} is a file, not a folder; "
+                                   "give another folder")

@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from instantid.errors import InstantIDError
 from instantid.internal_errors import report
 
+
 class _InterruptibleGroup(TyperGroup):
     """Ctrl-C is an Abort (``main`` says "interrupted"): typer would turn it into a silent exit code 130 and
     leave the user looking at a stopped progress bar."""
