@@ -296,6 +296,22 @@ def test_prepare_into_a_folder_under_a_file_is_one_line(tmp_path: Path, capsys: 
                                                "folder; give another folder")
 
 
+@pytest.mark.parametrize(("flag", "value", "line"), [
+    ("--max-faces", "0", "--max-faces must be >= 1, got 0"),
+    ("--min-face-px", "nan", "--min-face-px must be a number >= 0, got nan"),
+    ("--min-face-fraction", "2", "--min-face-fraction must be between 0 and 1, got 2.0"),
+    ("--min-score", "nan", "--min-score must be a finite number, got nan"),
+    ("--workers", "0", "--workers must be >= 1, got 0"),
+])
+def test_a_prepare_filter_out_of_range_is_one_line_before_the_analysis(
+        flag: str, value: str, line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.cli import main as cli
+
+    assert cli(["prepare", str(tmp_path), "-o", str(tmp_path / "data"), flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {line}"
+    assert not (tmp_path / "data").exists()
+
+
 def test_parse_args_reads_every_field() -> None:
     config = parse_args(["--data_dir", "d", "--use_ema", "--resolution", "512", "--checkpoints_total_limit", "3"])
     assert (config.use_ema, config.resolution, config.checkpoints_total_limit) == (True, 512, 3)

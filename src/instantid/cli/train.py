@@ -45,9 +45,9 @@ def prepare(
     from instantid.training.prepare import prepare as run_prepare
 
     chosen = resolve_shard(shard)
-    prepare_folder(out, "--out")
     config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,
                            min_score=min_score, workers=workers, allow_empty_caption=allow_empty_caption)
+    prepare_folder(out, "--out")
     summary = run_prepare(
         inputs, out, lambda: face_analyzer(face_backend, backend, antelopev2_root), config, captions_jsonl=captions,
         shard=chosen, samples_per_tar=samples_per_tar,
