@@ -251,6 +251,8 @@ def test_an_img2img_job_keeps_its_start_picture_in_the_job_folder(model: Any, tm
          "args[1].control_mode: only Balanced is supported"),
         ("txt2img", {"alwayson_scripts": units(guidance_start=0.9, guidance_end=0.1)},
          "instant_id_face_keypoints unit guidance_start must be below"),
+        ("txt2img", {"sampler_name": None, "scheduler": "Nope"}, "scheduler: unknown scheduler 'Nope'; this server "
+         "has automatic, uniform, karras"),
         ("img2img", {}, "init_images: send the picture to start from"),
         ("img2img", {"init_images": [FACE_B64], "denoising_strength": 0}, "denoising_strength must be above 0"),
         ("img2img", {"init_images": [FACE_B64], "denoising_strength": 0.2}, "denoising strength 0.2 of 4 steps runs "

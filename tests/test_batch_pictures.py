@@ -201,3 +201,13 @@ def test_yaml_picture_keys_are_paths_beside_the_job_file(tmp_path: Path) -> None
         "prompt 2: init_image is one picture's path, got ['one.png', 'two.png']",
         "prompt 3: style_image is a path or a list of paths, got {'a': 1}",
     ]
+
+
+def test_an_init_image_row_whose_steps_run_none_is_a_bad_row(tmp_path: Path) -> None:
+    """2 steps at strength 0.4 run int(0.8) = 0 steps: a bad row before the model load, not a failure after it."""
+    _picture(tmp_path / "room.png", 1)
+    job = _csv(tmp_path, f"ex,{FACE},a,1,room.png,0.4", f"ex,{FACE},b,1,room.png,0.5")
+    planned, problems = plan(load_job(job), GenerationSettings(), (), {}, tmp_path / "out")
+    assert [p.task.prompt.prompt for p in planned] == ["b"]
+    assert [str(p) for p in problems] == [
+        "line 2: denoising strength 0.4 of 2 steps runs no step; raise the strength or the steps"]

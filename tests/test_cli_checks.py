@@ -68,6 +68,24 @@ def test_an_unknown_preset_is_refused_before_loading(loads: list[str], capsys: p
     assert _error_line(capsys).startswith("error: --preset 'turbo': unknown few-step preset; choose one of lcm-lora,")
 
 
+@pytest.mark.parametrize(("command", "line"), [
+    (["--init-image", str(FACE), "--steps", "1"],
+     "error: denoising strength 0.8 of 1 steps runs no step; raise the strength or the steps"),
+    (["--init-image", str(FACE), "--steps", "4", "--denoising-strength", "0.2"],
+     "error: denoising strength 0.2 of 4 steps runs no step; raise the strength or the steps"),
+])
+def test_an_image_to_image_run_of_no_step_is_refused_before_loading(
+        command: list[str], line: str, loads: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", str(FACE), "--demo", *command, "-o", str(tmp_path)]) == 2 and loads == []
+    assert _error_line(capsys) == line
+
+
+@pytest.mark.parametrize("person", [",", " "])
+def test_an_empty_person_is_named_as_such(person: str, loads: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", "--demo", "--person", person, "--person", str(FACE)]) == 2 and loads == []
+    assert _error_line(capsys) == "error: --person takes the photo paths of one person (comma-separated), got none"
+
+
 def test_an_unreachable_preset_names_both_flags(loads: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import huggingface_hub
@@ -129,6 +147,15 @@ def test_a_180_megapixel_photo_is_one_line_on_the_command_line(tmp_path: Path, l
 
 
 # ---- item 8: one line, never a traceback ---------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["ui"], ["serve"]])
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_a_port_out_of_range_is_named_before_loading(command: list[str], port: int, loads: list[str],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """getaddrinfo blamed the host for -1 and wrapped 70000 round to a port uvicorn then failed on."""
+    assert main([*command, "--demo", "--port", str(port)]) == 2 and loads == []
+    assert _error_line(capsys) == f"error: --port must be between 0 and 65535, got {port}"
+
+
 @pytest.mark.parametrize("command", [["ui"], ["serve"]])
 def test_a_busy_port_is_one_line_before_loading(command: list[str], loads: list[str],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +241,34 @@ def test_swap_with_one_step_still_runs_a_denoising_step(tmp_path: Path, capsys: 
     (written,) = tmp_path.glob("*.png")
     metadata = read_metadata(written)
     assert metadata["swap"]["denoising_steps"] == 1 and metadata["settings"]["steps"] == 1
+
+
+def test_ctrl_c_says_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """typer turns a KeyboardInterrupt into a silent exit 130: the user must see why the run stopped."""
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("instantid.cli.generate.parse_seeds", interrupt)
+    assert main(["generate", str(FACE), "--demo"]) == 130
+    assert _error_line(capsys) == "interrupted"
+
+
+@pytest.mark.parametrize(("flag", "value", "line"), [
+    ("--job-timeout-s", "0", "error: --job-timeout-s must be > 0, got 0"),
+    ("--max-upload-mb", "0", "error: --max-upload-mb must be > 0, got 0.0"),
+    ("--max-attempts", "0", "error: --max-attempts must be between 1 and 10, got 0"),
+])
+def test_a_server_bound_is_named_as_it_is_checked(flag: str, value: str, line: str, loads: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A strict bound (gt=0) read '>= 0, got 0': the line contradicted itself."""
+    assert main(["serve", "--demo", flag, value]) == 2 and loads == []
+    assert _error_line(capsys) == line
+
+
+def test_serve_into_a_folder_under_a_file_is_one_line_before_loading(tmp_path: Path, loads: list[str],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["serve", "--demo", "--port", "0", "--out", str(blocker / "jobs")]) == 2 and loads == []
+    assert _error_line(capsys) == (f"error: --out {blocker / 'jobs'}: {blocker} is a file, not a folder; "
+                                   "give another folder")

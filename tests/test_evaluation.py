@@ -347,3 +347,15 @@ def test_cli_evaluate_names_a_huge_picture_in_one_line(tmp_path, capsys):
     assert "Traceback" not in err and "DecompressionBomb" not in err
     assert "huge.png" in err
     assert status in (0, 2)
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", str(FACES / "obama_2.jpg"), "--refs", str(FACES / "obama_1.jpg")],
+    ["benchmark", "run", "--demo", "--limit", "1", "--steps", "1", "--refs", str(FACES / "obama_1.jpg")],
+])
+def test_an_output_folder_under_a_file_is_one_line_before_the_work(command, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main([*command, "-o", str(blocker / "report")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --out {blocker / 'report'}: {blocker} is a file, not a folder; give another folder"

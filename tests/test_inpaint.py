@@ -218,3 +218,26 @@ def test_identitynet_cache_interval_reaches_the_inpainting_pipeline(app) -> None
     finally:
         hook.remove()
     assert every_step == 4 and len(calls) == 2
+
+
+@pytest.mark.parametrize("make", [img2img_pipeline, inpaint_pipeline])
+def test_a_variant_is_made_without_diffusers_dtype_notes(fresh_fixture_pipe, make) -> None:
+    """from_pipe casts the shared modules with .to(dtype), and diffusers then warns that modules 'should be kept
+    in float32: []' (an empty list): noise for a Python API user, who sees no such line from the CLI."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    library = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root (caplog)
+    library.addHandler(handler)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_warning()  # as a Python API user has it
+    try:
+        make(fresh_fixture_pipe)
+    finally:
+        diffusers_logging.set_verbosity(level)
+        library.removeHandler(handler)
+    assert not [r for r in records if r.levelno >= logging.WARNING], records

@@ -132,12 +132,22 @@ def test_bad_input_is_422_naming_the_field(
     assert message in response.json()["detail"]
 
 
+def test_an_image_to_image_request_of_no_step_is_422_not_a_failed_job(client: httpx.Client) -> None:
+    response = client.post("/v1/generate", files=[face_file(), ("init_image", ("room.jpg", FACE.read_bytes()))],
+                           data={"steps": "1"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == ("denoising strength 0.8 of 1 steps runs no step; raise the strength or "
+                                         "the steps")
+
+
 def test_json_errors_name_the_json_field(client: httpx.Client) -> None:
     face = base64.b64encode(FACE.read_bytes()).decode()
     response = client.post("/v1/generate", json={"faces": [face], "guidance_scale": 99})
     assert response.status_code == 422
     assert response.json()["detail"].startswith("guidance_scale must be between 0 and 30")  # not the CLI's --guidance
     assert client.post("/v1/generate", json={"faces": []}).status_code == 422
+    mix = client.post("/v1/generate", json={"faces": [face], "mix": [face[:8]]})
+    assert mix.status_code == 422 and mix.json()["detail"] == f"mix[0] must be a JSON object, got {face[:8]!r}"
     assert client.post("/v1/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
 
 

@@ -269,6 +269,49 @@ def test_export_takes_a_run_folder_or_says_which_folder_to_give(tmp_path: Path,
         "checkpoint-N folders: give the run's --output-dir or run/checkpoint-N")
 
 
+@pytest.mark.parametrize(("text", "why"), [
+    (None, "cannot read it (No such file or directory)"),
+    ("not json", "not a JSON config (Expecting value: line 1 column 1 (char 0))"),
+    ("[1, 2]", "expected a JSON object of config fields"),
+    ('{"learning_rate": 0.1, "lr": 1}', "unknown field(s) lr"),
+])
+def test_a_bad_train_config_file_is_one_line(text: str | None, why: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.cli import main as cli
+
+    config = tmp_path / "run.json"
+    if text is not None:
+        config.write_text(text)
+    assert cli(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --config {config}: {why}"
+
+
+def test_prepare_into_a_folder_under_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.cli import main as cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli(["prepare", str(tmp_path), "-o", str(blocker / "data")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --out {blocker / 'data'}: {blocker} is a file, not a "
+                                               "folder; give another folder")
+
+
+@pytest.mark.parametrize(("flag", "value", "line"), [
+    ("--max-faces", "0", "--max-faces must be >= 1, got 0"),
+    ("--min-face-px", "nan", "--min-face-px must be a number >= 0, got nan"),
+    ("--min-face-fraction", "2", "--min-face-fraction must be between 0 and 1, got 2.0"),
+    ("--min-score", "nan", "--min-score must be a finite number, got nan"),
+    ("--workers", "0", "--workers must be >= 1, got 0"),
+])
+def test_a_prepare_filter_out_of_range_is_one_line_before_the_analysis(
+        flag: str, value: str, line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from instantid.cli import main as cli
+
+    assert cli(["prepare", str(tmp_path), "-o", str(tmp_path / "data"), flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {line}"
+    assert not (tmp_path / "data").exists()
+
+
 def test_parse_args_reads_every_field() -> None:
     config = parse_args(["--data_dir", "d", "--use_ema", "--resolution", "512", "--checkpoints_total_limit", "3"])
     assert (config.use_ema, config.resolution, config.checkpoints_total_limit) == (True, 512, 3)

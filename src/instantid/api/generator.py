@@ -279,9 +279,8 @@ class InstantID(GroupMixin):
         published demo's extra ControlNets (:mod:`instantid.api.controls`). ``style_images``: the pictures take
         their style (InstantStyle: ``style_strength``, ``style_blocks``)."""
         settings = self.call_settings(settings, **overrides)
-        if init_image is not None and int(settings.steps * settings.denoising_strength) < 1:
-            raise InvalidInputError(f"denoising strength {settings.denoising_strength} of {settings.steps} steps "
-                                    "runs no step; raise the strength or the steps")
+        if init_image is not None:
+            settings.check_init_steps()
         style = load_style_images(style_images) if style_images is not None else None
         if not isinstance(identity, Identity):
             identity = self.prepare_identity(identity, pose=pose_image, face_index=settings.face_index,

@@ -183,9 +183,19 @@ class GenerationSettings(BaseModel):
 
     def check_init_image(self, given: bool, name: str = "an init image") -> None:
         """The one rule for image-to-image: a denoising strength away from its default needs an init image
-        (``name``: how the calling surface takes it), rather than being ignored."""
+        (``name``: how the calling surface takes it), rather than being ignored; with one, chosen steps must run
+        at least one (the default 30 always do; a few-step preset's are known once it is loaded)."""
         if not given and self.denoising_strength != GenerationSettings.model_fields["denoising_strength"].default:
             raise InvalidInputError(f"denoising_strength is for image-to-image: give {name} too")
+        if given and "steps" in self.model_fields_set:
+            self.check_init_steps()
+
+    def check_init_steps(self) -> None:
+        """Image-to-image runs int(steps x denoising strength) steps (diffusers' img2img rule): refuse zero, a
+        picture returned unchanged, before the model load rather than after it."""
+        if int(self.steps * self.denoising_strength) < 1:
+            raise InvalidInputError(f"denoising strength {self.denoising_strength} of {self.steps} steps "
+                                    "runs no step; raise the strength or the steps")
 
     def record(self) -> dict[str, Any]:
         """JSON for a job record: every value, plus which ones were chosen (see :func:`settings_from_record`)."""

@@ -56,18 +56,24 @@ def _inner_model(annotation: Any) -> Any:
 def rule(info: FieldInfo) -> str:
     """What a number field accepts, from its declaration: ``a multiple of 8 between 64 and 2048``."""
     low = high = multiple = None
+    above = below = False  # gt / lt: the bound itself is refused, and the line must not offer it
     for item in info.metadata:
-        low = getattr(item, "ge", getattr(item, "gt", low))
-        high = getattr(item, "le", getattr(item, "lt", high))
+        if getattr(item, "ge", None) is not None or getattr(item, "gt", None) is not None:
+            above = getattr(item, "gt", None) is not None
+            low = item.gt if above else item.ge
+        if getattr(item, "le", None) is not None or getattr(item, "lt", None) is not None:
+            below = getattr(item, "lt", None) is not None
+            high = item.lt if below else item.le
         multiple = getattr(item, "multiple_of", multiple)
     low, high = _plain(low), _plain(high)
     parts = [f"a multiple of {multiple}"] if multiple else []
     if low is not None and high is not None:
-        parts.append(f"between {low} and {high}")
+        parts.append(f"between {low} and {high}" if not (above or below) else
+                     f"{'above' if above else 'at least'} {low} and {'below' if below else 'at most'} {high}")
     elif low is not None:
-        parts.append(f">= {low}")
+        parts.append(f"{'>' if above else '>='} {low}")
     elif high is not None:
-        parts.append(f"<= {high}")
+        parts.append(f"{'<' if below else '<='} {high}")
     return " ".join(parts)
 
 
@@ -96,6 +102,8 @@ def one_line(exc: ValidationError, model: type[BaseModel], name: Callable[[Locat
         choices = [str(c) for c in typing.get_args(_literal(info.annotation))] if info is not None else []
         if choices:
             return f"{label} must be one of {', '.join(choices)}{given}"
+    if kind == "model_type":  # pydantic's "a valid dictionary or instance of <our class name>"
+        return f"{label} must be a JSON object{given}"
     if kind == "value_error":  # a validator's own words; a whole line when it raised one of ours
         error = first["ctx"]["error"]
         return str(error) if isinstance(error, InvalidInputError) else f"{label} {error}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 # The libraries' info/deprecation chatter (torchvision fallbacks, dtype hints) would bury our one-line errors
 # and progress bars; set these variables yourself to see it again.
@@ -17,12 +18,26 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import typer
+from typer.core import TyperGroup
 
 from instantid.errors import InstantIDError
 from instantid.internal_errors import report
 
+
+class _InterruptibleGroup(TyperGroup):
+    """Ctrl-C is an Abort (``main`` says "interrupted"): typer would turn it into a silent exit code 130 and
+    leave the user looking at a stopped progress bar."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise typer.Abort() from None
+
+
 app = typer.Typer(
     name="instantid",
+    cls=_InterruptibleGroup,
     help="InstantID: identity-preserving image generation from one face photo.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

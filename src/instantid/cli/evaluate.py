@@ -88,8 +88,10 @@ def evaluate_command(
 ) -> None:
     """Score generated images: face detection rate, identity similarity, CLIP score and diversity."""
     from instantid.evaluation import find_samples
+    from instantid.io.outputs import prepare_folder
 
     samples, skipped = find_samples(images, refs, identity)
+    prepare_folder(out, "--out")  # a bad folder is found before the scoring, not at the report
     if skipped:
         typer.echo(f"skipped {len(skipped)} image(s) that are not generations:", err=True)
         for item in skipped[:10]:
@@ -125,9 +127,11 @@ def benchmark_run_command(
     The generation options are `generate`'s; the protocol sets each image's prompt and seed.
     """
     from instantid.evaluation import identities_from_refs, load_protocol, run_protocol
+    from instantid.io.outputs import prepare_folder
 
     chosen = load_protocol(protocol)
     identities = identities_from_refs(refs)
+    prepare_folder(out, "--out")
     app_ = load_model(model)  # announces demo mode: its images are noise and its scores say nothing
     samples = run_protocol(app_, chosen, identities, out, settings, limit,
                            progress=lambda line: typer.echo(line, err=True))

@@ -235,12 +235,15 @@ def generate_command(
     if bool(faces) == bool(groups):
         raise InvalidInputError("give the photos of one person, or one --person per person, not both"
                                 if faces else "give at least one face photo (or --person for several people)")
-    if groups and (layout is not None or mix or any(not g for g in groups)):
-        raise InvalidInputError("--person takes photo paths; --layout and --mix are for one person")
+    if any(not g for g in groups):
+        raise InvalidInputError("--person takes the photo paths of one person (comma-separated), got none")
+    if groups and (layout is not None or mix):
+        raise InvalidInputError("--layout and --mix are for one person, not with --person")
     if groups and (init_image is not None or settings.control_strengths()):
         raise InvalidInputError("--init-image and --pose/--canny/--depth-strength are for one person")
     if init_image is None and "denoising_strength" in settings.model_fields_set:
         raise InvalidInputError("--denoising-strength is for image-to-image: give --init-image too")
+    settings.check_init_image(init_image is not None, "--init-image")
     with naming("--init-image"):
         init_picture = load_image(init_image, init_image.name) if init_image is not None else None
     check_model_options(model)

@@ -210,6 +210,8 @@ def check_port(host: str, port: int) -> None:
     import errno
     import socket
 
+    if not 0 <= port <= 65535:  # getaddrinfo would blame the host, or wrap the port round
+        raise InvalidInputError(f"--port must be between 0 and 65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:

@@ -37,12 +37,14 @@ def serve_command(
 
     import uvicorn
 
+    from instantid.io.outputs import prepare_folder
     from instantid.service.auth import load_api_keys
     from instantid.service.server import create_app
 
     if settings.api_key_file is not None:
         load_api_keys(settings.api_key_file)  # a bad key line is one error line before minutes of model loading
     check_port(host, port)
+    prepare_folder(settings.out_dir, "--out")  # before the model load, named by its flag
     if settings.queue:
         from instantid.service.redis_store import connect
 

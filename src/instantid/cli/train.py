@@ -39,6 +39,7 @@ def prepare(
     share of the inputs may hold nothing usable while the other shards keep plenty).
     """
     from instantid.errors import InvalidInputError
+    from instantid.io.outputs import prepare_folder
     from instantid.sharding import resolve_shard
     from instantid.training.prepare import PrepareConfig, explain_nothing_kept
     from instantid.training.prepare import prepare as run_prepare
@@ -46,6 +47,7 @@ def prepare(
     chosen = resolve_shard(shard)
     config = PrepareConfig(max_faces=max_faces, min_face_px=min_face_px, min_face_fraction=min_face_fraction,
                            min_score=min_score, workers=workers, allow_empty_caption=allow_empty_caption)
+    prepare_folder(out, "--out")
     summary = run_prepare(
         inputs, out, lambda: face_analyzer(face_backend, backend, antelopev2_root), config, captions_jsonl=captions,
         shard=chosen, samples_per_tar=samples_per_tar,

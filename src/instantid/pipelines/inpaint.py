@@ -35,6 +35,7 @@ import PIL.Image
 import torch
 from diffusers import StableDiffusionXLControlNetInpaintPipeline
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
+from diffusers.utils import logging as diffusers_logging
 
 from instantid.errors import IncompatibleWeightsError, InvalidInputError
 from instantid.pipelines.call import (
@@ -240,7 +241,14 @@ def _variant(pipe: Any, cls: type) -> Any:
         return pipe
     variants = _VARIANTS.setdefault(pipe, {})
     if cls not in variants:
-        variant = cls.from_pipe(pipe)
+        # from_pipe casts the modules it only shares with .to(dtype), and diffusers then warns that modules
+        # "should be kept in float32: []" (none): a library line a Python API user has no use for.
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            variant = cls.from_pipe(pipe)
+        finally:
+            diffusers_logging.set_verbosity(level)
         variant.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         variants[cls] = variant
     return share_style_modules(variants[cls], pipe)

@@ -175,6 +175,10 @@ def instantid_units(payload: dict[str, Any]
 
 def scheduler_of(payload: dict[str, Any]) -> str | None:
     """Our scheduler for A1111's ``sampler_name`` (or the old ``sampler_index``) and ``scheduler``."""
+    schedule = str(payload.get("scheduler") or "").lower() or None
+    if schedule is not None and schedule not in SCHEDULES:  # checked with or without a sampler: never ignored
+        raise InvalidInputError(f"scheduler: unknown scheduler {payload['scheduler']!r}; this server has "
+                                f"{', '.join(SCHEDULES)}")
     asked = payload.get("sampler_name") or payload.get("sampler_index")
     if not asked:
         return None
@@ -184,10 +188,6 @@ def scheduler_of(payload: dict[str, Any]) -> str | None:
     label = by_name.get(str(asked).lower())
     if label is None:
         raise InvalidInputError(f"sampler_name: unknown sampler {asked!r}; this server has {', '.join(SAMPLERS)}")
-    schedule = str(payload.get("scheduler") or "").lower() or None
-    if schedule is not None and schedule not in SCHEDULES:
-        raise InvalidInputError(f"scheduler: unknown scheduler {payload['scheduler']!r}; this server has "
-                                f"{', '.join(SCHEDULES)}")
     karras = label.endswith(" Karras")
     plain = label.removesuffix(" Karras")
     if schedule == "karras" or (schedule == "automatic" and plain in AUTOMATIC_KARRAS):

@@ -98,7 +98,19 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+        """A saved config (``--config``); a missing, unreadable or foreign file is one line, not a traceback."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InvalidInputError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"--config {path}: not a JSON config ({exc})") from None
+        if not isinstance(values, dict):
+            raise InvalidInputError(f"--config {path}: expected a JSON object of config fields")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InvalidInputError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
+        return cls(**values)
 
 
 def flag(name: str) -> str:

@@ -43,6 +43,20 @@ class PrepareConfig:
     workers: int = 1  # analysis threads, each with its own analyzer (ONNX Runtime and dlib release the GIL)
     allow_empty_caption: bool = False  # keep images without a caption (as "") instead of dropping them
 
+    def __post_init__(self) -> None:
+        # A filter that keeps nothing (or NaN, which compares false with every score) would otherwise show up
+        # only as "nothing kept" after the whole analysis.
+        if self.max_faces < 1:
+            raise InvalidInputError(f"--max-faces must be >= 1, got {self.max_faces}")
+        if not 0 <= self.min_face_px < float("inf"):
+            raise InvalidInputError(f"--min-face-px must be a number >= 0, got {self.min_face_px}")
+        if not 0 <= self.min_face_fraction <= 1:
+            raise InvalidInputError(f"--min-face-fraction must be between 0 and 1, got {self.min_face_fraction}")
+        if not abs(self.min_score) < float("inf"):
+            raise InvalidInputError(f"--min-score must be a finite number, got {self.min_score}")
+        if self.workers < 1:
+            raise InvalidInputError(f"--workers must be >= 1, got {self.workers}")
+
 
 @dataclass(frozen=True)
 class Source:
