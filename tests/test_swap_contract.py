@@ -197,7 +197,7 @@ def test_option_errors_are_one_line_naming_the_field_as_the_surface_spells_it() 
     with pytest.raises(InvalidInputError, match=r"^unknown swap option '--colour'; known: target_index, head_margin, "
                                                 r"strength, feather, resolution$"):
         make_swap_options({"colour": 1}, flag)
-    with pytest.raises(InvalidInputError, match=r"^swap option input should be a valid dictionary"):
+    with pytest.raises(InvalidInputError, match=r"^swap option must be a JSON object, got .strength=1.$"):
         make_swap_options("strength=1")  # type: ignore[arg-type]
     assert make_swap_options({"strength": 0.5}) == SwapOptions(strength=0.5)
 
