@@ -82,6 +82,8 @@ def test_generate_never_overwrites_without_flag(tmp_path: Path) -> None:
         ([str(FACE), "--num-images", "0"], "--num-images must be between 1 and 16"),
         ([str(FACE), "--style", "Cubism"], "unknown style 'Cubism'"),
         ([str(FACE), "--seeds", "1,x"], "--seeds must be comma-separated"),
+        ([str(FACE), "--seeds", ",,"], "--seeds must be comma-separated integers (-1 = random), got ',,'"),
+        ([str(FACE), "--seeds", ""], "--seeds must be comma-separated integers (-1 = random), got ''"),
         ([str(FACE), "--device", "gpu"], "--device 'gpu' is not a device; choose cuda, cuda:N, mps or cpu"),
         ([str(FACE), "--demo", "--base", "x"], "--demo uses its own tiny weights; drop --base"),
     ],

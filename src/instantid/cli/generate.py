@@ -134,11 +134,13 @@ def parse_seeds(seeds: list[int], seed_list: str | None) -> list[int | None]:
     from instantid.api.settings import field_label, make_settings
 
     values = list(seeds)
-    for part in (seed_list or "").split(","):
-        if part.strip():
-            if not part.strip().removeprefix("-").isdigit():
-                raise InvalidInputError(f"--seeds must be comma-separated integers (-1 = random), got {part.strip()!r}")
-            values.append(int(part))
+    parts = [part.strip() for part in (seed_list or "").split(",") if part.strip()]
+    if seed_list is not None and not parts:  # e.g. an empty shell variable: not silently "random"
+        raise InvalidInputError(f"--seeds must be comma-separated integers (-1 = random), got {seed_list!r}")
+    for part in parts:
+        if not part.removeprefix("-").isdigit():
+            raise InvalidInputError(f"--seeds must be comma-separated integers (-1 = random), got {part!r}")
+        values.append(int(part))
     return [make_settings({"seed": value}, field_label).seed for value in values] or [None]
 
 
