@@ -170,6 +170,20 @@ def test_cli_evaluate_without_references_is_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_cli_evaluate_an_unreadable_reference_is_one_line_before_any_work(tmp_path, capsys):
+    """A reference that is no image is named before a folder is made, a scorer loads or the bar starts."""
+    meta = {"prompt": "a portrait", "seed": 7, "references": ["bad.png"]}
+    (tmp_path / "gen_s7.png").write_bytes(png_bytes(load_image(FACES / "obama_2.jpg"), meta))
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    code = main(["evaluate", str(tmp_path / "gen_s7.png"), "--refs", str(tmp_path / "bad.png"), "-o",
+                 str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot read image ") and "\n" not in err
+    assert err.endswith("bad.png: not an image file (unknown or unsupported format)")
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_evaluate_skips_what_is_not_a_generation_and_shows_progress(tmp_path, capsys):
     outputs = tmp_path / "outputs"
     outputs.mkdir()

@@ -88,9 +88,13 @@ def evaluate_command(
 ) -> None:
     """Score generated images: face detection rate, identity similarity, CLIP score and diversity."""
     from instantid.evaluation import find_samples
+    from instantid.faces.images import check_image
     from instantid.io.outputs import prepare_folder
 
     samples, skipped = find_samples(images, refs, identity)
+    # Every file opens as an image (its header: cheap) before any folder is made, the scorers load and the bar starts.
+    for path in dict.fromkeys(p for sample in samples for p in (sample.image, *sample.references)):
+        check_image(path)
     prepare_folder(out, "--out")  # a bad folder is found before the scoring, not at the report
     if skipped:
         typer.echo(f"skipped {len(skipped)} image(s) that are not generations:", err=True)
