@@ -230,3 +230,21 @@ def test_generate_is_unchanged_by_the_single_prompt_path(app, monkeypatch, chang
     assert len(ours) == len(theirs) == settings.num_images
     for a, b in zip(ours, theirs, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_settings_may_be_a_dict_of_their_fields(app):
+    """``generate(person, {"steps": 2, ...})`` is ``generate(person, GenerationSettings(steps=2, ...))``; a wrong
+    value names its field, another type is one line."""
+    from instantid.api.settings import GenerationSettings
+
+    obama = app.prepare_identity(FACE)
+    values = {"prompt": "a portrait", "steps": 2, "seed": 5, "width": 64, "height": 64}
+    as_dict = app.generate(obama, values, guidance_scale=3.0)
+    as_model = app.generate(obama, GenerationSettings(**values), guidance_scale=3.0)
+    assert np.array_equal(np.asarray(as_dict.images[0]), np.asarray(as_model.images[0]))
+    assert as_dict.settings == as_model.settings
+    with pytest.raises(InvalidInputError, match="steps"):
+        app.generate(obama, {"steps": 0})
+    with pytest.raises(InvalidInputError, match="^settings must be GenerationSettings or a dict of its fields, got "
+                                                "list$"):
+        app.generate(obama, [("steps", 2)])

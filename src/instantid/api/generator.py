@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from instantid.api.identity import Identity
 from instantid.api.pipeline_call import call_seeds, settings_arguments
 from instantid.api.regions import face_region_mask
 from instantid.api.results import GenerationResult, ImageInput, Progress, versions
-from instantid.api.settings import GenerationSettings, make_settings
+from instantid.api.settings import GenerationSettings, make_settings, with_overrides
 from instantid.api.style_images import StyleImages, load_style_images, style_metadata
 from instantid.api.styles import get_style
 from instantid.core.keypoints import demo_resize_size, draw_kps
@@ -193,11 +193,12 @@ class InstantID(GroupMixin):
         :meth:`generate`, a JSON field, a typed flag)."""
         return {k: v for k, v in self.preset_defaults().items() if k not in settings.model_fields_set}
 
-    def call_settings(self, settings: GenerationSettings | None = None, **overrides: Any) -> GenerationSettings:
+    def call_settings(self, settings: GenerationSettings | Mapping[str, Any] | None = None,
+                      **overrides: Any) -> GenerationSettings:
         """The settings a call runs with: ``settings`` (default: the defaults) with keyword ``overrides``, and the
         loaded preset's steps and guidance where neither chose them. Every task (generate, group, swap, detail)
         and so every surface goes through this one rule; the result records the values used."""
-        settings = _with_overrides(settings, overrides)
+        settings = with_overrides(settings, overrides)
         fills = self.preset_fills(settings)
         return settings.updated(**fills) if fills else settings
 
@@ -267,7 +268,8 @@ class InstantID(GroupMixin):
         return demo_resize_size(*natural, self.max_side, self.min_side)
 
     def generate(
-        self, identity: Identity | ImageInput | Sequence[ImageInput], settings: GenerationSettings | None = None, *,
+        self, identity: Identity | ImageInput | Sequence[ImageInput],
+        settings: GenerationSettings | Mapping[str, Any] | None = None, *,
         pose_image: ImageInput | None = None, init_image: ImageInput | None = None, init_name: str = "init image",
         progress: Progress | None = None, style_images: StyleImages | ImageInput | Sequence[ImageInput] | None = None,
         **overrides: Any,
@@ -381,12 +383,6 @@ class InstantID(GroupMixin):
             "versions": versions(), "demo_weights": self.demo,
             **({"style_reference": reference} if style is not None else {}),
         }
-
-
-def _with_overrides(settings: GenerationSettings | None, overrides: dict[str, Any]) -> GenerationSettings:
-    """``settings`` (default: the defaults) with keyword overrides applied and validated."""
-    settings = settings or GenerationSettings()
-    return settings.updated(**overrides) if overrides else settings
 
 
 __all__ = ["GenerationResult", "GenerationSettings", "Identity", "InstantID", "make_settings", "prepare_identity"]

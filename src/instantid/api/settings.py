@@ -16,7 +16,7 @@ Importing this module is cheap (no torch), so ``instantid --help`` stays fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -233,6 +233,19 @@ def make_settings(values: dict[str, Any], name: Callable[[str], str] = lambda n:
             f"{settings.control_guidance_start} and {settings.control_guidance_end}"
         )
     return settings
+
+
+def with_overrides(settings: GenerationSettings | Mapping[str, Any] | None,
+                    overrides: dict[str, Any]) -> GenerationSettings:
+    """``settings`` (default: the defaults; a dict of its fields is validated as the JSON API validates one) with
+    keyword overrides applied and validated."""
+    if isinstance(settings, Mapping):
+        settings = make_settings(dict(settings))
+    elif settings is not None and not isinstance(settings, GenerationSettings):
+        raise InvalidInputError(f"settings must be GenerationSettings or a dict of its fields, got "
+                                f"{type(settings).__name__}")
+    settings = settings or GenerationSettings()
+    return settings.updated(**overrides) if overrides else settings
 
 
 def resolve_style(name: str | None) -> str | None:
