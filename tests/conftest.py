@@ -80,6 +80,16 @@ def model(tmp_path_factory: pytest.TempPathFactory):
     return demo_model(tmp_path_factory.getbasetemp() / "demo")
 
 
+@pytest.fixture
+def demo_loads(model, monkeypatch: pytest.MonkeyPatch):
+    """Every CLI model load (and its face-model-only checks) returns the session's demo model."""
+    from instantid.api.model_settings import ModelSettings
+
+    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
+    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
+    return model
+
+
 @pytest.fixture(scope="session")
 def obama(demo_app, faces_dir: Path):
     """One prepared identity for application tests."""

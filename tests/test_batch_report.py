@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from _demo import FACE, NO_FACE
 
 from instantid.apps.batch import FAILURES, Failure, in_file_order
 from instantid.cli import main
-
-
-@pytest.fixture
-def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from instantid.api.model_settings import ModelSettings
-
-    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
-    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
-    return model
 
 
 @pytest.mark.usefixtures("demo_loads")

@@ -163,15 +163,6 @@ def test_image_to_image_starts_from_the_init_picture(demo_app: Any, me: Any) -> 
         demo_app.generate(me, **FAST, denoising_strength=0.5)
 
 
-@pytest.fixture
-def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from instantid.api.model_settings import ModelSettings
-
-    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
-    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
-    return model
-
-
 @pytest.mark.usefixtures("demo_loads")
 def test_cli_runs_the_extra_controlnets_and_image_to_image(tmp_path: Path) -> None:
     import json

@@ -61,15 +61,6 @@ def test_image_stem_names_prompts_and_pictures() -> None:
     assert image_stem(5, picture="Party Photo.JPG", kind="swap") == "swap_party-photo_s5"
 
 
-@pytest.fixture
-def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from instantid.api.model_settings import ModelSettings
-
-    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
-    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
-    return model
-
-
 def test_the_ui_names_a_portrait_as_the_cli_does(demo_loads: Any, tmp_path: Path) -> None:
     from instantid.webui import UIContext
     from instantid.webui.portrait import PortraitTab

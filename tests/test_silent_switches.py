@@ -13,16 +13,6 @@ from _demo import FACE
 from instantid.cli import main
 
 
-@pytest.fixture
-def demo_loads(model: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Every CLI model load returns the session's demo model."""
-    from instantid.api.model_settings import ModelSettings
-
-    monkeypatch.setattr("instantid.api.loader.load_model", lambda self, analyzer=None: model)
-    monkeypatch.setattr(ModelSettings, "face_analyzer", lambda self: model.analyzer)
-    return model
-
-
 def test_few_step_toggle_says_when_no_few_step_model_is_loaded() -> None:
     from instantid.speed.presets import get_preset
     from instantid.webui import UIContext
