@@ -369,9 +369,16 @@ def test_a_photo_is_analysed_once_per_weights_and_settings() -> None:
 
 @needs_photos
 def test_dlib_analysers_share_their_models_and_answers(dlib_analyzer: FaceAnalyzer) -> None:
-    from instantid.faces.dlib_backend import DlibAnalyzer
+    from instantid.faces.dlib_backend import DlibAnalyzer, _borrowed, _spare
 
-    twin = DlibAnalyzer()
-    assert twin._predictor is dlib_analyzer._predictor and twin._encoder is dlib_analyzer._encoder
+    files = dlib_analyzer._files
+    dlib_analyzer.analyze(FACES_DIR / "obama_1.jpg")
+    spare = list(_spare[files])
+    twin = DlibAnalyzer()  # another analyser on the same files loads nothing: it shares the spare set
+    assert twin._files == files and _spare[files] == spare
+    with _borrowed(files) as first, _borrowed(files) as second:  # two calls at once never share one set
+        assert first is not second and first in spare
+    with _borrowed(files) as again:
+        assert again in (first, second)  # kept for the next call
     assert twin._memo_key() == dlib_analyzer._memo_key() != DlibAnalyzer(num_jitters=2)._memo_key()
     assert DlibAnalyzer(detector="cnn")._memo_key() != twin._memo_key()

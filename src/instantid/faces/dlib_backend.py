@@ -9,9 +9,11 @@ on the downscale. When the HOG detector finds nothing, a ladder of retries follo
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +67,46 @@ def _model_file(folder: Path, filename: str) -> str:
     return str(path)
 
 
-@functools.lru_cache(maxsize=8)
-def _loaded(kind: str, path: str = "") -> Any:
-    """One copy per process of each dlib model (reading the landmark and descriptor files takes ~0.8 s):
-    every analyser built on the same files shares it."""
-    if kind == "hog":
-        return dlib.get_frontal_face_detector()
-    return {"cnn": dlib.cnn_face_detection_model_v1, "landmarks": dlib.shape_predictor,
-            "descriptor": dlib.face_recognition_model_v1}[kind](path)
+@dataclass
+class _Models:
+    """One set of dlib models for one folder's files (reading the landmark and descriptor files takes ~0.8 s)."""
+
+    hog: Any
+    predictor: Any
+    encoder: Any
+    cnn_path: str
+    cnn: Any = None  # loaded on first use (about 1 s)
+
+    def cnn_model(self) -> Any:
+        if self.cnn is None:
+            self.cnn = dlib.cnn_face_detection_model_v1(self.cnn_path)
+        return self.cnn
 
 
 # dlib releases the GIL while it computes, but its detectors and networks keep per-call buffers in the model
-# object ("concurrent access ... is not safe", dlib's docs): the shared models are used by one thread at a time.
-_in_use = threading.Lock()
+# object ("concurrent access ... is not safe", dlib's docs). So a call borrows a set of models from this pool:
+# calls one after another reuse one set, whatever analyser they come from; calls running at the same time (server
+# threads, `prepare --workers`) each get their own, loaded once and kept for the next.
+_spare: dict[tuple[str, str, str], list[_Models]] = {}
+_spare_lock = threading.Lock()
+
+
+@contextmanager
+def _borrowed(files: tuple[str, str, str]) -> Iterator[_Models]:
+    """A set of models for ``files`` (CNN, landmarks, descriptor paths) that no other thread uses meanwhile."""
+    with _spare_lock:
+        spare = _spare.get(files)
+        models = spare.pop() if spare else None
+    if models is None:
+        cnn, landmarks, descriptor = files
+        models = _Models(dlib.get_frontal_face_detector(), dlib.shape_predictor(landmarks),
+                         dlib.face_recognition_model_v1(descriptor), cnn)
+    try:
+        yield models
+    finally:
+        with _spare_lock:
+            _spare.setdefault(files, []).append(models)
+
 
 Box = tuple[float, float, float, float, float]  # x1, y1, x2, y2, score in original pixels
 
@@ -100,60 +129,55 @@ class DlibAnalyzer(FaceAnalyzer):
         folder = Path(models_dir) if models_dir is not None else dlib_models_dir()
         self.detector = detector
         self.num_jitters = num_jitters
-        self._hog = _loaded("hog")
-        self._cnn_path = _model_file(folder, CNN_FILE)
-        self._cnn: dlib.cnn_face_detection_model_v1 | None = None  # loaded on first use (about 1 s)
-        self._predictor_path = _model_file(folder, PREDICTOR_FILE)
-        self._encoder_path = _model_file(folder, DESCRIPTOR_FILE)
-        self._predictor = _loaded("landmarks", self._predictor_path)
-        self._encoder = _loaded("descriptor", self._encoder_path)
+        self._files = (_model_file(folder, CNN_FILE), _model_file(folder, PREDICTOR_FILE),
+                       _model_file(folder, DESCRIPTOR_FILE))
+        with _borrowed(self._files):  # loaded now (a broken file fails here), unless a set is already spare
+            pass
 
     def _memo_key(self) -> tuple:
-        return ("dlib", self.detector, self.num_jitters, self._cnn_path, self._predictor_path, self._encoder_path)
+        return ("dlib", self.detector, self.num_jitters, *self._files)
 
     def _metric(self, a: np.ndarray, b: np.ndarray) -> float:
         # dlib's vectors are not centred, so cosine would compress distances: it was trained on Euclidean.
         return float(np.linalg.norm(a - b))
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
-        with _in_use:
-            return [self._describe(rgb, box) for box in self._find_boxes(rgb)]
+        with _borrowed(self._files) as models:
+            return [self._describe(models, rgb, box) for box in self._find_boxes(models, rgb)]
 
-    def _find_boxes(self, rgb: np.ndarray) -> list[Box]:
+    def _find_boxes(self, models: _Models, rgb: np.ndarray) -> list[Box]:
         """Retry ladder: HOG; HOG on a bordered copy (tight crops); CNN (small, tilted, profile faces)."""
         if self.detector == "cnn":
-            return self._run_cnn(rgb)
-        boxes = self._run_hog(rgb)
+            return self._run_cnn(models, rgb)
+        boxes = self._run_hog(models, rgb)
         if not boxes:
             padded, dx, dy = pad_image(rgb, PAD_FRACTION)
-            boxes = [(x1 - dx, y1 - dy, x2 - dx, y2 - dy, s) for x1, y1, x2, y2, s in self._run_hog(padded)]
-        return boxes or self._run_cnn(rgb)
+            boxes = [(x1 - dx, y1 - dy, x2 - dx, y2 - dy, s) for x1, y1, x2, y2, s in self._run_hog(models, padded)]
+        return boxes or self._run_cnn(models, rgb)
 
-    def _run_hog(self, rgb: np.ndarray) -> list[Box]:
+    def _run_hog(self, models: _Models, rgb: np.ndarray) -> list[Box]:
         small, scale = _downscale(rgb, DETECT_MAX_SIDE)
-        rects, scores, _ = self._hog.run(small, HOG_UPSAMPLE, 0.0)
+        rects, scores, _ = models.hog.run(small, HOG_UPSAMPLE, 0.0)
         return [_scaled(rect, score, scale) for rect, score in zip(rects, scores, strict=True)]
 
-    def _run_cnn(self, rgb: np.ndarray) -> list[Box]:
+    def _run_cnn(self, models: _Models, rgb: np.ndarray) -> list[Box]:
         small, scale = _downscale(rgb, CNN_MAX_SIDE)
         if min(small.shape[:2]) < CNN_MIN_SIDE:  # e.g. a 20x3000 strip, downscaled to 7 px across
             return []
-        if self._cnn is None:
-            self._cnn = _loaded("cnn", self._cnn_path)
         # Small photos are upsampled once so faces reach the CNN's ~40 px minimum.
         upsample = 1 if max(small.shape[:2]) < CNN_MAX_SIDE // 2 else 0
-        return [_scaled(d.rect, d.confidence, scale) for d in self._cnn(small, upsample)]
+        return [_scaled(d.rect, d.confidence, scale) for d in models.cnn_model()(small, upsample)]
 
-    def _describe(self, rgb: np.ndarray, box: Box) -> Face:
+    def _describe(self, models: _Models, rgb: np.ndarray, box: Box) -> Face:
         x1, y1, x2, y2, score = box
         rect = dlib.rectangle(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
-        shape = self._predictor(rgb, rect)
+        shape = models.predictor(rgb, rect)
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
         kps = np.stack(
             [points[_EYES[0]].mean(0), points[_EYES[1]].mean(0), points[_NOSE_TIP], points[_MOUTH_LEFT],
              points[_MOUTH_RIGHT]]
         ).astype(np.float32)
-        descriptor = self._encoder.compute_face_descriptor(rgb, shape, self.num_jitters)
+        descriptor = models.encoder.compute_face_descriptor(rgb, shape, self.num_jitters)
         h, w = rgb.shape[:2]
         bbox = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
         return Face(bbox=bbox, score=float(score), kps=kps,
