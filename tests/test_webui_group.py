@@ -153,6 +153,8 @@ def test_browser_two_people_and_a_group_photo_give_a_picture(ui_url: tuple[str, 
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.locator("#who").wait_for(state="visible", timeout=WAIT)
+        # The page's load event has filled the banner: the page is live (a tab clicked before that can be lost).
+        page.locator("#notice").get_by_text("Demo mode").wait_for(timeout=WAIT)
         page.get_by_role("tab", name="Several people").click()
         page.locator("#who").wait_for(state="hidden", timeout=WAIT)  # each person has a slot here: no Who panel
         assert page.locator("#group-person-2").count() == 0  # two slots (person 0, person 1) until one is added
